@@ -1,0 +1,89 @@
+//! Anxin's wire contracts, generated from `proto/anxin/v1/*.proto`.
+//!
+//! Also owns the two rules every process must agree on: the priority of each
+//! event kind, and the MQTT topic scheme (see docs/protocol.md).
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/anxin.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/anxin.v1.serde.rs"));
+}
+
+pub mod topics;
+
+pub use v1::{AckKind, DeviceAck, DeviceEvent, EventKind, Priority};
+
+/// The fixed priority of an event kind (design.md, guarantee 4).
+pub fn priority_of(kind: EventKind) -> Priority {
+    use EventKind::*;
+    match kind {
+        Sos | Fall | Smoke | Gas | VitalsCritical => Priority::P0,
+        Inactivity | VitalsWarning | DeviceOffline | Tamper | Cancel => Priority::P1,
+        LowBattery | DeviceFault => Priority::P2,
+        Telemetry | Heartbeat | Unspecified => Priority::P3,
+    }
+}
+
+impl DeviceEvent {
+    /// The kind, or `None` when the number is not one this build knows.
+    pub fn known_kind(&self) -> Option<EventKind> {
+        EventKind::try_from(self.kind).ok()
+    }
+
+    /// Priority of this event; unknown kinds rank lowest.
+    pub fn priority(&self) -> Priority {
+        self.known_kind().map_or(Priority::P3, priority_of)
+    }
+}
+
+/// Milliseconds since the Unix epoch, the time unit of every Anxin message.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The encoded descriptor set of all Anxin protos (for gRPC reflection and
+/// tools).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/anxin_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn life_safety_kinds_are_p0_and_routine_kinds_p3() {
+        assert_eq!(priority_of(EventKind::Sos), Priority::P0);
+        assert_eq!(priority_of(EventKind::Fall), Priority::P0);
+        assert_eq!(priority_of(EventKind::DeviceOffline), Priority::P1);
+        assert_eq!(priority_of(EventKind::LowBattery), Priority::P2);
+        assert_eq!(priority_of(EventKind::Heartbeat), Priority::P3);
+    }
+
+    #[test]
+    fn device_event_round_trips_through_proto3_json() {
+        let event = DeviceEvent {
+            device_id: "btn-1".into(),
+            seq: 7,
+            kind: EventKind::Sos as i32,
+            device_time_ms: 1_700_000_000_000,
+            battery_pct: 80,
+            detail: None,
+            cancels_seq: 0,
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains("\"kind\":\"EVENT_KIND_SOS\""), "{json}");
+        // proto3 JSON writes 64-bit integers as strings.
+        assert!(json.contains("\"seq\":\"7\""), "{json}");
+        let back: DeviceEvent = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, event);
+        // Integrators may write numbers for 64-bit fields too.
+        let loose: DeviceEvent = serde_json::from_str(
+            r#"{"deviceId":"btn-1","seq":7,"kind":"EVENT_KIND_SOS","deviceTimeMs":"1700000000000","batteryPct":80}"#,
+        )
+        .unwrap();
+        assert_eq!(loose, event);
+    }
+}

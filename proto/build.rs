@@ -21,8 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_bytes = compiler.encode_file_descriptor_set();
     fs::write(out_dir.join("anxin_descriptor.bin"), &descriptor_bytes)?;
 
-    tonic_prost_build::configure()
-        .compile_fds(compiler.file_descriptor_set())?;
+    tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
 
     // proto3 JSON (serde) for the `…/event/json` topic and the REST API.
     pbjson_build::Builder::new()

@@ -43,8 +43,14 @@ mod tests {
 
     #[test]
     fn parses_event_topics_and_rejects_others() {
-        assert_eq!(parse_event("anxin/v1/dev/btn-1/event"), Some(("btn-1", Encoding::Protobuf)));
-        assert_eq!(parse_event("anxin/v1/dev/btn-1/event/json"), Some(("btn-1", Encoding::Json)));
+        assert_eq!(
+            parse_event("anxin/v1/dev/btn-1/event"),
+            Some(("btn-1", Encoding::Protobuf))
+        );
+        assert_eq!(
+            parse_event("anxin/v1/dev/btn-1/event/json"),
+            Some(("btn-1", Encoding::Json))
+        );
         assert_eq!(parse_event("anxin/v1/dev/btn-1/ack"), None);
         assert_eq!(parse_event("anxin/v1/dev//event"), None);
         assert_eq!(parse_event("anxin/v1/dev/a/b/event"), None);

@@ -1,0 +1,102 @@
+//! The embedded rumqttd broker that devices connect to.
+//!
+//! rumqttd acknowledges a QoS1 publish (PUBACK) once the message is in its
+//! in-memory log, not on disk, and its in-process link is QoS0: a lagging
+//! reader can skip messages. Neither is a promise to the resident. The promise
+//! is the application-level `stored` ack that ingest publishes after the
+//! journal flush; devices retransmit until they see it.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use rumqttd::{
+    Broker, Config, ConnectionSettings, RouterConfig, ServerSettings,
+    local::{LinkRx, LinkTx},
+};
+
+use crate::config::{BROKER_MAX_PAYLOAD, GatewayConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("creating the in-process broker link: {0}")]
+    Link(#[from] rumqttd::local::LinkError),
+    #[error("the MQTT listener on {0} did not come up within {1:?}")]
+    NotListening(SocketAddr, Duration),
+}
+
+/// The gateway's own connection into the broker.
+pub struct BrokerLink {
+    pub tx: LinkTx,
+    pub rx: LinkRx,
+}
+
+fn broker_config(config: &GatewayConfig) -> Config {
+    // Values follow rumqttd's shipped rumqttd.toml; RouterConfig::default()
+    // is all zeros and would drop everything.
+    let router = RouterConfig {
+        max_connections: config.mqtt.max_connections,
+        max_outgoing_packet_count: 200,
+        max_segment_size: 16 * 1024 * 1024,
+        max_segment_count: 10,
+        custom_segment: None,
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    };
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: BROKER_MAX_PAYLOAD,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "devices-v4".into(),
+        listen: config.mqtt.listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    Config {
+        id: 0,
+        router,
+        v4: Some(HashMap::from([("devices".to_string(), server)])),
+        ..Default::default()
+    }
+}
+
+/// Starts the broker on its own OS thread (rumqttd runs a runtime per
+/// listener and blocks) and returns the gateway's link, already subscribed to
+/// the device event topics.
+pub fn start(config: &GatewayConfig) -> Result<BrokerLink, BrokerError> {
+    let mut broker = Broker::new(broker_config(config));
+    let (mut tx, rx) = broker.link("anxin-gateway")?;
+    tx.subscribe(anxin_proto::topics::EVENT_FILTER)?;
+    tx.subscribe(anxin_proto::topics::EVENT_JSON_FILTER)?;
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(err) = broker.start() {
+                tracing::error!(error = %err, "embedded MQTT broker stopped");
+                // Without the broker no device can reach us: exit so the
+                // supervisor (systemd) restarts the gateway.
+                std::process::exit(70);
+            }
+        })
+        .expect("spawning the broker thread");
+    Ok(BrokerLink { tx, rx })
+}
+
+/// Waits until the device listener accepts TCP connections, so that
+/// `/healthz` answering means devices can connect.
+pub async fn wait_listening(addr: SocketAddr, within: Duration) -> Result<(), BrokerError> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BrokerError::NotListening(addr, within));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,11 @@
+//! anxin-gateway: the household / community-centre daemon between devices
+//! (MQTT) and the dispatch server (gRPC). See ARCHITECTURE.md for the map.
+
+pub mod broker;
+pub mod config;
+pub mod device_acks;
+pub mod http;
+pub mod ingest;
+pub mod journal;
+pub mod metrics;
+pub mod uplink;

@@ -1,0 +1,220 @@
+//! Journal out: streams journaled events to the dispatch server and deletes
+//! each only after the server's `received` ack (guarantee 3).
+//!
+//! One bidirectional gRPC stream per connection. At most `window` events are
+//! in flight; the rest wait in the journal in priority order, so a P0 stored
+//! now is the next event sent once a window slot frees. After a disconnect
+//! everything unacknowledged is sent again from the journal and the server
+//! deduplicates on (device_id, seq) (guarantee 2). The same stream carries
+//! the server's downlinks ("help is coming") to devices.
+
+use std::{collections::HashSet, time::Duration};
+
+use anxin_proto::v1::{
+    DownlinkDone, GatewayMessage, Hello, ServerMessage, gateway_message, server_message,
+    uplink_client::UplinkClient,
+};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::GatewayConfig,
+    device_acks::DeviceAcks,
+    journal::{EntryKey, JournalError, JournalReader},
+    metrics as m,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum UplinkState {
+    Connecting { server: String },
+    Connected { server: String },
+    Disconnected { last_error: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connecting: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("server closed the stream")]
+    Closed,
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+pub struct Uplink {
+    gateway_id: String,
+    servers: Vec<String>,
+    window: usize,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    connect_timeout: Duration,
+    journal: JournalReader,
+    acks: DeviceAcks,
+    state: watch::Sender<UplinkState>,
+}
+
+impl Uplink {
+    pub fn new(
+        config: &GatewayConfig,
+        journal: JournalReader,
+        acks: DeviceAcks,
+    ) -> (Self, watch::Receiver<UplinkState>) {
+        let (state, state_rx) = watch::channel(UplinkState::Connecting {
+            server: config.uplink.servers[0].clone(),
+        });
+        let uplink = Self {
+            gateway_id: config.gateway_id.clone(),
+            servers: config.uplink.servers.clone(),
+            window: config.uplink.window,
+            backoff_initial: config.backoff_initial(),
+            backoff_max: config.backoff_max(),
+            connect_timeout: Duration::from_millis(config.uplink.connect_timeout_ms),
+            journal,
+            acks,
+            state,
+        };
+        (uplink, state_rx)
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = self.backoff_initial;
+        let mut server_index = 0;
+        loop {
+            let server = self.servers[server_index].clone();
+            self.state.send_replace(UplinkState::Connecting {
+                server: server.clone(),
+            });
+            let result = self.session(&server, &cancel, &mut backoff).await;
+            metrics::gauge!(m::UPLINK_CONNECTED).set(0.0);
+            match result {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(%server, error = %err, "uplink down; events stay in the journal");
+                    self.state.send_replace(UplinkState::Disconnected {
+                        last_error: format!("{server}: {err}"),
+                    });
+                }
+            }
+            server_index = (server_index + 1) % self.servers.len();
+            // Full jitter: thousands of gateways reconnecting after a server
+            // restart must not arrive in lockstep.
+            let delay = rand::rng().random_range(Duration::ZERO..=backoff);
+            backoff = (backoff * 2).min(self.backoff_max);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        server: &str,
+        cancel: &CancellationToken,
+        backoff: &mut Duration,
+    ) -> Result<(), SessionError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            channel = endpoint.connect() => channel?,
+        };
+        let mut client = UplinkClient::new(channel);
+        let (outbound, outbound_rx) = mpsc::channel::<GatewayMessage>(self.window + 16);
+        let hello = GatewayMessage {
+            body: Some(gateway_message::Body::Hello(Hello {
+                gateway_id: self.gateway_id.clone(),
+                software_version: env!("CARGO_PKG_VERSION").into(),
+            })),
+        };
+        outbound
+            .send(hello)
+            .await
+            .map_err(|_| SessionError::Closed)?;
+        let mut inbound = client
+            .link(ReceiverStream::new(outbound_rx))
+            .await?
+            .into_inner();
+
+        tracing::info!(%server, gateway_id = %self.gateway_id, "uplink connected");
+        self.state.send_replace(UplinkState::Connected {
+            server: server.to_string(),
+        });
+        metrics::gauge!(m::UPLINK_CONNECTED).set(1.0);
+        metrics::counter!(m::UPLINK_CONNECTS).increment(1);
+        *backoff = self.backoff_initial;
+
+        let mut in_flight: HashSet<EntryKey> = HashSet::new();
+        loop {
+            if in_flight.len() < self.window {
+                for entry in self
+                    .journal
+                    .pending(&in_flight, self.window - in_flight.len())?
+                {
+                    in_flight.insert(entry.key);
+                    let message = GatewayMessage {
+                        body: Some(gateway_message::Body::Event(entry.event)),
+                    };
+                    outbound
+                        .send(message)
+                        .await
+                        .map_err(|_| SessionError::Closed)?;
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                message = inbound.message() => {
+                    let message = message?.ok_or(SessionError::Closed)?;
+                    self.on_server_message(message, &mut in_flight, &outbound).await?;
+                }
+                _ = self.journal.appended(), if in_flight.len() < self.window => {}
+            }
+        }
+    }
+
+    async fn on_server_message(
+        &self,
+        message: ServerMessage,
+        in_flight: &mut HashSet<EntryKey>,
+        outbound: &mpsc::Sender<GatewayMessage>,
+    ) -> Result<(), SessionError> {
+        match message.body {
+            Some(server_message::Body::Received(received)) => {
+                if let Some(key) = self.journal.remove(&received.device_id, received.seq)? {
+                    in_flight.remove(&key);
+                    metrics::counter!(m::EVENTS_DELIVERED).increment(1);
+                    tracing::info!(device_id = %received.device_id, seq = received.seq, "server received event; deleted from journal");
+                }
+                m::set_journal_depth(self.journal.depth());
+            }
+            Some(server_message::Body::Downlink(downlink)) => {
+                if let Some(ack) = downlink.ack {
+                    tracing::info!(device_id = %ack.device_id, seq = ack.seq, alert_id = %ack.alert_id, "downlink to device: {}", ack.message);
+                    self.acks.send(ack);
+                    metrics::counter!(m::DOWNLINKS).increment(1);
+                }
+                let done = GatewayMessage {
+                    body: Some(gateway_message::Body::DownlinkDone(DownlinkDone {
+                        downlink_id: downlink.downlink_id,
+                    })),
+                };
+                outbound
+                    .send(done)
+                    .await
+                    .map_err(|_| SessionError::Closed)?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,201 @@
+//! Gateways in: the `Uplink` gRPC service.
+//!
+//! Each event is committed (deduplicated on `(device_id, seq)`) and the store
+//! flushed before the gateway hears `received` (guarantees 2 and 3). Events
+//! that arrive together share one flush. New alerts are announced to
+//! watchers only after that flush.
+
+use std::pin::Pin;
+
+use anxin_proto::{
+    now_ms,
+    v1::{
+        GatewayMessage, Received, ServerMessage, gateway_message, server_message,
+        uplink_server::Uplink,
+    },
+};
+use futures::{FutureExt, Stream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    alerts::AlertDesk,
+    metrics as m,
+    store::{Committed, StoreError},
+};
+
+/// Most events committed under one flush.
+const MAX_BATCH: usize = 512;
+
+/// Test-only fault injection: with `ANXIN_FAULT=crash_after_commit` the
+/// process dies right after a flush and before sending `received`, the
+/// moment a kill -9 hurts most.
+fn crash_after_commit() -> bool {
+    std::env::var("ANXIN_FAULT").is_ok_and(|v| v == "crash_after_commit")
+}
+
+pub struct UplinkService {
+    desk: AlertDesk,
+}
+
+impl UplinkService {
+    pub fn new(desk: AlertDesk) -> Self {
+        Self { desk }
+    }
+}
+
+type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Uplink for UplinkService {
+    type LinkStream = ServerStream;
+
+    async fn link(
+        &self,
+        request: Request<Streaming<GatewayMessage>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(GatewayMessage {
+                body: Some(gateway_message::Body::Hello(hello)),
+            }) if !hello.gateway_id.is_empty() => hello,
+            _ => {
+                metrics::counter!(m::EVENTS_INVALID).increment(1);
+                return Err(Status::invalid_argument(
+                    "the first message on an uplink stream must be a Hello with a gateway_id",
+                ));
+            }
+        };
+        let gateway_id = hello.gateway_id;
+        let (outbound, outbound_rx) = mpsc::channel::<ServerMessage>(4 * MAX_BATCH);
+        let gateways = self.desk.gateways().clone();
+        let session = gateways.connect(&gateway_id, outbound.clone());
+        tracing::info!(%gateway_id, version = %hello.software_version, "gateway connected");
+
+        let desk = self.desk.clone();
+        tokio::spawn(async move {
+            let result = serve_gateway(&desk, &gateway_id, &mut inbound, &outbound).await;
+            gateways.disconnect(&gateway_id, session);
+            match result {
+                Ok(()) => tracing::info!(%gateway_id, "gateway disconnected"),
+                Err(err) => tracing::warn!(%gateway_id, error = %err, "gateway stream ended"),
+            }
+        });
+        let stream = ReceiverStream::new(outbound_rx).map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+use tokio_stream::StreamExt as _;
+
+#[derive(Debug, thiserror::Error)]
+enum GatewayStreamError {
+    #[error(transparent)]
+    Status(#[from] Status),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the gateway's response stream closed")]
+    ResponseClosed,
+}
+
+async fn serve_gateway(
+    desk: &AlertDesk,
+    gateway_id: &str,
+    inbound: &mut Streaming<GatewayMessage>,
+    outbound: &mpsc::Sender<ServerMessage>,
+) -> Result<(), GatewayStreamError> {
+    let send = |message: ServerMessage| async move {
+        outbound
+            .send(message)
+            .await
+            .map_err(|_| GatewayStreamError::ResponseClosed)
+    };
+    // Help-is-coming messages queued while the gateway was away.
+    for downlink in desk.store().pending_downlinks(gateway_id)? {
+        send(ServerMessage {
+            body: Some(server_message::Body::Downlink(downlink)),
+        })
+        .await?;
+    }
+    loop {
+        let Some(first) = inbound.message().await? else {
+            return Ok(());
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match inbound.message().now_or_never() {
+                Some(Ok(Some(message))) => batch.push(message),
+                Some(Ok(None)) | None => break,
+                Some(Err(status)) => return Err(status.into()),
+            }
+        }
+
+        let received_ms = now_ms();
+        let mut acks = Vec::new();
+        let mut new_alerts = Vec::new();
+        for message in batch {
+            match message.body {
+                Some(gateway_message::Body::Event(uplink)) => {
+                    let Some(event) = uplink.event.as_ref() else {
+                        metrics::counter!(m::EVENTS_INVALID).increment(1);
+                        tracing::warn!(gateway_id, "uplink event without a body ignored");
+                        continue;
+                    };
+                    let (device_id, seq) = (event.device_id.clone(), event.seq);
+                    match desk.store().commit_event(gateway_id, &uplink, received_ms) {
+                        Ok(Committed::New { alert }) => {
+                            let priority = ["P0", "P1", "P2", "P3"][event.priority() as usize];
+                            metrics::counter!(m::EVENTS_COMMITTED, "priority" => priority)
+                                .increment(1);
+                            tracing::info!(gateway_id, %device_id, seq, kind = event.kind().as_str_name(), "event committed");
+                            if let Some(alert) = alert {
+                                tracing::info!(gateway_id, %device_id, seq, alert_id = %alert.id, "alert raised");
+                                metrics::counter!(m::ALERTS_CREATED).increment(1);
+                                new_alerts.push(alert);
+                            }
+                        }
+                        Ok(Committed::Duplicate) => {
+                            metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                            tracing::info!(gateway_id, %device_id, seq, "duplicate event absorbed");
+                        }
+                        Err(err) => {
+                            // No ack: the gateway keeps the event and resends.
+                            metrics::counter!(m::STORE_ERRORS).increment(1);
+                            tracing::error!(gateway_id, %device_id, seq, error = %err, "commit failed");
+                            continue;
+                        }
+                    }
+                    acks.push(Received { device_id, seq });
+                }
+                Some(gateway_message::Body::DownlinkDone(done)) => {
+                    desk.store().downlink_done(gateway_id, done.downlink_id)?;
+                }
+                Some(gateway_message::Body::Hello(_)) | None => {
+                    metrics::counter!(m::EVENTS_INVALID).increment(1);
+                }
+            }
+        }
+        if acks.is_empty() && new_alerts.is_empty() {
+            continue;
+        }
+        if let Err(err) = desk.store().flush().await {
+            metrics::counter!(m::STORE_ERRORS).increment(1);
+            // Nothing acked: the gateway resends after reconnecting.
+            return Err(err.into());
+        }
+        if crash_after_commit() {
+            tracing::error!("ANXIN_FAULT=crash_after_commit: dying before the received ack");
+            std::process::abort();
+        }
+        for alert in new_alerts {
+            desk.announce(alert);
+        }
+        for received in acks {
+            send(ServerMessage {
+                body: Some(server_message::Body::Received(received)),
+            })
+            .await?;
+        }
+    }
+}

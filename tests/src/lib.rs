@@ -1,0 +1,420 @@
+//! Test harness: starts the real `anxin-server`, `anxin-gateway` and
+//! `anxin-sim` binaries as processes on ports chosen at run time, waits for
+//! readiness on `/healthz`, and kills them (SIGKILL) on drop.
+//!
+//! The binaries are built once per test run with the same cargo and profile
+//! that built the tests, so a test never runs a stale binary.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{OnceLock, mpsc},
+    time::{Duration, Instant},
+};
+
+pub mod sse;
+
+/// Generous: CI machines are slow and shared. Tests wait on conditions, and
+/// only fail when the condition never comes.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+fn target_dir() -> PathBuf {
+    // target/<profile>/deps/<test-binary>
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, building all three on first use.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = target_dir();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "anxin-server",
+            "-p",
+            "anxin-gateway",
+            "-p",
+            "anxin-sim",
+        ]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the binaries");
+        assert!(status.success(), "building the binaries failed");
+    });
+    let path = dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+/// Waits until `check` returns `Some`, polling every 50 ms, or panics.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process that is SIGKILLed when dropped; its output goes to a log
+/// file that is printed if the test fails.
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        cmd.stdout(out).stderr(err).stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Self {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// SIGKILL, no goodbye: the process gets no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {within:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- log of {} ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+pub struct Server {
+    pub proc: Proc,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Server {
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with_env(dir, &[]).await
+    }
+
+    /// Starts a server whose data lives in `dir`; `env` is for fault
+    /// injection (e.g. `ANXIN_FAULT`).
+    pub async fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let config = dir.join("server.toml");
+        fs::write(
+            &config,
+            format!(
+                "[grpc]\nlisten = \"127.0.0.1:{grpc_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = \"{}\"\n",
+                dir.join("server-data").display()
+            ),
+        )
+        .unwrap();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut server = Self {
+            proc: Self::spawn(&config, &env, dir),
+            grpc_port,
+            http_port,
+            config,
+            env,
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    fn spawn(config: &Path, env: &Vec<(String, String)>, dir: &Path) -> Proc {
+        let mut cmd = Command::new(binary("anxin-server"));
+        cmd.arg("--config")
+            .arg(config)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Proc::spawn("anxin-server", cmd, dir.join("server.log"))
+    }
+
+    /// Restarts on the same ports and data, without the fault injection.
+    pub async fn restart_clean(&mut self) {
+        self.proc.kill9();
+        self.env.clear();
+        let dir = self.config.parent().unwrap().to_path_buf();
+        self.proc = Self::spawn(&self.config, &self.env, &dir);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        wait_healthy(&format!("{}/healthz", self.http())).await;
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn grpc(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// All alerts, as the REST API returns them.
+    pub async fn alerts(&self) -> Vec<serde_json::Value> {
+        let body: serde_json::Value = reqwest::get(format!("{}/api/v1/alerts", self.http()))
+            .await
+            .expect("GET /api/v1/alerts")
+            .json()
+            .await
+            .expect("alerts JSON");
+        body["alerts"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn alerts_for(&self, device_id: &str) -> Vec<serde_json::Value> {
+        self.alerts()
+            .await
+            .into_iter()
+            .filter(|a| a["deviceId"] == device_id)
+            .collect()
+    }
+}
+
+pub struct Gateway {
+    pub proc: Proc,
+    pub mqtt_port: u16,
+    pub http_port: u16,
+    config: PathBuf,
+}
+
+impl Gateway {
+    /// Starts a gateway whose journal lives in `dir`, forwarding to the
+    /// server at `server_grpc_port` (which need not be up).
+    pub async fn start(dir: &Path, server_grpc_port: u16, devices: &[&str]) -> Self {
+        let (mqtt_port, http_port) = (free_port(), free_port());
+        let config = dir.join("gateway.toml");
+        let mut text = format!(
+            "gateway_id = \"gw-test\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[journal]\npath = \"{}\"\n[uplink]\nservers = [\"http://127.0.0.1:{server_grpc_port}\"]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n",
+            dir.join("journal").display()
+        );
+        for device in devices {
+            text.push_str(&format!("[[devices]]\nid = \"{device}\"\n"));
+        }
+        fs::write(&config, text).unwrap();
+        let mut gateway = Self {
+            proc: Self::spawn(&config, dir),
+            mqtt_port,
+            http_port,
+            config,
+        };
+        gateway.wait_ready().await;
+        gateway
+    }
+
+    fn spawn(config: &Path, dir: &Path) -> Proc {
+        let mut cmd = Command::new(binary("anxin-gateway"));
+        cmd.arg("--config").arg(config);
+        Proc::spawn("anxin-gateway", cmd, dir.join("gateway.log"))
+    }
+
+    pub async fn restart(&mut self) {
+        self.proc.kill9();
+        let dir = self.config.parent().unwrap().to_path_buf();
+        self.proc = Self::spawn(&self.config, &dir);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        wait_healthy(&format!("{}/healthz", self.http())).await;
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn mqtt(&self) -> String {
+        format!("127.0.0.1:{}", self.mqtt_port)
+    }
+
+    /// The gateway's /healthz document.
+    pub async fn health(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/healthz", self.http()))
+            .await
+            .expect("GET /healthz")
+            .json()
+            .await
+            .expect("healthz JSON")
+    }
+
+    /// Value of one Prometheus series (name with labels, as rendered), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&format!("{}/metrics", self.http()), series).await
+    }
+}
+
+/// Reads one series from a Prometheus text endpoint; absent counts as 0.
+pub async fn metric(url: &str, series: &str) -> f64 {
+    let text = reqwest::get(url)
+        .await
+        .expect("GET metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn wait_healthy(url: &str) {
+    let client = reqwest::Client::new();
+    eventually(&format!("{url} to answer"), PATIENCE, || {
+        let request = client.get(url).timeout(Duration::from_secs(2)).send();
+        async move {
+            request
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        }
+    })
+    .await
+}
+
+/// A running `anxin-sim` whose stdout lines can be awaited.
+pub struct Sim {
+    pub proc: Proc,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Sim {
+    /// Runs `anxin-sim --gateway ADDR <args…>`.
+    pub fn run(dir: &Path, gateway_mqtt: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new(binary("anxin-sim"));
+        cmd.arg("--gateway").arg(gateway_mqtt).args(args);
+        let log = dir.join(format!("sim-{}.log", free_port()));
+        // stdout is ours to read; stderr goes to the log.
+        let err = fs::File::create(&log).expect("sim log");
+        cmd.stdout(Stdio::piped()).stderr(err).stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawning anxin-sim");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            proc: Proc {
+                name: "anxin-sim".into(),
+                child: Some(child),
+                log,
+            },
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix` and returns it.
+    pub async fn line_starting(&mut self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            if let Some(line) = self.seen.iter().find(|l| l.starts_with(prefix)) {
+                return line.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "anxin-sim printed no `{prefix}` line within {within:?}; it printed {:?}; log:\n{}",
+                self.seen,
+                self.proc.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A field `key=value` from a sim output line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
+}

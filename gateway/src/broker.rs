@@ -18,7 +18,7 @@ use crate::config::{BROKER_MAX_PAYLOAD, GatewayConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("creating the in-process broker link: {0}")]
-    Link(#[from] rumqttd::local::LinkError),
+    Link(#[from] Box<rumqttd::local::LinkError>),
     #[error("the MQTT listener on {0} did not come up within {1:?}")]
     NotListening(SocketAddr, Duration),
 }
@@ -69,9 +69,11 @@ fn broker_config(config: &GatewayConfig) -> Config {
 /// the device event topics.
 pub fn start(config: &GatewayConfig) -> Result<BrokerLink, BrokerError> {
     let mut broker = Broker::new(broker_config(config));
-    let (mut tx, rx) = broker.link("anxin-gateway")?;
-    tx.subscribe(anxin_proto::topics::EVENT_FILTER)?;
-    tx.subscribe(anxin_proto::topics::EVENT_JSON_FILTER)?;
+    let (mut tx, rx) = broker.link("anxin-gateway").map_err(Box::new)?;
+    tx.subscribe(anxin_proto::topics::EVENT_FILTER)
+        .map_err(Box::new)?;
+    tx.subscribe(anxin_proto::topics::EVENT_JSON_FILTER)
+        .map_err(Box::new)?;
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {

@@ -246,11 +246,13 @@ impl GatewayConfig {
 
     /// The documented default configuration, for `--print-default-config`.
     pub fn default_toml() -> String {
-        let mut example = Self::default();
-        example.devices = vec![DeviceConfig {
-            id: "btn-0001".into(),
-            kind: "call_button".into(),
-        }];
+        let example = Self {
+            devices: vec![DeviceConfig {
+                id: "btn-0001".into(),
+                kind: "call_button".into(),
+            }],
+            ..Self::default()
+        };
         toml::to_string_pretty(&example).expect("default config serializes")
     }
 }

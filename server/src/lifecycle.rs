@@ -41,14 +41,14 @@ pub fn is_open(state: AlertState) -> bool {
 /// Checks `from → to`.
 pub fn check(from: AlertState, to: AlertState) -> Result<(), IllegalTransition> {
     use AlertState::*;
-    let legal = match (from, to) {
-        (New, Offered | Acknowledged | Cancelled) => true,
-        (Offered, Offered | Acknowledged | Cancelled) => true,
-        (Acknowledged, EnRoute | OnScene | Resolved | Cancelled) => true,
-        (EnRoute, OnScene | Resolved) => true,
-        (OnScene, Resolved) => true,
-        _ => false,
-    };
+    let legal = matches!(
+        (from, to),
+        (New, Offered | Acknowledged | Cancelled)
+            | (Offered, Offered | Acknowledged | Cancelled)
+            | (Acknowledged, EnRoute | OnScene | Resolved | Cancelled)
+            | (EnRoute, OnScene | Resolved)
+            | (OnScene, Resolved)
+    );
     if legal {
         Ok(())
     } else {

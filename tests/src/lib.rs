@@ -177,7 +177,12 @@ impl Server {
     /// Starts a server whose data lives in `dir`; `env` is for fault
     /// injection (e.g. `ANXIN_FAULT`).
     pub async fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Self {
-        let (grpc_port, http_port) = (free_port(), free_port());
+        Self::start_on(dir, free_port(), env).await
+    }
+
+    /// Starts a server on a given gRPC port (one a gateway already points at).
+    pub async fn start_on(dir: &Path, grpc_port: u16, env: &[(&str, &str)]) -> Self {
+        let http_port = free_port();
         let config = dir.join("server.toml");
         fs::write(
             &config,
@@ -187,7 +192,7 @@ impl Server {
             ),
         )
         .unwrap();
-        let env = env
+        let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -202,7 +207,7 @@ impl Server {
         server
     }
 
-    fn spawn(config: &Path, env: &Vec<(String, String)>, dir: &Path) -> Proc {
+    fn spawn(config: &Path, env: &[(String, String)], dir: &Path) -> Proc {
         let mut cmd = Command::new(binary("anxin-server"));
         cmd.arg("--config")
             .arg(config)
@@ -225,6 +230,22 @@ impl Server {
 
     pub fn http(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Value of one Prometheus series of the server, or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric(&format!("{}/metrics", self.http()), series).await
+    }
+
+    /// Events the server has committed (each identity once).
+    pub async fn event_count(&self) -> u64 {
+        let health: serde_json::Value = reqwest::get(format!("{}/healthz", self.http()))
+            .await
+            .expect("GET /healthz")
+            .json()
+            .await
+            .expect("healthz JSON");
+        health["events"].as_u64().expect("events in healthz")
     }
 
     pub fn grpc(&self) -> String {
@@ -320,6 +341,15 @@ impl Gateway {
     /// Value of one Prometheus series (name with labels, as rendered), or 0.
     pub async fn metric(&self, series: &str) -> f64 {
         metric(&format!("{}/metrics", self.http()), series).await
+    }
+
+    /// Events waiting in the journal, summed over priorities.
+    pub async fn journal_depth(&self) -> u64 {
+        let health = self.health().await;
+        ["P0", "P1", "P2", "P3"]
+            .iter()
+            .map(|p| health["journal_depth"][p].as_u64().expect("journal depth"))
+            .sum()
     }
 }
 

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Runs the whole Anxin stack on this machine with embedded defaults:
+# anxin-server, one anxin-gateway, and simulated devices pressing buttons.
+# Prints the console URL. Ctrl-C stops everything.
+#
+# Ports can be moved with ANXIN_HTTP_PORT, ANXIN_GRPC_PORT, ANXIN_MQTT_PORT,
+# ANXIN_GATEWAY_HTTP_PORT. State lives in .stack/ (delete it to start over).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HTTP_PORT=${ANXIN_HTTP_PORT:-8080}
+GRPC_PORT=${ANXIN_GRPC_PORT:-50051}
+MQTT_PORT=${ANXIN_MQTT_PORT:-1883}
+GW_HTTP_PORT=${ANXIN_GATEWAY_HTTP_PORT:-9181}
+STATE=.stack
+DEVICES=(btn-0001 btn-0002 btn-0003 wear-0001 wear-0002)
+
+echo "building (first run takes a few minutes)..."
+cargo build --quiet --bins -p anxin-server -p anxin-gateway -p anxin-sim
+BIN=target/debug
+
+mkdir -p "$STATE"
+cat > "$STATE/server.toml" <<TOML
+[grpc]
+listen = "127.0.0.1:$GRPC_PORT"
+[http]
+listen = "127.0.0.1:$HTTP_PORT"
+[store]
+path = "$STATE/server-data"
+TOML
+{
+  cat <<TOML
+gateway_id = "gw-community-01"
+[mqtt]
+listen = "127.0.0.1:$MQTT_PORT"
+[http]
+listen = "127.0.0.1:$GW_HTTP_PORT"
+[journal]
+path = "$STATE/gateway-journal"
+[uplink]
+servers = ["http://127.0.0.1:$GRPC_PORT"]
+TOML
+  for d in "${DEVICES[@]}"; do printf '[[devices]]\nid = "%s"\n' "$d"; done
+} > "$STATE/gateway.toml"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  echo "stopped; logs are in $STATE/"
+}
+trap cleanup INT TERM EXIT
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing is listening on port $1; see $STATE/*.log" >&2
+  exit 1
+}
+
+"$BIN/anxin-server" --config "$STATE/server.toml" > "$STATE/server.log" 2>&1 &
+pids+=($!)
+wait_port "$HTTP_PORT"
+"$BIN/anxin-gateway" --config "$STATE/gateway.toml" > "$STATE/gateway.log" 2>&1 &
+pids+=($!)
+wait_port "$GW_HTTP_PORT"
+
+# Simulated residents: every so often one of them presses SOS (or falls).
+(
+  while true; do
+    sleep $((20 + RANDOM % 20))
+    device=${DEVICES[$((RANDOM % ${#DEVICES[@]}))]}
+    kind=sos; [[ $device == wear-* ]] && kind=fall
+    "$BIN/anxin-sim" --gateway "127.0.0.1:$MQTT_PORT" press --device "$device" --kind "$kind" --until acknowledged \
+      >> "$STATE/sim.log" 2>&1 &
+  done
+) &
+pids+=($!)
+"$BIN/anxin-sim" --gateway "127.0.0.1:$MQTT_PORT" press --device btn-0001 --until acknowledged >> "$STATE/sim.log" 2>&1 &
+pids+=($!)
+
+cat <<INFO
+
+  Anxin is running.
+    Dispatcher console:  http://127.0.0.1:$HTTP_PORT/
+    Alerts API:          http://127.0.0.1:$HTTP_PORT/api/v1/alerts
+    Gateway MQTT:        127.0.0.1:$MQTT_PORT   (devices: ${DEVICES[*]})
+    Gateway health:      http://127.0.0.1:$GW_HTTP_PORT/healthz
+
+  Simulated residents press every 20-40 s; device output goes to $STATE/sim.log.
+  Press a button yourself:
+    $BIN/anxin-sim --gateway 127.0.0.1:$MQTT_PORT press --device btn-0002
+  Ctrl-C stops the stack.
+
+INFO
+wait

@@ -41,11 +41,20 @@ fn broker_config(config: &GatewayConfig) -> Config {
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };
+    // Username = device id, password from config. rumqttd checks the pair
+    // at CONNECT and refuses anything else.
+    let auth = config.mqtt.require_auth.then(|| {
+        config
+            .devices
+            .iter()
+            .filter_map(|d| Some((d.id.clone(), d.password.clone()?)))
+            .collect()
+    });
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: BROKER_MAX_PAYLOAD,
         max_inflight_count: 100,
-        auth: None,
+        auth,
         external_auth: None,
         dynamic_filters: true,
     };
@@ -73,6 +82,8 @@ pub fn start(config: &GatewayConfig) -> Result<BrokerLink, BrokerError> {
     tx.subscribe(anxin_proto::topics::EVENT_FILTER)
         .map_err(Box::new)?;
     tx.subscribe(anxin_proto::topics::EVENT_JSON_FILTER)
+        .map_err(Box::new)?;
+    tx.subscribe(anxin_proto::topics::STATUS_FILTER)
         .map_err(Box::new)?;
     std::thread::Builder::new()
         .name("mqtt-broker".into())

@@ -1,7 +1,12 @@
 //! The gateway's one configuration struct: defaults in one place, validated at
 //! start-up so that a bad field is named before anything starts.
 
-use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +43,8 @@ pub struct GatewayConfig {
     pub journal: JournalConfig,
     pub uplink: UplinkConfig,
     pub limits: LimitsConfig,
+    pub supervision: SupervisionConfig,
+    pub fallback: FallbackConfig,
     /// Devices allowed to publish through this gateway. Events from any other
     /// device id are rejected and counted.
     pub devices: Vec<DeviceConfig>,
@@ -49,6 +56,8 @@ pub struct MqttConfig {
     /// Where the embedded broker listens for devices (MQTT 3.1.1).
     pub listen: SocketAddr,
     pub max_connections: usize,
+    /// Devices must log in with username = device id and their `password`.
+    pub require_auth: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,6 +72,9 @@ pub struct HttpConfig {
 pub struct JournalConfig {
     /// Directory of the sled journal; created if missing.
     pub path: PathBuf,
+    /// Logical size limit of the journal. At the limit P3 then P2 events are
+    /// evicted oldest first; P0/P1 are never evicted.
+    pub quota_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +95,36 @@ pub struct LimitsConfig {
     /// Largest event payload accepted, in bytes. Larger ones are rejected and
     /// counted (the broker itself drops a connection above 64 KiB).
     pub max_event_bytes: usize,
+    /// Sustained events per second one device may send; above it events get
+    /// no ack (the device retries later) and are counted as `rate_limited`.
+    pub device_rate_per_sec: f64,
+    /// Events one device may send in a burst above the sustained rate.
+    pub device_burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// How often deadlines are checked.
+    pub check_interval_ms: u64,
+    /// A device silent this long (by kind) raises a P1 DEVICE_OFFLINE.
+    pub heartbeat_deadline_secs: BTreeMap<String, u64>,
+    /// After a device's MQTT last will ("offline" on its status topic), it
+    /// is declared offline this much later unless it speaks again.
+    pub last_will_grace_secs: u64,
+    /// Reported battery below this raises a P2 LOW_BATTERY (once per dip).
+    pub low_battery_pct: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackConfig {
+    /// With the server unreachable this long and a P0 pending, alert locally.
+    pub after_secs: u64,
+    /// Local MQTT topic an on-site console or siren listens on.
+    pub local_topic: String,
+    /// Optional webhook (JSON POST) for the local alarm; empty for none.
+    pub webhook_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -92,6 +134,10 @@ pub struct DeviceConfig {
     /// call_button, wearable, room_sensor, smoke_detector, …
     #[serde(default = "default_device_kind")]
     pub kind: String,
+    /// MQTT password (username = device id); required with
+    /// `mqtt.require_auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 fn default_device_kind() -> String {
@@ -107,6 +153,8 @@ impl Default for GatewayConfig {
             journal: JournalConfig::default(),
             uplink: UplinkConfig::default(),
             limits: LimitsConfig::default(),
+            supervision: SupervisionConfig::default(),
+            fallback: FallbackConfig::default(),
             devices: Vec::new(),
         }
     }
@@ -117,6 +165,7 @@ impl Default for MqttConfig {
         Self {
             listen: ([127, 0, 0, 1], 1883).into(),
             max_connections: 10_010,
+            require_auth: false,
         }
     }
 }
@@ -133,6 +182,7 @@ impl Default for JournalConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("anxin-gateway-journal"),
+            quota_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -153,6 +203,37 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_event_bytes: 4096,
+            device_rate_per_sec: 5.0,
+            device_burst: 20,
+        }
+    }
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        Self {
+            check_interval_ms: 1000,
+            // Typical firmware: buttons and smoke detectors report hourly,
+            // wearables every 5 minutes, room sensors every 10; the deadline
+            // allows one missed report plus slack.
+            heartbeat_deadline_secs: BTreeMap::from([
+                ("call_button".to_string(), 2 * 3600 + 300),
+                ("smoke_detector".to_string(), 2 * 3600 + 300),
+                ("wearable".to_string(), 2 * 300 + 60),
+                ("room_sensor".to_string(), 2 * 600 + 60),
+            ]),
+            last_will_grace_secs: 120,
+            low_battery_pct: 20,
+        }
+    }
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        Self {
+            after_secs: 60,
+            local_topic: "anxin/v1/gw/local-alarm".into(),
+            webhook_url: String::new(),
         }
     }
 }
@@ -217,13 +298,85 @@ impl GatewayConfig {
         if self.mqtt.listen == self.http.listen {
             return Err(invalid("http.listen", "must differ from mqtt.listen"));
         }
+        if self.journal.quota_bytes < 64 * 1024 {
+            return Err(invalid("journal.quota_bytes", "must be at least 65536"));
+        }
+        if self.limits.device_rate_per_sec.is_nan()
+            || self.limits.device_rate_per_sec <= 0.0
+            || self.limits.device_burst == 0
+        {
+            return Err(invalid(
+                "limits.device_rate_per_sec",
+                "rate must be > 0 and device_burst >= 1",
+            ));
+        }
+        if self.supervision.check_interval_ms == 0 {
+            return Err(invalid(
+                "supervision.check_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.supervision.low_battery_pct > 100 {
+            return Err(invalid(
+                "supervision.low_battery_pct",
+                "is a percentage (0-100)",
+            ));
+        }
+        for (kind, secs) in &self.supervision.heartbeat_deadline_secs {
+            if *secs == 0 {
+                return Err(invalid(
+                    format!("supervision.heartbeat_deadline_secs.{kind}"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        if self.fallback.local_topic.is_empty() || self.fallback.local_topic.contains(['+', '#']) {
+            return Err(invalid(
+                "fallback.local_topic",
+                "must be a topic name without wildcards",
+            ));
+        }
+        let webhook = &self.fallback.webhook_url;
+        if !webhook.is_empty() && !webhook.starts_with("http://") {
+            // reqwest is built without TLS here: the webhook is meant for a
+            // siren or console on the site's own network.
+            return Err(invalid(
+                "fallback.webhook_url",
+                format!("`{webhook}` must start with http:// (on-site endpoints only)"),
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, device) in self.devices.iter().enumerate() {
             let id = device.id.as_str();
-            if id.is_empty() || id.contains(['/', '+', '#']) || id.len() > 64 {
+            if id.is_empty() || id.contains(['/', '+', '#', '\0']) || id.len() > 64 {
                 return Err(invalid(
                     format!("devices[{i}].id"),
                     format!("`{id}` must be 1-64 characters without '/', '+' or '#'"),
+                ));
+            }
+            if !self
+                .supervision
+                .heartbeat_deadline_secs
+                .contains_key(&device.kind)
+            {
+                return Err(invalid(
+                    format!("devices[{i}].kind"),
+                    format!(
+                        "`{}` has no supervision.heartbeat_deadline_secs entry (known: {})",
+                        device.kind,
+                        self.supervision
+                            .heartbeat_deadline_secs
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            if self.mqtt.require_auth && device.password.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(
+                    format!("devices[{i}].password"),
+                    "is required when mqtt.require_auth = true",
                 ));
             }
             if !seen.insert(id) {
@@ -234,6 +387,10 @@ impl GatewayConfig {
             }
         }
         Ok(())
+    }
+
+    pub fn heartbeat_deadline(&self, kind: &str) -> Duration {
+        Duration::from_secs(self.supervision.heartbeat_deadline_secs[kind])
     }
 
     pub fn backoff_initial(&self) -> Duration {
@@ -250,6 +407,7 @@ impl GatewayConfig {
             devices: vec![DeviceConfig {
                 id: "btn-0001".into(),
                 kind: "call_button".into(),
+                password: None,
             }],
             ..Self::default()
         };
@@ -278,6 +436,17 @@ mod tests {
 
         let err = GatewayConfig::parse("[mqtt]\nlisten = \"nonsense\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
+
+        let err =
+            GatewayConfig::parse("[[devices]]\nid = \"a\"\nkind = \"toaster\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("devices[0].kind"), "{err}");
+
+        let err = GatewayConfig::parse(
+            "[mqtt]\nrequire_auth = true\n[[devices]]\nid = \"a\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("devices[0].password"), "{err}");
 
         let err = GatewayConfig::parse("gatway_id = \"x\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("gatway_id"), "{err}");

@@ -33,5 +33,6 @@ async fn healthz(State(state): State<HttpState>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(state): State<HttpState>) -> String {
+    crate::metrics::refresh_journal_gauges(&state.journal);
     state.metrics.render()
 }

@@ -3,9 +3,15 @@
 //! Keeps guarantee 1: a device hears `stored` only after the journal flush
 //! that made its event durable returned. Keeps guarantee 5: a bad payload is
 //! rejected with a log line, a counter and a `rejected` ack, and never stops
-//! the loop. Many events share one flush (group commit).
+//! the loop. Many events share one flush (group commit). A device over its
+//! rate gets no ack (it keeps the event and retries later), so a flooding
+//! device can neither starve others nor fill the disk.
 
-use std::collections::HashSet;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anxin_proto::{
     AckKind, DeviceEvent, EventKind, now_ms,
@@ -18,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::GatewayConfig,
-    device_acks::DeviceAcks,
+    fallback::LocalAlarm,
     journal::{Appended, JournalWriter},
     metrics as m,
+    mqtt_out::MqttOut,
+    supervisor::Sighting,
 };
 
 /// Most notifications handled per flush.
@@ -106,11 +114,43 @@ pub fn validate(
     Ok(event)
 }
 
+/// Per-device token buckets.
+struct RateLimiter {
+    rate_per_sec: f64,
+    burst: f64,
+    buckets: HashMap<String, (f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn allow(&mut self, device_id: &str, now: Instant) -> bool {
+        let (tokens, last) = self
+            .buckets
+            .entry(device_id.to_string())
+            .or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec).min(self.burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// At most one journal-full local alarm per this interval.
+const JOURNAL_FULL_ALARM_EVERY: Duration = Duration::from_secs(60);
+
 pub struct Ingest {
     journal: JournalWriter,
-    acks: DeviceAcks,
+    acks: MqttOut,
+    alarm: Arc<LocalAlarm>,
+    sightings: tokio::sync::mpsc::Sender<Sighting>,
     known_devices: HashSet<String>,
     max_event_bytes: usize,
+    limiter: RateLimiter,
+    last_full_alarm: Option<Instant>,
 }
 
 enum Outcome {
@@ -127,16 +167,30 @@ enum Outcome {
 }
 
 impl Ingest {
-    pub fn new(config: &GatewayConfig, journal: JournalWriter, acks: DeviceAcks) -> Self {
+    pub fn new(
+        config: &GatewayConfig,
+        journal: JournalWriter,
+        acks: MqttOut,
+        alarm: Arc<LocalAlarm>,
+        sightings: tokio::sync::mpsc::Sender<Sighting>,
+    ) -> Self {
         Self {
             journal,
             acks,
+            alarm,
+            sightings,
             known_devices: config.devices.iter().map(|d| d.id.clone()).collect(),
             max_event_bytes: config.limits.max_event_bytes,
+            limiter: RateLimiter {
+                rate_per_sec: config.limits.device_rate_per_sec,
+                burst: f64::from(config.limits.device_burst),
+                buckets: HashMap::new(),
+            },
+            last_full_alarm: None,
         }
     }
 
-    pub async fn run(self, mut link: LinkRx, cancel: CancellationToken) {
+    pub async fn run(mut self, mut link: LinkRx, cancel: CancellationToken) {
         loop {
             let first = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -178,15 +232,16 @@ impl Ingest {
         }
     }
 
-    async fn handle_batch(&self, batch: &[rumqttd::protocol::Publish]) {
+    async fn handle_batch(&mut self, batch: &[rumqttd::protocol::Publish]) {
         if batch.is_empty() {
             return;
         }
         let stored_ms = now_ms();
-        let outcomes: Vec<Outcome> = batch
-            .iter()
-            .map(|publish| self.accept(&publish.topic, &publish.payload, stored_ms))
-            .collect();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut sightings = Vec::new();
+        for publish in batch {
+            outcomes.push(self.accept(&publish.topic, &publish.payload, stored_ms, &mut sightings));
+        }
         let needs_flush = outcomes.iter().any(|o| matches!(o, Outcome::Store { .. }));
         let durable = if needs_flush {
             match self.journal.flush().await {
@@ -203,12 +258,8 @@ impl Ingest {
         for outcome in outcomes {
             match outcome {
                 Outcome::Store { device_id, seq } if durable => {
-                    self.acks.send(DeviceAcks::simple(
-                        &device_id,
-                        seq,
-                        AckKind::Stored,
-                        "stored",
-                    ));
+                    self.acks
+                        .send(MqttOut::simple(&device_id, seq, AckKind::Stored, "stored"));
                 }
                 Outcome::Store { .. } | Outcome::Ignore => {}
                 Outcome::Reject {
@@ -216,20 +267,34 @@ impl Ingest {
                     seq,
                     reason,
                 } => {
-                    self.acks.send(DeviceAcks::simple(
-                        &device_id,
-                        seq,
-                        AckKind::Rejected,
-                        reason,
-                    ));
+                    self.acks
+                        .send(MqttOut::simple(&device_id, seq, AckKind::Rejected, reason));
                 }
             }
         }
         m::set_journal_depth(self.journal.depth());
+        for sighting in sightings {
+            // Supervision runs beside ingest; if it stops, ingest goes on.
+            let _ = self.sightings.send(sighting).await;
+        }
     }
 
-    fn accept(&self, topic: &[u8], payload: &[u8], stored_ms: i64) -> Outcome {
+    fn accept(
+        &mut self,
+        topic: &[u8],
+        payload: &[u8],
+        stored_ms: i64,
+        sightings: &mut Vec<Sighting>,
+    ) -> Outcome {
         let topic = String::from_utf8_lossy(topic);
+        if let Some(device_id) = topics::parse_status(&topic) {
+            if payload == b"offline" && self.known_devices.contains(device_id) {
+                sightings.push(Sighting::LastWill {
+                    device_id: device_id.to_string(),
+                });
+            }
+            return Outcome::Ignore;
+        }
         let Some((topic_device, encoding)) = topics::parse_event(&topic) else {
             metrics::counter!(m::EVENTS_REJECTED, "reason" => "topic").increment(1);
             tracing::warn!(%topic, "ignoring publish on a topic that is not an event topic");
@@ -258,12 +323,41 @@ impl Ingest {
             }
         };
         let (device_id, seq) = (event.device_id.clone(), event.seq);
+        if !self.limiter.allow(&device_id, Instant::now()) {
+            metrics::counter!(m::EVENTS_REJECTED, "reason" => "rate_limited").increment(1);
+            tracing::debug!(%device_id, seq, "device over its rate; no ack, it will retry");
+            return Outcome::Ignore;
+        }
+        sightings.push(Sighting::Event {
+            device_id: device_id.clone(),
+            battery_pct: event.battery_pct,
+        });
         match self.journal.append(&event, stored_ms) {
-            Ok(Appended::New(_)) => {
+            Ok(Appended::New {
+                evicted,
+                over_quota,
+                ..
+            }) => {
                 let priority = m::PRIORITY_LABELS[event.priority() as usize];
                 metrics::counter!(m::EVENTS_STORED, "priority" => priority).increment(1);
                 tracing::info!(%device_id, seq, kind = event.kind().as_str_name(), priority, "event journaled");
+                for gone in &evicted {
+                    metrics::counter!(m::EVICTIONS, "priority" => m::PRIORITY_LABELS[gone.priority]).increment(1);
+                    tracing::warn!(device_id = %gone.device_id, seq = gone.seq, priority = m::PRIORITY_LABELS[gone.priority], "journal quota reached: evicted");
+                }
+                if over_quota {
+                    self.journal_full_alarm(&event);
+                }
                 Outcome::Store { device_id, seq }
+            }
+            Ok(Appended::Refused) => {
+                metrics::counter!(m::EVENTS_REJECTED, "reason" => "journal_full").increment(1);
+                self.journal_full_alarm(&event);
+                Outcome::Reject {
+                    device_id,
+                    seq,
+                    reason: "the gateway's journal is full of life-safety events".into(),
+                }
             }
             Ok(Appended::Duplicate(_)) => {
                 metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
@@ -275,6 +369,17 @@ impl Ingest {
                 tracing::error!(%device_id, seq, error = %err, "journal append failed; no stored ack");
                 Outcome::Ignore
             }
+        }
+    }
+
+    fn journal_full_alarm(&mut self, event: &DeviceEvent) {
+        let due = self
+            .last_full_alarm
+            .is_none_or(|at| at.elapsed() >= JOURNAL_FULL_ALARM_EVERY);
+        if due {
+            self.last_full_alarm = Some(Instant::now());
+            self.alarm
+                .raise("journal_full", std::slice::from_ref(event));
         }
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod broker;
 pub mod config;
-pub mod device_acks;
+pub mod fallback;
 pub mod http;
 pub mod ingest;
 pub mod journal;
 pub mod metrics;
+pub mod mqtt_out;
+pub mod supervisor;
 pub mod uplink;

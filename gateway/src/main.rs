@@ -1,15 +1,17 @@
 //! The `anxin-gateway` binary: loads the config, starts every task in one
 //! place, and shuts down on SIGTERM/SIGINT after a final journal flush.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anxin_gateway::{
     broker,
     config::GatewayConfig,
-    device_acks::DeviceAcks,
+    fallback::{Fallback, LocalAlarm},
     http::{self, HttpState},
     ingest::Ingest,
     journal, metrics,
+    mqtt_out::MqttOut,
+    supervisor::Supervisor,
     uplink::Uplink,
 };
 use anyhow::Context;
@@ -56,18 +58,25 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let prometheus = metrics::install();
-    let (writer, reader) = journal::open(&config.journal.path)
+    let quota = journal::Quota::bytes(config.journal.quota_bytes);
+    let (writer, reader) = journal::open(&config.journal.path, quota)
         .with_context(|| format!("opening journal.path {}", config.journal.path.display()))?;
     metrics::set_journal_depth(reader.depth());
     tracing::info!(depth = ?reader.depth(), "journal open; pending events will be replayed");
 
     let link = broker::start(&config)?;
     broker::wait_listening(config.mqtt.listen, Duration::from_secs(10)).await?;
-    let acks = DeviceAcks::new(link.tx);
+    let acks = MqttOut::new(link.tx);
 
     let cancel = CancellationToken::new();
-    let ingest = Ingest::new(&config, writer, acks.clone());
+    let alarm = Arc::new(LocalAlarm::new(&config, acks.clone()));
+    let (sightings, sightings_rx) = tokio::sync::mpsc::channel(4096);
+    let supervisor =
+        Supervisor::new(&config, writer.clone()).context("loading supervision state")?;
+    let ingest = Ingest::new(&config, writer, acks.clone(), alarm.clone(), sightings);
     let (uplink, uplink_state) = Uplink::new(&config, reader.clone(), acks);
+    let fallback = Fallback::new(&config, reader.clone(), alarm, uplink_state.clone())
+        .context("loading fallback state")?;
 
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -82,6 +91,8 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(ingest.run(link.rx, cancel.clone()));
     tasks.spawn(uplink.run(cancel.clone()));
+    tasks.spawn(supervisor.run(sightings_rx, cancel.clone()));
+    tasks.spawn(fallback.run(cancel.clone()));
     let http_cancel = cancel.clone();
     tasks.spawn(async move {
         let serve = axum::serve(http_listener, app)

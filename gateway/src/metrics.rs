@@ -1,6 +1,6 @@
 //! Prometheus metric names of the gateway, described in one place.
 
-use metrics::{describe_counter, describe_gauge};
+use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const EVENTS_STORED: &str = "anxin_gateway_events_stored_total";
@@ -12,6 +12,16 @@ pub const EVENTS_DELIVERED: &str = "anxin_gateway_events_delivered_total";
 pub const UPLINK_CONNECTED: &str = "anxin_gateway_uplink_connected";
 pub const UPLINK_CONNECTS: &str = "anxin_gateway_uplink_connects_total";
 pub const DOWNLINKS: &str = "anxin_gateway_downlinks_total";
+pub const JOURNAL_BYTES: &str = "anxin_gateway_journal_bytes";
+pub const JOURNAL_DISK_BYTES: &str = "anxin_gateway_journal_disk_bytes";
+pub const JOURNAL_OLDEST_AGE: &str = "anxin_gateway_journal_oldest_age_seconds";
+pub const EVICTIONS: &str = "anxin_gateway_journal_evictions_total";
+pub const UPLINK_ACK_SECONDS: &str = "anxin_gateway_uplink_ack_seconds";
+pub const SUPERVISION_EVENTS: &str = "anxin_gateway_supervision_events_total";
+pub const LOCAL_ALARMS: &str = "anxin_gateway_local_alarms_total";
+pub const LOCAL_ALARM_WEBHOOK_FAILURES: &str = "anxin_gateway_local_alarm_webhook_failures_total";
+pub const FALLBACK_CHECKS: &str = "anxin_gateway_fallback_checks_total";
+pub const FALLBACK_FIRED: &str = "anxin_gateway_fallback_p0_alarmed_total";
 
 /// Installs the global recorder and returns the handle `/metrics` renders.
 pub fn install() -> PrometheusHandle {
@@ -51,12 +61,70 @@ pub fn install() -> PrometheusHandle {
         DOWNLINKS,
         "Messages from the server published to devices (e.g. help is coming)."
     );
+    describe_gauge!(
+        JOURNAL_BYTES,
+        "Logical bytes in the journal, by priority (what the quota counts)."
+    );
+    describe_gauge!(JOURNAL_DISK_BYTES, "Size of the journal's files on disk.");
+    describe_gauge!(
+        JOURNAL_OLDEST_AGE,
+        "Age of the oldest journaled event, by priority."
+    );
+    describe_counter!(
+        EVICTIONS,
+        "Events evicted at the journal quota, by priority (P3, P2 only)."
+    );
+    describe_histogram!(
+        UPLINK_ACK_SECONDS,
+        "From sending an event to the server's received ack."
+    );
+    describe_counter!(
+        SUPERVISION_EVENTS,
+        "Events the gateway raised for devices (offline, online, low battery)."
+    );
+    describe_counter!(
+        LOCAL_ALARMS,
+        "Local alarms raised (server_unreachable, journal_full)."
+    );
+    describe_counter!(
+        LOCAL_ALARM_WEBHOOK_FAILURES,
+        "Local alarm webhooks that failed every attempt."
+    );
+    describe_counter!(
+        FALLBACK_CHECKS,
+        "Times the local fallback checked the uplink and the P0 lane."
+    );
+    describe_counter!(
+        FALLBACK_FIRED,
+        "P0 events alarmed locally because the server was unreachable."
+    );
     handle
 }
 
 pub fn set_journal_depth(depth: [u64; 4]) {
     for (priority, count) in depth.iter().enumerate() {
         metrics::gauge!(JOURNAL_DEPTH, "priority" => PRIORITY_LABELS[priority]).set(*count as f64);
+    }
+}
+
+/// Refreshes the journal gauges that are cheap to compute on scrape.
+pub fn refresh_journal_gauges(journal: &crate::journal::JournalReader) {
+    set_journal_depth(journal.depth());
+    for (priority, bytes) in journal.bytes().iter().enumerate() {
+        metrics::gauge!(JOURNAL_BYTES, "priority" => PRIORITY_LABELS[priority]).set(*bytes as f64);
+    }
+    if let Ok(size) = journal.size_on_disk() {
+        metrics::gauge!(JOURNAL_DISK_BYTES).set(size as f64);
+    }
+    let now = anxin_proto::now_ms();
+    for (priority, label) in PRIORITY_LABELS.iter().enumerate() {
+        let lane = anxin_proto::Priority::try_from(priority as i32).expect("0..=3 are priorities");
+        let age = journal
+            .lane(lane, 1)
+            .ok()
+            .and_then(|entries| entries.into_iter().next())
+            .map_or(0.0, |e| (now - e.event.stored_ms).max(0) as f64 / 1000.0);
+        metrics::gauge!(JOURNAL_OLDEST_AGE, "priority" => *label).set(age);
     }
 }
 

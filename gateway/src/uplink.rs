@@ -8,7 +8,10 @@
 //! deduplicates on (device_id, seq) (guarantee 2). The same stream carries
 //! the server's downlinks ("help is coming") to devices.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use anxin_proto::v1::{
     DownlinkDone, GatewayMessage, Hello, ServerMessage, gateway_message, server_message,
@@ -21,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::GatewayConfig,
-    device_acks::DeviceAcks,
     journal::{EntryKey, JournalError, JournalReader},
     metrics as m,
+    mqtt_out::MqttOut,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -54,7 +57,7 @@ pub struct Uplink {
     backoff_max: Duration,
     connect_timeout: Duration,
     journal: JournalReader,
-    acks: DeviceAcks,
+    acks: MqttOut,
     state: watch::Sender<UplinkState>,
 }
 
@@ -62,7 +65,7 @@ impl Uplink {
     pub fn new(
         config: &GatewayConfig,
         journal: JournalReader,
-        acks: DeviceAcks,
+        acks: MqttOut,
     ) -> (Self, watch::Receiver<UplinkState>) {
         let (state, state_rx) = watch::channel(UplinkState::Connecting {
             server: config.uplink.servers[0].clone(),
@@ -154,6 +157,7 @@ impl Uplink {
         *backoff = self.backoff_initial;
 
         let mut in_flight: HashSet<EntryKey> = HashSet::new();
+        let mut sent_at: HashMap<EntryKey, Instant> = HashMap::new();
         loop {
             if in_flight.len() < self.window {
                 for entry in self
@@ -161,6 +165,7 @@ impl Uplink {
                     .pending(&in_flight, self.window - in_flight.len())?
                 {
                     in_flight.insert(entry.key);
+                    sent_at.insert(entry.key, Instant::now());
                     let message = GatewayMessage {
                         body: Some(gateway_message::Body::Event(entry.event)),
                     };
@@ -175,7 +180,7 @@ impl Uplink {
                 _ = cancel.cancelled() => return Ok(()),
                 message = inbound.message() => {
                     let message = message?.ok_or(SessionError::Closed)?;
-                    self.on_server_message(message, &mut in_flight, &outbound).await?;
+                    self.on_server_message(message, &mut in_flight, &mut sent_at, &outbound).await?;
                 }
                 _ = self.journal.appended(), if in_flight.len() < self.window => {}
             }
@@ -186,12 +191,17 @@ impl Uplink {
         &self,
         message: ServerMessage,
         in_flight: &mut HashSet<EntryKey>,
+        sent_at: &mut HashMap<EntryKey, Instant>,
         outbound: &mpsc::Sender<GatewayMessage>,
     ) -> Result<(), SessionError> {
         match message.body {
             Some(server_message::Body::Received(received)) => {
                 if let Some(key) = self.journal.remove(&received.device_id, received.seq)? {
                     in_flight.remove(&key);
+                    if let Some(at) = sent_at.remove(&key) {
+                        metrics::histogram!(m::UPLINK_ACK_SECONDS)
+                            .record(at.elapsed().as_secs_f64());
+                    }
                     metrics::counter!(m::EVENTS_DELIVERED).increment(1);
                     tracing::info!(device_id = %received.device_id, seq = received.seq, "server received event; deleted from journal");
                 }

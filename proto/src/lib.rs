@@ -18,7 +18,7 @@ pub fn priority_of(kind: EventKind) -> Priority {
     use EventKind::*;
     match kind {
         Sos | Fall | Smoke | Gas | VitalsCritical => Priority::P0,
-        Inactivity | VitalsWarning | DeviceOffline | Tamper | Cancel => Priority::P1,
+        Inactivity | VitalsWarning | DeviceOffline | DeviceOnline | Tamper | Cancel => Priority::P1,
         LowBattery | DeviceFault => Priority::P2,
         Telemetry | Heartbeat | Unspecified => Priority::P3,
     }
@@ -35,6 +35,10 @@ impl DeviceEvent {
         self.known_kind().map_or(Priority::P3, priority_of)
     }
 }
+
+/// First sequence number of the range the gateway uses for events it raises
+/// on a device's behalf; devices number their own events below it.
+pub const GATEWAY_SEQ_BASE: u64 = 1 << 63;
 
 /// Milliseconds since the Unix epoch, the time unit of every Anxin message.
 pub fn now_ms() -> i64 {

@@ -4,6 +4,8 @@ pub const PREFIX: &str = "anxin/v1/dev/";
 /// Subscription filters the gateway listens on.
 pub const EVENT_FILTER: &str = "anxin/v1/dev/+/event";
 pub const EVENT_JSON_FILTER: &str = "anxin/v1/dev/+/event/json";
+/// Device status: devices set their MQTT last will to `offline` here.
+pub const STATUS_FILTER: &str = "anxin/v1/dev/+/status";
 
 pub fn event(device_id: &str) -> String {
     format!("{PREFIX}{device_id}/event")
@@ -11,11 +13,20 @@ pub fn event(device_id: &str) -> String {
 pub fn event_json(device_id: &str) -> String {
     format!("{PREFIX}{device_id}/event/json")
 }
+pub fn status(device_id: &str) -> String {
+    format!("{PREFIX}{device_id}/status")
+}
 pub fn ack(device_id: &str) -> String {
     format!("{PREFIX}{device_id}/ack")
 }
 pub fn ack_json(device_id: &str) -> String {
     format!("{PREFIX}{device_id}/ack/json")
+}
+
+/// The device id of a status topic.
+pub fn parse_status(topic: &str) -> Option<&str> {
+    let id = topic.strip_prefix(PREFIX)?.strip_suffix("/status")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
 /// Payload encoding, told by the topic.
@@ -55,5 +66,7 @@ mod tests {
         assert_eq!(parse_event("anxin/v1/dev//event"), None);
         assert_eq!(parse_event("anxin/v1/dev/a/b/event"), None);
         assert_eq!(parse_event("other/btn-1/event"), None);
+        assert_eq!(parse_status("anxin/v1/dev/btn-1/status"), Some("btn-1"));
+        assert_eq!(parse_status("anxin/v1/dev/btn-1/event"), None);
     }
 }

@@ -1,5 +1,6 @@
-//! Publishes acks to devices on `anxin/v1/dev/{id}/ack` (protobuf) and
-//! `…/ack/json` (proto3 JSON), through the gateway's broker link.
+//! Everything the gateway publishes into its own broker: acks to devices on
+//! `anxin/v1/dev/{id}/ack` (protobuf) and `…/ack/json` (proto3 JSON), and
+//! local alarms for an on-site console or siren.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,11 +9,11 @@ use prost::Message;
 use rumqttd::local::LinkTx;
 
 #[derive(Clone)]
-pub struct DeviceAcks {
+pub struct MqttOut {
     link: Arc<Mutex<LinkTx>>,
 }
 
-impl DeviceAcks {
+impl MqttOut {
     pub fn new(link: LinkTx) -> Self {
         Self {
             link: Arc::new(Mutex::new(link)),
@@ -34,6 +35,17 @@ impl DeviceAcks {
             if let Err(err) = result {
                 tracing::warn!(device_id = %ack.device_id, seq = ack.seq, error = %err, "publishing ack to device failed");
             }
+        }
+    }
+
+    /// Publishes a JSON document on a local topic.
+    pub fn publish_json(&self, topic: &str, document: &serde_json::Value) {
+        let mut link = self
+            .link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(err) = link.publish(topic.to_string(), document.to_string()) {
+            tracing::warn!(topic, error = %err, "local publish failed");
         }
     }
 

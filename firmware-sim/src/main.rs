@@ -1,7 +1,11 @@
 //! `anxin-sim`: simulated Anxin devices for integrators and tests.
 
 mod config;
+mod device;
+mod ledger;
+mod load;
 mod press;
+mod verify;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -22,6 +26,12 @@ struct Args {
     /// The gateway's MQTT address, host:port (overrides the config file).
     #[arg(long, global = true)]
     gateway: Option<String>,
+    /// MQTT password; the username is the device id unless the config sets one.
+    #[arg(long, global = true)]
+    password: Option<String>,
+    /// Print the result as JSON (for machines).
+    #[arg(long, global = true)]
+    json_output: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +63,42 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
     },
+    /// Run many devices at a steady total rate, each with its own connection
+    /// and retry outbox; SIGTERM or Ctrl-C stops sending, then drains.
+    Load {
+        /// Number of devices: ids are PREFIX00000, PREFIX00001, …
+        #[arg(long, default_value_t = 10)]
+        devices: usize,
+        #[arg(long, default_value = "dev-")]
+        prefix: String,
+        /// Events per second across all devices.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Seconds to send for.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Share of events per priority, e.g. p0=0.05,p3=0.95.
+        #[arg(long, default_value = "p0=0.05,p3=0.95")]
+        mix: load::Mix,
+        /// Write every event and ack to this ledger file (JSON lines).
+        #[arg(long)]
+        ledger: Option<PathBuf>,
+        /// Seconds to wait for outstanding `stored` acks after sending stops.
+        #[arg(long, default_value_t = 60)]
+        drain: u64,
+        /// Publish proto3 JSON instead of protobuf.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a ledger against the server: every `stored` event exactly once,
+    /// one alert per stored P0. Exits 1 on any loss or duplicate.
+    Verify {
+        #[arg(long)]
+        ledger: PathBuf,
+        /// The server's HTTP base URL, e.g. http://127.0.0.1:8080
+        #[arg(long)]
+        server: String,
+    },
 }
 
 fn parse_kind(text: &str) -> Result<EventKind, String> {
@@ -79,6 +125,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(gateway) = args.gateway {
         config.gateway = gateway;
     }
+    if args.password.is_some() {
+        config.password = args.password;
+    }
     config.validate()?;
     match args.command {
         Command::Press {
@@ -101,6 +150,79 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout_secs),
             };
             press::run(&config, press).await.context("press")?;
+        }
+        Command::Load {
+            devices,
+            prefix,
+            rate,
+            duration,
+            mix,
+            ledger,
+            drain,
+            json,
+        } => {
+            let summary = load::run(
+                &config,
+                load::Load {
+                    devices,
+                    prefix,
+                    rate_per_sec: rate,
+                    duration: Duration::from_secs(duration),
+                    mix,
+                    ledger,
+                    drain: Duration::from_secs(drain),
+                    json,
+                },
+            )
+            .await?;
+            if args.json_output {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!(
+                    "load devices={} sent={} stored={} rejected={} outstanding={} elapsed_s={:.1} stored_per_sec={:.0} stored_latency_ms_p50={:.1} p90={:.1} p99={:.1} max={:.1}",
+                    summary.devices,
+                    summary.sent,
+                    summary.stored,
+                    summary.rejected,
+                    summary.outstanding,
+                    summary.elapsed_s,
+                    summary.stored_per_sec,
+                    summary.stored_latency_ms.p50,
+                    summary.stored_latency_ms.p90,
+                    summary.stored_latency_ms.p99,
+                    summary.stored_latency_ms.max,
+                );
+            }
+            if summary.outstanding > 0 {
+                anyhow::bail!("{} events were never acked `stored`", summary.outstanding);
+            }
+        }
+        Command::Verify { ledger, server } => {
+            let report = verify::run(&ledger, &server).await.context("verify")?;
+            if args.json_output {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "verify stored={} found={} missing={} duplicated={} alert_mismatches={}",
+                    report.stored_in_ledger,
+                    report.found_at_server,
+                    report.missing.len(),
+                    report.duplicated.len(),
+                    report.alert_mismatches.len()
+                );
+                for line in report.missing.iter().map(|m| format!("missing {m}")).chain(
+                    report
+                        .duplicated
+                        .iter()
+                        .map(|d| format!("duplicated {d}"))
+                        .chain(report.alert_mismatches.iter().map(|a| format!("alert {a}"))),
+                ) {
+                    println!("{line}");
+                }
+            }
+            if !report.ok() {
+                std::process::exit(1);
+            }
         }
     }
     Ok(())

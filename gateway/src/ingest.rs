@@ -62,13 +62,11 @@ impl Rejection {
     }
 }
 
-/// Validates one publish. Pure, so it can be tested without a broker.
-pub fn validate(
-    topic_device: &str,
+/// Decodes one publish's payload. Pure, so it can be tested without a broker.
+pub fn decode(
     encoding: Encoding,
     payload: &[u8],
     max_bytes: usize,
-    known_devices: &HashSet<String>,
 ) -> Result<DeviceEvent, Rejection> {
     if payload.len() > max_bytes {
         return Err(Rejection::Oversize {
@@ -76,14 +74,22 @@ pub fn validate(
             limit: max_bytes,
         });
     }
-    let mut event = match encoding {
+    match encoding {
         Encoding::Protobuf => {
-            DeviceEvent::decode(payload).map_err(|e| Rejection::Malformed(e.to_string()))?
+            DeviceEvent::decode(payload).map_err(|e| Rejection::Malformed(e.to_string()))
         }
         Encoding::Json => {
-            serde_json::from_slice(payload).map_err(|e| Rejection::Malformed(e.to_string()))?
+            serde_json::from_slice(payload).map_err(|e| Rejection::Malformed(e.to_string()))
         }
-    };
+    }
+}
+
+/// Checks a decoded event against its topic and the device list.
+pub fn check(
+    mut event: DeviceEvent,
+    topic_device: &str,
+    known_devices: &HashSet<String>,
+) -> Result<DeviceEvent, Rejection> {
     if event.device_id.is_empty() {
         event.device_id = topic_device.to_string();
     } else if event.device_id != topic_device {
@@ -95,8 +101,10 @@ pub fn validate(
     if !known_devices.contains(topic_device) {
         return Err(Rejection::UnknownDevice(topic_device.to_string()));
     }
-    if event.seq == 0 {
-        return Err(Rejection::Malformed("seq must be 1 or more".into()));
+    if event.seq == 0 || event.seq >= anxin_proto::GATEWAY_SEQ_BASE {
+        return Err(Rejection::Malformed(
+            "seq must be between 1 and 2^63-1 (the rest is the gateway's)".into(),
+        ));
     }
     match event.known_kind() {
         None => return Err(Rejection::UnknownKind(event.kind)),
@@ -112,6 +120,21 @@ pub fn validate(
         )));
     }
     Ok(event)
+}
+
+/// Decodes and checks one publish.
+pub fn validate(
+    topic_device: &str,
+    encoding: Encoding,
+    payload: &[u8],
+    max_bytes: usize,
+    known_devices: &HashSet<String>,
+) -> Result<DeviceEvent, Rejection> {
+    check(
+        decode(encoding, payload, max_bytes)?,
+        topic_device,
+        known_devices,
+    )
 }
 
 /// Per-device token buckets.
@@ -300,13 +323,11 @@ impl Ingest {
             tracing::warn!(%topic, "ignoring publish on a topic that is not an event topic");
             return Outcome::Ignore;
         };
-        let event = match validate(
-            topic_device,
-            encoding,
-            payload,
-            self.max_event_bytes,
-            &self.known_devices,
-        ) {
+        let decoded = decode(encoding, payload, self.max_event_bytes);
+        // Echo the seq in a rejection when it could be read, so the device
+        // can drop that event from its retry queue.
+        let seq_hint = decoded.as_ref().map_or(0, |e| e.seq);
+        let event = match decoded.and_then(|e| check(e, topic_device, &self.known_devices)) {
             Ok(event) => event,
             Err(rejection) => {
                 metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.label()).increment(1);
@@ -317,7 +338,7 @@ impl Ingest {
                 );
                 return Outcome::Reject {
                     device_id: topic_device.to_string(),
-                    seq: 0,
+                    seq: seq_hint,
                     reason: rejection.to_string(),
                 };
             }

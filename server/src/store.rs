@@ -65,6 +65,9 @@ pub struct StoredEvent {
     /// The alert this event raised, if any.
     #[prost(string, tag = "4")]
     pub alert_id: String,
+    /// Increases with every commit: the order events reached the server.
+    #[prost(uint64, tag = "5")]
+    pub commit_index: u64,
 }
 
 #[derive(Debug)]
@@ -153,6 +156,7 @@ impl Store {
                 received_ms,
                 uplink: Some(uplink.clone()),
                 alert_id: alert.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
+                commit_index: events.generate_id()?,
             };
             events.insert(key.as_slice(), stored.encode_to_vec())?;
             Ok(Committed::New { alert })
@@ -170,6 +174,17 @@ impl Store {
             .get(event_key(device_id, seq))?
             .map(|bytes| decode("event", &bytes))
             .transpose()
+    }
+
+    /// A device's committed events in seq order.
+    pub fn device_events(&self, device_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut prefix = device_id.as_bytes().to_vec();
+        prefix.push(0);
+        self.events
+            .scan_prefix(prefix)
+            .values()
+            .map(|bytes| decode("event", &bytes?))
+            .collect()
     }
 
     pub fn event_count(&self) -> usize {

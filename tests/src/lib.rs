@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod proxy;
 pub mod sse;
+pub mod webhook;
 
 /// Generous: CI machines are slow and shared. Tests wait on conditions, and
 /// only fail when the condition never comes.
@@ -122,6 +124,15 @@ impl Proc {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM: ask the process to stop gracefully.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
     }
 
     /// Waits for the process to exit by itself; returns its exit code.
@@ -263,6 +274,19 @@ impl Server {
         body["alerts"].as_array().cloned().unwrap_or_default()
     }
 
+    /// A device's committed events, as `GET /api/v1/devices/{id}/events`
+    /// returns them.
+    pub async fn events_for(&self, device_id: &str) -> Vec<serde_json::Value> {
+        let body: serde_json::Value =
+            reqwest::get(format!("{}/api/v1/devices/{device_id}/events", self.http()))
+                .await
+                .expect("GET device events")
+                .json()
+                .await
+                .expect("events JSON");
+        body["events"].as_array().cloned().unwrap_or_default()
+    }
+
     pub async fn alerts_for(&self, device_id: &str) -> Vec<serde_json::Value> {
         self.alerts()
             .await
@@ -283,14 +307,83 @@ impl Gateway {
     /// Starts a gateway whose journal lives in `dir`, forwarding to the
     /// server at `server_grpc_port` (which need not be up).
     pub async fn start(dir: &Path, server_grpc_port: u16, devices: &[&str]) -> Self {
+        Self::start_with(dir, server_grpc_port, devices, &[]).await
+    }
+
+    /// Like [`Gateway::start`], with extra config lines per section, e.g.
+    /// `("journal", "quota_bytes = 65536")`. Devices are call buttons unless
+    /// listed as `id:kind`.
+    pub async fn start_with(
+        dir: &Path,
+        server_grpc_port: u16,
+        devices: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Self {
+        Self::start_routed(
+            dir,
+            &format!("http://127.0.0.1:{server_grpc_port}"),
+            devices,
+            extra,
+        )
+        .await
+    }
+
+    /// Like [`Gateway::start_with`], with the server endpoint given in full
+    /// (e.g. a proxy the test controls).
+    pub async fn start_routed(
+        dir: &Path,
+        server_url: &str,
+        devices: &[&str],
+        extra: &[(&str, &str)],
+    ) -> Self {
         let (mqtt_port, http_port) = (free_port(), free_port());
         let config = dir.join("gateway.toml");
-        let mut text = format!(
-            "gateway_id = \"gw-test\"\n[mqtt]\nlisten = \"127.0.0.1:{mqtt_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[journal]\npath = \"{}\"\n[uplink]\nservers = [\"http://127.0.0.1:{server_grpc_port}\"]\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n",
-            dir.join("journal").display()
-        );
+        let mut sections: Vec<(String, Vec<String>)> = vec![
+            ("".into(), vec!["gateway_id = \"gw-test\"".into()]),
+            (
+                "mqtt".into(),
+                vec![format!("listen = \"127.0.0.1:{mqtt_port}\"")],
+            ),
+            (
+                "http".into(),
+                vec![format!("listen = \"127.0.0.1:{http_port}\"")],
+            ),
+            (
+                "journal".into(),
+                vec![format!("path = \"{}\"", dir.join("journal").display())],
+            ),
+            (
+                "uplink".into(),
+                vec![
+                    format!("servers = [\"{server_url}\"]"),
+                    "backoff_initial_ms = 50".into(),
+                    "backoff_max_ms = 500".into(),
+                ],
+            ),
+            ("limits".into(), vec![]),
+            ("supervision".into(), vec![]),
+            ("fallback".into(), vec![]),
+        ];
+        for (section, line) in extra {
+            let entry = sections.iter_mut().find(|(name, _)| name == section);
+            match entry {
+                Some((_, lines)) => lines.push(line.to_string()),
+                None => sections.push((section.to_string(), vec![line.to_string()])),
+            }
+        }
+        let mut text = String::new();
+        for (name, lines) in &sections {
+            if !name.is_empty() {
+                text.push_str(&format!("[{name}]\n"));
+            }
+            for line in lines {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
         for device in devices {
-            text.push_str(&format!("[[devices]]\nid = \"{device}\"\n"));
+            let (id, kind) = device.split_once(':').unwrap_or((device, "call_button"));
+            text.push_str(&format!("[[devices]]\nid = \"{id}\"\nkind = \"{kind}\"\n"));
         }
         fs::write(&config, text).unwrap();
         let mut gateway = Self {

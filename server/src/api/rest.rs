@@ -39,6 +39,7 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/alerts/{id}", get(get_alert))
         .route("/api/v1/alerts/{id}/ack", post(acknowledge))
         .route("/api/v1/alerts/{id}/resolve", post(resolve))
+        .route("/api/v1/devices/{id}/events", get(device_events))
         .with_state(state)
 }
 
@@ -133,6 +134,38 @@ async fn resolve(
     let by = body.by.as_deref().unwrap_or("dispatcher");
     let outcome = body.outcome.as_deref().unwrap_or("attended");
     Ok(Json(state.desk.resolve(&id, by, outcome).await?))
+}
+
+/// A device's committed events, for integrators and checkers (`anxin-sim
+/// verify`): identity, kind, and the order they reached the server.
+async fn device_events(
+    State(state): State<RestState>,
+    Path(device_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let events: Vec<serde_json::Value> = state
+        .desk
+        .store()
+        .device_events(&device_id)?
+        .into_iter()
+        .filter_map(|stored| {
+            let uplink = stored.uplink?;
+            let event = uplink.event?;
+            Some(serde_json::json!({
+                "deviceId": event.device_id,
+                "seq": event.seq.to_string(),
+                "kind": event.kind().as_str_name(),
+                "priority": event.priority().as_str_name(),
+                "batteryPct": event.battery_pct,
+                "deviceTimeMs": event.device_time_ms.to_string(),
+                "storedMs": uplink.stored_ms.to_string(),
+                "receivedMs": stored.received_ms.to_string(),
+                "gatewayId": stored.gateway_id,
+                "alertId": stored.alert_id,
+                "commitIndex": stored.commit_index.to_string(),
+            }))
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "events": events })))
 }
 
 fn alert_event(alert: &Alert) -> Event {

@@ -1,0 +1,269 @@
+//! `anxin-sim load`: many devices against one gateway at a steady rate, each
+//! with its own MQTT connection and outbox, every event in the ledger.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anxin_proto::{AckKind, DeviceEvent, EventKind, now_ms};
+use rand::Rng;
+use tokio::sync::mpsc;
+
+use crate::{
+    config::SimConfig,
+    device::{self, DeviceHandle, Heard},
+    ledger::LedgerWriter,
+};
+
+/// Share of events per priority, P0..P3.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mix(pub [f64; 4]);
+
+impl std::str::FromStr for Mix {
+    type Err = String;
+
+    /// `p0=0.05,p3=0.95`; shares are normalised, unnamed priorities get 0.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut shares = [0.0; 4];
+        for part in text.split(',') {
+            let (name, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}` is not pN=share"))?;
+            let index = match name.trim().to_ascii_lowercase().as_str() {
+                "p0" => 0,
+                "p1" => 1,
+                "p2" => 2,
+                "p3" => 3,
+                other => return Err(format!("unknown priority `{other}` (p0..p3)")),
+            };
+            shares[index] = value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| *v >= 0.0)
+                .ok_or_else(|| format!("`{value}` is not a share"))?;
+        }
+        let total: f64 = shares.iter().sum();
+        if total <= 0.0 {
+            return Err("the shares add up to zero".into());
+        }
+        Ok(Mix(shares.map(|s| s / total)))
+    }
+}
+
+impl Mix {
+    fn pick(&self, roll: f64) -> EventKind {
+        const KINDS: [EventKind; 4] = [
+            EventKind::Sos,
+            EventKind::Inactivity,
+            EventKind::DeviceFault,
+            EventKind::Telemetry,
+        ];
+        let mut acc = 0.0;
+        for (share, kind) in self.0.iter().zip(KINDS) {
+            acc += share;
+            if roll < acc {
+                return kind;
+            }
+        }
+        EventKind::Telemetry
+    }
+}
+
+pub struct Load {
+    pub devices: usize,
+    pub prefix: String,
+    pub rate_per_sec: f64,
+    pub duration: Duration,
+    pub mix: Mix,
+    pub ledger: Option<PathBuf>,
+    pub drain: Duration,
+    pub json: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub devices: usize,
+    pub sent: u64,
+    pub stored: u64,
+    pub rejected: u64,
+    pub outstanding: u64,
+    pub elapsed_s: f64,
+    pub stored_per_sec: f64,
+    pub stored_latency_ms: Percentiles,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+fn percentiles(mut values: Vec<f64>) -> Percentiles {
+    if values.is_empty() {
+        return Percentiles::default();
+    }
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    Percentiles {
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        max: *values.last().unwrap(),
+    }
+}
+
+pub fn device_id(prefix: &str, index: usize) -> String {
+    format!("{prefix}{index:05}")
+}
+
+/// Resolves on SIGTERM or Ctrl-C: stop sending, then drain.
+async fn stop_requested() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
+    let (ledger, ledger_task) = match &load.ledger {
+        Some(path) => {
+            let (writer, task) = LedgerWriter::create(path)?;
+            (Some(writer), Some(task))
+        }
+        None => (None, None),
+    };
+    let (heard_tx, mut heard) = mpsc::unbounded_channel::<Heard>();
+    let mut devices: Vec<(String, DeviceHandle)> = Vec::with_capacity(load.devices);
+    for index in 0..load.devices {
+        let id = device_id(&load.prefix, index);
+        let handle = device::spawn(config, &id, load.json, heard_tx.clone())?;
+        devices.push((id, handle));
+    }
+    drop(heard_tx);
+
+    // Seqs are unique per run: the first is the start time in microseconds.
+    let base_seq = now_ms() as u64 * 1000;
+    let mut next_seq: HashMap<usize, u64> = HashMap::new();
+    let started = Instant::now();
+    let mut summary = Summary {
+        devices: load.devices,
+        ..Default::default()
+    };
+    let mut latencies = Vec::new();
+    let mut on_heard = |heard: Heard, summary: &mut Summary| {
+        let ack = heard.ack;
+        let name = match ack.kind() {
+            AckKind::Stored => {
+                summary.stored += 1;
+                summary.outstanding -= 1;
+                latencies.push(heard.latency.as_secs_f64() * 1000.0);
+                "stored"
+            }
+            AckKind::Rejected => {
+                summary.rejected += 1;
+                summary.outstanding -= 1;
+                tracing::warn!(device_id = %ack.device_id, seq = ack.seq, "rejected: {}", ack.message);
+                "rejected"
+            }
+            AckKind::Acknowledged => "acknowledged",
+            _ => return,
+        };
+        if let Some(ledger) = &ledger {
+            ledger.record(name, &ack.device_id, ack.seq, "");
+        }
+    };
+
+    let stop = stop_requested();
+    tokio::pin!(stop);
+    let deadline = tokio::time::sleep(load.duration);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut budget = 0.0;
+    let mut last_tick = Instant::now();
+    let mut cursor = 0usize;
+    let mut last_progress = Instant::now();
+    let mut rng = rand::rng();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = &mut deadline => break,
+            Some(h) = heard.recv() => on_heard(h, &mut summary),
+            _ = tick.tick() => {
+                let now = Instant::now();
+                budget += now.duration_since(last_tick).as_secs_f64() * load.rate_per_sec;
+                last_tick = now;
+                while budget >= 1.0 && !devices.is_empty() {
+                    budget -= 1.0;
+                    let index = cursor % devices.len();
+                    cursor += 1;
+                    let seq = next_seq.entry(index).or_insert(base_seq);
+                    *seq += 1;
+                    let kind = load.mix.pick(rng.random::<f64>());
+                    let (id, handle) = &devices[index];
+                    let event = DeviceEvent {
+                        device_id: id.clone(),
+                        seq: *seq,
+                        kind: kind as i32,
+                        device_time_ms: now_ms(),
+                        battery_pct: 80,
+                        ..Default::default()
+                    };
+                    if let Some(ledger) = &ledger {
+                        ledger.record("sent", id, *seq, kind.as_str_name());
+                    }
+                    if handle.submit.send(event).is_ok() {
+                        summary.sent += 1;
+                        summary.outstanding += 1;
+                    }
+                }
+                if last_progress.elapsed() >= Duration::from_secs(5) {
+                    last_progress = Instant::now();
+                    eprintln!(
+                        "progress: sent={} stored={} outstanding={} elapsed_s={:.0}",
+                        summary.sent, summary.stored, summary.outstanding, started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+
+    // Stop sending; wait for every outstanding event to be settled.
+    let drain_until = Instant::now() + load.drain;
+    while summary.outstanding > 0 && Instant::now() < drain_until {
+        match tokio::time::timeout_at(drain_until.into(), heard.recv()).await {
+            Ok(Some(h)) => on_heard(h, &mut summary),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    summary.stored_per_sec = summary.stored as f64 / summary.elapsed_s.max(f64::EPSILON);
+    summary.stored_latency_ms = percentiles(std::mem::take(&mut latencies));
+    drop(devices);
+    drop(ledger);
+    if let Some(task) = ledger_task {
+        task.await??;
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mix_parses_and_normalises() {
+        let mix: Mix = "p0=1,p3=3".parse().unwrap();
+        assert_eq!(mix.0, [0.25, 0.0, 0.0, 0.75]);
+        assert_eq!(mix.pick(0.1), EventKind::Sos);
+        assert_eq!(mix.pick(0.5), EventKind::Telemetry);
+        assert!("p9=1".parse::<Mix>().is_err());
+        assert!("p0=0".parse::<Mix>().is_err());
+    }
+}

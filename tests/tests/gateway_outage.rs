@@ -1,0 +1,127 @@
+//! A network partition between gateway and server while devices keep
+//! sending: everything is kept, everything arrives after the link returns,
+//! and the P0s queued during the outage go out before the telemetry backlog.
+
+use std::time::Duration;
+
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field, proxy::Proxy};
+
+fn commit_index(event: &serde_json::Value) -> u64 {
+    event["commitIndex"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_keeps_everything_and_p0_overtakes_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let link = Proxy::start(server.grpc_port).await;
+    let mut devices: Vec<String> = (0..5).map(|i| format!("meter-{i:05}")).collect();
+    devices.extend(["btn-a", "btn-b", "btn-c"].map(String::from));
+    let device_refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let gateway = Gateway::start_routed(
+        dir.path(),
+        &link.url(),
+        &device_refs,
+        &[
+            ("limits", "device_rate_per_sec = 1000.0"),
+            ("limits", "device_burst = 1000"),
+        ],
+    )
+    .await;
+    eventually("the uplink to connect", PATIENCE, || async {
+        (gateway.health().await["uplink"]["state"] == "connected").then_some(())
+    })
+    .await;
+
+    link.cut();
+    eventually("the gateway to notice the partition", PATIENCE, || async {
+        (gateway.health().await["uplink"]["state"] != "connected").then_some(())
+    })
+    .await;
+
+    // Telemetry piles up during the outage...
+    let ledger = dir.path().join("telemetry.jsonl");
+    let mut load = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "load",
+            "--devices",
+            "5",
+            "--prefix",
+            "meter-",
+            "--rate",
+            "500",
+            "--duration",
+            "3",
+            "--mix",
+            "p3=1",
+            "--ledger",
+            ledger.to_str().unwrap(),
+        ],
+    );
+    let summary = load.line_starting("load ", PATIENCE).await;
+    assert_eq!(field(&summary, "outstanding"), Some("0"), "{summary}");
+    let backlog: u64 = field(&summary, "stored").unwrap().parse().unwrap();
+    assert!(backlog > 1000, "{summary}");
+
+    // ...then three residents press SOS, still during the outage.
+    for device in ["btn-a", "btn-b", "btn-c"] {
+        let mut press = Sim::run(
+            dir.path(),
+            &gateway.mqtt(),
+            &["press", "--device", device, "--until", "stored"],
+        );
+        press.line_starting("stored", PATIENCE).await;
+    }
+    let health = gateway.health().await;
+    assert_eq!(health["journal_depth"]["P0"], 3);
+    assert_eq!(health["journal_depth"]["P3"], backlog);
+    assert_eq!(
+        server.event_count().await,
+        0,
+        "nothing crossed the cut link"
+    );
+
+    link.restore();
+    eventually("the backlog to drain", Duration::from_secs(120), || async {
+        (gateway.journal_depth().await == 0).then_some(())
+    })
+    .await;
+
+    // All arrived, exactly once.
+    let mut verify = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "verify",
+            "--ledger",
+            ledger.to_str().unwrap(),
+            "--server",
+            &server.http(),
+        ],
+    );
+    let report = verify.line_starting("verify ", PATIENCE).await;
+    assert_eq!(verify.proc.wait_exit(PATIENCE).await, Some(0), "{report}");
+    assert_eq!(server.event_count().await, backlog + 3);
+
+    // The P0s were committed before any of the telemetry queued before them.
+    let mut p0_commits = Vec::new();
+    for device in ["btn-a", "btn-b", "btn-c"] {
+        let events = server.events_for(device).await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(server.alerts_for(device).await.len(), 1);
+        p0_commits.push(commit_index(&events[0]));
+    }
+    let mut first_telemetry = u64::MAX;
+    for i in 0..5 {
+        for event in server.events_for(&format!("meter-{i:05}")).await {
+            first_telemetry = first_telemetry.min(commit_index(&event));
+        }
+    }
+    let last_p0 = *p0_commits.iter().max().unwrap();
+    assert!(
+        last_p0 < first_telemetry,
+        "P0 commits {p0_commits:?} must precede the first telemetry commit {first_telemetry}"
+    );
+}

@@ -77,15 +77,12 @@ async fn telemetry_is_evicted_for_p0_and_p0_is_delivered() {
     telemetry_stored += stored_count(&summary);
     let health = gateway.health().await;
     assert_eq!(health["journal_depth"]["P0"], 3);
-    let journal_bytes: f64 = ["P0", "P1", "P2", "P3"].iter().map(|_| 0.0).sum::<f64>() + {
-        let mut total = 0.0;
-        for p in ["P0", "P1", "P2", "P3"] {
-            total += gateway
-                .metric(&format!("anxin_gateway_journal_bytes{{priority=\"{p}\"}}"))
-                .await;
-        }
-        total
-    };
+    let mut journal_bytes = 0.0;
+    for p in ["P0", "P1", "P2", "P3"] {
+        journal_bytes += gateway
+            .metric(&format!("anxin_gateway_journal_bytes{{priority=\"{p}\"}}"))
+            .await;
+    }
     assert!(
         journal_bytes <= QUOTA as f64,
         "journal holds {journal_bytes} bytes over the quota"

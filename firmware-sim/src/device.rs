@@ -33,9 +33,18 @@ pub struct DeviceHandle {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for DeviceHandle {
-    fn drop(&mut self) {
-        self.task.abort();
+impl DeviceHandle {
+    /// Disconnects cleanly (an MQTT DISCONNECT, so the broker does not
+    /// publish the last will), then stops the task.
+    pub async fn close(self) {
+        let DeviceHandle { submit, mut task } = self;
+        drop(submit);
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }
 
@@ -93,6 +102,21 @@ struct DeviceTask {
 }
 
 impl DeviceTask {
+    async fn disconnect(&self, eventloop: &mut rumqttc::EventLoop) {
+        if !self.connected || self.client.try_disconnect().is_err() {
+            return;
+        }
+        let goodbye = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+    }
+
     fn topic(&self) -> String {
         if self.json {
             topics::event_json(&self.device_id)
@@ -126,7 +150,10 @@ impl DeviceTask {
         loop {
             tokio::select! {
                 event = submitted.recv() => {
-                    let Some(event) = event else { return };
+                    let Some(event) = event else {
+                        self.disconnect(&mut eventloop).await;
+                        return;
+                    };
                     let payload = if self.json {
                         serde_json::to_vec(&event).expect("events serialize")
                     } else {

@@ -245,7 +245,7 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
     summary.elapsed_s = started.elapsed().as_secs_f64();
     summary.stored_per_sec = summary.stored as f64 / summary.elapsed_s.max(f64::EPSILON);
     summary.stored_latency_ms = percentiles(std::mem::take(&mut latencies));
-    drop(devices);
+    futures::future::join_all(devices.into_iter().map(|(_, handle)| handle.close())).await;
     drop(ledger);
     if let Some(task) = ledger_task {
         task.await??;

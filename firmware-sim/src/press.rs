@@ -37,6 +37,16 @@ pub enum PressError {
 pub async fn run(config: &SimConfig, press: Press) -> Result<(), PressError> {
     let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
     let device = device::spawn(config, &press.device_id, press.json, heard_tx)?;
+    let result = wait_for_acks(&press, &device, &mut heard).await;
+    device.close().await;
+    result
+}
+
+async fn wait_for_acks(
+    press: &Press,
+    device: &device::DeviceHandle,
+    heard: &mut tokio::sync::mpsc::UnboundedReceiver<device::Heard>,
+) -> Result<(), PressError> {
     let event = DeviceEvent {
         device_id: press.device_id.clone(),
         seq: press.seq,

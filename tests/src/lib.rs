@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod mqtt;
 pub mod proxy;
 pub mod sse;
 pub mod webhook;

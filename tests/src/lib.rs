@@ -312,8 +312,8 @@ impl Gateway {
     }
 
     /// Like [`Gateway::start`], with extra config lines per section, e.g.
-    /// `("journal", "quota_bytes = 65536")`. Devices are call buttons unless
-    /// listed as `id:kind`.
+    /// `("journal", "quota_bytes = 65536")`. Devices are `id[:kind[:password]]`,
+    /// call buttons by default.
     pub async fn start_with(
         dir: &Path,
         server_grpc_port: u16,
@@ -383,8 +383,13 @@ impl Gateway {
             }
         }
         for device in devices {
-            let (id, kind) = device.split_once(':').unwrap_or((device, "call_button"));
+            let mut parts = device.split(':');
+            let id = parts.next().unwrap();
+            let kind = parts.next().unwrap_or("call_button");
             text.push_str(&format!("[[devices]]\nid = \"{id}\"\nkind = \"{kind}\"\n"));
+            if let Some(password) = parts.next() {
+                text.push_str(&format!("password = \"{password}\"\n"));
+            }
         }
         fs::write(&config, text).unwrap();
         let mut gateway = Self {

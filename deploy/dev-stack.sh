@@ -14,6 +14,8 @@ MQTT_PORT=${ANXIN_MQTT_PORT:-1883}
 GW_HTTP_PORT=${ANXIN_GATEWAY_HTTP_PORT:-9181}
 STATE=.stack
 DEVICES=(btn-0001 btn-0002 btn-0003 wear-0001 wear-0002)
+# Registered for `anxin-sim load --prefix load-` (README).
+LOAD_DEVICES=(load-00000 load-00001 load-00002 load-00003 load-00004 load-00005 load-00006 load-00007 load-00008 load-00009)
 
 echo "building (first run takes a few minutes)..."
 cargo build --quiet --bins -p anxin-server -p anxin-gateway -p anxin-sim
@@ -40,7 +42,7 @@ path = "$STATE/gateway-journal"
 [uplink]
 servers = ["http://127.0.0.1:$GRPC_PORT"]
 TOML
-  for d in "${DEVICES[@]}"; do printf '[[devices]]\nid = "%s"\n' "$d"; done
+  for d in "${DEVICES[@]}" "${LOAD_DEVICES[@]}"; do printf '[[devices]]\nid = "%s"\n' "$d"; done
 } > "$STATE/gateway.toml"
 
 pids=()

@@ -78,7 +78,12 @@ pub fn spawn(
     if let Some(password) = &config.password {
         options.set_credentials(username, password);
     }
-    let (client, eventloop) = AsyncClient::new(options, 256);
+    let (client, mut eventloop) = AsyncClient::new(options, 256);
+    // An alarm is one small packet: without TCP_NODELAY, Nagle's algorithm
+    // and delayed ACKs hold it for ~40 ms.
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     let (submit, submitted) = mpsc::unbounded_channel();
     let device = DeviceTask {
         device_id: device_id.to_string(),

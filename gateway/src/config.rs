@@ -427,6 +427,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/gateway.example.toml"
+        );
+        let config = GatewayConfig::load(std::path::Path::new(path)).unwrap();
+        assert!(config.mqtt.require_auth);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let err = GatewayConfig::parse("[uplink]\nwindow = 0\n", "t").unwrap_err();
         assert!(err.to_string().contains("uplink.window"), "{err}");

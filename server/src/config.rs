@@ -129,6 +129,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/server.example.toml"
+        );
+        ServerConfig::load(std::path::Path::new(path)).unwrap();
+    }
+
+    #[test]
     fn default_round_trips_and_errors_name_the_field() {
         ServerConfig::parse(&ServerConfig::default_toml(), "default").unwrap();
         let err = ServerConfig::parse(

@@ -93,9 +93,30 @@ pub fn spawn(
         outbox: BTreeMap::new(),
         connected: false,
     };
-    let task = tokio::spawn(device.run(eventloop, submitted, heard));
+    // rumqttc's poll() must not be cancelled mid-flight by a select! on
+    // other inputs (a device submitting events at 100/s would stall its own
+    // connection), so the event loop runs in a task of its own.
+    let (polled_tx, polled) = mpsc::unbounded_channel();
+    let poller = tokio::spawn(async move {
+        loop {
+            let result = eventloop.poll().await;
+            let failed = result.is_err();
+            if polled_tx.send(result).is_err() {
+                return;
+            }
+            if failed {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    });
+    let task = tokio::spawn(async move {
+        device.run(polled, submitted, heard).await;
+        poller.abort();
+    });
     Ok(DeviceHandle { submit, task })
 }
+
+type Polled = mpsc::UnboundedReceiver<Result<Event, rumqttc::ConnectionError>>;
 
 struct DeviceTask {
     device_id: String,
@@ -107,15 +128,17 @@ struct DeviceTask {
 }
 
 impl DeviceTask {
-    async fn disconnect(&self, eventloop: &mut rumqttc::EventLoop) {
+    async fn disconnect(&self, polled: &mut Polled) {
         if !self.connected || self.client.try_disconnect().is_err() {
             return;
         }
         let goodbye = async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
-                    Ok(_) => {}
+            while let Some(result) = polled.recv().await {
+                if matches!(
+                    result,
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
+                ) {
+                    return;
                 }
             }
         };
@@ -146,7 +169,7 @@ impl DeviceTask {
 
     async fn run(
         mut self,
-        mut eventloop: rumqttc::EventLoop,
+        mut polled: Polled,
         mut submitted: mpsc::UnboundedReceiver<DeviceEvent>,
         heard: mpsc::UnboundedSender<Heard>,
     ) {
@@ -156,7 +179,7 @@ impl DeviceTask {
             tokio::select! {
                 event = submitted.recv() => {
                     let Some(event) = event else {
-                        self.disconnect(&mut eventloop).await;
+                        self.disconnect(&mut polled).await;
                         return;
                     };
                     let payload = if self.json {
@@ -182,7 +205,7 @@ impl DeviceTask {
                         }
                     }
                 }
-                polled = eventloop.poll() => match polled {
+                Some(result) = polled.recv() => match result {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         self.connected = true;
                         let _ = self.client.try_subscribe(&ack_topic, QoS::AtLeastOnce);
@@ -212,7 +235,6 @@ impl DeviceTask {
                     Err(err) => {
                         self.connected = false;
                         tracing::debug!(device_id = %self.device_id, error = %err, "gateway connection failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
             }

@@ -267,6 +267,7 @@ impl Ingest {
         }
         let needs_flush = outcomes.iter().any(|o| matches!(o, Outcome::Store { .. }));
         let durable = if needs_flush {
+            metrics::counter!(m::JOURNAL_FLUSHES).increment(1);
             match self.journal.flush().await {
                 Ok(()) => true,
                 Err(err) => {

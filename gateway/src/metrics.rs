@@ -8,6 +8,7 @@ pub const EVENTS_DUPLICATE: &str = "anxin_gateway_events_duplicate_total";
 pub const EVENTS_REJECTED: &str = "anxin_gateway_events_rejected_total";
 pub const JOURNAL_ERRORS: &str = "anxin_gateway_journal_errors_total";
 pub const JOURNAL_DEPTH: &str = "anxin_gateway_journal_depth";
+pub const JOURNAL_FLUSHES: &str = "anxin_gateway_journal_flushes_total";
 pub const EVENTS_DELIVERED: &str = "anxin_gateway_events_delivered_total";
 pub const UPLINK_CONNECTED: &str = "anxin_gateway_uplink_connected";
 pub const UPLINK_CONNECTS: &str = "anxin_gateway_uplink_connects_total";

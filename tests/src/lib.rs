@@ -365,10 +365,15 @@ impl Gateway {
             ("supervision".into(), vec![]),
             ("fallback".into(), vec![]),
         ];
+        // An extra line replaces a default with the same key.
+        let key_of = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
         for (section, line) in extra {
             let entry = sections.iter_mut().find(|(name, _)| name == section);
             match entry {
-                Some((_, lines)) => lines.push(line.to_string()),
+                Some((_, lines)) => {
+                    lines.retain(|existing| key_of(existing) != key_of(line));
+                    lines.push(line.to_string());
+                }
                 None => sections.push((section.to_string(), vec![line.to_string()])),
             }
         }

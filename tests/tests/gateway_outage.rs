@@ -125,3 +125,31 @@ async fn partition_keeps_everything_and_p0_overtakes_the_backlog() {
         "P0 commits {p0_commits:?} must precede the first telemetry commit {first_telemetry}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_fails_over_to_the_next_server_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let dead = format!("http://127.0.0.1:{}", anxin_tests::free_port());
+    let gateway = Gateway::start_with(
+        dir.path(),
+        server.grpc_port,
+        &["btn-1"],
+        &[(
+            "uplink",
+            &format!("servers = [\"{dead}\", \"{}\"]", server.grpc()),
+        )],
+    )
+    .await;
+    let mut press = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &["press", "--device", "btn-1", "--until", "stored"],
+    );
+    press.line_starting("stored", PATIENCE).await;
+    eventually("the alert via the second endpoint", PATIENCE, || async {
+        (server.alerts_for("btn-1").await.len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(gateway.health().await["uplink"]["server"], server.grpc());
+}

@@ -20,7 +20,7 @@ pub fn priority_of(kind: EventKind) -> Priority {
         Sos | Fall | Smoke | Gas | VitalsCritical => Priority::P0,
         Inactivity | VitalsWarning | DeviceOffline | DeviceOnline | Tamper | Cancel => Priority::P1,
         LowBattery | DeviceFault => Priority::P2,
-        Telemetry | Heartbeat | Unspecified => Priority::P3,
+        Telemetry | Heartbeat | TestCall | Unspecified => Priority::P3,
     }
 }
 

@@ -1,35 +1,58 @@
-//! One simulated device's MQTT side, written the way firmware does it: an
-//! outbox keeps every event until the gateway's `stored` ack for its seq
-//! arrives (rumqttd's PUBACK only means "in the broker's memory", and
-//! rumqttc drops unacked publishes on a clean reconnect), and republishes
-//! unacknowledged events on every reconnect and retry interval. The device's
-//! MQTT last will is `offline` on its status topic.
+//! One simulated device's MQTT side. Retransmission is the device core's
+//! (`anxin_device_core::outbox`): every event stays in the bounded outbox
+//! until the gateway's `stored` ack for its seq (rumqttd's PUBACK only means
+//! "in the broker's memory", and rumqttc drops unacked publishes on a clean
+//! reconnect), and is resent with backoff and on every reconnect. Payloads
+//! are encoded by the core into a fixed buffer. The device's MQTT last will
+//! is `offline` on its status topic.
 
 use std::{
-    collections::BTreeMap,
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
-use anxin_proto::{AckKind, DeviceAck, DeviceEvent, topics};
+use anxin_device_core::{
+    Detail, Event, Kind,
+    outbox::{Backoff, Outbox, Pushed},
+    wire::{self, AckKind, MAX_EVENT_BYTES},
+};
+use anxin_proto::{DeviceAck, topics};
 use prost::Message;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event as MqttEvent, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
 use crate::config::SimConfig;
 
-/// What the device task reports to its owner.
-#[derive(Debug, Clone)]
-pub struct Heard {
-    pub ack: DeviceAck,
-    /// Time since the event was first handed to the device.
-    pub latency: Duration,
-}
+/// Events a simulated device holds at most while the gateway is away.
+pub const OUTBOX_CAPACITY: usize = 64;
 
 /// What the device task reports to its owner.
+#[derive(Debug, Clone)]
+pub enum Heard {
+    Stored {
+        device_id: String,
+        seq: u64,
+        latency: Duration,
+    },
+    Rejected {
+        device_id: String,
+        seq: u64,
+        reason: String,
+    },
+    HelpIsComing {
+        device_id: String,
+        seq: u64,
+        alert_id: String,
+        message: String,
+    },
+    /// The outbox was full: this event was dropped (or displaced) unsent.
+    Dropped { device_id: String, seq: u64 },
+}
+
 pub type HeardSender = mpsc::UnboundedSender<Heard>;
 
 pub struct DeviceHandle {
-    pub submit: mpsc::UnboundedSender<DeviceEvent>,
+    pub submit: mpsc::UnboundedSender<Event>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -48,14 +71,8 @@ impl DeviceHandle {
     }
 }
 
-struct Pending {
-    payload: Vec<u8>,
-    first_sent: Instant,
-    last_sent: Option<Instant>,
-}
-
-/// Starts a device task connected to the configured gateway; acks it hears
-/// go to `heard`.
+/// Starts a device task connected to the configured gateway; what it hears
+/// goes to `heard`.
 pub fn spawn(
     config: &SimConfig,
     device_id: &str,
@@ -88,10 +105,14 @@ pub fn spawn(
     let device = DeviceTask {
         device_id: device_id.to_string(),
         json,
-        retry_every: Duration::from_millis(config.retry_ms),
         client,
-        outbox: BTreeMap::new(),
+        outbox: Outbox::new(Backoff {
+            first_retry_ms: config.retry_ms,
+            max_retry_ms: 30_000.max(config.retry_ms),
+        }),
+        first_sent: HashMap::new(),
         connected: false,
+        started: Instant::now(),
     };
     // rumqttc's poll() must not be cancelled mid-flight by a select! on
     // other inputs (a device submitting events at 100/s would stall its own
@@ -116,18 +137,72 @@ pub fn spawn(
     Ok(DeviceHandle { submit, task })
 }
 
-type Polled = mpsc::UnboundedReceiver<Result<Event, rumqttc::ConnectionError>>;
+type Polled = mpsc::UnboundedReceiver<Result<MqttEvent, rumqttc::ConnectionError>>;
 
 struct DeviceTask {
     device_id: String,
     json: bool,
-    retry_every: Duration,
     client: AsyncClient,
-    outbox: BTreeMap<u64, Pending>,
+    outbox: Outbox<OUTBOX_CAPACITY>,
+    first_sent: HashMap<u64, Instant>,
     connected: bool,
+    started: Instant,
+}
+
+/// The same event as the proto type, for the JSON topic.
+pub fn to_proto(event: &Event) -> anxin_proto::DeviceEvent {
+    use anxin_proto::v1::{Fall, Location, Vitals, device_event::Detail as P};
+    let detail = match event.detail {
+        Detail::None => None,
+        Detail::Vitals {
+            heart_rate_bpm,
+            spo2_pct,
+            body_temp_dc,
+        } => Some(P::Vitals(Vitals {
+            heart_rate_bpm,
+            spo2_pct,
+            body_temp_dc,
+        })),
+        Detail::Location {
+            lat_e7,
+            lon_e7,
+            accuracy_m,
+        } => Some(P::Location(Location {
+            lat_e7,
+            lon_e7,
+            accuracy_m,
+            room: String::new(),
+        })),
+        Detail::Fall {
+            confidence_pct,
+            peak_accel_mg,
+        } => Some(P::Fall(Fall {
+            confidence_pct,
+            peak_accel_mg,
+        })),
+    };
+    anxin_proto::DeviceEvent {
+        device_id: event.device_id.to_string(),
+        seq: event.seq,
+        kind: event.kind as i32,
+        device_time_ms: event.device_time_ms,
+        battery_pct: event.battery_pct,
+        detail,
+        cancels_seq: event.cancels_seq,
+    }
+}
+
+/// The proto name of a core kind (EVENT_KIND_…).
+pub fn kind_name(kind: Kind) -> &'static str {
+    anxin_proto::EventKind::try_from(kind as i32)
+        .map_or("EVENT_KIND_UNSPECIFIED", |k| k.as_str_name())
 }
 
 impl DeviceTask {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     async fn disconnect(&self, polled: &mut Polled) {
         if !self.connected || self.client.try_disconnect().is_err() {
             return;
@@ -136,7 +211,7 @@ impl DeviceTask {
             while let Some(result) = polled.recv().await {
                 if matches!(
                     result,
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
+                    Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)
                 ) {
                     return;
                 }
@@ -145,36 +220,42 @@ impl DeviceTask {
         let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
     }
 
-    fn topic(&self) -> String {
-        if self.json {
-            topics::event_json(&self.device_id)
-        } else {
-            topics::event(&self.device_id)
+    /// Publishes everything the outbox says is due.
+    fn send_due(&mut self) {
+        if !self.connected {
+            return;
         }
-    }
-
-    fn send(&mut self, seq: u64) {
-        let topic = self.topic();
-        if let Some(pending) = self.outbox.get_mut(&seq) {
-            // try_publish: a full client queue just means "retry later".
-            if self
+        let now = self.now_ms();
+        let (event_topic, json_topic) = (
+            topics::event(&self.device_id),
+            topics::event_json(&self.device_id),
+        );
+        while let Some(event) = self.outbox.next_due(now) {
+            let (topic, payload) = if self.json {
+                (
+                    &json_topic,
+                    serde_json::to_vec(&to_proto(event)).expect("events serialize"),
+                )
+            } else {
+                let mut buf = [0u8; MAX_EVENT_BYTES];
+                let len = wire::encode_event(event, &mut buf).expect("events fit MAX_EVENT_BYTES");
+                (&event_topic, buf[..len].to_vec())
+            };
+            // A full client queue is fine: the outbox has scheduled a retry.
+            let _ = self
                 .client
-                .try_publish(topic, QoS::AtLeastOnce, false, pending.payload.clone())
-                .is_ok()
-            {
-                pending.last_sent = Some(Instant::now());
-            }
+                .try_publish(topic.as_str(), QoS::AtLeastOnce, false, payload);
         }
     }
 
     async fn run(
         mut self,
         mut polled: Polled,
-        mut submitted: mpsc::UnboundedReceiver<DeviceEvent>,
-        heard: mpsc::UnboundedSender<Heard>,
+        mut submitted: mpsc::UnboundedReceiver<Event>,
+        heard: HeardSender,
     ) {
         let ack_topic = topics::ack(&self.device_id);
-        let mut retry = tokio::time::interval(self.retry_every);
+        let mut retry = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 event = submitted.recv() => {
@@ -182,52 +263,60 @@ impl DeviceTask {
                         self.disconnect(&mut polled).await;
                         return;
                     };
-                    let payload = if self.json {
-                        serde_json::to_vec(&event).expect("events serialize")
-                    } else {
-                        event.encode_to_vec()
-                    };
-                    self.outbox.insert(event.seq, Pending { payload, first_sent: Instant::now(), last_sent: None });
-                    if self.connected {
-                        self.send(event.seq);
-                    }
-                }
-                _ = retry.tick() => {
-                    if self.connected {
-                        let due: Vec<u64> = self
-                            .outbox
-                            .iter()
-                            .filter(|(_, p)| p.last_sent.is_none_or(|at| at.elapsed() >= self.retry_every))
-                            .map(|(seq, _)| *seq)
-                            .collect();
-                        for seq in due {
-                            self.send(seq);
+                    let seq = event.seq;
+                    match self.outbox.push(event, self.now_ms()) {
+                        Ok(Pushed::Queued) => {}
+                        Ok(Pushed::Displaced(gone)) => {
+                            self.first_sent.remove(&gone.seq);
+                            let _ = heard.send(Heard::Dropped { device_id: self.device_id.clone(), seq: gone.seq });
+                        }
+                        Err(_) => {
+                            let _ = heard.send(Heard::Dropped { device_id: self.device_id.clone(), seq });
+                            continue;
                         }
                     }
+                    self.first_sent.insert(seq, Instant::now());
+                    self.send_due();
                 }
+                _ = retry.tick() => self.send_due(),
                 Some(result) = polled.recv() => match result {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                         self.connected = true;
                         let _ = self.client.try_subscribe(&ack_topic, QoS::AtLeastOnce);
-                        let seqs: Vec<u64> = self.outbox.keys().copied().collect();
-                        for seq in seqs {
-                            self.send(seq);
-                        }
+                        self.outbox.all_due(self.now_ms());
+                        self.send_due();
                     }
-                    Ok(Event::Incoming(Packet::Publish(publish))) if publish.topic == ack_topic => {
-                        let Ok(ack) = DeviceAck::decode(publish.payload.as_ref()) else {
+                    Ok(MqttEvent::Incoming(Packet::Publish(publish))) if publish.topic == ack_topic => {
+                        let Ok(ack) = wire::decode_ack(&publish.payload) else {
                             tracing::warn!(device_id = %self.device_id, "undecodable ack ignored");
                             continue;
                         };
-                        let latency = match ack.kind() {
-                            AckKind::Stored | AckKind::Rejected => match self.outbox.remove(&ack.seq) {
-                                Some(p) => p.first_sent.elapsed(),
-                                // A repeated ack for an event already settled.
-                                None => continue,
-                            },
-                            _ => Duration::ZERO,
+                        let device_id = self.device_id.clone();
+                        let report = match ack.kind {
+                            AckKind::Stored => self.outbox.settle(ack.seq).map(|_| Heard::Stored {
+                                device_id,
+                                seq: ack.seq,
+                                latency: self.first_sent.remove(&ack.seq).map_or(Duration::ZERO, |t| t.elapsed()),
+                            }),
+                            AckKind::Rejected => self.outbox.settle(ack.seq).map(|_| {
+                                self.first_sent.remove(&ack.seq);
+                                let full = DeviceAck::decode(publish.payload.as_ref()).unwrap_or_default();
+                                Heard::Rejected { device_id, seq: ack.seq, reason: full.message }
+                            }),
+                            AckKind::Acknowledged => {
+                                let full = DeviceAck::decode(publish.payload.as_ref()).unwrap_or_default();
+                                Some(Heard::HelpIsComing {
+                                    device_id,
+                                    seq: ack.seq,
+                                    alert_id: full.alert_id,
+                                    message: full.message,
+                                })
+                            }
+                            AckKind::Received | AckKind::Unknown => None,
                         };
-                        if heard.send(Heard { ack, latency }).is_err() {
+                        if let Some(report) = report
+                            && heard.send(report).is_err()
+                        {
                             return;
                         }
                     }

@@ -2,12 +2,12 @@
 //! with its own MQTT connection and outbox, every event in the ledger.
 
 use std::{
-    collections::HashMap,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anxin_proto::{AckKind, DeviceEvent, EventKind, now_ms};
+use anxin_device_core::{Detail, DeviceCore, Kind, seq::RamSeqStore};
+use anxin_proto::now_ms;
 use rand::Rng;
 use tokio::sync::mpsc;
 
@@ -54,12 +54,12 @@ impl std::str::FromStr for Mix {
 }
 
 impl Mix {
-    fn pick(&self, roll: f64) -> EventKind {
-        const KINDS: [EventKind; 4] = [
-            EventKind::Sos,
-            EventKind::Inactivity,
-            EventKind::DeviceFault,
-            EventKind::Telemetry,
+    fn pick(&self, roll: f64) -> Kind {
+        const KINDS: [Kind; 4] = [
+            Kind::Sos,
+            Kind::Inactivity,
+            Kind::DeviceFault,
+            Kind::Telemetry,
         ];
         let mut acc = 0.0;
         for (share, kind) in self.0.iter().zip(KINDS) {
@@ -68,7 +68,7 @@ impl Mix {
                 return kind;
             }
         }
-        EventKind::Telemetry
+        Kind::Telemetry
     }
 }
 
@@ -89,6 +89,8 @@ pub struct Summary {
     pub sent: u64,
     pub stored: u64,
     pub rejected: u64,
+    /// Dropped unsent because a device's outbox was full.
+    pub dropped: u64,
     pub outstanding: u64,
     pub elapsed_s: f64,
     pub stored_per_sec: f64,
@@ -140,17 +142,30 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
         None => (None, None),
     };
     let (heard_tx, mut heard) = mpsc::unbounded_channel::<Heard>();
-    let mut devices: Vec<(String, DeviceHandle)> = Vec::with_capacity(load.devices);
+    // Seqs are unique per run: each device's counter starts past the start
+    // time in microseconds.
+    let base_seq = now_ms() as u64 * 1000;
+    let epoch_ms = now_ms();
+    let mut devices: Vec<(DeviceCore<RamSeqStore>, DeviceHandle)> =
+        Vec::with_capacity(load.devices);
     for index in 0..load.devices {
         let id = device_id(&load.prefix, index);
         let handle = device::spawn(config, &id, load.json, heard_tx.clone())?;
-        devices.push((id, handle));
+        let store = RamSeqStore {
+            value: Some(base_seq),
+            writes: 0,
+        };
+        let mut core = DeviceCore::new(
+            id.as_str()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("device id `{id}` is over 64 bytes"))?,
+            store,
+            80,
+        );
+        core.epoch_ms = epoch_ms;
+        devices.push((core, handle));
     }
     drop(heard_tx);
-
-    // Seqs are unique per run: the first is the start time in microseconds.
-    let base_seq = now_ms() as u64 * 1000;
-    let mut next_seq: HashMap<usize, u64> = HashMap::new();
     let started = Instant::now();
     let mut summary = Summary {
         devices: load.devices,
@@ -158,25 +173,36 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
     };
     let mut latencies = Vec::new();
     let mut on_heard = |heard: Heard, summary: &mut Summary| {
-        let ack = heard.ack;
-        let name = match ack.kind() {
-            AckKind::Stored => {
+        let (name, device_id, seq) = match heard {
+            Heard::Stored {
+                device_id,
+                seq,
+                latency,
+            } => {
                 summary.stored += 1;
                 summary.outstanding -= 1;
-                latencies.push(heard.latency.as_secs_f64() * 1000.0);
-                "stored"
+                latencies.push(latency.as_secs_f64() * 1000.0);
+                ("stored", device_id, seq)
             }
-            AckKind::Rejected => {
+            Heard::Rejected {
+                device_id,
+                seq,
+                reason,
+            } => {
                 summary.rejected += 1;
                 summary.outstanding -= 1;
-                tracing::warn!(device_id = %ack.device_id, seq = ack.seq, "rejected: {}", ack.message);
-                "rejected"
+                tracing::warn!(%device_id, seq, "rejected: {reason}");
+                ("rejected", device_id, seq)
             }
-            AckKind::Acknowledged => "acknowledged",
-            _ => return,
+            Heard::Dropped { device_id, seq } => {
+                summary.dropped += 1;
+                summary.outstanding -= 1;
+                ("dropped", device_id, seq)
+            }
+            Heard::HelpIsComing { device_id, seq, .. } => ("acknowledged", device_id, seq),
         };
         if let Some(ledger) = &ledger {
-            ledger.record(name, &ack.device_id, ack.seq, "");
+            ledger.record(name, &device_id, seq, "");
         }
     };
 
@@ -203,20 +229,11 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
                     budget -= 1.0;
                     let index = cursor % devices.len();
                     cursor += 1;
-                    let seq = next_seq.entry(index).or_insert(base_seq);
-                    *seq += 1;
                     let kind = load.mix.pick(rng.random::<f64>());
-                    let (id, handle) = &devices[index];
-                    let event = DeviceEvent {
-                        device_id: id.clone(),
-                        seq: *seq,
-                        kind: kind as i32,
-                        device_time_ms: now_ms(),
-                        battery_pct: 80,
-                        ..Default::default()
-                    };
+                    let (core, handle) = &mut devices[index];
+                    let event = core.raise(kind, Detail::None, 0, started.elapsed().as_millis() as u64);
                     if let Some(ledger) = &ledger {
-                        ledger.record("sent", id, *seq, kind.as_str_name());
+                        ledger.record("sent", &event.device_id, event.seq, device::kind_name(kind));
                     }
                     if handle.submit.send(event).is_ok() {
                         summary.sent += 1;
@@ -261,8 +278,8 @@ mod tests {
     fn mix_parses_and_normalises() {
         let mix: Mix = "p0=1,p3=3".parse().unwrap();
         assert_eq!(mix.0, [0.25, 0.0, 0.0, 0.75]);
-        assert_eq!(mix.pick(0.1), EventKind::Sos);
-        assert_eq!(mix.pick(0.5), EventKind::Telemetry);
+        assert_eq!(mix.pick(0.1), Kind::Sos);
+        assert_eq!(mix.pick(0.5), Kind::Telemetry);
         assert!("p9=1".parse::<Mix>().is_err());
         assert!("p0=0".parse::<Mix>().is_err());
     }

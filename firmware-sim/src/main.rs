@@ -9,7 +9,6 @@ mod verify;
 
 use std::{path::PathBuf, time::Duration};
 
-use anxin_proto::EventKind;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::SimConfig;
@@ -46,7 +45,7 @@ enum Command {
         device: String,
         /// Event kind: sos, fall, smoke, gas, heartbeat, telemetry, ...
         #[arg(long, default_value = "sos", value_parser = parse_kind)]
-        kind: EventKind,
+        kind: anxin_device_core::Kind,
         /// Event sequence number; defaults to the current time in
         /// milliseconds, which never repeats for one device.
         #[arg(long)]
@@ -101,11 +100,29 @@ enum Command {
     },
 }
 
-fn parse_kind(text: &str) -> Result<EventKind, String> {
+fn parse_kind(text: &str) -> Result<anxin_device_core::Kind, String> {
+    use anxin_device_core::Kind::*;
+    const KINDS: [anxin_device_core::Kind; 14] = [
+        Sos,
+        Fall,
+        Smoke,
+        Gas,
+        VitalsCritical,
+        Inactivity,
+        VitalsWarning,
+        Tamper,
+        Cancel,
+        LowBattery,
+        DeviceFault,
+        Telemetry,
+        Heartbeat,
+        TestCall,
+    ];
     let upper = text.to_ascii_uppercase();
-    EventKind::from_str_name(&upper)
-        .or_else(|| EventKind::from_str_name(&format!("EVENT_KIND_{upper}")))
-        .filter(|k| *k != EventKind::Unspecified)
+    let wanted = upper.strip_prefix("EVENT_KIND_").unwrap_or(&upper);
+    KINDS
+        .into_iter()
+        .find(|k| device::kind_name(*k).strip_prefix("EVENT_KIND_") == Some(wanted))
         .ok_or_else(|| format!("unknown event kind `{text}`"))
 }
 
@@ -179,11 +196,12 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&summary)?);
             } else {
                 println!(
-                    "load devices={} sent={} stored={} rejected={} outstanding={} elapsed_s={:.1} stored_per_sec={:.0} stored_latency_ms_p50={:.1} p90={:.1} p99={:.1} max={:.1}",
+                    "load devices={} sent={} stored={} rejected={} dropped={} outstanding={} elapsed_s={:.1} stored_per_sec={:.0} stored_latency_ms_p50={:.1} p90={:.1} p99={:.1} max={:.1}",
                     summary.devices,
                     summary.sent,
                     summary.stored,
                     summary.rejected,
+                    summary.dropped,
                     summary.outstanding,
                     summary.elapsed_s,
                     summary.stored_per_sec,

@@ -4,9 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use anxin_proto::{AckKind, DeviceEvent, EventKind, now_ms};
+use anxin_device_core::{Detail, Event, Kind};
+use anxin_proto::now_ms;
 
-use crate::{config::SimConfig, device};
+use crate::{
+    config::SimConfig,
+    device::{self, Heard},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Until {
@@ -16,7 +20,7 @@ pub enum Until {
 
 pub struct Press {
     pub device_id: String,
-    pub kind: EventKind,
+    pub kind: Kind,
     pub seq: u64,
     pub battery_pct: u32,
     pub json: bool,
@@ -47,19 +51,24 @@ async fn wait_for_acks(
     device: &device::DeviceHandle,
     heard: &mut tokio::sync::mpsc::UnboundedReceiver<device::Heard>,
 ) -> Result<(), PressError> {
-    let event = DeviceEvent {
-        device_id: press.device_id.clone(),
+    let event = Event {
+        device_id: press
+            .device_id
+            .as_str()
+            .try_into()
+            .map_err(|_| PressError::Rejected("device ids are at most 64 bytes".into()))?,
         seq: press.seq,
-        kind: press.kind as i32,
+        kind: press.kind,
         device_time_ms: now_ms(),
         battery_pct: press.battery_pct,
-        ..Default::default()
+        detail: Detail::None,
+        cancels_seq: 0,
     };
     println!(
         "pressed device={} seq={} kind={}",
         press.device_id,
         press.seq,
-        press.kind.as_str_name()
+        device::kind_name(press.kind)
     );
     let started = Instant::now();
     device.submit.send(event).expect("device task runs");
@@ -67,28 +76,33 @@ async fn wait_for_acks(
     loop {
         let waiting = if stored { "acknowledged" } else { "stored" };
         let remaining = press.timeout.saturating_sub(started.elapsed());
-        let heard = match tokio::time::timeout(remaining, heard.recv()).await {
-            Ok(Some(heard)) => heard,
+        let report = match tokio::time::timeout(remaining, heard.recv()).await {
+            Ok(Some(report)) => report,
             Ok(None) | Err(_) => return Err(PressError::Timeout(waiting, press.timeout)),
         };
-        let ack = heard.ack;
-        if ack.seq != press.seq {
-            continue;
-        }
         let latency_ms = started.elapsed().as_millis();
-        match ack.kind() {
-            AckKind::Rejected => return Err(PressError::Rejected(ack.message)),
-            AckKind::Stored if !stored => {
+        match report {
+            Heard::Rejected { seq, reason, .. } if seq == press.seq => {
+                return Err(PressError::Rejected(reason));
+            }
+            Heard::Dropped { .. } => {
+                return Err(PressError::Rejected("the device's outbox is full".into()));
+            }
+            Heard::Stored { seq, .. } if seq == press.seq && !stored => {
                 stored = true;
-                println!("stored seq={} latency_ms={latency_ms}", ack.seq);
+                println!("stored seq={seq} latency_ms={latency_ms}");
                 if press.until == Until::Stored {
                     return Ok(());
                 }
             }
-            AckKind::Acknowledged => {
+            Heard::HelpIsComing {
+                seq,
+                alert_id,
+                message,
+                ..
+            } if seq == press.seq => {
                 println!(
-                    "acknowledged seq={} alert={} latency_ms={latency_ms} message=\"{}\"",
-                    ack.seq, ack.alert_id, ack.message
+                    "acknowledged seq={seq} alert={alert_id} latency_ms={latency_ms} message=\"{message}\""
                 );
                 return Ok(());
             }

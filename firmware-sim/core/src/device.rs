@@ -1,16 +1,15 @@
-//! What every device shares: identity, seq counter, outbox, battery.
+//! What every device shares: identity, seq counter, battery and clock. The
+//! events it raises go to an [`crate::outbox::Outbox`], owned by whatever
+//! talks to the network.
 
 use crate::{
     event::{Detail, DeviceId, Event, Kind},
-    outbox::{Backoff, Full, Outbox, Pushed},
     seq::{SeqCounter, SeqStore},
-    wire::{Ack, AckKind},
 };
 
-pub struct DeviceCore<S: SeqStore, const N: usize> {
+pub struct DeviceCore<S: SeqStore> {
     pub id: DeviceId,
     seq: SeqCounter<S>,
-    pub outbox: Outbox<N>,
     /// Battery charge in milli-percent, drained by [`DeviceCore::drain`].
     battery_mpct: u32,
     /// Added to the device clock (clock-skew simulation).
@@ -19,25 +18,11 @@ pub struct DeviceCore<S: SeqStore, const N: usize> {
     pub epoch_ms: i64,
 }
 
-/// What an ack meant to the device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Heard {
-    /// `stored`: the event left the outbox.
-    Stored(Event),
-    /// `rejected`: the gateway will never store it; dropped.
-    Rejected(Event),
-    /// `acknowledged`: help is coming for this seq.
-    HelpIsComing(u64),
-    /// An ack for something no longer pending (a repeat).
-    Stale,
-}
-
-impl<S: SeqStore, const N: usize> DeviceCore<S, N> {
-    pub fn new(id: DeviceId, seq_store: S, backoff: Backoff, battery_pct: u32) -> Self {
+impl<S: SeqStore> DeviceCore<S> {
+    pub fn new(id: DeviceId, seq_store: S, battery_pct: u32) -> Self {
         Self {
             id,
             seq: SeqCounter::boot(seq_store),
-            outbox: Outbox::new(backoff),
             battery_mpct: battery_pct.min(100) * 1000,
             clock_skew_ms: 0,
             epoch_ms: 0,
@@ -53,15 +38,9 @@ impl<S: SeqStore, const N: usize> DeviceCore<S, N> {
         self.battery_mpct = self.battery_mpct.saturating_sub(milli_pct);
     }
 
-    /// Raises an event: numbers it and queues it for transmission.
-    pub fn raise(
-        &mut self,
-        kind: Kind,
-        detail: Detail,
-        cancels_seq: u64,
-        now_ms: u64,
-    ) -> Result<(u64, Pushed), Full> {
-        let event = Event {
+    /// Raises an event: numbered, timestamped, with the battery level.
+    pub fn raise(&mut self, kind: Kind, detail: Detail, cancels_seq: u64, now_ms: u64) -> Event {
+        Event {
             device_id: self.id.clone(),
             seq: self.seq.next_seq(),
             kind,
@@ -69,24 +48,6 @@ impl<S: SeqStore, const N: usize> DeviceCore<S, N> {
             battery_pct: self.battery_pct(),
             detail,
             cancels_seq,
-        };
-        let seq = event.seq;
-        let pushed = self.outbox.push(event, now_ms)?;
-        Ok((seq, pushed))
-    }
-
-    pub fn on_ack(&mut self, ack: Ack) -> Heard {
-        match ack.kind {
-            AckKind::Stored => self
-                .outbox
-                .settle(ack.seq)
-                .map_or(Heard::Stale, Heard::Stored),
-            AckKind::Rejected => self
-                .outbox
-                .settle(ack.seq)
-                .map_or(Heard::Stale, Heard::Rejected),
-            AckKind::Acknowledged => Heard::HelpIsComing(ack.seq),
-            AckKind::Received | AckKind::Unknown => Heard::Stale,
         }
     }
 }
@@ -97,42 +58,23 @@ mod tests {
     use crate::seq::RamSeqStore;
 
     #[test]
-    fn raised_events_wait_in_the_outbox_until_stored() {
-        let mut device: DeviceCore<RamSeqStore, 8> = DeviceCore::new(
-            "btn-1".try_into().unwrap(),
-            RamSeqStore::default(),
-            Backoff::default(),
-            90,
-        );
+    fn raised_events_carry_identity_time_and_battery() {
+        let mut device = DeviceCore::new("btn-1".try_into().unwrap(), RamSeqStore::default(), 90);
         device.epoch_ms = 1_000_000;
-        let (seq, _) = device.raise(Kind::Sos, Detail::None, 0, 5).unwrap();
-        let sent = device.outbox.next_due(5).unwrap().clone();
+        let first = device.raise(Kind::Sos, Detail::None, 0, 5);
+        let second = device.raise(Kind::Cancel, Detail::None, first.seq, 9);
         assert_eq!(
-            (sent.seq, sent.device_time_ms, sent.battery_pct),
-            (seq, 1_000_005, 90)
+            (first.seq, first.device_time_ms, first.battery_pct),
+            (1, 1_000_005, 90)
         );
+        assert_eq!((second.seq, second.cancels_seq), (2, 1));
+        device.clock_skew_ms = -3_600_000;
         assert_eq!(
-            device.on_ack(Ack {
-                seq,
-                kind: AckKind::Stored
-            }),
-            Heard::Stored(sent)
+            device
+                .raise(Kind::Heartbeat, Detail::None, 0, 10)
+                .device_time_ms,
+            1_000_010 - 3_600_000
         );
-        assert_eq!(
-            device.on_ack(Ack {
-                seq,
-                kind: AckKind::Stored
-            }),
-            Heard::Stale
-        );
-        assert_eq!(
-            device.on_ack(Ack {
-                seq,
-                kind: AckKind::Acknowledged
-            }),
-            Heard::HelpIsComing(seq)
-        );
-        assert!(device.outbox.is_empty());
         device.drain(500);
         assert_eq!(device.battery_pct(), 90); // 89.5 rounds up
         device.drain(1000);

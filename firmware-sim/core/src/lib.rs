@@ -10,7 +10,7 @@
 //!   retransmits with exponential backoff.
 //! - [`seq`]: sequence numbers that never repeat across reboots.
 //! - [`button`], [`wearable`], [`room_sensor`]: the devices' state machines.
-//! - [`device`]: identity + seq + outbox + battery, what every device shares.
+//! - [`device`]: identity, seq, battery and clock, what every device shares.
 
 #![no_std]
 

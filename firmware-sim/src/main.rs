@@ -5,6 +5,7 @@ mod device;
 mod ledger;
 mod load;
 mod press;
+mod scenario;
 mod verify;
 
 use std::{path::PathBuf, time::Duration};
@@ -88,6 +89,12 @@ enum Command {
         /// Publish proto3 JSON instead of protobuf.
         #[arg(long)]
         json: bool,
+    },
+    /// Play a household's story from a scenario file (see
+    /// firmware-sim/scenarios/): device state machines on a timeline.
+    Run {
+        #[arg(long)]
+        scenario: PathBuf,
     },
     /// Check a ledger against the server: every `stored` event exactly once,
     /// one alert per stored P0. Exits 1 on any loss or duplicate.
@@ -213,6 +220,19 @@ async fn main() -> anyhow::Result<()> {
             }
             if summary.outstanding > 0 {
                 anyhow::bail!("{} events were never acked `stored`", summary.outstanding);
+            }
+        }
+        Command::Run { scenario } => {
+            let scenario = scenario::Scenario::load(&scenario)?;
+            let outcome = scenario::run(&config, scenario).await?;
+            if args.json_output {
+                println!("{}", serde_json::to_string(&outcome)?);
+            }
+            if outcome.stored + outcome.rejected < outcome.raised {
+                anyhow::bail!(
+                    "{} events were never acked `stored`",
+                    outcome.raised - outcome.stored - outcome.rejected
+                );
             }
         }
         Command::Verify { ledger, server } => {

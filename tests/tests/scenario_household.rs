@@ -1,0 +1,94 @@
+//! firmware-sim/scenarios/household-12.toml end to end: the device state
+//! machines (call button, wearable, room sensor) tell a household's story
+//! through a real gateway to a real server.
+
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field};
+
+fn kinds(events: &[serde_json::Value]) -> Vec<&str> {
+    events.iter().map(|e| e["kind"].as_str().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn household_12_story_reaches_the_server_as_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let gateway = Gateway::start(
+        dir.path(),
+        server.grpc_port,
+        &[
+            "btn-0012:call_button",
+            "wear-0012:wearable",
+            "room-0012:room_sensor",
+        ],
+    )
+    .await;
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../firmware-sim/scenarios/household-12.toml"
+    );
+    let mut run = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &["run", "--scenario", scenario],
+    );
+    let done = run.line_starting("scenario done", PATIENCE).await;
+    assert_eq!(
+        run.proc.wait_exit(PATIENCE).await,
+        Some(0),
+        "{:?}",
+        run.seen
+    );
+    // SOS, CANCEL, FALL + location, VITALS_CRITICAL, INACTIVITY.
+    assert_eq!(field(&done, "raised"), Some("6"), "{:?}", run.seen);
+    assert_eq!(field(&done, "stored"), Some("6"));
+
+    eventually("every event at the server", PATIENCE, || async {
+        (server.event_count().await == 6).then_some(())
+    })
+    .await;
+
+    // The mistaken press and its cancel, which names the press.
+    let button = server.events_for("btn-0012").await;
+    assert_eq!(kinds(&button), ["EVENT_KIND_SOS", "EVENT_KIND_CANCEL"]);
+    let sos_seq = button[0]["seq"].as_str().unwrap();
+    let raised_cancel = run
+        .seen
+        .iter()
+        .find(|l| l.contains("EVENT_KIND_CANCEL"))
+        .unwrap();
+    assert_eq!(field(raised_cancel, "cancels_seq"), Some(sos_seq));
+    assert_eq!(button[0]["batteryPct"], 90);
+
+    // Sitting down was no fall; the real fall was, with where it happened;
+    // then the critical vitals.
+    let wearable = server.events_for("wear-0012").await;
+    assert_eq!(
+        kinds(&wearable),
+        [
+            "EVENT_KIND_FALL",
+            "EVENT_KIND_TELEMETRY",
+            "EVENT_KIND_VITALS_CRITICAL"
+        ]
+    );
+    assert_eq!(wearable[0]["batteryPct"], 64);
+
+    // Nobody moved in the room for its window.
+    assert_eq!(
+        kinds(&server.events_for("room-0012").await),
+        ["EVENT_KIND_INACTIVITY"]
+    );
+
+    // P0s raised alerts: the press (until the server learns to cancel, the
+    // dispatch issue's job), the fall and the vitals.
+    assert_eq!(server.alerts_for("btn-0012").await.len(), 1);
+    let wear_alerts = server.alerts_for("wear-0012").await;
+    let alert_kinds: Vec<&str> = wear_alerts
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        alert_kinds,
+        ["EVENT_KIND_FALL", "EVENT_KIND_VITALS_CRITICAL"]
+    );
+    assert!(server.alerts_for("room-0012").await.is_empty());
+}

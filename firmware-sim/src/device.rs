@@ -100,6 +100,9 @@ pub fn spawn(
     // and delayed ACKs hold it for ~40 ms.
     let mut network = eventloop.network_options();
     network.set_tcp_nodelay(true);
+    // A gateway busy with thousands of (re)connecting devices may take a
+    // while to answer CONNECT; giving up early only adds to the storm.
+    network.set_connection_timeout(30);
     eventloop.set_network_options(network);
     let (submit, submitted) = mpsc::unbounded_channel();
     let device = DeviceTask {
@@ -119,6 +122,7 @@ pub fn spawn(
     // connection), so the event loop runs in a task of its own.
     let (polled_tx, polled) = mpsc::unbounded_channel();
     let poller = tokio::spawn(async move {
+        let mut failures = 0u32;
         loop {
             let result = eventloop.poll().await;
             let failed = result.is_err();
@@ -126,7 +130,14 @@ pub fn spawn(
                 return;
             }
             if failed {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Jittered exponential backoff, as firmware does: ten
+                // thousand devices must not reconnect in lockstep.
+                failures = (failures + 1).min(6);
+                let ceiling = 200u64 << failures;
+                let delay = rand::random_range(ceiling / 2..=ceiling);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            } else {
+                failures = 0;
             }
         }
     });
@@ -255,8 +266,15 @@ impl DeviceTask {
         heard: HeardSender,
     ) {
         let ack_topic = topics::ack(&self.device_id);
-        let mut retry = tokio::time::interval(Duration::from_millis(50));
         loop {
+            // Sleep exactly until the outbox's next retransmission: ten
+            // thousand devices polling a short interval would burn a core.
+            let next_retry = match (self.connected, self.outbox.next_due_in(self.now_ms())) {
+                (true, Some(in_ms)) => {
+                    tokio::time::Instant::now() + Duration::from_millis(in_ms.max(1))
+                }
+                _ => tokio::time::Instant::now() + Duration::from_secs(3600),
+            };
             tokio::select! {
                 event = submitted.recv() => {
                     let Some(event) = event else {
@@ -278,7 +296,7 @@ impl DeviceTask {
                     self.first_sent.insert(seq, Instant::now());
                     self.send_due();
                 }
-                _ = retry.tick() => self.send_due(),
+                _ = tokio::time::sleep_until(next_retry) => self.send_due(),
                 Some(result) = polled.recv() => match result {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                         self.connected = true;

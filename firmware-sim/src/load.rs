@@ -119,6 +119,11 @@ fn percentiles(mut values: Vec<f64>) -> Percentiles {
     }
 }
 
+/// Devices started per 100 ms while ramping up (500 per second): the
+/// embedded broker's cost per new subscription grows with the number of
+/// topics it knows, so a gateway takes on many devices at a measured pace.
+const RAMP_BATCH: usize = 50;
+
 pub fn device_id(prefix: &str, index: usize) -> String {
     format!("{prefix}{index:05}")
 }
@@ -149,6 +154,10 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
     let mut devices: Vec<(DeviceCore<RamSeqStore>, DeviceHandle)> =
         Vec::with_capacity(load.devices);
     for index in 0..load.devices {
+        // Ramp up: devices power on over time, not in one instant.
+        if index > 0 && index % RAMP_BATCH == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let id = device_id(&load.prefix, index);
         let handle = device::spawn(config, &id, load.json, heard_tx.clone())?;
         let store = RamSeqStore {

@@ -62,7 +62,10 @@ fn broker_config(config: &GatewayConfig) -> Config {
         name: "devices-v4".into(),
         listen: config.mqtt.listen,
         tls: None,
-        next_connection_delay_ms: 1,
+        // rumqttd serves all device connections of a listener on one thread
+        // and sleeps this long after each accept; after a gateway restart
+        // thousands of devices reconnect at once, so do not pace accepts.
+        next_connection_delay_ms: 0,
         connections,
     };
     Config {

@@ -180,11 +180,13 @@ enum Outcome {
     Store {
         device_id: String,
         seq: u64,
+        encoding: Encoding,
     },
     Reject {
         device_id: String,
         seq: u64,
         reason: String,
+        encoding: Encoding,
     },
     Ignore,
 }
@@ -281,18 +283,23 @@ impl Ingest {
         };
         for outcome in outcomes {
             match outcome {
-                Outcome::Store { device_id, seq } if durable => {
-                    self.acks
-                        .send(MqttOut::simple(&device_id, seq, AckKind::Stored, "stored"));
+                Outcome::Store {
+                    device_id,
+                    seq,
+                    encoding,
+                } if durable => {
+                    let ack = MqttOut::simple(&device_id, seq, AckKind::Stored, "stored");
+                    self.acks.send_as(ack, encoding);
                 }
                 Outcome::Store { .. } | Outcome::Ignore => {}
                 Outcome::Reject {
                     device_id,
                     seq,
                     reason,
+                    encoding,
                 } => {
-                    self.acks
-                        .send(MqttOut::simple(&device_id, seq, AckKind::Rejected, reason));
+                    let ack = MqttOut::simple(&device_id, seq, AckKind::Rejected, reason);
+                    self.acks.send_as(ack, encoding);
                 }
             }
         }
@@ -341,10 +348,13 @@ impl Ingest {
                     device_id: topic_device.to_string(),
                     seq: seq_hint,
                     reason: rejection.to_string(),
+                    encoding,
                 };
             }
         };
         let (device_id, seq) = (event.device_id.clone(), event.seq);
+        // Downlinks ("help is coming") answer in the device's own encoding.
+        self.acks.note_encoding(&device_id, encoding);
         if !self.limiter.allow(&device_id, Instant::now()) {
             metrics::counter!(m::EVENTS_REJECTED, "reason" => "rate_limited").increment(1);
             tracing::debug!(%device_id, seq, "device over its rate; no ack, it will retry");
@@ -370,7 +380,11 @@ impl Ingest {
                 if over_quota {
                     self.journal_full_alarm(&event);
                 }
-                Outcome::Store { device_id, seq }
+                Outcome::Store {
+                    device_id,
+                    seq,
+                    encoding,
+                }
             }
             Ok(Appended::Refused) => {
                 metrics::counter!(m::EVENTS_REJECTED, "reason" => "journal_full").increment(1);
@@ -379,12 +393,17 @@ impl Ingest {
                     device_id,
                     seq,
                     reason: "the gateway's journal is full of life-safety events".into(),
+                    encoding,
                 }
             }
             Ok(Appended::Duplicate(_)) => {
                 metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
                 tracing::debug!(%device_id, seq, "retransmission of a journaled event");
-                Outcome::Store { device_id, seq }
+                Outcome::Store {
+                    device_id,
+                    seq,
+                    encoding,
+                }
             }
             Err(err) => {
                 metrics::counter!(m::JOURNAL_ERRORS).increment(1);

@@ -1,40 +1,85 @@
 //! Everything the gateway publishes into its own broker: acks to devices on
-//! `anxin/v1/dev/{id}/ack` (protobuf) and `…/ack/json` (proto3 JSON), and
+//! `anxin/v1/dev/{id}/ack` (protobuf) or `…/ack/json` (proto3 JSON), and
 //! local alarms for an on-site console or siren.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
-use anxin_proto::{AckKind, DeviceAck, now_ms, topics};
+use anxin_proto::{
+    AckKind, DeviceAck, now_ms,
+    topics::{self, Encoding},
+};
 use prost::Message;
 use rumqttd::local::LinkTx;
 
+/// Acks go out in the encoding the device itself last used, on that one
+/// topic. Publishing to a topic nobody subscribes to is not free in
+/// rumqttd: its router matches such a topic against every subscription
+/// each time (it caches only topics that match something), which at
+/// 10,000 devices saturated the router.
 #[derive(Clone)]
 pub struct MqttOut {
     link: Arc<Mutex<LinkTx>>,
+    json_devices: Arc<Mutex<HashSet<String>>>,
 }
 
 impl MqttOut {
     pub fn new(link: LinkTx) -> Self {
         Self {
             link: Arc::new(Mutex::new(link)),
+            json_devices: Arc::default(),
         }
     }
 
-    pub fn send(&self, mut ack: DeviceAck) {
+    /// Remembers the encoding a registered device publishes in.
+    pub fn note_encoding(&self, device_id: &str, encoding: Encoding) {
+        let mut json = self.json_devices.lock().unwrap_or_else(|p| p.into_inner());
+        match encoding {
+            Encoding::Json if !json.contains(device_id) => {
+                json.insert(device_id.to_string());
+            }
+            Encoding::Protobuf if json.contains(device_id) => {
+                json.remove(device_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends in the encoding the device last used (protobuf if unknown).
+    pub fn send(&self, ack: DeviceAck) {
+        let json = self
+            .json_devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ack.device_id);
+        self.send_as(
+            ack,
+            if json {
+                Encoding::Json
+            } else {
+                Encoding::Protobuf
+            },
+        );
+    }
+
+    pub fn send_as(&self, mut ack: DeviceAck, encoding: Encoding) {
         ack.sent_ms = now_ms();
-        let json = serde_json::to_vec(&ack).expect("acks serialize");
-        let mut link = self
+        let (topic, payload) = match encoding {
+            Encoding::Protobuf => (topics::ack(&ack.device_id), ack.encode_to_vec()),
+            Encoding::Json => (
+                topics::ack_json(&ack.device_id),
+                serde_json::to_vec(&ack).expect("acks serialize"),
+            ),
+        };
+        let result = self
             .link
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let results = [
-            link.publish(topics::ack(&ack.device_id), ack.encode_to_vec()),
-            link.publish(topics::ack_json(&ack.device_id), json),
-        ];
-        for result in results {
-            if let Err(err) = result {
-                tracing::warn!(device_id = %ack.device_id, seq = ack.seq, error = %err, "publishing ack to device failed");
-            }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .publish(topic, payload);
+        if let Err(err) = result {
+            tracing::warn!(device_id = %ack.device_id, seq = ack.seq, error = %err, "publishing ack to device failed");
         }
     }
 

@@ -113,7 +113,7 @@ async fn malformed_unknown_and_oversize_are_rejected_and_counted_and_service_con
     // 3. Oversize: 10 KiB against the 4 KiB default limit.
     client
         .publish(
-            topics::event_json("btn-1"),
+            topics::event("btn-1"),
             QoS::AtLeastOnce,
             false,
             vec![b' '; 10 * 1024],

@@ -51,8 +51,20 @@ pub enum Heard {
 
 pub type HeardSender = mpsc::UnboundedSender<Heard>;
 
+/// Misbehaviour on demand, for `anxin-sim load --chaos`.
+#[derive(Debug, Clone)]
+pub enum Mischief {
+    /// Publish this event once more, outside the outbox (a duplicate).
+    Duplicate(Event),
+    /// Publish these bytes on the event topic (malformed or oversize).
+    Junk(Vec<u8>),
+    /// Drop the connection; the device reconnects and resends.
+    Disconnect,
+}
+
 pub struct DeviceHandle {
     pub submit: mpsc::UnboundedSender<Event>,
+    pub mischief: mpsc::UnboundedSender<Mischief>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -60,8 +72,12 @@ impl DeviceHandle {
     /// Disconnects cleanly (an MQTT DISCONNECT, so the broker does not
     /// publish the last will), then stops the task.
     pub async fn close(self) {
-        let DeviceHandle { submit, mut task } = self;
-        drop(submit);
+        let DeviceHandle {
+            submit,
+            mischief,
+            mut task,
+        } = self;
+        drop((submit, mischief));
         if tokio::time::timeout(Duration::from_secs(2), &mut task)
             .await
             .is_err()
@@ -81,7 +97,9 @@ pub fn spawn(
 ) -> Result<DeviceHandle, crate::config::ConfigError> {
     let (host, port) = config.gateway_addr()?;
     let mut options = MqttOptions::new(format!("anxin-sim-{device_id}"), host, port);
-    options.set_keep_alive(Duration::from_secs(30));
+    // Battery devices keep a long keep-alive; it also rides out a busy
+    // gateway warming up to thousands of new topics.
+    options.set_keep_alive(Duration::from_secs(120));
     options.set_last_will(LastWill::new(
         topics::status(device_id),
         "offline",
@@ -105,6 +123,7 @@ pub fn spawn(
     network.set_connection_timeout(30);
     eventloop.set_network_options(network);
     let (submit, submitted) = mpsc::unbounded_channel();
+    let (mischief, mischief_rx) = mpsc::unbounded_channel();
     let device = DeviceTask {
         device_id: device_id.to_string(),
         json,
@@ -142,10 +161,14 @@ pub fn spawn(
         }
     });
     let task = tokio::spawn(async move {
-        device.run(polled, submitted, heard).await;
+        device.run(polled, submitted, mischief_rx, heard).await;
         poller.abort();
     });
-    Ok(DeviceHandle { submit, task })
+    Ok(DeviceHandle {
+        submit,
+        mischief,
+        task,
+    })
 }
 
 type Polled = mpsc::UnboundedReceiver<Result<MqttEvent, rumqttc::ConnectionError>>;
@@ -231,6 +254,30 @@ impl DeviceTask {
         let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
     }
 
+    fn misbehave(&mut self, trick: Mischief) {
+        if !self.connected {
+            return;
+        }
+        let topic = topics::event(&self.device_id);
+        match trick {
+            Mischief::Duplicate(event) => {
+                let mut buf = [0u8; MAX_EVENT_BYTES];
+                let len = wire::encode_event(&event, &mut buf).expect("events fit MAX_EVENT_BYTES");
+                let _ =
+                    self.client
+                        .try_publish(topic, QoS::AtLeastOnce, false, buf[..len].to_vec());
+            }
+            Mischief::Junk(bytes) => {
+                let _ = self
+                    .client
+                    .try_publish(topic, QoS::AtLeastOnce, false, bytes);
+            }
+            Mischief::Disconnect => {
+                let _ = self.client.try_disconnect();
+            }
+        }
+    }
+
     /// Publishes everything the outbox says is due.
     fn send_due(&mut self) {
         if !self.connected {
@@ -263,6 +310,7 @@ impl DeviceTask {
         mut self,
         mut polled: Polled,
         mut submitted: mpsc::UnboundedReceiver<Event>,
+        mut mischief: mpsc::UnboundedReceiver<Mischief>,
         heard: HeardSender,
     ) {
         let ack_topic = topics::ack(&self.device_id);
@@ -297,6 +345,7 @@ impl DeviceTask {
                     self.send_due();
                 }
                 _ = tokio::time::sleep_until(next_retry) => self.send_due(),
+                Some(trick) = mischief.recv() => self.misbehave(trick),
                 Some(result) = polled.recv() => match result {
                     Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                         self.connected = true;

@@ -81,6 +81,9 @@ pub struct Load {
     pub ledger: Option<PathBuf>,
     pub drain: Duration,
     pub json: bool,
+    /// Misbehave: duplicate publishes, malformed and oversize payloads,
+    /// dropped connections, skewed device clocks.
+    pub chaos: bool,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -92,6 +95,11 @@ pub struct Summary {
     /// Dropped unsent because a device's outbox was full.
     pub dropped: u64,
     pub outstanding: u64,
+    /// With --chaos: what was done to the gateway.
+    pub chaos_duplicates: u64,
+    pub chaos_malformed: u64,
+    pub chaos_oversize: u64,
+    pub chaos_disconnects: u64,
     pub elapsed_s: f64,
     pub stored_per_sec: f64,
     pub stored_latency_ms: Percentiles,
@@ -172,6 +180,14 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
             80,
         );
         core.epoch_ms = epoch_ms;
+        if load.chaos && index % 10 == 3 {
+            // A device whose clock drifted an hour.
+            core.clock_skew_ms = if index % 20 == 3 {
+                3_600_000
+            } else {
+                -3_600_000
+            };
+        }
         devices.push((core, handle));
     }
     drop(heard_tx);
@@ -244,9 +260,33 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
                     if let Some(ledger) = &ledger {
                         ledger.record("sent", &event.device_id, event.seq, device::kind_name(kind));
                     }
+                    let duplicate = event.clone();
                     if handle.submit.send(event).is_ok() {
                         summary.sent += 1;
                         summary.outstanding += 1;
+                    }
+                    if load.chaos {
+                        use device::Mischief;
+                        let roll = rng.random::<f64>();
+                        let trick = if roll < 0.02 {
+                            summary.chaos_duplicates += 1;
+                            Some(Mischief::Duplicate(duplicate))
+                        } else if roll < 0.03 {
+                            summary.chaos_malformed += 1;
+                            let len = rng.random_range(8..64);
+                            Some(Mischief::Junk((0..len).map(|_| rng.random::<u8>() | 0x80).collect()))
+                        } else if roll < 0.035 {
+                            summary.chaos_oversize += 1;
+                            Some(Mischief::Junk(vec![b'x'; 8 * 1024]))
+                        } else if roll < 0.04 {
+                            summary.chaos_disconnects += 1;
+                            Some(Mischief::Disconnect)
+                        } else {
+                            None
+                        };
+                        if let Some(trick) = trick {
+                            let _ = handle.mischief.send(trick);
+                        }
                     }
                 }
                 if last_progress.elapsed() >= Duration::from_secs(5) {

@@ -89,6 +89,10 @@ enum Command {
         /// Publish proto3 JSON instead of protobuf.
         #[arg(long)]
         json: bool,
+        /// Misbehave as broken firmware does: duplicate publishes, malformed
+        /// and oversize payloads, dropped connections, skewed clocks.
+        #[arg(long)]
+        chaos: bool,
     },
     /// Play a household's story from a scenario file (see
     /// firmware-sim/scenarios/): device state machines on a timeline.
@@ -184,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
             ledger,
             drain,
             json,
+            chaos,
         } => {
             let summary = load::run(
                 &config,
@@ -196,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
                     ledger,
                     drain: Duration::from_secs(drain),
                     json,
+                    chaos,
                 },
             )
             .await?;
@@ -216,6 +222,15 @@ async fn main() -> anyhow::Result<()> {
                     summary.stored_latency_ms.p90,
                     summary.stored_latency_ms.p99,
                     summary.stored_latency_ms.max,
+                );
+            }
+            if chaos {
+                println!(
+                    "chaos duplicates={} malformed={} oversize={} disconnects={}",
+                    summary.chaos_duplicates,
+                    summary.chaos_malformed,
+                    summary.chaos_oversize,
+                    summary.chaos_disconnects
                 );
             }
             if summary.outstanding > 0 {

@@ -113,17 +113,21 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-fn percentiles(mut values: Vec<f64>) -> Percentiles {
-    if values.is_empty() {
+/// Latencies in microseconds, up to an hour, 3 significant digits.
+fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+fn percentiles(histogram: &hdrhistogram::Histogram<u64>) -> Percentiles {
+    if histogram.is_empty() {
         return Percentiles::default();
     }
-    values.sort_by(f64::total_cmp);
-    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    let ms = |us: u64| us as f64 / 1000.0;
     Percentiles {
-        p50: at(0.5),
-        p90: at(0.9),
-        p99: at(0.99),
-        max: *values.last().unwrap(),
+        p50: ms(histogram.value_at_quantile(0.5)),
+        p90: ms(histogram.value_at_quantile(0.9)),
+        p99: ms(histogram.value_at_quantile(0.99)),
+        max: ms(histogram.max()),
     }
 }
 
@@ -196,7 +200,7 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
         devices: load.devices,
         ..Default::default()
     };
-    let mut latencies = Vec::new();
+    let mut latencies = latency_histogram();
     let mut on_heard = |heard: Heard, summary: &mut Summary| {
         let (name, device_id, seq) = match heard {
             Heard::Stored {
@@ -206,7 +210,7 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
             } => {
                 summary.stored += 1;
                 summary.outstanding -= 1;
-                latencies.push(latency.as_secs_f64() * 1000.0);
+                latencies.saturating_record(latency.as_micros().max(1) as u64);
                 ("stored", device_id, seq)
             }
             Heard::Rejected {
@@ -240,6 +244,20 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
     let mut last_tick = Instant::now();
     let mut cursor = 0usize;
     let mut last_progress = Instant::now();
+    // A bar for people at a terminal; plain lines for logs.
+    let attended = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = indicatif::ProgressBar::new(load.duration.as_secs());
+    if attended {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let mut rng = rand::rng();
     loop {
         tokio::select! {
@@ -289,7 +307,9 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
                         }
                     }
                 }
-                if last_progress.elapsed() >= Duration::from_secs(5) {
+                bar.set_position(started.elapsed().as_secs());
+                bar.set_message(format!("sent={} stored={} outstanding={}", summary.sent, summary.stored, summary.outstanding));
+                if !attended && last_progress.elapsed() >= Duration::from_secs(5) {
                     last_progress = Instant::now();
                     eprintln!(
                         "progress: sent={} stored={} outstanding={} elapsed_s={:.0}",
@@ -300,6 +320,7 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
         }
     }
 
+    bar.finish_and_clear();
     // Stop sending; wait for every outstanding event to be settled.
     let drain_until = Instant::now() + load.drain;
     while summary.outstanding > 0 && Instant::now() < drain_until {
@@ -310,7 +331,7 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
     }
     summary.elapsed_s = started.elapsed().as_secs_f64();
     summary.stored_per_sec = summary.stored as f64 / summary.elapsed_s.max(f64::EPSILON);
-    summary.stored_latency_ms = percentiles(std::mem::take(&mut latencies));
+    summary.stored_latency_ms = percentiles(&latencies);
     futures::future::join_all(devices.into_iter().map(|(_, handle)| handle.close())).await;
     drop(ledger);
     if let Some(task) = ledger_task {

@@ -447,6 +447,14 @@ impl Gateway {
         metric(&format!("{}/metrics", self.http()), series).await
     }
 
+    /// Waits until the journal is empty: everything reached the server.
+    pub async fn wait_drained(&self, within: Duration) {
+        eventually("the gateway's journal to drain", within, || async {
+            (self.journal_depth().await == 0).then_some(())
+        })
+        .await
+    }
+
     /// Events waiting in the journal, summed over priorities.
     pub async fn journal_depth(&self) -> u64 {
         let health = self.health().await;
@@ -544,6 +552,41 @@ impl Sim {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// What `anxin-sim verify` said about a ledger.
+pub struct Verdict {
+    pub exit_code: Option<i32>,
+    /// The `verify stored=… found=… missing=…` line.
+    pub report: String,
+    /// Everything it printed (the report, then one line per finding).
+    pub lines: Vec<String>,
+}
+
+/// Runs the checker, `anxin-sim verify`, on a ledger against a server.
+pub async fn verify_ledger(dir: &Path, ledger: &Path, server_http: &str) -> Verdict {
+    // verify talks only to the server; the gateway address is unused.
+    let mut run = Sim::run(
+        dir,
+        "127.0.0.1:1",
+        &[
+            "verify",
+            "--ledger",
+            ledger.to_str().expect("utf-8 path"),
+            "--server",
+            server_http,
+        ],
+    );
+    let report = run.line_starting("verify ", PATIENCE).await;
+    let exit_code = run.proc.wait_exit(PATIENCE).await;
+    while let Ok(line) = run.lines.try_recv() {
+        run.seen.push(line);
+    }
+    Verdict {
+        exit_code,
+        report,
+        lines: run.seen,
     }
 }
 

@@ -2,7 +2,7 @@
 //! malformed and oversize payloads, dropped connections and skewed clocks,
 //! all at once, while every good event still arrives exactly once.
 
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, field, verify_ledger};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_is_rejected_and_counted_and_nothing_good_is_lost() {
@@ -48,25 +48,11 @@ async fn chaos_is_rejected_and_counted_and_nothing_good_is_lost() {
         let done: u64 = field(&chaos, trick).unwrap().parse().unwrap();
         assert!(done > 0, "no {trick} in {chaos}");
     }
-    eventually("the journal to drain", PATIENCE, || async {
-        (gateway.journal_depth().await == 0).then_some(())
-    })
-    .await;
+    gateway.wait_drained(PATIENCE).await;
 
     // Every good event exactly once, one alert per P0.
-    let mut verify = Sim::run(
-        dir.path(),
-        &gateway.mqtt(),
-        &[
-            "verify",
-            "--ledger",
-            ledger.to_str().unwrap(),
-            "--server",
-            &server.http(),
-        ],
-    );
-    let report = verify.line_starting("verify ", PATIENCE).await;
-    assert_eq!(verify.proc.wait_exit(PATIENCE).await, Some(0), "{report}");
+    let verdict = verify_ledger(dir.path(), &ledger, &server.http()).await;
+    assert_eq!(verdict.exit_code, Some(0), "{}", verdict.report);
 
     // The junk was seen, counted and turned away.
     let rejected = |reason: &str| {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field, verify_ledger};
 use rand::Rng;
 
 const CYCLES: usize = 20;
@@ -77,30 +77,18 @@ async fn twenty_sigkills_under_load_lose_and_duplicate_nothing() {
         "too little load to prove anything: {summary}"
     );
     assert_eq!(load.proc.wait_exit(PATIENCE).await, Some(0));
-    eventually("the journal to drain", PATIENCE, || async {
-        (gateway.journal_depth().await == 0).then_some(())
-    })
-    .await;
+    gateway.wait_drained(PATIENCE).await;
 
-    let mut verify = Sim::run(
-        dir.path(),
-        &gateway.mqtt(),
-        &["verify", "--ledger", ledger_arg, "--server", &server.http()],
-    );
-    let report = verify.line_starting("verify ", PATIENCE).await;
+    let verdict = verify_ledger(dir.path(), &ledger, &server.http()).await;
+    let report = &verdict.report;
+    assert_eq!(verdict.exit_code, Some(0), "{report}\n{:?}", verdict.lines);
     assert_eq!(
-        verify.proc.wait_exit(PATIENCE).await,
-        Some(0),
-        "{report}\n{:?}",
-        verify.seen
-    );
-    assert_eq!(
-        field(&report, "stored"),
+        field(report, "stored"),
         Some(stored.to_string().as_str()),
         "{report}"
     );
-    assert_eq!(field(&report, "missing"), Some("0"), "{report}");
-    assert_eq!(field(&report, "duplicated"), Some("0"), "{report}");
-    assert_eq!(field(&report, "alert_mismatches"), Some("0"), "{report}");
+    assert_eq!(field(report, "missing"), Some("0"), "{report}");
+    assert_eq!(field(report, "duplicated"), Some("0"), "{report}");
+    assert_eq!(field(report, "alert_mismatches"), Some("0"), "{report}");
     eprintln!("{CYCLES} SIGKILL cycles: {summary}; {report}");
 }

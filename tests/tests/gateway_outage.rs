@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field, proxy::Proxy};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field, proxy::Proxy, verify_ledger};
 
 fn commit_index(event: &serde_json::Value) -> u64 {
     event["commitIndex"].as_str().unwrap().parse().unwrap()
@@ -84,25 +84,11 @@ async fn partition_keeps_everything_and_p0_overtakes_the_backlog() {
     );
 
     link.restore();
-    eventually("the backlog to drain", Duration::from_secs(120), || async {
-        (gateway.journal_depth().await == 0).then_some(())
-    })
-    .await;
+    gateway.wait_drained(Duration::from_secs(120)).await;
 
     // All arrived, exactly once.
-    let mut verify = Sim::run(
-        dir.path(),
-        &gateway.mqtt(),
-        &[
-            "verify",
-            "--ledger",
-            ledger.to_str().unwrap(),
-            "--server",
-            &server.http(),
-        ],
-    );
-    let report = verify.line_starting("verify ", PATIENCE).await;
-    assert_eq!(verify.proc.wait_exit(PATIENCE).await, Some(0), "{report}");
+    let verdict = verify_ledger(dir.path(), &ledger, &server.http()).await;
+    assert_eq!(verdict.exit_code, Some(0), "{}", verdict.report);
     assert_eq!(server.event_count().await, backlog + 3);
 
     // The P0s were committed before any of the telemetry queued before them.

@@ -1,7 +1,7 @@
 //! Guarantee 4: at the journal quota, telemetry is evicted (and counted) to
 //! make room, and life-safety events are stored and delivered.
 
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field, free_port};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, field, free_port};
 
 const QUOTA: u64 = 65_536;
 
@@ -97,10 +97,7 @@ async fn telemetry_is_evicted_for_p0_and_p0_is_delivered() {
     // The server returns: every P0 arrives; every telemetry event either
     // arrives or was counted as evicted.
     let server = Server::start_on(dir.path(), server_port, &[]).await;
-    eventually("the journal to drain", PATIENCE, || async {
-        (gateway.journal_depth().await == 0).then_some(())
-    })
-    .await;
+    gateway.wait_drained(PATIENCE).await;
     for device in ["btn-a", "btn-b", "btn-c"] {
         assert_eq!(server.alerts_for(device).await.len(), 1, "{device}");
     }

@@ -3,7 +3,7 @@
 //! fault tests rely on it).
 
 use anxin_proto::v1::Alert;
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, field, verify_ledger};
 use prost::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,30 +35,15 @@ async fn verify_passes_clean_runs_and_catches_planted_loss_and_duplicate() {
     let summary = load.line_starting("load ", PATIENCE).await;
     let stored: u64 = field(&summary, "stored").unwrap().parse().unwrap();
     assert!(stored >= 20, "{summary}");
-    eventually("the journal to drain", PATIENCE, || async {
-        (gateway.journal_depth().await == 0).then_some(())
-    })
-    .await;
-
-    let verify = |ledger: String, server: String| {
-        let dir = dir.path().to_path_buf();
-        let mqtt = gateway.mqtt();
-        async move {
-            let mut run = Sim::run(
-                &dir,
-                &mqtt,
-                &["verify", "--ledger", &ledger, "--server", &server],
-            );
-            let report = run.line_starting("verify ", PATIENCE).await;
-            let code = run.proc.wait_exit(PATIENCE).await;
-            (code, report, run.seen)
-        }
-    };
+    gateway.wait_drained(PATIENCE).await;
 
     // A clean run passes.
-    let (code, report, _) = verify(ledger_arg.clone(), server.http()).await;
-    assert_eq!(code, Some(0), "{report}");
-    assert_eq!(field(&report, "found"), Some(stored.to_string().as_str()));
+    let clean = verify_ledger(dir.path(), &ledger, &server.http()).await;
+    assert_eq!(clean.exit_code, Some(0), "{}", clean.report);
+    assert_eq!(
+        field(&clean.report, "found"),
+        Some(stored.to_string().as_str())
+    );
 
     // Planted loss: the ledger says an event was stored that the server
     // never saw.
@@ -67,10 +52,14 @@ async fn verify_passes_clean_runs_and_catches_planted_loss_and_duplicate() {
     text.push_str("{\"e\":\"sent\",\"device\":\"dev-00001\",\"seq\":42,\"kind\":\"EVENT_KIND_SOS\",\"t_ms\":0}\n");
     text.push_str("{\"e\":\"stored\",\"device\":\"dev-00001\",\"seq\":42,\"t_ms\":0}\n");
     std::fs::write(&planted, text).unwrap();
-    let (code, report, seen) = verify(planted.to_str().unwrap().to_string(), server.http()).await;
-    assert_eq!(code, Some(1), "{report}");
-    assert_eq!(field(&report, "missing"), Some("1"), "{report}");
-    assert!(seen.iter().any(|l| l == "missing dev-00001#42"), "{seen:?}");
+    let lost = verify_ledger(dir.path(), &planted, &server.http()).await;
+    assert_eq!(lost.exit_code, Some(1), "{}", lost.report);
+    assert_eq!(field(&lost.report, "missing"), Some("1"), "{}", lost.report);
+    assert!(
+        lost.lines.iter().any(|l| l == "missing dev-00001#42"),
+        "{:?}",
+        lost.lines
+    );
 
     // Planted duplicate: a second alert for one event, written into the
     // server's store while it is down.
@@ -87,12 +76,20 @@ async fn verify_passes_clean_runs_and_catches_planted_loss_and_duplicate() {
         db.flush().unwrap();
     }
     server.restart_clean().await;
-    let (code, report, seen) = verify(ledger_arg, server.http()).await;
-    assert_eq!(code, Some(1), "{report}");
-    assert_eq!(field(&report, "alert_mismatches"), Some("1"), "{report}");
+    let doubled = verify_ledger(dir.path(), &ledger, &server.http()).await;
+    assert_eq!(doubled.exit_code, Some(1), "{}", doubled.report);
+    assert_eq!(
+        field(&doubled.report, "alert_mismatches"),
+        Some("1"),
+        "{}",
+        doubled.report
+    );
     assert!(
-        seen.iter()
+        doubled
+            .lines
+            .iter()
             .any(|l| l.starts_with("alert ") && l.ends_with(": 2 alerts")),
-        "{seen:?}"
+        "{:?}",
+        doubled.lines
     );
 }

@@ -19,6 +19,11 @@ use crate::{
 /// What a device says when its alarm is acknowledged.
 pub const HELP_IS_COMING: &str = "help is coming";
 
+/// Who acted when an API caller did not say.
+fn actor(by: &str) -> &str {
+    if by.is_empty() { "dispatcher" } else { by }
+}
+
 #[derive(Clone)]
 pub struct AlertDesk {
     store: Store,
@@ -65,7 +70,9 @@ impl AlertDesk {
         Ok((self.store.alerts(states)?, receiver))
     }
 
+    /// `by` may be empty: the API caller did not say who.
     pub async fn acknowledge(&self, alert_id: &str, by: &str) -> Result<Alert, StoreError> {
+        let by = actor(by);
         let now = now_ms();
         let make_downlink = |alert: &Alert, downlink_id: u64| Downlink {
             downlink_id,
@@ -108,6 +115,7 @@ impl AlertDesk {
         by: &str,
         outcome: &str,
     ) -> Result<Alert, StoreError> {
+        let by = actor(by);
         let now = now_ms();
         let (alert, _) = self.store.transition(
             alert_id,

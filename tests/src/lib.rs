@@ -534,6 +534,16 @@ impl Sim {
         }
     }
 
+    /// Presses a device's button once and waits for the gateway's `stored`.
+    pub async fn press_until_stored(dir: &Path, gateway_mqtt: &str, device: &str) {
+        let mut press = Self::run(
+            dir,
+            gateway_mqtt,
+            &["press", "--device", device, "--until", "stored"],
+        );
+        press.line_starting("stored", PATIENCE).await;
+    }
+
     /// Waits for a stdout line starting with `prefix` and returns it.
     pub async fn line_starting(&mut self, prefix: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;

@@ -67,12 +67,7 @@ async fn partition_keeps_everything_and_p0_overtakes_the_backlog() {
 
     // ...then three residents press SOS, still during the outage.
     for device in ["btn-a", "btn-b", "btn-c"] {
-        let mut press = Sim::run(
-            dir.path(),
-            &gateway.mqtt(),
-            &["press", "--device", device, "--until", "stored"],
-        );
-        press.line_starting("stored", PATIENCE).await;
+        Sim::press_until_stored(dir.path(), &gateway.mqtt(), device).await;
     }
     let health = gateway.health().await;
     assert_eq!(health["journal_depth"]["P0"], 3);

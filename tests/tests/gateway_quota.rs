@@ -64,12 +64,7 @@ async fn telemetry_is_evicted_for_p0_and_p0_is_delivered() {
 
     // P0s at a full journal are stored.
     for device in ["btn-a", "btn-b", "btn-c"] {
-        let mut press = Sim::run(
-            dir.path(),
-            &gateway.mqtt(),
-            &["press", "--device", device, "--until", "stored"],
-        );
-        press.line_starting("stored", PATIENCE).await;
+        Sim::press_until_stored(dir.path(), &gateway.mqtt(), device).await;
     }
     // More telemetry cannot push them out.
     let mut more = telemetry("more.jsonl");

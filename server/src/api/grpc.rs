@@ -105,14 +105,9 @@ impl Dispatch for DispatchService {
         request: Request<AcknowledgeRequest>,
     ) -> Result<Response<Alert>, Status> {
         let req = request.into_inner();
-        let by = if req.by.is_empty() {
-            "dispatcher"
-        } else {
-            &req.by
-        };
         let alert = self
             .desk
-            .acknowledge(&req.alert_id, by)
+            .acknowledge(&req.alert_id, &req.by)
             .await
             .map_err(store_status)?;
         Ok(Response::new(alert))
@@ -120,14 +115,9 @@ impl Dispatch for DispatchService {
 
     async fn resolve(&self, request: Request<ResolveRequest>) -> Result<Response<Alert>, Status> {
         let req = request.into_inner();
-        let by = if req.by.is_empty() {
-            "dispatcher"
-        } else {
-            &req.by
-        };
         let alert = self
             .desk
-            .resolve(&req.alert_id, by, &req.outcome)
+            .resolve(&req.alert_id, &req.by, &req.outcome)
             .await
             .map_err(store_status)?;
         Ok(Response::new(alert))

@@ -121,7 +121,7 @@ async fn acknowledge(
     body: Option<Json<ActionBody>>,
 ) -> Result<Json<Alert>, ApiError> {
     let body = body_or_default(body);
-    let by = body.by.as_deref().unwrap_or("dispatcher");
+    let by = body.by.as_deref().unwrap_or_default();
     Ok(Json(state.desk.acknowledge(&id, by).await?))
 }
 
@@ -131,7 +131,7 @@ async fn resolve(
     body: Option<Json<ActionBody>>,
 ) -> Result<Json<Alert>, ApiError> {
     let body = body_or_default(body);
-    let by = body.by.as_deref().unwrap_or("dispatcher");
+    let by = body.by.as_deref().unwrap_or_default();
     let outcome = body.outcome.as_deref().unwrap_or("attended");
     Ok(Json(state.desk.resolve(&id, by, outcome).await?))
 }

@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "anxin/v1/device.proto",
     "anxin/v1/uplink.proto",
     "anxin/v1/dispatch.proto",
+    "anxin/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,8 +25,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure().compile_fds(compiler.file_descriptor_set())?;
 
     // proto3 JSON (serde) for the `…/event/json` topic and the REST API.
+    // Default values are written out (`"priority": "PRIORITY_P0"`, not an
+    // absent field): REST and MQTT JSON readers should not need to know
+    // proto3's defaults.
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
+        .emit_fields()
         .build(&[".anxin"])?;
     Ok(())
 }

@@ -1,27 +1,74 @@
 //! The alert desk: the one place alerts change, shared by the REST and gRPC
-//! APIs. Every change is committed to the store before anyone hears of it,
-//! then broadcast to watchers (SSE, WatchAlerts).
+//! APIs, the uplink (new incidents) and the escalation timer. Every change
+//! is checked against the caller's rights, committed with its audit entries
+//! and flushed before anyone hears of it, then broadcast to watchers (SSE,
+//! WatchAlerts) and, where someone must act, sent through the notifier.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use anxin_proto::{
-    AckKind, DeviceAck, now_ms,
-    v1::{Alert, AlertState, Downlink, ServerMessage, server_message},
+    AckKind, DeviceAck, EventKind, now_ms,
+    v1::{
+        Alert, AlertAction, AlertNote, AlertState, AuditEntry, Downlink, EscalationStep, Priority,
+        ServerMessage, server_message,
+    },
 };
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use crate::{
+    auth::{AuthError, Need, Principal},
+    directory::Directory,
     gateways::ConnectedGateways,
-    metrics as m,
-    store::{Store, StoreError},
+    incidents::{self, IncidentPolicy},
+    lifecycle, metrics as m,
+    notifier::{Notification, Notifier},
+    routing::{self, Step},
+    store::{Change, Store, StoreError},
 };
 
 /// What a device says when its alarm is acknowledged.
 pub const HELP_IS_COMING: &str = "help is coming";
 
-/// Who acted when an API caller did not say.
-fn actor(by: &str) -> &str {
-    if by.is_empty() { "dispatcher" } else { by }
+/// Outcomes a resolved alert may carry.
+pub const OUTCOMES: &[&str] = &[
+    "attended",
+    "false_alarm",
+    "hospital",
+    "no_answer",
+    "referred",
+    "other",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// The dispatch rules from the config.
+#[derive(Debug, Clone)]
+pub struct DeskPolicy {
+    pub incidents: IncidentPolicy,
+    /// Time to acknowledge an offer, by priority (P0, P1; P2/P3 use P1's).
+    pub p0_deadline_ms: i64,
+    pub p1_deadline_ms: i64,
+    pub utc_offset_minutes: i32,
+    /// Where the last step of the chain goes; empty: logged only.
+    pub emergency_hook: String,
+}
+
+impl DeskPolicy {
+    pub fn deadline_ms(&self, priority: i32) -> i64 {
+        if priority == Priority::P0 as i32 {
+            self.p0_deadline_ms
+        } else {
+            self.p1_deadline_ms
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -29,15 +76,51 @@ pub struct AlertDesk {
     store: Store,
     gateways: Arc<ConnectedGateways>,
     changes: broadcast::Sender<Alert>,
+    policy: Arc<DeskPolicy>,
+    notifier: Notifier,
+    deadlines_changed: Arc<Notify>,
+}
+
+/// One action on an alert, as the APIs pass it.
+#[derive(Debug, Clone, Default)]
+pub struct Act {
+    pub action: Option<AlertAction>,
+    pub outcome: String,
+    pub note: String,
+    pub staff_id: String,
+}
+
+fn audit(actor: &str, action: &str, alert: &Alert, detail: String) -> AuditEntry {
+    AuditEntry {
+        at_ms: now_ms(),
+        actor: actor.to_string(),
+        action: action.to_string(),
+        target: format!("alert/{}", alert.id),
+        community_id: alert.community_id.clone(),
+        detail,
+        ..Default::default()
+    }
+}
+
+fn stale(text: impl Into<String>) -> StoreError {
+    StoreError::Stale(text.into())
 }
 
 impl AlertDesk {
-    pub fn new(store: Store, gateways: Arc<ConnectedGateways>) -> Self {
+    pub fn new(
+        store: Store,
+        gateways: Arc<ConnectedGateways>,
+        policy: DeskPolicy,
+        notifier: Notifier,
+    ) -> Self {
         let (changes, _) = broadcast::channel(4096);
         Self {
             store,
             gateways,
             changes,
+            policy: Arc::new(policy),
+            notifier,
+            deadlines_changed: Arc::new(Notify::new()),
         }
     }
 
@@ -49,88 +132,498 @@ impl AlertDesk {
         &self.gateways
     }
 
+    pub fn policy(&self) -> &DeskPolicy {
+        &self.policy
+    }
+
+    /// Woken whenever an offer deadline may have moved earlier.
+    pub fn deadlines_changed(&self) -> &Notify {
+        &self.deadlines_changed
+    }
+
     /// Tells watchers about a committed (and flushed) alert or change.
     pub fn announce(&self, alert: Alert) {
         // No receivers is fine: nobody is watching.
         let _ = self.changes.send(alert);
     }
 
-    pub fn list(&self, states: &[AlertState]) -> Result<Vec<Alert>, StoreError> {
-        self.store.alerts(states)
+    /// Alerts the caller may see.
+    pub fn list(&self, caller: &Principal, states: &[AlertState]) -> Result<Vec<Alert>, DeskError> {
+        caller.require(Need::ViewAlerts, None)?;
+        Ok(self
+            .store
+            .alerts(states)?
+            .into_iter()
+            .filter(|a| caller.sees(&a.community_id))
+            .collect())
+    }
+
+    pub fn get(&self, caller: &Principal, alert_id: &str) -> Result<Alert, DeskError> {
+        let alert = self.store.alert(alert_id)?;
+        caller.require(Need::ViewAlerts, Some(&alert.community_id))?;
+        Ok(alert)
     }
 
     /// A snapshot plus every change after it. Subscribing before reading the
     /// snapshot means no change falls between the two; a change may show up
-    /// in both, which is harmless because each update carries the whole alert.
+    /// in both, which is harmless because each update carries the whole
+    /// alert. The caller filters changes with [`Principal::sees`].
     pub fn watch(
         &self,
+        caller: &Principal,
         states: &[AlertState],
-    ) -> Result<(Vec<Alert>, broadcast::Receiver<Alert>), StoreError> {
+    ) -> Result<(Vec<Alert>, broadcast::Receiver<Alert>), DeskError> {
         let receiver = self.changes.subscribe();
-        Ok((self.store.alerts(states)?, receiver))
+        Ok((self.list(caller, states)?, receiver))
     }
 
-    /// `by` may be empty: the API caller did not say who.
-    pub async fn acknowledge(&self, alert_id: &str, by: &str) -> Result<Alert, StoreError> {
-        let by = actor(by);
-        let now = now_ms();
-        let make_downlink = |alert: &Alert, downlink_id: u64| Downlink {
-            downlink_id,
-            ack: Some(DeviceAck {
-                device_id: alert.device_id.clone(),
-                seq: alert.seq,
-                kind: AckKind::Acknowledged as i32,
-                alert_id: alert.id.clone(),
-                message: HELP_IS_COMING.into(),
-                sent_ms: 0,
-            }),
-        };
-        let (alert, downlink) = self.store.transition(
+    pub async fn acknowledge(
+        &self,
+        caller: &Principal,
+        alert_id: &str,
+    ) -> Result<Alert, DeskError> {
+        self.act(
+            caller,
             alert_id,
-            AlertState::Acknowledged,
-            |a| {
-                a.acknowledged_ms = now;
-                a.acknowledged_by = by.to_string();
+            Act {
+                action: Some(AlertAction::Acknowledge),
+                ..Default::default()
             },
-            Some(make_downlink),
-        )?;
-        self.store.flush().await?;
-        tracing::info!(alert_id, device_id = %alert.device_id, seq = alert.seq, by, "alert acknowledged");
-        metrics::counter!(m::ALERT_TRANSITIONS, "to" => "acknowledged").increment(1);
-        if let Some(downlink) = downlink {
-            let message = ServerMessage {
-                body: Some(server_message::Body::Downlink(downlink)),
-            };
-            if !self.gateways.try_send(&alert.gateway_id, message) {
-                tracing::warn!(alert_id, gateway_id = %alert.gateway_id, "gateway not connected; help-is-coming queued until it returns");
+        )
+        .await
+    }
+
+    pub async fn resolve(
+        &self,
+        caller: &Principal,
+        alert_id: &str,
+        outcome: &str,
+    ) -> Result<Alert, DeskError> {
+        self.act(
+            caller,
+            alert_id,
+            Act {
+                action: Some(AlertAction::Resolve),
+                outcome: outcome.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Any step of the lifecycle, by a person.
+    pub async fn act(
+        &self,
+        caller: &Principal,
+        alert_id: &str,
+        act: Act,
+    ) -> Result<Alert, DeskError> {
+        let current = self.store.alert(alert_id)?;
+        caller.require(Need::Act, Some(&current.community_id))?;
+        let action = act
+            .action
+            .filter(|a| *a != AlertAction::Unspecified)
+            .ok_or_else(|| DeskError::BadRequest("no action given".into()))?;
+        let actor = caller.name();
+        let now = now_ms();
+        match action {
+            AlertAction::Decline => {
+                if caller.is_field_staff() && current.offered_to != actor {
+                    return Err(AuthError::Forbidden(format!(
+                        "alert {alert_id} is not offered to {actor}"
+                    ))
+                    .into());
+                }
+                return self
+                    .advance(alert_id, &actor, &format!("declined by {actor}"), false)
+                    .await;
             }
+            AlertAction::Escalate => {
+                return self
+                    .advance(alert_id, &actor, &format!("escalated by {actor}"), false)
+                    .await;
+            }
+            AlertAction::Assign => return self.assign(caller, alert_id, &act.staff_id).await,
+            _ => {}
+        }
+        if action == AlertAction::Resolve && !OUTCOMES.contains(&act.outcome.as_str()) {
+            return Err(DeskError::BadRequest(format!(
+                "outcome `{}` is not one of {}",
+                act.outcome,
+                OUTCOMES.join(", ")
+            )));
+        }
+        if action == AlertAction::Note && act.note.trim().is_empty() {
+            return Err(DeskError::BadRequest("a note needs text".into()));
+        }
+        let field_staff = caller.is_field_staff();
+        let help_is_coming = |alert: &Alert| -> Vec<DeviceAck> {
+            // Every device that called in this incident hears it.
+            let mut told = HashSet::new();
+            alert
+                .events
+                .iter()
+                .filter(|e| e.kind != EventKind::Cancel as i32)
+                .filter(|e| told.insert(e.device_id.clone()))
+                .map(|e| DeviceAck {
+                    device_id: e.device_id.clone(),
+                    seq: e.seq,
+                    kind: AckKind::Acknowledged as i32,
+                    alert_id: alert.id.clone(),
+                    message: HELP_IS_COMING.into(),
+                    sent_ms: 0,
+                })
+                .collect()
+        };
+        let (alert, downlinks) = self.store.update_alert(alert_id, |a| {
+            let before = a.clone();
+            let mut change = Change::default();
+            let name = match action {
+                AlertAction::Acknowledge => {
+                    a.set_state(AlertState::Acknowledged);
+                    a.acknowledged_ms = now;
+                    a.acknowledged_by = actor.clone();
+                    a.assigned_to = if field_staff {
+                        actor.clone()
+                    } else {
+                        a.offered_to.clone()
+                    };
+                    a.offered_to.clear();
+                    a.offer_deadline_ms = 0;
+                    change.device_acks = help_is_coming(a);
+                    "acknowledge"
+                }
+                AlertAction::EnRoute => {
+                    a.set_state(AlertState::EnRoute);
+                    a.en_route_ms = now;
+                    "en_route"
+                }
+                AlertAction::OnScene => {
+                    a.set_state(AlertState::OnScene);
+                    a.on_scene_ms = now;
+                    "on_scene"
+                }
+                AlertAction::Resolve => {
+                    a.set_state(AlertState::Resolved);
+                    a.resolved_ms = now;
+                    a.resolved_by = actor.clone();
+                    a.outcome = act.outcome.clone();
+                    "resolve"
+                }
+                AlertAction::Cancel => {
+                    a.set_state(AlertState::Cancelled);
+                    a.cancelled_ms = now;
+                    a.outcome = "cancelled_by_staff".into();
+                    a.offer_deadline_ms = 0;
+                    "cancel"
+                }
+                AlertAction::Note => "note",
+                _ => unreachable!("handled above"),
+            };
+            if action != AlertAction::Note {
+                // The store checks only moves that change the state; a
+                // repeated action (a second acknowledge) is refused here.
+                lifecycle::check(before.state(), a.state())?;
+            }
+            if field_staff
+                && a.assigned_to.is_empty()
+                && matches!(action, AlertAction::EnRoute | AlertAction::OnScene)
+            {
+                a.assigned_to = actor.clone();
+            }
+            if !act.note.trim().is_empty() {
+                a.notes.push(AlertNote {
+                    at_ms: now,
+                    by: actor.clone(),
+                    text: act.note.trim().to_string(),
+                });
+            }
+            let detail = format!(
+                "{} → {}{}",
+                lifecycle::name(before.state()),
+                lifecycle::name(a.state()),
+                match (action, act.note.trim()) {
+                    (AlertAction::Resolve, _) => format!(" outcome={}", a.outcome),
+                    (_, "") => String::new(),
+                    (_, note) => format!(" note: {note}"),
+                }
+            );
+            change
+                .audit
+                .push(audit(&actor, &format!("alert.{name}"), a, detail));
+            Ok(change)
+        })?;
+        self.store.flush().await?;
+        tracing::info!(alert_id, by = %actor, action = action.as_str_name(), state = lifecycle::name(alert.state()), "alert changed");
+        metrics::counter!(m::ALERT_TRANSITIONS, "to" => lifecycle::name(alert.state()))
+            .increment(1);
+        self.push_downlinks(&alert, downlinks);
+        if action == AlertAction::Cancel {
+            self.stand_down(&alert, &current);
         }
         self.announce(alert.clone());
         Ok(alert)
     }
 
-    pub async fn resolve(
+    fn push_downlinks(&self, alert: &Alert, downlinks: Vec<Downlink>) {
+        for downlink in downlinks {
+            let message = ServerMessage {
+                body: Some(server_message::Body::Downlink(downlink)),
+            };
+            if !self.gateways.try_send(&alert.gateway_id, message) {
+                tracing::warn!(alert_id = %alert.id, gateway_id = %alert.gateway_id, "gateway not connected; help-is-coming queued until it returns");
+            }
+        }
+    }
+
+    /// Offers the alert to a named person (or reassigns it once taken).
+    async fn assign(
+        &self,
+        caller: &Principal,
+        alert_id: &str,
+        staff_id: &str,
+    ) -> Result<Alert, DeskError> {
+        let staff = self
+            .store
+            .staff_member(staff_id)?
+            .filter(|s| s.active)
+            .ok_or_else(|| DeskError::BadRequest(format!("no active staff member `{staff_id}`")))?;
+        let actor = caller.name();
+        let now = now_ms();
+        let deadline = self
+            .policy
+            .deadline_ms(self.store.alert(alert_id)?.priority);
+        let (alert, _) = self.store.update_alert(alert_id, |a| {
+            if !routing::serves(&staff, &a.community_id) {
+                return Err(StoreError::Refused(format!(
+                    "{staff_id} does not serve community `{}`",
+                    a.community_id
+                )));
+            }
+            let detail;
+            if matches!(a.state(), AlertState::New | AlertState::Offered) {
+                a.set_state(AlertState::Offered);
+                if !a.tried.is_empty() {
+                    a.escalation_level += 1;
+                }
+                a.offered_to = staff.id.clone();
+                a.tried.push(staff.id.clone());
+                a.escalation_step = step_of(&staff) as i32;
+                a.offer_deadline_ms = now + deadline;
+                detail = format!("offered to {staff_id} until {}", a.offer_deadline_ms);
+            } else if lifecycle::is_open(a.state()) {
+                detail = format!("reassigned from {} to {staff_id}", a.assigned_to);
+                a.assigned_to = staff.id.clone();
+            } else {
+                return Err(stale(format!("alert {} is closed", a.id)));
+            }
+            Ok(Change {
+                audit: vec![audit(&actor, "alert.assign", a, detail)],
+                ..Default::default()
+            })
+        })?;
+        self.after_offer(&alert).await?;
+        Ok(alert)
+    }
+
+    /// Moves an alert to the next step of its chain: the next carer, a
+    /// supervisor, then the emergency services. `only_if_due`: the timer's
+    /// call, which does nothing unless the offer's deadline has passed.
+    pub async fn advance(
         &self,
         alert_id: &str,
-        by: &str,
-        outcome: &str,
-    ) -> Result<Alert, StoreError> {
-        let by = actor(by);
+        actor: &str,
+        reason: &str,
+        only_if_due: bool,
+    ) -> Result<Alert, DeskError> {
         let now = now_ms();
-        let (alert, _) = self.store.transition(
-            alert_id,
-            AlertState::Resolved,
-            |a| {
-                a.resolved_ms = now;
-                a.resolved_by = by.to_string();
-                a.outcome = outcome.to_string();
-            },
-            None::<fn(&Alert, u64) -> Downlink>,
-        )?;
-        self.store.flush().await?;
-        tracing::info!(alert_id, by, outcome, "alert resolved");
-        metrics::counter!(m::ALERT_TRANSITIONS, "to" => "resolved").increment(1);
-        self.announce(alert.clone());
+        let staff = self.store.staff()?;
+        let open: Vec<Alert> = self.store.alerts(&[
+            AlertState::Offered,
+            AlertState::Acknowledged,
+            AlertState::EnRoute,
+            AlertState::OnScene,
+        ])?;
+        let load = routing::loads(open.iter().filter(|a| a.id != alert_id));
+        let policy = &self.policy;
+        let (alert, _) = self.store.update_alert(alert_id, |a| {
+            if !matches!(a.state(), AlertState::New | AlertState::Offered) {
+                return Err(stale(format!(
+                    "alert {} is {}; nothing to escalate",
+                    a.id,
+                    lifecycle::name(a.state())
+                )));
+            }
+            if only_if_due && (a.offer_deadline_ms == 0 || a.offer_deadline_ms > now) {
+                return Err(stale("the offer is no longer due"));
+            }
+            if a.escalation_step() == EscalationStep::EmergencyServices {
+                return Err(stale(format!(
+                    "alert {} is already with the emergency services",
+                    a.id
+                )));
+            }
+            let first = a.state() == AlertState::New && a.tried.is_empty();
+            let previous = a.offered_to.clone();
+            a.set_state(AlertState::Offered);
+            if !first {
+                a.escalation_level += 1;
+            }
+            let detail = match routing::next_step(a, &staff, &load, now, policy.utc_offset_minutes)
+            {
+                Step::Offer { staff_id, step } => {
+                    a.offered_to = staff_id.clone();
+                    a.tried.push(staff_id.clone());
+                    a.escalation_step = step as i32;
+                    a.offer_deadline_ms = now + policy.deadline_ms(a.priority);
+                    format!(
+                        "offered to {staff_id} until {} ({reason})",
+                        a.offer_deadline_ms
+                    )
+                }
+                Step::EmergencyServices => {
+                    a.offered_to.clear();
+                    a.escalation_step = EscalationStep::EmergencyServices as i32;
+                    a.offer_deadline_ms = 0;
+                    format!("handed to the emergency services ({reason})")
+                }
+            };
+            let action = if first {
+                "alert.offer"
+            } else {
+                "alert.escalate"
+            };
+            let detail = if previous.is_empty() {
+                detail
+            } else {
+                format!("{previous} did not take it; {detail}")
+            };
+            Ok(Change {
+                audit: vec![audit(actor, action, a, detail)],
+                ..Default::default()
+            })
+        })?;
+        if alert.escalation_level > 0 {
+            metrics::counter!(m::ESCALATIONS, "step" => step_name(alert.escalation_step()))
+                .increment(1);
+        }
+        self.after_offer(&alert).await?;
         Ok(alert)
+    }
+
+    /// Flushes an offer or escalation, tells the person (or the emergency
+    /// services), re-arms the timer and the watchers.
+    async fn after_offer(&self, alert: &Alert) -> Result<(), DeskError> {
+        self.store.flush().await?;
+        tracing::info!(alert_id = %alert.id, offered_to = %alert.offered_to, level = alert.escalation_level, step = step_name(alert.escalation_step()), "alert offered");
+        let notification = |kind: &str, staff_id: &str| Notification {
+            delivery_id: format!("{}-{}-{}", alert.id, alert.escalation_level, kind),
+            kind: kind.into(),
+            alert_id: alert.id.clone(),
+            priority: incidents::priority_name(alert.priority).into(),
+            alert_kind: alert.kind().as_str_name().into(),
+            community_id: alert.community_id.clone(),
+            resident_id: alert.resident_id.clone(),
+            staff_id: staff_id.into(),
+            escalation_level: alert.escalation_level,
+            deadline_ms: alert.offer_deadline_ms,
+            sent_ms: now_ms(),
+        };
+        if alert.escalation_step() == EscalationStep::EmergencyServices {
+            if self.policy.emergency_hook.is_empty() {
+                tracing::error!(alert_id = %alert.id, "alert reached the emergency-services step, but no notify.emergency_webhook is configured");
+            } else {
+                self.notifier.send(
+                    self.policy.emergency_hook.clone(),
+                    notification("emergency_services", ""),
+                );
+            }
+        } else if !alert.offered_to.is_empty() {
+            match self.store.staff_member(&alert.offered_to)? {
+                Some(staff) if !staff.contact.is_empty() => {
+                    self.notifier
+                        .send(staff.contact.clone(), notification("offer", &staff.id));
+                }
+                _ => {
+                    tracing::info!(alert_id = %alert.id, staff_id = %alert.offered_to, "offered to staff without a contact channel; the console shows it")
+                }
+            }
+        }
+        self.deadlines_changed.notify_one();
+        self.announce(alert.clone());
+        Ok(())
+    }
+
+    /// Tells whoever held an alert that it is off.
+    pub fn stand_down(&self, alert: &Alert, before: &Alert) {
+        for staff_id in [&before.offered_to, &before.assigned_to] {
+            if staff_id.is_empty() {
+                continue;
+            }
+            if let Ok(Some(staff)) = self.store.staff_member(staff_id)
+                && !staff.contact.is_empty()
+            {
+                self.notifier.send(
+                    staff.contact.clone(),
+                    Notification {
+                        delivery_id: format!("{}-stand-down-{staff_id}", alert.id),
+                        kind: "stand_down".into(),
+                        alert_id: alert.id.clone(),
+                        priority: incidents::priority_name(alert.priority).into(),
+                        alert_kind: alert.kind().as_str_name().into(),
+                        community_id: alert.community_id.clone(),
+                        resident_id: alert.resident_id.clone(),
+                        staff_id: staff_id.clone(),
+                        escalation_level: alert.escalation_level,
+                        deadline_ms: 0,
+                        sent_ms: now_ms(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Routes a new alert to its first person. Alerts of devices the
+    /// directory does not know have no community to route in; they wait for
+    /// a dispatcher.
+    pub async fn route(&self, alert_id: &str) {
+        match self.store.alert(alert_id) {
+            Ok(alert) if alert.community_id.is_empty() => {
+                tracing::warn!(alert_id, device_id = %alert.device_id, "alert for a device the directory does not know; left for the dispatchers");
+            }
+            Ok(_) => match self.advance(alert_id, "system", "new alert", false).await {
+                Ok(_) | Err(DeskError::Store(StoreError::Stale(_))) => {}
+                Err(err) => tracing::error!(alert_id, error = %err, "routing failed"),
+            },
+            Err(err) => tracing::error!(alert_id, error = %err, "routing: alert unreadable"),
+        }
+    }
+
+    /// After a restart: routes alerts committed but never routed (a crash
+    /// between the two). Pending offers need nothing: their deadlines are
+    /// stored and the escalation timer picks them up.
+    pub async fn recover(&self) -> Result<(), DeskError> {
+        for alert in self.store.alerts(&[AlertState::New])? {
+            if !alert.community_id.is_empty() && alert.tried.is_empty() {
+                self.route(&alert.id).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn step_of(staff: &anxin_proto::v1::Staff) -> EscalationStep {
+    match staff.role() {
+        anxin_proto::v1::StaffRole::Supervisor => EscalationStep::Supervisor,
+        _ => EscalationStep::Carer,
+    }
+}
+
+pub fn step_name(step: EscalationStep) -> &'static str {
+    match step {
+        EscalationStep::Unspecified => "none",
+        EscalationStep::Carer => "carer",
+        EscalationStep::Supervisor => "supervisor",
+        EscalationStep::EmergencyServices => "emergency_services",
     }
 }

@@ -29,6 +29,63 @@ pub struct ServerConfig {
     pub grpc: GrpcConfig,
     pub http: HttpConfig,
     pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub incidents: IncidentsConfig,
+    pub routing: RoutingConfig,
+    pub notify: NotifyConfig,
+    pub reports: ReportsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The bootstrap administrator's API token (at least 16 characters).
+    /// Empty: a random one is made at start-up and printed in the log.
+    /// Other tokens are issued through the admin API.
+    pub admin_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// A resident's alarm events this close to the incident's latest event
+    /// join its open alert instead of raising a new one.
+    pub window_secs: u64,
+    /// A resident's cancel this soon after the alert was raised stands it
+    /// down; later ones are noted on the alert.
+    pub cancel_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Time an offered person has to acknowledge a P0 alert before it moves
+    /// on (the social-alarm industry's answer target is 60 s).
+    pub p0_deadline_secs: u64,
+    /// The same for P1 alerts (inactivity, warning vitals, device offline).
+    pub p1_deadline_secs: u64,
+    /// Offset of the local time that shifts are written in (China: 480).
+    pub utc_offset_minutes: i32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// Shared secret that signs every webhook (HMAC-SHA256).
+    pub secret: String,
+    /// Webhook of the emergency services' hand-off, the chain's last step.
+    pub emergency_webhook: String,
+    /// Delivery attempts per notification, at least 1.
+    pub attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// "Acknowledged within target" in reports uses this target.
+    pub ack_target_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +121,28 @@ impl Default for ServerConfig {
             store: StoreConfig {
                 path: PathBuf::from("anxin-server-data"),
             },
+            auth: AuthConfig {
+                admin_token: String::new(),
+            },
+            incidents: IncidentsConfig {
+                window_secs: 1800,
+                cancel_grace_secs: 120,
+            },
+            routing: RoutingConfig {
+                p0_deadline_secs: 60,
+                p1_deadline_secs: 300,
+                utc_offset_minutes: 480,
+            },
+            notify: NotifyConfig {
+                secret: String::new(),
+                emergency_webhook: String::new(),
+                attempts: 5,
+                backoff_initial_ms: 500,
+                timeout_ms: 5000,
+            },
+            reports: ReportsConfig {
+                ack_target_secs: 60,
+            },
         }
     }
 }
@@ -81,6 +160,31 @@ impl Default for HttpConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         ServerConfig::default().store
+    }
+}
+impl Default for AuthConfig {
+    fn default() -> Self {
+        ServerConfig::default().auth
+    }
+}
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        ServerConfig::default().incidents
+    }
+}
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        ServerConfig::default().routing
+    }
+}
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        ServerConfig::default().notify
+    }
+}
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        ServerConfig::default().reports
     }
 }
 
@@ -116,6 +220,43 @@ impl ServerConfig {
                 problem: "must not be empty".into(),
             });
         }
+        let invalid = |field: &'static str, problem: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        let token = &self.auth.admin_token;
+        if !token.is_empty() && token.chars().count() < 16 {
+            return invalid(
+                "auth.admin_token",
+                "must be at least 16 characters (or empty for a random one)",
+            );
+        }
+        if self.routing.p0_deadline_secs == 0 {
+            return invalid("routing.p0_deadline_secs", "must be at least 1");
+        }
+        if self.routing.p1_deadline_secs == 0 {
+            return invalid("routing.p1_deadline_secs", "must be at least 1");
+        }
+        if self.routing.utc_offset_minutes.abs() > 14 * 60 {
+            return invalid("routing.utc_offset_minutes", "must be within ±840");
+        }
+        if self.incidents.window_secs == 0 {
+            return invalid("incidents.window_secs", "must be at least 1");
+        }
+        if self.notify.attempts == 0 {
+            return invalid("notify.attempts", "must be at least 1");
+        }
+        if !self.notify.emergency_webhook.is_empty()
+            && !self.notify.emergency_webhook.starts_with("http://")
+            && !self.notify.emergency_webhook.starts_with("https://")
+        {
+            return invalid("notify.emergency_webhook", "must be an http(s) URL");
+        }
+        if self.reports.ack_target_secs == 0 {
+            return invalid("reports.ack_target_secs", "must be at least 1");
+        }
         Ok(())
     }
 
@@ -148,5 +289,12 @@ mod tests {
         assert!(err.to_string().contains("http.listen"), "{err}");
         let err = ServerConfig::parse("[store]\npth = \"x\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("pth"), "{err}");
+        let err = ServerConfig::parse("[auth]\nadmin_token = \"short\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("auth.admin_token"), "{err}");
+        let err = ServerConfig::parse("[routing]\np0_deadline_secs = 0\n", "t").unwrap_err();
+        assert!(
+            err.to_string().contains("routing.p0_deadline_secs"),
+            "{err}"
+        );
     }
 }

@@ -86,6 +86,49 @@ mod tests {
         assert!(check(Acknowledged, Acknowledged).is_err());
     }
 
+    /// The whole matrix: exactly these moves are legal, every other pair is
+    /// refused with a typed error.
+    #[test]
+    fn every_legal_move_and_only_those() {
+        let states = [
+            Unspecified,
+            New,
+            Offered,
+            Acknowledged,
+            EnRoute,
+            OnScene,
+            Resolved,
+            Cancelled,
+        ];
+        let legal = [
+            (New, Offered),
+            (New, Acknowledged),
+            (New, Cancelled),
+            (Offered, Offered),
+            (Offered, Acknowledged),
+            (Offered, Cancelled),
+            (Acknowledged, EnRoute),
+            (Acknowledged, OnScene),
+            (Acknowledged, Resolved),
+            (Acknowledged, Cancelled),
+            (EnRoute, OnScene),
+            (EnRoute, Resolved),
+            (OnScene, Resolved),
+        ];
+        for from in states {
+            for to in states {
+                let expected = legal.contains(&(from, to));
+                assert_eq!(
+                    check(from, to).is_ok(),
+                    expected,
+                    "{} → {}",
+                    name(from),
+                    name(to)
+                );
+            }
+        }
+    }
+
     #[test]
     fn parses_both_state_spellings() {
         assert_eq!(parse("new"), Some(New));

@@ -3,16 +3,25 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use anxin_proto::v1::{dispatch_server::DispatchServer, uplink_server::UplinkServer};
+use std::time::Duration;
+
+use anxin_proto::v1::{
+    admin_server::AdminServer, dispatch_server::DispatchServer, uplink_server::UplinkServer,
+};
 use anxin_server::{
-    alerts::AlertDesk,
+    admin::AdminDesk,
+    alerts::{AlertDesk, DeskPolicy},
     api::{
-        grpc::DispatchService,
+        grpc::{AdminService, DispatchService},
         rest::{self, RestState},
     },
+    auth::{self, Authenticator},
     config::ServerConfig,
+    escalation,
     gateways::ConnectedGateways,
+    incidents::IncidentPolicy,
     metrics,
+    notifier::{Notifier, Webhook},
     store::Store,
     uplink::UplinkService,
 };
@@ -31,6 +40,11 @@ struct Args {
     /// Print the default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Write the places, residents, devices, gateways, staff and tokens of a
+    /// seed file (deploy/config/seed.example.toml) into the store, then exit.
+    /// Run it while the server is stopped.
+    #[arg(long, value_name = "FILE")]
+    seed: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +66,18 @@ fn main() -> anyhow::Result<()> {
             ServerConfig::default()
         }
     };
+    if let Some(seed) = &args.seed {
+        let text = std::fs::read_to_string(seed)
+            .with_context(|| format!("reading the seed file {}", seed.display()))?;
+        let store = Store::open(&config.store.path)
+            .with_context(|| format!("opening store.path {}", config.store.path.display()))?;
+        let admin = AdminDesk::new(store.clone(), 0);
+        let written = anxin_server::seed::apply(&admin, &text)
+            .with_context(|| format!("seeding from {}", seed.display()))?;
+        store.db_flush().context("flushing the store")?;
+        tracing::info!(written, seed = %seed.display(), "directory seeded");
+        return Ok(());
+    }
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(run(config))
@@ -61,7 +87,41 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let prometheus = metrics::install();
     let store = Store::open(&config.store.path)
         .with_context(|| format!("opening store.path {}", config.store.path.display()))?;
-    let desk = AlertDesk::new(store, Arc::new(ConnectedGateways::default()));
+    let admin_token = if config.auth.admin_token.is_empty() {
+        let token = auth::new_token();
+        tracing::warn!(admin_token = %token, "no auth.admin_token configured; made one for this run");
+        token
+    } else {
+        config.auth.admin_token.clone()
+    };
+    let authenticator = Authenticator::new(store.clone(), &admin_token);
+    let notifier = Notifier::new(
+        Arc::new(Webhook::new(
+            &config.notify.secret,
+            Duration::from_millis(config.notify.timeout_ms),
+        )),
+        store.clone(),
+        config.notify.attempts,
+        Duration::from_millis(config.notify.backoff_initial_ms),
+    );
+    let secs = |s: u64| (s * 1000) as i64;
+    let policy = DeskPolicy {
+        incidents: IncidentPolicy {
+            window_ms: secs(config.incidents.window_secs),
+            cancel_grace_ms: secs(config.incidents.cancel_grace_secs),
+        },
+        p0_deadline_ms: secs(config.routing.p0_deadline_secs),
+        p1_deadline_ms: secs(config.routing.p1_deadline_secs),
+        utc_offset_minutes: config.routing.utc_offset_minutes,
+        emergency_hook: config.notify.emergency_webhook.clone(),
+    };
+    let admin = AdminDesk::new(store.clone(), secs(config.reports.ack_target_secs));
+    let desk = AlertDesk::new(
+        store,
+        Arc::new(ConnectedGateways::default()),
+        policy,
+        notifier,
+    );
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
@@ -76,8 +136,18 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let grpc = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .add_service(UplinkServer::new(UplinkService::new(desk.clone())))
-        .add_service(DispatchServer::new(DispatchService::new(desk.clone())));
+        .add_service(UplinkServer::new(UplinkService::new(
+            desk.clone(),
+            authenticator.clone(),
+        )))
+        .add_service(DispatchServer::new(DispatchService::new(
+            desk.clone(),
+            authenticator.clone(),
+        )))
+        .add_service(AdminServer::new(AdminService::new(
+            admin.clone(),
+            authenticator.clone(),
+        )));
     let grpc_cancel = cancel.clone();
     tasks.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
@@ -89,8 +159,17 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         }
     });
 
+    // Timers first: offers whose deadline passed while the server was down
+    // escalate now, then alerts that were committed but never routed.
+    tasks.spawn(escalation::run(desk.clone(), cancel.clone()));
+    if let Err(err) = desk.recover().await {
+        tracing::error!(error = %err, "routing unrouted alerts after start-up failed");
+    }
+
     let app = rest::router(RestState {
         desk,
+        admin,
+        auth: authenticator,
         metrics: prometheus,
     });
     let http_cancel = cancel.clone();

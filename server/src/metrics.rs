@@ -10,6 +10,11 @@ pub const ALERTS_CREATED: &str = "anxin_server_alerts_created_total";
 pub const ALERT_TRANSITIONS: &str = "anxin_server_alert_transitions_total";
 pub const GATEWAYS_CONNECTED: &str = "anxin_server_gateways_connected";
 pub const STORE_ERRORS: &str = "anxin_server_store_errors_total";
+pub const UPLINK_REFUSED: &str = "anxin_server_uplink_refused_total";
+pub const ESCALATIONS: &str = "anxin_server_escalations_total";
+pub const NOTIFY_DELIVERED: &str = "anxin_server_notifications_delivered_total";
+pub const NOTIFY_RETRIES: &str = "anxin_server_notification_retries_total";
+pub const NOTIFY_FAILED: &str = "anxin_server_notifications_failed_total";
 
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -31,5 +36,22 @@ pub fn install() -> PrometheusHandle {
     );
     describe_gauge!(GATEWAYS_CONNECTED, "Gateways with an open uplink stream.");
     describe_counter!(STORE_ERRORS, "Store commits or flushes that failed.");
+    describe_counter!(
+        UPLINK_REFUSED,
+        "Uplink streams refused: no token, or another gateway's."
+    );
+    describe_counter!(
+        ESCALATIONS,
+        "Alerts moved along their chain, by step reached."
+    );
+    describe_counter!(NOTIFY_DELIVERED, "Notifications delivered.");
+    describe_counter!(
+        NOTIFY_RETRIES,
+        "Notification attempts that failed and were retried."
+    );
+    describe_counter!(
+        NOTIFY_FAILED,
+        "Notifications given up on after every attempt."
+    );
     handle
 }

@@ -1,30 +1,38 @@
-//! The server's durable state (sled): committed events, alerts, and
-//! downlinks waiting for their gateway.
+//! The server's durable state (sled): committed events, alerts, downlinks
+//! waiting for their gateway, offer deadlines, the audit log and the
+//! directory (see [`crate::directory`]).
 //!
-//! Keeps guarantee 2 (exactly-once effect): an event and the alert it raises
-//! are written in one transaction keyed by `(device_id, seq)`, so a replayed
-//! or retransmitted event finds its key and creates nothing. The uplink
-//! flushes before it acks `received`, so a crash between commit and ack only
-//! causes a retransmission, which this dedupe absorbs.
+//! Keeps guarantee 2 (exactly-once effect): an event, the incident decision it
+//! causes (raise, attach, cancel) and its audit entry are written in one
+//! transaction keyed by `(device_id, seq)`, so a replayed or retransmitted
+//! event finds its key and changes nothing. The uplink flushes before it acks
+//! `received`, so a crash between commit and ack only causes a
+//! retransmission, which this dedupe absorbs.
 //!
-//! Trees:
+//! Trees and the invariants the store keeps between them:
 //! - `events`:    `device_id ‖ 0x00 ‖ seq (u64 BE)` → [`StoredEvent`]
 //! - `alerts`:    `alert number (u64 BE)` → `Alert` (protobuf)
+//! - `incidents`: incident key (`resident/{id}` or `device/{id}`) → the
+//!   number of its latest open alert; removed when that alert closes.
+//! - `deadlines`: `offer deadline ms (u64 BE) ‖ alert number` → (); exactly
+//!   the alerts that are offered with a deadline, so escalation timers
+//!   survive a restart.
 //! - `downlinks`: `gateway_id ‖ 0x00 ‖ downlink id (u64 BE)` → `Downlink`
+//! - `audit`:     `entry id (u64 BE)` → `AuditEntry`, append-only.
 
 use std::path::Path;
 
-use anxin_proto::{
-    Priority,
-    v1::{Alert, AlertState, Downlink, UplinkEvent},
-};
+use anxin_proto::v1::{Alert, AlertState, AuditEntry, DeviceAck, Downlink, UplinkEvent};
 use prost::Message;
 use sled::{
     Transactional,
-    transaction::{ConflictableTransactionError, TransactionError},
+    transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
 };
 
-use crate::lifecycle::{self, IllegalTransition};
+use crate::{
+    incidents::{self, Decision, IncidentPolicy, Origin},
+    lifecycle::{self, IllegalTransition},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -34,10 +42,19 @@ pub enum StoreError {
     Corrupt(String, prost::DecodeError),
     #[error("no alert {0}")]
     NoSuchAlert(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
     #[error("event has no body")]
     EmptyEvent,
+    /// A change that no longer applies (the offer was acknowledged before its
+    /// deadline fired, say); nothing was written.
+    #[error("{0}")]
+    Stale(String),
+    /// A request that breaks a rule of the domain; nothing was written.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -49,7 +66,7 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
-fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
+pub(crate) fn abort(err: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(err)
 }
 
@@ -62,7 +79,7 @@ pub struct StoredEvent {
     pub received_ms: i64,
     #[prost(message, optional, tag = "3")]
     pub uplink: Option<UplinkEvent>,
-    /// The alert this event raised, if any.
+    /// The alert this event raised, joined or cancelled, if any.
     #[prost(string, tag = "4")]
     pub alert_id: String,
     /// Increases with every commit: the order events reached the server.
@@ -72,10 +89,22 @@ pub struct StoredEvent {
 
 #[derive(Debug)]
 pub enum Committed {
-    /// First time the server sees this event; `alert` is set if it raised one.
-    New { alert: Option<Alert> },
+    /// First time the server sees this event; `alert` is the alert it raised
+    /// or changed, with what happened to it.
+    New {
+        alert: Option<Box<(Alert, Decision)>>,
+    },
     /// Already committed earlier: nothing changed.
     Duplicate,
+}
+
+/// What one alert update writes besides the alert itself.
+#[derive(Default)]
+pub struct Change {
+    pub audit: Vec<AuditEntry>,
+    /// Queued for the alert's gateway in the same transaction, so "help is
+    /// coming" is never lost between the state change and the message.
+    pub device_acks: Vec<DeviceAck>,
 }
 
 fn event_key(device_id: &str, seq: u64) -> Vec<u8> {
@@ -90,20 +119,80 @@ fn downlink_key(gateway_id: &str, id: u64) -> Vec<u8> {
     event_key(gateway_id, id)
 }
 
-fn alert_key(alert_id: &str) -> Option<[u8; 8]> {
-    alert_id.parse::<u64>().ok().map(u64::to_be_bytes)
+fn alert_number(alert_id: &str) -> Option<u64> {
+    alert_id.parse::<u64>().ok()
 }
 
-fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
+fn deadline_key(alert: &Alert) -> Option<[u8; 16]> {
+    let number = alert_number(&alert.id)?;
+    (alert.state() == AlertState::Offered && alert.offer_deadline_ms > 0).then(|| {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&(alert.offer_deadline_ms as u64).to_be_bytes());
+        key[8..].copy_from_slice(&number.to_be_bytes());
+        key
+    })
+}
+
+fn incident_key(alert: &Alert) -> String {
+    Origin {
+        resident_id: alert.resident_id.clone(),
+        community_id: String::new(),
+    }
+    .incident_key(&alert.device_id)
+}
+
+pub(crate) fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|e| StoreError::Corrupt(what.to_string(), e))
+}
+
+/// Appends an audit entry inside a transaction.
+pub(crate) fn append_audit(
+    audit: &TransactionalTree,
+    mut entry: AuditEntry,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    entry.id = audit.generate_id()? + 1;
+    audit.insert(&entry.id.to_be_bytes(), entry.encode_to_vec())?;
+    Ok(())
+}
+
+/// Keeps `deadlines` and `incidents` true to an alert that changed from
+/// `before` to `after`.
+fn reindex(
+    before: Option<&Alert>,
+    after: &Alert,
+    deadlines: &TransactionalTree,
+    incidents: &TransactionalTree,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let old = before.and_then(deadline_key);
+    let new = deadline_key(after);
+    if old != new {
+        if let Some(key) = old {
+            deadlines.remove(&key)?;
+        }
+        if let Some(key) = new {
+            deadlines.insert(&key, &[])?;
+        }
+    }
+    if !lifecycle::is_open(after.state()) {
+        let key = incident_key(after);
+        let number = alert_number(&after.id).unwrap_or(0).to_be_bytes();
+        if incidents.get(key.as_bytes())?.is_some_and(|v| *v == number) {
+            incidents.remove(key.as_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    pub(crate) db: sled::Db,
     events: sled::Tree,
     alerts: sled::Tree,
+    incidents: sled::Tree,
+    deadlines: sled::Tree,
     downlinks: sled::Tree,
+    pub(crate) audit: sled::Tree,
+    pub(crate) directory: crate::directory::Trees,
 }
 
 impl Store {
@@ -112,45 +201,86 @@ impl Store {
         Ok(Self {
             events: db.open_tree("events")?,
             alerts: db.open_tree("alerts")?,
+            incidents: db.open_tree("incidents")?,
+            deadlines: db.open_tree("deadlines")?,
             downlinks: db.open_tree("downlinks")?,
+            audit: db.open_tree("audit")?,
+            directory: crate::directory::Trees::open(&db)?,
             db,
         })
     }
 
-    /// Commits an event (and the alert a P0 raises) unless it is already
-    /// here. Durable after [`Store::flush`].
+    /// Commits an event and its incident decision unless it is already here.
+    /// Durable after [`Store::flush`].
     pub fn commit_event(
         &self,
         gateway_id: &str,
         uplink: &UplinkEvent,
         received_ms: i64,
+        origin: &Origin,
+        policy: &IncidentPolicy,
     ) -> Result<Committed, StoreError> {
         let event = uplink.event.as_ref().ok_or(StoreError::EmptyEvent)?;
         let key = event_key(&event.device_id, event.seq);
-        let committed = (&self.events, &self.alerts).transaction(|(events, alerts)| {
+        let incident = origin.incident_key(&event.device_id);
+        let trees = (
+            &self.events,
+            &self.alerts,
+            &self.incidents,
+            &self.deadlines,
+            &self.audit,
+        );
+        let committed = trees.transaction(|(events, alerts, incidents, deadlines, audit)| {
             if events.get(&key)?.is_some() {
                 return Ok(Committed::Duplicate);
             }
-            let alert = if event.priority() == Priority::P0 {
-                let number = events.generate_id()? + 1;
-                let alert = Alert {
-                    id: number.to_string(),
-                    device_id: event.device_id.clone(),
-                    seq: event.seq,
-                    kind: event.kind,
-                    priority: Priority::P0 as i32,
-                    state: AlertState::New as i32,
-                    gateway_id: gateway_id.to_string(),
-                    device_time_ms: event.device_time_ms,
-                    created_ms: received_ms,
-                    battery_pct: event.battery_pct,
-                    ..Default::default()
-                };
-                alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
-                Some(alert)
-            } else {
-                None
+            let open: Option<Alert> = match incidents.get(incident.as_bytes())? {
+                Some(number) => match alerts.get(&number)? {
+                    Some(bytes) => Some(decode("alert", &bytes).map_err(abort)?),
+                    None => None,
+                },
+                None => None,
             };
+            let decision = incidents::decide(event, open.as_ref(), received_ms, policy);
+            let alert = match (decision, open) {
+                (Decision::Nothing, _) => None,
+                (Decision::Raise, _) => {
+                    let number = events.generate_id()? + 1;
+                    let alert = incidents::raise(number, event, gateway_id, origin, received_ms);
+                    alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
+                    incidents.insert(incident.as_bytes(), &number.to_be_bytes())?;
+                    Some(alert)
+                }
+                (decision, Some(before)) => {
+                    let mut alert = before.clone();
+                    incidents::apply(decision, &mut alert, event, received_ms);
+                    let number = alert_number(&alert.id).unwrap_or(0);
+                    alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
+                    reindex(Some(&before), &alert, deadlines, incidents)?;
+                    Some(alert)
+                }
+                (_, None) => None,
+            };
+            if let Some(alert) = &alert {
+                append_audit(
+                    audit,
+                    AuditEntry {
+                        at_ms: received_ms,
+                        actor: "system".into(),
+                        action: incidents::action_name(decision).into(),
+                        target: format!("alert/{}", alert.id),
+                        community_id: alert.community_id.clone(),
+                        detail: format!(
+                            "event {}#{} {} ({}) via {gateway_id}",
+                            event.device_id,
+                            event.seq,
+                            event.kind().as_str_name(),
+                            incidents::priority_name(alert.priority)
+                        ),
+                        ..Default::default()
+                    },
+                )?;
+            }
             let stored = StoredEvent {
                 gateway_id: gateway_id.to_string(),
                 received_ms,
@@ -159,9 +289,17 @@ impl Store {
                 commit_index: events.generate_id()?,
             };
             events.insert(key.as_slice(), stored.encode_to_vec())?;
-            Ok(Committed::New { alert })
+            Ok(Committed::New {
+                alert: alert.map(|a| Box::new((a, decision))),
+            })
         })?;
         Ok(committed)
+    }
+
+    /// Blocking flush, for tools that run without a runtime.
+    pub fn db_flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
     }
 
     pub async fn flush(&self) -> Result<(), StoreError> {
@@ -192,10 +330,11 @@ impl Store {
     }
 
     pub fn alert(&self, alert_id: &str) -> Result<Alert, StoreError> {
-        let key = alert_key(alert_id).ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
+        let number =
+            alert_number(alert_id).ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
         let bytes = self
             .alerts
-            .get(key)?
+            .get(number.to_be_bytes())?
             .ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
         decode("alert", &bytes)
     }
@@ -213,39 +352,85 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies a lifecycle transition. `change` fills in who/when/outcome;
-    /// `downlink`, if given, is queued for the alert's gateway in the same
-    /// transaction, so "help is coming" is never lost between the two.
-    pub fn transition(
+    /// Writes an alert as given, for migrating history from another system
+    /// (and seeding report tests). Indexes are kept as for any update.
+    pub fn import_alert(&self, alert: &Alert) -> Result<(), StoreError> {
+        let number = alert_number(&alert.id).ok_or_else(|| {
+            StoreError::Refused(format!("alert id `{}` is not a number", alert.id))
+        })?;
+        (&self.alerts, &self.deadlines, &self.incidents).transaction(
+            |(alerts, deadlines, incidents)| {
+                alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
+                reindex(None, alert, deadlines, incidents)
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Changes one alert. `change` edits it and says what else to write; an
+    /// error from it aborts the whole update. Lifecycle rules are checked
+    /// here, so no caller can move an alert illegally.
+    pub fn update_alert(
         &self,
         alert_id: &str,
-        to: AlertState,
-        change: impl Fn(&mut Alert),
-        downlink: Option<impl Fn(&Alert, u64) -> Downlink>,
-    ) -> Result<(Alert, Option<Downlink>), StoreError> {
-        let key = alert_key(alert_id).ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
-        let result = (&self.alerts, &self.downlinks).transaction(|(alerts, downlinks)| {
+        change: impl Fn(&mut Alert) -> Result<Change, StoreError>,
+    ) -> Result<(Alert, Vec<Downlink>), StoreError> {
+        let number =
+            alert_number(alert_id).ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
+        let trees = (
+            &self.alerts,
+            &self.downlinks,
+            &self.deadlines,
+            &self.incidents,
+            &self.audit,
+        );
+        let result = trees.transaction(|(alerts, downlinks, deadlines, incidents, audit)| {
             let bytes = alerts
-                .get(key)?
+                .get(number.to_be_bytes())?
                 .ok_or_else(|| abort(StoreError::NoSuchAlert(alert_id.into())))?;
-            let mut alert: Alert = decode("alert", &bytes).map_err(abort)?;
-            lifecycle::check(alert.state(), to).map_err(|e| abort(e.into()))?;
-            alert.set_state(to);
-            change(&mut alert);
-            alerts.insert(&key, alert.encode_to_vec())?;
-            let queued = match &downlink {
-                Some(make) => {
-                    let id = downlinks.generate_id()? + 1;
-                    let message = make(&alert, id);
-                    downlinks
-                        .insert(downlink_key(&alert.gateway_id, id), message.encode_to_vec())?;
-                    Some(message)
-                }
-                None => None,
-            };
+            let before: Alert = decode("alert", &bytes).map_err(abort)?;
+            let mut alert = before.clone();
+            let Change {
+                audit: entries,
+                device_acks,
+            } = change(&mut alert).map_err(abort)?;
+            if alert.state != before.state {
+                lifecycle::check(before.state(), alert.state()).map_err(|e| abort(e.into()))?;
+            }
+            alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
+            reindex(Some(&before), &alert, deadlines, incidents)?;
+            for entry in entries {
+                append_audit(audit, entry)?;
+            }
+            let mut queued = Vec::new();
+            for ack in &device_acks {
+                let id = downlinks.generate_id()? + 1;
+                let message = Downlink {
+                    downlink_id: id,
+                    ack: Some(ack.clone()),
+                };
+                downlinks.insert(downlink_key(&alert.gateway_id, id), message.encode_to_vec())?;
+                queued.push(message);
+            }
             Ok((alert, queued))
         })?;
         Ok(result)
+    }
+
+    /// Offers whose deadline is at or before `now_ms`, earliest first, and
+    /// the next deadline after those.
+    pub fn due_offers(&self, now_ms: i64) -> Result<(Vec<String>, Option<i64>), StoreError> {
+        let mut due = Vec::new();
+        for item in self.deadlines.iter() {
+            let (key, _) = item?;
+            let at = u64::from_be_bytes(key[..8].try_into().expect("16-byte key")) as i64;
+            if at > now_ms {
+                return Ok((due, Some(at)));
+            }
+            let number = u64::from_be_bytes(key[8..16].try_into().expect("16-byte key"));
+            due.push(number.to_string());
+        }
+        Ok((due, None))
     }
 
     /// Downlinks a gateway has not yet confirmed, oldest first.
@@ -271,6 +456,11 @@ mod tests {
     use super::*;
     use anxin_proto::{DeviceEvent, EventKind};
 
+    const POLICY: IncidentPolicy = IncidentPolicy {
+        window_ms: 600_000,
+        cancel_grace_ms: 60_000,
+    };
+
     fn uplink(device: &str, seq: u64, kind: EventKind) -> UplinkEvent {
         UplinkEvent {
             event: Some(DeviceEvent {
@@ -283,89 +473,133 @@ mod tests {
         }
     }
 
+    fn changed(committed: Committed) -> (Alert, Decision) {
+        match committed {
+            Committed::New {
+                alert: Some(changed),
+            } => *changed,
+            other => panic!("no alert changed: {other:?}"),
+        }
+    }
+
+    fn commit(store: &Store, device: &str, seq: u64, kind: EventKind, at: i64) -> Committed {
+        let origin = Origin {
+            resident_id: "r-1".into(),
+            community_id: "c-1".into(),
+        };
+        store
+            .commit_event("gw", &uplink(device, seq, kind), at, &origin, &POLICY)
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn an_event_commits_once_and_raises_one_alert() {
+    async fn an_event_commits_once_and_an_incident_is_one_alert() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let first = store
-            .commit_event("gw", &uplink("btn", 1, EventKind::Sos), 10)
-            .unwrap();
-        let Committed::New { alert: Some(alert) } = first else {
-            panic!("{first:?}")
+        let (alert, Decision::Raise) = changed(commit(&store, "btn", 1, EventKind::Sos, 10)) else {
+            panic!()
         };
         assert!(matches!(
-            store
-                .commit_event("gw", &uplink("btn", 1, EventKind::Sos), 11)
-                .unwrap(),
+            commit(&store, "btn", 1, EventKind::Sos, 11),
             Committed::Duplicate
         ));
         assert!(matches!(
-            store
-                .commit_event("gw", &uplink("btn", 2, EventKind::Heartbeat), 12)
-                .unwrap(),
+            commit(&store, "btn", 2, EventKind::Heartbeat, 12),
             Committed::New { alert: None }
         ));
-        store.flush().await.unwrap();
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.alerts(&[]).unwrap(), vec![alert.clone()]);
-        assert_eq!(store.event("btn", 1).unwrap().unwrap().alert_id, alert.id);
-        assert_eq!(store.event_count(), 2);
-    }
-
-    #[test]
-    fn acknowledging_queues_a_downlink_and_illegal_moves_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let Committed::New { alert: Some(alert) } = store
-            .commit_event("gw-1", &uplink("btn", 1, EventKind::Fall), 10)
-            .unwrap()
+        // Another device of the same resident: the same incident.
+        let (joined, Decision::Attach { .. }) =
+            changed(commit(&store, "wear", 1, EventKind::Fall, 13))
         else {
             panic!()
         };
-        let make = |a: &Alert, id: u64| Downlink {
-            downlink_id: id,
-            ack: Some(anxin_proto::DeviceAck {
-                alert_id: a.id.clone(),
-                ..Default::default()
-            }),
-        };
-        let (acked, downlink) = store
-            .transition(
-                &alert.id,
-                AlertState::Acknowledged,
-                |a| a.acknowledged_by = "li".into(),
-                Some(make),
-            )
+        assert_eq!(joined.id, alert.id);
+        store.flush().await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let alerts = store.alerts(&[]).unwrap();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].events.len(), 2);
+        assert_eq!(store.event("wear", 1).unwrap().unwrap().alert_id, alert.id);
+        assert_eq!(store.event_count(), 3);
+    }
+
+    #[test]
+    fn updates_queue_downlinks_keep_deadlines_indexed_and_refuse_illegal_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (alert, _) = changed(commit(&store, "btn", 1, EventKind::Fall, 10));
+        store
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::Offered);
+                a.offer_deadline_ms = 500;
+                Ok(Change::default())
+            })
             .unwrap();
-        assert_eq!(acked.state(), AlertState::Acknowledged);
+        assert_eq!(store.due_offers(499).unwrap(), (vec![], Some(500)));
         assert_eq!(
-            store.pending_downlinks("gw-1").unwrap(),
+            store.due_offers(500).unwrap(),
+            (vec![alert.id.clone()], None)
+        );
+
+        let (acked, mut downlinks) = store
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::Acknowledged);
+                a.offer_deadline_ms = 0;
+                Ok(Change {
+                    device_acks: vec![DeviceAck {
+                        alert_id: a.id.clone(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        let downlink = downlinks.pop();
+        assert_eq!(acked.state(), AlertState::Acknowledged);
+        assert_eq!(store.due_offers(i64::MAX).unwrap(), (vec![], None));
+        assert_eq!(
+            store.pending_downlinks("gw").unwrap(),
             vec![downlink.clone().unwrap()]
         );
-        assert!(store.pending_downlinks("gw-2").unwrap().is_empty());
         store
-            .downlink_done("gw-1", downlink.unwrap().downlink_id)
+            .downlink_done("gw", downlink.unwrap().downlink_id)
             .unwrap();
-        assert!(store.pending_downlinks("gw-1").unwrap().is_empty());
+        assert!(store.pending_downlinks("gw").unwrap().is_empty());
 
         let err = store
-            .transition(
-                &alert.id,
-                AlertState::Acknowledged,
-                |_| {},
-                None::<fn(&Alert, u64) -> Downlink>,
-            )
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::New);
+                Ok(Change::default())
+            })
             .unwrap_err();
         assert!(matches!(err, StoreError::Illegal(_)), "{err}");
+        assert_eq!(
+            store.alert(&alert.id).unwrap().state(),
+            AlertState::Acknowledged
+        );
         assert!(matches!(
-            store.transition(
-                "999",
-                AlertState::Resolved,
-                |_| {},
-                None::<fn(&Alert, u64) -> Downlink>
-            ),
+            store.update_alert("999", |_| Ok(Change::default())),
             Err(StoreError::NoSuchAlert(_))
         ));
+    }
+
+    #[test]
+    fn a_closed_incident_lets_the_next_alarm_open_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (first, _) = changed(commit(&store, "btn", 1, EventKind::Sos, 10));
+        let (cancelled, Decision::Cancel) =
+            changed(commit(&store, "btn", 2, EventKind::Cancel, 20))
+        else {
+            panic!()
+        };
+        assert_eq!(cancelled.id, first.id);
+        assert_eq!(cancelled.state(), AlertState::Cancelled);
+        let (second, Decision::Raise) = changed(commit(&store, "btn", 3, EventKind::Sos, 30))
+        else {
+            panic!()
+        };
+        assert_ne!(second.id, first.id);
     }
 }

@@ -21,9 +21,28 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     alerts::AlertDesk,
+    auth::{Authenticator, Principal},
+    directory::Directory,
+    incidents::{Decision, Origin},
     metrics as m,
     store::{Committed, StoreError},
 };
+
+/// Who a device belongs to, as the directory says.
+fn origin_of(desk: &AlertDesk, device_id: &str) -> Result<Origin, StoreError> {
+    let store = desk.store();
+    let Some(device) = store.device(device_id)? else {
+        return Ok(Origin::default());
+    };
+    let community_id = store
+        .resident(&device.resident_id)?
+        .map(|r| r.community_id)
+        .unwrap_or_default();
+    Ok(Origin {
+        resident_id: device.resident_id,
+        community_id,
+    })
+}
 
 /// Most events committed under one flush.
 const MAX_BATCH: usize = 512;
@@ -37,11 +56,12 @@ fn crash_after_commit() -> bool {
 
 pub struct UplinkService {
     desk: AlertDesk,
+    auth: Authenticator,
 }
 
 impl UplinkService {
-    pub fn new(desk: AlertDesk) -> Self {
-        Self { desk }
+    pub fn new(desk: AlertDesk, auth: Authenticator) -> Self {
+        Self { desk, auth }
     }
 }
 
@@ -55,6 +75,10 @@ impl Uplink for UplinkService {
         &self,
         request: Request<Streaming<GatewayMessage>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
+        let principal = crate::api::grpc::caller(&self.auth, &request).inspect_err(|status| {
+            metrics::counter!(m::UPLINK_REFUSED).increment(1);
+            tracing::warn!(error = %status.message(), "uplink refused: no valid gateway token");
+        })?;
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(GatewayMessage {
@@ -68,6 +92,16 @@ impl Uplink for UplinkService {
             }
         };
         let gateway_id = hello.gateway_id;
+        match &principal {
+            Principal::Gateway(id) if *id == gateway_id => {}
+            _ => {
+                metrics::counter!(m::UPLINK_REFUSED).increment(1);
+                tracing::warn!(%gateway_id, caller = %principal.name(), "uplink refused: the token is not this gateway's");
+                return Err(Status::permission_denied(format!(
+                    "the token is not gateway {gateway_id}'s"
+                )));
+            }
+        }
         let (outbound, outbound_rx) = mpsc::channel::<ServerMessage>(4 * MAX_BATCH);
         let gateways = self.desk.gateways().clone();
         let session = gateways.connect(&gateway_id, outbound.clone());
@@ -133,7 +167,7 @@ async fn serve_gateway(
 
         let received_ms = now_ms();
         let mut acks = Vec::new();
-        let mut new_alerts = Vec::new();
+        let mut changed_alerts = Vec::new();
         for message in batch {
             match message.body {
                 Some(gateway_message::Body::Event(uplink)) => {
@@ -143,16 +177,28 @@ async fn serve_gateway(
                         continue;
                     };
                     let (device_id, seq) = (event.device_id.clone(), event.seq);
-                    match desk.store().commit_event(gateway_id, &uplink, received_ms) {
+                    let committed = origin_of(desk, &device_id).and_then(|origin| {
+                        desk.store().commit_event(
+                            gateway_id,
+                            &uplink,
+                            received_ms,
+                            &origin,
+                            &desk.policy().incidents,
+                        )
+                    });
+                    match committed {
                         Ok(Committed::New { alert }) => {
                             let priority = ["P0", "P1", "P2", "P3"][event.priority() as usize];
                             metrics::counter!(m::EVENTS_COMMITTED, "priority" => priority)
                                 .increment(1);
                             tracing::info!(gateway_id, %device_id, seq, kind = event.kind().as_str_name(), "event committed");
-                            if let Some(alert) = alert {
-                                tracing::info!(gateway_id, %device_id, seq, alert_id = %alert.id, "alert raised");
-                                metrics::counter!(m::ALERTS_CREATED).increment(1);
-                                new_alerts.push(alert);
+                            if let Some(changed) = alert {
+                                let (alert, decision) = *changed;
+                                tracing::info!(gateway_id, %device_id, seq, alert_id = %alert.id, decision = crate::incidents::action_name(decision), "incident");
+                                if decision == Decision::Raise {
+                                    metrics::counter!(m::ALERTS_CREATED).increment(1);
+                                }
+                                changed_alerts.push((alert, decision));
                             }
                         }
                         Ok(Committed::Duplicate) => {
@@ -176,7 +222,7 @@ async fn serve_gateway(
                 }
             }
         }
-        if acks.is_empty() && new_alerts.is_empty() {
+        if acks.is_empty() && changed_alerts.is_empty() {
             continue;
         }
         if let Err(err) = desk.store().flush().await {
@@ -188,8 +234,16 @@ async fn serve_gateway(
             tracing::error!("ANXIN_FAULT=crash_after_commit: dying before the received ack");
             std::process::abort();
         }
-        for alert in new_alerts {
-            desk.announce(alert);
+        for (alert, decision) in changed_alerts {
+            desk.announce(alert.clone());
+            match decision {
+                Decision::Raise => {
+                    let desk = desk.clone();
+                    tokio::spawn(async move { desk.route(&alert.id).await });
+                }
+                Decision::Cancel => desk.stand_down(&alert, &alert),
+                _ => {}
+            }
         }
         for received in acks {
             send(ServerMessage {

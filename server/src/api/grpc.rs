@@ -1,21 +1,32 @@
-//! The tonic `Dispatch` service.
+//! The tonic `Dispatch` and `Admin` services. Callers send their API token
+//! as `authorization: Bearer <token>` metadata.
 
 use std::pin::Pin;
 
 use anxin_proto::v1::{
-    AcknowledgeRequest, Alert, AlertState, AlertUpdate, ListAlertsRequest, ListAlertsResponse,
-    ResolveRequest, WatchAlertsRequest, dispatch_server::Dispatch,
+    AcknowledgeRequest, ActRequest, Alert, AlertAction, AlertState, AlertUpdate, AuditList,
+    AuditQuery, DeviceList, DeviceRecord, GatewayList, GetRequest, ImportReport, ImportRequest,
+    IssueTokenRequest, IssueTokenResponse, ListAlertsRequest, ListAlertsResponse, ListRequest,
+    Place, PlaceList, PutGatewayRequest, PutGatewayResponse, Report, ReportRequest, Resident,
+    ResidentList, ResolveRequest, Staff, StaffList, WatchAlertsRequest, admin_server::Admin,
+    dispatch_server::Dispatch,
 };
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::ApiError;
-use crate::alerts::AlertDesk;
+use crate::{
+    admin::AdminDesk,
+    alerts::{Act, AlertDesk},
+    auth::{Authenticator, Principal},
+};
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
         match err {
+            ApiError::Unauthorized(m) => Status::unauthenticated(m),
+            ApiError::Forbidden(m) => Status::permission_denied(m),
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::Conflict(m) => Status::failed_precondition(m),
             ApiError::BadRequest(m) => Status::invalid_argument(m),
@@ -24,8 +35,27 @@ impl From<ApiError> for Status {
     }
 }
 
-fn store_status(err: crate::store::StoreError) -> Status {
-    ApiError::from(err).into()
+fn status(err: impl Into<ApiError>) -> Status {
+    err.into().into()
+}
+
+/// The caller of a gRPC request, from its `authorization` metadata.
+pub fn caller<T>(auth: &Authenticator, request: &Request<T>) -> Result<Principal, Status> {
+    let header = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    auth.authenticate(Authenticator::bearer(header))
+        .map_err(status)
+}
+
+fn staff_caller<T>(auth: &Authenticator, request: &Request<T>) -> Result<Principal, Status> {
+    match caller(auth, request)? {
+        Principal::Gateway(_) => Err(Status::permission_denied(
+            "gateway tokens are for the uplink only",
+        )),
+        principal => Ok(principal),
+    }
 }
 
 fn states(raw: &[i32]) -> Result<Vec<AlertState>, Status> {
@@ -39,11 +69,12 @@ fn states(raw: &[i32]) -> Result<Vec<AlertState>, Status> {
 
 pub struct DispatchService {
     desk: AlertDesk,
+    auth: Authenticator,
 }
 
 impl DispatchService {
-    pub fn new(desk: AlertDesk) -> Self {
-        Self { desk }
+    pub fn new(desk: AlertDesk, auth: Authenticator) -> Self {
+        Self { desk, auth }
     }
 }
 
@@ -55,8 +86,9 @@ impl Dispatch for DispatchService {
         &self,
         request: Request<ListAlertsRequest>,
     ) -> Result<Response<ListAlertsResponse>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
         let states = states(&request.get_ref().states)?;
-        let alerts = self.desk.list(&states).map_err(store_status)?;
+        let alerts = self.desk.list(&who, &states).map_err(status)?;
         Ok(Response::new(ListAlertsResponse { alerts }))
     }
 
@@ -66,8 +98,9 @@ impl Dispatch for DispatchService {
         &self,
         request: Request<WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
         let states = states(&request.get_ref().states)?;
-        let (snapshot, mut changes) = self.desk.watch(&states).map_err(store_status)?;
+        let (snapshot, mut changes) = self.desk.watch(&who, &states).map_err(status)?;
         let stream = async_stream(move |tx| async move {
             for alert in snapshot {
                 if tx
@@ -80,7 +113,10 @@ impl Dispatch for DispatchService {
             }
             loop {
                 let item = match changes.recv().await {
-                    Ok(alert) if states.is_empty() || states.contains(&alert.state()) => {
+                    Ok(alert)
+                        if who.sees(&alert.community_id)
+                            && (states.is_empty() || states.contains(&alert.state())) =>
+                    {
                         Ok(AlertUpdate { alert: Some(alert) })
                     }
                     Ok(_) => continue,
@@ -104,22 +140,46 @@ impl Dispatch for DispatchService {
         &self,
         request: Request<AcknowledgeRequest>,
     ) -> Result<Response<Alert>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
         let req = request.into_inner();
         let alert = self
             .desk
-            .acknowledge(&req.alert_id, &req.by)
+            .acknowledge(&who, &req.alert_id)
             .await
-            .map_err(store_status)?;
+            .map_err(status)?;
         Ok(Response::new(alert))
     }
 
     async fn resolve(&self, request: Request<ResolveRequest>) -> Result<Response<Alert>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
         let req = request.into_inner();
+        let outcome = if req.outcome.is_empty() {
+            "attended"
+        } else {
+            &req.outcome
+        };
         let alert = self
             .desk
-            .resolve(&req.alert_id, &req.by, &req.outcome)
+            .resolve(&who, &req.alert_id, outcome)
             .await
-            .map_err(store_status)?;
+            .map_err(status)?;
+        Ok(Response::new(alert))
+    }
+
+    async fn act(&self, request: Request<ActRequest>) -> Result<Response<Alert>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let req = request.into_inner();
+        let act = Act {
+            action: AlertAction::try_from(req.action).ok(),
+            outcome: req.outcome,
+            note: req.note,
+            staff_id: req.staff_id,
+        };
+        let alert = self
+            .desk
+            .act(&who, &req.alert_id, act)
+            .await
+            .map_err(status)?;
         Ok(Response::new(alert))
     }
 }
@@ -134,4 +194,182 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(produce(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+pub struct AdminService {
+    admin: AdminDesk,
+    auth: Authenticator,
+}
+
+impl AdminService {
+    pub fn new(admin: AdminDesk, auth: Authenticator) -> Self {
+        Self { admin, auth }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn put_place(&self, request: Request<Place>) -> Result<Response<Place>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let place = self
+            .admin
+            .put_place(&who, request.into_inner())
+            .map_err(status)?;
+        Ok(Response::new(place))
+    }
+
+    async fn list_places(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<PlaceList>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let places = self.admin.places(&who).map_err(status)?;
+        Ok(Response::new(PlaceList { places }))
+    }
+
+    async fn put_resident(&self, request: Request<Resident>) -> Result<Response<Resident>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let resident = self
+            .admin
+            .put_resident(&who, request.into_inner())
+            .map_err(status)?;
+        Ok(Response::new(resident))
+    }
+
+    async fn get_resident(
+        &self,
+        request: Request<GetRequest>,
+    ) -> Result<Response<Resident>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let resident = self
+            .admin
+            .resident(&who, &request.get_ref().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(resident))
+    }
+
+    async fn list_residents(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<ResidentList>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let residents = self
+            .admin
+            .residents(&who, &request.get_ref().community_id)
+            .map_err(status)?;
+        Ok(Response::new(ResidentList { residents }))
+    }
+
+    async fn put_device(
+        &self,
+        request: Request<DeviceRecord>,
+    ) -> Result<Response<DeviceRecord>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let device = self
+            .admin
+            .put_device(&who, request.into_inner())
+            .map_err(status)?;
+        Ok(Response::new(device))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<DeviceList>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let devices = self.admin.devices(&who).map_err(status)?;
+        Ok(Response::new(DeviceList { devices }))
+    }
+
+    async fn put_gateway(
+        &self,
+        request: Request<PutGatewayRequest>,
+    ) -> Result<Response<PutGatewayResponse>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let req = request.into_inner();
+        let (gateway, token) = self
+            .admin
+            .put_gateway(&who, req.gateway.unwrap_or_default(), &req.token)
+            .map_err(status)?;
+        Ok(Response::new(PutGatewayResponse {
+            gateway: Some(gateway),
+            token,
+        }))
+    }
+
+    async fn list_gateways(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<GatewayList>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let gateways = self.admin.gateways(&who).map_err(status)?;
+        Ok(Response::new(GatewayList { gateways }))
+    }
+
+    async fn put_staff(&self, request: Request<Staff>) -> Result<Response<Staff>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let staff = self
+            .admin
+            .put_staff(&who, request.into_inner())
+            .map_err(status)?;
+        Ok(Response::new(staff))
+    }
+
+    async fn list_staff(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<StaffList>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let staff = self.admin.staff(&who).map_err(status)?;
+        Ok(Response::new(StaffList { staff }))
+    }
+
+    async fn issue_token(
+        &self,
+        request: Request<IssueTokenRequest>,
+    ) -> Result<Response<IssueTokenResponse>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let token = self
+            .admin
+            .issue_token(&who, &request.get_ref().staff_id)
+            .map_err(status)?;
+        Ok(Response::new(IssueTokenResponse { token }))
+    }
+
+    async fn import(
+        &self,
+        request: Request<ImportRequest>,
+    ) -> Result<Response<ImportReport>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let req = request.into_inner();
+        let report = self
+            .admin
+            .import(&who, &req.kind, &req.csv)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(report))
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<AuditQuery>,
+    ) -> Result<Response<AuditList>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let entries = self.admin.audit(&who, request.get_ref()).map_err(status)?;
+        Ok(Response::new(AuditList { entries }))
+    }
+
+    async fn get_report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<Report>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let req = request.get_ref();
+        let report = self
+            .admin
+            .report(&who, &req.community_id, req.from_ms, req.to_ms)
+            .map_err(status)?;
+        Ok(Response::new(report))
+    }
 }

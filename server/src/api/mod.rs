@@ -1,13 +1,15 @@
-//! The dispatcher-facing APIs: gRPC `Dispatch` and REST/SSE, both thin layers
-//! over [`crate::alerts::AlertDesk`].
+//! The APIs: gRPC `Dispatch` and `Admin`, and REST/SSE, all thin layers over
+//! [`crate::alerts::AlertDesk`] and [`crate::admin::AdminDesk`].
 
 pub mod grpc;
 pub mod rest;
 
-use crate::store::StoreError;
+use crate::{alerts::DeskError, auth::AuthError, store::StoreError};
 
-/// How a store error reads to an API client.
+/// How an error reads to an API client.
 pub enum ApiError {
+    Unauthorized(String),
+    Forbidden(String),
     NotFound(String),
     Conflict(String),
     BadRequest(String),
@@ -17,12 +19,35 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::NoSuchAlert(_) => ApiError::NotFound(err.to_string()),
-            StoreError::Illegal(_) => ApiError::Conflict(err.to_string()),
+            StoreError::NoSuchAlert(_) | StoreError::NotFound(_) => {
+                ApiError::NotFound(err.to_string())
+            }
+            StoreError::Illegal(_) | StoreError::Stale(_) => ApiError::Conflict(err.to_string()),
+            StoreError::Refused(_) => ApiError::BadRequest(err.to_string()),
             other => {
                 tracing::error!(error = %other, "store error in API call");
                 ApiError::Internal("storage error; see the server log".into())
             }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Missing | AuthError::Invalid => ApiError::Unauthorized(err.to_string()),
+            AuthError::Forbidden(_) => ApiError::Forbidden(err.to_string()),
+            AuthError::Store(err) => err.into(),
+        }
+    }
+}
+
+impl From<DeskError> for ApiError {
+    fn from(err: DeskError) -> Self {
+        match err {
+            DeskError::Store(err) => err.into(),
+            DeskError::Auth(err) => err.into(),
+            DeskError::BadRequest(m) => ApiError::BadRequest(m),
         }
     }
 }

@@ -1,19 +1,23 @@
-//! REST/SSE API for dispatchers and integrators, plus /healthz, /metrics and
-//! the web console. JSON bodies use the proto3 JSON mapping of the
-//! `anxin.v1` messages (camelCase fields, enum names as strings).
+//! REST/SSE API for dispatchers, carers, administrators and integrators,
+//! plus /healthz, /metrics and the web console. JSON bodies use the proto3
+//! JSON mapping of the `anxin.v1` messages (camelCase fields, enum names as
+//! strings). Every `/api/v1` call needs `Authorization: Bearer <token>`
+//! (EventSource, which cannot set headers, may pass `?access_token=`).
 
 use std::{convert::Infallible, time::Duration};
 
-use anxin_proto::v1::{Alert, AlertState};
+use anxin_proto::v1::{
+    Alert, AlertAction, AlertState, AuditQuery, DeviceRecord, GatewayRecord, Place, Resident, Staff,
+};
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
-    http::StatusCode,
+    extract::{FromRequestParts, Path, Query, State},
+    http::{StatusCode, header, request::Parts},
     response::{
         Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use futures::Stream;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,11 +25,19 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiError;
-use crate::{alerts::AlertDesk, lifecycle};
+use crate::{
+    admin::AdminDesk,
+    alerts::{Act, AlertDesk},
+    auth::{Authenticator, Need, Principal},
+    directory::Directory,
+    lifecycle, reports,
+};
 
 #[derive(Clone)]
 pub struct RestState {
     pub desk: AlertDesk,
+    pub admin: AdminDesk,
+    pub auth: Authenticator,
     pub metrics: PrometheusHandle,
 }
 
@@ -34,24 +46,72 @@ pub fn router(state: RestState) -> Router {
         .route("/", get(console))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/me", get(me))
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/alerts/stream", get(stream_alerts))
         .route("/api/v1/alerts/{id}", get(get_alert))
-        .route("/api/v1/alerts/{id}/ack", post(acknowledge))
-        .route("/api/v1/alerts/{id}/resolve", post(resolve))
+        .route("/api/v1/alerts/{id}/{action}", post(act))
         .route("/api/v1/devices/{id}/events", get(device_events))
+        .route("/api/v1/places", get(list_places))
+        .route("/api/v1/places/{id}", put(put_place))
+        .route("/api/v1/residents", get(list_residents))
+        .route(
+            "/api/v1/residents/{id}",
+            put(put_resident).get(get_resident),
+        )
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", put(put_device))
+        .route("/api/v1/gateways", get(list_gateways))
+        .route("/api/v1/gateways/{id}", put(put_gateway))
+        .route("/api/v1/staff", get(list_staff))
+        .route("/api/v1/staff/{id}", put(put_staff))
+        .route("/api/v1/staff/{id}/tokens", post(issue_token))
+        .route("/api/v1/import/{kind}", post(import))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/reports", get(report))
         .with_state(state)
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
+            ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}
+
+/// The authenticated caller of a request.
+pub struct Caller(pub Principal);
+
+impl FromRequestParts<RestState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let from_query = parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("access_token="))
+                .map(str::to_string)
+        });
+        let token = Authenticator::bearer(header)
+            .map(str::to_string)
+            .or(from_query);
+        let principal = state.auth.authenticate(token.as_deref())?;
+        if matches!(principal, Principal::Gateway(_)) {
+            return Err(ApiError::Forbidden(
+                "gateway tokens are for the uplink only".into(),
+            ));
+        }
+        Ok(Caller(principal))
     }
 }
 
@@ -68,6 +128,25 @@ async fn healthz(State(state): State<RestState>) -> Json<serde_json::Value> {
 
 async fn metrics(State(state): State<RestState>) -> String {
     state.metrics.render()
+}
+
+async fn me(Caller(caller): Caller) -> Json<serde_json::Value> {
+    let (role, communities, name) = match &caller {
+        Principal::Admin => (
+            "admin".to_string(),
+            vec!["*".to_string()],
+            "admin".to_string(),
+        ),
+        Principal::Staff(s) => (
+            crate::directory::role_name(s.role()).to_string(),
+            s.communities.clone(),
+            s.name.clone(),
+        ),
+        Principal::Gateway(_) => unreachable!("refused by the extractor"),
+    };
+    Json(serde_json::json!({
+        "id": caller.name(), "name": name, "role": role, "communities": communities,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -92,59 +171,76 @@ impl StateFilter {
 
 async fn list_alerts(
     State(state): State<RestState>,
+    Caller(caller): Caller,
     Query(filter): Query<StateFilter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let alerts = state.desk.list(&filter.parse()?)?;
+    let alerts = state.desk.list(&caller, &filter.parse()?)?;
     Ok(Json(serde_json::json!({ "alerts": alerts })))
 }
 
 async fn get_alert(
     State(state): State<RestState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Alert>, ApiError> {
-    Ok(Json(state.desk.store().alert(&id)?))
+    Ok(Json(state.desk.get(&caller, &id)?))
 }
 
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 struct ActionBody {
-    by: Option<String>,
     outcome: Option<String>,
+    note: Option<String>,
+    staff_id: Option<String>,
 }
 
-fn body_or_default(body: Option<Json<ActionBody>>) -> ActionBody {
-    body.map(|Json(b)| b).unwrap_or_default()
-}
-
-async fn acknowledge(
+/// `POST /api/v1/alerts/{id}/{action}`: ack, decline, en_route, on_scene,
+/// resolve, cancel, assign, escalate, note.
+async fn act(
     State(state): State<RestState>,
-    Path(id): Path<String>,
+    Caller(caller): Caller,
+    Path((id, action)): Path<(String, String)>,
     body: Option<Json<ActionBody>>,
 ) -> Result<Json<Alert>, ApiError> {
-    let body = body_or_default(body);
-    let by = body.by.as_deref().unwrap_or_default();
-    Ok(Json(state.desk.acknowledge(&id, by).await?))
-}
-
-async fn resolve(
-    State(state): State<RestState>,
-    Path(id): Path<String>,
-    body: Option<Json<ActionBody>>,
-) -> Result<Json<Alert>, ApiError> {
-    let body = body_or_default(body);
-    let by = body.by.as_deref().unwrap_or_default();
-    let outcome = body.outcome.as_deref().unwrap_or("attended");
-    Ok(Json(state.desk.resolve(&id, by, outcome).await?))
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let action = match action.as_str() {
+        "ack" | "acknowledge" => AlertAction::Acknowledge,
+        "decline" => AlertAction::Decline,
+        "en_route" => AlertAction::EnRoute,
+        "on_scene" => AlertAction::OnScene,
+        "resolve" => AlertAction::Resolve,
+        "cancel" => AlertAction::Cancel,
+        "assign" => AlertAction::Assign,
+        "escalate" => AlertAction::Escalate,
+        "note" => AlertAction::Note,
+        other => return Err(ApiError::NotFound(format!("no alert action `{other}`"))),
+    };
+    let act = Act {
+        action: Some(action),
+        outcome: body.outcome.unwrap_or_else(|| "attended".into()),
+        note: body.note.unwrap_or_default(),
+        staff_id: body.staff_id.unwrap_or_default(),
+    };
+    Ok(Json(state.desk.act(&caller, &id, act).await?))
 }
 
 /// A device's committed events, for integrators and checkers (`anxin-sim
 /// verify`): identity, kind, and the order they reached the server.
 async fn device_events(
     State(state): State<RestState>,
+    Caller(caller): Caller,
     Path(device_id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let events: Vec<serde_json::Value> = state
-        .desk
-        .store()
+    let store = state.desk.store();
+    let community = match store.device(&device_id)? {
+        Some(device) => store
+            .resident(&device.resident_id)?
+            .map(|r| r.community_id)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    caller.require(Need::ViewAlerts, Some(&community))?;
+    let events: Vec<serde_json::Value> = store
         .device_events(&device_id)?
         .into_iter()
         .filter_map(|stored| {
@@ -181,10 +277,11 @@ fn alert_event(alert: &Alert) -> Event {
 /// reconnect fetches a fresh snapshot instead of silently missing changes.
 async fn stream_alerts(
     State(state): State<RestState>,
+    Caller(caller): Caller,
     Query(filter): Query<StateFilter>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let states = filter.parse()?;
-    let (snapshot, mut changes) = state.desk.watch(&states)?;
+    let (snapshot, mut changes) = state.desk.watch(&caller, &states)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         for alert in &snapshot {
@@ -197,7 +294,10 @@ async fn stream_alerts(
             .await;
         loop {
             let event = match changes.recv().await {
-                Ok(alert) if states.is_empty() || states.contains(&alert.state()) => {
+                Ok(alert)
+                    if caller.sees(&alert.community_id)
+                        && (states.is_empty() || states.contains(&alert.state())) =>
+                {
                     alert_event(&alert)
                 }
                 Ok(_) => continue,
@@ -214,4 +314,221 @@ async fn stream_alerts(
     });
     let stream = futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+// ---- directory ----
+
+#[derive(Deserialize, Default)]
+struct CommunityFilter {
+    community: Option<String>,
+}
+
+async fn list_places(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::json!({ "places": state.admin.places(&caller)? }),
+    ))
+}
+
+async fn put_place(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Json(mut place): Json<Place>,
+) -> Result<Json<Place>, ApiError> {
+    place.id = id;
+    Ok(Json(state.admin.put_place(&caller, place)?))
+}
+
+async fn list_residents(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Query(filter): Query<CommunityFilter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let residents = state
+        .admin
+        .residents(&caller, filter.community.as_deref().unwrap_or(""))?;
+    Ok(Json(serde_json::json!({ "residents": residents })))
+}
+
+async fn put_resident(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Json(mut resident): Json<Resident>,
+) -> Result<Json<Resident>, ApiError> {
+    resident.id = id;
+    Ok(Json(state.admin.put_resident(&caller, resident)?))
+}
+
+async fn get_resident(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Resident>, ApiError> {
+    Ok(Json(state.admin.resident(&caller, &id).await?))
+}
+
+async fn list_devices(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::json!({ "devices": state.admin.devices(&caller)? }),
+    ))
+}
+
+async fn put_device(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Json(mut device): Json<DeviceRecord>,
+) -> Result<Json<DeviceRecord>, ApiError> {
+    device.id = id;
+    Ok(Json(state.admin.put_device(&caller, device)?))
+}
+
+async fn list_gateways(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::json!({ "gateways": state.admin.gateways(&caller)? }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GatewayBody {
+    name: String,
+    #[serde(rename = "communityId")]
+    community_id: String,
+    token: String,
+}
+
+async fn put_gateway(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    body: Option<Json<GatewayBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let gateway = GatewayRecord {
+        id,
+        name: body.name,
+        community_id: body.community_id,
+    };
+    let (gateway, token) = state.admin.put_gateway(&caller, gateway, &body.token)?;
+    Ok(Json(
+        serde_json::json!({ "gateway": gateway, "token": token }),
+    ))
+}
+
+async fn list_staff(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::json!({ "staff": state.admin.staff(&caller)? }),
+    ))
+}
+
+async fn put_staff(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Json(mut staff): Json<Staff>,
+) -> Result<Json<Staff>, ApiError> {
+    staff.id = id;
+    Ok(Json(state.admin.put_staff(&caller, staff)?))
+}
+
+async fn issue_token(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let token = state.admin.issue_token(&caller, &id)?;
+    Ok(Json(serde_json::json!({ "token": token })))
+}
+
+/// `POST /api/v1/import/{residents|devices|staff}` with the CSV as the body.
+/// 200 with the report when imported; 422 with it when any row was bad
+/// (and nothing was imported).
+async fn import(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(kind): Path<String>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let report = state.admin.import(&caller, &kind, &body).await?;
+    let status = if report.rejected.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    Ok((status, Json(report)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AuditParams {
+    target: String,
+    actor: String,
+    action: String,
+    since: i64,
+    until: i64,
+    limit: u32,
+}
+
+async fn audit(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Query(p): Query<AuditParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let query = AuditQuery {
+        target: p.target,
+        actor: p.actor,
+        action: p.action,
+        since_ms: p.since,
+        until_ms: p.until,
+        limit: p.limit,
+    };
+    Ok(Json(
+        serde_json::json!({ "entries": state.admin.audit(&caller, &query)? }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ReportParams {
+    community: String,
+    from: i64,
+    to: i64,
+    format: String,
+}
+
+/// `GET /api/v1/reports?community=&from=&to=` (ms; `to` 0 = now), JSON or
+/// `format=csv`.
+async fn report(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Query(p): Query<ReportParams>,
+) -> Result<Response, ApiError> {
+    let report = state.admin.report(&caller, &p.community, p.from, p.to)?;
+    Ok(match p.format.as_str() {
+        "csv" => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            reports::to_csv(&report),
+        )
+            .into_response(),
+        "" | "json" => Json(report).into_response(),
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "format `{other}` is not json or csv"
+            )));
+        }
+    })
 }

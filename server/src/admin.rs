@@ -1,0 +1,377 @@
+//! The admin desk: directory changes, tokens, CSV import, audit queries and
+//! reports, with the caller's rights checked, shared by REST and gRPC.
+
+use anxin_proto::{
+    now_ms,
+    v1::{
+        AuditEntry, AuditQuery, DeviceRecord, GatewayRecord, ImportReport, Place, Report, Resident,
+        Staff,
+    },
+};
+
+use crate::{
+    alerts::DeskError,
+    audit::AuditLog,
+    auth::{self, Need, Principal},
+    directory::{self, Directory, DirectoryBatch, TokenRecord},
+    import::{self, ImportKind},
+    reports,
+    store::Store,
+};
+
+#[derive(Clone)]
+pub struct AdminDesk {
+    store: Store,
+    ack_target_ms: i64,
+}
+
+fn entry(
+    caller: &Principal,
+    action: &str,
+    target: String,
+    community: &str,
+    detail: String,
+) -> AuditEntry {
+    AuditEntry {
+        at_ms: now_ms(),
+        actor: caller.name(),
+        action: action.into(),
+        target,
+        community_id: community.into(),
+        detail,
+        ..Default::default()
+    }
+}
+
+fn bad(text: String) -> DeskError {
+    DeskError::BadRequest(text)
+}
+
+impl AdminDesk {
+    pub fn new(store: Store, ack_target_ms: i64) -> Self {
+        Self {
+            store,
+            ack_target_ms,
+        }
+    }
+
+    pub fn put_place(&self, caller: &Principal, place: Place) -> Result<Place, DeskError> {
+        caller.require(Need::Administer, None)?;
+        let parent = match place.parent_id.as_str() {
+            "" => None,
+            id => self.store.place(id)?,
+        };
+        directory::check_place(&place, parent.as_ref()).map_err(bad)?;
+        let detail = format!("{} `{}`", directory::level_name(place.level()), place.name);
+        self.store.put_place(
+            &place,
+            entry(
+                caller,
+                "place.put",
+                format!("place/{}", place.id),
+                &place.id,
+                detail,
+            ),
+        )?;
+        Ok(place)
+    }
+
+    pub fn places(&self, caller: &Principal) -> Result<Vec<Place>, DeskError> {
+        caller.require(Need::ViewAlerts, None)?;
+        Ok(self.store.places()?)
+    }
+
+    pub fn put_resident(
+        &self,
+        caller: &Principal,
+        resident: Resident,
+    ) -> Result<Resident, DeskError> {
+        caller.require(Need::Administer, None)?;
+        directory::check_resident(&self.store, &resident).map_err(bad)?;
+        let audit = entry(
+            caller,
+            "resident.put",
+            format!("resident/{}", resident.id),
+            &resident.community_id,
+            String::new(),
+        );
+        self.store.put_batch(
+            &DirectoryBatch {
+                residents: vec![resident.clone()],
+                ..Default::default()
+            },
+            audit,
+        )?;
+        Ok(resident)
+    }
+
+    /// The whole record, sensitive fields included. The read is audited
+    /// (and flushed) before the record is returned.
+    pub async fn resident(&self, caller: &Principal, id: &str) -> Result<Resident, DeskError> {
+        let resident = self
+            .store
+            .resident(id)?
+            .ok_or_else(|| crate::store::StoreError::NotFound(format!("no resident {id}")))?;
+        caller.require(Need::ReadResidents, Some(&resident.community_id))?;
+        self.store.append(entry(
+            caller,
+            "resident.read",
+            format!("resident/{id}"),
+            &resident.community_id,
+            "medical notes, emergency contacts, access notes".into(),
+        ))?;
+        self.store.flush().await?;
+        Ok(resident)
+    }
+
+    /// Residents the caller serves, without the sensitive fields.
+    pub fn residents(
+        &self,
+        caller: &Principal,
+        community: &str,
+    ) -> Result<Vec<Resident>, DeskError> {
+        caller.require(Need::ViewAlerts, None)?;
+        Ok(self
+            .store
+            .residents()?
+            .iter()
+            .filter(|r| caller.sees(&r.community_id))
+            .filter(|r| community.is_empty() || r.community_id == community)
+            .map(directory::redacted)
+            .collect())
+    }
+
+    pub fn put_device(
+        &self,
+        caller: &Principal,
+        mut device: DeviceRecord,
+    ) -> Result<DeviceRecord, DeskError> {
+        caller.require(Need::Administer, None)?;
+        if !device.password.is_empty() {
+            device.password_sha256 = auth::digest(&device.password);
+            device.password.clear();
+        }
+        directory::check_device(&device, |r| self.store.resident(r).ok().flatten().is_some())
+            .map_err(bad)?;
+        let audit = entry(
+            caller,
+            "device.put",
+            format!("device/{}", device.id),
+            "",
+            format!("{} of {}", device.kind, device.resident_id),
+        );
+        self.store.put_batch(
+            &DirectoryBatch {
+                devices: vec![device.clone()],
+                ..Default::default()
+            },
+            audit,
+        )?;
+        Ok(device)
+    }
+
+    pub fn devices(&self, caller: &Principal) -> Result<Vec<DeviceRecord>, DeskError> {
+        caller.require(Need::Administer, None)?;
+        Ok(self.store.devices()?)
+    }
+
+    /// Creates or updates a gateway; with a token (given or made here) its
+    /// digest is stored and the token returned once.
+    pub fn put_gateway(
+        &self,
+        caller: &Principal,
+        gateway: GatewayRecord,
+        token: &str,
+    ) -> Result<(GatewayRecord, String), DeskError> {
+        caller.require(Need::Administer, None)?;
+        if gateway.id.is_empty() {
+            return Err(bad("gateway id is empty".into()));
+        }
+        if !gateway.community_id.is_empty() {
+            directory::check_community(&self.store, &gateway.community_id).map_err(bad)?;
+        }
+        let token = match token {
+            "" => auth::new_token(),
+            t if t.len() < 16 => {
+                return Err(bad("a gateway token needs at least 16 characters".into()));
+            }
+            t => t.to_string(),
+        };
+        self.store.put_gateway(
+            &gateway,
+            &auth::digest(&token),
+            entry(
+                caller,
+                "gateway.put",
+                format!("gateway/{}", gateway.id),
+                &gateway.community_id,
+                "token issued".into(),
+            ),
+        )?;
+        Ok((gateway, token))
+    }
+
+    pub fn gateways(&self, caller: &Principal) -> Result<Vec<GatewayRecord>, DeskError> {
+        caller.require(Need::Administer, None)?;
+        Ok(self.store.gateways()?)
+    }
+
+    pub fn put_staff(&self, caller: &Principal, staff: Staff) -> Result<Staff, DeskError> {
+        caller.require(Need::Administer, None)?;
+        directory::check_staff(&self.store, &staff).map_err(bad)?;
+        let detail = format!(
+            "{} of {}{}",
+            directory::role_name(staff.role()),
+            staff.communities.join(","),
+            if staff.active { "" } else { " (inactive)" }
+        );
+        self.store.put_batch(
+            &DirectoryBatch {
+                staff: vec![staff.clone()],
+                ..Default::default()
+            },
+            entry(
+                caller,
+                "staff.put",
+                format!("staff/{}", staff.id),
+                "",
+                detail,
+            ),
+        )?;
+        Ok(staff)
+    }
+
+    /// Staff who share a community with the caller (the staff board).
+    pub fn staff(&self, caller: &Principal) -> Result<Vec<Staff>, DeskError> {
+        caller.require(Need::ViewAlerts, None)?;
+        Ok(self
+            .store
+            .staff()?
+            .into_iter()
+            .filter(|s| {
+                matches!(caller, Principal::Admin)
+                    || s.communities.iter().any(|c| caller.sees(c) || c == "*")
+            })
+            .collect())
+    }
+
+    /// A new random API token for a staff member.
+    pub fn issue_token(&self, caller: &Principal, staff_id: &str) -> Result<String, DeskError> {
+        let token = auth::new_token();
+        self.set_staff_token(caller, staff_id, &token)?;
+        Ok(token)
+    }
+
+    /// Registers a token chosen elsewhere (seed files, provisioning tools).
+    pub fn set_staff_token(
+        &self,
+        caller: &Principal,
+        staff_id: &str,
+        token: &str,
+    ) -> Result<(), DeskError> {
+        caller.require(Need::Administer, None)?;
+        if self.store.staff_member(staff_id)?.is_none() {
+            return Err(
+                crate::store::StoreError::NotFound(format!("no staff member {staff_id}")).into(),
+            );
+        }
+        if token.len() < 16 {
+            return Err(bad("an API token needs at least 16 characters".into()));
+        }
+        self.store.put_token(
+            &auth::digest(token),
+            &TokenRecord {
+                subject_kind: "staff".into(),
+                subject_id: staff_id.into(),
+                issued_ms: now_ms(),
+            },
+            entry(
+                caller,
+                "token.issue",
+                format!("staff/{staff_id}"),
+                "",
+                String::new(),
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Imports a whole file or nothing.
+    pub async fn import(
+        &self,
+        caller: &Principal,
+        kind: &str,
+        csv: &str,
+    ) -> Result<ImportReport, DeskError> {
+        caller.require(Need::Administer, None)?;
+        let kind = ImportKind::parse(kind).ok_or_else(|| {
+            bad(format!(
+                "import kind `{kind}` is not residents, devices or staff"
+            ))
+        })?;
+        let parsed = import::parse(&self.store, kind, csv);
+        let report = parsed.report;
+        if report.rejected.is_empty() {
+            self.store.put_batch(
+                &parsed.batch,
+                entry(
+                    caller,
+                    &format!("import.{}", kind.name()),
+                    format!("import/{}", kind.name()),
+                    "",
+                    format!("{} rows imported", report.imported),
+                ),
+            )?;
+            self.store.flush().await?;
+        } else {
+            self.store.append(entry(
+                caller,
+                &format!("import.{}.rejected", kind.name()),
+                format!("import/{}", kind.name()),
+                "",
+                format!("{} bad rows; nothing imported", report.rejected.len()),
+            ))?;
+        }
+        Ok(report)
+    }
+
+    /// Audit entries; a supervisor sees those of their communities.
+    pub fn audit(
+        &self,
+        caller: &Principal,
+        query: &AuditQuery,
+    ) -> Result<Vec<AuditEntry>, DeskError> {
+        caller.require(Need::Audit, None)?;
+        Ok(self
+            .store
+            .query(query)?
+            .into_iter()
+            .filter(|e| matches!(caller, Principal::Admin) || caller.sees(&e.community_id))
+            .collect())
+    }
+
+    pub fn report(
+        &self,
+        caller: &Principal,
+        community: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Report, DeskError> {
+        caller.require(Need::Reports, (!community.is_empty()).then_some(community))?;
+        if community.is_empty() && !caller.sees("") {
+            return Err(crate::auth::AuthError::Forbidden(format!(
+                "{} must name a community they serve",
+                caller.name()
+            ))
+            .into());
+        }
+        let alerts = self.store.alerts(&[])?;
+        Ok(reports::compute(
+            &alerts,
+            community,
+            from_ms,
+            to_ms,
+            self.ack_target_ms,
+        ))
+    }
+}

@@ -1,0 +1,50 @@
+//! The audit log: append-only, one entry per transition, assignment, note,
+//! notification, directory change and read of a resident's sensitive fields,
+//! with who and when. Entries written with an alert change share its
+//! transaction (see [`crate::store::Store::update_alert`]); the rest go
+//! through [`AuditLog::append`].
+
+use anxin_proto::v1::{AuditEntry, AuditQuery};
+use prost::Message;
+
+use crate::store::{Store, StoreError, decode};
+
+pub trait AuditLog {
+    fn append(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError>;
+    /// Matching entries, oldest first; at most `query.limit` (newest kept)
+    /// when it is set.
+    fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+impl AuditLog for Store {
+    fn append(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        entry.id = self.db.generate_id()? + 1;
+        self.audit
+            .insert(entry.id.to_be_bytes(), entry.encode_to_vec())?;
+        Ok(entry)
+    }
+
+    fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        for bytes in self.audit.iter().values() {
+            let entry: AuditEntry = decode("audit entry", &bytes?)?;
+            if matches(query, &entry) {
+                out.push(entry);
+            }
+        }
+        if query.limit > 0 && out.len() > query.limit as usize {
+            out.drain(..out.len() - query.limit as usize);
+        }
+        Ok(out)
+    }
+}
+
+fn matches(q: &AuditQuery, e: &AuditEntry) -> bool {
+    (q.target.is_empty() || e.target == q.target)
+        && (q.actor.is_empty() || e.actor == q.actor)
+        && (q.action.is_empty()
+            || e.action == q.action
+            || e.action.starts_with(&format!("{}.", q.action)))
+        && (q.since_ms == 0 || e.at_ms >= q.since_ms)
+        && (q.until_ms == 0 || e.at_ms < q.until_ms)
+}

@@ -1,0 +1,373 @@
+//! The directory: places, residents, devices, gateways, staff and API tokens.
+//!
+//! Storage sits behind the [`Directory`] trait, shaped by what the domain asks
+//! (not by sled), so a PostgreSQL backend can implement it next to the sled
+//! one. Validation ([`check_place`], [`check_resident`], …) is separate from
+//! storage and shared by the admin APIs and the CSV import.
+
+use anxin_proto::v1::{
+    AuditEntry, DeviceRecord, GatewayRecord, Place, PlaceLevel, Resident, Staff, StaffRole,
+};
+use prost::Message;
+use sled::Transactional;
+
+use crate::store::{Store, StoreError, abort, append_audit, decode};
+
+/// Who a token belongs to. Only its SHA-256 digest is stored.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TokenRecord {
+    /// "staff" or "gateway".
+    #[prost(string, tag = "1")]
+    pub subject_kind: String,
+    #[prost(string, tag = "2")]
+    pub subject_id: String,
+    #[prost(int64, tag = "3")]
+    pub issued_ms: i64,
+}
+
+/// Everything an import writes, applied all at once or not at all.
+#[derive(Default)]
+pub struct DirectoryBatch {
+    pub residents: Vec<Resident>,
+    pub devices: Vec<DeviceRecord>,
+    pub staff: Vec<Staff>,
+}
+
+pub trait Directory {
+    fn put_place(&self, place: &Place, audit: AuditEntry) -> Result<(), StoreError>;
+    fn place(&self, id: &str) -> Result<Option<Place>, StoreError>;
+    fn places(&self) -> Result<Vec<Place>, StoreError>;
+    fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError>;
+    fn residents(&self) -> Result<Vec<Resident>, StoreError>;
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError>;
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+    fn put_gateway(
+        &self,
+        gateway: &GatewayRecord,
+        token_sha256: &str,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError>;
+    fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>, StoreError>;
+    fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError>;
+    fn staff_member(&self, id: &str) -> Result<Option<Staff>, StoreError>;
+    fn staff(&self) -> Result<Vec<Staff>, StoreError>;
+    /// Residents, devices and staff (one record or a whole import) with
+    /// their audit entry, in one transaction.
+    fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError>;
+    fn put_token(
+        &self,
+        token_sha256: &str,
+        record: &TokenRecord,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError>;
+    fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError>;
+}
+
+#[derive(Clone)]
+pub struct Trees {
+    places: sled::Tree,
+    residents: sled::Tree,
+    devices: sled::Tree,
+    gateways: sled::Tree,
+    staff: sled::Tree,
+    tokens: sled::Tree,
+}
+
+impl Trees {
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self {
+            places: db.open_tree("places")?,
+            residents: db.open_tree("residents")?,
+            devices: db.open_tree("devices")?,
+            gateways: db.open_tree("gateways")?,
+            staff: db.open_tree("staff")?,
+            tokens: db.open_tree("tokens")?,
+        })
+    }
+}
+
+fn get<M: Message + Default>(
+    tree: &sled::Tree,
+    what: &str,
+    id: &str,
+) -> Result<Option<M>, StoreError> {
+    tree.get(id.as_bytes())?
+        .map(|bytes| decode(what, &bytes))
+        .transpose()
+}
+
+fn list<M: Message + Default>(tree: &sled::Tree, what: &str) -> Result<Vec<M>, StoreError> {
+    tree.iter()
+        .values()
+        .map(|bytes| decode(what, &bytes?))
+        .collect()
+}
+
+impl Directory for Store {
+    fn put_place(&self, place: &Place, audit: AuditEntry) -> Result<(), StoreError> {
+        (&self.directory.places, &self.audit).transaction(|(places, log)| {
+            places.insert(place.id.as_bytes(), place.encode_to_vec())?;
+            append_audit(log, audit.clone())
+        })?;
+        Ok(())
+    }
+    fn place(&self, id: &str) -> Result<Option<Place>, StoreError> {
+        get(&self.directory.places, "place", id)
+    }
+    fn places(&self) -> Result<Vec<Place>, StoreError> {
+        list(&self.directory.places, "place")
+    }
+    fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError> {
+        get(&self.directory.residents, "resident", id)
+    }
+    fn residents(&self) -> Result<Vec<Resident>, StoreError> {
+        list(&self.directory.residents, "resident")
+    }
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        get(&self.directory.devices, "device", id)
+    }
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        list(&self.directory.devices, "device")
+    }
+    fn put_gateway(
+        &self,
+        gateway: &GatewayRecord,
+        token_sha256: &str,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        let token = TokenRecord {
+            subject_kind: "gateway".into(),
+            subject_id: gateway.id.clone(),
+            issued_ms: audit.at_ms,
+        };
+        (
+            &self.directory.gateways,
+            &self.directory.tokens,
+            &self.audit,
+        )
+            .transaction(|(gateways, tokens, log)| {
+                gateways.insert(gateway.id.as_bytes(), gateway.encode_to_vec())?;
+                if !token_sha256.is_empty() {
+                    tokens.insert(token_sha256.as_bytes(), token.encode_to_vec())?;
+                }
+                append_audit(log, audit.clone())
+            })?;
+        Ok(())
+    }
+    fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>, StoreError> {
+        get(&self.directory.gateways, "gateway", id)
+    }
+    fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
+        list(&self.directory.gateways, "gateway")
+    }
+    fn staff_member(&self, id: &str) -> Result<Option<Staff>, StoreError> {
+        get(&self.directory.staff, "staff", id)
+    }
+    fn staff(&self) -> Result<Vec<Staff>, StoreError> {
+        list(&self.directory.staff, "staff")
+    }
+    fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
+        let trees = (
+            &self.directory.residents,
+            &self.directory.devices,
+            &self.directory.staff,
+            &self.audit,
+        );
+        trees.transaction(|(residents, devices, staff, log)| {
+            for r in &batch.residents {
+                residents.insert(r.id.as_bytes(), r.encode_to_vec())?;
+            }
+            for d in &batch.devices {
+                devices.insert(d.id.as_bytes(), d.encode_to_vec())?;
+            }
+            for s in &batch.staff {
+                staff.insert(s.id.as_bytes(), s.encode_to_vec())?;
+            }
+            append_audit(log, audit.clone())
+        })?;
+        Ok(())
+    }
+    fn put_token(
+        &self,
+        token_sha256: &str,
+        record: &TokenRecord,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        (&self.directory.tokens, &self.audit).transaction(|(tokens, log)| {
+            if token_sha256.is_empty() {
+                return Err(abort(StoreError::Refused("empty token digest".into())));
+            }
+            tokens.insert(token_sha256.as_bytes(), record.encode_to_vec())?;
+            append_audit(log, audit.clone())
+        })?;
+        Ok(())
+    }
+    fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
+        get(&self.directory.tokens, "token", token_sha256)
+    }
+}
+
+// ---- validation, shared by the admin APIs and the CSV import ----
+
+/// Device kinds a gateway knows how to supervise.
+pub const DEVICE_KINDS: &[&str] = &["call_button", "wearable", "room_sensor"];
+
+fn check_id(what: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{what} id is empty"));
+    }
+    if id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{what} id `{id}` must be 1-64 letters, digits, `-`, `_` or `.`"
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_place(place: &Place, parent: Option<&Place>) -> Result<(), String> {
+    check_id("place", &place.id)?;
+    if place.name.trim().is_empty() {
+        return Err("place name is empty".into());
+    }
+    let level = place.level();
+    if level == PlaceLevel::Unspecified {
+        return Err("place level must be city, district, street or community".into());
+    }
+    match (level, parent) {
+        (PlaceLevel::City, None) if place.parent_id.is_empty() => Ok(()),
+        (PlaceLevel::City, _) => Err("a city has no parent".into()),
+        (_, None) => Err(format!("parent place `{}` does not exist", place.parent_id)),
+        (_, Some(parent)) if parent.level + 1 != level as i32 => Err(format!(
+            "a {} belongs to a {}, but `{}` is a {}",
+            level_name(level),
+            level_name(PlaceLevel::try_from(level as i32 - 1).unwrap_or_default()),
+            parent.id,
+            level_name(parent.level())
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub fn level_name(level: PlaceLevel) -> &'static str {
+    match level {
+        PlaceLevel::Unspecified => "unspecified",
+        PlaceLevel::City => "city",
+        PlaceLevel::District => "district",
+        PlaceLevel::Street => "street",
+        PlaceLevel::Community => "community",
+    }
+}
+
+pub fn check_community(dir: &impl Directory, id: &str) -> Result<(), String> {
+    match dir.place(id).map_err(|e| e.to_string())? {
+        Some(place) if place.level() == PlaceLevel::Community => Ok(()),
+        Some(place) => Err(format!(
+            "`{id}` is a {}, not a community",
+            level_name(place.level())
+        )),
+        None => Err(format!("community `{id}` does not exist")),
+    }
+}
+
+pub fn check_resident(dir: &impl Directory, resident: &Resident) -> Result<(), String> {
+    check_id("resident", &resident.id)?;
+    if resident.name.trim().is_empty() {
+        return Err("resident name is empty".into());
+    }
+    if resident.address.trim().is_empty() {
+        return Err("resident address is empty".into());
+    }
+    check_community(dir, &resident.community_id)
+}
+
+/// `known_resident` answers for residents in the same batch as well as the
+/// store.
+pub fn check_device(
+    device: &DeviceRecord,
+    known_resident: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    check_id("device", &device.id)?;
+    if !DEVICE_KINDS.contains(&device.kind.as_str()) {
+        return Err(format!(
+            "device kind `{}` is not one of {}",
+            device.kind,
+            DEVICE_KINDS.join(", ")
+        ));
+    }
+    if device.resident_id.is_empty() {
+        return Err("device has no resident_id".into());
+    }
+    if !known_resident(&device.resident_id) {
+        return Err(format!("resident `{}` does not exist", device.resident_id));
+    }
+    if !device.gateway_id.is_empty() {
+        check_id("gateway", &device.gateway_id)?;
+    }
+    Ok(())
+}
+
+pub fn check_staff(dir: &impl Directory, staff: &Staff) -> Result<(), String> {
+    check_id("staff", &staff.id)?;
+    if staff.name.trim().is_empty() {
+        return Err("staff name is empty".into());
+    }
+    if staff.role() == StaffRole::Unspecified {
+        return Err("staff role must be carer, nurse, dispatcher, supervisor or admin".into());
+    }
+    if staff.communities.is_empty() {
+        return Err("staff serve no community (list ids, or `*` for all)".into());
+    }
+    for community in &staff.communities {
+        if community != "*" {
+            check_community(dir, community)?;
+        }
+    }
+    for shift in &staff.shifts {
+        crate::routing::check_shift(shift)?;
+    }
+    let webhook = staff.contact.starts_with("http://") || staff.contact.starts_with("https://");
+    if !staff.contact.is_empty() && !webhook {
+        return Err(format!(
+            "contact `{}` must be an http(s) webhook URL",
+            staff.contact
+        ));
+    }
+    Ok(())
+}
+
+pub fn role_name(role: StaffRole) -> &'static str {
+    match role {
+        StaffRole::Unspecified => "unspecified",
+        StaffRole::Carer => "carer",
+        StaffRole::Nurse => "nurse",
+        StaffRole::Dispatcher => "dispatcher",
+        StaffRole::Supervisor => "supervisor",
+        StaffRole::Admin => "admin",
+    }
+}
+
+pub fn parse_role(text: &str) -> Option<StaffRole> {
+    [
+        StaffRole::Carer,
+        StaffRole::Nurse,
+        StaffRole::Dispatcher,
+        StaffRole::Supervisor,
+        StaffRole::Admin,
+    ]
+    .into_iter()
+    .find(|r| role_name(*r) == text.trim().to_ascii_lowercase())
+}
+
+/// A resident without the sensitive fields, for lists.
+pub fn redacted(resident: &Resident) -> Resident {
+    Resident {
+        medical_notes: String::new(),
+        emergency_contacts: Vec::new(),
+        access_notes: String::new(),
+        ..resident.clone()
+    }
+}

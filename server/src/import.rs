@@ -1,0 +1,275 @@
+//! CSV bulk import of residents, devices and staff.
+//!
+//! Every row is checked (the same rules as the admin API, plus duplicates
+//! within the file) before anything is written; a file with any rejected
+//! row imports nothing, and the report names each bad row by its line in
+//! the file (the header is line 1). Columns are in docs/dispatch.md.
+
+use std::collections::HashSet;
+
+use anxin_proto::v1::{
+    DeviceRecord, EmergencyContact, ImportReport, RejectedRow, Resident, Shift, Staff,
+};
+
+use crate::directory::{self, Directory, DirectoryBatch};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportKind {
+    Residents,
+    Devices,
+    Staff,
+}
+
+impl ImportKind {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "residents" => Some(Self::Residents),
+            "devices" => Some(Self::Devices),
+            "staff" => Some(Self::Staff),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Residents => "residents",
+            Self::Devices => "devices",
+            Self::Staff => "staff",
+        }
+    }
+
+    fn columns(self) -> &'static [&'static str] {
+        match self {
+            Self::Residents => &[
+                "id",
+                "name",
+                "community_id",
+                "address",
+                "phone",
+                "medical_notes",
+                "emergency_contacts",
+                "access_notes",
+            ],
+            Self::Devices => &["id", "kind", "resident_id", "gateway_id", "password"],
+            Self::Staff => &[
+                "id",
+                "name",
+                "role",
+                "communities",
+                "shifts",
+                "contact",
+                "active",
+            ],
+        }
+    }
+}
+
+/// A checked file, ready to write, or the rows that stop it.
+pub struct Parsed {
+    pub batch: DirectoryBatch,
+    pub report: ImportReport,
+}
+
+fn list(text: &str) -> impl Iterator<Item = &str> {
+    text.split(';').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `Name|relation|phone;…`
+fn contacts(text: &str) -> Result<Vec<EmergencyContact>, String> {
+    list(text)
+        .map(|entry| {
+            let parts: Vec<&str> = entry.split('|').map(str::trim).collect();
+            match parts.as_slice() {
+                [name, relation, phone] if !name.is_empty() && !phone.is_empty() => {
+                    Ok(EmergencyContact {
+                        name: name.to_string(),
+                        relation: relation.to_string(),
+                        phone: phone.to_string(),
+                    })
+                }
+                _ => Err(format!(
+                    "emergency contact `{entry}` is not `name|relation|phone`"
+                )),
+            }
+        })
+        .collect()
+}
+
+/// `1-5 08:00-20:00;6,7 22:00-06:00`
+pub fn shifts(text: &str) -> Result<Vec<Shift>, String> {
+    list(text)
+        .map(|entry| {
+            let bad =
+                || format!("shift `{entry}` is not `DAYS HH:MM-HH:MM` (days 1-7, e.g. 1-5 or 6,7)");
+            let (days, hours) = entry.split_once(' ').ok_or_else(bad)?;
+            let (start, end) = hours.trim().split_once('-').ok_or_else(bad)?;
+            let mut weekdays = Vec::new();
+            for part in days.split(',') {
+                match part.split_once('-') {
+                    Some((a, b)) => {
+                        let (a, b): (u32, u32) =
+                            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                        weekdays.extend(a..=b);
+                    }
+                    None => weekdays.push(part.parse().map_err(|_| bad())?),
+                }
+            }
+            let shift = Shift {
+                weekdays,
+                start: start.to_string(),
+                end: end.to_string(),
+            };
+            crate::routing::check_shift(&shift)?;
+            Ok(shift)
+        })
+        .collect()
+}
+
+fn boolean(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" | "true" | "yes" | "1" => Ok(true),
+        "false" | "no" | "0" => Ok(false),
+        other => Err(format!("active `{other}` is not true or false")),
+    }
+}
+
+pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
+    let mut report = ImportReport::default();
+    let mut batch = DirectoryBatch::default();
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(csv_text.as_bytes());
+    let headers = match reader.headers() {
+        Ok(h) => h.clone(),
+        Err(err) => {
+            report.rejected.push(RejectedRow {
+                line: 1,
+                reason: format!("unreadable header: {err}"),
+            });
+            return Parsed { batch, report };
+        }
+    };
+    let missing: Vec<&str> = kind
+        .columns()
+        .iter()
+        .filter(|c| !headers.iter().any(|h| h == **c))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        report.rejected.push(RejectedRow {
+            line: 1,
+            reason: format!("header lacks column(s): {}", missing.join(", ")),
+        });
+        return Parsed { batch, report };
+    }
+    let index = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .expect("checked above")
+    };
+    let mut seen = HashSet::new();
+    for record in reader.records() {
+        let (line, row) = match record {
+            Ok(row) => (row.position().map_or(0, |p| p.line()), row),
+            Err(err) => {
+                let line = err.position().map_or(0, |p| p.line());
+                report.rejected.push(RejectedRow {
+                    line,
+                    reason: format!("unreadable row: {err}"),
+                });
+                continue;
+            }
+        };
+        let get = |name: &str| row.get(index(name)).unwrap_or("").to_string();
+        let checked: Result<(), String> = (|| {
+            let id = get("id");
+            if !seen.insert(id.clone()) {
+                return Err(format!("id `{id}` appears twice in the file"));
+            }
+            match kind {
+                ImportKind::Residents => {
+                    let resident = Resident {
+                        id,
+                        name: get("name"),
+                        community_id: get("community_id"),
+                        address: get("address"),
+                        phone: get("phone"),
+                        medical_notes: get("medical_notes"),
+                        emergency_contacts: contacts(&get("emergency_contacts"))?,
+                        access_notes: get("access_notes"),
+                    };
+                    directory::check_resident(dir, &resident)?;
+                    batch.residents.push(resident);
+                }
+                ImportKind::Devices => {
+                    let device = DeviceRecord {
+                        id,
+                        kind: get("kind"),
+                        resident_id: get("resident_id"),
+                        gateway_id: get("gateway_id"),
+                        password: String::new(),
+                        password_sha256: match get("password") {
+                            p if p.is_empty() => String::new(),
+                            p => crate::auth::digest(&p),
+                        },
+                    };
+                    directory::check_device(&device, |r| dir.resident(r).ok().flatten().is_some())?;
+                    batch.devices.push(device);
+                }
+                ImportKind::Staff => {
+                    let role = directory::parse_role(&get("role")).ok_or_else(|| {
+                        format!(
+                            "role `{}` is not carer, nurse, dispatcher, supervisor or admin",
+                            get("role")
+                        )
+                    })?;
+                    let staff = Staff {
+                        id,
+                        name: get("name"),
+                        role: role as i32,
+                        communities: list(&get("communities")).map(String::from).collect(),
+                        shifts: shifts(&get("shifts"))?,
+                        contact: get("contact"),
+                        active: boolean(&get("active"))?,
+                    };
+                    directory::check_staff(dir, &staff)?;
+                    batch.staff.push(staff);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(reason) = checked {
+            report.rejected.push(RejectedRow { line, reason });
+        }
+    }
+    if report.rejected.is_empty() {
+        report.imported = (batch.residents.len() + batch.devices.len() + batch.staff.len()) as u64;
+    } else {
+        batch = DirectoryBatch::default();
+    }
+    Parsed { batch, report }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shift_lists_parse_and_bad_ones_are_named() {
+        let parsed = shifts("1-5 08:00-20:00; 6,7 22:00-06:00").unwrap();
+        assert_eq!(parsed[0].weekdays, vec![1, 2, 3, 4, 5]);
+        assert_eq!(parsed[1].weekdays, vec![6, 7]);
+        assert_eq!(parsed[1].end, "06:00");
+        assert!(shifts("weekdays 08:00-20:00").is_err());
+        assert!(shifts("1-5 8-20").is_err());
+    }
+
+    #[test]
+    fn contacts_need_three_parts() {
+        let c = contacts("Wang Fang|daughter|13800000000").unwrap();
+        assert_eq!(c[0].relation, "daughter");
+        assert!(contacts("Wang Fang 13800000000").is_err());
+    }
+}

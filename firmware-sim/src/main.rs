@@ -108,6 +108,10 @@ enum Command {
         /// The server's HTTP base URL, e.g. http://127.0.0.1:8080
         #[arg(long)]
         server: String,
+        /// An API token of the server that may read the devices' events
+        /// and alerts (a dispatcher's, or the admin's).
+        #[arg(long, env = "ANXIN_TOKEN", hide_env_values = true)]
+        token: String,
     },
 }
 
@@ -250,8 +254,14 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Verify { ledger, server } => {
-            let report = verify::run(&ledger, &server).await.context("verify")?;
+        Command::Verify {
+            ledger,
+            server,
+            token,
+        } => {
+            let report = verify::run(&ledger, &server, &token)
+                .await
+                .context("verify")?;
             if args.json_output {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -87,6 +87,9 @@ pub struct UplinkConfig {
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
     pub connect_timeout_ms: u64,
+    /// This gateway's uplink token, issued by the server's admin
+    /// (`PUT /api/v1/gateways/{id}`). Sent as `authorization: Bearer`.
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,6 +198,7 @@ impl Default for UplinkConfig {
             backoff_initial_ms: 200,
             backoff_max_ms: 10_000,
             connect_timeout_ms: 3_000,
+            token: String::new(),
         }
     }
 }
@@ -277,6 +281,12 @@ impl GatewayConfig {
                     format!("`{server}` must start with http:// or https://"),
                 ));
             }
+        }
+        if !self.uplink.token.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(invalid(
+                "uplink.token",
+                "must be printable ASCII without spaces",
+            ));
         }
         if self.uplink.window == 0 {
             return Err(invalid("uplink.window", "must be at least 1"));

@@ -56,6 +56,8 @@ pub struct Uplink {
     backoff_initial: Duration,
     backoff_max: Duration,
     connect_timeout: Duration,
+    /// `Bearer <token>`, checked at construction.
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     journal: JournalReader,
     acks: MqttOut,
     state: watch::Sender<UplinkState>,
@@ -67,6 +69,11 @@ impl Uplink {
         journal: JournalReader,
         acks: MqttOut,
     ) -> (Self, watch::Receiver<UplinkState>) {
+        if config.uplink.token.is_empty() {
+            tracing::warn!(
+                "uplink.token is empty: servers that check gateway tokens will refuse this gateway"
+            );
+        }
         let (state, state_rx) = watch::channel(UplinkState::Connecting {
             server: config.uplink.servers[0].clone(),
         });
@@ -77,6 +84,11 @@ impl Uplink {
             backoff_initial: config.backoff_initial(),
             backoff_max: config.backoff_max(),
             connect_timeout: Duration::from_millis(config.uplink.connect_timeout_ms),
+            token: (!config.uplink.token.is_empty()).then(|| {
+                format!("Bearer {}", config.uplink.token)
+                    .parse()
+                    .expect("uplink.token is validated as printable ASCII")
+            }),
             journal,
             acks,
             state,
@@ -143,10 +155,13 @@ impl Uplink {
             .send(hello)
             .await
             .map_err(|_| SessionError::Closed)?;
-        let mut inbound = client
-            .link(ReceiverStream::new(outbound_rx))
-            .await?
-            .into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(outbound_rx));
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        let mut inbound = client.link(request).await?.into_inner();
 
         tracing::info!(%server, gateway_id = %self.gateway_id, "uplink connected");
         self.state.send_replace(UplinkState::Connected {

@@ -13,6 +13,7 @@ GRPC_PORT=${ANXIN_GRPC_PORT:-50051}
 MQTT_PORT=${ANXIN_MQTT_PORT:-1883}
 GW_HTTP_PORT=${ANXIN_GATEWAY_HTTP_PORT:-9181}
 STATE=.stack
+# The residents' devices of deploy/config/seed.example.toml.
 DEVICES=(btn-0001 btn-0002 btn-0003 wear-0001 wear-0002)
 # Registered for `anxin-sim load --prefix load-` (README).
 LOAD_DEVICES=(load-00000 load-00001 load-00002 load-00003 load-00004 load-00005 load-00006 load-00007 load-00008 load-00009)
@@ -22,6 +23,11 @@ cargo build --quiet --bins -p anxin-server -p anxin-gateway -p anxin-sim
 BIN=target/debug
 
 mkdir -p "$STATE"
+# Secrets for this stack, made once: the example seed's CHANGE-ME tokens
+# become "<secret>-<name>".
+[[ -s "$STATE/secret" ]] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$STATE/secret"
+SECRET=$(cat "$STATE/secret")
+token() { echo "$SECRET-$1"; }
 cat > "$STATE/server.toml" <<TOML
 [grpc]
 listen = "127.0.0.1:$GRPC_PORT"
@@ -29,7 +35,12 @@ listen = "127.0.0.1:$GRPC_PORT"
 listen = "127.0.0.1:$HTTP_PORT"
 [store]
 path = "$STATE/server-data"
+[auth]
+admin_token = "$(token admin)"
 TOML
+sed "s/CHANGE-ME/$SECRET/" deploy/config/seed.example.toml > "$STATE/seed.toml"
+"$BIN/anxin-server" --config "$STATE/server.toml" --seed "$STATE/seed.toml" > "$STATE/seed.log" 2>&1 \
+  || { cat "$STATE/seed.log"; exit 1; }
 {
   cat <<TOML
 gateway_id = "gw-community-01"
@@ -41,6 +52,7 @@ listen = "127.0.0.1:$GW_HTTP_PORT"
 path = "$STATE/gateway-journal"
 [uplink]
 servers = ["http://127.0.0.1:$GRPC_PORT"]
+token = "$(token gateway-gw-community-01)"
 TOML
   for d in "${DEVICES[@]}" "${LOAD_DEVICES[@]}"; do printf '[[devices]]\nid = "%s"\n' "$d"; done
 } > "$STATE/gateway.toml"
@@ -87,8 +99,11 @@ pids+=($!)
 cat <<INFO
 
   Anxin is running.
-    Dispatcher console:  http://127.0.0.1:$HTTP_PORT/
-    Alerts API:          http://127.0.0.1:$HTTP_PORT/api/v1/alerts
+    Dispatcher console:  http://127.0.0.1:$HTTP_PORT/#token=$(token dispatcher-zhang)
+    Alerts API:          curl -H 'Authorization: Bearer $(token dispatcher-zhang)' http://127.0.0.1:$HTTP_PORT/api/v1/alerts
+    Other accounts:      carer-li $(token carer-li)
+                         supervisor-wu $(token supervisor-wu)
+                         admin $(token admin)
     Gateway MQTT:        127.0.0.1:$MQTT_PORT   (devices: ${DEVICES[*]})
     Gateway health:      http://127.0.0.1:$GW_HTTP_PORT/healthz
 

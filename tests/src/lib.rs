@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod grpc;
 pub mod mqtt;
 pub mod proxy;
 pub mod sse;
@@ -173,6 +174,41 @@ impl Drop for Proc {
     }
 }
 
+/// The bootstrap admin token of every test server.
+pub const TEST_ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The uplink token of the test gateway `gw-test`.
+pub const TEST_GATEWAY_TOKEN: &str = "test-gateway-token-0123456789";
+
+/// A TOML file from default lines per section (`""` is the top level) and
+/// extra lines, where an extra line replaces a default with the same key.
+fn config_text(defaults: Vec<(&str, Vec<String>)>, extra: &[(&str, &str)]) -> String {
+    let mut sections: Vec<(String, Vec<String>)> = defaults
+        .into_iter()
+        .map(|(name, lines)| (name.to_string(), lines))
+        .collect();
+    let key_of = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    for (section, line) in extra {
+        match sections.iter_mut().find(|(name, _)| name == section) {
+            Some((_, lines)) => {
+                lines.retain(|existing| key_of(existing) != key_of(line));
+                lines.push(line.to_string());
+            }
+            None => sections.push((section.to_string(), vec![line.to_string()])),
+        }
+    }
+    let mut text = String::new();
+    for (name, lines) in &sections {
+        if !name.is_empty() {
+            text.push_str(&format!("[{name}]\n"));
+        }
+        for line in lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
+}
+
 pub struct Server {
     pub proc: Proc,
     pub grpc_port: u16,
@@ -194,16 +230,34 @@ impl Server {
 
     /// Starts a server on a given gRPC port (one a gateway already points at).
     pub async fn start_on(dir: &Path, grpc_port: u16, env: &[(&str, &str)]) -> Self {
+        Self::start_configured(dir, grpc_port, env, &[]).await
+    }
+
+    /// Starts a server with extra config lines per section, e.g.
+    /// `("routing", "p0_deadline_secs = 2")`. The admin token is
+    /// [`TEST_ADMIN_TOKEN`], and the gateway `gw-test` is provisioned with
+    /// [`TEST_GATEWAY_TOKEN`], the token [`Gateway`] configures.
+    pub async fn start_configured(
+        dir: &Path,
+        grpc_port: u16,
+        env: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> Self {
         let http_port = free_port();
         let config = dir.join("server.toml");
-        fs::write(
-            &config,
-            format!(
-                "[grpc]\nlisten = \"127.0.0.1:{grpc_port}\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[store]\npath = \"{}\"\n",
-                dir.join("server-data").display()
+        let sections = vec![
+            ("grpc", vec![format!("listen = \"127.0.0.1:{grpc_port}\"")]),
+            ("http", vec![format!("listen = \"127.0.0.1:{http_port}\"")]),
+            (
+                "store",
+                vec![format!("path = \"{}\"", dir.join("server-data").display())],
             ),
-        )
-        .unwrap();
+            (
+                "auth",
+                vec![format!("admin_token = \"{TEST_ADMIN_TOKEN}\"")],
+            ),
+        ];
+        fs::write(&config, config_text(sections, extra)).unwrap();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -238,15 +292,153 @@ impl Server {
 
     async fn wait_ready(&mut self) {
         wait_healthy(&format!("{}/healthz", self.http())).await;
+        let (status, body) = self
+            .call(
+                "PUT",
+                "/api/v1/gateways/gw-test",
+                TEST_ADMIN_TOKEN,
+                Some(serde_json::json!({ "token": TEST_GATEWAY_TOKEN })),
+            )
+            .await;
+        assert_eq!(status, 200, "provisioning gw-test: {body}");
     }
 
     pub fn http(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
     }
 
+    /// One REST call with a bearer token; returns the status and the JSON
+    /// body (`null` if there is none).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.http()))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("REST call");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// A GET as the admin that must succeed.
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.call("GET", path, TEST_ADMIN_TOKEN, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// A PUT or POST as the admin that must succeed.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let (status, reply) = self.call(method, path, TEST_ADMIN_TOKEN, Some(body)).await;
+        assert_eq!(status, 200, "{method} {path}: {reply}");
+        reply
+    }
+
     /// Value of one Prometheus series of the server, or 0.
     pub async fn metric(&self, series: &str) -> f64 {
         metric(&format!("{}/metrics", self.http()), series).await
+    }
+
+    /// Creates a community (and a test city, district and street above it).
+    pub async fn add_community(&self, id: &str) {
+        for (place, level, parent) in [
+            ("city-test", "PLACE_LEVEL_CITY", ""),
+            ("district-test", "PLACE_LEVEL_DISTRICT", "city-test"),
+            ("street-test", "PLACE_LEVEL_STREET", "district-test"),
+            (id, "PLACE_LEVEL_COMMUNITY", "street-test"),
+        ] {
+            self.send(
+                "PUT",
+                &format!("/api/v1/places/{place}"),
+                serde_json::json!({ "name": place, "level": level, "parentId": parent }),
+            )
+            .await;
+        }
+    }
+
+    /// Registers a resident of `community` with the given devices
+    /// (`id:kind`, call buttons by default).
+    pub async fn add_resident(&self, id: &str, community: &str, devices: &[&str]) {
+        self.send(
+            "PUT",
+            &format!("/api/v1/residents/{id}"),
+            serde_json::json!({
+                "name": format!("Resident {id}"),
+                "communityId": community,
+                "address": "Room 101, Building 3",
+                "medicalNotes": "diabetic; pacemaker",
+                "emergencyContacts": [{ "name": "Wang Fang", "relation": "daughter", "phone": "13800000000" }],
+                "accessNotes": "key box code 4321",
+            }),
+        )
+        .await;
+        for device in devices {
+            let (device, kind) = device.split_once(':').unwrap_or((device, "call_button"));
+            self.send(
+                "PUT",
+                &format!("/api/v1/devices/{device}"),
+                serde_json::json!({ "kind": kind, "residentId": id, "gatewayId": "gw-test" }),
+            )
+            .await;
+        }
+    }
+
+    /// Creates a staff member (`role`: carer, nurse, dispatcher, supervisor,
+    /// admin; `extra` merges more fields, e.g. shifts or contact) and
+    /// returns a fresh API token for them.
+    pub async fn add_staff(
+        &self,
+        id: &str,
+        role: &str,
+        communities: &[&str],
+        extra: serde_json::Value,
+    ) -> String {
+        let mut body = serde_json::json!({
+            "name": id,
+            "role": format!("STAFF_ROLE_{}", role.to_ascii_uppercase()),
+            "communities": communities,
+            "active": true,
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        self.send("PUT", &format!("/api/v1/staff/{id}"), body).await;
+        let reply = self
+            .send(
+                "POST",
+                &format!("/api/v1/staff/{id}/tokens"),
+                serde_json::json!({}),
+            )
+            .await;
+        reply["token"].as_str().expect("token").to_string()
+    }
+
+    /// The SSE alert stream's URL for a caller (EventSource style: the
+    /// token in the query).
+    pub fn stream_url(&self, token: &str) -> String {
+        format!("{}/api/v1/alerts/stream?access_token={token}", self.http())
+    }
+
+    /// A gRPC `Dispatch` client that sends `token`.
+    pub async fn dispatch_client(&self, token: &str) -> grpc::Dispatch {
+        grpc::dispatch(&self.grpc(), token).await
     }
 
     /// Events the server has committed (each identity once).
@@ -266,25 +458,26 @@ impl Server {
 
     /// All alerts, as the REST API returns them.
     pub async fn alerts(&self) -> Vec<serde_json::Value> {
-        let body: serde_json::Value = reqwest::get(format!("{}/api/v1/alerts", self.http()))
-            .await
-            .expect("GET /api/v1/alerts")
-            .json()
-            .await
-            .expect("alerts JSON");
+        let body = self.get("/api/v1/alerts").await;
         body["alerts"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn alert(&self, id: &str) -> serde_json::Value {
+        self.get(&format!("/api/v1/alerts/{id}")).await
+    }
+
+    /// Audit entries about one target (`alert/7`).
+    pub async fn audit_of(&self, target: &str) -> Vec<serde_json::Value> {
+        let body = self.get(&format!("/api/v1/audit?target={target}")).await;
+        body["entries"].as_array().cloned().unwrap_or_default()
     }
 
     /// A device's committed events, as `GET /api/v1/devices/{id}/events`
     /// returns them.
     pub async fn events_for(&self, device_id: &str) -> Vec<serde_json::Value> {
-        let body: serde_json::Value =
-            reqwest::get(format!("{}/api/v1/devices/{device_id}/events", self.http()))
-                .await
-                .expect("GET device events")
-                .json()
-                .await
-                .expect("events JSON");
+        let body = self
+            .get(&format!("/api/v1/devices/{device_id}/events"))
+            .await;
         body["events"].as_array().cloned().unwrap_or_default()
     }
 
@@ -339,54 +532,28 @@ impl Gateway {
     ) -> Self {
         let (mqtt_port, http_port) = (free_port(), free_port());
         let config = dir.join("gateway.toml");
-        let mut sections: Vec<(String, Vec<String>)> = vec![
-            ("".into(), vec!["gateway_id = \"gw-test\"".into()]),
+        let sections = vec![
+            ("", vec!["gateway_id = \"gw-test\"".into()]),
+            ("mqtt", vec![format!("listen = \"127.0.0.1:{mqtt_port}\"")]),
+            ("http", vec![format!("listen = \"127.0.0.1:{http_port}\"")]),
             (
-                "mqtt".into(),
-                vec![format!("listen = \"127.0.0.1:{mqtt_port}\"")],
-            ),
-            (
-                "http".into(),
-                vec![format!("listen = \"127.0.0.1:{http_port}\"")],
-            ),
-            (
-                "journal".into(),
+                "journal",
                 vec![format!("path = \"{}\"", dir.join("journal").display())],
             ),
             (
-                "uplink".into(),
+                "uplink",
                 vec![
                     format!("servers = [\"{server_url}\"]"),
                     "backoff_initial_ms = 50".into(),
                     "backoff_max_ms = 500".into(),
+                    format!("token = \"{TEST_GATEWAY_TOKEN}\""),
                 ],
             ),
-            ("limits".into(), vec![]),
-            ("supervision".into(), vec![]),
-            ("fallback".into(), vec![]),
+            ("limits", vec![]),
+            ("supervision", vec![]),
+            ("fallback", vec![]),
         ];
-        // An extra line replaces a default with the same key.
-        let key_of = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
-        for (section, line) in extra {
-            let entry = sections.iter_mut().find(|(name, _)| name == section);
-            match entry {
-                Some((_, lines)) => {
-                    lines.retain(|existing| key_of(existing) != key_of(line));
-                    lines.push(line.to_string());
-                }
-                None => sections.push((section.to_string(), vec![line.to_string()])),
-            }
-        }
-        let mut text = String::new();
-        for (name, lines) in &sections {
-            if !name.is_empty() {
-                text.push_str(&format!("[{name}]\n"));
-            }
-            for line in lines {
-                text.push_str(line);
-                text.push('\n');
-            }
-        }
+        let mut text = config_text(sections, extra);
         for device in devices {
             let mut parts = device.split(':');
             let id = parts.next().unwrap();
@@ -586,6 +753,8 @@ pub async fn verify_ledger(dir: &Path, ledger: &Path, server_http: &str) -> Verd
             ledger.to_str().expect("utf-8 path"),
             "--server",
             server_http,
+            "--token",
+            TEST_ADMIN_TOKEN,
         ],
     );
     let report = run.line_starting("verify ", PATIENCE).await;

@@ -2,7 +2,7 @@
 //! the dispatcher over SSE and gRPC, the dispatcher acknowledges over REST,
 //! and "help is coming" reaches the device.
 
-use anxin_proto::v1::{AlertState, WatchAlertsRequest, dispatch_client::DispatchClient};
+use anxin_proto::v1::{AlertState, WatchAlertsRequest};
 use anxin_tests::{Gateway, PATIENCE, Server, Sim, field, sse::SseStream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -11,9 +11,22 @@ async fn press_reaches_dispatcher_and_help_is_coming_reaches_device() {
     let server = Server::start(dir.path()).await;
     let gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-0001"]).await;
 
+    // The device is not in the directory, so only city-wide staff see it.
+    let wang = server
+        .add_staff(
+            "dispatcher-wang",
+            "dispatcher",
+            &["*"],
+            serde_json::json!({}),
+        )
+        .await;
+    let li = server
+        .add_staff("carer-li", "carer", &["*"], serde_json::json!({}))
+        .await;
+
     // Dispatchers watch before anything happens.
-    let mut sse = SseStream::connect(&format!("{}/api/v1/alerts/stream", server.http())).await;
-    let mut dispatch = DispatchClient::connect(server.grpc()).await.unwrap();
+    let mut sse = SseStream::connect(&server.stream_url(&wang)).await;
+    let mut dispatch = server.dispatch_client(&wang).await;
     let mut watch = dispatch
         .watch_alerts(WatchAlertsRequest { states: vec![] })
         .await
@@ -57,15 +70,16 @@ async fn press_reaches_dispatcher_and_help_is_coming_reaches_device() {
     assert_eq!(watched.device_id, "btn-0001");
     assert_eq!(watched.state(), AlertState::New);
 
-    // The dispatcher acknowledges over REST.
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/v1/alerts/{alert_id}/ack", server.http()))
-        .json(&serde_json::json!({ "by": "dispatcher-wang" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let acked: serde_json::Value = response.json().await.unwrap();
+    // The dispatcher acknowledges over REST, as the person the token names.
+    let (status, acked) = server
+        .call(
+            "POST",
+            &format!("/api/v1/alerts/{alert_id}/ack"),
+            &wang,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{acked}");
     assert_eq!(acked["state"], "ALERT_STATE_ACKNOWLEDGED");
     assert_eq!(acked["acknowledgedBy"], "dispatcher-wang");
 
@@ -84,36 +98,35 @@ async fn press_reaches_dispatcher_and_help_is_coming_reaches_device() {
     assert_eq!(update.alert.unwrap().state(), AlertState::Acknowledged);
 
     // A second acknowledgement is refused: it is not a silent no-op.
-    let again = reqwest::Client::new()
-        .post(format!("{}/api/v1/alerts/{alert_id}/ack", server.http()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 409);
+    let (status, _) = server
+        .call("POST", &format!("/api/v1/alerts/{alert_id}/ack"), &li, None)
+        .await;
+    assert_eq!(status, 409);
 
-    // Resolve closes it.
-    let resolved: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "{}/api/v1/alerts/{alert_id}/resolve",
-            server.http()
-        ))
-        .json(&serde_json::json!({ "by": "carer-li", "outcome": "attended" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Without a token, nothing.
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/api/v1/alerts/{alert_id}/resolve"),
+            "",
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // The carer resolves it.
+    let (status, resolved) = server
+        .call(
+            "POST",
+            &format!("/api/v1/alerts/{alert_id}/resolve"),
+            &li,
+            Some(serde_json::json!({ "outcome": "attended" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{resolved}");
     assert_eq!(resolved["state"], "ALERT_STATE_RESOLVED");
     assert_eq!(resolved["outcome"], "attended");
-    let open: serde_json::Value = reqwest::get(format!(
-        "{}/api/v1/alerts?state=new,acknowledged",
-        server.http()
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    assert_eq!(resolved["resolvedBy"], "carer-li");
+    let open = server.get("/api/v1/alerts?state=new,acknowledged").await;
     assert_eq!(open["alerts"].as_array().unwrap().len(), 0);
 }

@@ -12,6 +12,20 @@ fn kinds(events: &[serde_json::Value]) -> Vec<&str> {
 async fn household_12_story_reaches_the_server_as_told() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
+    // Mrs Wang and her three devices are in the directory: her events are
+    // one person's incidents.
+    server.add_community("c-heping").await;
+    server
+        .add_resident(
+            "hh-12",
+            "c-heping",
+            &[
+                "btn-0012:call_button",
+                "wear-0012:wearable",
+                "room-0012:room_sensor",
+            ],
+        )
+        .await;
     let gateway = Gateway::start(
         dir.path(),
         server.grpc_port,
@@ -78,17 +92,54 @@ async fn household_12_story_reaches_the_server_as_told() {
         ["EVENT_KIND_INACTIVITY"]
     );
 
-    // P0s raised alerts: the press (until the server learns to cancel, the
-    // dispatch issue's job), the fall and the vitals.
-    assert_eq!(server.alerts_for("btn-0012").await.len(), 1);
-    let wear_alerts = server.alerts_for("wear-0012").await;
-    let alert_kinds: Vec<&str> = wear_alerts
-        .iter()
-        .map(|a| a["kind"].as_str().unwrap())
-        .collect();
+    // Two incidents. The mistaken press, stood down by her cancel within the
+    // grace period; then the quiet room, the fall and the vitals as one
+    // alert, raised to P0 by the fall.
+    let alerts = server.alerts().await;
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    let event_kinds = |alert: &serde_json::Value| -> Vec<String> {
+        let mut kinds: Vec<String> = alert["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_string())
+            .collect();
+        kinds.sort();
+        kinds
+    };
+    let press = &alerts[0];
+    assert_eq!(press["deviceId"], "btn-0012");
+    assert_eq!(press["state"], "ALERT_STATE_CANCELLED");
+    assert_eq!(press["outcome"], "cancelled_by_resident");
+    assert_eq!(event_kinds(press), ["EVENT_KIND_CANCEL", "EVENT_KIND_SOS"]);
+    let fall = &alerts[1];
+    assert_eq!(fall["residentId"], "hh-12");
+    assert_eq!(fall["communityId"], "c-heping");
+    assert_eq!(fall["priority"], "PRIORITY_P0");
+    assert_eq!(fall["kind"], "EVENT_KIND_FALL");
     assert_eq!(
-        alert_kinds,
-        ["EVENT_KIND_FALL", "EVENT_KIND_VITALS_CRITICAL"]
+        event_kinds(fall),
+        [
+            "EVENT_KIND_FALL",
+            "EVENT_KIND_INACTIVITY",
+            "EVENT_KIND_VITALS_CRITICAL"
+        ]
     );
-    assert!(server.alerts_for("room-0012").await.is_empty());
+    // Each event names its alert.
+    for event in server.events_for("wear-0012").await {
+        if event["kind"] != "EVENT_KIND_TELEMETRY" {
+            assert_eq!(event["alertId"], fall["id"]);
+        }
+    }
+    let audit = server
+        .audit_of(&format!("alert/{}", press["id"].as_str().unwrap()))
+        .await;
+    let actions: Vec<&str> = audit
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    // (Routed in between: with no staff in the community, to the emergency
+    // services' step.)
+    assert_eq!(actions.first(), Some(&"alert.raise"), "{actions:?}");
+    assert_eq!(actions.last(), Some(&"alert.cancel"), "{actions:?}");
 }

@@ -12,6 +12,7 @@ use anxin_proto::{
 use crate::{
     alerts::DeskError,
     audit::AuditLog,
+    audit::guard,
     auth::{self, Need, Principal},
     directory::{self, Directory, DirectoryBatch, TokenRecord},
     import::{self, ImportKind},
@@ -56,7 +57,7 @@ impl AdminDesk {
     }
 
     pub fn put_place(&self, caller: &Principal, place: Place) -> Result<Place, DeskError> {
-        caller.require(Need::Administer, None)?;
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
         let parent = match place.parent_id.as_str() {
             "" => None,
             id => self.store.place(id)?,
@@ -77,7 +78,7 @@ impl AdminDesk {
     }
 
     pub fn places(&self, caller: &Principal) -> Result<Vec<Place>, DeskError> {
-        caller.require(Need::ViewAlerts, None)?;
+        guard(&self.store, caller, Need::ViewAlerts, None, "directory")?;
         Ok(self.store.places()?)
     }
 
@@ -86,7 +87,7 @@ impl AdminDesk {
         caller: &Principal,
         resident: Resident,
     ) -> Result<Resident, DeskError> {
-        caller.require(Need::Administer, None)?;
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
         directory::check_resident(&self.store, &resident).map_err(bad)?;
         let audit = entry(
             caller,
@@ -112,7 +113,13 @@ impl AdminDesk {
             .store
             .resident(id)?
             .ok_or_else(|| crate::store::StoreError::NotFound(format!("no resident {id}")))?;
-        caller.require(Need::ReadResidents, Some(&resident.community_id))?;
+        guard(
+            &self.store,
+            caller,
+            Need::ReadResidents,
+            Some(&resident.community_id),
+            &format!("resident/{id}"),
+        )?;
         self.store.append(entry(
             caller,
             "resident.read",
@@ -130,7 +137,7 @@ impl AdminDesk {
         caller: &Principal,
         community: &str,
     ) -> Result<Vec<Resident>, DeskError> {
-        caller.require(Need::ViewAlerts, None)?;
+        guard(&self.store, caller, Need::ViewAlerts, None, "directory")?;
         Ok(self
             .store
             .residents()?
@@ -146,7 +153,7 @@ impl AdminDesk {
         caller: &Principal,
         mut device: DeviceRecord,
     ) -> Result<DeviceRecord, DeskError> {
-        caller.require(Need::Administer, None)?;
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
         if !device.password.is_empty() {
             device.password_sha256 = auth::digest(&device.password);
             device.password.clear();
@@ -171,7 +178,7 @@ impl AdminDesk {
     }
 
     pub fn devices(&self, caller: &Principal) -> Result<Vec<DeviceRecord>, DeskError> {
-        caller.require(Need::Administer, None)?;
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
         Ok(self.store.devices()?)
     }
 
@@ -183,7 +190,7 @@ impl AdminDesk {
         gateway: GatewayRecord,
         token: &str,
     ) -> Result<(GatewayRecord, String), DeskError> {
-        caller.require(Need::Administer, None)?;
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
         if gateway.id.is_empty() {
             return Err(bad("gateway id is empty".into()));
         }
@@ -212,12 +219,12 @@ impl AdminDesk {
     }
 
     pub fn gateways(&self, caller: &Principal) -> Result<Vec<GatewayRecord>, DeskError> {
-        caller.require(Need::Administer, None)?;
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
         Ok(self.store.gateways()?)
     }
 
     pub fn put_staff(&self, caller: &Principal, staff: Staff) -> Result<Staff, DeskError> {
-        caller.require(Need::Administer, None)?;
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
         directory::check_staff(&self.store, &staff).map_err(bad)?;
         let detail = format!(
             "{} of {}{}",
@@ -243,7 +250,7 @@ impl AdminDesk {
 
     /// Staff who share a community with the caller (the staff board).
     pub fn staff(&self, caller: &Principal) -> Result<Vec<Staff>, DeskError> {
-        caller.require(Need::ViewAlerts, None)?;
+        guard(&self.store, caller, Need::ViewAlerts, None, "directory")?;
         Ok(self
             .store
             .staff()?
@@ -269,7 +276,7 @@ impl AdminDesk {
         staff_id: &str,
         token: &str,
     ) -> Result<(), DeskError> {
-        caller.require(Need::Administer, None)?;
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
         if self.store.staff_member(staff_id)?.is_none() {
             return Err(
                 crate::store::StoreError::NotFound(format!("no staff member {staff_id}")).into(),
@@ -303,7 +310,7 @@ impl AdminDesk {
         kind: &str,
         csv: &str,
     ) -> Result<ImportReport, DeskError> {
-        caller.require(Need::Administer, None)?;
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
         let kind = ImportKind::parse(kind).ok_or_else(|| {
             bad(format!(
                 "import kind `{kind}` is not residents, devices or staff"
@@ -341,7 +348,7 @@ impl AdminDesk {
         caller: &Principal,
         query: &AuditQuery,
     ) -> Result<Vec<AuditEntry>, DeskError> {
-        caller.require(Need::Audit, None)?;
+        guard(&self.store, caller, Need::Audit, None, "audit")?;
         Ok(self
             .store
             .query(query)?
@@ -357,7 +364,13 @@ impl AdminDesk {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Report, DeskError> {
-        caller.require(Need::Reports, (!community.is_empty()).then_some(community))?;
+        guard(
+            &self.store,
+            caller,
+            Need::Reports,
+            (!community.is_empty()).then_some(community),
+            "reports",
+        )?;
         if community.is_empty() && !caller.sees("") {
             return Err(crate::auth::AuthError::Forbidden(format!(
                 "{} must name a community they serve",

@@ -16,6 +16,7 @@ use anxin_proto::{
 use tokio::sync::{Notify, broadcast};
 
 use crate::{
+    audit::guard,
     auth::{AuthError, Need, Principal},
     directory::Directory,
     gateways::ConnectedGateways,
@@ -149,7 +150,7 @@ impl AlertDesk {
 
     /// Alerts the caller may see.
     pub fn list(&self, caller: &Principal, states: &[AlertState]) -> Result<Vec<Alert>, DeskError> {
-        caller.require(Need::ViewAlerts, None)?;
+        guard(&self.store, caller, Need::ViewAlerts, None, "alerts")?;
         Ok(self
             .store
             .alerts(states)?
@@ -160,7 +161,13 @@ impl AlertDesk {
 
     pub fn get(&self, caller: &Principal, alert_id: &str) -> Result<Alert, DeskError> {
         let alert = self.store.alert(alert_id)?;
-        caller.require(Need::ViewAlerts, Some(&alert.community_id))?;
+        guard(
+            &self.store,
+            caller,
+            Need::ViewAlerts,
+            Some(&alert.community_id),
+            &format!("alert/{alert_id}"),
+        )?;
         Ok(alert)
     }
 
@@ -219,7 +226,13 @@ impl AlertDesk {
         act: Act,
     ) -> Result<Alert, DeskError> {
         let current = self.store.alert(alert_id)?;
-        caller.require(Need::Act, Some(&current.community_id))?;
+        guard(
+            &self.store,
+            caller,
+            Need::Act,
+            Some(&current.community_id),
+            &format!("alert/{alert_id}"),
+        )?;
         let action = act
             .action
             .filter(|a| *a != AlertAction::Unspecified)

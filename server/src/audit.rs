@@ -7,7 +7,38 @@
 use anxin_proto::v1::{AuditEntry, AuditQuery};
 use prost::Message;
 
-use crate::store::{Store, StoreError, decode};
+use crate::{
+    auth::{AuthError, Need, Principal},
+    store::{Store, StoreError, decode},
+};
+
+/// [`Principal::require`], with every refusal written to the audit log
+/// (`access.denied`): who tried what, on which target.
+pub fn guard(
+    store: &Store,
+    caller: &Principal,
+    need: Need,
+    community: Option<&str>,
+    target: &str,
+) -> Result<(), AuthError> {
+    let refused = caller.require(need, community);
+    if let Err(err) = &refused {
+        let entry = AuditEntry {
+            at_ms: anxin_proto::now_ms(),
+            actor: caller.name(),
+            action: "access.denied".into(),
+            target: target.to_string(),
+            community_id: community.unwrap_or_default().to_string(),
+            detail: err.to_string(),
+            ..Default::default()
+        };
+        if let Err(store_err) = store.append(entry) {
+            tracing::error!(error = %store_err, "auditing a refused call failed");
+        }
+        tracing::warn!(caller = %caller.name(), target, error = %err, "call refused");
+    }
+    refused
+}
 
 pub trait AuditLog {
     fn append(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError>;

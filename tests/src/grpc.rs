@@ -1,6 +1,6 @@
 //! gRPC clients that carry an API token.
 
-use anxin_proto::v1::dispatch_client::DispatchClient;
+use anxin_proto::v1::{admin_client::AdminClient, dispatch_client::DispatchClient};
 use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
@@ -22,12 +22,26 @@ impl Interceptor for Bearer {
 
 pub type Dispatch = DispatchClient<InterceptedService<Channel, Bearer>>;
 
-pub async fn dispatch(url: &str, token: &str) -> Dispatch {
+pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+async fn channel(url: &str, token: &str) -> (Channel, Bearer) {
     let channel = Channel::from_shared(url.to_string())
         .expect("gRPC URL")
         .connect()
         .await
         .expect("connecting to the server's gRPC port");
-    let bearer = Bearer(format!("Bearer {token}").parse().expect("ASCII token"));
+    (
+        channel,
+        Bearer(format!("Bearer {token}").parse().expect("ASCII token")),
+    )
+}
+
+pub async fn dispatch(url: &str, token: &str) -> Dispatch {
+    let (channel, bearer) = channel(url, token).await;
     DispatchClient::with_interceptor(channel, bearer)
+}
+
+pub async fn admin(url: &str, token: &str) -> Admin {
+    let (channel, bearer) = channel(url, token).await;
+    AdminClient::with_interceptor(channel, bearer)
 }

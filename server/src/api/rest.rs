@@ -44,6 +44,8 @@ pub struct RestState {
 pub fn router(state: RestState) -> Router {
     Router::new()
         .route("/", get(console))
+        .route("/console/{name}", get(console_asset))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/me", get(me))
@@ -64,6 +66,7 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/gateways", get(list_gateways))
         .route("/api/v1/gateways/{id}", put(put_gateway))
         .route("/api/v1/staff", get(list_staff))
+        .route("/api/v1/staff/board", get(staff_board))
         .route("/api/v1/staff/{id}", put(put_staff))
         .route("/api/v1/staff/{id}/tokens", post(issue_token))
         .route("/api/v1/import/{kind}", post(import))
@@ -116,7 +119,32 @@ impl FromRequestParts<RestState> for Caller {
 }
 
 async fn console() -> Html<&'static str> {
-    Html(include_str!("console.html"))
+    Html(include_str!("console/index.html"))
+}
+
+/// The console's script and styles, embedded in the binary (no CDN: the
+/// machines have no internet).
+async fn console_asset(Path(name): Path<String>) -> Response {
+    let (body, kind) = match name.as_str() {
+        "app.js" => (
+            include_str!("console/app.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "app.css" => (include_str!("console/app.css"), "text/css; charset=utf-8"),
+        "i18n.js" => (
+            include_str!("console/i18n.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz(State(state): State<RestState>) -> Json<serde_json::Value> {
@@ -200,9 +228,15 @@ async fn act(
     State(state): State<RestState>,
     Caller(caller): Caller,
     Path((id, action)): Path<(String, String)>,
-    body: Option<Json<ActionBody>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<Alert>, ApiError> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    // A body is optional whatever the content type says.
+    let body: ActionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ActionBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("action body: {e}")))?
+    };
     let action = match action.as_str() {
         "ack" | "acknowledge" => AlertAction::Acknowledge,
         "decline" => AlertAction::Decline,
@@ -275,6 +309,8 @@ fn alert_event(alert: &Alert) -> Event {
 /// SSE: every alert matching the filter once, then each change. A client
 /// that falls behind gets a `resync` event and the stream ends, so its
 /// reconnect fetches a fresh snapshot instead of silently missing changes.
+/// (`snapshot_end` and `resync` carry `{}`: browsers drop an event whose
+/// data is empty.)
 async fn stream_alerts(
     State(state): State<RestState>,
     Caller(caller): Caller,
@@ -290,7 +326,7 @@ async fn stream_alerts(
             }
         }
         let _ = tx
-            .send(Event::default().event("snapshot_end").data(""))
+            .send(Event::default().event("snapshot_end").data("{}"))
             .await;
         loop {
             let event = match changes.recv().await {
@@ -302,7 +338,7 @@ async fn stream_alerts(
                 }
                 Ok(_) => continue,
                 Err(RecvError::Lagged(_)) => {
-                    let _ = tx.send(Event::default().event("resync").data("")).await;
+                    let _ = tx.send(Event::default().event("resync").data("{}")).await;
                     return;
                 }
                 Err(RecvError::Closed) => return,
@@ -432,6 +468,17 @@ async fn list_staff(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(
         serde_json::json!({ "staff": state.admin.staff(&caller)? }),
+    ))
+}
+
+/// Staff of the caller's communities with on-duty status and what they hold.
+async fn staff_board(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let staff = state.admin.staff(&caller)?;
+    Ok(Json(
+        serde_json::json!({ "staff": state.desk.staff_board(staff)? }),
     ))
 }
 

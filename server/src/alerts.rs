@@ -82,6 +82,19 @@ pub struct AlertDesk {
     deadlines_changed: Arc<Notify>,
 }
 
+/// One row of the staff board.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BoardEntry {
+    #[serde(flatten)]
+    pub staff: anxin_proto::v1::Staff,
+    pub on_duty: bool,
+    /// Alerts offered to this person now.
+    pub offers: Vec<String>,
+    /// Open alerts this person has taken.
+    pub assigned: Vec<String>,
+}
+
 /// One action on an alert, as the APIs pass it.
 #[derive(Debug, Clone, Default)]
 pub struct Act {
@@ -156,6 +169,46 @@ impl AlertDesk {
             .alerts(states)?
             .into_iter()
             .filter(|a| caller.sees(&a.community_id))
+            .collect())
+    }
+
+    /// Open alerts (offered, acknowledged, en route, on scene).
+    fn open_alerts(&self) -> Result<Vec<Alert>, StoreError> {
+        self.store.alerts(&[
+            AlertState::Offered,
+            AlertState::Acknowledged,
+            AlertState::EnRoute,
+            AlertState::OnScene,
+        ])
+    }
+
+    /// The staff board: who is on duty now and what each person holds.
+    pub fn staff_board(
+        &self,
+        staff: Vec<anxin_proto::v1::Staff>,
+    ) -> Result<Vec<BoardEntry>, DeskError> {
+        let open = self.open_alerts()?;
+        let now = now_ms();
+        Ok(staff
+            .into_iter()
+            .map(|s| {
+                let offers = open
+                    .iter()
+                    .filter(|a| a.offered_to == s.id)
+                    .map(|a| a.id.clone())
+                    .collect();
+                let assigned = open
+                    .iter()
+                    .filter(|a| a.assigned_to == s.id)
+                    .map(|a| a.id.clone())
+                    .collect();
+                BoardEntry {
+                    on_duty: routing::on_duty(&s, now, self.policy.utc_offset_minutes),
+                    offers,
+                    assigned,
+                    staff: s,
+                }
+            })
             .collect())
     }
 
@@ -423,6 +476,7 @@ impl AlertDesk {
                 a.tried.push(staff.id.clone());
                 a.escalation_step = step_of(&staff) as i32;
                 a.offer_deadline_ms = now + deadline;
+                a.offered_ms = now;
                 detail = format!("offered to {staff_id} until {}", a.offer_deadline_ms);
             } else if lifecycle::is_open(a.state()) {
                 detail = format!("reassigned from {} to {staff_id}", a.assigned_to);
@@ -489,6 +543,7 @@ impl AlertDesk {
                     a.tried.push(staff_id.clone());
                     a.escalation_step = step as i32;
                     a.offer_deadline_ms = now + policy.deadline_ms(a.priority);
+                    a.offered_ms = now;
                     format!(
                         "offered to {staff_id} until {} ({reason})",
                         a.offer_deadline_ms
@@ -496,6 +551,7 @@ impl AlertDesk {
                 }
                 Step::EmergencyServices => {
                     a.offered_to.clear();
+                    a.offered_ms = now;
                     a.escalation_step = EscalationStep::EmergencyServices as i32;
                     a.offer_deadline_ms = 0;
                     format!("handed to the emergency services ({reason})")

@@ -1,0 +1,527 @@
+// The Anxin console: a dispatcher's live queue, alert detail, staff board,
+// reports, and a carer's phone view. Plain modules, no build step, no CDN;
+// it uses only the public REST/SSE API (docs/protocol.md, docs/dispatch.md).
+import { t, lang, setLang } from '/console/i18n.js';
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const h = (tag, attrs = {}, ...children) => {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (v !== undefined && v !== null && v !== false) el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) el.append(c instanceof Node ? c : document.createTextNode(c ?? ''));
+  return el;
+};
+const short = (s, prefix) => (s || '').replace(prefix, '');
+const prio = a => short(a.priority, 'PRIORITY_');
+const stateOf = a => short(a.state, 'ALERT_STATE_');
+const kindName = k => t('kind.' + short(k, 'EVENT_KIND_'));
+const OPEN = ['NEW', 'OFFERED', 'ACKNOWLEDGED', 'EN_ROUTE', 'ON_SCENE'];
+const OUTCOMES = ['attended', 'false_alarm', 'hospital', 'no_answer', 'referred', 'other'];
+const num = v => Number(v || 0);
+const clock = ms => new Date(num(ms)).toLocaleTimeString(lang());
+function ago(ms) {
+  const s = Math.max(0, Math.round((Date.now() - num(ms)) / 1000));
+  const text = s < 60 ? `${s}s` : s < 3600 ? `${Math.floor(s / 60)}m` : `${Math.floor(s / 3600)}h`;
+  return t('ago', { n: text });
+}
+
+// ---- state ----
+const app = {
+  me: null,
+  alerts: new Map(),
+  residents: new Map(),
+  places: new Map(),
+  staff: new Map(),
+  live: false,
+  selected: null,
+  muted: localStorage.getItem('anxin-muted') === '1',
+  source: null,
+  synced: false,
+  // For tests and the curious: how many audible cues have played.
+  chimes: 0,
+};
+window.anxin = app;
+
+const token = () => localStorage.getItem('anxin-token');
+class ApiError extends Error { constructor(status, message) { super(message); this.status = status; } }
+async function api(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: { authorization: `Bearer ${token()}`, 'content-type': 'application/json' },
+    body: method === 'GET' ? undefined : JSON.stringify(body ?? {}),
+  });
+  const json = await res.json().catch(() => ({}));
+  if (!res.ok) throw new ApiError(res.status, json.error || res.statusText);
+  return json;
+}
+function toast(text) {
+  const el = $('#toast');
+  el.textContent = text;
+  el.style.display = 'block';
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { el.style.display = 'none'; }, 4000);
+}
+async function act(id, action, body) {
+  try {
+    const alert = await api('POST', `/api/v1/alerts/${id}/${action}`, body);
+    app.alerts.set(alert.id, alert);
+    render();
+    return alert;
+  } catch (e) {
+    toast(`${t('error')}: ${e.message}`);
+    return null;
+  }
+}
+
+// ---- the live stream: snapshot, then changes; a reconnect replaces the
+// whole map with the fresh snapshot, so nothing is missed or shown twice ----
+function connect() {
+  if (app.source) app.source.close();
+  let pending = null;
+  const source = new EventSource(`/api/v1/alerts/stream?access_token=${encodeURIComponent(token())}`);
+  app.source = source;
+  source.onopen = () => { pending = new Map(); };
+  source.addEventListener('alert', e => {
+    const alert = JSON.parse(e.data);
+    if (pending) { pending.set(alert.id, alert); return; }
+    const known = app.alerts.has(alert.id);
+    app.alerts.set(alert.id, alert);
+    if (!known) cue(alert);
+    render();
+  });
+  source.addEventListener('snapshot_end', () => {
+    const before = app.alerts;
+    app.alerts = pending || new Map();
+    pending = null;
+    if (app.synced) for (const a of app.alerts.values()) if (!before.has(a.id)) cue(a);
+    app.synced = true;
+    setLive(true);
+    refreshDirectory();
+    render();
+  });
+  source.addEventListener('resync', () => connect());
+  source.onerror = async () => {
+    setLive(false);
+    pending = null;
+    if (source.readyState === EventSource.CLOSED) {
+      try { await api('GET', '/api/v1/me'); } catch (e) { if (e.status === 401) return signOut(); }
+      setTimeout(() => { if (app.source === source) connect(); }, 2000);
+    }
+  };
+}
+function setLive(on) {
+  app.live = on;
+  const el = $('#live');
+  el.textContent = on ? t('status.live') : t('status.reconnecting');
+  el.className = on ? 'on' : '';
+}
+
+// A new P0: two short tones (browser audio; the mute button silences it).
+function cue(alert) {
+  if (prio(alert) !== 'P0' || !OPEN.includes(stateOf(alert))) return;
+  app.chimes += 1;
+  if (app.muted) return;
+  try {
+    const ctx = cue.ctx || (cue.ctx = new AudioContext());
+    [0, 0.25].forEach(offset => {
+      const osc = ctx.createOscillator();
+      const gain = ctx.createGain();
+      osc.frequency.value = 880;
+      gain.gain.value = 0.2;
+      osc.connect(gain).connect(ctx.destination);
+      osc.start(ctx.currentTime + offset);
+      osc.stop(ctx.currentTime + offset + 0.15);
+    });
+  } catch { /* no audio device */ }
+}
+
+async function refreshDirectory() {
+  const [residents, places, board] = await Promise.all([
+    api('GET', '/api/v1/residents').catch(() => ({ residents: [] })),
+    api('GET', '/api/v1/places').catch(() => ({ places: [] })),
+    api('GET', '/api/v1/staff/board').catch(() => ({ staff: [] })),
+  ]);
+  app.residents = new Map(residents.residents.map(r => [r.id, r]));
+  app.places = new Map(places.places.map(p => [p.id, p]));
+  app.staff = new Map(board.staff.map(s => [s.id, s]));
+  render();
+}
+const residentName = a => app.residents.get(a.residentId)?.name || a.deviceId;
+const placeName = id => app.places.get(id)?.name || id || '—';
+const staffName = id => app.staff.get(id)?.name || id;
+
+// ---- views ----
+const routes = {
+  queue: renderQueue,
+  alert: renderDetail,
+  staff: renderStaff,
+  reports: renderReports,
+  carer: renderCarer,
+};
+function route() {
+  const [name, arg] = location.hash.replace(/^#\/?/, '').split('/');
+  return routes[name] ? { name, arg } : { name: isCarer() ? 'carer' : 'queue' };
+}
+const isCarer = () => ['carer', 'nurse'].includes(app.me?.role);
+function render() {
+  if (!app.me) return;
+  const { name, arg } = route();
+  for (const link of document.querySelectorAll('#nav a')) link.classList.toggle('active', link.dataset.route === name);
+  const view = $('#view');
+  const focused = document.activeElement;
+  // Keep what the user is typing (notes) across live re-renders.
+  if (focused && view.contains(focused) && ['TEXTAREA', 'INPUT', 'SELECT'].includes(focused.tagName)) return;
+  view.replaceChildren(routes[name](arg));
+}
+
+function openAlerts() {
+  return [...app.alerts.values()]
+    .filter(a => OPEN.includes(stateOf(a)))
+    .sort((a, b) => prio(a).localeCompare(prio(b)) || num(a.createdMs) - num(b.createdMs));
+}
+
+function countdown(a) {
+  const deadline = num(a.offerDeadlineMs);
+  if (stateOf(a) !== 'OFFERED' || !deadline) return h('span', { class: 'countdown muted' }, '—');
+  const left = Math.round((deadline - Date.now()) / 1000);
+  const cls = left <= 0 ? 'late' : left <= 15 ? 'soon' : '';
+  return h('span', { class: `countdown ${cls}`, 'data-deadline': deadline }, left <= 0 ? t('overdue') : `${left}s`);
+}
+
+function renderQueue() {
+  const rows = openAlerts();
+  if (!rows.some(a => a.id === app.selected)) app.selected = rows[0]?.id ?? null;
+  const table = h('table', { id: 'queue' },
+    h('thead', {}, h('tr', {},
+      ...['col.priority', 'col.kind', 'col.resident', 'col.community', 'col.age', 'col.state', 'col.who', 'col.deadline', 'col.battery']
+        .map(k => h('th', { class: ['col.community', 'col.battery'].includes(k) ? 'wide' : '' }, t(k))))),
+    h('tbody', {}, rows.map(a => h('tr', {
+      class: `alert-row ${prio(a)} ${a.id === app.selected ? 'selected' : ''}`,
+      'data-alert-id': a.id,
+      onclick: () => { location.hash = `#/alert/${a.id}`; },
+    },
+      h('td', {}, h('span', { class: `badge ${prio(a)}` }, prio(a))),
+      h('td', {}, kindName(a.kind), a.events?.length > 1 ? h('span', { class: 'muted' }, ` ×${a.events.length}`) : ''),
+      h('td', {}, residentName(a)),
+      h('td', { class: 'wide' }, placeName(a.communityId)),
+      h('td', { title: clock(a.createdMs) }, ago(a.createdMs)),
+      h('td', { class: 'state' }, t('state.' + stateOf(a)),
+        num(a.escalationLevel) ? h('span', { class: 'muted' }, ` · ${t('escalation', { n: a.escalationLevel })}`) : ''),
+      h('td', {}, a.offeredTo ? staffName(a.offeredTo) : a.assignedTo ? staffName(a.assignedTo)
+        : short(a.escalationStep, 'ESCALATION_STEP_') === 'EMERGENCY_SERVICES' ? t('step.EMERGENCY_SERVICES') : '—'),
+      h('td', {}, countdown(a)),
+      h('td', { class: 'wide' }, `${a.batteryPct ?? 0}%`),
+    ))));
+  return h('section', {}, h('h2', {}, `${t('queue.title')} (${rows.length})`),
+    rows.length ? table : h('p', { class: 'muted', id: 'queue-empty' }, t('queue.empty')));
+}
+
+function actionButtons(a, { carer = false } = {}) {
+  const s = stateOf(a);
+  const buttons = [];
+  const add = (key, action, opts = {}) => buttons.push(h('button', {
+    class: `act ${opts.cls || ''}`, 'data-action': action,
+    onclick: opts.onclick || (() => act(a.id, action, opts.body)),
+  }, t(key)));
+  if (['NEW', 'OFFERED'].includes(s)) add(carer ? 'act.accept' : 'act.ack', 'ack', { cls: 'primary' });
+  if (carer && s === 'OFFERED' && a.offeredTo === app.me.id) add('act.decline', 'decline');
+  if (s === 'ACKNOWLEDGED') add('act.en_route', 'en_route', { cls: carer ? 'primary' : '' });
+  if (['ACKNOWLEDGED', 'EN_ROUTE'].includes(s)) add(carer ? 'act.arrived' : 'act.on_scene', 'on_scene', { cls: carer && s === 'EN_ROUTE' ? 'primary' : '' });
+  if (['ACKNOWLEDGED', 'EN_ROUTE', 'ON_SCENE'].includes(s)) {
+    const select = h('select', { 'data-role': 'outcome', 'aria-label': t('detail.outcome') },
+      OUTCOMES.map(o => h('option', { value: o }, t('outcome.' + o))));
+    buttons.push(select);
+    add('act.resolve', 'resolve', { cls: s === 'ON_SCENE' ? 'primary' : '', onclick: () => act(a.id, 'resolve', { outcome: select.value }) });
+  }
+  if (!carer && ['NEW', 'OFFERED'].includes(s)) add('act.escalate', 'escalate', { cls: 'danger' });
+  if (!carer && ['NEW', 'OFFERED', 'ACKNOWLEDGED'].includes(s)) add('act.cancel', 'cancel');
+  return h('div', { class: 'actions' }, buttons);
+}
+
+function renderDetail(id) {
+  const a = app.alerts.get(id);
+  if (!a) {
+    api('GET', `/api/v1/alerts/${id}`).then(alert => { app.alerts.set(alert.id, alert); render(); })
+      .catch(e => toast(`${t('error')}: ${e.message}`));
+    return h('p', { class: 'muted' }, '…');
+  }
+  app.selected = id;
+  const residentCard = h('div', { class: 'card', id: 'resident-card' }, h('h3', {}, t('detail.resident')));
+  if (a.residentId) loadResident(a.residentId, residentCard);
+  else residentCard.append(h('p', { class: 'muted' }, t('detail.noResident')));
+
+  const timeline = [];
+  const push = (ms, text) => { if (num(ms)) timeline.push([num(ms), text]); };
+  push(a.createdMs, t('tl.raised'));
+  for (const e of a.events || []) push(e.receivedMs, `${t('tl.event')}: ${kindName(e.kind)} (${e.deviceId} #${e.seq})`);
+  if (a.offeredTo) push(a.offeredMs, t('tl.offered', { who: staffName(a.offeredTo) }));
+  else if (short(a.escalationStep, 'ESCALATION_STEP_') === 'EMERGENCY_SERVICES') push(a.offeredMs, t('step.EMERGENCY_SERVICES'));
+  push(a.acknowledgedMs, t('tl.acknowledged', { who: staffName(a.acknowledgedBy) }));
+  push(a.enRouteMs, t('tl.en_route'));
+  push(a.onSceneMs, t('tl.on_scene'));
+  push(a.resolvedMs, t('tl.resolved', { who: staffName(a.resolvedBy), outcome: t('outcome.' + a.outcome) }));
+  push(a.cancelledMs, t('tl.cancelled', { outcome: t('outcome.' + a.outcome) }));
+  for (const n of a.notes || []) push(n.atMs, `${t('tl.note', { who: staffName(n.by) })}: ${n.text}`);
+  timeline.sort((x, y) => x[0] - y[0]);
+
+  const assign = h('select', { 'data-role': 'assign', 'aria-label': t('act.assign') },
+    [...app.staff.values()].filter(s => ['STAFF_ROLE_CARER', 'STAFF_ROLE_NURSE', 'STAFF_ROLE_SUPERVISOR'].includes(s.role))
+      .map(s => h('option', { value: s.id }, `${s.name} · ${t('role.' + short(s.role, 'STAFF_ROLE_'))}${s.onDuty ? '' : ' · ' + t('staff.off')}`)));
+  const note = h('textarea', { id: 'note', rows: 2, placeholder: t('detail.notePlaceholder') });
+  const open = OPEN.includes(stateOf(a));
+  return h('section', { id: 'detail', 'data-alert-id': a.id },
+    h('p', {}, h('a', { href: '#/queue' }, t('detail.back'))),
+    h('h2', {}, h('span', { class: `badge ${prio(a)}` }, prio(a)), ' ', kindName(a.kind), ' · ',
+      h('span', { class: 'state' }, t('state.' + stateOf(a))), ' ', countdown(a),
+      num(a.escalationLevel) ? h('span', { class: 'muted' }, ` · ${t('escalation', { n: a.escalationLevel })} (${t('step.' + short(a.escalationStep, 'ESCALATION_STEP_'))})`) : ''),
+    h('div', { class: 'grid' },
+      h('div', { class: 'card' }, h('h3', {}, t('detail.actions')),
+        actionButtons(a),
+        open ? h('div', { class: 'actions' }, assign, h('button', { class: 'act', 'data-action': 'assign', onclick: () => act(a.id, 'assign', { staffId: assign.value }) }, t('act.assign'))) : '',
+        h('div', { class: 'actions' }, note, h('button', { class: 'act', 'data-action': 'note', onclick: async () => {
+          if (!note.value.trim()) return;
+          const text = note.value;
+          note.value = '';
+          note.blur();
+          await act(a.id, 'note', { note: text });
+        } }, t('act.note'))),
+        h('h3', {}, t('detail.timeline')),
+        h('ol', { class: 'timeline' }, timeline.map(([ms, text]) => h('li', {}, h('time', {}, clock(ms)), text)))),
+      residentCard,
+      h('div', { class: 'card' }, h('h3', {}, t('detail.device')),
+        h('dl', {},
+          h('dt', {}, t('detail.device')), h('dd', {}, a.deviceId),
+          h('dt', {}, t('detail.battery')), h('dd', {}, `${a.batteryPct ?? 0}%`),
+          h('dt', {}, t('detail.gateway')), h('dd', {}, a.gatewayId),
+          h('dt', {}, t('col.community')), h('dd', {}, placeName(a.communityId))))));
+}
+
+// Each view of the card reads the resident's record, and the server audits
+// each read; the card is not cached.
+async function loadResident(id, card) {
+  try {
+    const r = await api('GET', `/api/v1/residents/${id}`);
+    card.append(h('dl', {},
+      h('dt', {}, t('col.resident')), h('dd', { id: 'resident-name' }, r.name),
+      h('dt', {}, t('detail.address')), h('dd', {}, r.address),
+      h('dt', {}, t('detail.phone')), h('dd', {}, r.phone || '—'),
+      h('dt', {}, t('detail.medical')), h('dd', { id: 'medical-notes' }, r.medicalNotes || '—'),
+      h('dt', {}, t('detail.contacts')), h('dd', {}, (r.emergencyContacts || []).map(c => `${c.name} (${c.relation}) ${c.phone}`).join('; ') || '—'),
+      h('dt', {}, t('detail.access')), h('dd', {}, r.accessNotes || '—')),
+      h('p', { class: 'notice' }, t('detail.audited')));
+  } catch (e) {
+    card.append(h('p', { class: 'error' }, e.message));
+  }
+}
+
+function renderStaff() {
+  const rows = [...app.staff.values()].sort((a, b) => (b.onDuty - a.onDuty) || a.name.localeCompare(b.name));
+  return h('section', {}, h('h2', {}, t('staff.title')),
+    h('table', { id: 'staff-board' },
+      h('thead', {}, h('tr', {}, ...['staff.name', 'staff.role', 'staff.communities', 'staff.onDuty', 'staff.load', 'staff.status'].map(k => h('th', {}, t(k))))),
+      h('tbody', {}, rows.map(s => {
+        const load = (s.offers?.length || 0) + (s.assigned?.length || 0);
+        const status = !s.onDuty ? 'off' : load ? 'busy' : 'available';
+        return h('tr', { 'data-staff-id': s.id },
+          h('td', {}, s.name), h('td', {}, t('role.' + short(s.role, 'STAFF_ROLE_'))),
+          h('td', {}, (s.communities || []).map(placeName).join(', ')),
+          h('td', {}, s.onDuty ? '✓' : '—'), h('td', {}, String(load)), h('td', { class: 'status' }, t('staff.' + status)));
+      }))));
+}
+
+function renderReports() {
+  const communities = [...app.places.values()].filter(p => p.level === 'PLACE_LEVEL_COMMUNITY');
+  const pick = h('select', { id: 'report-community' }, communities.map(c => h('option', { value: c.id }, c.name)));
+  const period = h('select', { id: 'report-period' }, [7, 30, 365].map(n => h('option', { value: n }, t('reports.days', { n }))));
+  const out = h('div', { id: 'report' });
+  const load = async () => {
+    const to = Date.now();
+    const from = to - Number(period.value) * 86400000;
+    const query = `community=${encodeURIComponent(pick.value)}&from=${from}&to=${to}`;
+    try {
+      const r = await api('GET', `/api/v1/reports?${query}`);
+      out.replaceChildren(reportView(r, query));
+    } catch (e) { out.replaceChildren(h('p', { class: 'error' }, e.message)); }
+  };
+  pick.onchange = load; period.onchange = load;
+  if (communities.length) setTimeout(load);
+  return h('section', {}, h('h2', {}, t('reports.title')),
+    h('div', { class: 'actions' }, t('reports.community'), pick, t('reports.period'), period), out);
+}
+
+function bars(title, items) {
+  if (!items.length) return h('div', { class: 'card' }, h('h3', {}, title), h('p', { class: 'muted' }, t('reports.none')));
+  const max = Math.max(1, ...items.map(([, v]) => v));
+  const width = 320, row = 22;
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('width', width + 160);
+  svg.setAttribute('height', items.length * row + 4);
+  items.forEach(([label, value, text], i) => {
+    const y = i * row;
+    svg.insertAdjacentHTML('beforeend',
+      `<text x="0" y="${y + 15}" font-size="12">${label}</text>` +
+      `<rect x="120" y="${y + 3}" width="${Math.max(1, (value / max) * width)}" height="15" fill="#1565c0"></rect>` +
+      `<text x="${126 + (value / max) * width}" y="${y + 15}" font-size="12">${text ?? value}</text>`);
+  });
+  return h('div', { class: 'card' }, h('h3', {}, title), svg);
+}
+
+function reportView(r, query) {
+  const secs = ms => `${Math.round(num(ms) / 1000)} s`;
+  const pct = p => p && num(p.count) ? [[t('reports.median'), num(p.medianMs), secs(p.medianMs)], [t('reports.p90'), num(p.p90Ms), secs(p.p90Ms)], [t('reports.p99'), num(p.p99Ms), secs(p.p99Ms)]] : [];
+  const csv = h('button', { class: 'act', onclick: async () => {
+    const res = await fetch(`/api/v1/reports?${query}&format=csv`, { headers: { authorization: `Bearer ${token()}` } });
+    const link = h('a', { href: URL.createObjectURL(await res.blob()), download: 'anxin-report.csv' });
+    link.click();
+  } }, t('reports.csv'));
+  return h('div', { class: 'stack' },
+    h('div', { class: 'card' }, h('dl', {},
+      h('dt', {}, t('reports.alerts')), h('dd', { id: 'report-alerts' }, String(num(r.alerts))),
+      h('dt', {}, t('reports.within', { n: Math.round(num(r.targetMs) / 1000) })),
+      h('dd', {}, `${Math.round(num(r.acknowledgedWithinTarget) * 100)}%`)), csv),
+    h('div', { class: 'bars' },
+      bars(t('reports.ack'), pct(r.timeToAcknowledge)),
+      bars(t('reports.arrive'), pct(r.timeToArrive)),
+      bars(t('reports.byKind'), (r.byKind || []).map(k => [kindName(k.kind), num(k.count)])),
+      bars(t('reports.byOutcome'), (r.byOutcome || []).map(o => [t('outcome.' + o.outcome), num(o.count)]))));
+}
+
+function renderCarer() {
+  const mine = [...app.alerts.values()].filter(a => OPEN.includes(stateOf(a)));
+  const offers = mine.filter(a => stateOf(a) === 'OFFERED' && a.offeredTo === app.me.id);
+  const taken = mine.filter(a => a.assignedTo === app.me.id && stateOf(a) !== 'OFFERED');
+  const card = a => {
+    const r = app.residents.get(a.residentId);
+    return h('div', { class: `card offer-card ${prio(a)}`, 'data-alert-id': a.id },
+      h('h3', {}, h('span', { class: `badge ${prio(a)}` }, prio(a)), ' ', kindName(a.kind), ' · ', t('state.' + stateOf(a)), ' ', countdown(a)),
+      h('p', {}, h('strong', {}, r?.name || a.deviceId), h('br'), r?.address || '', h('br'), h('span', { class: 'muted' }, ago(a.createdMs))),
+      actionButtons(a, { carer: true }));
+  };
+  return h('section', { class: 'stack', id: 'carer' },
+    h('h2', {}, t('carer.offers')), ...(offers.length ? offers.map(card) : [h('p', { class: 'muted' }, t('carer.none'))]),
+    h('h2', {}, t('carer.mine')), ...taken.map(card));
+}
+
+// ---- chrome: header, keyboard, sign-in ----
+function chrome() {
+  $('#top').hidden = false;
+  document.title = `${t('app.title')} · Anxin`;
+  $('#title').textContent = t('app.title');
+  const links = [['queue', 'nav.queue'], ['staff', 'nav.staff'], ['reports', 'nav.reports'], ['carer', 'nav.carer']]
+    .filter(([name]) => name !== 'reports' || !isCarer());
+  $('#nav').replaceChildren(...links.map(([name, key]) => h('a', { href: `#/${name}`, 'data-route': name }, t(key))));
+  $('#who').textContent = `${app.me.name} · ${t('role.' + app.me.role.toUpperCase())}`;
+  $('#mute').textContent = app.muted ? t('nav.unmute') : t('nav.mute');
+  $('#help-button').textContent = '?';
+  $('#signout').textContent = t('nav.signout');
+  $('#help-title').textContent = t('help.title');
+  $('#help-keys').textContent = t('help.keys');
+  setLive(app.live);
+}
+function toggleMute() {
+  app.muted = !app.muted;
+  localStorage.setItem('anxin-muted', app.muted ? '1' : '0');
+  chrome();
+}
+function toggleLang() {
+  setLang(lang() === 'en' ? 'zh-CN' : 'en');
+  chrome();
+  render();
+}
+function signOut() {
+  localStorage.removeItem('anxin-token');
+  if (app.source) app.source.close();
+  location.hash = '';
+  location.reload();
+}
+
+let pendingG = false;
+document.addEventListener('keydown', e => {
+  if (!app.me || e.ctrlKey || e.metaKey || e.altKey) return;
+  if (['INPUT', 'TEXTAREA', 'SELECT'].includes(e.target.tagName)) {
+    if (e.key === 'Escape') e.target.blur();
+    return;
+  }
+  const help = $('#help');
+  if (help.style.display === 'flex') { help.style.display = 'none'; return; }
+  if (pendingG) {
+    pendingG = false;
+    if (e.key === 'q') location.hash = '#/queue';
+    if (e.key === 's') location.hash = '#/staff';
+    if (e.key === 'r') location.hash = '#/reports';
+    return;
+  }
+  const rows = openAlerts();
+  const at = rows.findIndex(a => a.id === app.selected);
+  const selected = app.alerts.get(app.selected);
+  switch (e.key) {
+    case 'j': case 'ArrowDown': app.selected = rows[Math.min(rows.length - 1, at + 1)]?.id ?? null; render(); break;
+    case 'k': case 'ArrowUp': app.selected = rows[Math.max(0, at - 1)]?.id ?? null; render(); break;
+    case 'Enter': if (selected) location.hash = `#/alert/${selected.id}`; break;
+    case 'Escape': location.hash = '#/queue'; break;
+    case 'a': if (selected) act(selected.id, 'ack'); break;
+    case 'e': if (selected) act(selected.id, 'escalate'); break;
+    case 'o': if (selected) act(selected.id, 'on_scene'); break;
+    case 'r': if (selected) act(selected.id, 'resolve', { outcome: $('select[data-role=outcome]')?.value || 'attended' }); break;
+    case 'n': if (route().name === 'alert') { e.preventDefault(); $('#note')?.focus(); } break;
+    case 'm': toggleMute(); break;
+    case 'l': toggleLang(); break;
+    case 'g': pendingG = true; break;
+    case '?': help.style.display = 'flex'; break;
+    default: return;
+  }
+});
+
+function loginView(message) {
+  $('#top').hidden = true;
+  const input = h('input', { id: 'token-input', type: 'password', autocomplete: 'current-password', 'aria-label': t('login.token') });
+  const form = h('form', { id: 'login', class: 'card', onsubmit: async e => {
+    e.preventDefault();
+    localStorage.setItem('anxin-token', input.value.trim());
+    start();
+  } },
+  h('h2', {}, `${t('app.title')} — ${t('login.title')}`),
+  h('label', {}, t('login.token'), input),
+  message ? h('p', { class: 'error' }, message) : '',
+  h('button', { class: 'act primary', type: 'submit' }, t('login.submit')),
+  h('button', { class: 'act', type: 'button', onclick: () => { toggleLang(); loginView(message); } }, '中文 / EN'));
+  $('#view').replaceChildren(form);
+  input.focus();
+}
+
+async function start() {
+  const fromHash = new URLSearchParams(location.hash.replace(/^#\/?/, '')).get('token');
+  if (fromHash) { localStorage.setItem('anxin-token', fromHash); history.replaceState(null, '', location.pathname); }
+  if (!token()) return loginView();
+  try {
+    app.me = await api('GET', '/api/v1/me');
+  } catch (e) {
+    localStorage.removeItem('anxin-token');
+    return loginView(e.status === 401 ? t('login.bad') : e.message);
+  }
+  chrome();
+  $('#mute').onclick = toggleMute;
+  $('#lang').onclick = toggleLang;
+  $('#signout').onclick = signOut;
+  $('#help-button').onclick = () => { $('#help').style.display = 'flex'; };
+  $('#help').onclick = () => { $('#help').style.display = 'none'; };
+  setLive(false);
+  connect();
+  render();
+}
+
+window.addEventListener('hashchange', render);
+// Countdowns tick without re-rendering the page.
+setInterval(() => {
+  for (const el of document.querySelectorAll('.countdown[data-deadline]')) {
+    const left = Math.round((Number(el.dataset.deadline) - Date.now()) / 1000);
+    el.textContent = left <= 0 ? t('overdue') : `${left}s`;
+    el.className = `countdown ${left <= 0 ? 'late' : left <= 15 ? 'soon' : ''}`;
+  }
+}, 1000);
+// The staff board's load and duty change with alerts and shifts.
+setInterval(() => { if (app.me) refreshDirectory(); }, 15000);
+start();

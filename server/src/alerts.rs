@@ -652,6 +652,40 @@ impl AlertDesk {
         }
     }
 
+    /// An offered alert whose priority was raised (a fall joined an
+    /// inactivity alert) gets the shorter deadline of its new priority,
+    /// counted from the offer.
+    pub async fn tighten_deadline(&self, alert_id: &str) {
+        let policy = &self.policy;
+        let result = self.store.update_alert(alert_id, |a| {
+            let due = a.offered_ms + policy.deadline_ms(a.priority);
+            if a.state() != AlertState::Offered || a.offer_deadline_ms <= due {
+                return Err(stale("no offer deadline to tighten"));
+            }
+            let detail = format!(
+                "priority now {}: deadline {} → {due}",
+                incidents::priority_name(a.priority),
+                a.offer_deadline_ms
+            );
+            a.offer_deadline_ms = due;
+            Ok(Change {
+                audit: vec![audit("system", "alert.deadline", a, detail)],
+                ..Default::default()
+            })
+        });
+        match result {
+            Ok((alert, _)) => {
+                if let Err(err) = self.store.flush().await {
+                    tracing::error!(alert_id, error = %err, "flushing a tightened deadline failed");
+                }
+                self.deadlines_changed.notify_one();
+                self.announce(alert);
+            }
+            Err(StoreError::Stale(_)) => {}
+            Err(err) => tracing::error!(alert_id, error = %err, "tightening a deadline failed"),
+        }
+    }
+
     /// Routes a new alert to its first person. Alerts of devices the
     /// directory does not know have no community to route in; they wait for
     /// a dispatcher.

@@ -242,6 +242,12 @@ async fn serve_gateway(
                     tokio::spawn(async move { desk.route(&alert.id).await });
                 }
                 Decision::Cancel => desk.stand_down(&alert, &alert),
+                Decision::Attach {
+                    priority_raised: true,
+                } => {
+                    let desk = desk.clone();
+                    tokio::spawn(async move { desk.tighten_deadline(&alert.id).await });
+                }
                 _ => {}
             }
         }

@@ -6,7 +6,7 @@
 //! the journal, flushing every 100 appends (a busy gateway's group commit),
 //! and prints the files' size at checkpoints.
 
-use std::{collections::HashSet, path::Path, time::Instant};
+use std::{path::Path, time::Instant};
 
 use anxin_gateway::journal;
 use anxin_proto::{DeviceEvent, EventKind};
@@ -37,7 +37,6 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (writer, reader) = journal::open(dir.path(), journal::Quota::unlimited()).unwrap();
     let started = Instant::now();
-    let none = HashSet::new();
     println!("cycles,elapsed_s,files_bytes,live_events");
     for i in 1..=cycles {
         let event = DeviceEvent {
@@ -50,7 +49,10 @@ async fn main() {
         };
         writer.append(&event, 0).unwrap();
         if i > backlog {
-            let oldest = reader.pending(&none, 1).unwrap().remove(0);
+            let oldest = reader
+                .next_unsent(&mut journal::Cursor::default(), 1)
+                .unwrap()
+                .remove(0);
             let ev = oldest.event.event.unwrap();
             reader.remove(&ev.device_id, ev.seq).unwrap();
         }

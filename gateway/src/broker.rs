@@ -34,7 +34,7 @@ fn broker_config(config: &GatewayConfig) -> Config {
     // is all zeros and would drop everything.
     let router = RouterConfig {
         max_connections: config.mqtt.max_connections,
-        max_outgoing_packet_count: 200,
+        max_outgoing_packet_count: 10_000,
         max_segment_size: 16 * 1024 * 1024,
         max_segment_count: 10,
         custom_segment: None,

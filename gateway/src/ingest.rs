@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::GatewayConfig,
     fallback::LocalAlarm,
-    journal::{Appended, JournalWriter},
+    journal::{Appended, JournalWriter, Staging},
     metrics as m,
     mqtt_out::MqttOut,
     supervisor::Sighting,
@@ -264,11 +264,27 @@ impl Ingest {
         let stored_ms = now_ms();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut sightings = Vec::new();
-        for publish in batch {
-            outcomes.push(self.accept(&publish.topic, &publish.payload, stored_ms, &mut sightings));
-        }
+        // The whole round goes to the journal as one write.
+        let journal = self.journal.clone();
+        let written = {
+            let mut staging = journal.stage();
+            for publish in batch {
+                outcomes.push(self.accept(
+                    &publish.topic,
+                    &publish.payload,
+                    stored_ms,
+                    &mut staging,
+                    &mut sightings,
+                ));
+            }
+            staging.commit()
+        };
         let needs_flush = outcomes.iter().any(|o| matches!(o, Outcome::Store { .. }));
-        let durable = if needs_flush {
+        let durable = if let Err(err) = written {
+            metrics::counter!(m::JOURNAL_ERRORS).increment(1);
+            tracing::error!(error = %err, "journal write failed; no stored acks sent, devices will retry");
+            false
+        } else if needs_flush {
             metrics::counter!(m::JOURNAL_FLUSHES).increment(1);
             match self.journal.flush().await {
                 Ok(()) => true,
@@ -315,6 +331,7 @@ impl Ingest {
         topic: &[u8],
         payload: &[u8],
         stored_ms: i64,
+        staging: &mut Staging<'_>,
         sightings: &mut Vec<Sighting>,
     ) -> Outcome {
         let topic = String::from_utf8_lossy(topic);
@@ -364,7 +381,7 @@ impl Ingest {
             device_id: device_id.clone(),
             battery_pct: event.battery_pct,
         });
-        match self.journal.append(&event, stored_ms) {
+        match staging.add(&event, stored_ms) {
             Ok(Appended::New {
                 evicted,
                 over_quota,
@@ -372,7 +389,13 @@ impl Ingest {
             }) => {
                 let priority = m::PRIORITY_LABELS[event.priority() as usize];
                 metrics::counter!(m::EVENTS_STORED, "priority" => priority).increment(1);
-                tracing::info!(%device_id, seq, kind = event.kind().as_str_name(), priority, "event journaled");
+                // A line per alarm for the operator; telemetry only at debug
+                // (at tens of thousands a second the log would be the load).
+                if event.priority() <= anxin_proto::Priority::P1 {
+                    tracing::info!(%device_id, seq, kind = event.kind().as_str_name(), priority, "event journaled");
+                } else {
+                    tracing::debug!(%device_id, seq, kind = event.kind().as_str_name(), priority, "event journaled");
+                }
                 for gone in &evicted {
                     metrics::counter!(m::EVICTIONS, "priority" => m::PRIORITY_LABELS[gone.priority]).increment(1);
                     tracing::warn!(device_id = %gone.device_id, seq = gone.seq, priority = m::PRIORITY_LABELS[gone.priority], "journal quota reached: evicted");

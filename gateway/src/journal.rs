@@ -31,7 +31,6 @@
 //! sends no `stored` ack and the device keeps retrying.
 
 use std::{
-    collections::HashSet,
     path::Path,
     sync::{
         Arc,
@@ -61,11 +60,7 @@ pub struct EntryKey([u8; 10]);
 
 impl EntryKey {
     fn new(priority: Priority, journal_seq: u64) -> Self {
-        let mut key = [0u8; 10];
-        key[0] = ENTRY;
-        key[1] = priority as u8;
-        key[2..].copy_from_slice(&journal_seq.to_be_bytes());
-        Self(key)
+        Self::new_raw(priority as u8, journal_seq)
     }
 
     fn parse(bytes: &[u8]) -> Result<Self, JournalError> {
@@ -81,7 +76,20 @@ impl EntryKey {
     pub fn priority(&self) -> usize {
         self.0[1] as usize
     }
+
+    fn new_raw(lane: u8, journal_seq: u64) -> Self {
+        let mut key = [0u8; 10];
+        key[0] = ENTRY;
+        key[1] = lane;
+        key[2..].copy_from_slice(&journal_seq.to_be_bytes());
+        Self(key)
+    }
 }
+
+/// Where an uplink connection is in each priority lane: the last entry it
+/// sent. A new connection starts from [`Cursor::default`], the beginning.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cursor([Option<EntryKey>; 4]);
 
 fn index_key(device_id: &str, seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(device_id.len() + 10);
@@ -148,6 +156,13 @@ struct Shared {
     depth: [AtomicU64; 4],
     bytes: [AtomicU64; 4],
     appended: Notify,
+    /// Held from taking a journal seq to writing its entry, so entries
+    /// become visible in seq order and the uplink's cursor never passes an
+    /// entry still being written (ingest and supervision both append).
+    append_order: std::sync::Mutex<()>,
+    /// Serialises deletes (the uplink's, and ingest's evictions), which
+    /// check that an entry is still there before counting it gone.
+    removal: std::sync::Mutex<()>,
 }
 
 /// Ingest's handle: appends and flushes.
@@ -184,6 +199,8 @@ pub fn open(path: &Path, quota: Quota) -> Result<(JournalWriter, JournalReader),
         depth,
         bytes,
         appended: Notify::new(),
+        append_order: std::sync::Mutex::new(()),
+        removal: std::sync::Mutex::new(()),
     });
     Ok((JournalWriter(shared.clone()), JournalReader(shared)))
 }
@@ -219,6 +236,17 @@ fn identity_of(key: &[u8], value: &[u8]) -> Result<(String, u64), JournalError> 
 }
 
 impl Shared {
+    /// fsyncs on tokio's blocking pool. (sled's `flush_async` runs on its
+    /// own pool, which starts and retires a thread per flush under load: the
+    /// profile showed hundreds of `sled-io-N` threads.)
+    async fn flush(&self) -> Result<(), JournalError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .expect("journal flush task panicked")?;
+        Ok(())
+    }
+
     fn depth(&self) -> [u64; 4] {
         std::array::from_fn(|p| self.depth[p].load(Ordering::Relaxed))
     }
@@ -227,43 +255,62 @@ impl Shared {
         std::array::from_fn(|p| self.bytes[p].load(Ordering::Relaxed))
     }
 
-    /// Removes an entry and its index atomically; `None` if it was already
-    /// gone (the writer's eviction and the reader's delete may race).
-    fn remove_entry(&self, key: &EntryKey, index: &[u8]) -> Result<Option<()>, JournalError> {
-        let removed: Result<Option<usize>, sled::transaction::TransactionError<()>> =
-            self.tree.transaction(|tree| {
-                let Some(value) = tree.remove(&key.0[..])? else {
-                    return Ok(None);
-                };
-                tree.remove(index)?;
-                Ok(Some(value.len()))
-            });
-        let removed = removed.map_err(|e| match e {
-            sled::transaction::TransactionError::Storage(e) => JournalError::Storage(e),
-            sled::transaction::TransactionError::Abort(()) => unreachable!("never aborts"),
-        })?;
-        Ok(removed.map(|value_len| {
-            // The index key is device_id plus 10 bytes, as in record_bytes.
-            let size = (10 + value_len + index.len() + 10) as u64;
-            self.depth[key.priority()].fetch_sub(1, Ordering::Relaxed);
-            self.bytes[key.priority()].fetch_sub(size, Ordering::Relaxed);
-        }))
+    /// Removes entries and their indexes in one batch; for each, whether
+    /// it was still there (the writer's eviction and the reader's delete
+    /// may race; the removal lock makes check and delete one step).
+    fn remove_entries(&self, targets: &[(EntryKey, Vec<u8>)]) -> Result<Vec<bool>, JournalError> {
+        let _removal = self.removal.lock().expect("removal lock poisoned");
+        let mut batch = sled::Batch::default();
+        let mut gone = Vec::with_capacity(targets.len());
+        let mut freed = [(0u64, 0u64); 4];
+        let mut seen = std::collections::HashSet::with_capacity(targets.len());
+        for (key, index) in targets {
+            if !seen.insert(*key) {
+                gone.push(false);
+                continue;
+            }
+            match self.tree.get(key.0)? {
+                Some(value) => {
+                    batch.remove(&key.0[..]);
+                    batch.remove(&index[..]);
+                    // The index key is device_id plus 10 bytes, as in
+                    // record_bytes.
+                    let lane = &mut freed[key.priority()];
+                    lane.0 += 1;
+                    lane.1 += (10 + value.len() + index.len() + 10) as u64;
+                    gone.push(true);
+                }
+                None => gone.push(false),
+            }
+        }
+        if gone.iter().any(|g| *g) {
+            self.tree.apply_batch(batch)?;
+        }
+        for (lane, (events, bytes)) in freed.iter().enumerate() {
+            self.depth[lane].fetch_sub(*events, Ordering::Relaxed);
+            self.bytes[lane].fetch_sub(*bytes, Ordering::Relaxed);
+        }
+        Ok(gone)
     }
 
     /// Evicts the oldest entry of one lane, if any.
     fn evict_oldest(&self, priority: u8) -> Result<Option<Evicted>, JournalError> {
-        let Some(item) = self.tree.scan_prefix([ENTRY, priority]).next() else {
-            return Ok(None);
-        };
-        let (raw_key, value) = item?;
-        let key = EntryKey::parse(&raw_key)?;
-        let (device_id, seq) = identity_of(&raw_key, &value)?;
-        self.remove_entry(&key, &index_key(&device_id, seq))?;
-        Ok(Some(Evicted {
-            device_id,
-            seq,
-            priority: priority as usize,
-        }))
+        loop {
+            let Some(item) = self.tree.scan_prefix([ENTRY, priority]).next() else {
+                return Ok(None);
+            };
+            let (raw_key, value) = item?;
+            let key = EntryKey::parse(&raw_key)?;
+            let (device_id, seq) = identity_of(&raw_key, &value)?;
+            if self.remove_entries(&[(key, index_key(&device_id, seq))])?[0] {
+                return Ok(Some(Evicted {
+                    device_id,
+                    seq,
+                    priority: priority as usize,
+                }));
+            }
+            // The uplink deleted it meanwhile; look again.
+        }
     }
 }
 
@@ -271,60 +318,31 @@ impl JournalWriter {
     /// Writes the event unless the journal already holds `(device_id, seq)`.
     /// Not durable until [`JournalWriter::flush`] returns.
     pub fn append(&self, event: &DeviceEvent, stored_ms: i64) -> Result<Appended, JournalError> {
-        let shared = &self.0;
-        let index = index_key(&event.device_id, event.seq);
-        if let Some(existing) = shared.tree.get(&index)? {
-            return Ok(Appended::Duplicate(EntryKey::parse(&existing)?));
-        }
-        let priority = event.priority();
-        let record = UplinkEvent {
-            event: Some(event.clone()),
-            stored_ms,
-        };
-        let mut value = Vec::with_capacity(1 + record.encoded_len());
-        value.push(FORMAT_V1);
-        record.encode(&mut value).expect("Vec has capacity");
-        let size = record_bytes(value.len(), &event.device_id);
+        let mut staging = self.stage();
+        let appended = staging.add(event, stored_ms)?;
+        staging.commit()?;
+        Ok(appended)
+    }
 
-        let mut evicted = Vec::new();
-        let mut over_quota = false;
-        if let Some(max) = shared.quota.max_bytes {
-            let fits = |shared: &Shared| shared.bytes().iter().sum::<u64>() + size <= max;
-            // P3 first, then P2, oldest first; never P0/P1.
-            for lane in [Priority::P3 as u8, Priority::P2 as u8] {
-                while !fits(shared) {
-                    match shared.evict_oldest(lane)? {
-                        Some(gone) => evicted.push(gone),
-                        None => break,
-                    }
-                }
-            }
-            if !fits(shared) {
-                if matches!(priority, Priority::P2 | Priority::P3) {
-                    return Ok(Appended::Refused);
-                }
-                over_quota = true;
-            }
+    /// Starts a group of appends written as one sled batch by
+    /// [`Staging::commit`]. sled takes a process-wide exclusive lock and
+    /// seals a log manifest per batch, so one batch per ingest round instead
+    /// of one per event is what lets ingest keep up with tens of thousands
+    /// of events a second (BENCHMARKS.md).
+    pub fn stage(&self) -> Staging<'_> {
+        Staging {
+            shared: &self.0,
+            order: self.0.append_order.lock().expect("append lock poisoned"),
+            batch: sled::Batch::default(),
+            staged: std::collections::HashMap::new(),
+            added: [(0, 0); 4],
         }
-
-        let key = EntryKey::new(priority, shared.db.generate_id()?);
-        let mut batch = sled::Batch::default();
-        batch.insert(&key.0[..], value);
-        batch.insert(index, &key.0[..]);
-        shared.tree.apply_batch(batch)?;
-        shared.depth[priority as usize].fetch_add(1, Ordering::Relaxed);
-        shared.bytes[priority as usize].fetch_add(size, Ordering::Relaxed);
-        Ok(Appended::New {
-            key,
-            evicted,
-            over_quota,
-        })
     }
 
     /// Makes every earlier append durable, then wakes the uplink. One flush
     /// covers all appends before it (group commit).
     pub async fn flush(&self) -> Result<(), JournalError> {
-        self.0.db.flush_async().await?;
+        self.0.flush().await?;
         self.0.appended.notify_one();
         Ok(())
     }
@@ -351,26 +369,130 @@ impl JournalWriter {
     }
 }
 
+/// Appends not yet written; see [`JournalWriter::stage`]. Holds the append
+/// order lock until committed or dropped, so journal seqs become visible in
+/// order. Dropping it without `commit` writes nothing.
+pub struct Staging<'a> {
+    shared: &'a Shared,
+    order: std::sync::MutexGuard<'a, ()>,
+    batch: sled::Batch,
+    /// Index keys staged here, for duplicates within one batch.
+    staged: std::collections::HashMap<Vec<u8>, EntryKey>,
+    /// (events, bytes) staged per priority.
+    added: [(u64, u64); 4],
+}
+
+impl Staging<'_> {
+    /// Stages the event unless the journal (or this batch) already holds
+    /// `(device_id, seq)`.
+    pub fn add(&mut self, event: &DeviceEvent, stored_ms: i64) -> Result<Appended, JournalError> {
+        let shared = self.shared;
+        let index = index_key(&event.device_id, event.seq);
+        if let Some(key) = self.staged.get(&index) {
+            return Ok(Appended::Duplicate(*key));
+        }
+        if let Some(existing) = shared.tree.get(&index)? {
+            return Ok(Appended::Duplicate(EntryKey::parse(&existing)?));
+        }
+        let priority = event.priority();
+        let record = UplinkEvent {
+            event: Some(event.clone()),
+            stored_ms,
+        };
+        let mut value = Vec::with_capacity(1 + record.encoded_len());
+        value.push(FORMAT_V1);
+        record.encode(&mut value).expect("Vec has capacity");
+        let size = record_bytes(value.len(), &event.device_id);
+
+        let mut evicted = Vec::new();
+        let mut over_quota = false;
+        if let Some(max) = shared.quota.max_bytes {
+            let staged: u64 = self.added.iter().map(|(_, bytes)| bytes).sum();
+            let fits = |shared: &Shared| shared.bytes().iter().sum::<u64>() + staged + size <= max;
+            // P3 first, then P2, oldest first; never P0/P1.
+            for lane in [Priority::P3 as u8, Priority::P2 as u8] {
+                while !fits(shared) {
+                    match shared.evict_oldest(lane)? {
+                        Some(gone) => evicted.push(gone),
+                        None => break,
+                    }
+                }
+            }
+            if !fits(shared) {
+                if matches!(priority, Priority::P2 | Priority::P3) {
+                    return Ok(Appended::Refused);
+                }
+                over_quota = true;
+            }
+        }
+
+        let key = EntryKey::new(priority, shared.db.generate_id()?);
+        self.batch.insert(&key.0[..], value);
+        self.batch.insert(&index[..], &key.0[..]);
+        self.staged.insert(index, key);
+        let lane = &mut self.added[priority as usize];
+        lane.0 += 1;
+        lane.1 += size;
+        Ok(Appended::New {
+            key,
+            evicted,
+            over_quota,
+        })
+    }
+
+    /// Writes everything staged in one batch (not yet durable: flush).
+    pub fn commit(self) -> Result<(), JournalError> {
+        let Staging {
+            shared,
+            order,
+            batch,
+            added,
+            ..
+        } = self;
+        shared.tree.apply_batch(batch)?;
+        drop(order);
+        for (lane, (events, bytes)) in added.iter().enumerate() {
+            shared.depth[lane].fetch_add(*events, Ordering::Relaxed);
+            shared.bytes[lane].fetch_add(*bytes, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
 impl JournalReader {
-    /// Up to `limit` entries in send order (priority, then FIFO), skipping
-    /// those in `in_flight`.
-    pub fn pending(
+    /// Up to `limit` entries in send order that come after `cursor` in
+    /// their priority lane, advancing the cursor past them. The uplink keeps
+    /// one cursor per connection: everything behind it was sent on that
+    /// connection, so a refill reads only new entries instead of skipping
+    /// over the whole in-flight window (which made each refill cost
+    /// `window` reads).
+    pub fn next_unsent(
         &self,
-        in_flight: &HashSet<EntryKey>,
+        cursor: &mut Cursor,
         limit: usize,
     ) -> Result<Vec<Entry>, JournalError> {
         let mut entries = Vec::new();
-        for item in self.0.tree.scan_prefix([ENTRY]) {
+        for lane in 0..4u8 {
             if entries.len() >= limit {
                 break;
             }
-            let (raw_key, value) = item?;
-            let key = EntryKey::parse(&raw_key)?;
-            if in_flight.contains(&key) {
-                continue;
+            let start = match cursor.0[lane as usize] {
+                Some(last) => std::ops::Bound::Excluded(last.0),
+                None => std::ops::Bound::Included(EntryKey::new_raw(lane, 0).0),
+            };
+            let end = std::ops::Bound::Included(EntryKey::new_raw(lane, u64::MAX).0);
+            for item in self.0.tree.range::<[u8; 10], _>((start, end)) {
+                if entries.len() >= limit {
+                    break;
+                }
+                let (raw_key, value) = item?;
+                let key = EntryKey::parse(&raw_key)?;
+                cursor.0[lane as usize] = Some(key);
+                entries.push(Entry {
+                    key,
+                    event: decode_record(&raw_key, &value)?,
+                });
             }
-            let event = decode_record(&raw_key, &value)?;
-            entries.push(Entry { key, event });
         }
         Ok(entries)
     }
@@ -379,13 +501,31 @@ impl JournalReader {
     /// entry's key, or `None` if the journal did not hold it (an ack for a
     /// retransmission already deleted).
     pub fn remove(&self, device_id: &str, seq: u64) -> Result<Option<EntryKey>, JournalError> {
-        let shared = &self.0;
-        let index = index_key(device_id, seq);
-        let Some(raw) = shared.tree.get(&index)? else {
-            return Ok(None);
-        };
-        let key = EntryKey::parse(&raw)?;
-        Ok(shared.remove_entry(&key, &index)?.map(|()| key))
+        Ok(self.remove_many(&[(device_id, seq)])?.remove(0))
+    }
+
+    /// [`JournalReader::remove`] for a burst of acks, in one sled batch.
+    pub fn remove_many(
+        &self,
+        events: &[(&str, u64)],
+    ) -> Result<Vec<Option<EntryKey>>, JournalError> {
+        let mut targets = Vec::with_capacity(events.len());
+        let mut slots = Vec::with_capacity(events.len());
+        for (device_id, seq) in events {
+            let index = index_key(device_id, *seq);
+            match self.0.tree.get(&index)? {
+                Some(raw) => {
+                    slots.push(Some(targets.len()));
+                    targets.push((EntryKey::parse(&raw)?, index));
+                }
+                None => slots.push(None),
+            }
+        }
+        let gone = self.0.remove_entries(&targets)?;
+        Ok(slots
+            .into_iter()
+            .map(|slot| slot.filter(|i| gone[*i]).map(|i| targets[i].0))
+            .collect())
     }
 
     /// The oldest entries of one priority lane, up to `limit`.
@@ -434,8 +574,7 @@ impl JournalReader {
     /// Flushes deletions (not needed for safety: an un-flushed delete is
     /// resent after a crash and the server deduplicates it).
     pub async fn flush(&self) -> Result<(), JournalError> {
-        self.0.db.flush_async().await?;
-        Ok(())
+        self.0.flush().await
     }
 }
 
@@ -455,7 +594,7 @@ mod tests {
 
     fn pending_ids(reader: &JournalReader) -> Vec<(String, u64)> {
         reader
-            .pending(&HashSet::new(), usize::MAX)
+            .next_unsent(&mut Cursor::default(), usize::MAX)
             .unwrap()
             .into_iter()
             .map(|e| {
@@ -520,24 +659,78 @@ mod tests {
         assert_eq!(pending_ids(&reader), vec![("a".into(), 1), ("z".into(), 1)]);
     }
 
-    #[tokio::test]
-    async fn pending_skips_in_flight_and_respects_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let (writer, reader) = open(dir.path(), Quota::unlimited()).unwrap();
-        let mut keys = Vec::new();
-        for seq in 1..=5 {
-            match writer.append(&event("a", seq, EventKind::Sos), 0).unwrap() {
-                Appended::New { key, .. } => keys.push(key),
-                other => panic!("{other:?}"),
-            }
-        }
-        let in_flight: HashSet<_> = keys[..2].iter().copied().collect();
-        let next = reader.pending(&in_flight, 2).unwrap();
-        let seqs: Vec<u64> = next
+    fn seqs(entries: &[Entry]) -> Vec<u64> {
+        entries
             .iter()
             .map(|e| e.event.event.as_ref().unwrap().seq)
-            .collect();
-        assert_eq!(seqs, vec![3, 4]);
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_cursor_reads_only_unsent_entries_and_a_new_alarm_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, reader) = open(dir.path(), Quota::unlimited()).unwrap();
+        for seq in 1..=5 {
+            writer
+                .append(&event("a", seq, EventKind::Telemetry), 0)
+                .unwrap();
+        }
+        let mut cursor = Cursor::default();
+        assert_eq!(
+            seqs(&reader.next_unsent(&mut cursor, 2).unwrap()),
+            vec![1, 2]
+        );
+        assert_eq!(
+            seqs(&reader.next_unsent(&mut cursor, 2).unwrap()),
+            vec![3, 4]
+        );
+        // An alarm raised after the cursor passed goes before the rest.
+        writer.append(&event("b", 9, EventKind::Sos), 0).unwrap();
+        assert_eq!(
+            seqs(&reader.next_unsent(&mut cursor, 5).unwrap()),
+            vec![9, 5]
+        );
+        assert!(reader.next_unsent(&mut cursor, 5).unwrap().is_empty());
+        // A new connection starts over: nothing was deleted.
+        assert_eq!(
+            reader
+                .next_unsent(&mut Cursor::default(), 10)
+                .unwrap()
+                .len(),
+            6
+        );
+    }
+
+    #[tokio::test]
+    async fn one_staged_batch_dedupes_within_itself_and_removes_in_bulk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, reader) = open(dir.path(), Quota::unlimited()).unwrap();
+        let mut staging = writer.stage();
+        assert!(matches!(
+            staging.add(&event("a", 1, EventKind::Sos), 0).unwrap(),
+            Appended::New { .. }
+        ));
+        assert!(matches!(
+            staging.add(&event("a", 1, EventKind::Sos), 0).unwrap(),
+            Appended::Duplicate(_)
+        ));
+        staging
+            .add(&event("a", 2, EventKind::Telemetry), 0)
+            .unwrap();
+        // Nothing is visible before the commit.
+        assert_eq!(reader.depth(), [0, 0, 0, 0]);
+        staging.commit().unwrap();
+        assert_eq!(reader.depth(), [1, 0, 0, 1]);
+        let gone = reader
+            .remove_many(&[("a", 1), ("a", 7), ("a", 2), ("a", 1)])
+            .unwrap();
+        assert_eq!(
+            gone.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, false, true, false]
+        );
+        assert_eq!(reader.depth(), [0, 0, 0, 0]);
+        assert_eq!(reader.bytes(), [0, 0, 0, 0]);
+        assert!(pending_ids(&reader).is_empty());
     }
 
     #[tokio::test]
@@ -641,7 +834,7 @@ mod tests {
         }
         writer.append(&event("btn", 1, EventKind::Sos), 0).unwrap();
         writer.flush().await.unwrap();
-        let next = reader.pending(&HashSet::new(), 2).unwrap();
+        let next = reader.next_unsent(&mut Cursor::default(), 2).unwrap();
         let ids: Vec<_> = next
             .iter()
             .map(|e| {

@@ -17,6 +17,7 @@ use anxin_proto::v1::{
     DownlinkDone, GatewayMessage, Hello, ServerMessage, gateway_message, server_message,
     uplink_client::UplinkClient,
 };
+use futures::FutureExt;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::GatewayConfig,
-    journal::{EntryKey, JournalError, JournalReader},
+    journal::{Cursor, EntryKey, JournalError, JournalReader},
     metrics as m,
     mqtt_out::MqttOut,
 };
@@ -173,11 +174,12 @@ impl Uplink {
 
         let mut in_flight: HashSet<EntryKey> = HashSet::new();
         let mut sent_at: HashMap<EntryKey, Instant> = HashMap::new();
+        let mut cursor = Cursor::default();
         loop {
             if in_flight.len() < self.window {
                 for entry in self
                     .journal
-                    .pending(&in_flight, self.window - in_flight.len())?
+                    .next_unsent(&mut cursor, self.window - in_flight.len())?
                 {
                     in_flight.insert(entry.key);
                     sent_at.insert(entry.key, Instant::now());
@@ -194,34 +196,63 @@ impl Uplink {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
                 message = inbound.message() => {
-                    let message = message?.ok_or(SessionError::Closed)?;
-                    self.on_server_message(message, &mut in_flight, &mut sent_at, &outbound).await?;
+                    // Take every message already here before refilling the
+                    // window: one journal delete and one read per burst,
+                    // not per ack.
+                    let mut burst = vec![message?.ok_or(SessionError::Closed)?];
+                    while let Some(next) = inbound.message().now_or_never() {
+                        burst.push(next?.ok_or(SessionError::Closed)?);
+                    }
+                    self.on_server_messages(burst, &mut in_flight, &mut sent_at, &outbound).await?;
+                    m::set_journal_depth(self.journal.depth());
                 }
                 _ = self.journal.appended(), if in_flight.len() < self.window => {}
             }
         }
     }
 
-    async fn on_server_message(
+    async fn on_server_messages(
         &self,
-        message: ServerMessage,
+        burst: Vec<ServerMessage>,
         in_flight: &mut HashSet<EntryKey>,
         sent_at: &mut HashMap<EntryKey, Instant>,
         outbound: &mpsc::Sender<GatewayMessage>,
     ) -> Result<(), SessionError> {
-        match message.body {
-            Some(server_message::Body::Received(received)) => {
-                if let Some(key) = self.journal.remove(&received.device_id, received.seq)? {
-                    in_flight.remove(&key);
-                    if let Some(at) = sent_at.remove(&key) {
-                        metrics::histogram!(m::UPLINK_ACK_SECONDS)
-                            .record(at.elapsed().as_secs_f64());
-                    }
-                    metrics::counter!(m::EVENTS_DELIVERED).increment(1);
-                    tracing::info!(device_id = %received.device_id, seq = received.seq, "server received event; deleted from journal");
-                }
-                m::set_journal_depth(self.journal.depth());
+        let mut received = Vec::new();
+        for message in burst {
+            match message.body {
+                Some(server_message::Body::Received(r)) => received.push(r),
+                other => self.on_server_message(other, outbound).await?,
             }
+        }
+        let events: Vec<(&str, u64)> = received
+            .iter()
+            .map(|r| (r.device_id.as_str(), r.seq))
+            .collect();
+        for (deleted, r) in self
+            .journal
+            .remove_many(&events)?
+            .into_iter()
+            .zip(&received)
+        {
+            let Some(key) = deleted else { continue };
+            in_flight.remove(&key);
+            if let Some(at) = sent_at.remove(&key) {
+                metrics::histogram!(m::UPLINK_ACK_SECONDS).record(at.elapsed().as_secs_f64());
+            }
+            metrics::counter!(m::EVENTS_DELIVERED).increment(1);
+            tracing::debug!(device_id = %r.device_id, seq = r.seq, "server received event; deleted from journal");
+        }
+        Ok(())
+    }
+
+    async fn on_server_message(
+        &self,
+        body: Option<server_message::Body>,
+        outbound: &mpsc::Sender<GatewayMessage>,
+    ) -> Result<(), SessionError> {
+        match body {
+            Some(server_message::Body::Received(_)) => {}
             Some(server_message::Body::Downlink(downlink)) => {
                 if let Some(ack) = downlink.ack {
                     tracing::info!(device_id = %ack.device_id, seq = ack.seq, alert_id = %ack.alert_id, "downlink to device: {}", ack.message);

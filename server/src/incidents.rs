@@ -76,6 +76,14 @@ pub enum Decision {
     CancelRefused,
 }
 
+/// Whether [`decide`] can do anything but [`Decision::Nothing`] with this
+/// event, whatever alert is open.
+pub fn affects_incidents(event: &DeviceEvent) -> bool {
+    event
+        .known_kind()
+        .is_some_and(|kind| kind == EventKind::Cancel || raises_alert(kind))
+}
+
 pub fn decide(
     event: &DeviceEvent,
     open: Option<&Alert>,

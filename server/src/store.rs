@@ -193,6 +193,9 @@ pub struct Store {
     downlinks: sled::Tree,
     pub(crate) audit: sled::Tree,
     pub(crate) directory: crate::directory::Trees,
+    /// Serialises [`Store::commit_plain_events`] so two gateways relaying
+    /// the same event cannot both find it absent.
+    plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -206,8 +209,47 @@ impl Store {
             downlinks: db.open_tree("downlinks")?,
             audit: db.open_tree("audit")?,
             directory: crate::directory::Trees::open(&db)?,
+            plain_commits: Default::default(),
             db,
         })
+    }
+
+    /// Commits events that cannot touch an incident (see
+    /// [`incidents::affects_incidents`]: telemetry, heartbeats, battery and
+    /// fault reports), skipping those already here, in one sled batch. A
+    /// transaction per event took sled's exclusive lock each time and made
+    /// the server the bottleneck of the whole path (BENCHMARKS.md). Returns,
+    /// per event, whether it was new. Durable after [`Store::flush`].
+    pub fn commit_plain_events(
+        &self,
+        gateway_id: &str,
+        uplinks: &[&UplinkEvent],
+        received_ms: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let _one_at_a_time = self.plain_commits.lock().expect("commit lock poisoned");
+        let mut batch = sled::Batch::default();
+        let mut seen = std::collections::HashSet::with_capacity(uplinks.len());
+        let mut new = Vec::with_capacity(uplinks.len());
+        for uplink in uplinks {
+            let event = uplink.event.as_ref().ok_or(StoreError::EmptyEvent)?;
+            debug_assert!(!incidents::affects_incidents(event));
+            let key = event_key(&event.device_id, event.seq);
+            if !seen.insert(key.clone()) || self.events.contains_key(&key)? {
+                new.push(false);
+                continue;
+            }
+            let stored = StoredEvent {
+                gateway_id: gateway_id.to_string(),
+                received_ms,
+                uplink: Some((*uplink).clone()),
+                alert_id: String::new(),
+                commit_index: self.db.generate_id()?,
+            };
+            batch.insert(key.as_slice(), stored.encode_to_vec());
+            new.push(true);
+        }
+        self.events.apply_batch(batch)?;
+        Ok(new)
     }
 
     /// Commits an event and its incident decision unless it is already here.
@@ -302,8 +344,13 @@ impl Store {
         Ok(())
     }
 
+    /// fsyncs on tokio's blocking pool (sled's `flush_async` starts and
+    /// retires a thread of its own per flush under load).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .expect("store flush task panicked")?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use anxin_proto::{
     now_ms,
     v1::{
-        GatewayMessage, Received, ServerMessage, gateway_message, server_message,
+        GatewayMessage, Received, ServerMessage, UplinkEvent, gateway_message, server_message,
         uplink_server::Uplink,
     },
 };
@@ -168,6 +168,50 @@ async fn serve_gateway(
         let received_ms = now_ms();
         let mut acks = Vec::new();
         let mut changed_alerts = Vec::new();
+        // Telemetry and the like go to the store in one write; alarms and
+        // cancels one by one, each with its incident decision.
+        let (plain, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|message| {
+            matches!(&message.body, Some(gateway_message::Body::Event(UplinkEvent { event: Some(event), .. }))
+                if !crate::incidents::affects_incidents(event))
+        });
+        let plain: Vec<UplinkEvent> = plain
+            .into_iter()
+            .filter_map(|message| match message.body {
+                Some(gateway_message::Body::Event(uplink)) => Some(uplink),
+                _ => None,
+            })
+            .collect();
+        if !plain.is_empty() {
+            let refs: Vec<&UplinkEvent> = plain.iter().collect();
+            match desk
+                .store()
+                .commit_plain_events(gateway_id, &refs, received_ms)
+            {
+                Ok(new) => {
+                    for (uplink, new) in plain.iter().zip(new) {
+                        let event = uplink.event.as_ref().expect("partitioned on Some");
+                        if new {
+                            let priority = ["P0", "P1", "P2", "P3"][event.priority() as usize];
+                            metrics::counter!(m::EVENTS_COMMITTED, "priority" => priority)
+                                .increment(1);
+                            tracing::debug!(gateway_id, device_id = %event.device_id, seq = event.seq, kind = event.kind().as_str_name(), "event committed");
+                        } else {
+                            metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                            tracing::debug!(gateway_id, device_id = %event.device_id, seq = event.seq, "duplicate event absorbed");
+                        }
+                        acks.push(Received {
+                            device_id: event.device_id.clone(),
+                            seq: event.seq,
+                        });
+                    }
+                }
+                Err(err) => {
+                    // No acks: the gateway keeps the events and resends.
+                    metrics::counter!(m::STORE_ERRORS).increment(plain.len() as u64);
+                    tracing::error!(gateway_id, events = plain.len(), error = %err, "commit failed");
+                }
+            }
+        }
         for message in batch {
             match message.body {
                 Some(gateway_message::Body::Event(uplink)) => {
@@ -191,7 +235,12 @@ async fn serve_gateway(
                             let priority = ["P0", "P1", "P2", "P3"][event.priority() as usize];
                             metrics::counter!(m::EVENTS_COMMITTED, "priority" => priority)
                                 .increment(1);
-                            tracing::info!(gateway_id, %device_id, seq, kind = event.kind().as_str_name(), "event committed");
+                            // A line per alarm; telemetry only at debug.
+                            if event.priority() <= anxin_proto::Priority::P1 {
+                                tracing::info!(gateway_id, %device_id, seq, kind = event.kind().as_str_name(), "event committed");
+                            } else {
+                                tracing::debug!(gateway_id, %device_id, seq, kind = event.kind().as_str_name(), "event committed");
+                            }
                             if let Some(changed) = alert {
                                 let (alert, decision) = *changed;
                                 tracing::info!(gateway_id, %device_id, seq, alert_id = %alert.id, decision = crate::incidents::action_name(decision), "incident");
@@ -203,7 +252,7 @@ async fn serve_gateway(
                         }
                         Ok(Committed::Duplicate) => {
                             metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
-                            tracing::info!(gateway_id, %device_id, seq, "duplicate event absorbed");
+                            tracing::debug!(gateway_id, %device_id, seq, "duplicate event absorbed");
                         }
                         Err(err) => {
                             // No ack: the gateway keeps the event and resends.

@@ -26,12 +26,17 @@ pub mod webhook;
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
 fn target_dir() -> PathBuf {
-    // target/<profile>/deps/<test-binary>
+    // target/<profile>/deps/<test-binary>, or target/<profile>/<bin> for the
+    // benchmark harness.
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf()
+    let dir = exe.parent().expect("executables live in a directory");
+    if dir.file_name().is_some_and(|d| d == "deps") {
+        dir.parent()
+            .expect("deps lives in target/<profile>")
+            .to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary, building all three on first use.
@@ -98,7 +103,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Self {
         let out = fs::OpenOptions::new()
             .create(true)
             .append(true)

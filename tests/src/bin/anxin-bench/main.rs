@@ -1,0 +1,92 @@
+//! anxin-bench: the benchmark harness. Each scenario starts the real release
+//! binaries on loopback (and Mosquitto for the baseline), drives them, and
+//! prints its figures. BENCHMARKS.md records the commands and results.
+//!
+//! ```sh
+//! cargo run --release -p anxin-tests --bin anxin-bench -- throughput
+//! cargo run --release -p anxin-tests --bin anxin-bench -- latency
+//! cargo run --release -p anxin-tests --bin anxin-bench -- drain
+//! cargo run --release -p anxin-tests --bin anxin-bench -- footprint
+//! ```
+//!
+//! Every hop is durable, as in production: the gateway acks `stored` after
+//! its journal flush, the server acks `received` after its store flush.
+
+mod mosquitto;
+mod procstat;
+mod scenarios;
+mod traffic;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Anxin benchmarks: real processes on loopback, Mosquitto alongside")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Sustained events/s through sim → gateway → server (QoS1, `stored`
+    /// acks), with each process's CPU and RSS; then Mosquitto QoS1
+    /// pub → sub of the same payloads at the same offered rate.
+    Throughput {
+        #[arg(long, default_value_t = 50)]
+        devices: usize,
+        /// Offered events/s across all devices.
+        #[arg(long, default_value_t = 50_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20)]
+        duration: u64,
+    },
+    /// P0 latency from the device's publish to the alert on the server's
+    /// SSE stream, unloaded and under P3 telemetry load; Mosquitto's
+    /// publish → subscriber latency alongside.
+    Latency {
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        /// Milliseconds between presses.
+        #[arg(long, default_value_t = 20)]
+        pace_ms: u64,
+        /// P3 events/s during the loaded run.
+        #[arg(long, default_value_t = 20_000.0)]
+        load: f64,
+        #[arg(long, default_value_t = 50)]
+        load_devices: usize,
+    },
+    /// A backlog queued in the gateway's journal during a server outage:
+    /// time to drain once the server is back, and when the P0 queued last
+    /// arrived.
+    Drain {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// Binary sizes, idle RSS, and the server's memory per connected
+    /// gateway stream.
+    Footprint {
+        #[arg(long, default_value_t = 1000)]
+        gateways: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!("machine: {}", scenarios::machine());
+    match args.scenario {
+        Scenario::Throughput {
+            devices,
+            rate,
+            duration,
+        } => scenarios::throughput(devices, rate, duration).await,
+        Scenario::Latency {
+            samples,
+            pace_ms,
+            load,
+            load_devices,
+        } => scenarios::latency(samples, pace_ms, load, load_devices).await,
+        Scenario::Drain { events } => scenarios::drain(events).await,
+        Scenario::Footprint { gateways } => scenarios::footprint(gateways).await,
+    }
+}

@@ -181,37 +181,6 @@ async fn serve_gateway(
                 _ => None,
             })
             .collect();
-        if !plain.is_empty() {
-            let refs: Vec<&UplinkEvent> = plain.iter().collect();
-            match desk
-                .store()
-                .commit_plain_events(gateway_id, &refs, received_ms)
-            {
-                Ok(new) => {
-                    for (uplink, new) in plain.iter().zip(new) {
-                        let event = uplink.event.as_ref().expect("partitioned on Some");
-                        if new {
-                            let priority = ["P0", "P1", "P2", "P3"][event.priority() as usize];
-                            metrics::counter!(m::EVENTS_COMMITTED, "priority" => priority)
-                                .increment(1);
-                            tracing::debug!(gateway_id, device_id = %event.device_id, seq = event.seq, kind = event.kind().as_str_name(), "event committed");
-                        } else {
-                            metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
-                            tracing::debug!(gateway_id, device_id = %event.device_id, seq = event.seq, "duplicate event absorbed");
-                        }
-                        acks.push(Received {
-                            device_id: event.device_id.clone(),
-                            seq: event.seq,
-                        });
-                    }
-                }
-                Err(err) => {
-                    // No acks: the gateway keeps the events and resends.
-                    metrics::counter!(m::STORE_ERRORS).increment(plain.len() as u64);
-                    tracing::error!(gateway_id, events = plain.len(), error = %err, "commit failed");
-                }
-            }
-        }
         for message in batch {
             match message.body {
                 Some(gateway_message::Body::Event(uplink)) => {
@@ -268,6 +237,39 @@ async fn serve_gateway(
                 }
                 Some(gateway_message::Body::Hello(_)) | None => {
                     metrics::counter!(m::EVENTS_INVALID).increment(1);
+                }
+            }
+        }
+        // After the alarms: the gateway sends by priority, and commits keep
+        // that order (a P0 is committed before telemetry that queued ahead).
+        if !plain.is_empty() {
+            let refs: Vec<&UplinkEvent> = plain.iter().collect();
+            match desk
+                .store()
+                .commit_plain_events(gateway_id, &refs, received_ms)
+            {
+                Ok(new) => {
+                    for (uplink, new) in plain.iter().zip(new) {
+                        let event = uplink.event.as_ref().expect("partitioned on Some");
+                        if new {
+                            let priority = ["P0", "P1", "P2", "P3"][event.priority() as usize];
+                            metrics::counter!(m::EVENTS_COMMITTED, "priority" => priority)
+                                .increment(1);
+                            tracing::debug!(gateway_id, device_id = %event.device_id, seq = event.seq, kind = event.kind().as_str_name(), "event committed");
+                        } else {
+                            metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+                            tracing::debug!(gateway_id, device_id = %event.device_id, seq = event.seq, "duplicate event absorbed");
+                        }
+                        acks.push(Received {
+                            device_id: event.device_id.clone(),
+                            seq: event.seq,
+                        });
+                    }
+                }
+                Err(err) => {
+                    // No acks: the gateway keeps the events and resends.
+                    metrics::counter!(m::STORE_ERRORS).increment(plain.len() as u64);
+                    tracing::error!(gateway_id, events = plain.len(), error = %err, "commit failed");
                 }
             }
         }

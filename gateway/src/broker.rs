@@ -35,7 +35,12 @@ fn broker_config(config: &GatewayConfig) -> Config {
     let router = RouterConfig {
         max_connections: config.mqtt.max_connections,
         max_outgoing_packet_count: 10_000,
-        max_segment_size: 16 * 1024 * 1024,
+        // The router keeps up to size x count of publishes in memory per
+        // filter; ingest reads them within one round, so 4 MB x 10 bounds
+        // memory (16 MB segments let a busy gateway grow past 500 MB). A
+        // reader that fell further behind loses only unacked publishes,
+        // which devices resend.
+        max_segment_size: 4 * 1024 * 1024,
         max_segment_count: 10,
         custom_segment: None,
         initialized_filters: None,

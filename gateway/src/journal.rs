@@ -43,6 +43,7 @@ use prost::Message;
 use tokio::sync::Notify;
 
 const FORMAT_V1: u8 = 1;
+const JOURNAL_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 const ENTRY: u8 = b'e';
 const INDEX: u8 = b'i';
 
@@ -180,6 +181,9 @@ pub fn open(path: &Path, quota: Quota) -> Result<(JournalWriter, JournalReader),
         // We flush explicitly before every `stored` ack; sled's background
         // flush only adds writes.
         .flush_every_ms(None)
+        // sled caches up to 1 GB by default; the uplink reads the front of
+        // the journal and ingest writes its end, so a small cache serves.
+        .cache_capacity(JOURNAL_CACHE_BYTES)
         .open()?;
     let tree = db.open_tree("journal")?;
     let depth: [AtomicU64; 4] = Default::default();

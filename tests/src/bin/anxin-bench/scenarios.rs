@@ -169,6 +169,8 @@ pub async fn throughput(devices: usize, rate: f64, duration: u64) -> anyhow::Res
         stored as f64 / flushes.max(1.0)
     );
     print_usage(&usage);
+    // The baseline gets the machine to itself.
+    drop((sim, gateway, server));
 
     let (theirs, usage) = mosquitto_throughput(devices, rate, duration).await?;
     println!("  mosquitto: {theirs:.0} events/s publisher → subscriber (QoS1, same payloads)");
@@ -301,6 +303,7 @@ pub async fn latency(
         &loaded,
     );
     print_usage(&usage);
+    drop((gateway, server));
 
     let (m_unloaded, m_loaded) = mosquitto_latency(samples, pace, load, load_devices).await?;
     print_latency("mosquitto, unloaded", &m_unloaded);

@@ -30,8 +30,11 @@ async fn chaos_is_rejected_and_counted_and_nothing_good_is_lost() {
             "10",
             "--prefix",
             "dev-",
+            // Each trick has a 0.5-2% chance per event: 2,000 events make
+            // "none of a trick" a 1-in-20,000 run (at 1,000 it was 1 in 150,
+            // and CI saw it).
             "--rate",
-            "200",
+            "400",
             "--duration",
             "5",
             "--mix",

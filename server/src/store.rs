@@ -223,7 +223,7 @@ impl Store {
     pub fn commit_plain_events(
         &self,
         gateway_id: &str,
-        uplinks: &[&UplinkEvent],
+        uplinks: &[UplinkEvent],
         received_ms: i64,
     ) -> Result<Vec<bool>, StoreError> {
         let _one_at_a_time = self.plain_commits.lock().expect("commit lock poisoned");
@@ -241,7 +241,7 @@ impl Store {
             let stored = StoredEvent {
                 gateway_id: gateway_id.to_string(),
                 received_ms,
-                uplink: Some((*uplink).clone()),
+                uplink: Some(uplink.clone()),
                 alert_id: String::new(),
                 commit_index: self.db.generate_id()?,
             };

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use anxin_proto::{
     now_ms,
     v1::{
-        GatewayMessage, Received, ServerMessage, UplinkEvent, gateway_message, server_message,
+        GatewayMessage, Received, ServerMessage, gateway_message, server_message,
         uplink_server::Uplink,
     },
 };
@@ -123,6 +123,25 @@ impl Uplink for UplinkService {
 
 use tokio_stream::StreamExt as _;
 
+/// Counts a committed (or duplicate) event, with a log line per alarm and
+/// telemetry only at debug.
+fn note_commit(gateway_id: &str, event: &anxin_proto::DeviceEvent, new: bool) {
+    let (device_id, seq) = (&event.device_id, event.seq);
+    if !new {
+        metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
+        tracing::debug!(gateway_id, %device_id, seq, "duplicate event absorbed");
+        return;
+    }
+    let priority = ["P0", "P1", "P2", "P3"][event.priority() as usize];
+    metrics::counter!(m::EVENTS_COMMITTED, "priority" => priority).increment(1);
+    let kind = event.kind().as_str_name();
+    if event.priority() <= anxin_proto::Priority::P1 {
+        tracing::info!(gateway_id, %device_id, seq, kind, "event committed");
+    } else {
+        tracing::debug!(gateway_id, %device_id, seq, kind, "event committed");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum GatewayStreamError {
     #[error(transparent)]
@@ -170,18 +189,22 @@ async fn serve_gateway(
         let mut changed_alerts = Vec::new();
         // Telemetry and the like go to the store in one write; alarms and
         // cancels one by one, each with its incident decision.
-        let (plain, batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|message| {
-            matches!(&message.body, Some(gateway_message::Body::Event(UplinkEvent { event: Some(event), .. }))
-                if !crate::incidents::affects_incidents(event))
-        });
-        let plain: Vec<UplinkEvent> = plain
-            .into_iter()
-            .filter_map(|message| match message.body {
-                Some(gateway_message::Body::Event(uplink)) => Some(uplink),
-                _ => None,
-            })
-            .collect();
+        let mut plain = Vec::new();
+        let mut others = Vec::with_capacity(batch.len());
         for message in batch {
+            match message.body {
+                Some(gateway_message::Body::Event(uplink))
+                    if uplink
+                        .event
+                        .as_ref()
+                        .is_some_and(|e| !crate::incidents::affects_incidents(e)) =>
+                {
+                    plain.push(uplink)
+                }
+                body => others.push(GatewayMessage { body }),
+            }
+        }
+        for message in others {
             match message.body {
                 Some(gateway_message::Body::Event(uplink)) => {
                     let Some(event) = uplink.event.as_ref() else {
@@ -201,15 +224,7 @@ async fn serve_gateway(
                     });
                     match committed {
                         Ok(Committed::New { alert }) => {
-                            let priority = ["P0", "P1", "P2", "P3"][event.priority() as usize];
-                            metrics::counter!(m::EVENTS_COMMITTED, "priority" => priority)
-                                .increment(1);
-                            // A line per alarm; telemetry only at debug.
-                            if event.priority() <= anxin_proto::Priority::P1 {
-                                tracing::info!(gateway_id, %device_id, seq, kind = event.kind().as_str_name(), "event committed");
-                            } else {
-                                tracing::debug!(gateway_id, %device_id, seq, kind = event.kind().as_str_name(), "event committed");
-                            }
+                            note_commit(gateway_id, event, true);
                             if let Some(changed) = alert {
                                 let (alert, decision) = *changed;
                                 tracing::info!(gateway_id, %device_id, seq, alert_id = %alert.id, decision = crate::incidents::action_name(decision), "incident");
@@ -219,10 +234,7 @@ async fn serve_gateway(
                                 changed_alerts.push((alert, decision));
                             }
                         }
-                        Ok(Committed::Duplicate) => {
-                            metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
-                            tracing::debug!(gateway_id, %device_id, seq, "duplicate event absorbed");
-                        }
+                        Ok(Committed::Duplicate) => note_commit(gateway_id, event, false),
                         Err(err) => {
                             // No ack: the gateway keeps the event and resends.
                             metrics::counter!(m::STORE_ERRORS).increment(1);
@@ -243,23 +255,14 @@ async fn serve_gateway(
         // After the alarms: the gateway sends by priority, and commits keep
         // that order (a P0 is committed before telemetry that queued ahead).
         if !plain.is_empty() {
-            let refs: Vec<&UplinkEvent> = plain.iter().collect();
             match desk
                 .store()
-                .commit_plain_events(gateway_id, &refs, received_ms)
+                .commit_plain_events(gateway_id, &plain, received_ms)
             {
                 Ok(new) => {
                     for (uplink, new) in plain.iter().zip(new) {
                         let event = uplink.event.as_ref().expect("partitioned on Some");
-                        if new {
-                            let priority = ["P0", "P1", "P2", "P3"][event.priority() as usize];
-                            metrics::counter!(m::EVENTS_COMMITTED, "priority" => priority)
-                                .increment(1);
-                            tracing::debug!(gateway_id, device_id = %event.device_id, seq = event.seq, kind = event.kind().as_str_name(), "event committed");
-                        } else {
-                            metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
-                            tracing::debug!(gateway_id, device_id = %event.device_id, seq = event.seq, "duplicate event absorbed");
-                        }
+                        note_commit(gateway_id, event, new);
                         acks.push(Received {
                             device_id: event.device_id.clone(),
                             seq: event.seq,

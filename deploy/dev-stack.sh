@@ -3,16 +3,34 @@
 # anxin-server, one anxin-gateway, and simulated devices pressing buttons.
 # Prints the console URL. Ctrl-C stops everything.
 #
-# Ports can be moved with ANXIN_HTTP_PORT, ANXIN_GRPC_PORT, ANXIN_MQTT_PORT,
-# ANXIN_GATEWAY_HTTP_PORT. State lives in .stack/ (delete it to start over).
+# Ports can be set with ANXIN_HTTP_PORT, ANXIN_GRPC_PORT, ANXIN_MQTT_PORT,
+# ANXIN_GATEWAY_HTTP_PORT. Where a default port (8080, 50051, 1883, 9181) is
+# already taken — Mosquitto on 1883, say — the next free one is used and the
+# banner says so. State lives in ANXIN_STACK_DIR (default .stack/; delete it
+# to start over).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-HTTP_PORT=${ANXIN_HTTP_PORT:-8080}
-GRPC_PORT=${ANXIN_GRPC_PORT:-50051}
-MQTT_PORT=${ANXIN_MQTT_PORT:-1883}
-GW_HTTP_PORT=${ANXIN_GATEWAY_HTTP_PORT:-9181}
-STATE=.stack
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# pick NAME DEFAULT [explicit]: an explicit port must be free; a default
+# that is taken moves up to the next free port.
+CHOSEN=()
+pick() {
+  local name=$1 default=$2 explicit=${3:-} port
+  if [[ -n $explicit ]]; then
+    port_free "$explicit" || { echo "port $explicit ($name) is in use; choose another" >&2; exit 1; }
+    echo "$explicit"; return
+  fi
+  port=$default
+  while ! port_free "$port" || [[ " ${CHOSEN[*]:-} " == *" $port "* ]]; do port=$((port + 1)); done
+  [[ $port == "$default" ]] || echo "note: port $default ($name) is taken; using $port" >&2
+  echo "$port"
+}
+HTTP_PORT=$(pick "server http" 8080 "${ANXIN_HTTP_PORT:-}"); CHOSEN+=("$HTTP_PORT")
+GRPC_PORT=$(pick "server grpc" 50051 "${ANXIN_GRPC_PORT:-}"); CHOSEN+=("$GRPC_PORT")
+MQTT_PORT=$(pick "gateway mqtt" 1883 "${ANXIN_MQTT_PORT:-}"); CHOSEN+=("$MQTT_PORT")
+GW_HTTP_PORT=$(pick "gateway http" 9181 "${ANXIN_GATEWAY_HTTP_PORT:-}"); CHOSEN+=("$GW_HTTP_PORT")
+STATE=${ANXIN_STACK_DIR:-.stack}
 # The residents' devices of deploy/config/seed.example.toml.
 DEVICES=(btn-0001 btn-0002 btn-0003 wear-0001 wear-0002)
 # Registered for `anxin-sim load --prefix load-` (README).
@@ -66,21 +84,7 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-wait_port() {
-  for _ in $(seq 1 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing is listening on port $1; see $STATE/*.log" >&2
-  exit 1
-}
-
-"$BIN/anxin-server" --config "$STATE/server.toml" > "$STATE/server.log" 2>&1 &
-pids+=($!)
-wait_port "$HTTP_PORT"
-"$BIN/anxin-gateway" --config "$STATE/gateway.toml" > "$STATE/gateway.log" 2>&1 &
-pids+=($!)
-wait_port "$GW_HTTP_PORT"
+XX
 
 # Simulated residents: every so often one of them presses SOS (or falls).
 (

@@ -223,6 +223,7 @@ pub fn to_proto(event: &Event) -> anxin_proto::DeviceEvent {
         battery_pct: event.battery_pct,
         detail,
         cancels_seq: event.cancels_seq,
+        note: String::new(),
     }
 }
 

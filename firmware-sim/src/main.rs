@@ -62,6 +62,10 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        /// Give up if the gateway has not said `stored` within this many
+        /// seconds (no Anxin gateway at --gateway, or one that cannot store).
+        #[arg(long, default_value_t = 10)]
+        stored_timeout_secs: u64,
     },
     /// Run many devices at a steady total rate, each with its own connection
     /// and retry outbox; SIGTERM or Ctrl-C stops sending, then drains.
@@ -170,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             json,
             until,
             timeout_secs,
+            stored_timeout_secs,
         } => {
             let seq = seq.unwrap_or_else(|| anxin_proto::now_ms() as u64);
             let press = press::Press {
@@ -180,6 +185,8 @@ async fn main() -> anyhow::Result<()> {
                 json,
                 until,
                 timeout: Duration::from_secs(timeout_secs),
+                stored_timeout: Duration::from_secs(stored_timeout_secs),
+                gateway: config.gateway.clone(),
             };
             press::run(&config, press).await.context("press")?;
         }

@@ -26,6 +26,10 @@ pub struct Press {
     pub json: bool,
     pub until: Until,
     pub timeout: Duration,
+    /// How long to wait for `stored` before saying the gateway is not there.
+    pub stored_timeout: Duration,
+    /// For the error message.
+    pub gateway: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +38,10 @@ pub enum PressError {
     Rejected(String),
     #[error("no {0} ack within {1:?}")]
     Timeout(&'static str, Duration),
+    #[error(
+        "no `stored` ack from the gateway at {gateway} within {within:?}: is an Anxin gateway listening there (--gateway), and is the device registered with it? (--stored-timeout-secs to wait longer)"
+    )]
+    NoGateway { gateway: String, within: Duration },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 }
@@ -75,9 +83,20 @@ async fn wait_for_acks(
     let mut stored = false;
     loop {
         let waiting = if stored { "acknowledged" } else { "stored" };
-        let remaining = press.timeout.saturating_sub(started.elapsed());
+        let limit = if stored {
+            press.timeout
+        } else {
+            press.timeout.min(press.stored_timeout)
+        };
+        let remaining = limit.saturating_sub(started.elapsed());
         let report = match tokio::time::timeout(remaining, heard.recv()).await {
             Ok(Some(report)) => report,
+            Ok(None) | Err(_) if !stored => {
+                return Err(PressError::NoGateway {
+                    gateway: press.gateway.clone(),
+                    within: limit,
+                });
+            }
             Ok(None) | Err(_) => return Err(PressError::Timeout(waiting, press.timeout)),
         };
         let latency_ms = started.elapsed().as_millis();

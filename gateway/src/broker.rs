@@ -21,6 +21,13 @@ pub enum BrokerError {
     Link(#[from] Box<rumqttd::local::LinkError>),
     #[error("the MQTT listener on {0} did not come up within {1:?}")]
     NotListening(SocketAddr, Duration),
+    #[error(
+        "cannot listen for devices on {addr} (mqtt.listen): {source}. Another program (a Mosquitto?) holds it: stop it or set mqtt.listen to a free port"
+    )]
+    PortUnavailable {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// The gateway's own connection into the broker.
@@ -85,6 +92,16 @@ fn broker_config(config: &GatewayConfig) -> Config {
 /// listener and blocks) and returns the gateway's link, already subscribed to
 /// the device event topics.
 pub fn start(config: &GatewayConfig) -> Result<BrokerLink, BrokerError> {
+    // rumqttd logs a bind failure and carries on, and then a test connect
+    // reaches whoever holds the port: check that the port is ours first.
+    // (The probe is closed before rumqttd binds; a thief in that gap is
+    // caught by nobody, but a port held before start-up always is.)
+    std::net::TcpListener::bind(config.mqtt.listen).map_err(|source| {
+        BrokerError::PortUnavailable {
+            addr: config.mqtt.listen,
+            source,
+        }
+    })?;
     let mut broker = Broker::new(broker_config(config));
     let (mut tx, rx) = broker.link("anxin-gateway").map_err(Box::new)?;
     tx.subscribe(anxin_proto::topics::EVENT_FILTER)

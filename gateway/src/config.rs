@@ -75,6 +75,14 @@ pub struct JournalConfig {
     /// Logical size limit of the journal. At the limit P3 then P2 events are
     /// evicted oldest first; P0/P1 are never evicted.
     pub quota_bytes: u64,
+    /// Free space on the journal's filesystem under which P2/P3 events are
+    /// deferred (no ack; devices keep them and retry) — long before the disk
+    /// is full. See docs/operations.md, "Running out of disk".
+    pub min_free_bytes: u64,
+    /// Disk reserve held as a file in the journal directory and given back
+    /// when the disk fills, so P0/P1 events are still stored and delivered
+    /// entries can still be deleted. 0 disables it.
+    pub reserve_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +194,8 @@ impl Default for JournalConfig {
         Self {
             path: PathBuf::from("anxin-gateway-journal"),
             quota_bytes: 256 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
+            reserve_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -310,6 +320,18 @@ impl GatewayConfig {
         }
         if self.journal.quota_bytes < 64 * 1024 {
             return Err(invalid("journal.quota_bytes", "must be at least 65536"));
+        }
+        if self.journal.reserve_bytes > 0 && self.journal.reserve_bytes < 1024 * 1024 {
+            return Err(invalid(
+                "journal.reserve_bytes",
+                "must be 0 (no reserve) or at least 1048576: the reserve is what alarms are written into when the disk is full",
+            ));
+        }
+        if self.journal.min_free_bytes < self.journal.reserve_bytes {
+            return Err(invalid(
+                "journal.min_free_bytes",
+                "must be at least journal.reserve_bytes",
+            ));
         }
         if self.limits.device_rate_per_sec.is_nan()
             || self.limits.device_rate_per_sec <= 0.0

@@ -1,14 +1,18 @@
-//! Local fallback: when the dispatch server has been unreachable for longer
-//! than `fallback.after_secs` and a P0 event is waiting in the journal, the
-//! gateway alerts on site — a JSON message on `fallback.local_topic` (for an
-//! on-site console or siren) and, if configured, a webhook POST. Each P0 is
-//! alarmed once; what fired is recorded in the journal's database, so a
-//! restart does not repeat it.
+//! Local fallback: when a P0 event has waited in the journal for longer than
+//! `fallback.after_secs`, whatever the cause — the server unreachable, the
+//! uplink refused, a server that takes the stream and never acknowledges —
+//! the gateway alerts on site: a JSON message on `fallback.local_topic` (for
+//! an on-site console or siren) and, if configured, a webhook POST. Each P0
+//! is alarmed once; what fired is recorded in the journal's database, so a
+//! restart does not repeat it. While such a P0 waits, `/healthz` says
+//! `uplink_stalled`.
 //!
 //! The same local alarm is raised when the journal's quota is spent on
-//! P0/P1 events (guarantee 4).
+//! P0/P1 events (guarantee 4), and at once when a P0/P1 event could not be
+//! written at all (ingest).
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::GatewayConfig,
+    health::Health,
     journal::{JournalError, JournalReader},
     metrics as m,
     mqtt_out::MqttOut,
@@ -88,6 +93,7 @@ pub struct Fallback {
     fired: sled::Tree,
     alarm: Arc<LocalAlarm>,
     uplink: watch::Receiver<UplinkState>,
+    health: Arc<Health>,
     after: Duration,
     check_interval: Duration,
 }
@@ -98,21 +104,25 @@ impl Fallback {
         journal: JournalReader,
         alarm: Arc<LocalAlarm>,
         uplink: watch::Receiver<UplinkState>,
+        health: Arc<Health>,
     ) -> Result<Self, JournalError> {
         Ok(Self {
             fired: journal.aux_tree("fallback_fired")?,
             journal,
             alarm,
             uplink,
+            health,
             after: Duration::from_secs(config.fallback.after_secs),
             check_interval: Duration::from_millis(config.supervision.check_interval_ms),
         })
     }
 
     pub async fn run(self, cancel: CancellationToken) {
-        // Start-up counts as the last contact: a gateway that boots into an
-        // outage waits the full `after` before alarming.
-        let mut last_connected = Instant::now();
+        // When each pending P0 was first seen here (monotonic, so a clock
+        // step neither delays nor hastens the alarm). Start-up counts as
+        // first sight: a gateway that boots into an outage waits the full
+        // `after` before alarming.
+        let mut first_seen: HashMap<(String, u64), Instant> = HashMap::new();
         let mut tick = tokio::time::interval(self.check_interval);
         loop {
             tokio::select! {
@@ -120,20 +130,53 @@ impl Fallback {
                 _ = tick.tick() => {}
             }
             metrics::counter!(m::FALLBACK_CHECKS).increment(1);
-            if matches!(*self.uplink.borrow(), UplinkState::Connected { .. }) {
-                last_connected = Instant::now();
-                if let Err(err) = self.forget_delivered() {
-                    tracing::warn!(error = %err, "pruning fallback records failed");
-                }
-                continue;
-            }
-            if last_connected.elapsed() < self.after {
-                continue;
-            }
-            if let Err(err) = self.alarm_pending_p0() {
+            if let Err(err) = self.check(&mut first_seen) {
                 tracing::error!(error = %err, "fallback check failed");
             }
         }
+    }
+
+    fn check(&self, first_seen: &mut HashMap<(String, u64), Instant>) -> Result<(), JournalError> {
+        let now = Instant::now();
+        let pending: Vec<DeviceEvent> = self
+            .journal
+            .lane(Priority::P0, 1000)?
+            .into_iter()
+            .filter_map(|entry| entry.event.event)
+            .collect();
+        let mut still = HashMap::with_capacity(pending.len());
+        let mut overdue = Vec::new();
+        for event in pending {
+            let id = (event.device_id.clone(), event.seq);
+            let seen = first_seen.get(&id).copied().unwrap_or(now);
+            if now.duration_since(seen) >= self.after {
+                overdue.push(event);
+            }
+            still.insert(id, seen);
+        }
+        *first_seen = still;
+        self.health.set_uplink_stalled(!overdue.is_empty());
+        if first_seen.is_empty() {
+            self.forget_delivered()?;
+        }
+        let mut fresh = Vec::new();
+        for event in overdue {
+            let key = format!("{}\0{}", event.device_id, event.seq);
+            if self.fired.get(key.as_bytes())?.is_none() {
+                self.fired.insert(key.as_bytes(), &now_ms().to_be_bytes())?;
+                fresh.push(event);
+            }
+        }
+        if !fresh.is_empty() {
+            let reason = if matches!(*self.uplink.borrow(), UplinkState::Connected { .. }) {
+                "server_not_acknowledging"
+            } else {
+                "server_unreachable"
+            };
+            self.alarm.raise(reason, &fresh);
+            metrics::counter!(m::FALLBACK_FIRED).increment(fresh.len() as u64);
+        }
+        Ok(())
     }
 
     /// Drops the record of alarms whose events have left the journal.
@@ -148,25 +191,6 @@ impl Fallback {
             if !self.journal.contains(device_id, seq)? {
                 self.fired.remove(&key)?;
             }
-        }
-        Ok(())
-    }
-
-    fn alarm_pending_p0(&self) -> Result<(), JournalError> {
-        let mut fresh = Vec::new();
-        for entry in self.journal.lane(Priority::P0, 1000)? {
-            let Some(event) = entry.event.event else {
-                continue;
-            };
-            let key = format!("{}\0{}", event.device_id, event.seq);
-            if self.fired.get(key.as_bytes())?.is_none() {
-                self.fired.insert(key.as_bytes(), &now_ms().to_be_bytes())?;
-                fresh.push(event);
-            }
-        }
-        if !fresh.is_empty() {
-            self.alarm.raise("server_unreachable", &fresh);
-            metrics::counter!(m::FALLBACK_FIRED).increment(fresh.len() as u64);
         }
         Ok(())
     }

@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::GatewayConfig,
     fallback::LocalAlarm,
-    journal::{Appended, JournalWriter, Staging},
+    health::Health,
+    journal::{Appended, JournalError, JournalWriter, Staging},
     metrics as m,
     mqtt_out::MqttOut,
     supervisor::Sighting,
@@ -174,6 +175,13 @@ pub struct Ingest {
     max_event_bytes: usize,
     limiter: RateLimiter,
     last_full_alarm: Option<Instant>,
+    health: Arc<Health>,
+    /// P0/P1 events staged in the current round: if the round cannot be
+    /// written, they are alarmed locally at once.
+    round_alarms: Vec<DeviceEvent>,
+    /// Set after a write failed: the journal is unusable until the restart
+    /// in place, so nothing more is staged meanwhile.
+    failed: bool,
 }
 
 enum Outcome {
@@ -198,6 +206,7 @@ impl Ingest {
         acks: MqttOut,
         alarm: Arc<LocalAlarm>,
         sightings: tokio::sync::mpsc::Sender<Sighting>,
+        health: Arc<Health>,
     ) -> Self {
         Self {
             journal,
@@ -212,6 +221,9 @@ impl Ingest {
                 buckets: HashMap::new(),
             },
             last_full_alarm: None,
+            health,
+            round_alarms: Vec::new(),
+            failed: false,
         }
     }
 
@@ -250,6 +262,9 @@ impl Ingest {
                 }
             }
         }
+        if self.failed {
+            return;
+        }
         // Everything appended was flushed before its ack; a last flush makes
         // shutdown leave a clean journal.
         if let Err(err) = self.journal.flush().await {
@@ -257,10 +272,24 @@ impl Ingest {
         }
     }
 
+    /// A round could not be made durable: no `stored` acks (devices retry),
+    /// its alarms raised on site now, and the journal handed to the restart
+    /// in place.
+    fn round_failed(&mut self, err: &JournalError, what: &str) {
+        tracing::error!(error = %err, "journal {what} failed; no stored acks sent, devices will retry");
+        let alarms = std::mem::take(&mut self.round_alarms);
+        if !alarms.is_empty() {
+            self.alarm.raise("journal_write_failed", &alarms);
+        }
+        self.failed = true;
+        self.health.journal_failed(err);
+    }
+
     async fn handle_batch(&mut self, batch: &[rumqttd::protocol::Publish]) {
-        if batch.is_empty() {
+        if batch.is_empty() || self.failed {
             return;
         }
+        self.round_alarms.clear();
         let stored_ms = now_ms();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut sightings = Vec::new();
@@ -281,16 +310,14 @@ impl Ingest {
         };
         let needs_flush = outcomes.iter().any(|o| matches!(o, Outcome::Store { .. }));
         let durable = if let Err(err) = written {
-            metrics::counter!(m::JOURNAL_ERRORS).increment(1);
-            tracing::error!(error = %err, "journal write failed; no stored acks sent, devices will retry");
+            self.round_failed(&err, "write");
             false
         } else if needs_flush {
             metrics::counter!(m::JOURNAL_FLUSHES).increment(1);
             match self.journal.flush().await {
                 Ok(()) => true,
                 Err(err) => {
-                    metrics::counter!(m::JOURNAL_ERRORS).increment(1);
-                    tracing::error!(error = %err, "journal flush failed; no stored acks sent, devices will retry");
+                    self.round_failed(&err, "flush");
                     false
                 }
             }
@@ -381,6 +408,9 @@ impl Ingest {
             device_id: device_id.clone(),
             battery_pct: event.battery_pct,
         });
+        if self.failed {
+            return Outcome::Ignore;
+        }
         match staging.add(&event, stored_ms) {
             Ok(Appended::New {
                 evicted,
@@ -402,6 +432,9 @@ impl Ingest {
                 }
                 if over_quota {
                     self.journal_full_alarm(&event);
+                }
+                if event.priority() <= anxin_proto::Priority::P1 {
+                    self.round_alarms.push(event);
                 }
                 Outcome::Store {
                     device_id,
@@ -428,9 +461,17 @@ impl Ingest {
                     encoding,
                 }
             }
+            Ok(Appended::Deferred) => {
+                metrics::counter!(m::EVENTS_DEFERRED, "reason" => "disk_low").increment(1);
+                tracing::debug!(%device_id, seq, "disk space low: P2/P3 deferred, the device will retry");
+                Outcome::Ignore
+            }
             Err(err) => {
-                metrics::counter!(m::JOURNAL_ERRORS).increment(1);
+                if event.priority() <= anxin_proto::Priority::P1 {
+                    self.round_alarms.push(event);
+                }
                 tracing::error!(%device_id, seq, error = %err, "journal append failed; no stored ack");
+                self.round_failed(&err, "append");
                 Outcome::Ignore
             }
         }

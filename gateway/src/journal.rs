@@ -27,8 +27,26 @@
 //! still accepted over quota: life-safety events are never turned away, the
 //! caller raises a local alarm instead.
 //!
-//! Failure modes: if the disk is full, `append` or `flush` fails; ingest then
-//! sends no `stored` ack and the device keeps retrying.
+//! # Disk space (see `anxin_host::disk`)
+//! The quota counts logical bytes; the filesystem may run out first (sled's
+//! files are several times the logical bytes, and other programs share the
+//! disk). While the disk guard reports low space, a new P2/P3 event is
+//! [`Appended::Deferred`]: no ack, the device keeps it and retries. Evicting
+//! would not help there: a sled delete is an append and frees nothing until
+//! a whole segment is dead. P0/P1 events are still written, into the space
+//! the guard's reserve gives back.
+//!
+//! Failure modes: if a write or flush fails, ingest sends no `stored` ack
+//! and the device keeps retrying; sled then refuses every later operation
+//! until reopened, so the gateway restarts itself in place (main.rs).
+//!
+//! # Damage
+//! sled can panic or fail on a damaged file (`tried to serialize
+//! Uninitialized`), and can also open a damaged log silently shorter.
+//! [`open_or_recover`] catches both: a panic or a corruption error at open,
+//! or fewer entries than the clean-shutdown marker (`anxin-clean`) promised,
+//! moves the files aside into `damaged-{unix ms}/` (kept, never deleted),
+//! salvages what still reads, and starts a fresh journal with it.
 
 use std::{
     path::Path,
@@ -44,6 +62,10 @@ use tokio::sync::Notify;
 
 const FORMAT_V1: u8 = 1;
 const JOURNAL_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Written after a clean shutdown's last flush: the depth per priority.
+pub const CLEAN_MARKER: &str = "anxin-clean";
+/// Prefix of the folders damaged journals are moved into.
+pub const DAMAGED_PREFIX: &str = "damaged-";
 const ENTRY: u8 = b'e';
 const INDEX: u8 = b'i';
 
@@ -51,6 +73,10 @@ const INDEX: u8 = b'i';
 pub enum JournalError {
     #[error("journal storage: {0}")]
     Storage(#[from] sled::Error),
+    #[error("journal files: {0}")]
+    Files(#[from] std::io::Error),
+    #[error("the journal's storage engine panicked: {0}")]
+    Panicked(String),
     #[error("journal record {key:?} is unreadable: {reason}")]
     Corrupt { key: Vec<u8>, reason: String },
 }
@@ -142,6 +168,9 @@ pub enum Appended {
     Duplicate(EntryKey),
     /// A P2/P3 event refused: the quota is full of P0/P1 events.
     Refused,
+    /// A P2/P3 event not taken now because disk space is low: no ack, the
+    /// device keeps it and retries.
+    Deferred,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,6 +186,8 @@ struct Shared {
     depth: [AtomicU64; 4],
     bytes: [AtomicU64; 4],
     appended: Notify,
+    /// Set while the disk guard reports low space: P2/P3 are deferred.
+    disk_low: std::sync::atomic::AtomicBool,
     /// Held from taking a journal seq to writing its entry, so entries
     /// become visible in seq order and the uplink's cursor never passes an
     /// entry still being written (ingest and supervision both append).
@@ -176,7 +207,12 @@ pub struct JournalReader(Arc<Shared>);
 
 /// Opens (or creates) the journal at `path`.
 pub fn open(path: &Path, quota: Quota) -> Result<(JournalWriter, JournalReader), JournalError> {
-    let db = sled::Config::new()
+    let db = open_db(path)?;
+    build(db, quota)
+}
+
+fn open_db(path: &Path) -> Result<sled::Db, JournalError> {
+    Ok(sled::Config::new()
         .path(path)
         // We flush explicitly before every `stored` ack; sled's background
         // flush only adds writes.
@@ -184,7 +220,10 @@ pub fn open(path: &Path, quota: Quota) -> Result<(JournalWriter, JournalReader),
         // sled caches up to 1 GB by default; the uplink reads the front of
         // the journal and ingest writes its end, so a small cache serves.
         .cache_capacity(JOURNAL_CACHE_BYTES)
-        .open()?;
+        .open()?)
+}
+
+fn build(db: sled::Db, quota: Quota) -> Result<(JournalWriter, JournalReader), JournalError> {
     let tree = db.open_tree("journal")?;
     let depth: [AtomicU64; 4] = Default::default();
     let bytes: [AtomicU64; 4] = Default::default();
@@ -203,6 +242,7 @@ pub fn open(path: &Path, quota: Quota) -> Result<(JournalWriter, JournalReader),
         depth,
         bytes,
         appended: Notify::new(),
+        disk_low: Default::default(),
         append_order: std::sync::Mutex::new(()),
         removal: std::sync::Mutex::new(()),
     });
@@ -360,6 +400,23 @@ impl JournalWriter {
         self.0.bytes()
     }
 
+    /// While set, new P2/P3 events are [`Appended::Deferred`].
+    pub fn set_disk_low(&self, low: bool) {
+        self.0.disk_low.store(low, Ordering::Relaxed);
+    }
+
+    /// After a clean shutdown's final flush: records how many entries the
+    /// journal holds, so the next start can tell a log that sled opened
+    /// shorter than it was.
+    pub fn mark_clean(&self, dir: &Path) -> Result<(), JournalError> {
+        let depth = self.0.depth();
+        let text = format!("{} {} {} {}\n", depth[0], depth[1], depth[2], depth[3]);
+        let path = dir.join(CLEAN_MARKER);
+        std::fs::write(&path, text)?;
+        std::fs::File::open(&path)?.sync_all()?;
+        Ok(())
+    }
+
     /// A fresh seq from the range reserved for events the gateway raises on
     /// a device's behalf; crash-safe and increasing.
     pub fn gateway_seq(&self) -> Result<u64, JournalError> {
@@ -399,6 +456,9 @@ impl Staging<'_> {
             return Ok(Appended::Duplicate(EntryKey::parse(&existing)?));
         }
         let priority = event.priority();
+        if priority >= Priority::P2 && shared.disk_low.load(Ordering::Relaxed) {
+            return Ok(Appended::Deferred);
+        }
         let record = UplinkEvent {
             event: Some(event.clone()),
             stored_ms,
@@ -580,6 +640,189 @@ impl JournalReader {
     pub async fn flush(&self) -> Result<(), JournalError> {
         self.0.flush().await
     }
+}
+
+/// What [`open_or_recover`] found wrong, and what it saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Why the journal was judged damaged.
+    pub reason: String,
+    /// Entries read back from the damaged files into the fresh journal.
+    pub salvaged: u64,
+    /// Entries the clean-shutdown marker promised, when there was one.
+    pub expected: Option<u64>,
+    /// Where the damaged files were moved (kept for forensics).
+    pub kept_at: std::path::PathBuf,
+}
+
+impl Recovery {
+    /// The one-line report for the log and the server.
+    pub fn summary(&self) -> String {
+        let others = match self.expected {
+            Some(expected) if expected > self.salvaged => {
+                format!("{} others lost", expected - self.salvaged)
+            }
+            Some(_) => "none lost".to_string(),
+            None => "others unknown".to_string(),
+        };
+        format!(
+            "journal damaged ({}): {} entries salvaged, {}; damaged files kept at {}",
+            self.reason,
+            self.salvaged,
+            others,
+            self.kept_at.display()
+        )
+    }
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs `f`, turning a panic of the storage engine into an error.
+fn unpanicked<T>(f: impl FnOnce() -> Result<T, JournalError>) -> Result<T, JournalError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|payload| Err(JournalError::Panicked(panic_text(payload))))
+}
+
+/// Whether an open failure means the files are damaged (rather than, say,
+/// a full disk or a permission, which moving the files would not mend).
+fn is_damage(err: &JournalError) -> bool {
+    match err {
+        JournalError::Storage(sled::Error::Io(io)) => io.kind() == std::io::ErrorKind::InvalidData,
+        JournalError::Storage(sled::Error::Corruption { .. })
+        | JournalError::Storage(sled::Error::ReportableBug(_))
+        | JournalError::Storage(sled::Error::Unsupported(_))
+        | JournalError::Panicked(_)
+        | JournalError::Corrupt { .. } => true,
+        JournalError::Storage(sled::Error::CollectionNotFound(_)) => true,
+        JournalError::Files(_) => false,
+    }
+}
+
+fn read_clean_marker(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(CLEAN_MARKER)).ok()?;
+    text.split_whitespace()
+        .map(|n| n.parse::<u64>().ok())
+        .sum::<Option<u64>>()
+}
+
+/// Opens the journal at `path`; if it is damaged, moves it aside, salvages
+/// what reads, and opens a fresh one holding the salvage. Never returns a
+/// damage error: only failures that a fresh journal would meet too (disk
+/// full, permissions). The clean-shutdown marker is consumed.
+pub fn open_or_recover(
+    path: &Path,
+    quota: Quota,
+) -> Result<(JournalWriter, JournalReader, Option<Recovery>), JournalError> {
+    std::fs::create_dir_all(path)?;
+    let expected = read_clean_marker(path);
+    let opened = unpanicked(|| open(path, quota));
+    let reason = match opened {
+        Ok((writer, reader)) => {
+            let held: u64 = reader.depth().iter().sum();
+            match expected {
+                Some(expected) if held < expected => {
+                    drop((writer, reader));
+                    format!("opened with {held} of the {expected} entries it held at shutdown")
+                }
+                _ => {
+                    let _ = std::fs::remove_file(path.join(CLEAN_MARKER));
+                    return Ok((writer, reader, None));
+                }
+            }
+        }
+        Err(err) if is_damage(&err) => err.to_string(),
+        Err(err) => return Err(err),
+    };
+    let kept_at = path.join(format!("{DAMAGED_PREFIX}{}", anxin_proto::now_ms()));
+    std::fs::create_dir(&kept_at)?;
+    for item in std::fs::read_dir(path)? {
+        let item = item?;
+        let name = item.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(DAMAGED_PREFIX) || name == anxin_host::disk::RESERVE_FILE {
+            continue;
+        }
+        std::fs::rename(item.path(), kept_at.join(&*name))?;
+    }
+    let salvage = salvage(&kept_at);
+    let (writer, reader) = open(path, quota)?;
+    let mut salvaged = 0;
+    {
+        let mut staging = writer.stage();
+        for record in &salvage {
+            if let Some(event) = &record.event
+                && matches!(staging.add(event, record.stored_ms)?, Appended::New { .. })
+            {
+                salvaged += 1;
+            }
+        }
+        staging.commit()?;
+    }
+    writer.0.db.flush()?;
+    Ok((
+        writer,
+        reader,
+        Some(Recovery {
+            reason,
+            salvaged,
+            expected,
+            kept_at,
+        }),
+    ))
+}
+
+/// Every entry that still reads in a damaged journal. sled may panic or
+/// fail at open or at any record; whatever came before that is kept. Works
+/// on a copy so the damaged files stay as they were found (sled's recovery
+/// rewrites the log it opens); without room for a copy, reads nothing.
+fn salvage(damaged: &Path) -> Vec<UplinkEvent> {
+    let copy = damaged.join("salvage-copy");
+    let copied = copy_dir(damaged, &copy, "salvage-copy");
+    let mut found = Vec::new();
+    if let Err(err) = copied {
+        tracing::error!(error = %err, "no room to copy the damaged journal for salvage; nothing salvaged");
+        let _ = std::fs::remove_dir_all(&copy);
+        return found;
+    }
+    let result = unpanicked(|| {
+        let db = open_db(&copy)?;
+        let tree = db.open_tree("journal")?;
+        for item in tree.scan_prefix([ENTRY]) {
+            let Ok((key, value)) = item else { break };
+            if let Ok(record) = decode_record(&key, &value) {
+                found.push(record);
+            }
+        }
+        Ok(())
+    });
+    if let Err(err) = result {
+        tracing::warn!(error = %err, salvaged = found.len(), "salvage stopped at damage");
+    }
+    let _ = std::fs::remove_dir_all(&copy);
+    found
+}
+
+fn copy_dir(from: &Path, to: &Path, skip: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for item in std::fs::read_dir(from)? {
+        let item = item?;
+        if item.file_name() == skip {
+            continue;
+        }
+        let target = to.join(item.file_name());
+        if item.file_type()?.is_dir() {
+            copy_dir(&item.path(), &target, skip)?;
+        } else {
+            std::fs::copy(item.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod config;
 pub mod fallback;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod journal;

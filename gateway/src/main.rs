@@ -7,6 +7,7 @@ use anxin_gateway::{
     broker,
     config::GatewayConfig,
     fallback::{Fallback, LocalAlarm},
+    health::{self, Health},
     http::{self, HttpState},
     ingest::Ingest,
     journal, metrics,
@@ -58,11 +59,24 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let prometheus = metrics::install();
+    let restarts = anxin_host::restart::restarts();
+    ::metrics::gauge!(metrics::RESTARTS_IN_PLACE).set(restarts as f64);
+    let disk = Arc::new(
+        anxin_host::disk::DiskGuard::new(
+            &config.journal.path,
+            config.journal.reserve_bytes,
+            config.journal.min_free_bytes,
+        )
+        .context("journal.path")?,
+    );
+    let health = Arc::new(Health::new(disk.clone()));
     let quota = journal::Quota::bytes(config.journal.quota_bytes);
-    let (writer, reader) = journal::open(&config.journal.path, quota)
-        .with_context(|| format!("opening journal.path {}", config.journal.path.display()))?;
+    let (writer, reader, recovery) = open_journal(&config, quota, &disk).await?;
     metrics::set_journal_depth(reader.depth());
-    tracing::info!(depth = ?reader.depth(), "journal open; pending events will be replayed");
+    tracing::info!(depth = ?reader.depth(), restarts, "journal open; pending events will be replayed");
+    if let Some(recovery) = &recovery {
+        report_damage(&config, &writer, recovery).await;
+    }
 
     let link = broker::start(&config)?;
     broker::wait_listening(config.mqtt.listen, Duration::from_secs(10)).await?;
@@ -73,10 +87,23 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let (sightings, sightings_rx) = tokio::sync::mpsc::channel(4096);
     let supervisor =
         Supervisor::new(&config, writer.clone()).context("loading supervision state")?;
-    let ingest = Ingest::new(&config, writer, acks.clone(), alarm.clone(), sightings);
+    let ingest = Ingest::new(
+        &config,
+        writer.clone(),
+        acks.clone(),
+        alarm.clone(),
+        sightings,
+        health.clone(),
+    );
     let (uplink, uplink_state) = Uplink::new(&config, reader.clone(), acks);
-    let fallback = Fallback::new(&config, reader.clone(), alarm, uplink_state.clone())
-        .context("loading fallback state")?;
+    let fallback = Fallback::new(
+        &config,
+        reader.clone(),
+        alarm,
+        uplink_state.clone(),
+        health.clone(),
+    )
+    .context("loading fallback state")?;
 
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -86,6 +113,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         uplink: uplink_state,
         journal: reader,
         gateway_id: config.gateway_id.clone(),
+        health: health.clone(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -93,6 +121,11 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     tasks.spawn(uplink.run(cancel.clone()));
     tasks.spawn(supervisor.run(sightings_rx, cancel.clone()));
     tasks.spawn(fallback.run(cancel.clone()));
+    tasks.spawn(health::watch_disk(
+        health.clone(),
+        writer.clone(),
+        cancel.clone(),
+    ));
     let http_cancel = cancel.clone();
     tasks.spawn(async move {
         let serve = axum::serve(http_listener, app)
@@ -110,12 +143,98 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         "anxin-gateway ready"
     );
 
-    shutdown_signal().await;
+    let restart = tokio::select! {
+        _ = shutdown_signal() => false,
+        _ = health.restart_requested() => true,
+    };
+    if restart {
+        // The journal is unusable in this process (sled keeps a failed I/O
+        // state until reopened). Give the tasks a moment — the local alarm
+        // for an unwritable P0 is on its way out — then start afresh.
+        cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        anxin_host::restart::in_place("the journal failed; reopening it in a fresh process");
+    }
     tracing::info!("shutting down: finishing in-flight work and flushing the journal");
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
+    if let Err(err) = writer.mark_clean(&config.journal.path) {
+        tracing::warn!(error = %err, "writing the clean-shutdown marker failed");
+    }
     tracing::info!("anxin-gateway stopped");
     Ok(())
+}
+
+/// Opens the journal, recovering a damaged one. A journal that cannot be
+/// opened for want of space is retried (the reserve is given back first)
+/// rather than moved aside: its files are fine.
+async fn open_journal(
+    config: &GatewayConfig,
+    quota: journal::Quota,
+    disk: &anxin_host::disk::DiskGuard,
+) -> anyhow::Result<(
+    journal::JournalWriter,
+    journal::JournalReader,
+    Option<journal::Recovery>,
+)> {
+    let path = &config.journal.path;
+    let mut attempt = 0u32;
+    loop {
+        match journal::open_or_recover(path, quota) {
+            Ok(opened) => return Ok(opened),
+            Err(journal::JournalError::Storage(sled::Error::Io(io)))
+                if anxin_host::disk::is_out_of_space(&io) && attempt < 60 =>
+            {
+                disk.out_of_space();
+                if attempt % 10 == 0 {
+                    tracing::error!(path = %path.display(), "no space to open the journal; retrying every second");
+                }
+            }
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("opening journal.path {}", path.display()));
+            }
+        }
+        attempt += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A damaged journal was moved aside: say so in the log, the metrics, and
+/// to the server as a P1 event from the gateway itself.
+async fn report_damage(
+    config: &GatewayConfig,
+    writer: &journal::JournalWriter,
+    recovery: &journal::Recovery,
+) {
+    let summary = recovery.summary();
+    tracing::error!(gateway_id = %config.gateway_id, salvaged = recovery.salvaged, kept_at = %recovery.kept_at.display(), "{summary}");
+    ::metrics::counter!(metrics::JOURNAL_DAMAGED).increment(1);
+    ::metrics::gauge!(metrics::JOURNAL_SALVAGED).set(recovery.salvaged as f64);
+    let event = |seq| anxin_proto::DeviceEvent {
+        device_id: config.gateway_id.clone(),
+        seq,
+        kind: anxin_proto::EventKind::GatewayFault as i32,
+        device_time_ms: anxin_proto::now_ms(),
+        note: summary.clone(),
+        ..Default::default()
+    };
+    let written = match writer.gateway_seq() {
+        Ok(seq) => writer
+            .append(&event(seq), anxin_proto::now_ms())
+            .map(|_| ()),
+        Err(err) => Err(err),
+    };
+    let flushed = match written {
+        Ok(()) => writer.flush().await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = flushed {
+        tracing::error!(error = %err, "journaling the damage report failed; it is in the log only");
+    }
 }
 
 async fn shutdown_signal() {

@@ -23,6 +23,13 @@ pub const LOCAL_ALARMS: &str = "anxin_gateway_local_alarms_total";
 pub const LOCAL_ALARM_WEBHOOK_FAILURES: &str = "anxin_gateway_local_alarm_webhook_failures_total";
 pub const FALLBACK_CHECKS: &str = "anxin_gateway_fallback_checks_total";
 pub const FALLBACK_FIRED: &str = "anxin_gateway_fallback_p0_alarmed_total";
+pub const DISK_FREE_BYTES: &str = "anxin_gateway_disk_free_bytes";
+pub const DISK_RESERVE_BYTES: &str = "anxin_gateway_disk_reserve_bytes";
+pub const DISK_LEVEL: &str = "anxin_gateway_disk_level";
+pub const EVENTS_DEFERRED: &str = "anxin_gateway_events_deferred_total";
+pub const JOURNAL_DAMAGED: &str = "anxin_gateway_journal_damaged_total";
+pub const JOURNAL_SALVAGED: &str = "anxin_gateway_journal_salvaged_entries";
+pub const RESTARTS_IN_PLACE: &str = "anxin_gateway_restarts_in_place";
 
 /// Installs the global recorder and returns the handle `/metrics` renders.
 pub fn install() -> PrometheusHandle {
@@ -32,6 +39,34 @@ pub fn install() -> PrometheusHandle {
     describe_counter!(
         EVENTS_STORED,
         "Events flushed to the journal and acked `stored`, by priority."
+    );
+    describe_gauge!(
+        DISK_FREE_BYTES,
+        "Free bytes on the journal's filesystem (statvfs f_bavail)."
+    );
+    describe_gauge!(
+        DISK_RESERVE_BYTES,
+        "Bytes of disk reserve held; 0 once given back to keep the alarm path writing."
+    );
+    describe_gauge!(
+        DISK_LEVEL,
+        "0 ok, 1 low (P2/P3 deferred), 2 full (running on the reserve)."
+    );
+    describe_counter!(
+        EVENTS_DEFERRED,
+        "P2/P3 events not taken (no ack, the device retries), by reason (disk_low)."
+    );
+    describe_counter!(
+        JOURNAL_DAMAGED,
+        "Damaged journals moved aside at start-up (see the log for what was salvaged)."
+    );
+    describe_gauge!(
+        JOURNAL_SALVAGED,
+        "Entries salvaged from a damaged journal at the last start."
+    );
+    describe_gauge!(
+        RESTARTS_IN_PLACE,
+        "Times this gateway restarted itself in place (journal I/O failure) since it was started."
     );
     describe_counter!(
         EVENTS_DUPLICATE,

@@ -18,7 +18,8 @@ pub fn priority_of(kind: EventKind) -> Priority {
     use EventKind::*;
     match kind {
         Sos | Fall | Smoke | Gas | VitalsCritical => Priority::P0,
-        Inactivity | VitalsWarning | DeviceOffline | DeviceOnline | Tamper | Cancel => Priority::P1,
+        Inactivity | VitalsWarning | DeviceOffline | DeviceOnline | Tamper | Cancel
+        | GatewayFault => Priority::P1,
         LowBattery | DeviceFault => Priority::P2,
         Telemetry | Heartbeat | TestCall | Unspecified => Priority::P3,
     }
@@ -64,6 +65,7 @@ mod tests {
         assert_eq!(priority_of(EventKind::DeviceOffline), Priority::P1);
         assert_eq!(priority_of(EventKind::LowBattery), Priority::P2);
         assert_eq!(priority_of(EventKind::Heartbeat), Priority::P3);
+        assert_eq!(priority_of(EventKind::GatewayFault), Priority::P1);
     }
 
     #[test]
@@ -76,6 +78,7 @@ mod tests {
             battery_pct: 80,
             detail: None,
             cancels_seq: 0,
+            note: String::new(),
         };
         let json = serde_json::to_string(&event).unwrap();
         assert!(json.contains("\"kind\":\"EVENT_KIND_SOS\""), "{json}");

@@ -107,6 +107,14 @@ pub struct HttpConfig {
 pub struct StoreConfig {
     /// Directory of the sled database; created if missing.
     pub path: PathBuf,
+    /// Free space on the store's filesystem under which new events are
+    /// refused (gateways keep them and retry), long before the disk is
+    /// full. See docs/operations.md, "Running out of disk".
+    pub min_free_bytes: u64,
+    /// Disk reserve held as a file in the store directory and given back
+    /// when the disk fills, so the store can still write its way out
+    /// (dispatchers' actions, deletes). 0 disables it.
+    pub reserve_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -120,6 +128,8 @@ impl Default for ServerConfig {
             },
             store: StoreConfig {
                 path: PathBuf::from("anxin-server-data"),
+                min_free_bytes: 256 * 1024 * 1024,
+                reserve_bytes: 64 * 1024 * 1024,
             },
             auth: AuthConfig {
                 admin_token: String::new(),
@@ -212,6 +222,12 @@ impl ServerConfig {
             return Err(ConfigError::Invalid {
                 field: "http.listen",
                 problem: "must differ from grpc.listen".into(),
+            });
+        }
+        if self.store.min_free_bytes < self.store.reserve_bytes {
+            return Err(ConfigError::Invalid {
+                field: "store.min_free_bytes",
+                problem: "must be at least store.reserve_bytes".into(),
             });
         }
         if self.store.path.as_os_str().is_empty() {

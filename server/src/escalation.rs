@@ -4,7 +4,17 @@
 //! Deadlines live in the store (the `deadlines` tree), not in memory: after
 //! a restart the timer reads them back and fires every one that passed
 //! while the server was down, at once.
+//!
+//! An answer window is elapsed time. Stored deadlines are wall-clock
+//! instants, so before every look at them the timer checks whether the wall
+//! clock stepped (against `CLOCK_BOOTTIME`, see `anxin_host::clock`) and, if
+//! it did, moves every pending deadline by the step: a clock set back an
+//! hour neither holds an SOS for an hour nor, set forward, fires every offer
+//! at once. The last reading is saved in the store, so a step while the
+//! server was stopped is caught at start-up too. The timer never sleeps
+//! longer than [`STEP_CHECK`], so a step is seen within that.
 
+use anxin_host::clock::{DEFAULT_TOLERANCE_MS, Mark, StepDetector};
 use anxin_proto::now_ms;
 use tokio_util::sync::CancellationToken;
 
@@ -13,11 +23,45 @@ use crate::{
     store::StoreError,
 };
 
-/// Longest sleep when nothing is due, as a safety net.
-const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Longest sleep: also how soon a wall-clock step is noticed.
+const STEP_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+const IDLE: std::time::Duration = STEP_CHECK;
+
+/// Moves the stored deadlines by a detected step, and counts it.
+fn rebase(desk: &AlertDesk, step_ms: i64, when: &str) {
+    let direction = if step_ms < 0 { "back" } else { "forward" };
+    metrics::counter!(crate::metrics::CLOCK_STEPS, "direction" => direction).increment(1);
+    match desk.store().rebase_deadlines(step_ms) {
+        Ok(moved) => tracing::warn!(
+            step_ms,
+            moved,
+            when,
+            "wall clock stepped {direction}; offer deadlines re-based so answer windows keep their length"
+        ),
+        Err(err) => {
+            tracing::error!(step_ms, error = %err, "re-basing offer deadlines after a clock step failed")
+        }
+    }
+}
 
 pub async fn run(desk: AlertDesk, cancel: CancellationToken) {
+    let mut clock = StepDetector::new(now_ms(), DEFAULT_TOLERANCE_MS);
+    match desk.store().clock_mark() {
+        Ok(Some(saved)) => {
+            if let Some(step) = saved.step_to(&Mark::now(now_ms()), DEFAULT_TOLERANCE_MS) {
+                rebase(&desk, step, "while the server was stopped");
+            }
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "reading the saved clock mark failed"),
+    }
     loop {
+        if let Some(step) = clock.check(now_ms()) {
+            rebase(&desk, step, "while running");
+        }
+        if let Err(err) = desk.store().save_clock_mark(clock.last()) {
+            tracing::debug!(error = %err, "saving the clock mark failed");
+        }
         let (due, next) = match desk.store().due_offers(now_ms()) {
             Ok(found) => found,
             Err(err) => {

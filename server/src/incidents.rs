@@ -59,6 +59,7 @@ pub fn raises_alert(kind: EventKind) -> bool {
             | VitalsWarning
             | DeviceOffline
             | Tamper
+            | GatewayFault
     )
 }
 

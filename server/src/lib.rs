@@ -12,6 +12,7 @@ pub mod config;
 pub mod directory;
 pub mod escalation;
 pub mod gateways;
+pub mod health;
 pub mod import;
 pub mod incidents;
 pub mod lifecycle;

@@ -19,6 +19,7 @@ use anxin_server::{
     config::ServerConfig,
     escalation,
     gateways::ConnectedGateways,
+    health::{self, Health},
     incidents::IncidentPolicy,
     metrics,
     notifier::{Notifier, Webhook},
@@ -85,6 +86,15 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let prometheus = metrics::install();
+    let restarts = anxin_host::restart::restarts();
+    ::metrics::gauge!(metrics::RESTARTS_IN_PLACE).set(restarts as f64);
+    let disk = anxin_host::disk::DiskGuard::new(
+        &config.store.path,
+        config.store.reserve_bytes,
+        config.store.min_free_bytes,
+    )
+    .context("store.path")?;
+    let health = Arc::new(Health::new(disk));
     let store = Store::open(&config.store.path)
         .with_context(|| format!("opening store.path {}", config.store.path.display()))?;
     let admin_token = if config.auth.admin_token.is_empty() {
@@ -125,10 +135,20 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc.listen)
         .await
-        .with_context(|| format!("binding grpc.listen {}", config.grpc.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (grpc.listen): is another program using that port? Set grpc.listen to a free one",
+                config.grpc.listen
+            )
+        })?;
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
-        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (http.listen): is another program using that port? Set http.listen to a free one",
+                config.http.listen
+            )
+        })?;
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -139,6 +159,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .add_service(UplinkServer::new(UplinkService::new(
             desk.clone(),
             authenticator.clone(),
+            health.clone(),
         )))
         .add_service(DispatchServer::new(DispatchService::new(
             desk.clone(),
@@ -162,6 +183,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // Timers first: offers whose deadline passed while the server was down
     // escalate now, then alerts that were committed but never routed.
     tasks.spawn(escalation::run(desk.clone(), cancel.clone()));
+    tasks.spawn(health::watch(health.clone(), cancel.clone()));
     if let Err(err) = desk.recover().await {
         tracing::error!(error = %err, "routing unrouted alerts after start-up failed");
     }
@@ -171,6 +193,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         admin,
         auth: authenticator,
         metrics: prometheus,
+        health,
     });
     let http_cancel = cancel.clone();
     tasks.spawn(async move {

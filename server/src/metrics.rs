@@ -10,6 +10,13 @@ pub const ALERTS_CREATED: &str = "anxin_server_alerts_created_total";
 pub const ALERT_TRANSITIONS: &str = "anxin_server_alert_transitions_total";
 pub const GATEWAYS_CONNECTED: &str = "anxin_server_gateways_connected";
 pub const STORE_ERRORS: &str = "anxin_server_store_errors_total";
+pub const STORE_FAILURES: &str = "anxin_server_store_failures_total";
+pub const DISK_FREE_BYTES: &str = "anxin_server_disk_free_bytes";
+pub const DISK_RESERVE_BYTES: &str = "anxin_server_disk_reserve_bytes";
+pub const DISK_LEVEL: &str = "anxin_server_disk_level";
+pub const UPLINK_REFUSED_DISK: &str = "anxin_server_uplink_refused_store_total";
+pub const CLOCK_STEPS: &str = "anxin_server_clock_steps_total";
+pub const RESTARTS_IN_PLACE: &str = "anxin_server_restarts_in_place";
 pub const UPLINK_REFUSED: &str = "anxin_server_uplink_refused_total";
 pub const ESCALATIONS: &str = "anxin_server_escalations_total";
 pub const NOTIFY_DELIVERED: &str = "anxin_server_notifications_delivered_total";
@@ -36,6 +43,31 @@ pub fn install() -> PrometheusHandle {
     );
     describe_gauge!(GATEWAYS_CONNECTED, "Gateways with an open uplink stream.");
     describe_counter!(STORE_ERRORS, "Store commits or flushes that failed.");
+    describe_counter!(
+        STORE_FAILURES,
+        "Store I/O failures that put the store out of use until a restart in place."
+    );
+    describe_gauge!(DISK_FREE_BYTES, "Free bytes on the store's filesystem.");
+    describe_gauge!(
+        DISK_RESERVE_BYTES,
+        "Bytes of disk reserve held; 0 once given back."
+    );
+    describe_gauge!(
+        DISK_LEVEL,
+        "0 ok, 1 low (events refused), 2 full (running on the reserve)."
+    );
+    describe_counter!(
+        UPLINK_REFUSED_DISK,
+        "Gateway streams refused or ended because the store could not take events (disk low/full, store failed)."
+    );
+    describe_counter!(
+        CLOCK_STEPS,
+        "Wall-clock steps detected (offer deadlines were re-based by them), by direction."
+    );
+    describe_gauge!(
+        RESTARTS_IN_PLACE,
+        "Times this server restarted itself in place since it was started."
+    );
     describe_counter!(
         UPLINK_REFUSED,
         "Uplink streams refused: no token, or another gateway's."

@@ -193,6 +193,9 @@ pub struct Store {
     downlinks: sled::Tree,
     pub(crate) audit: sled::Tree,
     pub(crate) directory: crate::directory::Trees,
+    /// `clock` → the last [`anxin_host::clock::Mark`], for clock steps
+    /// across a restart.
+    meta: sled::Tree,
     /// Serialises [`Store::commit_plain_events`] so two gateways relaying
     /// the same event cannot both find it absent.
     plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
@@ -209,6 +212,7 @@ impl Store {
             downlinks: db.open_tree("downlinks")?,
             audit: db.open_tree("audit")?,
             directory: crate::directory::Trees::open(&db)?,
+            meta: db.open_tree("meta")?,
             plain_commits: Default::default(),
             db,
         })
@@ -478,6 +482,53 @@ impl Store {
             due.push(number.to_string());
         }
         Ok((due, None))
+    }
+
+    /// Moves every pending offer deadline by `step_ms` (the wall clock
+    /// stepped by that much), in the `deadlines` index and on the alerts,
+    /// in one transaction: an offer's answer window is elapsed time, not a
+    /// wall-clock instant. Returns how many deadlines moved.
+    pub fn rebase_deadlines(&self, step_ms: i64) -> Result<usize, StoreError> {
+        let numbers: Vec<u64> = self
+            .deadlines
+            .iter()
+            .keys()
+            .map(|key| key.map(|k| u64::from_be_bytes(k[8..16].try_into().expect("16-byte key"))))
+            .collect::<Result<_, _>>()?;
+        let moved = (&self.alerts, &self.deadlines).transaction(|(alerts, deadlines)| {
+            let mut moved = 0;
+            for number in &numbers {
+                let Some(bytes) = alerts.get(number.to_be_bytes())? else {
+                    continue;
+                };
+                let mut alert: Alert = decode("alert", &bytes).map_err(abort)?;
+                let Some(old) = deadline_key(&alert) else {
+                    continue;
+                };
+                deadlines.remove(&old)?;
+                alert.offer_deadline_ms = (alert.offer_deadline_ms + step_ms).max(1);
+                if let Some(new) = deadline_key(&alert) {
+                    deadlines.insert(&new, &[])?;
+                }
+                alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
+                moved += 1;
+            }
+            Ok(moved)
+        })?;
+        Ok(moved)
+    }
+
+    /// The clock reading saved by [`Store::save_clock_mark`], if any.
+    pub fn clock_mark(&self) -> Result<Option<anxin_host::clock::Mark>, StoreError> {
+        Ok(self
+            .meta
+            .get("clock")?
+            .and_then(|bytes| anxin_host::clock::Mark::decode(&bytes)))
+    }
+
+    pub fn save_clock_mark(&self, mark: &anxin_host::clock::Mark) -> Result<(), StoreError> {
+        self.meta.insert("clock", mark.encode())?;
+        Ok(())
     }
 
     /// Downlinks a gateway has not yet confirmed, oldest first.

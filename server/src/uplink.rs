@@ -5,7 +5,7 @@
 //! that arrive together share one flush. New alerts are announced to
 //! watchers only after that flush.
 
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use anxin_proto::{
     now_ms,
@@ -23,6 +23,7 @@ use crate::{
     alerts::AlertDesk,
     auth::{Authenticator, Principal},
     directory::Directory,
+    health::Health,
     incidents::{Decision, Origin},
     metrics as m,
     store::{Committed, StoreError},
@@ -57,12 +58,22 @@ fn crash_after_commit() -> bool {
 pub struct UplinkService {
     desk: AlertDesk,
     auth: Authenticator,
+    health: Arc<Health>,
 }
 
 impl UplinkService {
-    pub fn new(desk: AlertDesk, auth: Authenticator) -> Self {
-        Self { desk, auth }
+    pub fn new(desk: AlertDesk, auth: Authenticator, health: Arc<Health>) -> Self {
+        Self { desk, auth, health }
     }
+}
+
+/// The status a gateway gets while the store cannot take events: it keeps
+/// them in its journal and retries with backoff.
+fn refusal(health: &Health, gateway_id: &str) -> Option<Status> {
+    let why = health.refuse_events()?;
+    metrics::counter!(m::UPLINK_REFUSED_DISK).increment(1);
+    tracing::warn!(gateway_id, "uplink refused: {why}");
+    Some(Status::resource_exhausted(why))
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
@@ -102,14 +113,21 @@ impl Uplink for UplinkService {
                 )));
             }
         }
+        if let Some(status) = refusal(&self.health, &gateway_id) {
+            return Err(status);
+        }
         let (outbound, outbound_rx) = mpsc::channel::<ServerMessage>(4 * MAX_BATCH);
         let gateways = self.desk.gateways().clone();
         let session = gateways.connect(&gateway_id, outbound.clone());
         tracing::info!(%gateway_id, version = %hello.software_version, "gateway connected");
 
         let desk = self.desk.clone();
+        let health = self.health.clone();
         tokio::spawn(async move {
-            let result = serve_gateway(&desk, &gateway_id, &mut inbound, &outbound).await;
+            let result = serve_gateway(&desk, &health, &gateway_id, &mut inbound, &outbound).await;
+            if let Err(GatewayStreamError::Store(err)) = &result {
+                health.store_failed(err);
+            }
             gateways.disconnect(&gateway_id, session);
             match result {
                 Ok(()) => tracing::info!(%gateway_id, "gateway disconnected"),
@@ -154,6 +172,7 @@ enum GatewayStreamError {
 
 async fn serve_gateway(
     desk: &AlertDesk,
+    health: &Health,
     gateway_id: &str,
     inbound: &mut Streaming<GatewayMessage>,
     outbound: &mpsc::Sender<ServerMessage>,
@@ -184,6 +203,12 @@ async fn serve_gateway(
             }
         }
 
+        // The store cannot take events now: end the stream. The gateway
+        // keeps everything unacknowledged, reconnects with backoff and is
+        // told why at connect.
+        if let Some(status) = refusal(health, gateway_id) {
+            return Err(status.into());
+        }
         let received_ms = now_ms();
         let mut acks = Vec::new();
         let mut changed_alerts = Vec::new();
@@ -235,6 +260,13 @@ async fn serve_gateway(
                             }
                         }
                         Ok(Committed::Duplicate) => note_commit(gateway_id, event, false),
+                        Err(err @ StoreError::Storage(_)) => {
+                            // The store is out of use: end the stream; the
+                            // gateway keeps the event and resends.
+                            metrics::counter!(m::STORE_ERRORS).increment(1);
+                            tracing::error!(gateway_id, %device_id, seq, error = %err, "commit failed");
+                            return Err(err.into());
+                        }
                         Err(err) => {
                             // No ack: the gateway keeps the event and resends.
                             metrics::counter!(m::STORE_ERRORS).increment(1);
@@ -270,9 +302,11 @@ async fn serve_gateway(
                     }
                 }
                 Err(err) => {
-                    // No acks: the gateway keeps the events and resends.
+                    // No acks: the gateway keeps the events and resends
+                    // them on its next stream.
                     metrics::counter!(m::STORE_ERRORS).increment(plain.len() as u64);
                     tracing::error!(gateway_id, events = plain.len(), error = %err, "commit failed");
+                    return Err(err.into());
                 }
             }
         }

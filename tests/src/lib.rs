@@ -654,6 +654,9 @@ pub async fn metric(url: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Waits until `/healthz` answers: 200 (ok) or 503 (degraded, with its
+/// reasons; a degraded process still serves, e.g. a gateway on a full disk
+/// still stores alarms).
 async fn wait_healthy(url: &str) {
     let client = reqwest::Client::new();
     eventually(&format!("{url} to answer"), PATIENCE, || {
@@ -662,7 +665,7 @@ async fn wait_healthy(url: &str) {
             request
                 .await
                 .ok()
-                .filter(|r| r.status().is_success())
+                .filter(|r| r.status().is_success() || r.status().as_u16() == 503)
                 .map(|_| ())
         }
     })

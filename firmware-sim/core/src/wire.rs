@@ -268,6 +268,7 @@ mod tests {
             battery_pct: event.battery_pct,
             detail,
             cancels_seq: event.cancels_seq,
+            note: Default::default(),
         }
         .encode_to_vec()
     }

@@ -39,6 +39,7 @@ pub struct RestState {
     pub admin: AdminDesk,
     pub auth: Authenticator,
     pub metrics: PrometheusHandle,
+    pub health: std::sync::Arc<crate::health::Health>,
 }
 
 pub fn router(state: RestState) -> Router {
@@ -147,11 +148,25 @@ async fn console_asset(Path(name): Path<String>) -> Response {
         .into_response()
 }
 
-async fn healthz(State(state): State<RestState>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "status": "ok",
+/// 200 `ok` when the server can do all of its job; 503 `degraded` with
+/// the reasons (see `health.rs`) when it cannot take new events.
+async fn healthz(State(state): State<RestState>) -> (StatusCode, Json<serde_json::Value>) {
+    let reasons = state.health.reasons();
+    let disk = state.health.disk();
+    let code = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if reasons.is_empty() { "ok" } else { "degraded" },
+        "reasons": reasons,
+        "store_error": state.health.store_error(),
         "events": state.desk.store().event_count(),
-    }))
+        "disk": { "free_bytes": disk.free(), "reserve_bytes": disk.reserve_held() },
+        "restarts_in_place": anxin_host::restart::restarts(),
+    });
+    (code, Json(body))
 }
 
 async fn metrics(State(state): State<RestState>) -> String {

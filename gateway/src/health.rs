@@ -1,0 +1,124 @@
+//! What the gateway can and cannot do right now, for `/healthz`, the
+//! metrics and the restart in place.
+//!
+//! Reasons (each one makes `/healthz` answer 503):
+//! - `disk_low`: free space under `journal.min_free_bytes`; P2/P3 deferred.
+//! - `disk_full`: the disk reserve was given back; running on it.
+//! - `journal_error`: a journal write or flush failed; the gateway restarts
+//!   itself in place to reopen it (sled stays failed until reopened).
+//! - `uplink_stalled`: a P0 has waited longer than `fallback.after_secs`.
+//!
+//! A gateway whose MQTT port is taken never gets this far: start-up fails.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anxin_host::disk::{DiskGuard, DiskLevel};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    journal::{JournalError, JournalWriter},
+    metrics as m,
+};
+
+pub struct Health {
+    disk: Arc<DiskGuard>,
+    journal_error: Mutex<Option<String>>,
+    uplink_stalled: AtomicBool,
+    restart: CancellationToken,
+}
+
+impl Health {
+    pub fn new(disk: Arc<DiskGuard>) -> Self {
+        Self {
+            disk,
+            journal_error: Mutex::new(None),
+            uplink_stalled: AtomicBool::new(false),
+            restart: CancellationToken::new(),
+        }
+    }
+
+    pub fn disk(&self) -> &DiskGuard {
+        &self.disk
+    }
+
+    /// Why the gateway is not fully able to do its job; empty when it is.
+    pub fn reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        reasons.extend(self.disk.level().reason());
+        if self.journal_error.lock().expect("health lock").is_some() {
+            reasons.push("journal_error");
+        }
+        if self.uplink_stalled.load(Ordering::Relaxed) {
+            reasons.push("uplink_stalled");
+        }
+        reasons
+    }
+
+    pub fn journal_error(&self) -> Option<String> {
+        self.journal_error.lock().expect("health lock").clone()
+    }
+
+    pub fn set_uplink_stalled(&self, stalled: bool) {
+        self.uplink_stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    /// A journal write or flush failed. If for want of space, the disk
+    /// reserve is given back at once; either way the journal cannot be used
+    /// again in this process, so a restart in place is requested.
+    pub fn journal_failed(&self, err: &JournalError) {
+        let out_of_space = match err {
+            JournalError::Storage(sled::Error::Io(io)) | JournalError::Files(io) => {
+                anxin_host::disk::is_out_of_space(io)
+            }
+            _ => false,
+        };
+        if out_of_space {
+            self.disk.out_of_space();
+        }
+        metrics::counter!(m::JOURNAL_ERRORS).increment(1);
+        let mut slot = self.journal_error.lock().expect("health lock");
+        if slot.is_none() {
+            tracing::error!(error = %err, out_of_space, "journal failed; restarting in place to reopen it");
+            *slot = Some(err.to_string());
+        }
+        self.restart.cancel();
+    }
+
+    /// Resolves when the process should restart in place.
+    pub async fn restart_requested(&self) {
+        self.restart.cancelled().await
+    }
+}
+
+/// How often free space is read (one statvfs).
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// Reads free space, moves the reserve, tells the journal whether P2/P3 must
+/// wait, and keeps the disk gauges current.
+pub async fn watch_disk(health: Arc<Health>, journal: JournalWriter, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(DISK_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let level = match health.disk.check() {
+            Ok(level) => level,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading free disk space failed");
+                continue;
+            }
+        };
+        journal.set_disk_low(level != DiskLevel::Ok);
+        metrics::gauge!(m::DISK_FREE_BYTES).set(health.disk.free() as f64);
+        metrics::gauge!(m::DISK_RESERVE_BYTES).set(health.disk.reserve_held() as f64);
+        metrics::gauge!(m::DISK_LEVEL).set(level as u8 as f64);
+    }
+}

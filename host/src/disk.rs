@@ -1,0 +1,297 @@
+//! Disk space as a first-class resource.
+//!
+//! sled cannot delete on a full disk (a delete is an append) and, after one
+//! failed write, keeps its page cache failed until the process reopens it.
+//! So a daemon must never let its store reach the end of the disk by its own
+//! writes, and must have space to give back when something else takes it:
+//!
+//! - below `min_free_bytes` of free space the level is [`DiskLevel::Low`]:
+//!   the caller stops accepting what can wait (the gateway refuses P2/P3,
+//!   the server refuses new events);
+//! - a reserve file of `reserve_bytes` is held while there is room. When
+//!   free space falls under a small margin, or a write fails with `ENOSPC`,
+//!   the reserve is deleted at once and the level is [`DiskLevel::Full`]:
+//!   the space it returns is what life-safety writes and deletions use;
+//! - the reserve is taken back when free space is again above
+//!   `min_free_bytes + reserve_bytes`, and only then is the level `Ok`.
+//!
+//! The reserve lives in the store's own directory, so it is on the same
+//! filesystem whatever is mounted where.
+
+use std::{
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Mutex,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+    },
+};
+
+/// The reserve file's name inside the guarded directory.
+pub const RESERVE_FILE: &str = "anxin-reserve";
+
+/// Free bytes available to an unprivileged writer on the filesystem of
+/// `path` (statvfs `f_bavail × f_frsize`).
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Total bytes of the filesystem of `path`.
+pub fn total_bytes(path: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_blocks.saturating_mul(stat.f_frsize))
+}
+
+/// Whether an I/O error means the disk (or a quota) is full.
+pub fn is_out_of_space(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(code) if code == rustix::io::Errno::NOSPC.raw_os_error()
+            || code == rustix::io::Errno::DQUOT.raw_os_error()
+    ) || err.kind() == io::ErrorKind::StorageFull
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DiskLevel {
+    Ok = 0,
+    /// Under `min_free_bytes`: accept only what cannot wait.
+    Low = 1,
+    /// The reserve has been given back: running on it.
+    Full = 2,
+}
+
+impl DiskLevel {
+    /// The reason `/healthz` gives, if any.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            DiskLevel::Ok => None,
+            DiskLevel::Low => Some("disk_low"),
+            DiskLevel::Full => Some("disk_full"),
+        }
+    }
+
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => DiskLevel::Ok,
+            1 => DiskLevel::Low,
+            _ => DiskLevel::Full,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("creating {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("reading free space of {path}: {source}")]
+    Statvfs { path: PathBuf, source: io::Error },
+}
+
+/// Watches one directory's filesystem and holds its reserve.
+pub struct DiskGuard {
+    dir: PathBuf,
+    reserve_path: PathBuf,
+    reserve_bytes: u64,
+    min_free_bytes: u64,
+    /// Whether the reserve file is in place; the lock also serialises
+    /// taking and giving it back.
+    held: Mutex<bool>,
+    level: AtomicU8,
+    free: AtomicU64,
+}
+
+impl DiskGuard {
+    /// Guards `dir` (created if missing). Takes the reserve if there is
+    /// room; a reserve left by an earlier run is kept.
+    pub fn new(dir: &Path, reserve_bytes: u64, min_free_bytes: u64) -> Result<Self, GuardError> {
+        std::fs::create_dir_all(dir).map_err(|source| GuardError::Create {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let reserve_path = dir.join(RESERVE_FILE);
+        let held = std::fs::metadata(&reserve_path).is_ok_and(|m| m.len() >= reserve_bytes);
+        let guard = Self {
+            dir: dir.to_path_buf(),
+            reserve_path,
+            reserve_bytes,
+            min_free_bytes,
+            held: Mutex::new(held || reserve_bytes == 0),
+            level: AtomicU8::new(DiskLevel::Ok as u8),
+            free: AtomicU64::new(u64::MAX),
+        };
+        if !held && reserve_bytes > 0 {
+            // A partial reserve from a crash mid-write counts for nothing.
+            let _ = std::fs::remove_file(&guard.reserve_path);
+            *guard.held.lock().expect("reserve lock") = false;
+        }
+        if let Ok(total) = total_bytes(dir)
+            && total < 2 * (reserve_bytes + min_free_bytes)
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                total,
+                reserve_bytes,
+                min_free_bytes,
+                "the filesystem is small for this reserve and low-water mark; lower them or give the store more room"
+            );
+        }
+        guard.check()?;
+        Ok(guard)
+    }
+
+    /// Margin under which the reserve is given back before anything fails.
+    fn full_margin(&self) -> u64 {
+        (self.min_free_bytes / 4).max(256 * 1024)
+    }
+
+    /// Reads free space, gives back or takes the reserve, and returns the
+    /// level. Cheap (one statvfs): call it every few hundred milliseconds
+    /// and before deciding on a write.
+    pub fn check(&self) -> Result<DiskLevel, GuardError> {
+        let mut held = self.held.lock().expect("reserve lock");
+        let free = free_bytes(&self.dir).map_err(|source| GuardError::Statvfs {
+            path: self.dir.clone(),
+            source,
+        })?;
+        self.free.store(free, Ordering::Relaxed);
+        if *held && self.reserve_bytes > 0 && free < self.full_margin() {
+            self.give_back(&mut held, "free space under the margin");
+        } else if !*held && free >= self.min_free_bytes.saturating_add(self.reserve_bytes) {
+            match self.take_reserve() {
+                Ok(()) => {
+                    *held = true;
+                    tracing::info!(dir = %self.dir.display(), bytes = self.reserve_bytes, "disk space is back; reserve taken again");
+                }
+                Err(err) => {
+                    tracing::warn!(dir = %self.dir.display(), error = %err, "taking the disk reserve failed; will retry");
+                    let _ = std::fs::remove_file(&self.reserve_path);
+                }
+            }
+        }
+        let free = free_bytes(&self.dir).unwrap_or(free);
+        self.free.store(free, Ordering::Relaxed);
+        let level = if !*held {
+            DiskLevel::Full
+        } else if free < self.min_free_bytes {
+            DiskLevel::Low
+        } else {
+            DiskLevel::Ok
+        };
+        let before = DiskLevel::from_u8(self.level.swap(level as u8, Ordering::Relaxed));
+        if before != level {
+            match level {
+                DiskLevel::Ok => tracing::info!(dir = %self.dir.display(), free, "disk space ok"),
+                DiskLevel::Low => {
+                    tracing::warn!(dir = %self.dir.display(), free, min_free_bytes = self.min_free_bytes, "disk space low: accepting only what cannot wait")
+                }
+                DiskLevel::Full => {
+                    tracing::error!(dir = %self.dir.display(), free, "disk full: running on the reserve")
+                }
+            }
+        }
+        Ok(level)
+    }
+
+    /// A write failed for want of space: give the reserve back now.
+    pub fn out_of_space(&self) {
+        let mut held = self.held.lock().expect("reserve lock");
+        self.give_back(&mut held, "a write failed with ENOSPC");
+        self.level.store(DiskLevel::Full as u8, Ordering::Relaxed);
+    }
+
+    fn give_back(&self, held: &mut bool, why: &str) {
+        if !*held || self.reserve_bytes == 0 {
+            return;
+        }
+        match std::fs::remove_file(&self.reserve_path) {
+            Ok(()) => {
+                tracing::error!(dir = %self.dir.display(), bytes = self.reserve_bytes, why, "disk reserve given back")
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::error!(dir = %self.dir.display(), error = %err, "giving back the disk reserve failed")
+            }
+        }
+        *held = false;
+    }
+
+    fn take_reserve(&self) -> io::Result<()> {
+        let mut file = std::fs::File::create(&self.reserve_path)?;
+        // Written, not fallocated: some filesystems (and SD-card FTLs) only
+        // promise blocks that were written.
+        let chunk = vec![0u8; 1024 * 1024];
+        let mut left = self.reserve_bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            file.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()
+    }
+
+    pub fn level(&self) -> DiskLevel {
+        DiskLevel::from_u8(self.level.load(Ordering::Relaxed))
+    }
+
+    /// Free bytes at the last check.
+    pub fn free(&self) -> u64 {
+        self.free.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of reserve held now (0 when given back).
+    pub fn reserve_held(&self) -> u64 {
+        if *self.held.lock().expect("reserve lock") {
+            self.reserve_bytes
+        } else {
+            0
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_a_reserve_and_gives_it_back_on_enospc_then_takes_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let guard = DiskGuard::new(dir.path(), 1024 * 1024, 1024 * 1024).unwrap();
+        // /tmp has far more than 2 MiB free.
+        assert_eq!(guard.level(), DiskLevel::Ok);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(RESERVE_FILE))
+                .unwrap()
+                .len(),
+            1024 * 1024
+        );
+        guard.out_of_space();
+        assert_eq!(guard.level(), DiskLevel::Full);
+        assert!(!dir.path().join(RESERVE_FILE).exists());
+        assert_eq!(guard.reserve_held(), 0);
+        // Space is plentiful here, so the next check takes it back.
+        assert_eq!(guard.check().unwrap(), DiskLevel::Ok);
+        assert_eq!(guard.reserve_held(), 1024 * 1024);
+    }
+
+    #[test]
+    fn a_low_water_mark_above_free_space_reads_low() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        // A reserve of 0 is always "held"; the mark is above free space.
+        let guard = DiskGuard::new(dir.path(), 0, free.saturating_mul(2)).unwrap();
+        assert_eq!(guard.level(), DiskLevel::Low);
+        assert_eq!(DiskLevel::Low.reason(), Some("disk_low"));
+    }
+
+    #[test]
+    fn enospc_is_recognised() {
+        let err = io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
+        assert!(is_out_of_space(&err));
+        assert!(!is_out_of_space(&io::Error::other("x")));
+    }
+}

@@ -1,0 +1,136 @@
+//! What the server can and cannot do right now: free space on the store's
+//! filesystem and the store's own state, for `/healthz`, the uplink's
+//! refusals and the restart in place.
+//!
+//! - `disk_low`: free space under `store.min_free_bytes`. New events are
+//!   refused with `RESOURCE_EXHAUSTED` (the gateways keep them and back
+//!   off); reads and dispatchers' actions go on.
+//! - `disk_full`: the store's disk reserve was given back; same refusals.
+//! - `store_error`: a store write failed. sled keeps its page cache failed
+//!   until reopened, so once there is room again the server restarts
+//!   itself in place (same PID, same arguments) and reopens the store.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anxin_host::disk::{DiskGuard, DiskLevel};
+use tokio_util::sync::CancellationToken;
+
+use crate::{metrics as m, store::StoreError};
+
+pub struct Health {
+    disk: DiskGuard,
+    /// The failure, when it happened, and whether it was for want of space.
+    store_error: Mutex<Option<(String, Instant, bool)>>,
+}
+
+impl Health {
+    pub fn new(disk: DiskGuard) -> Self {
+        Self {
+            disk,
+            store_error: Mutex::new(None),
+        }
+    }
+
+    pub fn disk(&self) -> &DiskGuard {
+        &self.disk
+    }
+
+    pub fn reasons(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        reasons.extend(self.disk.level().reason());
+        if self.store_error.lock().expect("health lock").is_some() {
+            reasons.push("store_error");
+        }
+        reasons
+    }
+
+    pub fn store_error(&self) -> Option<String> {
+        self.store_error
+            .lock()
+            .expect("health lock")
+            .as_ref()
+            .map(|(e, _, _)| e.clone())
+    }
+
+    /// Why new events must be refused now, if they must.
+    pub fn refuse_events(&self) -> Option<String> {
+        if let Some(err) = self.store_error() {
+            return Some(format!(
+                "the server's store failed ({err}); it restarts itself once it can write again. Keep the events and retry"
+            ));
+        }
+        match self.disk.level() {
+            DiskLevel::Ok => None,
+            level => Some(format!(
+                "the server's store is short of disk space ({}, {} bytes free); keep the events and retry",
+                level.reason().unwrap_or_default(),
+                self.disk.free()
+            )),
+        }
+    }
+
+    /// A store operation failed. A storage (I/O) error leaves sled failed
+    /// for good in this process; note it for the restart in place.
+    pub fn store_failed(&self, err: &StoreError) {
+        let StoreError::Storage(storage) = err else {
+            return;
+        };
+        let out_of_space =
+            matches!(storage, sled::Error::Io(io) if anxin_host::disk::is_out_of_space(io));
+        if out_of_space {
+            self.disk.out_of_space();
+        }
+        let mut slot = self.store_error.lock().expect("health lock");
+        if slot.is_none() {
+            metrics::counter!(m::STORE_FAILURES).increment(1);
+            tracing::error!(error = %err, "store failed; new events are refused until the server has restarted in place");
+            *slot = Some((err.to_string(), Instant::now(), out_of_space));
+        }
+    }
+}
+
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// A store that failed for another reason than space is reopened after
+/// this long (a restart loop on a broken disk stays slow).
+const RETRY_OTHER_FAILURES_AFTER: Duration = Duration::from_secs(5);
+
+/// Reads free space, moves the reserve, keeps the gauges current, and
+/// restarts the process in place once a failed store can be reopened.
+pub async fn watch(health: Arc<Health>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let level = match health.disk.check() {
+            Ok(level) => level,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading free disk space failed");
+                continue;
+            }
+        };
+        metrics::gauge!(m::DISK_FREE_BYTES).set(health.disk.free() as f64);
+        metrics::gauge!(m::DISK_RESERVE_BYTES).set(health.disk.reserve_held() as f64);
+        metrics::gauge!(m::DISK_LEVEL).set(level as u8 as f64);
+        let failed_at = health
+            .store_error
+            .lock()
+            .expect("health lock")
+            .as_ref()
+            .map(|(_, at, out_of_space)| (*at, *out_of_space));
+        if let Some((at, out_of_space)) = failed_at
+            && if out_of_space {
+                level == DiskLevel::Ok
+            } else {
+                at.elapsed() >= RETRY_OTHER_FAILURES_AFTER
+            }
+        {
+            anxin_host::restart::in_place("the store failed; reopening it in a fresh process");
+        }
+    }
+}

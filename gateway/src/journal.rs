@@ -64,6 +64,11 @@ const FORMAT_V1: u8 = 1;
 const JOURNAL_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// Written after a clean shutdown's last flush: the depth per priority.
 pub const CLEAN_MARKER: &str = "anxin-clean";
+/// Side tree of journal facts; `SEQ_OFFSET` is where the gateway's own seqs
+/// start after a damaged journal was replaced (a fresh id generator starts
+/// at 0 and would reuse identities the server already has).
+const META: &str = "meta";
+const SEQ_OFFSET: &str = "gateway_seq_offset";
 /// Prefix of the folders damaged journals are moved into.
 pub const DAMAGED_PREFIX: &str = "damaged-";
 const ENTRY: u8 = b'e';
@@ -420,7 +425,11 @@ impl JournalWriter {
     /// A fresh seq from the range reserved for events the gateway raises on
     /// a device's behalf; crash-safe and increasing.
     pub fn gateway_seq(&self) -> Result<u64, JournalError> {
-        Ok(anxin_proto::GATEWAY_SEQ_BASE | self.0.db.generate_id()?)
+        let offset = match self.0.db.open_tree(META)?.get(SEQ_OFFSET)? {
+            Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().unwrap_or_default()),
+            None => 0,
+        };
+        Ok(anxin_proto::GATEWAY_SEQ_BASE | (offset + self.0.db.generate_id()?))
     }
 
     /// A side tree in the journal's database, for small state that must
@@ -752,6 +761,13 @@ pub fn open_or_recover(
     }
     let salvage = salvage(&kept_at);
     let (writer, reader) = open(path, quota)?;
+    // Milliseconds × 2^20: past any id the lost journal can have handed out.
+    let offset = (anxin_proto::now_ms().max(0) as u64) << 20;
+    writer
+        .0
+        .db
+        .open_tree(META)?
+        .insert(SEQ_OFFSET, &offset.to_be_bytes())?;
     let mut salvaged = 0;
     {
         let mut staging = writer.stage();

@@ -111,7 +111,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let app = http::router(HttpState {
         metrics: prometheus,
         uplink: uplink_state,
-        journal: reader,
+        journal: reader.clone(),
         gateway_id: config.gateway_id.clone(),
         health: health.clone(),
     });
@@ -124,6 +124,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     tasks.spawn(health::watch_disk(
         health.clone(),
         writer.clone(),
+        reader.clone(),
         cancel.clone(),
     ));
     let http_cancel = cancel.clone();

@@ -99,6 +99,10 @@ pub struct DiskGuard {
     held: Mutex<bool>,
     level: AtomicU8,
     free: AtomicU64,
+    /// Space inside the store's own files that it will reuse before growing
+    /// them (sled keeps its files' size after deletes and reuses dead
+    /// segments), counted with free space for the low-water mark.
+    reclaimable: AtomicU64,
 }
 
 impl DiskGuard {
@@ -119,6 +123,7 @@ impl DiskGuard {
             held: Mutex::new(held || reserve_bytes == 0),
             level: AtomicU8::new(DiskLevel::Ok as u8),
             free: AtomicU64::new(u64::MAX),
+            reclaimable: AtomicU64::new(0),
         };
         if !held && reserve_bytes > 0 {
             // A partial reserve from a crash mid-write counts for nothing.
@@ -171,9 +176,10 @@ impl DiskGuard {
         }
         let free = free_bytes(&self.dir).unwrap_or(free);
         self.free.store(free, Ordering::Relaxed);
+        let usable = free.saturating_add(self.reclaimable.load(Ordering::Relaxed));
         let level = if !*held {
             DiskLevel::Full
-        } else if free < self.min_free_bytes {
+        } else if usable < self.min_free_bytes {
             DiskLevel::Low
         } else {
             DiskLevel::Ok
@@ -228,6 +234,12 @@ impl DiskGuard {
             left -= n as u64;
         }
         file.sync_all()
+    }
+
+    /// Tells the guard how much of the store's files is dead space it will
+    /// reuse (see the field).
+    pub fn set_reclaimable(&self, bytes: u64) {
+        self.reclaimable.store(bytes, Ordering::Relaxed);
     }
 
     pub fn level(&self) -> DiskLevel {

@@ -16,6 +16,7 @@ use std::{
 };
 
 pub mod grpc;
+pub mod host;
 pub mod mqtt;
 pub mod proxy;
 pub mod sse;
@@ -604,14 +605,14 @@ impl Gateway {
         format!("127.0.0.1:{}", self.mqtt_port)
     }
 
-    /// The gateway's /healthz document.
+    /// The gateway's /healthz document (200 or 503). Waits through a
+    /// restart in place, when the port is briefly closed.
     pub async fn health(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/healthz", self.http()))
-            .await
-            .expect("GET /healthz")
-            .json()
-            .await
-            .expect("healthz JSON")
+        let url = format!("{}/healthz", self.http());
+        eventually(&format!("{url} to answer"), PATIENCE, || async {
+            reqwest::get(&url).await.ok()?.json().await.ok()
+        })
+        .await
     }
 
     /// Value of one Prometheus series (name with labels, as rendered), or 0.

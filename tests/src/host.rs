@@ -1,0 +1,89 @@
+//! Real host faults for tests: a small filesystem (tmpfs) that can be
+//! filled, and the rule for tests that cannot run here.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+/// Says why a test cannot run here and returns; under `CI=true` a test
+/// that cannot run fails instead.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} cannot run here ({why}), and CI=true requires it");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// A tmpfs of a fixed size, unmounted on drop.
+pub struct SmallDisk {
+    pub path: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a `size_mib` tmpfs at `path` (needs root), or says why not.
+    pub fn mount(path: &Path, size_mib: u64) -> Result<Self, String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mounting a tmpfs needs root: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Free bytes now.
+    pub fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.path)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Writes `path` until the filesystem says `ENOSPC`, the way another
+/// program on the box would; returns the bytes written.
+pub fn fill_until_full(path: &Path) -> u64 {
+    let mut file = std::fs::File::create(path).expect("creating the filler");
+    let chunk = vec![0x5a_u8; 64 * 1024];
+    let mut written = 0;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(err) if err.raw_os_error() == Some(28) => break,
+            Err(err) => panic!("filling {}: {err}", path.display()),
+        }
+    }
+    // Smaller writes take the last partial pages.
+    let small = [0x5a_u8; 512];
+    while let Ok(n) = file.write(&small) {
+        if n == 0 {
+            break;
+        }
+        written += n as u64;
+    }
+    let _ = file.sync_all();
+    written
+}

@@ -414,8 +414,13 @@ impl JournalWriter {
     /// journal holds, so the next start can tell a log that sled opened
     /// shorter than it was.
     pub fn mark_clean(&self, dir: &Path) -> Result<(), JournalError> {
+        self.0.db.flush()?;
         let depth = self.0.depth();
-        let text = format!("{} {} {} {}\n", depth[0], depth[1], depth[2], depth[3]);
+        let digest = files_digest(dir)?.unwrap_or_default();
+        let text = format!(
+            "{} {} {} {} {digest}\n",
+            depth[0], depth[1], depth[2], depth[3]
+        );
         let path = dir.join(CLEAN_MARKER);
         std::fs::write(&path, text)?;
         std::fs::File::open(&path)?.sync_all()?;
@@ -713,11 +718,76 @@ fn is_damage(err: &JournalError) -> bool {
     }
 }
 
-fn read_clean_marker(dir: &Path) -> Option<u64> {
+/// What a clean shutdown left: the entries it held and a digest of the
+/// journal's files.
+struct CleanMarker {
+    entries: u64,
+    digest: Option<String>,
+}
+
+fn read_clean_marker(dir: &Path) -> Option<CleanMarker> {
     let text = std::fs::read_to_string(dir.join(CLEAN_MARKER)).ok()?;
-    text.split_whitespace()
-        .map(|n| n.parse::<u64>().ok())
-        .sum::<Option<u64>>()
+    let mut parts = text.split_whitespace();
+    let entries = (0..4)
+        .map(|_| parts.next()?.parse::<u64>().ok())
+        .sum::<Option<u64>>()?;
+    Some(CleanMarker {
+        entries,
+        digest: parts.next().filter(|d| !d.is_empty()).map(String::from),
+    })
+}
+
+/// Journals bigger than this are not hashed at shutdown and start (the
+/// check would delay start-up on a slow SD card); the entry count still is.
+const DIGEST_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// SHA-256 over the journal's files (names and contents, in name order),
+/// leaving out the reserve, the marker and damaged copies; `None` if they
+/// are over [`DIGEST_MAX_BYTES`].
+fn files_digest(dir: &Path) -> std::io::Result<Option<String>> {
+    use sha2::Digest;
+    fn collect(dir: &Path, top: bool, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+        for item in std::fs::read_dir(dir)? {
+            let item = item?;
+            let name = item.file_name();
+            let name = name.to_string_lossy();
+            if top
+                && (name.starts_with(DAMAGED_PREFIX)
+                    || name == CLEAN_MARKER
+                    || name == anxin_host::disk::RESERVE_FILE)
+            {
+                continue;
+            }
+            if item.file_type()?.is_dir() {
+                collect(&item.path(), false, out)?;
+            } else {
+                out.push(item.path());
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    collect(dir, true, &mut files)?;
+    files.sort();
+    let mut total = 0;
+    for file in &files {
+        total += std::fs::metadata(file)?.len();
+    }
+    if total > DIGEST_MAX_BYTES {
+        return Ok(None);
+    }
+    let mut hasher = sha2::Sha256::new();
+    for file in &files {
+        hasher.update(
+            file.strip_prefix(dir)
+                .unwrap_or(file)
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        hasher.update([0]);
+        hasher.update(std::fs::read(file)?);
+    }
+    Ok(Some(hex::encode(hasher.finalize())))
 }
 
 /// Opens the journal at `path`; if it is damaged, moves it aside, salvages
@@ -729,24 +799,38 @@ pub fn open_or_recover(
     quota: Quota,
 ) -> Result<(JournalWriter, JournalReader, Option<Recovery>), JournalError> {
     std::fs::create_dir_all(path)?;
-    let expected = read_clean_marker(path);
-    let opened = unpanicked(|| open(path, quota));
-    let reason = match opened {
-        Ok((writer, reader)) => {
-            let held: u64 = reader.depth().iter().sum();
-            match expected {
-                Some(expected) if held < expected => {
-                    drop((writer, reader));
-                    format!("opened with {held} of the {expected} entries it held at shutdown")
-                }
-                _ => {
-                    let _ = std::fs::remove_file(path.join(CLEAN_MARKER));
-                    return Ok((writer, reader, None));
+    let marker = read_clean_marker(path);
+    // After a clean shutdown nothing may touch the files: any change is
+    // damage, even one sled would open without noticing.
+    let changed = match &marker {
+        Some(CleanMarker {
+            digest: Some(digest),
+            ..
+        }) => files_digest(path)?.is_some_and(|now| now != *digest),
+        _ => false,
+    };
+    let expected = marker.as_ref().map(|m| m.entries);
+    let reason = if changed {
+        // Not opened: sled's recovery would rewrite the evidence.
+        "its files changed after a clean shutdown".to_string()
+    } else {
+        match unpanicked(|| open(path, quota)) {
+            Ok((writer, reader)) => {
+                let held: u64 = reader.depth().iter().sum();
+                match expected {
+                    Some(expected) if held < expected => {
+                        drop((writer, reader));
+                        format!("opened with {held} of the {expected} entries it held at shutdown")
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(path.join(CLEAN_MARKER));
+                        return Ok((writer, reader, None));
+                    }
                 }
             }
+            Err(err) if is_damage(&err) => err.to_string(),
+            Err(err) => return Err(err),
         }
-        Err(err) if is_damage(&err) => err.to_string(),
-        Err(err) => return Err(err),
     };
     let kept_at = path.join(format!("{DAMAGED_PREFIX}{}", anxin_proto::now_ms()));
     std::fs::create_dir(&kept_at)?;

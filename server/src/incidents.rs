@@ -150,13 +150,25 @@ pub fn raise(
         community_id: origin.community_id.clone(),
         events: vec![event_ref(event, now_ms)],
         last_event_ms: now_ms,
+        notes: gateway_note(event, now_ms).into_iter().collect(),
         ..Default::default()
     }
+}
+
+/// The text a gateway attached to an event it raised about itself (a
+/// damaged journal, say), as a note a person reads on the alert.
+fn gateway_note(event: &DeviceEvent, now_ms: i64) -> Option<AlertNote> {
+    (!event.note.is_empty()).then(|| AlertNote {
+        at_ms: now_ms,
+        by: event.device_id.clone(),
+        text: event.note.clone(),
+    })
 }
 
 /// Applies an Attach/Cancel/CancelRefused decision to the open alert.
 pub fn apply(decision: Decision, alert: &mut Alert, event: &DeviceEvent, now_ms: i64) {
     alert.events.push(event_ref(event, now_ms));
+    alert.notes.extend(gateway_note(event, now_ms));
     if event.battery_pct > 0 {
         alert.battery_pct = event.battery_pct;
     }

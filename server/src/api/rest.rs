@@ -301,6 +301,7 @@ async fn device_events(
                 "kind": event.kind().as_str_name(),
                 "priority": event.priority().as_str_name(),
                 "batteryPct": event.battery_pct,
+                "note": event.note,
                 "deviceTimeMs": event.device_time_ms.to_string(),
                 "storedMs": uplink.stored_ms.to_string(),
                 "receivedMs": stored.received_ms.to_string(),

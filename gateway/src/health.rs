@@ -86,6 +86,12 @@ impl Health {
         if slot.is_none() {
             tracing::error!(error = %err, out_of_space, "journal failed; restarting in place to reopen it");
             *slot = Some(err.to_string());
+            // main.rs restarts after a short grace; should a failed sled
+            // have blocked the runtime's threads, this one still does.
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_secs(3));
+                anxin_host::restart::in_place("the journal failed and the orderly restart stalled");
+            });
         }
         self.restart.cancel();
     }

@@ -18,8 +18,11 @@ use anxin_host::clock::{DEFAULT_TOLERANCE_MS, Mark, StepDetector};
 use anxin_proto::now_ms;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::{
     alerts::{AlertDesk, DeskError},
+    health::Health,
     store::StoreError,
 };
 
@@ -44,7 +47,7 @@ fn rebase(desk: &AlertDesk, step_ms: i64, when: &str) {
     }
 }
 
-pub async fn run(desk: AlertDesk, cancel: CancellationToken) {
+pub async fn run(desk: AlertDesk, health: Arc<Health>, cancel: CancellationToken) {
     let mut clock = StepDetector::new(now_ms(), DEFAULT_TOLERANCE_MS);
     match desk.store().clock_mark() {
         Ok(Some(saved)) => {
@@ -56,6 +59,14 @@ pub async fn run(desk: AlertDesk, cancel: CancellationToken) {
         Err(err) => tracing::warn!(error = %err, "reading the saved clock mark failed"),
     }
     loop {
+        if health.store_error().is_some() {
+            // The store is out of use until the restart in place; a failed
+            // sled can block its callers, so leave it alone meanwhile.
+            tokio::select! {
+                _ = tokio::time::sleep(STEP_CHECK) => continue,
+                _ = cancel.cancelled() => return,
+            }
+        }
         if let Some(step) = clock.check(now_ms()) {
             rebase(&desk, step, "while running");
         }

@@ -99,13 +99,21 @@ const RETRY_OTHER_FAILURES_AFTER: Duration = Duration::from_secs(5);
 
 /// Reads free space, moves the reserve, keeps the gauges current, and
 /// restarts the process in place once a failed store can be reopened.
-pub async fn watch(health: Arc<Health>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+///
+/// Runs on its own OS thread, not on the async runtime: a failed sled can
+/// block the threads that call it, and the way out must not depend on them.
+pub fn watch(health: Arc<Health>, cancel: CancellationToken) {
+    std::thread::Builder::new()
+        .name("store-watch".into())
+        .spawn(move || watch_loop(&health, &cancel))
+        .expect("spawning the store watch thread");
+}
+
+fn watch_loop(health: &Health, cancel: &CancellationToken) {
     loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+        std::thread::sleep(CHECK_EVERY);
+        if cancel.is_cancelled() {
+            return;
         }
         let level = match health.disk.check() {
             Ok(level) => level,

@@ -182,8 +182,12 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
 
     // Timers first: offers whose deadline passed while the server was down
     // escalate now, then alerts that were committed but never routed.
-    tasks.spawn(escalation::run(desk.clone(), cancel.clone()));
-    tasks.spawn(health::watch(health.clone(), cancel.clone()));
+    tasks.spawn(escalation::run(
+        desk.clone(),
+        health.clone(),
+        cancel.clone(),
+    ));
+    health::watch(health.clone(), cancel.clone());
     if let Err(err) = desk.recover().await {
         tracing::error!(error = %err, "routing unrouted alerts after start-up failed");
     }

@@ -323,13 +323,24 @@ impl Server {
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
-        let mut request = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.http()))
-            .bearer_auth(token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("REST call");
+        // A server restarting in place (store failure) is briefly away, and
+        // a request in flight at that moment is cut: retry for a while.
+        let started = Instant::now();
+        let response = loop {
+            let mut request = reqwest::Client::new()
+                .request(method.clone(), format!("{}{path}", self.http()))
+                .bearer_auth(token);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            match request.send().await {
+                Ok(response) => break response,
+                Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(err) => panic!("{method} {path}: {err}"),
+            }
+        };
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         (

@@ -107,3 +107,67 @@ async fn stays_quiet_when_the_server_is_up() {
     assert!(siren.next(Duration::from_millis(10)).await.is_none());
     assert!(webhook.bodies.try_recv().is_err());
 }
+
+/// A server that takes the gateway's stream and never acknowledges anything:
+/// a real tonic `Uplink` service on loopback.
+struct SilentServer;
+
+#[tonic::async_trait]
+impl anxin_proto::v1::uplink_server::Uplink for SilentServer {
+    type LinkStream = std::pin::Pin<
+        Box<
+            dyn futures::Stream<Item = Result<anxin_proto::v1::ServerMessage, tonic::Status>>
+                + Send,
+        >,
+    >;
+
+    async fn link(
+        &self,
+        request: tonic::Request<tonic::Streaming<anxin_proto::v1::GatewayMessage>>,
+    ) -> Result<tonic::Response<Self::LinkStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        Ok(tonic::Response::new(Box::pin(futures::stream::pending())))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fires_when_the_server_takes_the_stream_but_never_acknowledges() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(anxin_proto::v1::uplink_server::UplinkServer::new(
+                SilentServer,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut webhook = WebhookReceiver::start().await;
+    let gateway = start_gateway(dir.path(), port, &webhook.url()).await;
+    eventually("the uplink to connect", PATIENCE, || async {
+        (gateway.health().await["uplink"]["state"] == "connected").then_some(())
+    })
+    .await;
+    let mut siren = Probe::connect(gateway.mqtt_port, "siren", &[LOCAL_TOPIC]).await;
+    Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-1").await;
+
+    let (_, payload) = siren.next(PATIENCE).await.expect("a local alarm on MQTT");
+    let alarm: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(alarm["reason"], "server_not_acknowledging");
+    assert_eq!(alarm["events"][0]["deviceId"], "btn-1");
+    tokio::time::timeout(PATIENCE, webhook.bodies.recv())
+        .await
+        .expect("the webhook to be called");
+    // The stream is still up all along: health says what is wrong.
+    let health = gateway.health().await;
+    assert_eq!(health["uplink"]["state"], "connected", "{health}");
+    assert!(
+        health["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "uplink_stalled"),
+        "{health}"
+    );
+}

@@ -158,11 +158,16 @@ async fn healthz(State(state): State<RestState>) -> (StatusCode, Json<serde_json
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let store_error = state.health.store_error();
+    // A failed sled can block its callers: don't read it then.
+    let events = store_error
+        .is_none()
+        .then(|| state.desk.store().event_count());
     let body = serde_json::json!({
         "status": if reasons.is_empty() { "ok" } else { "degraded" },
         "reasons": reasons,
-        "store_error": state.health.store_error(),
-        "events": state.desk.store().event_count(),
+        "store_error": store_error,
+        "events": events,
         "disk": { "free_bytes": disk.free(), "reserve_bytes": disk.reserve_held() },
         "restarts_in_place": anxin_host::restart::restarts(),
     });

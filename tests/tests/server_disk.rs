@@ -1,0 +1,164 @@
+//! The server survives a full disk (issue 17): its store lives on a real
+//! small filesystem that another program fills to `ENOSPC`. The server
+//! refuses new events with a clear status while it cannot write (the
+//! gateway keeps them), says so on `/healthz`, and once the filler is
+//! deleted — no hand restart — every acked event and an SOS sent while full
+//! arrive exactly once.
+
+use std::time::{Duration, Instant};
+
+use anxin_tests::{
+    Gateway, PATIENCE, Server, Sim, eventually, free_port,
+    host::{SmallDisk, fill_until_full, skip},
+    verify_ledger,
+};
+
+/// Alerts of a device, or `None` while the server cannot answer.
+async fn alerts_of(server: &Server, device: &str) -> Option<usize> {
+    let (status, body) = server
+        .call("GET", "/api/v1/alerts", anxin_tests::TEST_ADMIN_TOKEN, None)
+        .await;
+    (status == 200).then(|| {
+        body["alerts"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|a| a["deviceId"] == device).count())
+    })
+}
+
+async fn server_health(server: &Server) -> Option<serde_json::Value> {
+    let response = reqwest::Client::new()
+        .get(format!("{}/healthz", server.http()))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    response.json().await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_disk_holds_events_at_the_gateway_and_recovers_by_itself() {
+    full_store_disk("reserve_bytes = 2097152", false).await;
+}
+
+/// Without a reserve nothing stands between sled and `ENOSPC`: its write
+/// fails, sled stays failed, and the server must restart itself in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_hit_enospc_restarts_in_place_once_space_returns() {
+    full_store_disk("reserve_bytes = 0", true).await;
+}
+
+async fn full_store_disk(reserve: &str, must_restart: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = match SmallDisk::mount(&dir.path().join("server-data"), 24) {
+        Ok(disk) => disk,
+        Err(why) => return skip("server_disk", &why),
+    };
+    let server = Server::start_configured(
+        dir.path(),
+        free_port(),
+        &[],
+        &[("store", "min_free_bytes = 4194304"), ("store", reserve)],
+    )
+    .await;
+    let pid = server.proc.pid();
+    let mut devices: Vec<String> = (0..10).map(|i| format!("meter-{i:05}")).collect();
+    devices.push("btn-1".into());
+    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let gdir = dir.path().join("gw");
+    std::fs::create_dir_all(&gdir).unwrap();
+    let gateway = Gateway::start_with(
+        &gdir,
+        server.grpc_port,
+        &refs,
+        &[
+            ("limits", "device_rate_per_sec = 1000.0"),
+            ("limits", "device_burst = 1000"),
+        ],
+    )
+    .await;
+
+    let ledger = dir.path().join("steady.jsonl");
+    let mut steady = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "load",
+            "--devices",
+            "10",
+            "--prefix",
+            "meter-",
+            "--rate",
+            "200",
+            "--duration",
+            "20",
+            "--drain",
+            "2",
+            "--mix",
+            "p1=0.05,p3=0.95",
+            "--ledger",
+            ledger.to_str().unwrap(),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let filler = disk.path.join("filler.bin");
+    let filled = tokio::task::spawn_blocking({
+        let filler = filler.clone();
+        move || fill_until_full(&filler)
+    })
+    .await
+    .unwrap();
+    eprintln!("filler wrote {filled} bytes");
+    let reported = eventually(
+        "the server to report the disk",
+        Duration::from_secs(15),
+        || async {
+            let health = server_health(&server).await?;
+            let reasons = health["reasons"].as_array()?.clone();
+            (!reasons.is_empty()).then_some(health)
+        },
+    )
+    .await;
+    eprintln!("server health while full: {reported}");
+
+    // An SOS while the server cannot write: stored at the gateway, held.
+    Sim::press_until_stored(&gdir, &gateway.mqtt(), "btn-1").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        gateway.journal_depth().await > 0,
+        "the gateway keeps what the server refused"
+    );
+
+    // Space returns; nobody restarts anything.
+    std::fs::remove_file(&filler).unwrap();
+    let freed = Instant::now();
+    eventually("the SOS at the server", Duration::from_secs(60), || async {
+        (alerts_of(&server, "btn-1").await? == 1).then_some(())
+    })
+    .await;
+    let summary = steady.line_starting("load ", Duration::from_secs(90)).await;
+    eprintln!("steady: {summary}");
+    gateway.wait_drained(Duration::from_secs(60)).await;
+    eprintln!("drained {:?} after the filler was deleted", freed.elapsed());
+    let verdict = verify_ledger(dir.path(), &ledger, &server.http()).await;
+    assert_eq!(verdict.exit_code, Some(0), "{:?}", verdict.lines);
+    assert!(
+        verdict.report.contains("missing=0 duplicated=0"),
+        "{}",
+        verdict.report
+    );
+    assert_eq!(server.alerts_for("btn-1").await.len(), 1);
+    // The same process (a restart in place keeps the PID), healthy again.
+    assert_eq!(server.proc.pid(), pid);
+    let health = eventually("the server to be healthy again", PATIENCE, || async {
+        let health = server_health(&server).await?;
+        (health["status"] == "ok").then_some(health)
+    })
+    .await;
+    if must_restart {
+        assert!(
+            health["restarts_in_place"].as_u64() >= Some(1),
+            "the failed store must have been reopened: {health}"
+        );
+    }
+}

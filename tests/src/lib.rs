@@ -287,6 +287,14 @@ impl Server {
         Proc::spawn("anxin-server", cmd, dir.join("server.log"))
     }
 
+    /// SIGKILL, then a restart on the same ports, data and environment.
+    pub async fn restart(&mut self) {
+        self.proc.kill9();
+        let dir = self.config.parent().unwrap().to_path_buf();
+        self.proc = Self::spawn(&self.config, &self.env, &dir);
+        self.wait_ready().await;
+    }
+
     /// Restarts on the same ports and data, without the fault injection.
     pub async fn restart_clean(&mut self) {
         self.proc.kill9();

@@ -84,7 +84,24 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-XX
+# wait_ready PID PORT NAME: the process must stay up and its /healthz answer
+# (200 ok, or 503 with the reasons it is degraded).
+wait_ready() {
+  for _ in $(seq 1 300); do
+    kill -0 "$1" 2>/dev/null || { echo "$3 exited; the end of $STATE/$3.log:" >&2; tail -5 "$STATE/$3.log" >&2; exit 1; }
+    curl -s -o /dev/null "http://127.0.0.1:$2/healthz" && return 0
+    sleep 0.1
+  done
+  echo "$3 did not answer on port $2; see $STATE/$3.log" >&2
+  exit 1
+}
+
+"$BIN/anxin-server" --config "$STATE/server.toml" > "$STATE/server.log" 2>&1 &
+pids+=($!)
+wait_ready "${pids[-1]}" "$HTTP_PORT" server
+"$BIN/anxin-gateway" --config "$STATE/gateway.toml" > "$STATE/gateway.log" 2>&1 &
+pids+=($!)
+wait_ready "${pids[-1]}" "$GW_HTTP_PORT" gateway
 
 # Simulated residents: every so often one of them presses SOS (or falls).
 (

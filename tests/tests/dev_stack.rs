@@ -1,0 +1,112 @@
+//! The README's first command, run as a newcomer would on this machine kind
+//! (where Mosquitto already holds 1883): `deploy/dev-stack.sh` picks free
+//! ports, says which, and a simulated resident's SOS reaches the dispatcher
+//! queue the banner points at. Then Ctrl-C (SIGINT) stops it all.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anxin_tests::{PATIENCE, binary, eventually};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_stack_starts_where_default_ports_are_taken_and_shows_an_sos() {
+    // Build first (the script builds too, but must not count that here).
+    binary("anxin-server");
+    let state = tempfile::tempdir().unwrap();
+    // Hold the default MQTT port if nothing else does, as Mosquitto does.
+    let _held = std::net::TcpListener::bind("127.0.0.1:1883").ok();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut child = Command::new("bash")
+        .arg(format!("{root}/deploy/dev-stack.sh"))
+        .env("ANXIN_STACK_DIR", state.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("running deploy/dev-stack.sh");
+    let (tx, lines) = mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while !seen.iter().any(|l: &String| l.contains("Alerts API:")) {
+        match lines.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => seen.push(line),
+            Err(_) => assert!(
+                started.elapsed() < Duration::from_secs(300) && child.try_wait().unwrap().is_none(),
+                "the stack did not come up; it printed:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+    let banner = seen.join("\n");
+    assert!(
+        banner.contains("port 1883 (gateway mqtt) is taken; using"),
+        "the script must say which port it chose instead of 1883:\n{banner}"
+    );
+    // `curl -H 'Authorization: Bearer TOKEN' http://127.0.0.1:PORT/api/v1/alerts`
+    let api = seen.iter().find(|l| l.contains("Alerts API:")).unwrap();
+    let token = api
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    let url = api.split_whitespace().last().unwrap().to_string();
+    let client = reqwest::Client::new();
+    let alert = eventually("btn-0001's SOS in the queue", PATIENCE, || async {
+        let body: serde_json::Value = client
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        body["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["deviceId"] == "btn-0001")
+            .cloned()
+    })
+    .await;
+    assert_eq!(alert["kind"], "EVENT_KIND_SOS", "{alert}");
+
+    // Ctrl-C: everything stops.
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let stopped = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            eprintln!(
+                "dev-stack exited with {status} {:?} after Ctrl-C",
+                stopped.elapsed()
+            );
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "the stack did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually("the server to be gone", Duration::from_secs(10), || async {
+        client.get(&url).send().await.is_err().then_some(())
+    })
+    .await;
+}

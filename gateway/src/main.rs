@@ -95,7 +95,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         sightings,
         health.clone(),
     );
-    let (uplink, uplink_state) = Uplink::new(&config, reader.clone(), acks);
+    let (uplink, uplink_state) = Uplink::new(&config, reader.clone(), acks, health.clone());
     let fallback = Fallback::new(
         &config,
         reader.clone(),

@@ -13,9 +13,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::sync::Arc;
+
 use anxin_proto::v1::{
-    DownlinkDone, GatewayMessage, Hello, ServerMessage, gateway_message, server_message,
-    uplink_client::UplinkClient,
+    DownlinkDone, GatewayMessage, GatewayStatus, Hello, ServerMessage, gateway_message,
+    server_message, uplink_client::UplinkClient,
 };
 use futures::FutureExt;
 use rand::Rng;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::GatewayConfig,
+    health::Health,
     journal::{Cursor, EntryKey, JournalError, JournalReader},
     metrics as m,
     mqtt_out::MqttOut,
@@ -62,13 +65,20 @@ pub struct Uplink {
     journal: JournalReader,
     acks: MqttOut,
     state: watch::Sender<UplinkState>,
+    health: Arc<Health>,
 }
+
+/// How often the gateway looks whether its status changed.
+const STATUS_CHECK: Duration = Duration::from_secs(1);
+/// A status is resent this often even if unchanged.
+const STATUS_REFRESH: Duration = Duration::from_secs(30);
 
 impl Uplink {
     pub fn new(
         config: &GatewayConfig,
         journal: JournalReader,
         acks: MqttOut,
+        health: Arc<Health>,
     ) -> (Self, watch::Receiver<UplinkState>) {
         if config.uplink.token.is_empty() {
             tracing::warn!(
@@ -93,6 +103,7 @@ impl Uplink {
             journal,
             acks,
             state,
+            health,
         };
         (uplink, state_rx)
     }
@@ -175,6 +186,8 @@ impl Uplink {
         let mut in_flight: HashSet<EntryKey> = HashSet::new();
         let mut sent_at: HashMap<EntryKey, Instant> = HashMap::new();
         let mut cursor = Cursor::default();
+        let mut status_tick = tokio::time::interval(STATUS_CHECK);
+        let mut last_status: Option<(GatewayStatus, Instant)> = None;
         loop {
             if in_flight.len() < self.window {
                 for entry in self
@@ -207,7 +220,40 @@ impl Uplink {
                     m::set_journal_depth(self.journal.depth());
                 }
                 _ = self.journal.appended(), if in_flight.len() < self.window => {}
+                _ = status_tick.tick() => {
+                    let status = self.status();
+                    let due = last_status.as_ref().is_none_or(|(last, at)| {
+                        last.reasons != status.reasons
+                            || last.journal_depth != status.journal_depth
+                            || at.elapsed() >= STATUS_REFRESH
+                    });
+                    if due {
+                        let message = GatewayMessage {
+                            body: Some(gateway_message::Body::Status(status.clone())),
+                        };
+                        outbound.send(message).await.map_err(|_| SessionError::Closed)?;
+                        last_status = Some((status, Instant::now()));
+                    }
+                }
             }
+        }
+    }
+
+    fn status(&self) -> GatewayStatus {
+        let disk = self.health.disk();
+        GatewayStatus {
+            reasons: self
+                .health
+                .reasons()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            disk_free_bytes: disk.free(),
+            disk_reserve_bytes: disk.reserve_held(),
+            journal_depth: self.journal.depth().iter().sum(),
+            restarts_in_place: anxin_host::restart::restarts(),
+            at_ms: anxin_proto::now_ms(),
+            software_version: env!("CARGO_PKG_VERSION").into(),
         }
     }
 

@@ -223,6 +223,18 @@ impl AdminDesk {
         Ok(self.store.gateways()?)
     }
 
+    /// The gateways a dispatcher or carer may watch: those of communities
+    /// they serve (gateways without a community: city-wide staff only).
+    pub fn watched_gateways(&self, caller: &Principal) -> Result<Vec<GatewayRecord>, DeskError> {
+        guard(&self.store, caller, Need::ViewAlerts, None, "gateways")?;
+        Ok(self
+            .store
+            .gateways()?
+            .into_iter()
+            .filter(|g| caller.sees(&g.community_id))
+            .collect())
+    }
+
     pub fn put_staff(&self, caller: &Principal, staff: Staff) -> Result<Staff, DeskError> {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
         directory::check_staff(&self.store, &staff).map_err(bad)?;

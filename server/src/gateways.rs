@@ -1,5 +1,8 @@
 //! Which gateways have an uplink stream open right now, so a downlink can be
-//! pushed at once. Downlinks are stored first; this is only the fast path.
+//! pushed at once (downlinks are stored first; this is only the fast path),
+//! and what each gateway last said of its own health ([`GatewayStatus`]),
+//! for the dispatchers' gateway board. Kept in memory: after a server
+//! restart every gateway reports again as it reconnects.
 
 use std::{
     collections::HashMap,
@@ -9,13 +12,28 @@ use std::{
     },
 };
 
-use anxin_proto::v1::ServerMessage;
+use anxin_proto::{
+    now_ms,
+    v1::{GatewayStatus, ServerMessage},
+};
 use tokio::sync::mpsc;
 
 #[derive(Default)]
 pub struct ConnectedGateways {
     sessions: Mutex<HashMap<String, (u64, mpsc::Sender<ServerMessage>)>>,
     next_session: AtomicU64,
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+/// What the server knows of a gateway's link and health.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seen {
+    pub connected: bool,
+    /// Server clock: when the stream opened or closed last.
+    pub since_ms: i64,
+    /// Server clock: when the gateway last reported its status.
+    pub reported_ms: i64,
+    pub status: Option<GatewayStatus>,
 }
 
 impl ConnectedGateways {
@@ -26,6 +44,10 @@ impl ConnectedGateways {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         self.lock()
             .insert(gateway_id.to_string(), (session, sender));
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen.entry(gateway_id.to_string()).or_default();
+        entry.connected = true;
+        entry.since_ms = now_ms();
         metrics::gauge!(crate::metrics::GATEWAYS_CONNECTED).set(self.lock().len() as f64);
         session
     }
@@ -34,6 +56,10 @@ impl ConnectedGateways {
         let mut sessions = self.lock();
         if sessions.get(gateway_id).is_some_and(|(s, _)| *s == session) {
             sessions.remove(gateway_id);
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = seen.entry(gateway_id.to_string()).or_default();
+            entry.connected = false;
+            entry.since_ms = now_ms();
         }
         metrics::gauge!(crate::metrics::GATEWAYS_CONNECTED).set(sessions.len() as f64);
     }
@@ -42,6 +68,31 @@ impl ConnectedGateways {
     pub fn try_send(&self, gateway_id: &str, message: ServerMessage) -> bool {
         let sender = self.lock().get(gateway_id).map(|(_, s)| s.clone());
         sender.is_some_and(|s| s.try_send(message).is_ok())
+    }
+
+    /// Records a gateway's report of its own health.
+    pub fn report(&self, gateway_id: &str, status: GatewayStatus) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen.entry(gateway_id.to_string()).or_default();
+        if entry.status.as_ref().map(|s| &s.reasons) != Some(&status.reasons) {
+            if status.reasons.is_empty() {
+                tracing::info!(gateway_id, "gateway reports healthy");
+            } else {
+                tracing::warn!(gateway_id, reasons = ?status.reasons, "gateway reports trouble");
+            }
+        }
+        entry.reported_ms = now_ms();
+        entry.status = Some(status);
+    }
+
+    /// What is known of one gateway; `None` if it never connected since
+    /// this server started.
+    pub fn seen(&self, gateway_id: &str) -> Option<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(gateway_id)
+            .cloned()
     }
 
     fn lock(

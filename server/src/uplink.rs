@@ -279,6 +279,9 @@ async fn serve_gateway(
                 Some(gateway_message::Body::DownlinkDone(done)) => {
                     desk.store().downlink_done(gateway_id, done.downlink_id)?;
                 }
+                Some(gateway_message::Body::Status(status)) => {
+                    desk.gateways().report(gateway_id, status);
+                }
                 Some(gateway_message::Body::Hello(_)) | None => {
                     metrics::counter!(m::EVENTS_INVALID).increment(1);
                 }

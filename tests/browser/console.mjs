@@ -217,6 +217,16 @@ try {
   check(await count.textContent() === '3', `report counts the three alerts: ${await count.textContent()}`);
   check(await desk.locator('#report svg rect').count() > 0, 'the report has a chart');
   await shot(desk, 'reports-en');
+
+  // 10. The gateway board puts a gateway in trouble first, says why, and the
+  // nav shows a badge from every page.
+  await desk.goto(`${BASE}/#/gateways`);
+  const trouble = await desk.waitForSelector('#gateway-board tr[data-gateway-id="gw-home-7"].gw-degraded .reasons', { timeout: PATIENCE });
+  check((await trouble.textContent()).includes('disk low'), `the reason is shown: ${await trouble.textContent()}`);
+  check(await desk.locator('#gateway-board tbody tr').first().getAttribute('data-gateway-id') === 'gw-home-7', 'trouble first');
+  check(await desk.locator('#gateway-board tr[data-gateway-id="gw-test"].gw-ok').count() === 1, 'the healthy gateway reads ok');
+  check(await desk.locator('#gateway-trouble').textContent() === '1', 'the nav badge counts it');
+  await shot(desk, 'gateways-en');
   log('console browser test passed');
 } catch (err) {
   failed = true;

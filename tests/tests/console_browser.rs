@@ -86,6 +86,42 @@ async fn the_console_shows_alerts_live_acts_on_them_and_survives_a_dropped_strea
         )
         .await;
     let gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-1", "btn-2", "btn-3"]).await;
+    // The gateway board: the community centre's gateway is fine; a
+    // household box of the same community is short of disk.
+    for (id, name, token) in [
+        (
+            "gw-test",
+            "和平社区中心 Heping centre",
+            anxin_tests::TEST_GATEWAY_TOKEN,
+        ),
+        (
+            "gw-home-7",
+            "新华里7号 Xinhua Li 7",
+            "test-gateway-home-7-token-0123",
+        ),
+    ] {
+        server
+            .send(
+                "PUT",
+                &format!("/api/v1/gateways/{id}"),
+                serde_json::json!({ "name": name, "communityId": "c-a", "token": token }),
+            )
+            .await;
+    }
+    let home = dir.path().join("home-7");
+    std::fs::create_dir_all(&home).unwrap();
+    let _troubled = Gateway::start_with(
+        &home,
+        server.grpc_port,
+        &["btn-7"],
+        &[
+            ("", "gateway_id = \"gw-home-7\""),
+            ("uplink", "token = \"test-gateway-home-7-token-0123\""),
+            ("journal", "reserve_bytes = 0"),
+            ("journal", "min_free_bytes = 1000000000000000000"),
+        ],
+    )
+    .await;
 
     let mut node = tokio::process::Command::new("node")
         .arg(browser_dir.join("console.mjs"))

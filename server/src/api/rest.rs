@@ -65,6 +65,7 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/devices", get(list_devices))
         .route("/api/v1/devices/{id}", put(put_device))
         .route("/api/v1/gateways", get(list_gateways))
+        .route("/api/v1/gateways/board", get(gateway_board))
         .route("/api/v1/gateways/{id}", put(put_gateway))
         .route("/api/v1/staff", get(list_staff))
         .route("/api/v1/staff/board", get(staff_board))
@@ -454,6 +455,48 @@ async fn list_gateways(
     Ok(Json(
         serde_json::json!({ "gateways": state.admin.gateways(&caller)? }),
     ))
+}
+
+/// Every gateway the caller may watch, with its link and its own report of
+/// its health: `state` is `ok`, `degraded` (it reports reasons), `offline`
+/// (its stream is closed) or `unknown` (not seen since this server started).
+async fn gateway_board(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let rows: Vec<serde_json::Value> = state
+        .admin
+        .watched_gateways(&caller)?
+        .into_iter()
+        .map(|gateway| {
+            let seen = state.desk.gateways().seen(&gateway.id);
+            let status = seen.as_ref().and_then(|s| s.status.clone());
+            let reasons = status
+                .as_ref()
+                .map(|s| s.reasons.clone())
+                .unwrap_or_default();
+            let board_state = match &seen {
+                None => "unknown",
+                Some(seen) if !seen.connected => "offline",
+                Some(_) if !reasons.is_empty() => "degraded",
+                Some(_) => "ok",
+            };
+            serde_json::json!({
+                "id": gateway.id,
+                "name": gateway.name,
+                "communityId": gateway.community_id,
+                "state": board_state,
+                "reasons": reasons,
+                "sinceMs": seen.as_ref().map(|s| s.since_ms.to_string()),
+                "reportedMs": seen.as_ref().map(|s| s.reported_ms.to_string()),
+                "diskFreeBytes": status.as_ref().map(|s| s.disk_free_bytes.to_string()),
+                "journalDepth": status.as_ref().map(|s| s.journal_depth.to_string()),
+                "restartsInPlace": status.as_ref().map(|s| s.restarts_in_place),
+                "softwareVersion": status.as_ref().map(|s| s.software_version.clone()),
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "gateways": rows })))
 }
 
 #[derive(Deserialize, Default)]

@@ -139,14 +139,17 @@ function cue(alert) {
 }
 
 async function refreshDirectory() {
-  const [residents, places, board] = await Promise.all([
+  const [residents, places, board, gateways] = await Promise.all([
     api('GET', '/api/v1/residents').catch(() => ({ residents: [] })),
     api('GET', '/api/v1/places').catch(() => ({ places: [] })),
     api('GET', '/api/v1/staff/board').catch(() => ({ staff: [] })),
+    api('GET', '/api/v1/gateways/board').catch(() => ({ gateways: [] })),
   ]);
   app.residents = new Map(residents.residents.map(r => [r.id, r]));
   app.places = new Map(places.places.map(p => [p.id, p]));
   app.staff = new Map(board.staff.map(s => [s.id, s]));
+  app.gateways = gateways.gateways;
+  chrome();
   render();
 }
 const residentName = a => app.residents.get(a.residentId)?.name || a.deviceId;
@@ -158,6 +161,7 @@ const routes = {
   queue: renderQueue,
   alert: renderDetail,
   staff: renderStaff,
+  gateways: renderGateways,
   reports: renderReports,
   carer: renderCarer,
 };
@@ -332,6 +336,24 @@ function renderStaff() {
       }))));
 }
 
+// Gateways in trouble first: a dispatcher must see a household box that
+// cannot store or forward alarms before a resident needs it.
+const GATEWAY_ORDER = { offline: 0, degraded: 1, unknown: 2, ok: 3 };
+const gatewaysInTrouble = () => (app.gateways || []).filter(g => g.state === 'offline' || g.state === 'degraded');
+function renderGateways() {
+  const rows = [...(app.gateways || [])].sort((a, b) => (GATEWAY_ORDER[a.state] - GATEWAY_ORDER[b.state]) || a.id.localeCompare(b.id));
+  const mib = b => b == null ? '—' : `${(num(b) / 1048576).toFixed(1)} MiB`;
+  return h('section', {}, h('h2', {}, t('gw.title')),
+    h('table', { id: 'gateway-board' },
+      h('thead', {}, h('tr', {}, ...['gw.name', 'gw.community', 'gw.state', 'gw.reasons', 'gw.since', 'gw.diskFree', 'gw.queued'].map(k => h('th', {}, t(k))))),
+      h('tbody', {}, rows.map(g => h('tr', { 'data-gateway-id': g.id, class: `gw-${g.state}` },
+        h('td', {}, g.name || g.id), h('td', {}, placeName(g.communityId)),
+        h('td', { class: 'status' }, t('gw.state.' + g.state)),
+        h('td', { class: 'reasons' }, (g.reasons || []).map(r => t('gw.reason.' + r)).join(', ') || '—'),
+        h('td', {}, g.sinceMs ? new Date(num(g.sinceMs)).toLocaleString() : '—'),
+        h('td', {}, mib(g.diskFreeBytes)), h('td', {}, g.journalDepth ?? '—'))))));
+}
+
 function renderReports() {
   const communities = [...app.places.values()].filter(p => p.level === 'PLACE_LEVEL_COMMUNITY');
   const pick = h('select', { id: 'report-community' }, communities.map(c => h('option', { value: c.id }, c.name)));
@@ -410,9 +432,13 @@ function chrome() {
   $('#top').hidden = false;
   document.title = `${t('app.title')} · Anxin`;
   $('#title').textContent = t('app.title');
-  const links = [['queue', 'nav.queue'], ['staff', 'nav.staff'], ['reports', 'nav.reports'], ['carer', 'nav.carer']]
+  const links = [['queue', 'nav.queue'], ['staff', 'nav.staff'], ['gateways', 'nav.gateways'], ['reports', 'nav.reports'], ['carer', 'nav.carer']]
     .filter(([name]) => name !== 'reports' || !isCarer());
-  $('#nav').replaceChildren(...links.map(([name, key]) => h('a', { href: `#/${name}`, 'data-route': name }, t(key))));
+  const trouble = gatewaysInTrouble().length;
+  $('#nav').replaceChildren(...links.map(([name, key]) => h('a', { href: `#/${name}`, 'data-route': name },
+    t(key), name === 'gateways' && trouble ? h('span', { class: 'badge', id: 'gateway-trouble', title: t('gw.trouble') }, String(trouble)) : '')));
+  const { name: current } = route();
+  for (const link of document.querySelectorAll('#nav a')) link.classList.toggle('active', link.dataset.route === current);
   $('#who').textContent = `${app.me.name} · ${t('role.' + app.me.role.toUpperCase())}`;
   $('#mute').textContent = app.muted ? t('nav.unmute') : t('nav.mute');
   $('#help-button').textContent = '?';

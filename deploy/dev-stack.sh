@@ -84,12 +84,22 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+# healthz_answers PORT: an HTTP status line comes back from /healthz (bash
+# alone, no curl needed).
+healthz_answers() {
+  local line
+  { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
+  printf 'GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+  read -r -t 2 line <&3 || true
+  exec 3<&-
+  [[ $line == HTTP/* ]]
+}
 # wait_ready PID PORT NAME: the process must stay up and its /healthz answer
 # (200 ok, or 503 with the reasons it is degraded).
 wait_ready() {
   for _ in $(seq 1 300); do
     kill -0 "$1" 2>/dev/null || { echo "$3 exited; the end of $STATE/$3.log:" >&2; tail -5 "$STATE/$3.log" >&2; exit 1; }
-    curl -s -o /dev/null "http://127.0.0.1:$2/healthz" && return 0
+    healthz_answers "$2" && return 0
     sleep 0.1
   done
   echo "$3 did not answer on port $2; see $STATE/$3.log" >&2

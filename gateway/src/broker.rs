@@ -92,16 +92,7 @@ fn broker_config(config: &GatewayConfig) -> Config {
 /// listener and blocks) and returns the gateway's link, already subscribed to
 /// the device event topics.
 pub fn start(config: &GatewayConfig) -> Result<BrokerLink, BrokerError> {
-    // rumqttd logs a bind failure and carries on, and then a test connect
-    // reaches whoever holds the port: check that the port is ours first.
-    // (The probe is closed before rumqttd binds; a thief in that gap is
-    // caught by nobody, but a port held before start-up always is.)
-    std::net::TcpListener::bind(config.mqtt.listen).map_err(|source| {
-        BrokerError::PortUnavailable {
-            addr: config.mqtt.listen,
-            source,
-        }
-    })?;
+    check_port(config)?;
     let mut broker = Broker::new(broker_config(config));
     let (mut tx, rx) = broker.link("anxin-gateway").map_err(Box::new)?;
     tx.subscribe(anxin_proto::topics::EVENT_FILTER)
@@ -122,6 +113,21 @@ pub fn start(config: &GatewayConfig) -> Result<BrokerLink, BrokerError> {
         })
         .expect("spawning the broker thread");
     Ok(BrokerLink { tx, rx })
+}
+
+/// Fails if the device port cannot be bound. rumqttd logs a bind failure
+/// and carries on, and then a test connect reaches whoever holds the port
+/// (a Mosquitto, say): check that the port is ours first. The probe is
+/// closed before rumqttd binds; a thief in that gap is caught by nobody, but
+/// a port held before start-up always is. main.rs checks before anything
+/// slow, so the error comes at once.
+pub fn check_port(config: &GatewayConfig) -> Result<(), BrokerError> {
+    std::net::TcpListener::bind(config.mqtt.listen)
+        .map(drop)
+        .map_err(|source| BrokerError::PortUnavailable {
+            addr: config.mqtt.listen,
+            source,
+        })
 }
 
 /// Waits until the device listener accepts TCP connections, so that

@@ -58,6 +58,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    broker::check_port(&config)?;
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (http.listen): is another program using that port? Set http.listen to a free one",
+                config.http.listen
+            )
+        })?;
     let prometheus = metrics::install();
     let restarts = anxin_host::restart::restarts();
     ::metrics::gauge!(metrics::RESTARTS_IN_PLACE).set(restarts as f64);
@@ -105,9 +114,6 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     )
     .context("loading fallback state")?;
 
-    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     let app = http::router(HttpState {
         metrics: prometheus,
         uplink: uplink_state,

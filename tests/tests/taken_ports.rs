@@ -50,6 +50,19 @@ async fn gateway_and_server_exit_non_zero_on_a_taken_port() {
         journal.display()
     );
     exits_naming("anxin-gateway", &gateway, dir.path(), taken, "mqtt.listen").await;
+    let gateway_http = format!(
+        "gateway_id = \"gw-test\"\n[mqtt]\nlisten = \"127.0.0.1:{}\"\n[http]\nlisten = \"127.0.0.1:{taken}\"\n[journal]\npath = \"{}\"\n",
+        free(),
+        journal.display()
+    );
+    exits_naming(
+        "anxin-gateway",
+        &gateway_http,
+        dir.path(),
+        taken,
+        "http.listen",
+    )
+    .await;
 
     let store = dir.path().join("store");
     let grpc_taken = format!(

@@ -342,7 +342,7 @@ const GATEWAY_ORDER = { offline: 0, degraded: 1, unknown: 2, ok: 3 };
 const gatewaysInTrouble = () => (app.gateways || []).filter(g => g.state === 'offline' || g.state === 'degraded');
 function renderGateways() {
   const rows = [...(app.gateways || [])].sort((a, b) => (GATEWAY_ORDER[a.state] - GATEWAY_ORDER[b.state]) || a.id.localeCompare(b.id));
-  const mib = b => b == null ? '—' : `${(num(b) / 1048576).toFixed(1)} MiB`;
+  const mib = b => b == null ? '—' : num(b) >= 1073741824 ? `${(num(b) / 1073741824).toFixed(1)} GiB` : `${(num(b) / 1048576).toFixed(1)} MiB`;
   return h('section', {}, h('h2', {}, t('gw.title')),
     h('table', { id: 'gateway-board' },
       h('thead', {}, h('tr', {}, ...['gw.name', 'gw.community', 'gw.state', 'gw.reasons', 'gw.since', 'gw.diskFree', 'gw.queued'].map(k => h('th', {}, t(k))))),

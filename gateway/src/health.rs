@@ -7,6 +7,7 @@
 //! - `journal_error`: a journal write or flush failed; the gateway restarts
 //!   itself in place to reopen it (sled stays failed until reopened).
 //! - `uplink_stalled`: a P0 has waited longer than `fallback.after_secs`.
+//! - `mqtt_not_listening`: the device port stopped accepting connections.
 //!
 //! A gateway whose MQTT port is taken never gets this far: start-up fails.
 
@@ -30,6 +31,7 @@ pub struct Health {
     disk: Arc<DiskGuard>,
     journal_error: Mutex<Option<String>>,
     uplink_stalled: AtomicBool,
+    mqtt_deaf: AtomicBool,
     restart: CancellationToken,
 }
 
@@ -39,6 +41,7 @@ impl Health {
             disk,
             journal_error: Mutex::new(None),
             uplink_stalled: AtomicBool::new(false),
+            mqtt_deaf: AtomicBool::new(false),
             restart: CancellationToken::new(),
         }
     }
@@ -56,6 +59,9 @@ impl Health {
         }
         if self.uplink_stalled.load(Ordering::Relaxed) {
             reasons.push("uplink_stalled");
+        }
+        if self.mqtt_deaf.load(Ordering::Relaxed) {
+            reasons.push("mqtt_not_listening");
         }
         reasons
     }
@@ -104,6 +110,9 @@ impl Health {
 
 /// How often free space is read (one statvfs).
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(200);
+/// How often (in disk checks) the device port is looked for among this
+/// process's listening sockets.
+const MQTT_PROBE_EVERY: u32 = 25;
 
 /// Reads free space, moves the reserve, tells the journal whether P2/P3 must
 /// wait, and keeps the disk gauges current.
@@ -111,14 +120,29 @@ pub async fn watch_disk(
     health: Arc<Health>,
     journal: JournalWriter,
     reader: JournalReader,
+    mqtt: std::net::SocketAddr,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(DISK_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(MQTT_PROBE_EVERY) {
+            // Unreadable /proc: say nothing rather than something false.
+            let listening = anxin_host::net::listening_here(mqtt.port()).unwrap_or(true);
+            let was_deaf = health.mqtt_deaf.swap(!listening, Ordering::Relaxed);
+            if was_deaf == listening {
+                if listening {
+                    tracing::info!(%mqtt, "the device port is listening again");
+                } else {
+                    tracing::error!(%mqtt, "this gateway no longer listens on its device port (mqtt.listen): devices cannot reach it");
+                }
+            }
         }
         // sled reuses its dead segments before growing its files: that space
         // is as good as free for the journal. Logical bytes × 8 bounds the

@@ -131,6 +131,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         health.clone(),
         writer.clone(),
         reader.clone(),
+        config.mqtt.listen,
         cancel.clone(),
     ));
     let http_cancel = cancel.clone();
@@ -196,7 +197,7 @@ async fn open_journal(
                 if anxin_host::disk::is_out_of_space(&io) && attempt < 60 =>
             {
                 disk.out_of_space();
-                if attempt % 10 == 0 {
+                if attempt.is_multiple_of(10) {
                     tracing::error!(path = %path.display(), "no space to open the journal; retrying every second");
                 }
             }

@@ -74,7 +74,30 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/import/{kind}", post(import))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/reports", get(report))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            store_guard,
+        ))
         .with_state(state)
+}
+
+/// While the store has failed (until the restart in place), API calls get a
+/// clear 503 instead of reaching a sled that may block them; `/healthz`,
+/// `/metrics` and the console's files are served as always.
+async fn store_guard(
+    State(state): State<RestState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path().starts_with("/api/")
+        && let Some(err) = state.health.store_error()
+    {
+        let body = serde_json::json!({
+            "error": format!("the server's store failed ({err}); it restarts itself as soon as it can write again. Retry in a few seconds"),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    next.run(request).await
 }
 
 impl IntoResponse for ApiError {

@@ -21,13 +21,8 @@ pub enum BrokerError {
     Link(#[from] Box<rumqttd::local::LinkError>),
     #[error("the MQTT listener on {0} did not come up within {1:?}")]
     NotListening(SocketAddr, Duration),
-    #[error(
-        "cannot listen for devices on {addr} (mqtt.listen): {source}. Another program (a Mosquitto?) holds it: stop it or set mqtt.listen to a free port"
-    )]
-    PortUnavailable {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    PortUnavailable(#[from] anxin_host::net::BindError),
 }
 
 /// The gateway's own connection into the broker.
@@ -124,9 +119,13 @@ pub fn start(config: &GatewayConfig) -> Result<BrokerLink, BrokerError> {
 pub fn check_port(config: &GatewayConfig) -> Result<(), BrokerError> {
     std::net::TcpListener::bind(config.mqtt.listen)
         .map(drop)
-        .map_err(|source| BrokerError::PortUnavailable {
-            addr: config.mqtt.listen,
-            source,
+        .map_err(|source| {
+            anxin_host::net::BindError {
+                addr: config.mqtt.listen,
+                field: "mqtt.listen",
+                source,
+            }
+            .into()
         })
 }
 

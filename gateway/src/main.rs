@@ -59,14 +59,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     broker::check_port(&config)?;
-    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (http.listen): is another program using that port? Set http.listen to a free one",
-                config.http.listen
-            )
-        })?;
+    let http_listener = anxin_host::net::bind(config.http.listen, "http.listen").await?;
     let prometheus = metrics::install();
     let restarts = anxin_host::restart::restarts();
     ::metrics::gauge!(metrics::RESTARTS_IN_PLACE).set(restarts as f64);

@@ -133,22 +133,8 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         notifier,
     );
 
-    let grpc_listener = tokio::net::TcpListener::bind(config.grpc.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (grpc.listen): is another program using that port? Set grpc.listen to a free one",
-                config.grpc.listen
-            )
-        })?;
-    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (http.listen): is another program using that port? Set http.listen to a free one",
-                config.http.listen
-            )
-        })?;
+    let grpc_listener = anxin_host::net::bind(config.grpc.listen, "grpc.listen").await?;
+    let http_listener = anxin_host::net::bind(config.http.listen, "http.listen").await?;
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

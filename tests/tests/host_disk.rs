@@ -190,7 +190,12 @@ async fn another_program_fills_the_disk_and_p0_keeps_flowing() {
 
     // P0 keeps flowing to the server while the disk is full.
     for device in ["btn-1", "btn-2", "btn-3"] {
+        let pressed = std::time::Instant::now();
         Sim::press_until_stored(dir.path(), &gateway.mqtt(), device).await;
+        eprintln!(
+            "{device}: stored {:?} after the press on a full disk",
+            pressed.elapsed()
+        );
         eventually("the SOS at the server", Duration::from_secs(10), || async {
             (server.alerts_for(device).await.len() == 1).then_some(())
         })
@@ -198,6 +203,11 @@ async fn another_program_fills_the_disk_and_p0_keeps_flowing() {
     }
     assert!(reasons(&gateway).await.iter().any(|r| r == "disk_full"));
 
+    let health = gateway.health().await;
+    eprintln!(
+        "while full: reasons {} free {} restarts in place {}",
+        health["reasons"], health["disk"]["free_bytes"], health["restarts_in_place"]
+    );
     // Space returns: the gateway drains fully.
     std::fs::remove_file(&filler).unwrap();
     let summary = steady.line_starting("load ", Duration::from_secs(90)).await;

@@ -9,7 +9,7 @@
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use rumqttd::{
-    Broker, Config, ConnectionSettings, RouterConfig, ServerSettings,
+    Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings,
     local::{LinkRx, LinkTx},
 };
 
@@ -31,6 +31,13 @@ pub struct BrokerLink {
     pub rx: LinkRx,
 }
 
+/// The per-device ack filters, as rumqttd matches a subscription against
+/// its custom segment settings.
+const ACK_FILTER: &str = "anxin/v1/dev/+/ack";
+const ACK_JSON_FILTER: &str = "anxin/v1/dev/+/ack/json";
+/// rumqttd refuses segments under 1 KiB.
+const ACK_SEGMENT_BYTES: usize = 4 * 1024;
+
 fn broker_config(config: &GatewayConfig) -> Config {
     // Values follow rumqttd's shipped rumqttd.toml; RouterConfig::default()
     // is all zeros and would drop everything.
@@ -38,13 +45,34 @@ fn broker_config(config: &GatewayConfig) -> Config {
         max_connections: config.mqtt.max_connections,
         max_outgoing_packet_count: 10_000,
         // The router keeps up to size x count of publishes in memory per
-        // filter; ingest reads them within one round, so 4 MB x 10 bounds
-        // memory (16 MB segments let a busy gateway grow past 500 MB). A
-        // reader that fell further behind loses only unacked publishes,
-        // which devices resend.
-        max_segment_size: 4 * 1024 * 1024,
-        max_segment_count: 10,
-        custom_segment: None,
+        // filter (counted in payload bytes; the heap holds ~3x that);
+        // ingest reads them within one round, so 1 MB x 4 — half a minute
+        // of 2,000 events/s — bounds memory (16 MB segments let a busy
+        // gateway grow past 500 MB). A reader that fell further behind
+        // loses only unacked publishes, which devices resend.
+        max_segment_size: 1024 * 1024,
+        max_segment_count: 4,
+        // Every device subscribes to its own ack topic, and rumqttd keeps a
+        // commit log per subscription filter, trimmed only past size x
+        // count: with the defaults above each device's acks could hold
+        // 40 MB, and a busy gateway grew ~95 MB a minute without end
+        // (BENCHMARKS.md, "gateway memory under steady load"). A device's
+        // ack log only has to bridge a short absence: 2 x 4 KiB holds some
+        // fifty acks.
+        custom_segment: Some(
+            [ACK_FILTER, ACK_JSON_FILTER]
+                .into_iter()
+                .map(|filter| {
+                    (
+                        filter.to_string(),
+                        SegmentConfig {
+                            max_segment_size: ACK_SEGMENT_BYTES,
+                            max_segment_count: 2,
+                        },
+                    )
+                })
+                .collect(),
+        ),
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };

@@ -62,6 +62,16 @@ enum Scenario {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
     },
+    /// The gateway's memory under a steady load from many devices, sampled
+    /// every 15 s: it must level off, not climb.
+    Steady {
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 240)]
+        duration: u64,
+    },
     /// Binary sizes, idle RSS, and the server's memory per connected
     /// gateway stream.
     Footprint {
@@ -87,6 +97,11 @@ async fn main() -> anyhow::Result<()> {
             load_devices,
         } => scenarios::latency(samples, pace_ms, load, load_devices).await,
         Scenario::Drain { events } => scenarios::drain(events).await,
+        Scenario::Steady {
+            devices,
+            rate,
+            duration,
+        } => scenarios::steady(devices, rate, duration).await,
         Scenario::Footprint { gateways } => scenarios::footprint(gateways).await,
     }
 }

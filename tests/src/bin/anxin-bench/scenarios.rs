@@ -467,6 +467,67 @@ fn anxin_gateway_journal_prefill(path: &std::path::Path, events: u64) -> anyhow:
 
 // ----------------------------------------------------------------- footprint
 
+pub async fn steady(devices: usize, rate: f64, duration: u64) -> anyhow::Result<()> {
+    println!(
+        "== steady: {devices} devices offering {rate} events/s of P3 for {duration} s; gateway RSS every 15 s"
+    );
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_configured(dir.path(), free_port(), &[], &[]).await;
+    let ids = device_list(&[("s-", devices)]);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let max_connections = format!("max_connections = {}", devices + 10);
+    let mut extra = LOAD_LIMITS.to_vec();
+    extra.push(("mqtt", max_connections.as_str()));
+    let gateway = Gateway::start_with(dir.path(), server.grpc_port, &refs, &extra).await;
+    let mut sim = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "--json-output",
+            "load",
+            "--devices",
+            &devices.to_string(),
+            "--prefix",
+            "s-",
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            &duration.to_string(),
+            "--mix",
+            "p3=1",
+        ],
+    );
+    let gateway_pid = pid(&gateway.proc);
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(duration) {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        let mb = rss_bytes(gateway_pid).unwrap_or(0) as f64 / 1e6;
+        let depth = gateway.journal_depth().await;
+        println!(
+            "  t={:>4.0}s gateway RSS {mb:.0} MB, journal depth {depth}",
+            started.elapsed().as_secs_f64()
+        );
+        samples.push(mb);
+    }
+    let line = sim.line_starting("{", Duration::from_secs(120)).await;
+    let summary: serde_json::Value = serde_json::from_str(&line)?;
+    println!(
+        "  stored {} of {} sent; stored-ack p50 {} ms, p99 {} ms",
+        summary["stored"],
+        summary["sent"],
+        summary["stored_latency_ms"]["p50"],
+        summary["stored_latency_ms"]["p99"]
+    );
+    if let (Some(first_half), Some(last)) = (samples.get(samples.len() / 2), samples.last()) {
+        println!(
+            "  RSS growth over the second half: {:+.0} MB ({first_half:.0} → {last:.0} MB)",
+            last - first_half
+        );
+    }
+    Ok(())
+}
+
 pub async fn footprint(gateways: usize) -> anyhow::Result<()> {
     println!("== footprint");
     for name in ["anxin-gateway", "anxin-server", "anxin-sim"] {

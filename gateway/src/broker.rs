@@ -157,6 +157,23 @@ pub fn check_port(config: &GatewayConfig) -> Result<(), BrokerError> {
         })
 }
 
+/// Turns off Nagle for every device connection. rumqttd does not set
+/// TCP_NODELAY on the sockets it accepts, so a device that already sent
+/// once waited ~40 ms for each `stored` ack (Nagle and the device's delayed
+/// ACK); Linux gives accepted sockets the listener's TCP_NODELAY, and the
+/// listener is found among this process's sockets.
+pub fn set_nodelay(addr: SocketAddr) {
+    match anxin_host::net::set_nodelay_on_listeners(addr.port()) {
+        Ok(0) => {
+            tracing::warn!(%addr, "no device listener found to set TCP_NODELAY on; acks may wait ~40 ms")
+        }
+        Ok(_) => tracing::debug!(%addr, "TCP_NODELAY set on the device listener"),
+        Err(err) => {
+            tracing::warn!(%addr, error = %err, "setting TCP_NODELAY on the device listener failed; acks may wait ~40 ms")
+        }
+    }
+}
+
 /// Waits until this process listens on the device port, so that
 /// `/healthz` answering means devices can connect. (Looked up in the
 /// kernel's socket table: a test connect would make rumqttd log an error.)

@@ -82,6 +82,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
 
     let link = broker::start(&config)?;
     broker::wait_listening(config.mqtt.listen, Duration::from_secs(10)).await?;
+    broker::set_nodelay(config.mqtt.listen);
     let acks = MqttOut::new(link.tx);
 
     let cancel = CancellationToken::new();

@@ -92,6 +92,20 @@ impl Health {
     }
 }
 
+/// A gRPC interceptor for the dispatchers' and admins' services: while the
+/// store has failed, calls get `UNAVAILABLE` with the reason instead of
+/// reaching a sled that may block them (the REST API does the same).
+pub fn refuse_while_failed(
+    health: Arc<Health>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |request| match health.store_error() {
+        Some(err) => Err(tonic::Status::unavailable(format!(
+            "the server's store failed ({err}); it restarts itself as soon as it can write again. Retry in a few seconds"
+        ))),
+        None => Ok(request),
+    }
+}
+
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// A store that failed for another reason than space is reopened after
 /// this long (a restart loop on a broken disk stays slow).

@@ -147,14 +147,14 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             authenticator.clone(),
             health.clone(),
         )))
-        .add_service(DispatchServer::new(DispatchService::new(
-            desk.clone(),
-            authenticator.clone(),
-        )))
-        .add_service(AdminServer::new(AdminService::new(
-            admin.clone(),
-            authenticator.clone(),
-        )));
+        .add_service(DispatchServer::with_interceptor(
+            DispatchService::new(desk.clone(), authenticator.clone()),
+            health::refuse_while_failed(health.clone()),
+        ))
+        .add_service(AdminServer::with_interceptor(
+            AdminService::new(admin.clone(), authenticator.clone()),
+            health::refuse_while_failed(health.clone()),
+        ));
     let grpc_cancel = cancel.clone();
     tasks.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);

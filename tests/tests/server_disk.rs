@@ -120,6 +120,27 @@ async fn full_store_disk(reserve: &str, must_restart: bool) {
     )
     .await;
     eprintln!("server health while full: {reported}");
+    if must_restart {
+        assert!(
+            reported["store_error"].is_string(),
+            "sled must have failed without a reserve: {reported}"
+        );
+    }
+    if reported["store_error"].is_string() {
+        // A failed store is not touched: clear refusals on every API, and
+        // /healthz keeps answering (above).
+        let (status, body) = server
+            .call("GET", "/api/v1/alerts", anxin_tests::TEST_ADMIN_TOKEN, None)
+            .await;
+        // (The disk is still full, so no restart in place has happened.)
+        assert_eq!(status, 503, "{body}");
+        let mut dispatch = server.dispatch_client(anxin_tests::TEST_ADMIN_TOKEN).await;
+        let refused = dispatch
+            .list_alerts(anxin_proto::v1::ListAlertsRequest::default())
+            .await
+            .expect_err("a failed store refuses gRPC calls too");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    }
 
     // An SOS while the server cannot write: stored at the gateway, held.
     Sim::press_until_stored(&gdir, &gateway.mqtt(), "btn-1").await;

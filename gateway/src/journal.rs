@@ -1171,6 +1171,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_clean_journal_reopens_as_is_and_a_changed_one_is_moved_aside_and_salvaged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (writer, _) = open(dir.path(), Quota::unlimited()).unwrap();
+            for seq in 1..=50 {
+                writer
+                    .append(&event("a", seq, EventKind::Telemetry), 0)
+                    .unwrap();
+            }
+            writer.flush().await.unwrap();
+            writer.mark_clean(dir.path()).unwrap();
+        }
+        // Untouched: no recovery, the marker is consumed.
+        {
+            let (writer, reader, recovery) =
+                open_or_recover(dir.path(), Quota::unlimited()).unwrap();
+            assert_eq!(recovery, None);
+            assert_eq!(reader.depth(), [0, 0, 0, 50]);
+            assert!(!dir.path().join(CLEAN_MARKER).exists());
+            writer.mark_clean(dir.path()).unwrap();
+        }
+        // One byte changed after the clean stop: damage, even if sled would
+        // not notice.
+        let db = dir.path().join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&db, bytes).unwrap();
+        let (writer, reader, recovery) = open_or_recover(dir.path(), Quota::unlimited()).unwrap();
+        let recovery = recovery.expect("the change is found");
+        assert_eq!(recovery.expected, Some(50));
+        assert!(
+            recovery.kept_at.join("db").exists(),
+            "the damaged log is kept"
+        );
+        assert_eq!(reader.depth()[3], recovery.salvaged);
+        assert!(recovery.summary().contains("entries salvaged"));
+        // The gateway's own seqs continue past anything the lost journal
+        // handed out.
+        assert!(writer.gateway_seq().unwrap() > anxin_proto::GATEWAY_SEQ_BASE | 1 << 40);
+    }
+
+    #[tokio::test]
     async fn a_p0_behind_100k_queued_telemetry_events_goes_out_first() {
         let dir = tempfile::tempdir().unwrap();
         let (writer, reader) = open(dir.path(), Quota::unlimited()).unwrap();

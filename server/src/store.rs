@@ -623,6 +623,41 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_step_moves_every_pending_deadline_and_its_alert_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (alert, _) = changed(commit(&store, "btn", 1, EventKind::Fall, 10));
+        store
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::Offered);
+                a.offer_deadline_ms = 10_000;
+                Ok(Change::default())
+            })
+            .unwrap();
+        // The wall clock went back an hour: the deadline moves back with it.
+        assert_eq!(store.rebase_deadlines(-3_600_000).unwrap(), 1);
+        assert_eq!(store.alert(&alert.id).unwrap().offer_deadline_ms, 1);
+        assert_eq!(store.due_offers(1).unwrap(), (vec![alert.id.clone()], None));
+        // Forward: later, and the index and the alert agree, so the next
+        // change of the alert still removes its index entry.
+        assert_eq!(store.rebase_deadlines(60_000).unwrap(), 1);
+        assert_eq!(store.alert(&alert.id).unwrap().offer_deadline_ms, 60_001);
+        assert_eq!(store.due_offers(60_000).unwrap(), (vec![], Some(60_001)));
+        store
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::Acknowledged);
+                a.offer_deadline_ms = 0;
+                Ok(Change::default())
+            })
+            .unwrap();
+        assert_eq!(store.due_offers(i64::MAX).unwrap(), (vec![], None));
+        assert_eq!(store.rebase_deadlines(5_000).unwrap(), 0);
+        let mark = anxin_host::clock::Mark::now(123);
+        store.save_clock_mark(&mark).unwrap();
+        assert_eq!(store.clock_mark().unwrap(), Some(mark));
+    }
+
+    #[test]
     fn updates_queue_downlinks_keep_deadlines_indexed_and_refuse_illegal_moves() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -797,6 +797,19 @@ pub async fn verify_ledger(dir: &Path, ledger: &Path, server_http: &str) -> Verd
     }
 }
 
+/// Runs the checker and asserts nothing was lost or doubled: every event
+/// the ledger says was acked `stored` is at the server exactly once.
+pub async fn verify_clean(dir: &Path, ledger: &Path, server_http: &str) -> Verdict {
+    let verdict = verify_ledger(dir, ledger, server_http).await;
+    assert_eq!(verdict.exit_code, Some(0), "{:?}", verdict.lines);
+    assert!(
+        verdict.report.contains("missing=0 duplicated=0"),
+        "{}",
+        verdict.report
+    );
+    verdict
+}
+
 /// A field `key=value` from a sim output line.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()

@@ -53,6 +53,10 @@ listen = "127.0.0.1:$GRPC_PORT"
 listen = "127.0.0.1:$HTTP_PORT"
 [store]
 path = "$STATE/server-data"
+# Smaller than production's disk guard, so the stack also runs on a laptop
+# with little room (docs/operations.md).
+min_free_bytes = 33554432
+reserve_bytes = 8388608
 [auth]
 admin_token = "$(token admin)"
 TOML
@@ -68,6 +72,8 @@ listen = "127.0.0.1:$MQTT_PORT"
 listen = "127.0.0.1:$GW_HTTP_PORT"
 [journal]
 path = "$STATE/gateway-journal"
+min_free_bytes = 33554432
+reserve_bytes = 8388608
 [uplink]
 servers = ["http://127.0.0.1:$GRPC_PORT"]
 token = "$(token gateway-gw-community-01)"
@@ -86,13 +92,21 @@ trap cleanup INT TERM EXIT
 
 # healthz_answers PORT: an HTTP status line comes back from /healthz (bash
 # alone, no curl needed).
+HEALTH_LINE=""
 healthz_answers() {
-  local line
+  local line=""
   { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
   printf 'GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
   read -r -t 2 line <&3 || true
   exec 3<&-
+  HEALTH_LINE=$line
   [[ $line == HTTP/* ]]
+}
+# warn_if_degraded PORT NAME: a 503 from /healthz names what is wrong.
+warn_if_degraded() {
+  if healthz_answers "$1" && [[ $HEALTH_LINE == *" 503"* ]]; then
+    echo "warning: the $2 reports trouble (disk space?): see http://127.0.0.1:$1/healthz and docs/operations.md" >&2
+  fi
 }
 # wait_ready PID PORT NAME: the process must stay up and its /healthz answer
 # (200 ok, or 503 with the reasons it is degraded).
@@ -112,6 +126,8 @@ wait_ready "${pids[-1]}" "$HTTP_PORT" server
 "$BIN/anxin-gateway" --config "$STATE/gateway.toml" > "$STATE/gateway.log" 2>&1 &
 pids+=($!)
 wait_ready "${pids[-1]}" "$GW_HTTP_PORT" gateway
+warn_if_degraded "$HTTP_PORT" server
+warn_if_degraded "$GW_HTTP_PORT" gateway
 
 # Simulated residents: every so often one of them presses SOS (or falls).
 (

@@ -694,6 +694,11 @@ impl AlertDesk {
             Ok(alert) if alert.community_id.is_empty() => {
                 tracing::warn!(alert_id, device_id = %alert.device_id, "alert for a device the directory does not know; left for the dispatchers");
             }
+            // A gateway's fault needs a technician, not a carer's visit nor
+            // the emergency services: it stays in the dispatchers' queue.
+            Ok(alert) if alert.kind() == anxin_proto::EventKind::GatewayFault => {
+                tracing::warn!(alert_id, gateway_id = %alert.device_id, "gateway fault; left for the community's dispatchers, not routed");
+            }
             Ok(_) => match self.advance(alert_id, "system", "new alert", false).await {
                 Ok(_) | Err(DeskError::Store(StoreError::Stale(_))) => {}
                 Err(err) => tracing::error!(alert_id, error = %err, "routing failed"),

@@ -29,9 +29,25 @@ use crate::{
     store::{Committed, StoreError},
 };
 
-/// Who a device belongs to, as the directory says.
-fn origin_of(desk: &AlertDesk, device_id: &str) -> Result<Origin, StoreError> {
+/// Who a device belongs to, as the directory says. A gateway reporting on
+/// itself (GATEWAY_FAULT, device_id = its own id) belongs to the gateway's
+/// community, so that community's dispatchers see it.
+fn origin_of(
+    desk: &AlertDesk,
+    gateway_id: &str,
+    event: &anxin_proto::DeviceEvent,
+) -> Result<Origin, StoreError> {
     let store = desk.store();
+    let device_id = event.device_id.as_str();
+    if device_id == gateway_id && event.kind() == anxin_proto::EventKind::GatewayFault {
+        return Ok(Origin {
+            resident_id: String::new(),
+            community_id: store
+                .gateway(gateway_id)?
+                .map(|g| g.community_id)
+                .unwrap_or_default(),
+        });
+    }
     let Some(device) = store.device(device_id)? else {
         return Ok(Origin::default());
     };
@@ -238,7 +254,7 @@ async fn serve_gateway(
                         continue;
                     };
                     let (device_id, seq) = (event.device_id.clone(), event.seq);
-                    let committed = origin_of(desk, &device_id).and_then(|origin| {
+                    let committed = origin_of(desk, gateway_id, event).and_then(|origin| {
                         desk.store().commit_event(
                             gateway_id,
                             &uplink,

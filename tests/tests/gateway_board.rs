@@ -87,3 +87,84 @@ async fn a_gateway_in_trouble_shows_on_the_board_of_its_community() {
     )
     .await;
 }
+
+/// A gateway that found its journal damaged tells the server; the alert
+/// belongs to the gateway's community (its dispatchers see it, others do
+/// not) and is not offered to carers or escalated: it needs a technician.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_fault_reaches_its_communitys_dispatchers_and_is_not_routed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_configured(
+        dir.path(),
+        anxin_tests::free_port(),
+        &[],
+        &[
+            ("routing", "p0_deadline_secs = 2"),
+            ("routing", "p1_deadline_secs = 2"),
+        ],
+    )
+    .await;
+    server.add_community("c-a").await;
+    server.add_community("c-b").await;
+    let dispatcher = server
+        .add_staff("disp-a", "dispatcher", &["c-a"], serde_json::json!({}))
+        .await;
+    let other = server
+        .add_staff("disp-b", "dispatcher", &["c-b"], serde_json::json!({}))
+        .await;
+    server
+        .add_staff("carer-a", "carer", &["c-a"], serde_json::json!({}))
+        .await;
+    server
+        .send(
+            "PUT",
+            "/api/v1/gateways/gw-test",
+            serde_json::json!({ "name": "Heping centre", "communityId": "c-a", "token": TEST_GATEWAY_TOKEN }),
+        )
+        .await;
+    let mut gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-1"]).await;
+    gateway.proc.terminate();
+    assert_eq!(gateway.proc.wait_exit(PATIENCE).await, Some(0));
+    // One byte of the stopped journal changes.
+    let db = dir.path().join("journal").join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&db, bytes).unwrap();
+    gateway.restart().await;
+
+    let alerts_of = |token: String| {
+        let server = &server;
+        async move {
+            let (status, body) = server.call("GET", "/api/v1/alerts", &token, None).await;
+            assert_eq!(status, 200, "{body}");
+            body["alerts"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let fault = eventually(
+        "the gateway fault in the community's queue",
+        PATIENCE,
+        || async {
+            alerts_of(dispatcher.clone())
+                .await
+                .into_iter()
+                .find(|a| a["kind"] == "EVENT_KIND_GATEWAY_FAULT")
+        },
+    )
+    .await;
+    assert_eq!(fault["deviceId"], "gw-test");
+    assert_eq!(fault["communityId"], "c-a");
+    assert!(fault.to_string().contains("journal damaged"), "{fault}");
+    assert!(
+        alerts_of(other).await.is_empty(),
+        "another community's dispatcher"
+    );
+    // Past any offer deadline: still not offered to the carer.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let fault = server.alert(fault["id"].as_str().unwrap()).await;
+    assert_eq!(fault["state"], "ALERT_STATE_NEW", "{fault}");
+    assert!(
+        fault["offeredTo"].as_str().unwrap_or_default().is_empty(),
+        "{fault}"
+    );
+}

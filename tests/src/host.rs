@@ -41,6 +41,18 @@ impl SmallDisk {
         })
     }
 
+    /// Fills this filesystem with `filler.bin` until `ENOSPC`, as another
+    /// program on the box would; returns the filler's path (delete it to
+    /// give the space back) and the bytes written.
+    pub async fn fill(&self) -> (PathBuf, u64) {
+        let filler = self.path.join("filler.bin");
+        let path = filler.clone();
+        let written = tokio::task::spawn_blocking(move || fill_until_full(&path))
+            .await
+            .expect("the filler task");
+        (filler, written)
+    }
+
     /// Free bytes now.
     pub fn free(&self) -> u64 {
         let out = Command::new("df")

@@ -15,10 +15,9 @@ async fn board(server: &Server, token: &str) -> Vec<serde_json::Value> {
     body["gateways"].as_array().cloned().unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_in_trouble_shows_on_the_board_of_its_community() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+/// Communities c-a and c-b with a dispatcher each (their tokens, c-a's
+/// first), and the test gateway registered in c-a.
+async fn two_communities(server: &Server) -> (String, String) {
     server.add_community("c-a").await;
     server.add_community("c-b").await;
     let dispatcher = server
@@ -34,6 +33,14 @@ async fn a_gateway_in_trouble_shows_on_the_board_of_its_community() {
             serde_json::json!({ "name": "Heping centre", "communityId": "c-a", "token": TEST_GATEWAY_TOKEN }),
         )
         .await;
+    (dispatcher, other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_in_trouble_shows_on_the_board_of_its_community() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let (dispatcher, other) = two_communities(&server).await;
 
     // A low-water mark above any real free space: the gateway is short of
     // disk from the start (it defers telemetry, still takes alarms).
@@ -104,23 +111,9 @@ async fn a_gateway_fault_reaches_its_communitys_dispatchers_and_is_not_routed() 
         ],
     )
     .await;
-    server.add_community("c-a").await;
-    server.add_community("c-b").await;
-    let dispatcher = server
-        .add_staff("disp-a", "dispatcher", &["c-a"], serde_json::json!({}))
-        .await;
-    let other = server
-        .add_staff("disp-b", "dispatcher", &["c-b"], serde_json::json!({}))
-        .await;
+    let (dispatcher, other) = two_communities(&server).await;
     server
         .add_staff("carer-a", "carer", &["c-a"], serde_json::json!({}))
-        .await;
-    server
-        .send(
-            "PUT",
-            "/api/v1/gateways/gw-test",
-            serde_json::json!({ "name": "Heping centre", "communityId": "c-a", "token": TEST_GATEWAY_TOKEN }),
-        )
         .await;
     let mut gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-1"]).await;
     gateway.proc.terminate();

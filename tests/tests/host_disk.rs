@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anxin_tests::{
     Gateway, PATIENCE, Server, Sim, eventually, field, free_port,
-    host::{SmallDisk, fill_until_full, skip},
+    host::{SmallDisk, skip},
     verify_clean,
 };
 
@@ -161,13 +161,7 @@ async fn another_program_fills_the_disk_and_p0_keeps_flowing() {
     let mut steady = load(dir.path(), &gateway.mqtt(), &ledger, "200", "25");
 
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let filler = disk.path.join("filler.bin");
-    let filled = tokio::task::spawn_blocking({
-        let filler = filler.clone();
-        move || fill_until_full(&filler)
-    })
-    .await
-    .unwrap();
+    let (filler, filled) = disk.fill().await;
     eprintln!("filler wrote {filled} bytes; free now {}", disk.free());
     eventually(
         "the gateway to report disk_full",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anxin_tests::{
     Gateway, PATIENCE, Server, Sim, eventually, free_port,
-    host::{SmallDisk, fill_until_full, skip},
+    host::{SmallDisk, skip},
     verify_clean,
 };
 
@@ -101,13 +101,7 @@ async fn full_store_disk(reserve: &str, must_restart: bool) {
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let filler = disk.path.join("filler.bin");
-    let filled = tokio::task::spawn_blocking({
-        let filler = filler.clone();
-        move || fill_until_full(&filler)
-    })
-    .await
-    .unwrap();
+    let (filler, filled) = disk.fill().await;
     eprintln!("filler wrote {filled} bytes");
     let reported = eventually(
         "the server to report the disk",

@@ -85,6 +85,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    // Ports first: a taken port is fatal before anything slow (the store's
+    // disk reserve, recovery).
+    let grpc_listener = anxin_host::net::bind(config.grpc.listen, "grpc.listen").await?;
+    let http_listener = anxin_host::net::bind(config.http.listen, "http.listen").await?;
     let prometheus = metrics::install();
     let restarts = anxin_host::restart::restarts();
     ::metrics::gauge!(metrics::RESTARTS_IN_PLACE).set(restarts as f64);
@@ -132,9 +136,6 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         policy,
         notifier,
     );
-
-    let grpc_listener = anxin_host::net::bind(config.grpc.listen, "grpc.listen").await?;
-    let http_listener = anxin_host::net::bind(config.http.listen, "http.listen").await?;
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

@@ -55,12 +55,19 @@ impl Health {
             .map(|(e, _, _)| e.clone())
     }
 
+    /// What every API answers while the store has failed, if it has.
+    pub fn store_failure(&self) -> Option<String> {
+        self.store_error().map(|err| {
+            format!(
+                "the server's store failed ({err}); it restarts itself as soon as it can write again"
+            )
+        })
+    }
+
     /// Why new events must be refused now, if they must.
     pub fn refuse_events(&self) -> Option<String> {
-        if let Some(err) = self.store_error() {
-            return Some(format!(
-                "the server's store failed ({err}); it restarts itself once it can write again. Keep the events and retry"
-            ));
+        if let Some(why) = self.store_failure() {
+            return Some(format!("{why}. Keep the events and retry"));
         }
         match self.disk.level() {
             DiskLevel::Ok => None,
@@ -98,9 +105,9 @@ impl Health {
 pub fn refuse_while_failed(
     health: Arc<Health>,
 ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    move |request| match health.store_error() {
-        Some(err) => Err(tonic::Status::unavailable(format!(
-            "the server's store failed ({err}); it restarts itself as soon as it can write again. Retry in a few seconds"
+    move |request| match health.store_failure() {
+        Some(why) => Err(tonic::Status::unavailable(format!(
+            "{why}. Retry in a few seconds"
         ))),
         None => Ok(request),
     }

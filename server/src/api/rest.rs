@@ -90,11 +90,9 @@ async fn store_guard(
     next: axum::middleware::Next,
 ) -> Response {
     if request.uri().path().starts_with("/api/")
-        && let Some(err) = state.health.store_error()
+        && let Some(why) = state.health.store_failure()
     {
-        let body = serde_json::json!({
-            "error": format!("the server's store failed ({err}); it restarts itself as soon as it can write again. Retry in a few seconds"),
-        });
+        let body = serde_json::json!({ "error": format!("{why}. Retry in a few seconds") });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
     next.run(request).await

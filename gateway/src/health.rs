@@ -32,7 +32,6 @@ pub struct Health {
     journal_error: Mutex<Option<String>>,
     uplink_stalled: AtomicBool,
     mqtt_deaf: AtomicBool,
-    restart: CancellationToken,
 }
 
 impl Health {
@@ -42,7 +41,6 @@ impl Health {
             journal_error: Mutex::new(None),
             uplink_stalled: AtomicBool::new(false),
             mqtt_deaf: AtomicBool::new(false),
-            restart: CancellationToken::new(),
         }
     }
 
@@ -76,7 +74,9 @@ impl Health {
 
     /// A journal write or flush failed. If for want of space, the disk
     /// reserve is given back at once; either way the journal cannot be used
-    /// again in this process, so a restart in place is requested.
+    /// again in this process, so the process restarts in place after a
+    /// short grace (the local alarm for an unwritable P0 is on its way out).
+    /// From its own OS thread: a failed sled can block the runtime's.
     pub fn journal_failed(&self, err: &JournalError) {
         let out_of_space = match err {
             JournalError::Storage(sled::Error::Io(io)) | JournalError::Files(io) => {
@@ -92,22 +92,18 @@ impl Health {
         if slot.is_none() {
             tracing::error!(error = %err, out_of_space, "journal failed; restarting in place to reopen it");
             *slot = Some(err.to_string());
-            // main.rs restarts after a short grace; should a failed sled
-            // have blocked the runtime's threads, this one still does.
             std::thread::spawn(|| {
-                std::thread::sleep(Duration::from_secs(3));
-                anxin_host::restart::in_place("the journal failed and the orderly restart stalled");
+                std::thread::sleep(RESTART_GRACE);
+                anxin_host::restart::in_place(
+                    "the journal failed; reopening it in a fresh process",
+                );
             });
         }
-        self.restart.cancel();
-    }
-
-    /// Resolves when the process should restart in place.
-    pub async fn restart_requested(&self) {
-        self.restart.cancelled().await
     }
 }
 
+/// Between a journal failure and the restart in place.
+const RESTART_GRACE: Duration = Duration::from_secs(1);
 /// How often free space is read (one statvfs).
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(200);
 /// How often (in disk checks) the device port is looked for among this

@@ -145,21 +145,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         "anxin-gateway ready"
     );
 
-    let restart = tokio::select! {
-        _ = shutdown_signal() => false,
-        _ = health.restart_requested() => true,
-    };
-    if restart {
-        // The journal is unusable in this process (sled keeps a failed I/O
-        // state until reopened). Give the tasks a moment — the local alarm
-        // for an unwritable P0 is on its way out — then start afresh.
-        cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        anxin_host::restart::in_place("the journal failed; reopening it in a fresh process");
-    }
+    shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight work and flushing the journal");
     cancel.cancel();
     while tasks.join_next().await.is_some() {}

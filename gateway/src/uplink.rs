@@ -116,7 +116,16 @@ impl Uplink {
             self.state.send_replace(UplinkState::Connecting {
                 server: server.clone(),
             });
-            let result = self.session(&server, &cancel, &mut backoff).await;
+            // Shutdown never waits on the network: a session may be stuck in
+            // a handshake or a full send buffer. Dropping it mid-way loses
+            // nothing (entries leave the journal only on `received`).
+            let result = tokio::select! {
+                _ = cancel.cancelled() => {
+                    metrics::gauge!(m::UPLINK_CONNECTED).set(0.0);
+                    return;
+                }
+                result = self.session(&server, &cancel, &mut backoff) => result,
+            };
             metrics::gauge!(m::UPLINK_CONNECTED).set(0.0);
             match result {
                 Ok(()) => return,

@@ -53,11 +53,29 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// Where the embedded broker listens for devices (MQTT 3.1.1).
+    /// Where the device front listens (MQTT 3.1.1 and 5).
     pub listen: SocketAddr,
+    /// Device connections at most; one more is answered "server busy".
     pub max_connections: usize,
-    /// Devices must log in with username = device id and their `password`.
+    /// Devices log in with username = device id and their password (on by
+    /// default). Off: the username, or else the client id, is trusted as
+    /// the device id — for a closed test bench only. Either way a
+    /// connection may only use its own device's topics.
     pub require_auth: bool,
+    /// On-site consoles and sirens: may subscribe to `fallback.local_topic`
+    /// and nothing else.
+    pub observers: Vec<ObserverConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ObserverConfig {
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Hex SHA-256 of the password, instead of `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,10 +163,14 @@ pub struct DeviceConfig {
     /// call_button, wearable, room_sensor, smoke_detector, …
     #[serde(default = "default_device_kind")]
     pub kind: String,
-    /// MQTT password (username = device id); required with
-    /// `mqtt.require_auth`.
+    /// MQTT password (username = device id); this or `password_sha256` is
+    /// required with `mqtt.require_auth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// Hex SHA-256 of the password (what the server stores), so the
+    /// gateway's config need not hold the password itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_sha256: Option<String>,
 }
 
 fn default_device_kind() -> String {
@@ -176,7 +198,8 @@ impl Default for MqttConfig {
         Self {
             listen: ([127, 0, 0, 1], 1883).into(),
             max_connections: 10_010,
-            require_auth: false,
+            require_auth: true,
+            observers: Vec::new(),
         }
     }
 }
@@ -254,6 +277,32 @@ impl Default for FallbackConfig {
 
 /// The largest payload the embedded broker lets through at all.
 pub const BROKER_MAX_PAYLOAD: usize = 64 * 1024;
+
+/// A credential is a password or the hex SHA-256 of one, not both.
+fn check_credential(
+    at: &str,
+    password: Option<&str>,
+    sha256: Option<&str>,
+    required: bool,
+) -> Result<(), ConfigError> {
+    match (password.filter(|p| !p.is_empty()), sha256) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{at}.password_sha256"),
+            "give either password or password_sha256, not both",
+        )),
+        (None, Some(hash)) if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Err(invalid(
+                format!("{at}.password_sha256"),
+                "must be 64 hex digits (sha256sum of the password)",
+            ))
+        }
+        (None, None) if required => Err(invalid(
+            format!("{at}.password"),
+            "is required when mqtt.require_auth = true (or give password_sha256)",
+        )),
+        _ => Ok(()),
+    }
+}
 
 impl GatewayConfig {
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
@@ -377,6 +426,29 @@ impl GatewayConfig {
                 format!("`{webhook}` must start with http:// (on-site endpoints only)"),
             ));
         }
+        if self.mqtt.max_connections == 0 {
+            return Err(invalid("mqtt.max_connections", "must be at least 1"));
+        }
+        for (i, observer) in self.mqtt.observers.iter().enumerate() {
+            if observer.username.is_empty() || observer.username.contains(['/', '+', '#']) {
+                return Err(invalid(
+                    format!("mqtt.observers[{i}].username"),
+                    "must be non-empty, without '/', '+' or '#'",
+                ));
+            }
+            if self.devices.iter().any(|d| d.id == observer.username) {
+                return Err(invalid(
+                    format!("mqtt.observers[{i}].username"),
+                    format!("`{}` is also a device id", observer.username),
+                ));
+            }
+            check_credential(
+                &format!("mqtt.observers[{i}]"),
+                observer.password.as_deref(),
+                observer.password_sha256.as_deref(),
+                true,
+            )?;
+        }
         let mut seen = HashSet::new();
         for (i, device) in self.devices.iter().enumerate() {
             let id = device.id.as_str();
@@ -405,12 +477,12 @@ impl GatewayConfig {
                     ),
                 ));
             }
-            if self.mqtt.require_auth && device.password.as_deref().is_none_or(str::is_empty) {
-                return Err(invalid(
-                    format!("devices[{i}].password"),
-                    "is required when mqtt.require_auth = true",
-                ));
-            }
+            check_credential(
+                &format!("devices[{i}]"),
+                device.password.as_deref(),
+                device.password_sha256.as_deref(),
+                self.mqtt.require_auth,
+            )?;
             if !seen.insert(id) {
                 return Err(invalid(
                     format!("devices[{i}].id"),
@@ -439,7 +511,8 @@ impl GatewayConfig {
             devices: vec![DeviceConfig {
                 id: "btn-0001".into(),
                 kind: "call_button".into(),
-                password: None,
+                password: Some("change-me-to-a-long-random-secret".into()),
+                password_sha256: None,
             }],
             ..Self::default()
         };
@@ -489,6 +562,20 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("devices[0].password"), "{err}");
+
+        let err = GatewayConfig::parse("[[devices]]\nid = \"a\"\npassword_sha256 = \"abc\"\n", "t")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("devices[0].password_sha256"),
+            "{err}"
+        );
+
+        let err =
+            GatewayConfig::parse("[[mqtt.observers]]\nusername = \"siren\"\n", "t").unwrap_err();
+        assert!(
+            err.to_string().contains("mqtt.observers[0].password"),
+            "{err}"
+        );
 
         let err = GatewayConfig::parse("gatway_id = \"x\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("gatway_id"), "{err}");

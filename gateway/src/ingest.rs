@@ -1,30 +1,31 @@
-//! Device events in: decode, validate, deduplicate, journal, flush, ack.
+//! Device events in: decode, validate, rate, journal, flush, ack.
 //!
 //! Keeps guarantee 1: a device hears `stored` only after the journal flush
 //! that made its event durable returned. Keeps guarantee 5: a bad payload is
 //! rejected with a log line, a counter and a `rejected` ack, and never stops
-//! the loop. Many events share one flush (group commit). A device over its
-//! rate gets no ack (it keeps the event and retries later), so a flooding
-//! device can neither starve others nor fill the disk.
+//! anything. Keeps guarantee 7: decoding and checking happen on each
+//! device's connection task ([`Admission`]); P0/P1 events then take the
+//! alarm lane, P2/P3 the bulk lane, each with its own writer, so an alarm
+//! never waits for a telemetry round. Many events share one flush (group
+//! commit). A device over its rate, or offering more than a lane holds,
+//! gets no ack (it keeps the event and retries), so neither a flooding
+//! device nor a flood of devices can starve others, fill the disk or grow
+//! memory.
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anxin_proto::{
-    AckKind, DeviceEvent, EventKind, now_ms,
-    topics::{self, Encoding},
-};
-use futures::FutureExt;
+use anxin_proto::{AckKind, DeviceAck, DeviceEvent, EventKind, now_ms, topics::Encoding};
 use prost::Message;
-use rumqttd::{Notification, local::LinkRx};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::GatewayConfig,
     fallback::LocalAlarm,
+    front::{auth::DeviceBook, session::Session},
     health::Health,
     journal::{Appended, JournalError, JournalWriter, Staging},
     metrics as m,
@@ -32,7 +33,7 @@ use crate::{
     supervisor::Sighting,
 };
 
-/// Most notifications handled per flush.
+/// Most events handled per flush.
 const MAX_BATCH: usize = 1024;
 
 /// Why an event was refused. The label is the `reason` on the rejection
@@ -89,7 +90,7 @@ pub fn decode(
 pub fn check(
     mut event: DeviceEvent,
     topic_device: &str,
-    known_devices: &HashSet<String>,
+    is_known: impl Fn(&str) -> bool,
 ) -> Result<DeviceEvent, Rejection> {
     if event.device_id.is_empty() {
         event.device_id = topic_device.to_string();
@@ -99,7 +100,7 @@ pub fn check(
             payload: event.device_id,
         });
     }
-    if !known_devices.contains(topic_device) {
+    if !is_known(topic_device) {
         return Err(Rejection::UnknownDevice(topic_device.to_string()));
     }
     if event.seq == 0 || event.seq >= anxin_proto::GATEWAY_SEQ_BASE {
@@ -129,51 +130,147 @@ pub fn validate(
     encoding: Encoding,
     payload: &[u8],
     max_bytes: usize,
-    known_devices: &HashSet<String>,
+    is_known: impl Fn(&str) -> bool,
 ) -> Result<DeviceEvent, Rejection> {
     check(
         decode(encoding, payload, max_bytes)?,
         topic_device,
-        known_devices,
+        is_known,
     )
 }
 
-/// Per-device token buckets.
-struct RateLimiter {
-    rate_per_sec: f64,
-    burst: f64,
-    buckets: HashMap<String, (f64, Instant)>,
+/// Capacity of the alarm lane (P0/P1) and the bulk lane (P2/P3), in
+/// events. A full lane turns events away without an ack (the device keeps
+/// them and retries): memory stays bounded whatever devices offer.
+pub const ALARM_LANE: usize = 4096;
+pub const BULK_LANE: usize = 8192;
+
+/// The two ways into the journal. An alarm never waits behind telemetry:
+/// it has its own channel and its own writer task, which writes and
+/// flushes it as soon as it arrives.
+#[derive(Clone)]
+pub struct Lanes {
+    alarm: mpsc::Sender<DeviceEvent>,
+    bulk: mpsc::Sender<DeviceEvent>,
 }
 
-impl RateLimiter {
-    fn allow(&mut self, device_id: &str, now: Instant) -> bool {
-        let (tokens, last) = self
-            .buckets
-            .entry(device_id.to_string())
-            .or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
+impl Lanes {
+    pub fn new() -> (
+        Self,
+        mpsc::Receiver<DeviceEvent>,
+        mpsc::Receiver<DeviceEvent>,
+    ) {
+        let (alarm, alarm_rx) = mpsc::channel(ALARM_LANE);
+        let (bulk, bulk_rx) = mpsc::channel(BULK_LANE);
+        (Self { alarm, bulk }, alarm_rx, bulk_rx)
+    }
+}
+
+/// What the device front does with a device's publish, on the device's own
+/// connection task: decode, check, rate, and hand to a lane. Runs in
+/// parallel across connections; only journal writes are serialized.
+#[derive(Clone)]
+pub struct Admission {
+    book: Arc<DeviceBook>,
+    lanes: Lanes,
+    max_event_bytes: usize,
+    rate_per_sec: f64,
+    burst: f64,
+}
+
+/// The outcome of [`Admission::admit`] the device must hear now; `None`
+/// from `admit` means "queued for the journal" or "silently deferred".
+pub type Answer = Option<DeviceAck>;
+
+impl Admission {
+    pub fn new(config: &GatewayConfig, book: Arc<DeviceBook>, lanes: Lanes) -> Self {
+        Self {
+            book,
+            lanes,
+            max_event_bytes: config.limits.max_event_bytes,
+            rate_per_sec: config.limits.device_rate_per_sec,
+            burst: f64::from(config.limits.device_burst),
         }
+    }
+
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
+    /// One publish on a device's own event topic (the front checked the
+    /// topic against the connection's identity).
+    pub fn admit(
+        &self,
+        session: &Session,
+        device_id: &str,
+        encoding: Encoding,
+        payload: &[u8],
+    ) -> Answer {
+        let decoded = decode(encoding, payload, self.max_event_bytes);
+        // Echo the seq in a rejection when it could be read, so the device
+        // can drop that event from its retry queue.
+        let seq_hint = decoded.as_ref().map_or(0, |e| e.seq);
+        let event = match decoded.and_then(|e| check(e, device_id, |d| self.book.is_active(d))) {
+            Ok(event) => event,
+            Err(rejection) => {
+                metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.label()).increment(1);
+                tracing::warn!(
+                    device_id,
+                    reason = rejection.label(),
+                    "rejected event: {rejection}"
+                );
+                return Some(MqttOut::simple(
+                    device_id,
+                    seq_hint,
+                    AckKind::Rejected,
+                    rejection.to_string(),
+                ));
+            }
+        };
+        if !session.allow_event(self.rate_per_sec, self.burst) {
+            metrics::counter!(m::EVENTS_REJECTED, "reason" => "rate_limited").increment(1);
+            tracing::debug!(
+                device_id,
+                seq = event.seq,
+                "device over its rate; no ack, it will retry"
+            );
+            return None;
+        }
+        let alarm = event.priority() <= anxin_proto::Priority::P1;
+        let lane = if alarm {
+            &self.lanes.alarm
+        } else {
+            &self.lanes.bulk
+        };
+        if let Err(err) = lane.try_send(event) {
+            let reason = match err {
+                mpsc::error::TrySendError::Full(_) => "ingest_busy",
+                mpsc::error::TrySendError::Closed(_) => "shutting_down",
+            };
+            metrics::counter!(m::EVENTS_DEFERRED, "reason" => reason).increment(1);
+            if alarm {
+                tracing::warn!(
+                    device_id,
+                    reason,
+                    "alarm lane full: no ack, the device will retry"
+                );
+            }
+        }
+        None
     }
 }
 
 /// At most one journal-full local alarm per this interval.
 const JOURNAL_FULL_ALARM_EVERY: Duration = Duration::from_secs(60);
 
+/// A lane's writer: takes what is queued, writes it as one batch, flushes,
+/// then acks. The alarm lane and the bulk lane each run one.
 pub struct Ingest {
+    lane: &'static str,
     journal: JournalWriter,
     acks: MqttOut,
     alarm: Arc<LocalAlarm>,
     sightings: tokio::sync::mpsc::Sender<Sighting>,
-    known_devices: HashSet<String>,
-    max_event_bytes: usize,
-    limiter: RateLimiter,
     last_full_alarm: Option<Instant>,
     health: Arc<Health>,
     /// P0/P1 events staged in the current round: if the round cannot be
@@ -188,20 +285,18 @@ enum Outcome {
     Store {
         device_id: String,
         seq: u64,
-        encoding: Encoding,
     },
     Reject {
         device_id: String,
         seq: u64,
         reason: String,
-        encoding: Encoding,
     },
     Ignore,
 }
 
 impl Ingest {
     pub fn new(
-        config: &GatewayConfig,
+        lane: &'static str,
         journal: JournalWriter,
         acks: MqttOut,
         alarm: Arc<LocalAlarm>,
@@ -209,17 +304,11 @@ impl Ingest {
         health: Arc<Health>,
     ) -> Self {
         Self {
+            lane,
             journal,
             acks,
             alarm,
             sightings,
-            known_devices: config.devices.iter().map(|d| d.id.clone()).collect(),
-            max_event_bytes: config.limits.max_event_bytes,
-            limiter: RateLimiter {
-                rate_per_sec: config.limits.device_rate_per_sec,
-                burst: f64::from(config.limits.device_burst),
-                buckets: HashMap::new(),
-            },
             last_full_alarm: None,
             health,
             round_alarms: Vec::new(),
@@ -227,40 +316,23 @@ impl Ingest {
         }
     }
 
-    pub async fn run(mut self, mut link: LinkRx, cancel: CancellationToken) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<DeviceEvent>, cancel: CancellationToken) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let first = tokio::select! {
                 _ = cancel.cancelled() => break,
-                next = link.next() => next,
+                next = rx.recv() => next,
             };
-            let mut batch = Vec::new();
-            let mut unscheduled = false;
-            let mut next = first;
-            loop {
-                match next {
-                    Ok(Some(Notification::Forward(forward))) => batch.push(forward.publish),
-                    Ok(Some(Notification::Unschedule)) => unscheduled = true,
-                    Ok(Some(_)) | Ok(None) => {}
-                    Err(err) => {
-                        tracing::error!(error = %err, "broker link closed; ingest stops");
-                        return;
-                    }
-                }
-                if batch.len() >= MAX_BATCH {
-                    break;
-                }
-                match link.next().now_or_never() {
-                    Some(n) => next = n,
-                    None => break,
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
                 }
             }
-            self.handle_batch(&batch).await;
-            if unscheduled {
-                // rumqttd pauses a link whose buffer filled; we drained it.
-                if let Err(err) = link.wake().await {
-                    tracing::error!(error = %err, "waking the broker link failed");
-                }
-            }
+            self.handle_batch(&mut batch).await;
+            batch.clear();
         }
         if self.failed {
             return;
@@ -268,7 +340,7 @@ impl Ingest {
         // Everything appended was flushed before its ack; a last flush makes
         // shutdown leave a clean journal.
         if let Err(err) = self.journal.flush().await {
-            tracing::error!(error = %err, "final journal flush failed");
+            tracing::error!(lane = self.lane, error = %err, "final journal flush failed");
         }
     }
 
@@ -276,7 +348,7 @@ impl Ingest {
     /// its alarms raised on site now, and the journal handed to the restart
     /// in place.
     fn round_failed(&mut self, err: &JournalError, what: &str) {
-        tracing::error!(error = %err, "journal {what} failed; no stored acks sent, devices will retry");
+        tracing::error!(lane = self.lane, error = %err, "journal {what} failed; no stored acks sent, devices will retry");
         let alarms = std::mem::take(&mut self.round_alarms);
         if !alarms.is_empty() {
             self.alarm.raise("journal_write_failed", &alarms);
@@ -285,26 +357,24 @@ impl Ingest {
         self.health.journal_failed(err);
     }
 
-    async fn handle_batch(&mut self, batch: &[rumqttd::protocol::Publish]) {
+    async fn handle_batch(&mut self, batch: &mut Vec<DeviceEvent>) {
         if batch.is_empty() || self.failed {
             return;
         }
         self.round_alarms.clear();
         let stored_ms = now_ms();
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut sightings = Vec::new();
+        let mut sightings = Vec::with_capacity(batch.len());
         // The whole round goes to the journal as one write.
         let journal = self.journal.clone();
         let written = {
             let mut staging = journal.stage();
-            for publish in batch {
-                outcomes.push(self.accept(
-                    &publish.topic,
-                    &publish.payload,
-                    stored_ms,
-                    &mut staging,
-                    &mut sightings,
-                ));
+            for event in batch.drain(..) {
+                sightings.push(Sighting::Event {
+                    device_id: event.device_id.clone(),
+                    battery_pct: event.battery_pct,
+                });
+                outcomes.push(self.accept(event, stored_ms, &mut staging));
             }
             staging.commit()
         };
@@ -313,7 +383,7 @@ impl Ingest {
             self.round_failed(&err, "write");
             false
         } else if needs_flush {
-            metrics::counter!(m::JOURNAL_FLUSHES).increment(1);
+            metrics::counter!(m::JOURNAL_FLUSHES, "lane" => self.lane).increment(1);
             match self.journal.flush().await {
                 Ok(()) => true,
                 Err(err) => {
@@ -326,23 +396,18 @@ impl Ingest {
         };
         for outcome in outcomes {
             match outcome {
-                Outcome::Store {
-                    device_id,
-                    seq,
-                    encoding,
-                } if durable => {
-                    let ack = MqttOut::simple(&device_id, seq, AckKind::Stored, "stored");
-                    self.acks.send_as(ack, encoding);
+                Outcome::Store { device_id, seq } if durable => {
+                    self.acks
+                        .send(MqttOut::simple(&device_id, seq, AckKind::Stored, "stored"));
                 }
                 Outcome::Store { .. } | Outcome::Ignore => {}
                 Outcome::Reject {
                     device_id,
                     seq,
                     reason,
-                    encoding,
                 } => {
-                    let ack = MqttOut::simple(&device_id, seq, AckKind::Rejected, reason);
-                    self.acks.send_as(ack, encoding);
+                    self.acks
+                        .send(MqttOut::simple(&device_id, seq, AckKind::Rejected, reason));
                 }
             }
         }
@@ -353,61 +418,8 @@ impl Ingest {
         }
     }
 
-    fn accept(
-        &mut self,
-        topic: &[u8],
-        payload: &[u8],
-        stored_ms: i64,
-        staging: &mut Staging<'_>,
-        sightings: &mut Vec<Sighting>,
-    ) -> Outcome {
-        let topic = String::from_utf8_lossy(topic);
-        if let Some(device_id) = topics::parse_status(&topic) {
-            if payload == b"offline" && self.known_devices.contains(device_id) {
-                sightings.push(Sighting::LastWill {
-                    device_id: device_id.to_string(),
-                });
-            }
-            return Outcome::Ignore;
-        }
-        let Some((topic_device, encoding)) = topics::parse_event(&topic) else {
-            metrics::counter!(m::EVENTS_REJECTED, "reason" => "topic").increment(1);
-            tracing::warn!(%topic, "ignoring publish on a topic that is not an event topic");
-            return Outcome::Ignore;
-        };
-        let decoded = decode(encoding, payload, self.max_event_bytes);
-        // Echo the seq in a rejection when it could be read, so the device
-        // can drop that event from its retry queue.
-        let seq_hint = decoded.as_ref().map_or(0, |e| e.seq);
-        let event = match decoded.and_then(|e| check(e, topic_device, &self.known_devices)) {
-            Ok(event) => event,
-            Err(rejection) => {
-                metrics::counter!(m::EVENTS_REJECTED, "reason" => rejection.label()).increment(1);
-                tracing::warn!(
-                    device_id = topic_device,
-                    reason = rejection.label(),
-                    "rejected event: {rejection}"
-                );
-                return Outcome::Reject {
-                    device_id: topic_device.to_string(),
-                    seq: seq_hint,
-                    reason: rejection.to_string(),
-                    encoding,
-                };
-            }
-        };
+    fn accept(&mut self, event: DeviceEvent, stored_ms: i64, staging: &mut Staging<'_>) -> Outcome {
         let (device_id, seq) = (event.device_id.clone(), event.seq);
-        // Downlinks ("help is coming") answer in the device's own encoding.
-        self.acks.note_encoding(&device_id, encoding);
-        if !self.limiter.allow(&device_id, Instant::now()) {
-            metrics::counter!(m::EVENTS_REJECTED, "reason" => "rate_limited").increment(1);
-            tracing::debug!(%device_id, seq, "device over its rate; no ack, it will retry");
-            return Outcome::Ignore;
-        }
-        sightings.push(Sighting::Event {
-            device_id: device_id.clone(),
-            battery_pct: event.battery_pct,
-        });
         if self.failed {
             return Outcome::Ignore;
         }
@@ -436,11 +448,7 @@ impl Ingest {
                 if event.priority() <= anxin_proto::Priority::P1 {
                     self.round_alarms.push(event);
                 }
-                Outcome::Store {
-                    device_id,
-                    seq,
-                    encoding,
-                }
+                Outcome::Store { device_id, seq }
             }
             Ok(Appended::Refused) => {
                 metrics::counter!(m::EVENTS_REJECTED, "reason" => "journal_full").increment(1);
@@ -449,17 +457,12 @@ impl Ingest {
                     device_id,
                     seq,
                     reason: "the gateway's journal is full of life-safety events".into(),
-                    encoding,
                 }
             }
             Ok(Appended::Duplicate(_)) => {
                 metrics::counter!(m::EVENTS_DUPLICATE).increment(1);
                 tracing::debug!(%device_id, seq, "retransmission of a journaled event");
-                Outcome::Store {
-                    device_id,
-                    seq,
-                    encoding,
-                }
+                Outcome::Store { device_id, seq }
             }
             Ok(Appended::Deferred) => {
                 metrics::counter!(m::EVENTS_DEFERRED, "reason" => "disk_low").increment(1);
@@ -493,8 +496,8 @@ impl Ingest {
 mod tests {
     use super::*;
 
-    fn known() -> HashSet<String> {
-        HashSet::from(["btn-1".to_string()])
+    fn known() -> impl Fn(&str) -> bool {
+        |device| device == "btn-1"
     }
 
     fn sos(device: &str) -> DeviceEvent {
@@ -511,12 +514,12 @@ mod tests {
     fn accepts_a_valid_event_in_both_encodings() {
         let bytes = sos("btn-1").encode_to_vec();
         assert_eq!(
-            validate("btn-1", Encoding::Protobuf, &bytes, 4096, &known()).unwrap(),
+            validate("btn-1", Encoding::Protobuf, &bytes, 4096, known()).unwrap(),
             sos("btn-1")
         );
         let json = br#"{"seq":"1","kind":"EVENT_KIND_SOS","batteryPct":90}"#;
         assert_eq!(
-            validate("btn-1", Encoding::Json, json, 4096, &known()).unwrap(),
+            validate("btn-1", Encoding::Json, json, 4096, known()).unwrap(),
             sos("btn-1")
         );
     }

@@ -1,9 +1,9 @@
 //! anxin-gateway: the household / community-centre daemon between devices
 //! (MQTT) and the dispatch server (gRPC). See ARCHITECTURE.md for the map.
 
-pub mod broker;
 pub mod config;
 pub mod fallback;
+pub mod front;
 pub mod health;
 pub mod http;
 pub mod ingest;

@@ -4,12 +4,12 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anxin_gateway::{
-    broker,
     config::GatewayConfig,
     fallback::{Fallback, LocalAlarm},
+    front::{self, Front, auth::DeviceBook, session::Sessions},
     health::{self, Health},
     http::{self, HttpState},
-    ingest::Ingest,
+    ingest::{Admission, Ingest, Lanes},
     journal, metrics,
     mqtt_out::MqttOut,
     supervisor::Supervisor,
@@ -19,8 +19,8 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-/// Anxin gateway: embedded MQTT broker for devices, durable journal, uplink
-/// to the dispatch server.
+/// Anxin gateway: MQTT device front, durable journal, uplink to the
+/// dispatch server.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -41,8 +41,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let config = match &args.config {
@@ -58,7 +57,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
-    broker::check_port(&config)?;
+    // Ports first: a taken port fails in milliseconds, before anything slow.
+    let mqtt_listener = front::bind(config.mqtt.listen, "mqtt.listen").await?;
     let http_listener = anxin_host::net::bind(config.http.listen, "http.listen").await?;
     let prometheus = metrics::install();
     let restarts = anxin_host::restart::restarts();
@@ -80,24 +80,34 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         report_damage(&config, &writer, recovery).await;
     }
 
-    let link = broker::start(&config)?;
-    broker::wait_listening(config.mqtt.listen, Duration::from_secs(10)).await?;
-    broker::set_nodelay(config.mqtt.listen);
-    let acks = MqttOut::new(link.tx);
+    let book = Arc::new(DeviceBook::from_config(&config));
+    let sessions = Arc::new(Sessions::default());
+    let acks = MqttOut::new(sessions.clone());
 
     let cancel = CancellationToken::new();
     let alarm = Arc::new(LocalAlarm::new(&config, acks.clone()));
     let (sightings, sightings_rx) = tokio::sync::mpsc::channel(4096);
     let supervisor =
         Supervisor::new(&config, writer.clone()).context("loading supervision state")?;
-    let ingest = Ingest::new(
+    let (lanes, alarm_lane, bulk_lane) = Lanes::new();
+    let lane = |name| {
+        Ingest::new(
+            name,
+            writer.clone(),
+            acks.clone(),
+            alarm.clone(),
+            sightings.clone(),
+            health.clone(),
+        )
+    };
+    let (alarm_ingest, bulk_ingest) = (lane("alarm"), lane("bulk"));
+    let device_front = Arc::new(Front::new(
         &config,
-        writer.clone(),
-        acks.clone(),
-        alarm.clone(),
+        book.clone(),
+        sessions,
+        Admission::new(&config, book, lanes),
         sightings,
-        health.clone(),
-    );
+    ));
     let (uplink, uplink_state) = Uplink::new(&config, reader.clone(), acks, health.clone());
     let fallback = Fallback::new(
         &config,
@@ -117,7 +127,9 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     });
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(ingest.run(link.rx, cancel.clone()));
+    tasks.spawn(alarm_ingest.run(alarm_lane, cancel.clone()));
+    tasks.spawn(bulk_ingest.run(bulk_lane, cancel.clone()));
+    tasks.spawn(front::run(mqtt_listener, device_front, cancel.clone()));
     tasks.spawn(uplink.run(cancel.clone()));
     tasks.spawn(supervisor.run(sightings_rx, cancel.clone()));
     tasks.spawn(fallback.run(cancel.clone()));

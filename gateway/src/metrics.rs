@@ -30,6 +30,11 @@ pub const EVENTS_DEFERRED: &str = "anxin_gateway_events_deferred_total";
 pub const JOURNAL_DAMAGED: &str = "anxin_gateway_journal_damaged_total";
 pub const JOURNAL_SALVAGED: &str = "anxin_gateway_journal_salvaged_entries";
 pub const RESTARTS_IN_PLACE: &str = "anxin_gateway_restarts_in_place";
+pub const MQTT_REFUSED: &str = "anxin_gateway_mqtt_refused_total";
+pub const MQTT_CONNECTIONS: &str = "anxin_gateway_mqtt_connections";
+pub const MQTT_DROPPED: &str = "anxin_gateway_mqtt_dropped_total";
+pub const MQTT_TAKEOVERS: &str = "anxin_gateway_mqtt_session_takeovers_total";
+pub const MQTT_KEEPALIVE_EXPIRED: &str = "anxin_gateway_mqtt_keepalive_expired_total";
 
 /// Installs the global recorder and returns the handle `/metrics` renders.
 pub fn install() -> PrometheusHandle {
@@ -54,7 +59,7 @@ pub fn install() -> PrometheusHandle {
     );
     describe_counter!(
         EVENTS_DEFERRED,
-        "P2/P3 events not taken (no ack, the device retries), by reason (disk_low)."
+        "Events not taken (no ack, the device retries), by reason: disk_low (P2/P3), ingest_busy (a journal lane full), shutting_down."
     );
     describe_counter!(
         JOURNAL_DAMAGED,
@@ -67,6 +72,23 @@ pub fn install() -> PrometheusHandle {
     describe_gauge!(
         RESTARTS_IN_PLACE,
         "Times this gateway restarted itself in place (journal I/O failure) since it was started."
+    );
+    describe_counter!(
+        MQTT_REFUSED,
+        "Device-front refusals, by reason (bad_password, unknown_device, publish_not_allowed, subscribe_not_allowed, ...)."
+    );
+    describe_gauge!(MQTT_CONNECTIONS, "Device connections open now.");
+    describe_counter!(
+        MQTT_DROPPED,
+        "Messages to devices not delivered, by reason (device_away, not_subscribed, connection_busy, session_queue_full); the device retries."
+    );
+    describe_counter!(
+        MQTT_TAKEOVERS,
+        "Connections replaced by a newer one of the same device."
+    );
+    describe_counter!(
+        MQTT_KEEPALIVE_EXPIRED,
+        "Connections closed for a missed keep-alive (their last will is published)."
     );
     describe_counter!(
         EVENTS_DUPLICATE,

@@ -30,7 +30,7 @@ pub fn parse_status(topic: &str) -> Option<&str> {
 }
 
 /// Payload encoding, told by the topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
     Protobuf,
     Json,

@@ -1,0 +1,466 @@
+//! MQTT sessions of the device front: which connection serves an identity
+//! now, what it subscribed to, and what waits for it while it is away
+//! (persistent sessions). Everything the gateway sends a device — `stored`
+//! and `rejected` acks, "help is coming" — is addressed to one identity
+//! here and reaches exactly that device's connection; nothing is matched
+//! against topic filters.
+//!
+//! Memory is bounded: a connection's outgoing channel and a session's
+//! waiting queue have fixed capacities. What does not fit is dropped and
+//! counted; an ack the device never saw makes it retry, and the retry is
+//! acked again.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anxin_proto::{DeviceAck, topics::Encoding};
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{acl::Feed, codec::DisconnectReason};
+use crate::metrics as m;
+
+/// Messages waiting for a device that is away, at most.
+pub const SESSION_QUEUE: usize = 64;
+/// Messages queued to a live connection, at most.
+pub const CONNECTION_QUEUE: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    /// Sent before and not acknowledged: resent with DUP set.
+    pub dup: bool,
+}
+
+#[derive(Debug)]
+pub enum Outbound {
+    Publish(Message),
+    Kick(DisconnectReason),
+}
+
+struct Attached {
+    conn_id: u64,
+    tx: mpsc::Sender<Outbound>,
+    kick: CancellationToken,
+}
+
+struct State {
+    attached: Option<Attached>,
+    /// Subscriptions with their granted QoS.
+    feeds: HashMap<Feed, u8>,
+    waiting: VecDeque<Message>,
+    /// Kept after the connection ends (3.1.1 clean session off, v5 expiry
+    /// interval > 0).
+    persistent: bool,
+    /// v5: when a detached session ends; `None`: never (3.1.1).
+    expiry: Option<Duration>,
+    detached_at: Option<Instant>,
+    /// Token bucket of the device's event rate.
+    tokens: f64,
+    refilled: Instant,
+}
+
+pub struct Session {
+    pub key: String,
+    state: Mutex<State>,
+}
+
+impl Session {
+    fn new(key: &str, burst: f64) -> Self {
+        Self {
+            key: key.to_string(),
+            state: Mutex::new(State {
+                attached: None,
+                feeds: HashMap::new(),
+                waiting: VecDeque::new(),
+                persistent: false,
+                expiry: None,
+                detached_at: None,
+                tokens: burst,
+                refilled: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(&self, feed: Feed, qos: u8) {
+        self.lock().feeds.insert(feed, qos);
+    }
+
+    pub fn unsubscribe(&self, feed: &Feed) {
+        self.lock().feeds.remove(feed);
+    }
+
+    /// Takes one event from the device's rate budget; `false`: over it.
+    pub fn allow_event(&self, rate_per_sec: f64, burst: f64) -> bool {
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.tokens = (state.tokens
+            + now.duration_since(state.refilled).as_secs_f64() * rate_per_sec)
+            .min(burst);
+        state.refilled = now;
+        if state.tokens >= 1.0 {
+            state.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expired(state: &State, now: Instant) -> bool {
+        match (state.attached.is_some(), state.expiry, state.detached_at) {
+            (false, Some(expiry), Some(at)) => now.duration_since(at) >= expiry,
+            _ => false,
+        }
+    }
+
+    /// Hands a message to the live connection, or keeps it for a
+    /// persistent session. `false`: dropped (counted).
+    fn offer(&self, message: Message) -> bool {
+        let mut state = self.lock();
+        if let Some(attached) = &state.attached {
+            return match attached.tx.try_send(Outbound::Publish(message)) {
+                Ok(()) => true,
+                Err(_) => {
+                    metrics::counter!(m::MQTT_DROPPED, "reason" => "connection_busy").increment(1);
+                    false
+                }
+            };
+        }
+        if !state.persistent || Self::expired(&state, Instant::now()) {
+            metrics::counter!(m::MQTT_DROPPED, "reason" => "device_away").increment(1);
+            return false;
+        }
+        if state.waiting.len() >= SESSION_QUEUE {
+            state.waiting.pop_front();
+            metrics::counter!(m::MQTT_DROPPED, "reason" => "session_queue_full").increment(1);
+        }
+        state.waiting.push_back(message);
+        true
+    }
+}
+
+/// What [`Sessions::attach`] gives a new connection.
+pub struct Attachment {
+    pub session: Arc<Session>,
+    pub conn_id: u64,
+    pub session_present: bool,
+    /// Messages that waited while the device was away, oldest first.
+    pub backlog: Vec<Message>,
+    pub rx: mpsc::Receiver<Outbound>,
+    pub kick: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    next_conn: AtomicU64,
+}
+
+impl Sessions {
+    /// Binds a new connection to the session of `key`, taking it over from
+    /// an older connection of the same identity (which is told and closed).
+    pub fn attach(
+        &self,
+        key: &str,
+        clean_start: bool,
+        persistent: bool,
+        expiry: Option<Duration>,
+        burst: f64,
+    ) -> Attachment {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+        let kick = CancellationToken::new();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let existing = map.get(key).cloned();
+        let now = Instant::now();
+        let (session, session_present) = match existing {
+            Some(session) => {
+                let mut state = session.lock();
+                if let Some(old) = state.attached.take() {
+                    let _ = old
+                        .tx
+                        .try_send(Outbound::Kick(DisconnectReason::SessionTakenOver));
+                    old.kick.cancel();
+                    metrics::counter!(m::MQTT_TAKEOVERS).increment(1);
+                }
+                let resumable = !clean_start && state.persistent && !Session::expired(&state, now);
+                if !resumable {
+                    state.feeds.clear();
+                    state.waiting.clear();
+                }
+                drop(state);
+                (session, resumable)
+            }
+            None => {
+                let session = Arc::new(Session::new(key, burst));
+                map.insert(key.to_string(), session.clone());
+                (session, false)
+            }
+        };
+        drop(map);
+        let mut state = session.lock();
+        state.persistent = persistent;
+        state.expiry = expiry;
+        state.detached_at = None;
+        state.attached = Some(Attached {
+            conn_id,
+            tx,
+            kick: kick.clone(),
+        });
+        let backlog = state.waiting.drain(..).collect();
+        drop(state);
+        Attachment {
+            session,
+            conn_id,
+            session_present,
+            backlog,
+            rx,
+            kick,
+        }
+    }
+
+    /// Ends a connection. A persistent session keeps what was not yet
+    /// delivered (in flight first, then queued); a clean one is removed.
+    pub fn detach(
+        &self,
+        session: &Arc<Session>,
+        conn_id: u64,
+        unacked: Vec<Message>,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) {
+        let mut state = session.lock();
+        if state.attached.as_ref().map(|a| a.conn_id) != Some(conn_id) {
+            // Taken over: the new connection owns the session now.
+            return;
+        }
+        state.attached = None;
+        // Nothing more can be sent to the old channel (offer holds this
+        // lock): what is in it is everything still owed.
+        let mut owed: Vec<Message> = unacked;
+        while let Ok(out) = rx.try_recv() {
+            if let Outbound::Publish(message) = out {
+                owed.push(message);
+            }
+        }
+        if state.persistent {
+            state.detached_at = Some(Instant::now());
+            for message in owed.into_iter().rev() {
+                if state.waiting.len() >= SESSION_QUEUE {
+                    metrics::counter!(m::MQTT_DROPPED, "reason" => "session_queue_full")
+                        .increment(1);
+                    continue;
+                }
+                state.waiting.push_front(message);
+            }
+            return;
+        }
+        drop(state);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map
+            .get(&session.key)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            map.remove(&session.key);
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<Session>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Sends an ack to its device, on each ack topic it subscribed to.
+    /// `false`: it reached no connection or session (the device is away
+    /// without a persistent session, or never subscribed).
+    pub fn deliver_ack(&self, mut ack: DeviceAck) -> bool {
+        let Some(session) = self.get(&ack.device_id) else {
+            metrics::counter!(m::MQTT_DROPPED, "reason" => "device_away").increment(1);
+            return false;
+        };
+        ack.sent_ms = anxin_proto::now_ms();
+        let feeds: Vec<(Feed, u8)> = session
+            .lock()
+            .feeds
+            .iter()
+            .filter(|(f, _)| matches!(f, Feed::Ack(_)))
+            .map(|(f, q)| (f.clone(), *q))
+            .collect();
+        if feeds.is_empty() {
+            metrics::counter!(m::MQTT_DROPPED, "reason" => "not_subscribed").increment(1);
+            return false;
+        }
+        let mut delivered = false;
+        for (feed, qos) in feeds {
+            let payload = match feed {
+                Feed::Ack(Encoding::Protobuf) => Bytes::from(ack.encode_to_vec()),
+                Feed::Ack(Encoding::Json) => {
+                    Bytes::from(serde_json::to_vec(&ack).expect("acks serialize"))
+                }
+                Feed::Local(_) => continue,
+            };
+            delivered |= session.offer(Message {
+                topic: feed.topic(&ack.device_id),
+                payload,
+                qos,
+                dup: false,
+            });
+        }
+        delivered
+    }
+
+    /// Sends a message to every connection subscribed to a local topic
+    /// (on-site consoles, sirens). Returns how many it reached.
+    pub fn deliver_local(&self, topic: &str, payload: Bytes) -> usize {
+        let sessions: Vec<Arc<Session>> = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let feed = Feed::Local(topic.to_string());
+        let mut reached = 0;
+        for session in sessions {
+            let qos = session.lock().feeds.get(&feed).copied();
+            if let Some(qos) = qos
+                && session.offer(Message {
+                    topic: topic.to_string(),
+                    payload: payload.clone(),
+                    qos,
+                    dup: false,
+                })
+            {
+                reached += 1;
+            }
+        }
+        reached
+    }
+
+    /// Closes the live connection of an identity (deactivated, re-keyed).
+    pub fn kick(&self, key: &str, reason: DisconnectReason) {
+        if let Some(session) = self.get(key) {
+            let mut state = session.lock();
+            if let Some(attached) = state.attached.take() {
+                let _ = attached.tx.try_send(Outbound::Kick(reason));
+                attached.kick.cancel();
+            }
+            state.persistent = false;
+            state.waiting.clear();
+            drop(state);
+            self.map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(device: &str, seq: u64) -> DeviceAck {
+        DeviceAck {
+            device_id: device.into(),
+            seq,
+            kind: anxin_proto::AckKind::Stored as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_ack_reaches_only_its_device() {
+        let sessions = Sessions::default();
+        let mut one = sessions.attach("btn-1", true, false, None, 20.0);
+        let mut two = sessions.attach("btn-2", true, false, None, 20.0);
+        one.session.subscribe(Feed::Ack(Encoding::Protobuf), 1);
+        two.session.subscribe(Feed::Ack(Encoding::Json), 1);
+        assert!(sessions.deliver_ack(ack("btn-1", 7)));
+        let Ok(Outbound::Publish(message)) = one.rx.try_recv() else {
+            panic!("btn-1 got nothing");
+        };
+        assert_eq!(message.topic, "anxin/v1/dev/btn-1/ack");
+        assert_eq!(DeviceAck::decode(message.payload).unwrap().seq, 7);
+        assert!(two.rx.try_recv().is_err());
+        assert!(!sessions.deliver_ack(ack("btn-3", 1)));
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_what_came_while_away_and_a_clean_one_does_not() {
+        let sessions = Sessions::default();
+        let mut first = sessions.attach("btn-1", false, true, None, 20.0);
+        first.session.subscribe(Feed::Ack(Encoding::Protobuf), 1);
+        sessions.detach(&first.session, first.conn_id, Vec::new(), &mut first.rx);
+        assert!(sessions.deliver_ack(ack("btn-1", 1)));
+        assert!(sessions.deliver_ack(ack("btn-1", 2)));
+        let back = sessions.attach("btn-1", false, true, None, 20.0);
+        assert!(back.session_present);
+        assert_eq!(back.backlog.len(), 2);
+        let mut again = back;
+        sessions.detach(&again.session, again.conn_id, Vec::new(), &mut again.rx);
+        assert!(sessions.deliver_ack(ack("btn-1", 3)));
+        let clean = sessions.attach("btn-1", true, false, None, 20.0);
+        assert!(!clean.session_present);
+        assert!(clean.backlog.is_empty());
+    }
+
+    #[test]
+    fn a_second_connection_takes_the_session_over() {
+        let sessions = Sessions::default();
+        let mut old = sessions.attach("btn-1", true, false, None, 20.0);
+        let new = sessions.attach("btn-1", true, false, None, 20.0);
+        assert!(old.kick.is_cancelled());
+        assert!(matches!(
+            old.rx.try_recv(),
+            Ok(Outbound::Kick(DisconnectReason::SessionTakenOver))
+        ));
+        // The old connection's exit does not end the new one's session.
+        sessions.detach(&old.session, old.conn_id, Vec::new(), &mut old.rx);
+        new.session.subscribe(Feed::Ack(Encoding::Protobuf), 0);
+        assert!(sessions.deliver_ack(ack("btn-1", 1)));
+    }
+
+    #[test]
+    fn waiting_messages_are_bounded() {
+        let sessions = Sessions::default();
+        let mut first = sessions.attach("btn-1", false, true, None, 20.0);
+        first.session.subscribe(Feed::Ack(Encoding::Protobuf), 1);
+        sessions.detach(&first.session, first.conn_id, Vec::new(), &mut first.rx);
+        for seq in 0..(SESSION_QUEUE as u64 + 10) {
+            sessions.deliver_ack(ack("btn-1", seq));
+        }
+        let back = sessions.attach("btn-1", false, true, None, 20.0);
+        assert_eq!(back.backlog.len(), SESSION_QUEUE);
+        // The newest are kept.
+        let last = back.backlog.last().unwrap().payload.clone();
+        assert_eq!(
+            DeviceAck::decode(last).unwrap().seq,
+            SESSION_QUEUE as u64 + 9
+        );
+    }
+}

@@ -78,8 +78,14 @@ reserve_bytes = 8388608
 servers = ["http://127.0.0.1:$GRPC_PORT"]
 token = "$(token gateway-gw-community-01)"
 TOML
-  for d in "${DEVICES[@]}" "${LOAD_DEVICES[@]}"; do printf '[[devices]]\nid = "%s"\n' "$d"; done
+  # Every device logs in with its own password (the gateway requires it):
+  # "<secret>-device-<id>", which anxin-sim derives from ANXIN_SIM_PASSWORD.
+  for d in "${DEVICES[@]}" "${LOAD_DEVICES[@]}"; do
+    printf '[[devices]]\nid = "%s"\npassword = "%s"\n' "$d" "$(token "device-$d")"
+  done
 } > "$STATE/gateway.toml"
+
+export ANXIN_SIM_PASSWORD="$SECRET-device-{id}"
 
 pids=()
 cleanup() {
@@ -151,12 +157,13 @@ cat <<INFO
     Other accounts:      carer-li $(token carer-li)
                          supervisor-wu $(token supervisor-wu)
                          admin $(token admin)
-    Gateway MQTT:        127.0.0.1:$MQTT_PORT   (devices: ${DEVICES[*]})
+    Gateway MQTT:        127.0.0.1:$MQTT_PORT   (devices: ${DEVICES[*]};
+                         username = device id, password = $SECRET-device-<id>)
     Gateway health:      http://127.0.0.1:$GW_HTTP_PORT/healthz
 
   Simulated residents press every 20-40 s; device output goes to $STATE/sim.log.
   Press a button yourself:
-    $BIN/anxin-sim --gateway 127.0.0.1:$MQTT_PORT press --device btn-0002
+    ANXIN_SIM_PASSWORD='$SECRET-device-{id}' $BIN/anxin-sim --gateway 127.0.0.1:$MQTT_PORT press --device btn-0002
   Ctrl-C stops the stack.
 
 INFO

@@ -111,7 +111,7 @@ pub fn spawn(
         .clone()
         .unwrap_or_else(|| device_id.to_string());
     if let Some(password) = &config.password {
-        options.set_credentials(username, password);
+        options.set_credentials(username, password.replace("{id}", device_id));
     }
     let (client, mut eventloop) = AsyncClient::new(options, 256);
     // An alarm is one small packet: without TCP_NODELAY, Nagle's algorithm

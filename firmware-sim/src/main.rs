@@ -26,8 +26,10 @@ struct Args {
     /// The gateway's MQTT address, host:port (overrides the config file).
     #[arg(long, global = true)]
     gateway: Option<String>,
-    /// MQTT password; the username is the device id unless the config sets one.
-    #[arg(long, global = true)]
+    /// MQTT password; the username is the device id unless the config sets
+    /// one. `{id}` in it stands for each device's id, so one value serves a
+    /// fleet provisioned by a pattern (test benches, the dev stack).
+    #[arg(long, global = true, env = "ANXIN_SIM_PASSWORD")]
     password: Option<String>,
     /// Print the result as JSON (for machines).
     #[arg(long, global = true)]

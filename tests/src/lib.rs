@@ -18,6 +18,7 @@ use std::{
 pub mod grpc;
 pub mod host;
 pub mod mqtt;
+pub mod paho;
 pub mod proxy;
 pub mod sse;
 pub mod webhook;
@@ -515,6 +516,16 @@ impl Server {
     }
 }
 
+/// The password the harness gives each device (and observer) it registers
+/// at a gateway, unless the test names one: `anxin-sim` derives it from
+/// `ANXIN_SIM_PASSWORD`, which [`Sim::run`] sets.
+pub fn device_password(id: &str) -> String {
+    SIM_PASSWORD.replace("{id}", id)
+}
+pub const SIM_PASSWORD: &str = "pw-{id}-secret";
+/// The observer every test gateway knows (it may read the local alarm topic).
+pub const SIREN: &str = "siren";
+
 pub struct Gateway {
     pub proc: Proc,
     pub mqtt_port: u16,
@@ -583,11 +594,19 @@ impl Gateway {
             let mut parts = device.split(':');
             let id = parts.next().unwrap();
             let kind = parts.next().unwrap_or("call_button");
-            text.push_str(&format!("[[devices]]\nid = \"{id}\"\nkind = \"{kind}\"\n"));
-            if let Some(password) = parts.next() {
-                text.push_str(&format!("password = \"{password}\"\n"));
-            }
+            let password = parts
+                .next()
+                .map(str::to_string)
+                .unwrap_or_else(|| device_password(id));
+            text.push_str(&format!(
+                "[[devices]]\nid = \"{id}\"\nkind = \"{kind}\"\npassword = \"{password}\"\n"
+            ));
         }
+        // The on-site siren of the fallback tests.
+        text.push_str(&format!(
+            "[[mqtt.observers]]\nusername = \"{SIREN}\"\npassword = \"{}\"\n",
+            device_password(SIREN)
+        ));
         fs::write(&config, text).unwrap();
         let mut gateway = Self {
             proc: Self::spawn(&config, dir),
@@ -704,6 +723,7 @@ impl Sim {
     pub fn run(dir: &Path, gateway_mqtt: &str, args: &[&str]) -> Self {
         let mut cmd = Command::new(binary("anxin-sim"));
         cmd.arg("--gateway").arg(gateway_mqtt).args(args);
+        cmd.env("ANXIN_SIM_PASSWORD", SIM_PASSWORD);
         let log = dir.join(format!("sim-{}.log", free_port()));
         // stdout is ours to read; stderr goes to the log.
         let err = fs::File::create(&log).expect("sim log");

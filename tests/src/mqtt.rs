@@ -12,12 +12,15 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Connects to the gateway's broker and subscribes to `topics`. The
-    /// broker handles one connection's packets in order, so the
-    /// subscriptions are active before anything this probe publishes next.
+    /// Connects to the gateway's device front as `name` (a device or an
+    /// observer the harness registered, with its harness password) and
+    /// subscribes to `topics`. The front handles one connection's packets
+    /// in order, so the subscriptions are active before anything this probe
+    /// publishes next.
     pub async fn connect(mqtt_port: u16, name: &str, topics: &[&str]) -> Self {
         let mut options = MqttOptions::new(name, "127.0.0.1", mqtt_port);
         options.set_max_packet_size(128 * 1024, 128 * 1024);
+        options.set_credentials(name, crate::device_password(name));
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         for topic in topics {
             client.subscribe(*topic, QoS::AtLeastOnce).await.unwrap();

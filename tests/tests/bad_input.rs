@@ -5,24 +5,24 @@
 use std::time::Duration;
 
 use anxin_proto::{AckKind, DeviceAck, DeviceEvent, EventKind, topics};
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, device_password, eventually};
 use prost::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 /// An MQTT client that publishes raw payloads and collects acks.
+/// A raw MQTT client logged in as `device`, reading its acks.
 async fn raw_client(
     gateway: &Gateway,
-    watch_devices: &[&str],
+    device: &str,
 ) -> (AsyncClient, tokio::sync::mpsc::Receiver<DeviceAck>) {
     let mut options = MqttOptions::new("bad-input-test", "127.0.0.1", gateway.mqtt_port);
     options.set_max_packet_size(128 * 1024, 128 * 1024);
+    options.set_credentials(device, device_password(device));
     let (client, mut eventloop) = AsyncClient::new(options, 16);
-    for device in watch_devices {
-        client
-            .subscribe(topics::ack(device), QoS::AtLeastOnce)
-            .await
-            .unwrap();
-    }
+    client
+        .subscribe(topics::ack(device), QoS::AtLeastOnce)
+        .await
+        .unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -48,11 +48,11 @@ async fn next_ack(acks: &mut tokio::sync::mpsc::Receiver<DeviceAck>) -> DeviceAc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_unknown_and_oversize_are_rejected_and_counted_and_service_continues() {
+async fn malformed_misnamed_and_oversize_are_rejected_and_counted_and_service_continues() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
     let gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-1"]).await;
-    let (client, mut acks) = raw_client(&gateway, &["btn-1", "ghost"]).await;
+    let (client, mut acks) = raw_client(&gateway, "btn-1").await;
     // The broker handles one connection's packets in order, so the ack
     // subscriptions are active before the first bad publish. Each bad input
     // is sent alone and its rejection read before the next.
@@ -81,6 +81,8 @@ async fn malformed_unknown_and_oversize_are_rejected_and_counted_and_service_con
     .await;
 
     // 2. A well-formed event from a device this gateway does not know.
+    // An event on btn-1's own topic whose payload names another device.
+    // (Unknown devices are refused at CONNECT: tests/tests/device_isolation.rs.)
     let ghost = DeviceEvent {
         device_id: "ghost".into(),
         seq: 1,
@@ -89,7 +91,7 @@ async fn malformed_unknown_and_oversize_are_rejected_and_counted_and_service_con
     };
     client
         .publish(
-            topics::event("ghost"),
+            topics::event("btn-1"),
             QoS::AtLeastOnce,
             false,
             ghost.encode_to_vec(),
@@ -99,11 +101,11 @@ async fn malformed_unknown_and_oversize_are_rejected_and_counted_and_service_con
     let ack = next_ack(&mut acks).await;
     assert_eq!(
         (ack.device_id.as_str(), ack.kind()),
-        ("ghost", AckKind::Rejected)
+        ("btn-1", AckKind::Rejected)
     );
-    eventually("the unknown-device counter", PATIENCE, || async {
+    eventually("the device-mismatch counter", PATIENCE, || async {
         (gateway
-            .metric(&format!("{rejected}{{reason=\"unknown_device\"}}"))
+            .metric(&format!("{rejected}{{reason=\"device_mismatch\"}}"))
             .await
             == 1.0)
             .then_some(())
@@ -134,7 +136,7 @@ async fn malformed_unknown_and_oversize_are_rejected_and_counted_and_service_con
 
     // Each rejection left a log line naming its reason.
     let log = gateway.proc.log();
-    for reason in ["malformed", "unknown_device", "oversize"] {
+    for reason in ["malformed", "device_mismatch", "oversize"] {
         assert!(
             log.lines()
                 .any(|l| l.contains("rejected event") && l.contains(reason)),

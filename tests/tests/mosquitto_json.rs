@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use anxin_tests::{Gateway, PATIENCE, Server, eventually};
+use anxin_tests::{Gateway, PATIENCE, Server, device_password, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_json_sos_raises_an_alert() {
@@ -31,6 +31,7 @@ async fn mosquitto_pub_json_sos_raises_an_alert() {
             "-q",
             "1",
         ])
+        .args(["-u", "btn-0042", "-P", &device_password("btn-0042")])
         .args(["-t", "anxin/v1/dev/btn-0042/event/json"])
         .args([
             "-m",

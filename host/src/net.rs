@@ -72,23 +72,6 @@ pub fn listening_fds(port: u16) -> io::Result<Vec<i32>> {
     Ok(fds)
 }
 
-/// Sets `TCP_NODELAY` on this process's listening sockets on `port`;
-/// Linux hands it down to every connection they accept. For a listener
-/// that a library opened and never exposes (rumqttd's): without it, each
-/// small ack waits for Nagle and the peer's delayed ACK (~40 ms). Returns
-/// how many listeners were set.
-pub fn set_nodelay_on_listeners(port: u16) -> io::Result<usize> {
-    let fds = listening_fds(port)?;
-    for fd in &fds {
-        // SAFETY: `fd` was just listed in /proc/self/fd as a listening
-        // socket of this process; the broker keeps its listener open for
-        // the life of the process, and the borrow ends with this call.
-        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
-        rustix::net::sockopt::set_tcp_nodelay(socket, true)?;
-    }
-    Ok(fds.len())
-}
-
 /// Inodes of sockets listening on `port` in one `/proc/net/tcp*` table.
 fn listening_inodes(table: &str, port: u16) -> Vec<String> {
     let port = format!(":{port:04X}");
@@ -115,16 +98,6 @@ mod tests {
         assert!(listening_here(port).unwrap());
         drop(listener);
         assert!(!listening_here(port).unwrap());
-    }
-
-    #[test]
-    fn nodelay_set_on_a_listener_reaches_what_it_accepts() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        assert_eq!(set_nodelay_on_listeners(port).unwrap(), 1);
-        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        assert!(accepted.nodelay().unwrap());
     }
 
     #[test]

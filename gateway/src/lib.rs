@@ -10,5 +10,6 @@ pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod mqtt_out;
+pub mod roster;
 pub mod supervisor;
 pub mod uplink;

@@ -12,6 +12,7 @@ use anxin_gateway::{
     ingest::{Admission, Ingest, Lanes},
     journal, metrics,
     mqtt_out::MqttOut,
+    roster::Roster,
     supervisor::Supervisor,
     uplink::Uplink,
 };
@@ -87,8 +88,12 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let alarm = Arc::new(LocalAlarm::new(&config, acks.clone()));
     let (sightings, sightings_rx) = tokio::sync::mpsc::channel(4096);
-    let supervisor =
-        Supervisor::new(&config, writer.clone()).context("loading supervision state")?;
+    let roster = Arc::new(
+        Roster::open(&writer, book.clone(), sessions.clone())
+            .context("loading the device roster")?,
+    );
+    let supervisor = Supervisor::new(&config, writer.clone(), book.clone())
+        .context("loading supervision state")?;
     let (lanes, alarm_lane, bulk_lane) = Lanes::new();
     let lane = |name| {
         Ingest::new(
@@ -108,7 +113,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         Admission::new(&config, book, lanes),
         sightings,
     ));
-    let (uplink, uplink_state) = Uplink::new(&config, reader.clone(), acks, health.clone());
+    let (uplink, uplink_state) = Uplink::new(&config, reader.clone(), acks, roster, health.clone());
     let fallback = Fallback::new(
         &config,
         reader.clone(),

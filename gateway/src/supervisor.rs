@@ -15,7 +15,8 @@
 //! After a restart every device gets a full deadline of grace.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::GatewayConfig,
+    front::auth::DeviceBook,
     journal::{Appended, JournalError, JournalWriter},
     metrics as m,
 };
@@ -51,25 +53,65 @@ pub struct Supervisor {
     journal: JournalWriter,
     flags: sled::Tree,
     devices: HashMap<String, Watch>,
+    /// Who to watch: the device book, which the server's roster changes.
+    book: Arc<DeviceBook>,
+    book_generation: Option<u64>,
+    deadlines: BTreeMap<String, u64>,
     check_interval: Duration,
     last_will_grace: Duration,
     low_battery_pct: u32,
 }
 
 impl Supervisor {
-    pub fn new(config: &GatewayConfig, journal: JournalWriter) -> Result<Self, JournalError> {
+    pub fn new(
+        config: &GatewayConfig,
+        journal: JournalWriter,
+        book: Arc<DeviceBook>,
+    ) -> Result<Self, JournalError> {
         let flags = journal.aux_tree("supervision")?;
+        let mut supervisor = Self {
+            journal,
+            flags,
+            devices: HashMap::new(),
+            book,
+            book_generation: None,
+            deadlines: config.supervision.heartbeat_deadline_secs.clone(),
+            check_interval: Duration::from_millis(config.supervision.check_interval_ms),
+            last_will_grace: Duration::from_secs(config.supervision.last_will_grace_secs),
+            low_battery_pct: config.supervision.low_battery_pct,
+        };
+        supervisor.follow_book()?;
+        Ok(supervisor)
+    }
+
+    /// Watches the devices the book lists now: a new one gets a full
+    /// deadline of grace, a removed or deactivated one is no longer watched.
+    fn follow_book(&mut self) -> Result<(), JournalError> {
+        let generation = self.book.generation();
+        if self.book_generation == Some(generation) {
+            return Ok(());
+        }
+        self.book_generation = Some(generation);
         let now = Instant::now();
-        let mut devices = HashMap::new();
-        for device in &config.devices {
-            let deadline = config.heartbeat_deadline(&device.kind);
-            let stored = flags.get(device.id.as_bytes())?;
-            let (offline, battery_low) = match stored.as_deref() {
+        let active = self.book.active();
+        let listed: std::collections::HashSet<&str> =
+            active.iter().map(|(id, _)| id.as_str()).collect();
+        self.devices.retain(|id, _| listed.contains(id.as_str()));
+        for (id, kind) in &active {
+            if self.devices.contains_key(id) {
+                continue;
+            }
+            let Some(secs) = self.deadlines.get(kind) else {
+                tracing::warn!(device_id = %id, kind, "no supervision.heartbeat_deadline_secs for this kind; the device is not supervised");
+                continue;
+            };
+            let deadline = Duration::from_secs(*secs);
+            let (offline, battery_low) = match self.flags.get(id.as_bytes())?.as_deref() {
                 Some([offline, low]) => (*offline == 1, *low == 1),
                 _ => (false, false),
             };
-            devices.insert(
-                device.id.clone(),
+            self.devices.insert(
+                id.clone(),
                 Watch {
                     deadline,
                     offline_at: now + deadline,
@@ -78,14 +120,7 @@ impl Supervisor {
                 },
             );
         }
-        Ok(Self {
-            journal,
-            flags,
-            devices,
-            check_interval: Duration::from_millis(config.supervision.check_interval_ms),
-            last_will_grace: Duration::from_secs(config.supervision.last_will_grace_secs),
-            low_battery_pct: config.supervision.low_battery_pct,
-        })
+        Ok(())
     }
 
     pub async fn run(mut self, mut sightings: mpsc::Receiver<Sighting>, cancel: CancellationToken) {
@@ -98,7 +133,10 @@ impl Supervisor {
                     Some(sighting) => self.on_sighting(sighting).await,
                     None => return,
                 },
-                _ = tick.tick() => self.check_deadlines().await,
+                _ = tick.tick() => match self.follow_book() {
+                    Ok(()) => self.check_deadlines().await,
+                    Err(err) => Err(err),
+                },
             };
             if let Err(err) = result {
                 // The flag stays unset, so the next tick tries again.

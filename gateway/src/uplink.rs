@@ -31,6 +31,7 @@ use crate::{
     journal::{Cursor, EntryKey, JournalError, JournalReader},
     metrics as m,
     mqtt_out::MqttOut,
+    roster::Roster,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -64,6 +65,7 @@ pub struct Uplink {
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     journal: JournalReader,
     acks: MqttOut,
+    roster: Arc<Roster>,
     state: watch::Sender<UplinkState>,
     health: Arc<Health>,
 }
@@ -78,6 +80,7 @@ impl Uplink {
         config: &GatewayConfig,
         journal: JournalReader,
         acks: MqttOut,
+        roster: Arc<Roster>,
         health: Arc<Health>,
     ) -> (Self, watch::Receiver<UplinkState>) {
         if config.uplink.token.is_empty() {
@@ -102,6 +105,7 @@ impl Uplink {
             }),
             journal,
             acks,
+            roster,
             state,
             health,
         };
@@ -308,6 +312,14 @@ impl Uplink {
     ) -> Result<(), SessionError> {
         match body {
             Some(server_message::Body::Received(_)) => {}
+            Some(server_message::Body::Roster(roster)) => {
+                if let Err(err) = self.roster.receive(roster).await {
+                    // The old roster stays in force; the server sends the
+                    // whole roster again on the next connection.
+                    tracing::error!(error = %err, "storing the device roster failed");
+                    return Err(err.into());
+                }
+            }
             Some(server_message::Body::Downlink(downlink)) => {
                 if let Some(ack) = downlink.ack {
                     tracing::info!(device_id = %ack.device_id, seq = ack.seq, alert_id = %ack.alert_id, "downlink to device: {}", ack.message);

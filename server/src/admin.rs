@@ -9,12 +9,15 @@ use anxin_proto::{
     },
 };
 
+use std::{collections::BTreeSet, sync::Arc};
+
 use crate::{
     alerts::DeskError,
     audit::AuditLog,
     audit::guard,
     auth::{self, Need, Principal},
     directory::{self, Directory, DirectoryBatch, TokenRecord},
+    gateways::ConnectedGateways,
     import::{self, ImportKind},
     reports,
     store::Store,
@@ -24,6 +27,8 @@ use crate::{
 pub struct AdminDesk {
     store: Store,
     ack_target_ms: i64,
+    /// Told when a gateway's devices change, so it gets its roster again.
+    gateways: Arc<ConnectedGateways>,
 }
 
 fn entry(
@@ -49,10 +54,11 @@ fn bad(text: String) -> DeskError {
 }
 
 impl AdminDesk {
-    pub fn new(store: Store, ack_target_ms: i64) -> Self {
+    pub fn new(store: Store, ack_target_ms: i64, gateways: Arc<ConnectedGateways>) -> Self {
         Self {
             store,
             ack_target_ms,
+            gateways,
         }
     }
 
@@ -154,18 +160,42 @@ impl AdminDesk {
         mut device: DeviceRecord,
     ) -> Result<DeviceRecord, DeskError> {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
+        let existing = self.store.device(&device.id)?;
+        let rekeyed = !device.password.is_empty() || !device.password_sha256.is_empty();
         if !device.password.is_empty() {
             device.password_sha256 = auth::digest(&device.password);
             device.password.clear();
+        } else if device.password_sha256.is_empty()
+            && let Some(existing) = &existing
+        {
+            // An update without a password keeps the device's credential.
+            device.password_sha256 = existing.password_sha256.clone();
+        }
+        device.password_sha256 = device.password_sha256.to_ascii_lowercase();
+        if !device.password_sha256.is_empty()
+            && (device.password_sha256.len() != 64
+                || !device
+                    .password_sha256
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(bad("password_sha256 must be 64 hex digits".into()));
         }
         directory::check_device(&device, |r| self.store.resident(r).ok().flatten().is_some())
             .map_err(bad)?;
+        let mut detail = format!("{} of {}", device.kind, device.resident_id);
+        if rekeyed {
+            detail.push_str(", new credential");
+        }
+        if device.deactivated {
+            detail.push_str(", deactivated");
+        }
         let audit = entry(
             caller,
             "device.put",
             format!("device/{}", device.id),
             "",
-            format!("{} of {}", device.kind, device.resident_id),
+            detail,
         );
         self.store.put_batch(
             &DirectoryBatch {
@@ -174,6 +204,9 @@ impl AdminDesk {
             },
             audit,
         )?;
+        let old_gateway = existing.map(|d| d.gateway_id).unwrap_or_default();
+        self.gateways
+            .roster_changed([device.gateway_id.as_str(), old_gateway.as_str()]);
         Ok(device)
     }
 
@@ -330,6 +363,14 @@ impl AdminDesk {
         })?;
         let parsed = import::parse(&self.store, kind, csv);
         let report = parsed.report;
+        // Gateways whose devices this import adds, changes or moves away.
+        let mut touched = BTreeSet::new();
+        for device in &parsed.batch.devices {
+            touched.insert(device.gateway_id.clone());
+            if let Ok(Some(old)) = self.store.device(&device.id) {
+                touched.insert(old.gateway_id);
+            }
+        }
         if report.rejected.is_empty() {
             self.store.put_batch(
                 &parsed.batch,
@@ -342,6 +383,8 @@ impl AdminDesk {
                 ),
             )?;
             self.store.flush().await?;
+            self.gateways
+                .roster_changed(touched.iter().map(String::as_str));
         } else {
             self.store.append(entry(
                 caller,

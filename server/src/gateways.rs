@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -16,13 +16,15 @@ use anxin_proto::{
     now_ms,
     v1::{GatewayStatus, ServerMessage},
 };
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 #[derive(Default)]
 pub struct ConnectedGateways {
     sessions: Mutex<HashMap<String, (u64, mpsc::Sender<ServerMessage>)>>,
     next_session: AtomicU64,
     seen: Mutex<HashMap<String, Seen>>,
+    /// Per connected gateway: woken when its device roster changed.
+    rosters: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// What the server knows of a gateway's link and health.
@@ -62,6 +64,27 @@ impl ConnectedGateways {
             entry.since_ms = now_ms();
         }
         metrics::gauge!(crate::metrics::GATEWAYS_CONNECTED).set(sessions.len() as f64);
+    }
+
+    /// The signal a gateway's stream waits on to send its roster again.
+    pub fn roster_signal(&self, gateway_id: &str) -> Arc<Notify> {
+        self.rosters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(gateway_id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The devices of these gateways changed (registered, re-keyed, moved,
+    /// deactivated): each connected one is sent its roster again.
+    pub fn roster_changed<'a>(&self, gateway_ids: impl IntoIterator<Item = &'a str>) {
+        let rosters = self.rosters.lock().unwrap_or_else(|p| p.into_inner());
+        for id in gateway_ids {
+            if let Some(signal) = rosters.get(id) {
+                signal.notify_one();
+            }
+        }
     }
 
     /// Sends to the gateway if it is connected; returns whether it was queued.

@@ -204,16 +204,23 @@ pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
                     batch.residents.push(resident);
                 }
                 ImportKind::Devices => {
+                    // A row without a password keeps the stored credential,
+                    // and an import never re-activates a deactivated device.
+                    let existing = dir.device(&id).ok().flatten();
                     let device = DeviceRecord {
-                        id,
                         kind: get("kind"),
                         resident_id: get("resident_id"),
                         gateway_id: get("gateway_id"),
                         password: String::new(),
                         password_sha256: match get("password") {
-                            p if p.is_empty() => String::new(),
+                            p if p.is_empty() => existing
+                                .as_ref()
+                                .map(|d| d.password_sha256.clone())
+                                .unwrap_or_default(),
                             p => crate::auth::digest(&p),
                         },
+                        deactivated: existing.is_some_and(|d| d.deactivated),
+                        id,
                     };
                     directory::check_device(&device, |r| dir.resident(r).ok().flatten().is_some())?;
                     batch.devices.push(device);

@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("reading the seed file {}", seed.display()))?;
         let store = Store::open(&config.store.path)
             .with_context(|| format!("opening store.path {}", config.store.path.display()))?;
-        let admin = AdminDesk::new(store.clone(), 0);
+        let admin = AdminDesk::new(store.clone(), 0, Arc::default());
         let written = anxin_server::seed::apply(&admin, &text)
             .with_context(|| format!("seeding from {}", seed.display()))?;
         store.db_flush().context("flushing the store")?;
@@ -129,13 +129,13 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         utc_offset_minutes: config.routing.utc_offset_minutes,
         emergency_hook: config.notify.emergency_webhook.clone(),
     };
-    let admin = AdminDesk::new(store.clone(), secs(config.reports.ack_target_secs));
-    let desk = AlertDesk::new(
-        store,
-        Arc::new(ConnectedGateways::default()),
-        policy,
-        notifier,
+    let gateways = Arc::new(ConnectedGateways::default());
+    let admin = AdminDesk::new(
+        store.clone(),
+        secs(config.reports.ack_target_secs),
+        gateways.clone(),
     );
+    let desk = AlertDesk::new(store, gateways, policy, notifier);
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

@@ -119,7 +119,7 @@ mod tests {
     fn the_shipped_example_seeds_and_bad_records_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(dir.path()).unwrap();
-        let admin = AdminDesk::new(store, 60_000);
+        let admin = AdminDesk::new(store, 60_000, Default::default());
         let example = include_str!("../../deploy/config/seed.example.toml");
         assert!(apply(&admin, example).unwrap() > 10);
         let err = apply(

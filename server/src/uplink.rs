@@ -10,8 +10,8 @@ use std::{pin::Pin, sync::Arc};
 use anxin_proto::{
     now_ms,
     v1::{
-        GatewayMessage, Received, ServerMessage, gateway_message, server_message,
-        uplink_server::Uplink,
+        DeviceRoster, GatewayMessage, Received, RosterDevice, ServerMessage, gateway_message,
+        server_message, uplink_server::Uplink,
     },
 };
 use futures::{FutureExt, Stream};
@@ -137,6 +137,12 @@ impl Uplink for UplinkService {
         let session = gateways.connect(&gateway_id, outbound.clone());
         tracing::info!(%gateway_id, version = %hello.software_version, "gateway connected");
 
+        tokio::spawn(keep_roster(
+            self.desk.clone(),
+            gateway_id.clone(),
+            gateways.roster_signal(&gateway_id),
+            outbound.clone(),
+        ));
         let desk = self.desk.clone();
         let health = self.health.clone();
         tokio::spawn(async move {
@@ -156,6 +162,80 @@ impl Uplink for UplinkService {
 }
 
 use tokio_stream::StreamExt as _;
+
+/// Devices per roster message: 2,000 devices are ~200 KB, well under
+/// gRPC's 4 MB message limit.
+const ROSTER_PART: usize = 2000;
+
+/// The devices a gateway serves, with their credentials, as the directory
+/// has them.
+pub fn roster_of(desk: &AlertDesk, gateway_id: &str) -> Result<Vec<RosterDevice>, StoreError> {
+    Ok(desk
+        .store()
+        .devices()?
+        .into_iter()
+        .filter(|d| d.gateway_id == gateway_id)
+        .map(|d| RosterDevice {
+            device_id: d.id,
+            kind: d.kind,
+            password_sha256: d.password_sha256,
+            deactivated: d.deactivated,
+        })
+        .collect())
+}
+
+/// Sends the gateway its roster when its stream opens and whenever the
+/// directory says its devices changed, until the stream closes.
+async fn keep_roster(
+    desk: AlertDesk,
+    gateway_id: String,
+    changed: Arc<tokio::sync::Notify>,
+    outbound: mpsc::Sender<ServerMessage>,
+) {
+    let mut generation = 0u64;
+    let mut last_sent: Option<Vec<RosterDevice>> = None;
+    loop {
+        match roster_of(&desk, &gateway_id) {
+            Ok(roster) if last_sent.as_ref() != Some(&roster) => {
+                generation += 1;
+                let parts: Vec<&[RosterDevice]> = if roster.is_empty() {
+                    vec![&[]]
+                } else {
+                    roster.chunks(ROSTER_PART).collect()
+                };
+                let last = parts.len() - 1;
+                for (part, devices) in parts.into_iter().enumerate() {
+                    let message = ServerMessage {
+                        body: Some(server_message::Body::Roster(DeviceRoster {
+                            generation,
+                            part: part as u32,
+                            complete: part == last,
+                            devices: devices.to_vec(),
+                        })),
+                    };
+                    if outbound.send(message).await.is_err() {
+                        return;
+                    }
+                }
+                tracing::info!(
+                    gateway_id,
+                    devices = roster.len(),
+                    generation,
+                    "device roster sent to the gateway"
+                );
+                last_sent = Some(roster);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(gateway_id, error = %err, "reading the gateway's device roster failed; retrying on the next change");
+            }
+        }
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = outbound.closed() => return,
+        }
+    }
+}
 
 /// Counts a committed (or duplicate) event, with a log line per alarm and
 /// telemetry only at debug.

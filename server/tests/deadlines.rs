@@ -34,7 +34,7 @@ fn event(seq: u64, kind: EventKind) -> UplinkEvent {
 async fn a_fall_joining_an_offered_alert_shortens_its_deadline_to_p0s() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let admin = AdminDesk::new(store.clone(), 60_000);
+    let admin = AdminDesk::new(store.clone(), 60_000, Default::default());
     for (id, level, parent) in [
         ("city", PlaceLevel::City, ""),
         ("district", PlaceLevel::District, "city"),

@@ -121,7 +121,7 @@ fn report_figures_match_the_hand_computed_ones() {
     for seed in &seeds {
         store.import_alert(&alert(seed)).unwrap();
     }
-    let admin = AdminDesk::new(store, MIN);
+    let admin = AdminDesk::new(store, MIN, Default::default());
     let report = admin.report(&Principal::Admin, "c-a", from, to).unwrap();
 
     assert_eq!(report.alerts, 5);

@@ -8,7 +8,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use sha2::{Digest, Sha256};
@@ -56,10 +59,16 @@ struct Observer {
     topics: Arc<[String]>,
 }
 
+/// Devices from two sources: the gateway's TOML `[[devices]]` (a static
+/// list, for a gateway without a server) and the server's roster (the
+/// source of truth, which wins for a device in both).
 pub struct DeviceBook {
     require_auth: bool,
+    configured: HashMap<String, DeviceEntry>,
     devices: RwLock<HashMap<String, DeviceEntry>>,
     observers: HashMap<String, Observer>,
+    /// Bumped on every roster change, so supervision can follow.
+    generation: AtomicU64,
 }
 
 /// Hex SHA-256, as the server stores device passwords.
@@ -77,7 +86,7 @@ fn same(a: &str, b: &str) -> bool {
 
 impl DeviceBook {
     pub fn from_config(config: &GatewayConfig) -> Self {
-        let devices = config
+        let configured: HashMap<String, DeviceEntry> = config
             .devices
             .iter()
             .map(|d| {
@@ -118,9 +127,56 @@ impl DeviceBook {
             .collect();
         Self {
             require_auth: config.mqtt.require_auth,
-            devices: RwLock::new(devices),
+            devices: RwLock::new(configured.clone()),
+            configured,
             observers,
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Takes the server's roster (the whole of it) over the configured
+    /// list. Returns the devices whose connections must end now: those
+    /// deactivated, removed or given a new credential.
+    pub fn set_roster(&self, roster: HashMap<String, DeviceEntry>) -> Vec<String> {
+        let mut next = self.configured.clone();
+        for (id, mut entry) in roster {
+            // A device the server lists without a credential keeps the one
+            // configured here, if any.
+            if entry.password_sha256.is_none()
+                && let Some(configured) = self.configured.get(&id)
+            {
+                entry.password_sha256 = configured.password_sha256.clone();
+            }
+            next.insert(id, entry);
+        }
+        let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
+        let revoked = devices
+            .iter()
+            .filter(|(id, old)| match next.get(*id) {
+                None => true,
+                Some(new) => !new.active || new.password_sha256 != old.password_sha256,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        *devices = next;
+        drop(devices);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        revoked
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Active devices and their kinds.
+    pub fn active(&self) -> Vec<(String, String)> {
+        self.devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, d)| d.active)
+            .map(|(id, d)| (id.clone(), d.kind.clone()))
+            .collect()
     }
 
     /// Checks a CONNECT's credentials and names who connected. Without
@@ -247,6 +303,46 @@ mod tests {
         assert_eq!(
             book.login("c", Some("siren"), Some("quiet")),
             Err(LoginRefusal::BadPassword)
+        );
+    }
+
+    #[test]
+    fn the_servers_roster_wins_and_revokes_what_it_changes() {
+        let book = book(true);
+        let entry = |password: &str, active| DeviceEntry {
+            kind: "call_button".into(),
+            password_sha256: Some(digest(password)),
+            active,
+        };
+        let revoked = book.set_roster(HashMap::from([
+            // re-keyed by the server
+            ("btn-1".to_string(), entry("new-secret-1", true)),
+            // deactivated
+            ("btn-2".to_string(), entry("s3cret-2", false)),
+            // new
+            ("btn-3".to_string(), entry("s3cret-3", true)),
+        ]));
+        let mut revoked = revoked;
+        revoked.sort();
+        assert_eq!(revoked, ["btn-1", "btn-2"]);
+        assert_eq!(
+            book.login("c", Some("btn-1"), Some("s3cret-1")),
+            Err(LoginRefusal::BadPassword)
+        );
+        assert!(book.login("c", Some("btn-1"), Some("new-secret-1")).is_ok());
+        assert_eq!(
+            book.login("c", Some("btn-2"), Some("s3cret-2")),
+            Err(LoginRefusal::Deactivated)
+        );
+        assert!(book.login("c", Some("btn-3"), Some("s3cret-3")).is_ok());
+        assert!(!book.is_active("btn-2"));
+        // A later roster without btn-3 removes it; the configured list stays.
+        let revoked = book.set_roster(HashMap::new());
+        assert!(revoked.contains(&"btn-3".to_string()));
+        assert!(book.login("c", Some("btn-1"), Some("s3cret-1")).is_ok());
+        assert_eq!(
+            book.login("c", Some("btn-3"), Some("s3cret-3")),
+            Err(LoginRefusal::UnknownDevice)
         );
     }
 

@@ -420,7 +420,12 @@ impl Server {
             self.send(
                 "PUT",
                 &format!("/api/v1/devices/{device}"),
-                serde_json::json!({ "kind": kind, "residentId": id, "gatewayId": "gw-test" }),
+                serde_json::json!({
+                    "kind": kind,
+                    "residentId": id,
+                    "gatewayId": "gw-test",
+                    "password": device_password(device),
+                }),
             )
             .await;
         }

@@ -1,0 +1,187 @@
+//! One source of truth for devices: a device registered, deactivated or
+//! re-keyed through the server's API takes effect at its gateway within
+//! seconds, without a restart — and the gateway keeps the roster on disk,
+//! so it still admits the device after a restart while the server is down.
+
+use std::time::{Duration, Instant};
+
+use anxin_tests::{Gateway, PATIENCE, Server, eventually};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet};
+
+/// The time the issue allows a change to reach the gateway.
+const PROPAGATION: Duration = Duration::from_secs(10);
+
+/// Tries to log in; returns the front's verdict.
+async fn login(port: u16, user: &str, password: &str) -> Result<(), ConnectReturnCode> {
+    let mut options = MqttOptions::new(format!("roster-{user}"), "127.0.0.1", port);
+    options.set_credentials(user, password);
+    let (_client, mut eventloop) = AsyncClient::new(options, 4);
+    loop {
+        match tokio::time::timeout(PATIENCE, eventloop.poll())
+            .await
+            .expect("a CONNACK")
+        {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+            Ok(_) => {}
+            Err(ConnectionError::ConnectionRefused(code)) => return Err(code),
+            Err(other) => panic!("unexpected connection error: {other:?}"),
+        }
+    }
+}
+
+/// Waits (at most [`PROPAGATION`]) until a login gives `want`.
+async fn until_login(
+    gateway: &Gateway,
+    user: &str,
+    password: &str,
+    want: Result<(), ConnectReturnCode>,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = login(gateway.mqtt_port, user, password).await;
+        if got == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < PROPAGATION,
+            "{user} still gets {got:?}, not {want:?}, {PROPAGATION:?} after the change"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_registered_changed_and_deactivated_on_the_server_take_effect_at_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path()).await;
+    server.add_community("c-001").await;
+    server.add_resident("r-1", "c-001", &[]).await;
+    // The gateway's own config lists no device at all.
+    let mut gateway = Gateway::start(dir.path(), server.grpc_port, &[]).await;
+    assert_eq!(
+        login(gateway.mqtt_port, "btn-new", "first-secret-0123").await,
+        Err(ConnectReturnCode::BadUserNamePassword)
+    );
+
+    // Registered through the admin API.
+    let put = |password: Option<&str>, deactivated: bool| {
+        let mut body = serde_json::json!({
+            "kind": "call_button",
+            "residentId": "r-1",
+            "gatewayId": "gw-test",
+            "deactivated": deactivated,
+        });
+        if let Some(password) = password {
+            body["password"] = password.into();
+        }
+        body
+    };
+    server
+        .send(
+            "PUT",
+            "/api/v1/devices/btn-new",
+            put(Some("first-secret-0123"), false),
+        )
+        .await;
+    let took = until_login(&gateway, "btn-new", "first-secret-0123", Ok(())).await;
+    eprintln!("registration reached the gateway in {took:?}");
+
+    // Its events are accepted, not rejected as an unknown device.
+    let mut press = anxin_tests::Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "--password",
+            "first-secret-0123",
+            "press",
+            "--device",
+            "btn-new",
+            "--until",
+            "stored",
+        ],
+    );
+    press.line_starting("stored", PATIENCE).await;
+
+    // The server goes down; the gateway restarts and still knows the device.
+    server.proc.kill9();
+    gateway.restart().await;
+    assert_eq!(
+        login(gateway.mqtt_port, "btn-new", "first-secret-0123").await,
+        Ok(())
+    );
+    assert!(
+        gateway
+            .proc
+            .log()
+            .contains("device roster from the server loaded from disk")
+    );
+
+    // Back up: re-keyed on the server — the old password stops working.
+    server.restart().await;
+    server
+        .send(
+            "PUT",
+            "/api/v1/devices/btn-new",
+            put(Some("second-secret-4567"), false),
+        )
+        .await;
+    until_login(
+        &gateway,
+        "btn-new",
+        "first-secret-0123",
+        Err(ConnectReturnCode::BadUserNamePassword),
+    )
+    .await;
+    assert_eq!(
+        login(gateway.mqtt_port, "btn-new", "second-secret-4567").await,
+        Ok(())
+    );
+
+    // Deactivated (an update without a password keeps the credential):
+    // its open connection is closed, a new one refused at CONNECT, and
+    // both counted.
+    let mut options = MqttOptions::new("roster-live", "127.0.0.1", gateway.mqtt_port);
+    options.set_credentials("btn-new", "second-secret-4567");
+    let (_live, mut live_loop) = AsyncClient::new(options, 4);
+    loop {
+        if let Event::Incoming(Packet::ConnAck(_)) = live_loop.poll().await.expect("live CONNACK") {
+            break;
+        }
+    }
+    let (closed_tx, closed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        loop {
+            if live_loop.poll().await.is_err() {
+                let _ = closed_tx.send(());
+                return;
+            }
+        }
+    });
+    server
+        .send("PUT", "/api/v1/devices/btn-new", put(None, true))
+        .await;
+    until_login(
+        &gateway,
+        "btn-new",
+        "second-secret-4567",
+        Err(ConnectReturnCode::NotAuthorized),
+    )
+    .await;
+    tokio::time::timeout(PROPAGATION, closed)
+        .await
+        .expect("the deactivated device's open connection to be closed")
+        .unwrap();
+    eventually("the deactivated refusal counted", PATIENCE, || async {
+        (gateway
+            .metric("anxin_gateway_mqtt_refused_total{reason=\"deactivated\"}")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    // Reactivated without a password: the stored credential is still good.
+    server
+        .send("PUT", "/api/v1/devices/btn-new", put(None, false))
+        .await;
+    until_login(&gateway, "btn-new", "second-secret-4567", Ok(())).await;
+}

@@ -585,3 +585,98 @@ pub fn parse_all(data: &[u8], max_packet: usize) {
     };
     while let Ok(Some(_)) = codec.read(&mut stream) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    fn connect_v311(keep_alive: u16) -> BytesMut {
+        let mut connect = v4::Connect::new("dev-1");
+        connect.keep_alive = keep_alive;
+        connect.login = Some(v4::Login::new("dev-1", "secret"));
+        let mut out = BytesMut::new();
+        v4::Packet::Connect(connect)
+            .write(&mut out, usize::MAX)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn reads_a_311_connect_and_fixes_the_version() {
+        let mut stream = connect_v311(0);
+        let (codec, connect) = Codec::read_connect(&mut stream, 1024).unwrap().unwrap();
+        assert_eq!(codec.version, Version::V311);
+        assert_eq!(connect.keep_alive_secs, 0);
+        assert_eq!(connect.username.as_deref(), Some("dev-1"));
+        assert!(stream.is_empty());
+    }
+
+    #[test]
+    fn needs_more_bytes_until_the_packet_is_whole() {
+        let whole = connect_v311(30);
+        for cut in 0..whole.len() {
+            let mut stream = BytesMut::from(&whole[..cut]);
+            assert!(
+                Codec::read_connect(&mut stream, 1024).unwrap().is_none(),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_mqtt_31_and_oversize_packets() {
+        // MQTT 3.1: protocol name MQIsdp, level 3.
+        let mut v31 = BytesMut::from(&b"\x10\x0e\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x00"[..]);
+        assert!(matches!(
+            Codec::read_connect(&mut v31, 1024),
+            Err(CodecError::UnsupportedLevel(3))
+        ));
+        let mut big = connect_v311(30);
+        assert!(matches!(
+            Codec::read_connect(&mut big, 8),
+            Err(CodecError::TooLarge { .. })
+        ));
+        let mut not_connect = BytesMut::from(&b"\xc0\x00"[..]);
+        assert!(matches!(
+            Codec::read_connect(&mut not_connect, 1024),
+            Err(CodecError::NotConnect)
+        ));
+    }
+
+    #[test]
+    fn a_short_v5_disconnect_is_normal() {
+        let codec = Codec {
+            version: Version::V5,
+            max_packet: 1024,
+        };
+        let mut stream = BytesMut::from(&b"\xe0\x00"[..]);
+        assert_eq!(
+            codec.read(&mut stream).unwrap(),
+            Some(Inbound::Disconnect { with_will: false })
+        );
+    }
+
+    /// The fuzz target's entry, on random and mutated input, so every
+    /// test run exercises it (the long runs are `cargo fuzz`, BENCHMARKS.md).
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let seed = connect_v311(60);
+        for _ in 0..20_000 {
+            let mut data = if rng.random_bool(0.5) {
+                seed.to_vec()
+            } else {
+                let len = rng.random_range(0..64);
+                (0..len).map(|_| rng.random()).collect()
+            };
+            for _ in 0..rng.random_range(0..4) {
+                if !data.is_empty() {
+                    let at = rng.random_range(0..data.len());
+                    data[at] = rng.random();
+                }
+            }
+            parse_all(&data, 4096);
+        }
+    }
+}

@@ -65,6 +65,29 @@ pub struct MqttConfig {
     /// On-site consoles and sirens: may subscribe to `fallback.local_topic`
     /// and nothing else.
     pub observers: Vec<ObserverConfig>,
+    /// Listen in plain text on `listen`. Off: devices connect over TLS
+    /// only (`[mqtt.tls]`).
+    pub plaintext: bool,
+    /// A TLS listener beside the plain one (MQTT over TLS, 8883).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<MqttTlsConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTlsConfig {
+    pub listen: SocketAddr,
+    /// PEM: the gateway's certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM: its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM: CA whose client certificates name devices (subject CN = device
+    /// id). A device with such a certificate needs no password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse TLS connections without a client certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -200,6 +223,8 @@ impl Default for MqttConfig {
             max_connections: 10_010,
             require_auth: true,
             observers: Vec::new(),
+            plaintext: true,
+            tls: None,
         }
     }
 }
@@ -426,6 +451,31 @@ impl GatewayConfig {
                 format!("`{webhook}` must start with http:// (on-site endpoints only)"),
             ));
         }
+        match &self.mqtt.tls {
+            None if !self.mqtt.plaintext => {
+                return Err(invalid(
+                    "mqtt.plaintext",
+                    "is false but there is no [mqtt.tls]: devices could not connect at all",
+                ));
+            }
+            Some(tls) => {
+                if tls.listen == self.http.listen
+                    || (self.mqtt.plaintext && tls.listen == self.mqtt.listen)
+                {
+                    return Err(invalid(
+                        "mqtt.tls.listen",
+                        "must differ from mqtt.listen and http.listen",
+                    ));
+                }
+                if tls.require_client_cert && tls.client_ca.is_none() {
+                    return Err(invalid(
+                        "mqtt.tls.require_client_cert",
+                        "needs mqtt.tls.client_ca to verify the certificates against",
+                    ));
+                }
+            }
+            None => {}
+        }
         if self.mqtt.max_connections == 0 {
             return Err(invalid("mqtt.max_connections", "must be at least 1"));
         }
@@ -493,8 +543,12 @@ impl GatewayConfig {
         Ok(())
     }
 
-    pub fn heartbeat_deadline(&self, kind: &str) -> Duration {
-        Duration::from_secs(self.supervision.heartbeat_deadline_secs[kind])
+    /// The port devices reach this gateway on: plain if enabled, else TLS.
+    pub fn device_port(&self) -> SocketAddr {
+        match (&self.mqtt.tls, self.mqtt.plaintext) {
+            (Some(tls), false) => tls.listen,
+            _ => self.mqtt.listen,
+        }
     }
 
     pub fn backoff_initial(&self) -> Duration {

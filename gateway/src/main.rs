@@ -59,7 +59,17 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     // Ports first: a taken port fails in milliseconds, before anything slow.
-    let mqtt_listener = front::bind(config.mqtt.listen, "mqtt.listen").await?;
+    let mqtt_listener = match config.mqtt.plaintext {
+        true => Some(front::bind(config.mqtt.listen, "mqtt.listen").await?),
+        false => None,
+    };
+    let tls_listener = match &config.mqtt.tls {
+        Some(tls) => Some((
+            front::bind(tls.listen, "mqtt.tls.listen").await?,
+            front::tls::acceptor(tls)?,
+        )),
+        None => None,
+    };
     let http_listener = anxin_host::net::bind(config.http.listen, "http.listen").await?;
     let prometheus = metrics::install();
     let restarts = anxin_host::restart::restarts();
@@ -134,7 +144,22 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(alarm_ingest.run(alarm_lane, cancel.clone()));
     tasks.spawn(bulk_ingest.run(bulk_lane, cancel.clone()));
-    tasks.spawn(front::run(mqtt_listener, device_front, cancel.clone()));
+    if let Some(listener) = mqtt_listener {
+        tasks.spawn(front::run(
+            listener,
+            None,
+            device_front.clone(),
+            cancel.clone(),
+        ));
+    }
+    if let Some((listener, acceptor)) = tls_listener {
+        tasks.spawn(front::run(
+            listener,
+            Some(acceptor),
+            device_front,
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(uplink.run(cancel.clone()));
     tasks.spawn(supervisor.run(sightings_rx, cancel.clone()));
     tasks.spawn(fallback.run(cancel.clone()));
@@ -142,7 +167,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         health.clone(),
         writer.clone(),
         reader.clone(),
-        config.mqtt.listen,
+        config.device_port(),
         cancel.clone(),
     ));
     let http_cancel = cancel.clone();
@@ -155,7 +180,8 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     });
     tracing::info!(
         gateway_id = %config.gateway_id,
-        mqtt = %config.mqtt.listen,
+        mqtt = %config.device_port(),
+        mqtt_tls = ?config.mqtt.tls.as_ref().map(|t| t.listen),
         http = %config.http.listen,
         servers = ?config.uplink.servers,
         devices = config.devices.len(),

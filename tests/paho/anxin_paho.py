@@ -16,7 +16,7 @@ PATIENCE = 10.0
 
 class Device:
     def __init__(self, port, username, password, client_id=None, v5=False,
-                 keepalive=60, clean=True, will=None, session_expiry=None):
+                 keepalive=60, clean=True, will=None, session_expiry=None, tls=None):
         self.port = port
         self.v5 = v5
         self.messages = []
@@ -38,6 +38,9 @@ class Device:
         self.keepalive = keepalive
         if username is not None:
             self.client.username_pw_set(username, password)
+        if tls is not None:
+            # tls: ca_certs, and certfile/keyfile for a client certificate.
+            self.client.tls_set(**tls)
         if will is not None:
             topic, payload = will
             self.client.will_set(topic, payload, qos=1)
@@ -91,7 +94,14 @@ class Device:
 
     # actions
     def connect(self):
-        """Returns the CONNACK code (0 = accepted), or None if none came."""
+        """Returns the CONNACK code (0 = accepted), None if none came, or
+        the exception's name if the connection (or TLS handshake) failed."""
+        try:
+            return self._connect()
+        except Exception as err:  # refused socket, TLS failure
+            return type(err).__name__
+
+    def _connect(self):
         self.disconnected.clear()
         self.connack = None
         props = None

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod certs;
 pub mod grpc;
 pub mod host;
 pub mod mqtt;

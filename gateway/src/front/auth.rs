@@ -222,6 +222,18 @@ impl DeviceBook {
         Ok(Identity::Device(name.to_string()))
     }
 
+    /// A device that presented a client certificate the TLS layer verified
+    /// against `mqtt.tls.client_ca`: the certificate is the credential, but
+    /// the device must still be registered and active.
+    pub fn login_certified(&self, device_id: &str) -> Result<Identity, LoginRefusal> {
+        let devices = self.devices.read().unwrap_or_else(|p| p.into_inner());
+        let entry = devices.get(device_id).ok_or(LoginRefusal::UnknownDevice)?;
+        if !entry.active {
+            return Err(LoginRefusal::Deactivated);
+        }
+        Ok(Identity::Device(device_id.to_string()))
+    }
+
     /// Registered and active: its events are accepted.
     pub fn is_active(&self, device_id: &str) -> bool {
         self.devices

@@ -35,6 +35,7 @@ fn refused(reason: &'static str) {
 pub async fn serve<S>(
     mut stream: S,
     peer: SocketAddr,
+    certified: Option<String>,
     front: Arc<Front>,
     permit: Option<OwnedSemaphorePermit>,
     cancel: CancellationToken,
@@ -73,7 +74,7 @@ pub async fn serve<S>(
         let _ = stream.write_all(&out).await;
         return;
     };
-    let identity = match admit(&front, &connect) {
+    let identity = match admit(&front, &connect, certified.as_deref()) {
         Ok(identity) => identity,
         Err((answer, reason, why)) => {
             refused(reason);
@@ -170,8 +171,9 @@ where
 
 type Refusal = (ConnAnswer, &'static str, String);
 
-/// Authenticates a CONNECT and checks its will.
-fn admit(front: &Front, connect: &Connect) -> Result<Identity, Refusal> {
+/// Authenticates a CONNECT (by the client certificate's device, if one was
+/// verified, else by username and password) and checks its will.
+fn admit(front: &Front, connect: &Connect, certified: Option<&str>) -> Result<Identity, Refusal> {
     if connect.client_id.is_empty() && !connect.clean_start {
         return Err((
             ConnAnswer::BadClientId,
@@ -179,20 +181,31 @@ fn admit(front: &Front, connect: &Connect) -> Result<Identity, Refusal> {
             "an empty client id needs a clean session".into(),
         ));
     }
-    let identity = front
-        .book
-        .login(
+    if let (Some(device), Some(user)) = (certified, connect.username.as_deref())
+        && !user.is_empty()
+        && user != device
+    {
+        return Err((
+            ConnAnswer::NotAuthorized,
+            "certificate_mismatch",
+            format!("username `{user}` is not the device `{device}` its certificate names"),
+        ));
+    }
+    let login = match certified {
+        Some(device) => front.book.login_certified(device),
+        None => front.book.login(
             &connect.client_id,
             connect.username.as_deref(),
             connect.password.as_deref(),
-        )
-        .map_err(|refusal| {
-            let answer = match refusal {
-                crate::front::auth::LoginRefusal::Deactivated => ConnAnswer::NotAuthorized,
-                _ => ConnAnswer::BadCredentials,
-            };
-            (answer, refusal.label(), refusal.to_string())
-        })?;
+        ),
+    };
+    let identity = login.map_err(|refusal| {
+        let answer = match refusal {
+            crate::front::auth::LoginRefusal::Deactivated => ConnAnswer::NotAuthorized,
+            _ => ConnAnswer::BadCredentials,
+        };
+        (answer, refusal.label(), refusal.to_string())
+    })?;
     if let Some(will) = &connect.will
         && !acl::will(&identity, &will.topic)
     {

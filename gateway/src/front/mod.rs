@@ -16,10 +16,12 @@ pub mod auth;
 pub mod codec;
 mod connection;
 pub mod session;
+pub mod tls;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -69,7 +71,13 @@ pub async fn bind(
 }
 
 /// Accepts device connections until cancelled; each gets its own task.
-pub async fn run(listener: TcpListener, front: Arc<Front>, cancel: CancellationToken) {
+/// With `tls`, each connection's handshake runs on its own task first.
+pub async fn run(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    front: Arc<Front>,
+    cancel: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -88,12 +96,49 @@ pub async fn run(listener: TcpListener, front: Arc<Front>, cancel: CancellationT
         // device's delayed ACK it cost ~40 ms per ack).
         let _ = socket.set_nodelay(true);
         let permit = front.permits.clone().try_acquire_owned().ok();
-        tokio::spawn(connection::serve(
-            socket,
-            peer,
-            front.clone(),
-            permit,
-            cancel.clone(),
-        ));
+        let (front, cancel) = (front.clone(), cancel.clone());
+        match tls.clone() {
+            None => {
+                tokio::spawn(connection::serve(socket, peer, None, front, permit, cancel));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            metrics::counter!(crate::metrics::MQTT_REFUSED, "reason" => "tls_handshake").increment(1);
+                            tracing::warn!(%peer, error = %err, "refused a connection: TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!(crate::metrics::MQTT_REFUSED, "reason" => "tls_handshake").increment(1);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let certified = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|leaf| tls::device_of(leaf).ok_or(()));
+                    let certified = match certified {
+                        None => None,
+                        Some(Ok(device)) => Some(device),
+                        Some(Err(())) => {
+                            metrics::counter!(crate::metrics::MQTT_REFUSED, "reason" => "certificate_unnamed").increment(1);
+                            tracing::warn!(%peer, "refused a connection: the client certificate names no device (subject CN)");
+                            return;
+                        }
+                    };
+                    connection::serve(stream, peer, certified, front, permit, cancel).await;
+                });
+            }
+        }
     }
 }
+
+/// A TLS handshake must finish within this long.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

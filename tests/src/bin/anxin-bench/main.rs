@@ -7,6 +7,8 @@
 //! cargo run --release -p anxin-tests --bin anxin-bench -- latency
 //! cargo run --release -p anxin-tests --bin anxin-bench -- drain
 //! cargo run --release -p anxin-tests --bin anxin-bench -- footprint
+//! cargo run --release -p anxin-tests --bin anxin-bench -- many
+//! cargo run --release -p anxin-tests --bin anxin-bench -- presses
 //! ```
 //!
 //! Every hop is durable, as in production: the gateway acks `stored` after
@@ -72,6 +74,27 @@ enum Scenario {
         #[arg(long, default_value_t = 240)]
         duration: u64,
     },
+    /// Many connected devices (each its own connection) at a modest total
+    /// rate, with SOS presses from other devices: stored-ack latency of the
+    /// load, press → server and press → stored ack, gateway RSS.
+    Many {
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        #[arg(long, default_value_t = 200)]
+        presses: usize,
+    },
+    /// Repeated presses on one long-lived connection, idle gateway:
+    /// press → stored ack.
+    Presses {
+        #[arg(long, default_value_t = 1000)]
+        samples: usize,
+        #[arg(long, default_value_t = 20)]
+        pace_ms: u64,
+    },
     /// Binary sizes, idle RSS, and the server's memory per connected
     /// gateway stream.
     Footprint {
@@ -103,5 +126,12 @@ async fn main() -> anyhow::Result<()> {
             duration,
         } => scenarios::steady(devices, rate, duration).await,
         Scenario::Footprint { gateways } => scenarios::footprint(gateways).await,
+        Scenario::Many {
+            devices,
+            rate,
+            duration,
+            presses,
+        } => scenarios::many(devices, rate, duration, presses).await,
+        Scenario::Presses { samples, pace_ms } => scenarios::presses(samples, pace_ms).await,
     }
 }

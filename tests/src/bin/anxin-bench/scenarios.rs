@@ -2,6 +2,7 @@
 //! Mosquitto print ours / Mosquitto's.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -192,7 +193,7 @@ async fn mosquitto_throughput(
         broker.port,
         "bench-sub",
         Some("anxin/v1/dev/+/event"),
-        move |_| {
+        move |_, _| {
             counter.fetch_add(1, Ordering::Relaxed);
         },
     )
@@ -257,12 +258,30 @@ pub async fn latency(
             }
         });
     }
-    let prober = traffic::connect(gateway.mqtt_port, "bench-prober", None, |_| {}).await;
+    let acks = Arc::new(Mutex::new(latency_histogram()));
+    let idle = traffic::probers(
+        gateway.mqtt_port,
+        "p0-",
+        samples,
+        &sent_at,
+        Some(acks.clone()),
+    )
+    .await;
+    let busy = traffic::probers(
+        gateway.mqtt_port,
+        "q0-",
+        samples,
+        &sent_at,
+        Some(acks.clone()),
+    )
+    .await;
 
-    traffic::probe(&prober, "p0-", samples, pace, &sent_at).await;
+    traffic::probe(&idle, pace, &sent_at).await;
     settle(&seen, samples).await;
     let unloaded = std::mem::replace(&mut *seen.lock().unwrap(), latency_histogram());
+    let unloaded_acks = std::mem::replace(&mut *acks.lock().unwrap(), latency_histogram());
     print_latency("ours, unloaded", &unloaded);
+    print_latency("ours, unloaded, press → stored ack", &unloaded_acks);
 
     let run_for = (samples as u64 * pace_ms) / 1000 + 10;
     let mut sim = Sim::run(
@@ -292,16 +311,18 @@ pub async fn latency(
     tokio::time::sleep(Duration::from_secs(5)).await;
     let before = server.metric(P3_COMMITTED).await;
     let probing = Instant::now();
-    traffic::probe(&prober, "q0-", samples, pace, &sent_at).await;
+    traffic::probe(&busy, pace, &sent_at).await;
     settle(&seen, samples).await;
     let load_rate = (server.metric(P3_COMMITTED).await - before) / probing.elapsed().as_secs_f64();
     let usage = watch.finish().await;
     sim.proc.kill9();
     let loaded = std::mem::replace(&mut *seen.lock().unwrap(), latency_histogram());
+    let loaded_acks = std::mem::replace(&mut *acks.lock().unwrap(), latency_histogram());
     print_latency(
         &format!("ours, under load ({load_rate:.0} P3 events/s reached the server meanwhile)"),
         &loaded,
     );
+    print_latency("ours, under load, press → stored ack", &loaded_acks);
     print_usage(&usage);
     drop((gateway, server));
 
@@ -346,7 +367,7 @@ async fn mosquitto_latency(
         broker.port,
         "bench-sub",
         Some("anxin/v1/dev/+/event"),
-        move |topic| {
+        move |topic, _| {
             let Some((device, _)) = anxin_proto::topics::parse_event(topic) else {
                 return;
             };
@@ -358,8 +379,9 @@ async fn mosquitto_latency(
         },
     )
     .await;
-    let prober = traffic::connect(broker.port, "bench-prober", None, |_| {}).await;
-    traffic::probe(&prober, "p0-", samples, pace, &sent_at).await;
+    let idle = traffic::probers(broker.port, "p0-", samples, &sent_at, None).await;
+    let busy = traffic::probers(broker.port, "q0-", samples, &sent_at, None).await;
+    traffic::probe(&idle, pace, &sent_at).await;
     settle(&seen, samples).await;
     let unloaded = std::mem::replace(&mut *seen.lock().unwrap(), latency_histogram());
 
@@ -368,7 +390,7 @@ async fn mosquitto_latency(
     let loader =
         tokio::spawn(async move { traffic::load(port, load_devices, load, run_for).await });
     tokio::time::sleep(Duration::from_secs(5)).await;
-    traffic::probe(&prober, "q0-", samples, pace, &sent_at).await;
+    traffic::probe(&busy, pace, &sent_at).await;
     settle(&seen, samples).await;
     loader.abort();
     let loaded = std::mem::replace(&mut *seen.lock().unwrap(), latency_histogram());
@@ -602,4 +624,189 @@ pub async fn footprint(gateways: usize) -> anyhow::Result<()> {
 
 fn bench_token(n: usize) -> String {
     format!("bench-gateway-token-{n:05}-0123456789abcdef")
+}
+
+// ---------------------------------------------------------------------- many
+
+/// Records press → alert on the server's SSE stream, by device id.
+fn watch_alerts(sse: SseStream, sent_at: SentAt, seen: Arc<Mutex<Histogram<u64>>>) {
+    let mut sse = sse;
+    tokio::spawn(async move {
+        while let Some(event) = sse.next().await {
+            if event.event != "alert" {
+                continue;
+            }
+            let Ok(alert) = serde_json::from_str::<serde_json::Value>(&event.data) else {
+                continue;
+            };
+            let device = alert["deviceId"].as_str().unwrap_or_default();
+            if let Some(at) = sent_at.lock().unwrap().remove(device) {
+                let micros = at.elapsed().as_micros() as u64;
+                seen.lock().unwrap().saturating_record(micros.max(1));
+            }
+        }
+    });
+}
+
+/// Many connected devices, each its own connection, a modest total rate,
+/// and SOS presses from separate devices meanwhile (issue 15, benchmark a).
+pub async fn many(devices: usize, rate: f64, duration: u64, presses: usize) -> anyhow::Result<()> {
+    println!(
+        "== many: {devices} connected devices offering {rate} P3 events/s for {duration} s; {presses} SOS presses from other devices meanwhile"
+    );
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_configured(dir.path(), free_port(), &[], &[]).await;
+    let ids = device_list(&[("m-", devices), ("p0-", presses)]);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let max_connections = format!("max_connections = {}", devices + presses + 10);
+    let mut extra = LOAD_LIMITS.to_vec();
+    extra.push(("mqtt", max_connections.as_str()));
+    let gateway = Gateway::start_with(dir.path(), server.grpc_port, &refs, &extra).await;
+    let watch = Watch::start(vec![
+        ("anxin-gateway".into(), pid(&gateway.proc)),
+        ("anxin-server".into(), pid(&server.proc)),
+    ]);
+    let sent_at: SentAt = Default::default();
+    let seen = Arc::new(Mutex::new(latency_histogram()));
+    let acks = Arc::new(Mutex::new(latency_histogram()));
+    watch_alerts(
+        SseStream::connect(&server.stream_url(TEST_ADMIN_TOKEN)).await,
+        sent_at.clone(),
+        seen.clone(),
+    );
+    let probers = traffic::probers(
+        gateway.mqtt_port,
+        "p0-",
+        presses,
+        &sent_at,
+        Some(acks.clone()),
+    )
+    .await;
+    let connecting = Instant::now();
+    let mut sim = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "--json-output",
+            "load",
+            "--devices",
+            &devices.to_string(),
+            "--prefix",
+            "m-",
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            &duration.to_string(),
+            "--drain",
+            "60",
+            "--mix",
+            "p3=1",
+        ],
+    );
+    let connected = wait_for(
+        "every device to connect",
+        Duration::from_secs(300),
+        async || {
+            gateway.metric("anxin_gateway_mqtt_connections").await >= (devices + presses) as f64
+        },
+    )
+    .await;
+    println!(
+        "  {} connections after {:.1} s",
+        gateway.metric("anxin_gateway_mqtt_connections").await,
+        connecting.elapsed().as_secs_f64()
+    );
+    if !connected {
+        anyhow::bail!("the devices did not all connect");
+    }
+    // Presses spread over the middle of the run.
+    let pace = Duration::from_millis((duration * 1000 / 2 / presses.max(1) as u64).max(10));
+    tokio::time::sleep(Duration::from_secs(duration / 4)).await;
+    traffic::probe(&probers, pace, &sent_at).await;
+    settle(&seen, presses).await;
+    let line = sim
+        .line_starting("{", Duration::from_secs(duration + 400))
+        .await;
+    let usage = watch.finish().await;
+    let summary: serde_json::Value = serde_json::from_str(&line)?;
+    println!(
+        "  load: stored {} of {} sent; stored-ack p50 {} ms, p99 {} ms, max {} ms",
+        summary["stored"],
+        summary["sent"],
+        summary["stored_latency_ms"]["p50"],
+        summary["stored_latency_ms"]["p99"],
+        summary["stored_latency_ms"]["max"]
+    );
+    print_latency(
+        "SOS press → alert on the server's SSE",
+        &seen.lock().unwrap(),
+    );
+    print_latency("SOS press → stored ack", &acks.lock().unwrap());
+    print_usage(&usage);
+    drop(probers);
+    sim.proc.kill9();
+    Ok(())
+}
+
+// ------------------------------------------------------------------- presses
+
+/// One device on a long-lived connection presses again and again on an
+/// idle gateway: press → `stored` ack (issue 15, benchmark c).
+pub async fn presses(samples: usize, pace_ms: u64) -> anyhow::Result<()> {
+    println!(
+        "== presses: {samples} presses {pace_ms} ms apart on one long-lived connection, idle gateway"
+    );
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_configured(dir.path(), free_port(), &[], &[]).await;
+    let gateway =
+        Gateway::start_with(dir.path(), server.grpc_port, &["btn-00000"], &LOAD_LIMITS).await;
+    let watch = Watch::start(vec![("anxin-gateway".into(), pid(&gateway.proc))]);
+    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Default::default();
+    let acks = Arc::new(Mutex::new(latency_histogram()));
+    let (pending, histogram) = (sent.clone(), acks.clone());
+    let device = "btn-00000";
+    let client = traffic::connect(
+        gateway.mqtt_port,
+        device,
+        Some(&anxin_proto::topics::ack(device)),
+        move |_, payload| {
+            use prost::Message;
+            let Ok(ack) = anxin_proto::DeviceAck::decode(payload) else {
+                return;
+            };
+            if ack.kind() != anxin_proto::AckKind::Stored {
+                return;
+            }
+            if let Some(at) = pending.lock().unwrap().remove(&ack.seq) {
+                histogram
+                    .lock()
+                    .unwrap()
+                    .saturating_record((at.elapsed().as_micros() as u64).max(1));
+            }
+        },
+    )
+    .await;
+    let mut tick = tokio::time::interval(Duration::from_millis(pace_ms));
+    for seq in 1..=samples as u64 {
+        tick.tick().await;
+        // Telemetry-like presses would be P3; a press is the alarm lane's.
+        let body = traffic::payload(device, seq, EventKind::Sos);
+        sent.lock().unwrap().insert(seq, Instant::now());
+        client
+            .publish(
+                anxin_proto::topics::event(device),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                body,
+            )
+            .await?;
+    }
+    wait_for("every stored ack", Duration::from_secs(30), async || {
+        acks.lock().unwrap().len() >= samples as u64
+    })
+    .await;
+    let usage = watch.finish().await;
+    print_latency("press → stored ack", &acks.lock().unwrap());
+    print_usage(&usage);
+    Ok(())
 }

@@ -7,7 +7,8 @@
 //! - `journal_error`: a journal write or flush failed; the gateway restarts
 //!   itself in place to reopen it (sled stays failed until reopened).
 //! - `uplink_stalled`: a P0 has waited longer than `fallback.after_secs`.
-//! - `mqtt_not_listening`: the device port stopped accepting connections.
+//! - `mqtt_not_listening`: the device port fails to accept connections (out
+//!   of file descriptors, say).
 //!
 //! A gateway whose MQTT port is taken never gets this far: start-up fails.
 
@@ -64,6 +65,18 @@ impl Health {
         reasons
     }
 
+    /// The device front's accept loop says whether accepting works.
+    pub fn device_port_accepting(&self, accepting: bool, addr: std::net::SocketAddr) {
+        let was_deaf = self.mqtt_deaf.swap(!accepting, Ordering::Relaxed);
+        if was_deaf == accepting {
+            if accepting {
+                tracing::info!(%addr, "the device port accepts connections again");
+            } else {
+                tracing::error!(%addr, "the device port cannot accept connections: devices cannot reach this gateway");
+            }
+        }
+    }
+
     pub fn journal_error(&self) -> Option<String> {
         self.journal_error.lock().expect("health lock").clone()
     }
@@ -106,9 +119,6 @@ impl Health {
 const RESTART_GRACE: Duration = Duration::from_secs(1);
 /// How often free space is read (one statvfs).
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(200);
-/// How often (in disk checks) the device port is looked for among this
-/// process's listening sockets.
-const MQTT_PROBE_EVERY: u32 = 25;
 
 /// Reads free space, moves the reserve, tells the journal whether P2/P3 must
 /// wait, and keeps the disk gauges current.
@@ -116,29 +126,14 @@ pub async fn watch_disk(
     health: Arc<Health>,
     journal: JournalWriter,
     reader: JournalReader,
-    mqtt: std::net::SocketAddr,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(DISK_CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks = 0u32;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
-        }
-        ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(MQTT_PROBE_EVERY) {
-            // Unreadable /proc: say nothing rather than something false.
-            let listening = anxin_host::net::listening_here(mqtt.port()).unwrap_or(true);
-            let was_deaf = health.mqtt_deaf.swap(!listening, Ordering::Relaxed);
-            if was_deaf == listening {
-                if listening {
-                    tracing::info!(%mqtt, "the device port is listening again");
-                } else {
-                    tracing::error!(%mqtt, "this gateway no longer listens on its device port (mqtt.listen): devices cannot reach it");
-                }
-            }
         }
         // sled reuses its dead segments before growing its files: that space
         // is as good as free for the journal. Logical bytes × 8 bounds the

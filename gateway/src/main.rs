@@ -122,6 +122,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         sessions,
         Admission::new(&config, book, lanes),
         sightings,
+        health.clone(),
     ));
     let (uplink, uplink_state) = Uplink::new(&config, reader.clone(), acks, roster, health.clone());
     let fallback = Fallback::new(
@@ -167,7 +168,6 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         health.clone(),
         writer.clone(),
         reader.clone(),
-        config.device_port(),
         cancel.clone(),
     ));
     let http_cancel = cancel.clone();

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{BROKER_MAX_PAYLOAD, GatewayConfig},
+    health::Health,
     ingest::Admission,
     supervisor::Sighting,
 };
@@ -41,6 +42,7 @@ pub struct Front {
     /// Largest MQTT packet accepted (the event limit plus topic and header).
     pub max_packet: usize,
     permits: Arc<Semaphore>,
+    health: Arc<Health>,
 }
 
 impl Front {
@@ -50,6 +52,7 @@ impl Front {
         sessions: Arc<Sessions>,
         admission: Admission,
         sightings: tokio::sync::mpsc::Sender<Sighting>,
+        health: Arc<Health>,
     ) -> Self {
         Self {
             book,
@@ -58,6 +61,7 @@ impl Front {
             sightings,
             max_packet: BROKER_MAX_PAYLOAD,
             permits: Arc::new(Semaphore::new(config.mqtt.max_connections)),
+            health,
         }
     }
 }
@@ -78,6 +82,8 @@ pub async fn run(
     front: Arc<Front>,
     cancel: CancellationToken,
 ) {
+    let addr = listener.local_addr().ok();
+    let mut failing = false;
     loop {
         let accepted = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -86,12 +92,21 @@ pub async fn run(
         let (socket, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
-                // Out of file descriptors, mostly: wait a moment, go on.
+                // Out of file descriptors, mostly: say so in /healthz, wait
+                // a moment, go on.
                 tracing::warn!(error = %err, "accepting a device connection failed");
+                if let (false, Some(addr)) = (failing, addr) {
+                    front.health.device_port_accepting(false, addr);
+                }
+                failing = true;
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
+        if let (true, Some(addr)) = (failing, addr) {
+            front.health.device_port_accepting(true, addr);
+            failing = false;
+        }
         // Acks are small and latency is the point: no Nagle (with the
         // device's delayed ACK it cost ~40 ms per ack).
         let _ = socket.set_nodelay(true);

@@ -152,7 +152,12 @@ pub async fn throughput(devices: usize, rate: f64, duration: u64) -> anyhow::Res
     let elapsed = started.elapsed().as_secs_f64();
     let usage = watch.finish().await;
     let ours = committed / elapsed;
-    let flushes = gateway.metric("anxin_gateway_journal_flushes_total").await;
+    let flushes = gateway
+        .metric("anxin_gateway_journal_flushes_total{lane=\"bulk\"}")
+        .await
+        + gateway
+            .metric("anxin_gateway_journal_flushes_total{lane=\"alarm\"}")
+            .await;
     println!(
         "  sim: sent {} stored {} dropped {} (device outbox full) (stored-ack p50 {} ms, p99 {} ms), {:.0} stored/s at the gateway",
         summary["sent"],

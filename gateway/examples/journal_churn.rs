@@ -4,7 +4,7 @@
 //! `cargo run --release -p anxin-gateway --example journal_churn -- 1000000 [backlog]`
 //! appends and deletes that many events, keeping `backlog` (default 100) in
 //! the journal, flushing every 100 appends (a busy gateway's group commit),
-//! and prints the files' size at checkpoints.
+//! and prints the files' size and the process's RSS at checkpoints.
 
 use std::{path::Path, time::Instant};
 
@@ -26,6 +26,21 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// This process's resident memory (VmRSS), in bytes.
+fn rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
@@ -37,7 +52,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (writer, reader) = journal::open(dir.path(), journal::Quota::unlimited()).unwrap();
     let started = Instant::now();
-    println!("cycles,elapsed_s,files_bytes,live_events");
+    println!("cycles,elapsed_s,files_bytes,live_events,rss_bytes");
     for i in 1..=cycles {
         let event = DeviceEvent {
             device_id: format!("dev-{:05}", i % 10_000),
@@ -62,10 +77,11 @@ async fn main() {
         if i % (cycles / 10).max(1) == 0 {
             writer.flush().await.unwrap();
             println!(
-                "{i},{:.1},{},{}",
+                "{i},{:.1},{},{},{}",
                 started.elapsed().as_secs_f64(),
                 dir_size(dir.path()),
-                reader.depth().iter().sum::<u64>()
+                reader.depth().iter().sum::<u64>(),
+                rss()
             );
         }
     }

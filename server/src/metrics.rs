@@ -27,6 +27,19 @@ pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .expect("installing the Prometheus recorder once");
+    // Histogram samples pile up in the recorder until upkeep drains them
+    // into their summaries; it runs on a scrape, and without one (nobody
+    // reads /metrics) memory grew ~1 MB a minute at 2,000 events/s.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })
+        .expect("spawning the metrics upkeep thread");
     describe_counter!(
         EVENTS_COMMITTED,
         "Events committed for the first time, by priority."

@@ -17,6 +17,12 @@ use anxin_gateway::{
     uplink::Uplink,
 };
 use anyhow::Context;
+
+/// glibc's malloc took ~25% of the gateway's CPU at full load (sled
+/// allocates and frees a node copy per insert; arena locks contended):
+/// BENCHMARKS.md, "Device front".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 

@@ -18,9 +18,10 @@ use anxin_gateway::{
 };
 use anyhow::Context;
 
-/// glibc's malloc took ~25% of the gateway's CPU at full load (sled
-/// allocates and frees a node copy per insert; arena locks contended):
-/// BENCHMARKS.md, "Device front".
+/// With `--features mimalloc`: glibc's malloc took ~25% of the gateway's
+/// CPU at full load (sled allocates and frees a node copy per insert), at
+/// the price of more resident memory: BENCHMARKS.md, "Device front".
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;

@@ -368,7 +368,10 @@ impl Ingest {
         // The whole round goes to the journal as one write.
         let journal = self.journal.clone();
         let written = {
-            let mut staging = journal.stage();
+            let mut staging = match self.lane {
+                "alarm" => journal.stage_alarms(),
+                _ => journal.stage_bulk(),
+            };
             for event in batch.drain(..) {
                 sightings.push(Sighting::Event {
                     device_id: event.device_id.clone(),

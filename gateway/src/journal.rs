@@ -84,6 +84,8 @@ pub enum JournalError {
     Panicked(String),
     #[error("journal record {key:?} is unreadable: {reason}")]
     Corrupt { key: Vec<u8>, reason: String },
+    #[error("a {0:?} event was staged in the other lane's batch (a bug)")]
+    WrongLane(Priority),
 }
 
 /// Position of an entry in the journal; orders entries in send order.
@@ -196,7 +198,9 @@ struct Shared {
     /// Held from taking a journal seq to writing its entry, so entries
     /// become visible in seq order and the uplink's cursor never passes an
     /// entry still being written (ingest and supervision both append).
-    append_order: std::sync::Mutex<()>,
+    /// One per lane group — [0] P0/P1, [1] P2/P3 — since cursors are kept
+    /// per priority: an alarm never waits for a telemetry batch's lock.
+    append_order: [std::sync::Mutex<()>; 2],
     /// Serialises deletes (the uplink's, and ingest's evictions), which
     /// check that an entry is still there before counting it gone.
     removal: std::sync::Mutex<()>,
@@ -248,7 +252,7 @@ fn build(db: sled::Db, quota: Quota) -> Result<(JournalWriter, JournalReader), J
         bytes,
         appended: Notify::new(),
         disk_low: Default::default(),
-        append_order: std::sync::Mutex::new(()),
+        append_order: Default::default(),
         removal: std::sync::Mutex::new(()),
     });
     Ok((JournalWriter(shared.clone()), JournalReader(shared)))
@@ -378,10 +382,33 @@ impl JournalWriter {
     /// seals a log manifest per batch, so one batch per ingest round instead
     /// of one per event is what lets ingest keep up with tens of thousands
     /// of events a second (BENCHMARKS.md).
+    /// This one may stage any priority (it holds both lane groups' locks).
     pub fn stage(&self) -> Staging<'_> {
+        self.stage_lanes(true, true)
+    }
+
+    /// A staging for P0/P1 only: the alarm lane's, which never waits for
+    /// the bulk lane's batch.
+    pub fn stage_alarms(&self) -> Staging<'_> {
+        self.stage_lanes(true, false)
+    }
+
+    /// A staging for P2/P3 only: the bulk lane's.
+    pub fn stage_bulk(&self) -> Staging<'_> {
+        self.stage_lanes(false, true)
+    }
+
+    fn stage_lanes(&self, alarms: bool, bulk: bool) -> Staging<'_> {
+        // Always alarm group first, then bulk: one lock order, no deadlock.
+        let lock = |group: usize| {
+            self.0.append_order[group]
+                .lock()
+                .expect("append lock poisoned")
+        };
         Staging {
             shared: &self.0,
-            order: self.0.append_order.lock().expect("append lock poisoned"),
+            alarm_order: alarms.then(|| lock(0)),
+            bulk_order: bulk.then(|| lock(1)),
             batch: sled::Batch::default(),
             staged: std::collections::HashMap::new(),
             added: [(0, 0); 4],
@@ -449,7 +476,8 @@ impl JournalWriter {
 /// order. Dropping it without `commit` writes nothing.
 pub struct Staging<'a> {
     shared: &'a Shared,
-    order: std::sync::MutexGuard<'a, ()>,
+    alarm_order: Option<std::sync::MutexGuard<'a, ()>>,
+    bulk_order: Option<std::sync::MutexGuard<'a, ()>>,
     batch: sled::Batch,
     /// Index keys staged here, for duplicates within one batch.
     staged: std::collections::HashMap<Vec<u8>, EntryKey>,
@@ -470,6 +498,13 @@ impl Staging<'_> {
             return Ok(Appended::Duplicate(EntryKey::parse(&existing)?));
         }
         let priority = event.priority();
+        let holds = match priority {
+            Priority::P0 | Priority::P1 => self.alarm_order.is_some(),
+            Priority::P2 | Priority::P3 => self.bulk_order.is_some(),
+        };
+        if !holds {
+            return Err(JournalError::WrongLane(priority));
+        }
         if priority >= Priority::P2 && shared.disk_low.load(Ordering::Relaxed) {
             return Ok(Appended::Deferred);
         }
@@ -522,13 +557,14 @@ impl Staging<'_> {
     pub fn commit(self) -> Result<(), JournalError> {
         let Staging {
             shared,
-            order,
+            alarm_order,
+            bulk_order,
             batch,
             added,
             ..
         } = self;
         shared.tree.apply_batch(batch)?;
-        drop(order);
+        drop((bulk_order, alarm_order));
         for (lane, (events, bytes)) in added.iter().enumerate() {
             shared.depth[lane].fetch_add(*events, Ordering::Relaxed);
             shared.bytes[lane].fetch_add(*bytes, Ordering::Relaxed);
@@ -714,7 +750,7 @@ fn is_damage(err: &JournalError) -> bool {
         | JournalError::Panicked(_)
         | JournalError::Corrupt { .. } => true,
         JournalError::Storage(sled::Error::CollectionNotFound(_)) => true,
-        JournalError::Files(_) => false,
+        JournalError::Files(_) | JournalError::WrongLane(_) => false,
     }
 }
 

@@ -50,3 +50,25 @@ impl Probe {
             .flatten()
     }
 }
+
+/// Tries to log in to a gateway's device front; returns its verdict.
+pub async fn login(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> Result<(), rumqttc::ConnectReturnCode> {
+    let mut options = MqttOptions::new(format!("login-{user}-{password}"), "127.0.0.1", port);
+    options.set_credentials(user, password);
+    let (_client, mut eventloop) = AsyncClient::new(options, 4);
+    loop {
+        match tokio::time::timeout(crate::PATIENCE, eventloop.poll())
+            .await
+            .expect("a CONNACK")
+        {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(code)) => return Err(code),
+            Err(other) => panic!("unexpected connection error: {other:?}"),
+        }
+    }
+}

@@ -5,29 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use anxin_tests::{Gateway, PATIENCE, Server, eventually};
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet};
+use anxin_tests::{Gateway, PATIENCE, Server, eventually, mqtt::login};
+use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet};
 
 /// The time the issue allows a change to reach the gateway.
 const PROPAGATION: Duration = Duration::from_secs(10);
-
-/// Tries to log in; returns the front's verdict.
-async fn login(port: u16, user: &str, password: &str) -> Result<(), ConnectReturnCode> {
-    let mut options = MqttOptions::new(format!("roster-{user}"), "127.0.0.1", port);
-    options.set_credentials(user, password);
-    let (_client, mut eventloop) = AsyncClient::new(options, 4);
-    loop {
-        match tokio::time::timeout(PATIENCE, eventloop.poll())
-            .await
-            .expect("a CONNACK")
-        {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-            Ok(_) => {}
-            Err(ConnectionError::ConnectionRefused(code)) => return Err(code),
-            Err(other) => panic!("unexpected connection error: {other:?}"),
-        }
-    }
-}
 
 /// Waits (at most [`PROPAGATION`]) until a login gives `want`.
 async fn until_login(

@@ -1,30 +1,12 @@
-//! The gateway's guards: device credentials on the embedded broker, the
+//! The gateway's guards: device credentials at the device front, the
 //! per-device rate limit against floods, and a clean SIGTERM shutdown.
 
 use std::time::{Duration, Instant};
 
 use anxin_proto::{DeviceEvent, EventKind, topics};
-use anxin_tests::{Gateway, PATIENCE, Sim, device_password, eventually, free_port};
+use anxin_tests::{Gateway, PATIENCE, Sim, device_password, eventually, free_port, mqtt::login};
 use prost::Message;
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS};
-
-/// Tries to log in; returns the broker's verdict.
-async fn login(port: u16, user: &str, password: &str) -> Result<(), ConnectReturnCode> {
-    let mut options = MqttOptions::new(format!("login-{user}-{password}"), "127.0.0.1", port);
-    options.set_credentials(user, password);
-    let (_client, mut eventloop) = AsyncClient::new(options, 4);
-    loop {
-        match tokio::time::timeout(PATIENCE, eventloop.poll())
-            .await
-            .expect("a CONNACK")
-        {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-            Ok(_) => {}
-            Err(ConnectionError::ConnectionRefused(code)) => return Err(code),
-            Err(other) => panic!("unexpected connection error: {other:?}"),
-        }
-    }
-}
+use rumqttc::{AsyncClient, MqttOptions, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_need_their_own_credentials() {

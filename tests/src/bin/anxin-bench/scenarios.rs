@@ -244,25 +244,11 @@ pub async fn latency(
 
     let sent_at: SentAt = Default::default();
     let seen = Arc::new(Mutex::new(latency_histogram()));
-    let mut sse = SseStream::connect(&server.stream_url(TEST_ADMIN_TOKEN)).await;
-    {
-        let (sent_at, seen) = (sent_at.clone(), seen.clone());
-        tokio::spawn(async move {
-            while let Some(event) = sse.next().await {
-                if event.event != "alert" {
-                    continue;
-                }
-                let Ok(alert) = serde_json::from_str::<serde_json::Value>(&event.data) else {
-                    continue;
-                };
-                let device = alert["deviceId"].as_str().unwrap_or_default();
-                if let Some(at) = sent_at.lock().unwrap().remove(device) {
-                    let micros = at.elapsed().as_micros() as u64;
-                    seen.lock().unwrap().saturating_record(micros.max(1));
-                }
-            }
-        });
-    }
+    watch_alerts(
+        SseStream::connect(&server.stream_url(TEST_ADMIN_TOKEN)).await,
+        sent_at.clone(),
+        seen.clone(),
+    );
     let acks = Arc::new(Mutex::new(latency_histogram()));
     let idle = traffic::probers(
         gateway.mqtt_port,
@@ -634,8 +620,7 @@ fn bench_token(n: usize) -> String {
 // ---------------------------------------------------------------------- many
 
 /// Records press → alert on the server's SSE stream, by device id.
-fn watch_alerts(sse: SseStream, sent_at: SentAt, seen: Arc<Mutex<Histogram<u64>>>) {
-    let mut sse = sse;
+fn watch_alerts(mut sse: SseStream, sent_at: SentAt, seen: Arc<Mutex<Histogram<u64>>>) {
     tokio::spawn(async move {
         while let Some(event) = sse.next().await {
             if event.event != "alert" {

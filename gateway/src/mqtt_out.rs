@@ -32,6 +32,15 @@ impl MqttOut {
         delivered
     }
 
+    /// Sends a downlink ("help is coming") to its device, or holds it until
+    /// the device is back and subscribed.
+    pub fn send_downlink(&self, ack: DeviceAck) {
+        let (device_id, seq) = (ack.device_id.clone(), ack.seq);
+        if !self.sessions.deliver_downlink(ack) {
+            tracing::info!(%device_id, seq, "device away: downlink held until it returns");
+        }
+    }
+
     /// Publishes a JSON document on a local topic.
     pub fn publish_json(&self, topic: &str, document: &serde_json::Value) {
         let reached = self

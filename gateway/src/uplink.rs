@@ -323,7 +323,7 @@ impl Uplink {
             Some(server_message::Body::Downlink(downlink)) => {
                 if let Some(ack) = downlink.ack {
                     tracing::info!(device_id = %ack.device_id, seq = ack.seq, alert_id = %ack.alert_id, "downlink to device: {}", ack.message);
-                    self.acks.send(ack);
+                    self.acks.send_downlink(ack);
                     metrics::counter!(m::DOWNLINKS).increment(1);
                 }
                 let done = GatewayMessage {

@@ -1,6 +1,7 @@
 """What devices do with MQTT, tried with paho-mqtt. Usage:
     conformance.py CHECK PORT PASSWORD_TEMPLATE DEVICE
-CHECK is one of keepalive0, persist-away, persist-back, will, v5.
+CHECK is one of keepalive0, persist-away, persist-back, clean-away,
+clean-back, will, v5.
 Prints one JSON line of findings."""
 
 import json
@@ -55,6 +56,25 @@ elif check == "persist-back":
     heard = d.wait_message(lambda m: b"ACK_KIND_ACKNOWLEDGED" in m[1])
     found["heard_acknowledged"] = heard is not None
     found["message"] = json.loads(heard[1])["message"] if heard else None
+    d.close()
+
+elif check == "clean-away":
+    d = Device(port, device, password, client_id=device, clean=True)
+    found["connack"] = d.connect()
+    found["sub"] = d.subscribe(ack_topic(device))
+    found["puback"] = d.publish(event_topic(device), sos_json(1))
+    found["stored"] = stored(d, 1) is not None
+    d.close()
+
+elif check == "clean-back":
+    # A clean session remembers nothing, but "help is coming" acknowledged
+    # while the device was away waits at the gateway for its subscription.
+    d = Device(port, device, password, client_id=device, clean=True)
+    found["connack"] = d.connect()
+    found["session_present"] = d.session_present()
+    found["sub"] = d.subscribe(ack_topic(device))
+    heard = d.wait_message(lambda m: b"ACK_KIND_ACKNOWLEDGED" in m[1])
+    found["heard_acknowledged"] = heard is not None
     d.close()
 
 elif check == "will":

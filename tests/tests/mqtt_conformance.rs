@@ -1,6 +1,7 @@
 //! What devices do with MQTT, checked with paho-mqtt (`tests/paho/`):
 //! keep-alive 0, a persistent session that receives "help is coming"
-//! published while the device was away, the last will on keep-alive
+//! published while the device was away (and a clean one, for which the
+//! gateway holds it until the device subscribes), the last will on keep-alive
 //! expiry, and an MQTT 5 client (QoS 0 and 1, unsubscribe, session expiry).
 
 use std::time::Duration;
@@ -31,7 +32,13 @@ async fn paho_devices_connect_persist_and_leave_a_will() {
     let gateway = Gateway::start_with(
         dir.path(),
         server.grpc_port,
-        &["btn-ka0", "btn-away", "wear-will:wearable", "btn-v5"],
+        &[
+            "btn-ka0",
+            "btn-away",
+            "btn-clean",
+            "wear-will:wearable",
+            "btn-v5",
+        ],
         &[("supervision", "last_will_grace_secs = 1")],
     )
     .await;
@@ -78,6 +85,33 @@ async fn paho_devices_connect_persist_and_leave_a_will() {
     .await;
     let found = run("persist-back", &gateway, "btn-away").await;
     assert_eq!(found["session_present"], true, "{found}");
+    assert_eq!(found["heard_acknowledged"], true, "{found}");
+
+    // A clean session: the gateway holds "help is coming" for the device
+    // that went away, and hands it over when it subscribes again.
+    let found = run("clean-away", &gateway, "btn-clean").await;
+    assert_eq!(found["stored"], true, "{found}");
+    let alert_id = eventually("the alert of btn-clean", PATIENCE, || async {
+        server.alerts_for("btn-clean").await.first()?["id"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/api/v1/alerts/{alert_id}/ack"),
+            &dispatcher,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually("the second downlink at the gateway", PATIENCE, || async {
+        (gateway.metric("anxin_gateway_downlinks_total").await >= 2.0).then_some(())
+    })
+    .await;
+    let found = run("clean-back", &gateway, "btn-clean").await;
+    assert_eq!(found["session_present"], false, "{found}");
     assert_eq!(found["heard_acknowledged"], true, "{found}");
 
     // Silent with the socket open: the keep-alive expires (1.5 x 1 s), the

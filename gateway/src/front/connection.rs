@@ -438,6 +438,11 @@ impl Conn {
                     )
                     .collect();
                 self.codec.suback(&mut self.out, pkid, &granted);
+                if let Some(device_id) = self.identity.device()
+                    && granted.iter().any(Option::is_some)
+                {
+                    self.front.sessions.release_held(device_id);
+                }
             }
             Inbound::Unsubscribe { pkid, filters } => {
                 for filter in &filters {

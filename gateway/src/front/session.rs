@@ -164,10 +164,18 @@ pub struct Attachment {
     pub kick: CancellationToken,
 }
 
+/// Downlinks ("help is coming") held for a device that is away or not yet
+/// subscribed, at most, per device.
+pub const HELD_DOWNLINKS: usize = 16;
+
 #[derive(Default)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Arc<Session>>>,
     next_conn: AtomicU64,
+    /// Downlinks that reached no connection, by device: handed over when
+    /// the device next subscribes to its acks. A resident whose button
+    /// dropped off the network for a moment still hears "help is coming".
+    held: Mutex<HashMap<String, VecDeque<DeviceAck>>>,
 }
 
 impl Sessions {
@@ -325,6 +333,40 @@ impl Sessions {
         delivered
     }
 
+    /// Sends a downlink to its device; if it reaches no connection or
+    /// persistent session, keeps it (bounded) until the device subscribes
+    /// to its acks again.
+    pub fn deliver_downlink(&self, ack: DeviceAck) -> bool {
+        if self.deliver_ack(ack.clone()) {
+            return true;
+        }
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = held.entry(ack.device_id.clone()).or_default();
+        if queue.len() >= HELD_DOWNLINKS {
+            queue.pop_front();
+            metrics::counter!(m::MQTT_DROPPED, "reason" => "held_downlinks_full").increment(1);
+        }
+        queue.push_back(ack);
+        false
+    }
+
+    /// The device subscribed to its acks: what was held for it goes now.
+    pub fn release_held(&self, device_id: &str) {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(device_id);
+        for ack in held.into_iter().flatten() {
+            tracing::info!(
+                device_id,
+                seq = ack.seq,
+                "held downlink delivered on the device's return"
+            );
+            self.deliver_ack(ack);
+        }
+    }
+
     /// Sends a message to every connection subscribed to a local topic
     /// (on-site consoles, sirens). Returns how many it reached.
     pub fn deliver_local(&self, topic: &str, payload: Bytes) -> usize {
@@ -443,6 +485,22 @@ mod tests {
         sessions.detach(&old.session, old.conn_id, Vec::new(), &mut old.rx);
         new.session.subscribe(Feed::Ack(Encoding::Protobuf), 0);
         assert!(sessions.deliver_ack(ack("btn-1", 1)));
+    }
+
+    #[test]
+    fn a_downlink_for_an_absent_device_waits_for_its_return() {
+        let sessions = Sessions::default();
+        assert!(!sessions.deliver_downlink(ack("btn-1", 9)));
+        let mut back = sessions.attach("btn-1", true, false, None, 20.0);
+        back.session.subscribe(Feed::Ack(Encoding::Protobuf), 1);
+        sessions.release_held("btn-1");
+        let Ok(Outbound::Publish(message)) = back.rx.try_recv() else {
+            panic!("the held downlink did not come");
+        };
+        assert_eq!(DeviceAck::decode(message.payload).unwrap().seq, 9);
+        // Handed over once.
+        sessions.release_held("btn-1");
+        assert!(back.rx.try_recv().is_err());
     }
 
     #[test]

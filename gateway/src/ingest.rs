@@ -263,10 +263,28 @@ impl Admission {
 /// At most one journal-full local alarm per this interval.
 const JOURNAL_FULL_ALARM_EVERY: Duration = Duration::from_secs(60);
 
+/// Which way into the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// P0/P1.
+    Alarm,
+    /// P2/P3.
+    Bulk,
+}
+
+impl Lane {
+    pub fn label(self) -> &'static str {
+        match self {
+            Lane::Alarm => "alarm",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
 /// A lane's writer: takes what is queued, writes it as one batch, flushes,
 /// then acks. The alarm lane and the bulk lane each run one.
 pub struct Ingest {
-    lane: &'static str,
+    lane: Lane,
     journal: JournalWriter,
     acks: MqttOut,
     alarm: Arc<LocalAlarm>,
@@ -296,7 +314,7 @@ enum Outcome {
 
 impl Ingest {
     pub fn new(
-        lane: &'static str,
+        lane: Lane,
         journal: JournalWriter,
         acks: MqttOut,
         alarm: Arc<LocalAlarm>,
@@ -340,7 +358,7 @@ impl Ingest {
         // Everything appended was flushed before its ack; a last flush makes
         // shutdown leave a clean journal.
         if let Err(err) = self.journal.flush().await {
-            tracing::error!(lane = self.lane, error = %err, "final journal flush failed");
+            tracing::error!(lane = self.lane.label(), error = %err, "final journal flush failed");
         }
     }
 
@@ -348,7 +366,7 @@ impl Ingest {
     /// its alarms raised on site now, and the journal handed to the restart
     /// in place.
     fn round_failed(&mut self, err: &JournalError, what: &str) {
-        tracing::error!(lane = self.lane, error = %err, "journal {what} failed; no stored acks sent, devices will retry");
+        tracing::error!(lane = self.lane.label(), error = %err, "journal {what} failed; no stored acks sent, devices will retry");
         let alarms = std::mem::take(&mut self.round_alarms);
         if !alarms.is_empty() {
             self.alarm.raise("journal_write_failed", &alarms);
@@ -369,8 +387,8 @@ impl Ingest {
         let journal = self.journal.clone();
         let written = {
             let mut staging = match self.lane {
-                "alarm" => journal.stage_alarms(),
-                _ => journal.stage_bulk(),
+                Lane::Alarm => journal.stage_alarms(),
+                Lane::Bulk => journal.stage_bulk(),
             };
             for event in batch.drain(..) {
                 sightings.push(Sighting::Event {
@@ -386,7 +404,7 @@ impl Ingest {
             self.round_failed(&err, "write");
             false
         } else if needs_flush {
-            metrics::counter!(m::JOURNAL_FLUSHES, "lane" => self.lane).increment(1);
+            metrics::counter!(m::JOURNAL_FLUSHES, "lane" => self.lane.label()).increment(1);
             match self.journal.flush().await {
                 Ok(()) => true,
                 Err(err) => {

@@ -9,7 +9,7 @@ use anxin_gateway::{
     front::{self, Front, auth::DeviceBook, session::Sessions},
     health::{self, Health},
     http::{self, HttpState},
-    ingest::{Admission, Ingest, Lanes},
+    ingest::{Admission, Ingest, Lane, Lanes},
     journal, metrics,
     mqtt_out::MqttOut,
     roster::Roster,
@@ -67,12 +67,12 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     // Ports first: a taken port fails in milliseconds, before anything slow.
     let mqtt_listener = match config.mqtt.plaintext {
-        true => Some(front::bind(config.mqtt.listen, "mqtt.listen").await?),
+        true => Some(anxin_host::net::bind(config.mqtt.listen, "mqtt.listen").await?),
         false => None,
     };
     let tls_listener = match &config.mqtt.tls {
         Some(tls) => Some((
-            front::bind(tls.listen, "mqtt.tls.listen").await?,
+            anxin_host::net::bind(tls.listen, "mqtt.tls.listen").await?,
             front::tls::acceptor(tls)?,
         )),
         None => None,
@@ -122,12 +122,12 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
             health.clone(),
         )
     };
-    let (alarm_ingest, bulk_ingest) = (lane("alarm"), lane("bulk"));
+    let (alarm_ingest, bulk_ingest) = (lane(Lane::Alarm), lane(Lane::Bulk));
     let device_front = Arc::new(Front::new(
         &config,
         book.clone(),
         sessions,
-        Admission::new(&config, book, lanes),
+        Admission::new(&config, book.clone(), lanes),
         sightings,
         health.clone(),
     ));
@@ -191,7 +191,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         mqtt_tls = ?config.mqtt.tls.as_ref().map(|t| t.listen),
         http = %config.http.listen,
         servers = ?config.uplink.servers,
-        devices = config.devices.len(),
+        devices = book.len(),
         "anxin-gateway ready"
     );
 

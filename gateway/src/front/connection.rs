@@ -231,7 +231,8 @@ enum End {
     /// The socket closed or failed without DISCONNECT.
     Lost,
     KeepAliveExpired,
-    /// The device broke the rules; `will`: whether its will is published.
+    /// The device broke the rules (its will is published: it did not say
+    /// goodbye).
     Refused(&'static str),
     TakenOver,
     ShuttingDown,
@@ -262,7 +263,6 @@ struct Conn {
 }
 
 impl Conn {
-    #[allow(clippy::too_many_arguments)]
     async fn run<S>(
         &mut self,
         stream: &mut S,

@@ -18,7 +18,7 @@ mod connection;
 pub mod session;
 pub mod tls;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -64,14 +64,6 @@ impl Front {
             health,
         }
     }
-}
-
-/// Binds the device port; the error names the config field.
-pub async fn bind(
-    addr: SocketAddr,
-    field: &'static str,
-) -> Result<TcpListener, anxin_host::net::BindError> {
-    anxin_host::net::bind(addr, field).await
 }
 
 /// Accepts device connections until cancelled; each gets its own task.

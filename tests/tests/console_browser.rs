@@ -127,6 +127,8 @@ async fn the_console_shows_alerts_live_acts_on_them_and_survives_a_dropped_strea
         .arg(browser_dir.join("console.mjs"))
         .env("ANXIN_SERVER_HTTP", server.http())
         .env("ANXIN_SIM", binary("anxin-sim"))
+        // The sim logs each device in with the harness password.
+        .env("ANXIN_SIM_PASSWORD", anxin_tests::SIM_PASSWORD)
         .env("ANXIN_MQTT", gateway.mqtt())
         .env("ANXIN_DISPATCHER_TOKEN", &dispatcher)
         .env("ANXIN_CARER_TOKEN", &carer)

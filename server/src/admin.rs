@@ -160,6 +160,7 @@ impl AdminDesk {
         mut device: DeviceRecord,
     ) -> Result<DeviceRecord, DeskError> {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
+        directory::check_device_password(&device.password).map_err(bad)?;
         let existing = self.store.device(&device.id)?;
         let rekeyed = !device.password.is_empty() || !device.password_sha256.is_empty();
         if !device.password.is_empty() {

@@ -284,6 +284,22 @@ pub fn check_resident(dir: &impl Directory, resident: &Resident) -> Result<(), S
     check_community(dir, &resident.community_id)
 }
 
+/// Shortest device password accepted: a device's password is a machine
+/// secret, stored (here and at the gateway) only as one SHA-256, so it must
+/// be long enough that guessing it is hopeless.
+pub const MIN_DEVICE_PASSWORD: usize = 16;
+
+/// A device password given in a request or an import row (empty: none
+/// given, the stored credential is kept).
+pub fn check_device_password(password: &str) -> Result<(), String> {
+    if !password.is_empty() && password.chars().count() < MIN_DEVICE_PASSWORD {
+        return Err(format!(
+            "device password must be at least {MIN_DEVICE_PASSWORD} characters (a generated secret, e.g. `openssl rand -hex 16`)"
+        ));
+    }
+    Ok(())
+}
+
 /// `known_resident` answers for residents in the same batch as well as the
 /// store.
 pub fn check_device(

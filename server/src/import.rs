@@ -206,6 +206,7 @@ pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
                 ImportKind::Devices => {
                     // A row without a password keeps the stored credential,
                     // and an import never re-activates a deactivated device.
+                    directory::check_device_password(&get("password"))?;
                     let existing = dir.device(&id).ok().flatten();
                     let device = DeviceRecord {
                         kind: get("kind"),

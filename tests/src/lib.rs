@@ -528,7 +528,7 @@ impl Server {
 pub fn device_password(id: &str) -> String {
     SIM_PASSWORD.replace("{id}", id)
 }
-pub const SIM_PASSWORD: &str = "pw-{id}-secret";
+pub const SIM_PASSWORD: &str = "pw-{id}-secret-0123";
 /// The observer every test gateway knows (it may read the local alarm topic).
 pub const SIREN: &str = "siren";
 

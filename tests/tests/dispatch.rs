@@ -446,7 +446,7 @@ async fn a_csv_import_with_bad_rows_imports_nothing_and_names_each_line() {
         .collect();
     assert_eq!(ids, ["r-1", "r-2"]);
 
-    let devices = "id,kind,resident_id,gateway_id,password\nbtn-1,call_button,r-1,gw-test,pw1\nbtn-2,toaster,r-2,gw-test,\nbtn-3,wearable,r-9,gw-test,\n";
+    let devices = "id,kind,resident_id,gateway_id,password\nbtn-1,call_button,r-1,gw-test,pw1-long-enough-secret\nbtn-2,toaster,r-2,gw-test,\nbtn-3,wearable,r-9,gw-test,\n";
     let (status, report) = import("devices", devices, admin).await;
     assert_eq!(status, 422, "{report}");
     assert_eq!(report["rejected"][0]["line"], "3");
@@ -461,6 +461,28 @@ async fn a_csv_import_with_bad_rows_imports_nothing_and_names_each_line() {
         server.get("/api/v1/devices").await["devices"],
         serde_json::json!([])
     );
+
+    // A device password is a generated secret: a short one is refused, in
+    // an import row and through the API alike.
+    let short = "id,kind,resident_id,gateway_id,password\nbtn-1,call_button,r-1,gw-test,pw1\n";
+    let (status, report) = import("devices", short, admin).await;
+    assert_eq!(status, 422, "{report}");
+    assert!(
+        report["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("at least 16 characters"),
+        "{report}"
+    );
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/api/v1/devices/btn-1",
+            admin,
+            Some(serde_json::json!({ "kind": "call_button", "residentId": "r-1", "password": "short" })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
 
     let staff = "id,name,role,communities,shifts,contact,active\nli,Li Hua,carer,c-a,1-5 08:00-20:00;6 22:00-06:00,,true\nzhou,Zhou Jie,supervisor,c-a,,,\n";
     let (status, report) = import("staff", staff, admin).await;
@@ -480,6 +502,7 @@ async fn a_csv_import_with_bad_rows_imports_nothing_and_names_each_line() {
         [
             "import.residents",
             "import.residents.rejected",
+            "import.devices.rejected",
             "import.devices.rejected",
             "import.staff"
         ]

@@ -71,6 +71,10 @@ const META: &str = "meta";
 const SEQ_OFFSET: &str = "gateway_seq_offset";
 /// Prefix of the folders damaged journals are moved into.
 pub const DAMAGED_PREFIX: &str = "damaged-";
+/// The device roster from the server lives beside the journal's files, not
+/// in them: a damaged journal moved aside must not take the list of
+/// devices the gateway may admit with it (`roster.rs`).
+pub const ROSTER_FILE: &str = "anxin-roster.pb";
 const ENTRY: u8 = b'e';
 const INDEX: u8 = b'i';
 
@@ -790,7 +794,8 @@ fn files_digest(dir: &Path) -> std::io::Result<Option<String>> {
             if top
                 && (name.starts_with(DAMAGED_PREFIX)
                     || name == CLEAN_MARKER
-                    || name == anxin_host::disk::RESERVE_FILE)
+                    || name == anxin_host::disk::RESERVE_FILE
+                    || name.starts_with(ROSTER_FILE))
             {
                 continue;
             }
@@ -874,7 +879,10 @@ pub fn open_or_recover(
         let item = item?;
         let name = item.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(DAMAGED_PREFIX) || name == anxin_host::disk::RESERVE_FILE {
+        if name.starts_with(DAMAGED_PREFIX)
+            || name == anxin_host::disk::RESERVE_FILE
+            || name.starts_with(ROSTER_FILE)
+        {
             continue;
         }
         std::fs::rename(item.path(), kept_at.join(&*name))?;

@@ -106,7 +106,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let alarm = Arc::new(LocalAlarm::new(&config, acks.clone()));
     let (sightings, sightings_rx) = tokio::sync::mpsc::channel(4096);
     let roster = Arc::new(
-        Roster::open(&writer, book.clone(), sessions.clone())
+        Roster::open(&config.journal.path, book.clone(), sessions.clone())
             .context("loading the device roster")?,
     );
     let supervisor = Supervisor::new(&config, writer.clone(), book.clone())

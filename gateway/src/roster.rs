@@ -1,11 +1,14 @@
 //! The devices this gateway serves, as the server's directory says: taken
-//! from the uplink (`DeviceRoster`), kept in the journal's database so the
-//! gateway goes on authenticating while the server is away, and applied to
-//! the device book at once — a device deactivated or re-keyed on the server
-//! loses its connection within seconds.
+//! from the uplink (`DeviceRoster`), kept in a file of its own beside the
+//! journal's (written whole, fsynced, renamed into place) so the gateway
+//! goes on authenticating while the server is away — also after its
+//! journal was found damaged and moved aside — and applied to the device
+//! book at once: a device deactivated or re-keyed on the server loses its
+//! connection within seconds.
 
 use std::{
     collections::HashMap,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -18,15 +21,13 @@ use crate::{
         codec::DisconnectReason,
         session::Sessions,
     },
-    journal::{JournalError, JournalWriter},
+    journal::{JournalError, ROSTER_FILE},
 };
-
-const KEY: &[u8] = b"roster";
 
 pub struct Roster {
     book: Arc<DeviceBook>,
     sessions: Arc<Sessions>,
-    tree: sled::Tree,
+    file: PathBuf,
     /// Parts of a roster still arriving: (generation, devices so far).
     partial: Mutex<Option<(u64, Vec<RosterDevice>)>>,
 }
@@ -49,15 +50,16 @@ fn entries(devices: &[RosterDevice]) -> HashMap<String, DeviceEntry> {
 }
 
 impl Roster {
-    /// Opens the stored roster (if any) and applies it to the book.
+    /// Opens the stored roster (if any) in the journal's directory and
+    /// applies it to the book.
     pub fn open(
-        journal: &JournalWriter,
+        journal_dir: &Path,
         book: Arc<DeviceBook>,
         sessions: Arc<Sessions>,
     ) -> Result<Self, JournalError> {
-        let tree = journal.aux_tree("roster")?;
-        if let Some(bytes) = tree.get(KEY)? {
-            match DeviceRoster::decode(bytes.as_ref()) {
+        let file = journal_dir.join(ROSTER_FILE);
+        match std::fs::read(&file) {
+            Ok(bytes) => match DeviceRoster::decode(bytes.as_slice()) {
                 Ok(stored) => {
                     book.set_roster(entries(&stored.devices));
                     tracing::info!(
@@ -66,14 +68,16 @@ impl Roster {
                     );
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, "the stored device roster does not decode; waiting for the server's");
+                    tracing::error!(file = %file.display(), error = %err, "the stored device roster does not decode; waiting for the server's");
                 }
-            }
+            },
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err.into()),
         }
         Ok(Self {
             book,
             sessions,
-            tree,
+            file,
             partial: Mutex::new(None),
         })
     }
@@ -113,8 +117,10 @@ impl Roster {
             complete: true,
             devices: complete,
         };
-        self.tree.insert(KEY, stored.encode_to_vec())?;
-        self.tree.flush_async().await?;
+        let (file, bytes) = (self.file.clone(), stored.encode_to_vec());
+        tokio::task::spawn_blocking(move || write_whole(&file, &bytes))
+            .await
+            .map_err(|e| JournalError::Panicked(e.to_string()))??;
         let revoked = self.book.set_roster(entries(&stored.devices));
         for device_id in &revoked {
             tracing::info!(%device_id, "device deactivated, removed or re-keyed on the server; its connection is closed");
@@ -127,4 +133,20 @@ impl Roster {
         );
         Ok(())
     }
+}
+
+/// Replaces `file` with `bytes` so that a crash leaves the old or the new
+/// contents, never a mix: write a temporary file, fsync, rename, fsync the
+/// directory.
+fn write_whole(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = file.with_extension("pb.tmp");
+    let mut out = std::fs::File::create(&tmp)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    std::fs::rename(&tmp, file)?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

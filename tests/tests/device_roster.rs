@@ -1,7 +1,8 @@
 //! One source of truth for devices: a device registered, deactivated or
 //! re-keyed through the server's API takes effect at its gateway within
 //! seconds, without a restart — and the gateway keeps the roster on disk,
-//! so it still admits the device after a restart while the server is down.
+//! so it still admits the device after a restart while the server is down,
+//! even when its journal was found damaged and moved aside.
 
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,23 @@ async fn devices_registered_changed_and_deactivated_on_the_server_take_effect_at
             .proc
             .log()
             .contains("device roster from the server loaded from disk")
+    );
+
+    // Still down, and now the journal is found damaged and moved aside:
+    // the roster is kept beside it, so the device is still admitted.
+    gateway.proc.kill9();
+    let db = dir.path().join("journal").join("db");
+    let len = std::fs::metadata(&db).unwrap().len() as usize;
+    std::fs::write(&db, vec![0xA5; len.max(4096)]).unwrap();
+    gateway.restart().await;
+    assert!(
+        gateway.proc.log().contains("journal damaged"),
+        "the journal was not found damaged:\n{}",
+        gateway.proc.log()
+    );
+    assert_eq!(
+        login(gateway.mqtt_port, "btn-new", "first-secret-0123").await,
+        Ok(())
     );
 
     // Back up: re-keyed on the server — the old password stops working.

@@ -38,8 +38,9 @@ if check == "keepalive0":
     found["stored_later"] = stored(d, 2) is not None
     d.close()
 
-elif check == "persist-away":
-    d = Device(port, device, password, client_id=device, clean=False)
+elif check in ("persist-away", "clean-away"):
+    # Press, hear `stored`, leave: with a persistent session or a clean one.
+    d = Device(port, device, password, client_id=device, clean=check == "clean-away")
     found["connack"] = d.connect()
     found["session_present"] = d.session_present()
     found["sub"] = d.subscribe(ack_topic(device))
@@ -47,34 +48,21 @@ elif check == "persist-away":
     found["stored"] = stored(d, 1) is not None
     d.close()
 
-elif check == "persist-back":
-    # Back without subscribing again: the session remembers, and what was
-    # published while the device was away comes now.
-    d = Device(port, device, password, client_id=device, clean=False)
+elif check in ("persist-back", "clean-back"):
+    # persist-back: back without subscribing again — the session remembers,
+    # and what was published while the device was away comes now.
+    # clean-back: a clean session remembers nothing, but "help is coming"
+    # acknowledged while the device was away waits at the gateway for its
+    # subscription.
+    clean = check == "clean-back"
+    d = Device(port, device, password, client_id=device, clean=clean)
     found["connack"] = d.connect()
     found["session_present"] = d.session_present()
+    if clean:
+        found["sub"] = d.subscribe(ack_topic(device))
     heard = d.wait_message(lambda m: b"ACK_KIND_ACKNOWLEDGED" in m[1])
     found["heard_acknowledged"] = heard is not None
     found["message"] = json.loads(heard[1])["message"] if heard else None
-    d.close()
-
-elif check == "clean-away":
-    d = Device(port, device, password, client_id=device, clean=True)
-    found["connack"] = d.connect()
-    found["sub"] = d.subscribe(ack_topic(device))
-    found["puback"] = d.publish(event_topic(device), sos_json(1))
-    found["stored"] = stored(d, 1) is not None
-    d.close()
-
-elif check == "clean-back":
-    # A clean session remembers nothing, but "help is coming" acknowledged
-    # while the device was away waits at the gateway for its subscription.
-    d = Device(port, device, password, client_id=device, clean=True)
-    found["connack"] = d.connect()
-    found["session_present"] = d.session_present()
-    found["sub"] = d.subscribe(ack_topic(device))
-    heard = d.wait_message(lambda m: b"ACK_KIND_ACKNOWLEDGED" in m[1])
-    found["heard_acknowledged"] = heard is not None
     d.close()
 
 elif check == "will":

@@ -22,6 +22,36 @@ async fn run(check: &str, gateway: &Gateway, device: &str) -> serde_json::Value 
     .await
 }
 
+/// A dispatcher acknowledges `device`'s alert while the device is away;
+/// returns once the gateway has taken the downlink (`downlinks` in all).
+async fn acknowledge_while_away(
+    server: &Server,
+    gateway: &Gateway,
+    dispatcher: &str,
+    device: &str,
+    downlinks: f64,
+) {
+    let alert_id = eventually(&format!("the alert of {device}"), PATIENCE, || async {
+        server.alerts_for(device).await.first()?["id"]
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/api/v1/alerts/{alert_id}/ack"),
+            dispatcher,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    eventually("the downlink at the gateway", PATIENCE, || async {
+        (gateway.metric("anxin_gateway_downlinks_total").await >= downlinks).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_devices_connect_persist_and_leave_a_will() {
     if !paho::available("paho_devices_connect_persist_and_leave_a_will") {
@@ -64,25 +94,7 @@ async fn paho_devices_connect_persist_and_leave_a_will() {
             serde_json::json!({}),
         )
         .await;
-    let alert_id = eventually("the alert of btn-away", PATIENCE, || async {
-        server.alerts_for("btn-away").await.first()?["id"]
-            .as_str()
-            .map(str::to_string)
-    })
-    .await;
-    let (status, _) = server
-        .call(
-            "POST",
-            &format!("/api/v1/alerts/{alert_id}/ack"),
-            &dispatcher,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    eventually("the downlink at the gateway", PATIENCE, || async {
-        (gateway.metric("anxin_gateway_downlinks_total").await >= 1.0).then_some(())
-    })
-    .await;
+    acknowledge_while_away(&server, &gateway, &dispatcher, "btn-away", 1.0).await;
     let found = run("persist-back", &gateway, "btn-away").await;
     assert_eq!(found["session_present"], true, "{found}");
     assert_eq!(found["heard_acknowledged"], true, "{found}");
@@ -91,25 +103,7 @@ async fn paho_devices_connect_persist_and_leave_a_will() {
     // that went away, and hands it over when it subscribes again.
     let found = run("clean-away", &gateway, "btn-clean").await;
     assert_eq!(found["stored"], true, "{found}");
-    let alert_id = eventually("the alert of btn-clean", PATIENCE, || async {
-        server.alerts_for("btn-clean").await.first()?["id"]
-            .as_str()
-            .map(str::to_string)
-    })
-    .await;
-    let (status, _) = server
-        .call(
-            "POST",
-            &format!("/api/v1/alerts/{alert_id}/ack"),
-            &dispatcher,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    eventually("the second downlink at the gateway", PATIENCE, || async {
-        (gateway.metric("anxin_gateway_downlinks_total").await >= 2.0).then_some(())
-    })
-    .await;
+    acknowledge_while_away(&server, &gateway, &dispatcher, "btn-clean", 2.0).await;
     let found = run("clean-back", &gateway, "btn-clean").await;
     assert_eq!(found["session_present"], false, "{found}");
     assert_eq!(found["heard_acknowledged"], true, "{found}");

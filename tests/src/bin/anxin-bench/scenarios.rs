@@ -85,6 +85,40 @@ fn device_list(groups: &[(&str, usize)]) -> Vec<String> {
         .collect()
 }
 
+/// `anxin-sim load`: `devices` devices `prefix00000…` offering `rate` P3
+/// events/s in all for `duration` s, then waiting up to `drain` s for their
+/// acks; prints its JSON summary last.
+fn telemetry_load(
+    dir: &std::path::Path,
+    gateway: &Gateway,
+    prefix: &str,
+    devices: usize,
+    rate: f64,
+    duration: u64,
+    drain: Option<u64>,
+) -> Sim {
+    let (devices, rate, duration) = (devices.to_string(), rate.to_string(), duration.to_string());
+    let drain = drain.map(|d| d.to_string());
+    let mut args = vec![
+        "--json-output",
+        "load",
+        "--devices",
+        &devices,
+        "--prefix",
+        prefix,
+        "--rate",
+        &rate,
+        "--duration",
+        &duration,
+        "--mix",
+        "p3=1",
+    ];
+    if let Some(drain) = &drain {
+        args.extend(["--drain", drain.as_str()]);
+    }
+    Sim::run(dir, &gateway.mqtt(), &args)
+}
+
 async fn wait_for(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -108,25 +142,14 @@ pub async fn throughput(devices: usize, rate: f64, duration: u64) -> anyhow::Res
     let gateway = Gateway::start_with(dir.path(), server.grpc_port, &refs, &LOAD_LIMITS).await;
 
     let started = Instant::now();
-    let mut sim = Sim::run(
+    let mut sim = telemetry_load(
         dir.path(),
-        &gateway.mqtt(),
-        &[
-            "--json-output",
-            "load",
-            "--devices",
-            &devices.to_string(),
-            "--prefix",
-            "l-",
-            "--rate",
-            &rate.to_string(),
-            "--duration",
-            &duration.to_string(),
-            "--drain",
-            "300",
-            "--mix",
-            "p3=1",
-        ],
+        &gateway,
+        "l-",
+        devices,
+        rate,
+        duration,
+        Some(300),
     );
     let watch = Watch::start(vec![
         ("anxin-gateway".into(), pid(&gateway.proc)),
@@ -275,24 +298,14 @@ pub async fn latency(
     print_latency("ours, unloaded, press → stored ack", &unloaded_acks);
 
     let run_for = (samples as u64 * pace_ms) / 1000 + 10;
-    let mut sim = Sim::run(
+    let mut sim = telemetry_load(
         dir.path(),
-        &gateway.mqtt(),
-        &[
-            "load",
-            "--devices",
-            &load_devices.to_string(),
-            "--prefix",
-            "l-",
-            "--rate",
-            &load.to_string(),
-            "--duration",
-            &run_for.to_string(),
-            "--drain",
-            "5",
-            "--mix",
-            "p3=1",
-        ],
+        &gateway,
+        "l-",
+        load_devices,
+        load,
+        run_for,
+        Some(5),
     );
     let watch = Watch::start(vec![
         ("anxin-gateway".into(), pid(&gateway.proc)),
@@ -492,24 +505,7 @@ pub async fn steady(devices: usize, rate: f64, duration: u64) -> anyhow::Result<
     let mut extra = LOAD_LIMITS.to_vec();
     extra.push(("mqtt", max_connections.as_str()));
     let gateway = Gateway::start_with(dir.path(), server.grpc_port, &refs, &extra).await;
-    let mut sim = Sim::run(
-        dir.path(),
-        &gateway.mqtt(),
-        &[
-            "--json-output",
-            "load",
-            "--devices",
-            &devices.to_string(),
-            "--prefix",
-            "s-",
-            "--rate",
-            &rate.to_string(),
-            "--duration",
-            &duration.to_string(),
-            "--mix",
-            "p3=1",
-        ],
-    );
+    let mut sim = telemetry_load(dir.path(), &gateway, "s-", devices, rate, duration, None);
     let gateway_pid = pid(&gateway.proc);
     let started = Instant::now();
     let mut samples = Vec::new();
@@ -673,25 +669,14 @@ pub async fn many(devices: usize, rate: f64, duration: u64, presses: usize) -> a
     )
     .await;
     let connecting = Instant::now();
-    let mut sim = Sim::run(
+    let mut sim = telemetry_load(
         dir.path(),
-        &gateway.mqtt(),
-        &[
-            "--json-output",
-            "load",
-            "--devices",
-            &devices.to_string(),
-            "--prefix",
-            "m-",
-            "--rate",
-            &rate.to_string(),
-            "--duration",
-            &duration.to_string(),
-            "--drain",
-            "60",
-            "--mix",
-            "p3=1",
-        ],
+        &gateway,
+        "m-",
+        devices,
+        rate,
+        duration,
+        Some(60),
     );
     let connected = wait_for(
         "every device to connect",

@@ -622,18 +622,24 @@ mod tests {
         assert_eq!(store.event_count(), 3);
     }
 
+    /// A fall's alert, offered with a deadline.
+    fn offered_fall(store: &Store, deadline_ms: i64) -> Alert {
+        let (alert, _) = changed(commit(store, "btn", 1, EventKind::Fall, 10));
+        store
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::Offered);
+                a.offer_deadline_ms = deadline_ms;
+                Ok(Change::default())
+            })
+            .unwrap();
+        alert
+    }
+
     #[test]
     fn a_clock_step_moves_every_pending_deadline_and_its_alert_together() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (alert, _) = changed(commit(&store, "btn", 1, EventKind::Fall, 10));
-        store
-            .update_alert(&alert.id, |a| {
-                a.set_state(AlertState::Offered);
-                a.offer_deadline_ms = 10_000;
-                Ok(Change::default())
-            })
-            .unwrap();
+        let alert = offered_fall(&store, 10_000);
         // The wall clock went back an hour: the deadline moves back with it.
         assert_eq!(store.rebase_deadlines(-3_600_000).unwrap(), 1);
         assert_eq!(store.alert(&alert.id).unwrap().offer_deadline_ms, 1);
@@ -661,14 +667,7 @@ mod tests {
     fn updates_queue_downlinks_keep_deadlines_indexed_and_refuse_illegal_moves() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (alert, _) = changed(commit(&store, "btn", 1, EventKind::Fall, 10));
-        store
-            .update_alert(&alert.id, |a| {
-                a.set_state(AlertState::Offered);
-                a.offer_deadline_ms = 500;
-                Ok(Change::default())
-            })
-            .unwrap();
+        let alert = offered_fall(&store, 500);
         assert_eq!(store.due_offers(499).unwrap(), (vec![], Some(500)));
         assert_eq!(
             store.due_offers(500).unwrap(),

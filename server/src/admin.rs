@@ -13,7 +13,6 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use crate::{
     alerts::DeskError,
-    audit::AuditLog,
     audit::guard,
     auth::{self, Need, Principal},
     directory::{self, Directory, DirectoryBatch, TokenRecord},

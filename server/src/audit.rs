@@ -5,11 +5,10 @@
 //! through [`AuditLog::append`].
 
 use anxin_proto::v1::{AuditEntry, AuditQuery};
-use prost::Message;
 
 use crate::{
     auth::{AuthError, Need, Principal},
-    store::{Store, StoreError, decode},
+    store::{Store, StoreError},
 };
 
 /// [`Principal::require`], with every refusal written to the audit log
@@ -47,30 +46,7 @@ pub trait AuditLog {
     fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-impl AuditLog for Store {
-    fn append(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
-        entry.id = self.db.generate_id()? + 1;
-        self.audit
-            .insert(entry.id.to_be_bytes(), entry.encode_to_vec())?;
-        Ok(entry)
-    }
-
-    fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut out = Vec::new();
-        for bytes in self.audit.iter().values() {
-            let entry: AuditEntry = decode("audit entry", &bytes?)?;
-            if matches(query, &entry) {
-                out.push(entry);
-            }
-        }
-        if query.limit > 0 && out.len() > query.limit as usize {
-            out.drain(..out.len() - query.limit as usize);
-        }
-        Ok(out)
-    }
-}
-
-fn matches(q: &AuditQuery, e: &AuditEntry) -> bool {
+pub(crate) fn matches(q: &AuditQuery, e: &AuditEntry) -> bool {
     (q.target.is_empty() || e.target == q.target)
         && (q.actor.is_empty() || e.actor == q.actor)
         && (q.action.is_empty()

@@ -105,8 +105,17 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// Directory of the sled database; created if missing.
+    /// Which engine keeps the server's state: "sled" (embedded, one server
+    /// process) or "postgres" (a database shared by several replicas).
+    pub backend: Backend,
+    /// Directory of the sled database; created if missing. With PostgreSQL
+    /// it only holds the disk reserve.
     pub path: PathBuf,
+    /// PostgreSQL connection URL (backend = "postgres"), e.g.
+    /// `postgres://anxin@db.internal/anxin`.
+    pub url: String,
+    /// Connections each replica keeps to PostgreSQL.
+    pub pool_size: usize,
     /// Free space on the store's filesystem under which new events are
     /// refused (gateways keep them and retry), long before the disk is
     /// full. See docs/operations.md, "Running out of disk".
@@ -127,7 +136,10 @@ impl Default for ServerConfig {
                 listen: ([127, 0, 0, 1], 8080).into(),
             },
             store: StoreConfig {
+                backend: Backend::Sled,
                 path: PathBuf::from("anxin-server-data"),
+                url: String::new(),
+                pool_size: 16,
                 min_free_bytes: 256 * 1024 * 1024,
                 reserve_bytes: 64 * 1024 * 1024,
             },
@@ -167,6 +179,13 @@ impl Default for HttpConfig {
         ServerConfig::default().http
     }
 }
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         ServerConfig::default().store
@@ -229,6 +248,26 @@ impl ServerConfig {
                 field: "store.min_free_bytes",
                 problem: "must be at least store.reserve_bytes".into(),
             });
+        }
+        if self.store.backend == Backend::Postgres {
+            if self.store.url.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "store.url",
+                    problem: "is needed with store.backend = \"postgres\" (e.g. postgres://anxin@db/anxin)".into(),
+                });
+            }
+            if let Err(err) = self.store.url.parse::<tokio_postgres::Config>() {
+                return Err(ConfigError::Invalid {
+                    field: "store.url",
+                    problem: format!("is not a PostgreSQL connection URL: {err}"),
+                });
+            }
+            if self.store.pool_size == 0 {
+                return Err(ConfigError::Invalid {
+                    field: "store.pool_size",
+                    problem: "must be at least 1".into(),
+                });
+            }
         }
         if self.store.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid {
@@ -305,6 +344,10 @@ mod tests {
         assert!(err.to_string().contains("http.listen"), "{err}");
         let err = ServerConfig::parse("[store]\npth = \"x\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("pth"), "{err}");
+        let err = ServerConfig::parse("[store]\nbackend = \"postgres\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("store.url"), "{err}");
+        let err = ServerConfig::parse("[store]\nbackend = \"mysql\"\n", "t").unwrap_err();
+        assert!(err.to_string().contains("backend"), "{err}");
         let err = ServerConfig::parse("[auth]\nadmin_token = \"short\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("auth.admin_token"), "{err}");
         let err = ServerConfig::parse("[routing]\np0_deadline_secs = 0\n", "t").unwrap_err();

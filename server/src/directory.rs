@@ -5,13 +5,10 @@
 //! one. Validation ([`check_place`], [`check_resident`], …) is separate from
 //! storage and shared by the admin APIs and the CSV import.
 
+use crate::store::StoreError;
 use anxin_proto::v1::{
     AuditEntry, DeviceRecord, GatewayRecord, Place, PlaceLevel, Resident, Staff, StaffRole,
 };
-use prost::Message;
-use sled::Transactional;
-
-use crate::store::{Store, StoreError, abort, append_audit, decode};
 
 /// Who a token belongs to. Only its SHA-256 digest is stored.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -61,150 +58,6 @@ pub trait Directory {
         audit: AuditEntry,
     ) -> Result<(), StoreError>;
     fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError>;
-}
-
-#[derive(Clone)]
-pub struct Trees {
-    places: sled::Tree,
-    residents: sled::Tree,
-    devices: sled::Tree,
-    gateways: sled::Tree,
-    staff: sled::Tree,
-    tokens: sled::Tree,
-}
-
-impl Trees {
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self {
-            places: db.open_tree("places")?,
-            residents: db.open_tree("residents")?,
-            devices: db.open_tree("devices")?,
-            gateways: db.open_tree("gateways")?,
-            staff: db.open_tree("staff")?,
-            tokens: db.open_tree("tokens")?,
-        })
-    }
-}
-
-fn get<M: Message + Default>(
-    tree: &sled::Tree,
-    what: &str,
-    id: &str,
-) -> Result<Option<M>, StoreError> {
-    tree.get(id.as_bytes())?
-        .map(|bytes| decode(what, &bytes))
-        .transpose()
-}
-
-fn list<M: Message + Default>(tree: &sled::Tree, what: &str) -> Result<Vec<M>, StoreError> {
-    tree.iter()
-        .values()
-        .map(|bytes| decode(what, &bytes?))
-        .collect()
-}
-
-impl Directory for Store {
-    fn put_place(&self, place: &Place, audit: AuditEntry) -> Result<(), StoreError> {
-        (&self.directory.places, &self.audit).transaction(|(places, log)| {
-            places.insert(place.id.as_bytes(), place.encode_to_vec())?;
-            append_audit(log, audit.clone())
-        })?;
-        Ok(())
-    }
-    fn place(&self, id: &str) -> Result<Option<Place>, StoreError> {
-        get(&self.directory.places, "place", id)
-    }
-    fn places(&self) -> Result<Vec<Place>, StoreError> {
-        list(&self.directory.places, "place")
-    }
-    fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError> {
-        get(&self.directory.residents, "resident", id)
-    }
-    fn residents(&self) -> Result<Vec<Resident>, StoreError> {
-        list(&self.directory.residents, "resident")
-    }
-    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
-        get(&self.directory.devices, "device", id)
-    }
-    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        list(&self.directory.devices, "device")
-    }
-    fn put_gateway(
-        &self,
-        gateway: &GatewayRecord,
-        token_sha256: &str,
-        audit: AuditEntry,
-    ) -> Result<(), StoreError> {
-        let token = TokenRecord {
-            subject_kind: "gateway".into(),
-            subject_id: gateway.id.clone(),
-            issued_ms: audit.at_ms,
-        };
-        (
-            &self.directory.gateways,
-            &self.directory.tokens,
-            &self.audit,
-        )
-            .transaction(|(gateways, tokens, log)| {
-                gateways.insert(gateway.id.as_bytes(), gateway.encode_to_vec())?;
-                if !token_sha256.is_empty() {
-                    tokens.insert(token_sha256.as_bytes(), token.encode_to_vec())?;
-                }
-                append_audit(log, audit.clone())
-            })?;
-        Ok(())
-    }
-    fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>, StoreError> {
-        get(&self.directory.gateways, "gateway", id)
-    }
-    fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
-        list(&self.directory.gateways, "gateway")
-    }
-    fn staff_member(&self, id: &str) -> Result<Option<Staff>, StoreError> {
-        get(&self.directory.staff, "staff", id)
-    }
-    fn staff(&self) -> Result<Vec<Staff>, StoreError> {
-        list(&self.directory.staff, "staff")
-    }
-    fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
-        let trees = (
-            &self.directory.residents,
-            &self.directory.devices,
-            &self.directory.staff,
-            &self.audit,
-        );
-        trees.transaction(|(residents, devices, staff, log)| {
-            for r in &batch.residents {
-                residents.insert(r.id.as_bytes(), r.encode_to_vec())?;
-            }
-            for d in &batch.devices {
-                devices.insert(d.id.as_bytes(), d.encode_to_vec())?;
-            }
-            for s in &batch.staff {
-                staff.insert(s.id.as_bytes(), s.encode_to_vec())?;
-            }
-            append_audit(log, audit.clone())
-        })?;
-        Ok(())
-    }
-    fn put_token(
-        &self,
-        token_sha256: &str,
-        record: &TokenRecord,
-        audit: AuditEntry,
-    ) -> Result<(), StoreError> {
-        (&self.directory.tokens, &self.audit).transaction(|(tokens, log)| {
-            if token_sha256.is_empty() {
-                return Err(abort(StoreError::Refused("empty token digest".into())));
-            }
-            tokens.insert(token_sha256.as_bytes(), record.encode_to_vec())?;
-            append_audit(log, audit.clone())
-        })?;
-        Ok(())
-    }
-    fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
-        get(&self.directory.tokens, "token", token_sha256)
-    }
 }
 
 // ---- validation, shared by the admin APIs and the CSV import ----
@@ -385,5 +238,64 @@ pub fn redacted(resident: &Resident) -> Resident {
         emergency_contacts: Vec::new(),
         access_notes: String::new(),
         ..resident.clone()
+    }
+}
+
+/// A shared store is a directory (validation helpers take `&impl Directory`).
+impl<T: Directory + ?Sized + Send + Sync> Directory for std::sync::Arc<T> {
+    fn put_place(&self, place: &Place, audit: AuditEntry) -> Result<(), StoreError> {
+        (**self).put_place(place, audit)
+    }
+    fn place(&self, id: &str) -> Result<Option<Place>, StoreError> {
+        (**self).place(id)
+    }
+    fn places(&self) -> Result<Vec<Place>, StoreError> {
+        (**self).places()
+    }
+    fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError> {
+        (**self).resident(id)
+    }
+    fn residents(&self) -> Result<Vec<Resident>, StoreError> {
+        (**self).residents()
+    }
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        (**self).device(id)
+    }
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        (**self).devices()
+    }
+    fn put_gateway(
+        &self,
+        gateway: &GatewayRecord,
+        token_sha256: &str,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        (**self).put_gateway(gateway, token_sha256, audit)
+    }
+    fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>, StoreError> {
+        (**self).gateway(id)
+    }
+    fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
+        (**self).gateways()
+    }
+    fn staff_member(&self, id: &str) -> Result<Option<Staff>, StoreError> {
+        (**self).staff_member(id)
+    }
+    fn staff(&self) -> Result<Vec<Staff>, StoreError> {
+        (**self).staff()
+    }
+    fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
+        (**self).put_batch(batch, audit)
+    }
+    fn put_token(
+        &self,
+        token_sha256: &str,
+        record: &TokenRecord,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        (**self).put_token(token_sha256, record, audit)
+    }
+    fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
+        (**self).token(token_sha256)
     }
 }

@@ -88,6 +88,11 @@ impl ConnectedGateways {
     }
 
     /// Sends to the gateway if it is connected; returns whether it was queued.
+    /// The gateways connected to this process now.
+    pub fn connected(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     pub fn try_send(&self, gateway_id: &str, message: ServerMessage) -> bool {
         let sender = self.lock().get(gateway_id).map(|(_, s)| s.clone());
         sender.is_some_and(|s| s.try_send(message).is_ok())

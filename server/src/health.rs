@@ -18,12 +18,17 @@ use std::{
 use anxin_host::disk::{DiskGuard, DiskLevel};
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics as m, store::StoreError};
+use crate::{
+    metrics as m,
+    store::{Store, StoreError},
+};
 
 pub struct Health {
     disk: DiskGuard,
     /// The failure, when it happened, and whether it was for want of space.
     store_error: Mutex<Option<(String, Instant, bool)>>,
+    /// Why the database does not answer, while it does not (PostgreSQL).
+    database_error: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -31,6 +36,7 @@ impl Health {
         Self {
             disk,
             store_error: Mutex::new(None),
+            database_error: Mutex::new(None),
         }
     }
 
@@ -43,6 +49,9 @@ impl Health {
         reasons.extend(self.disk.level().reason());
         if self.store_error.lock().expect("health lock").is_some() {
             reasons.push("store_error");
+        }
+        if self.database_error().is_some() {
+            reasons.push("database_unreachable");
         }
         reasons
     }
@@ -64,10 +73,19 @@ impl Health {
         })
     }
 
+    pub fn database_error(&self) -> Option<String> {
+        self.database_error.lock().expect("health lock").clone()
+    }
+
     /// Why new events must be refused now, if they must.
     pub fn refuse_events(&self) -> Option<String> {
         if let Some(why) = self.store_failure() {
             return Some(format!("{why}. Keep the events and retry"));
+        }
+        if let Some(why) = self.database_error() {
+            return Some(format!(
+                "this replica cannot reach the database ({why}); keep the events and retry"
+            ));
         }
         match self.disk.level() {
             DiskLevel::Ok => None,
@@ -110,6 +128,40 @@ pub fn refuse_while_failed(
             "{why}. Retry in a few seconds"
         ))),
         None => Ok(request),
+    }
+}
+
+/// How often a replica asks the database whether it is there, and how long
+/// it waits for the answer.
+const PING_EVERY: Duration = Duration::from_millis(500);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Readiness of a shared store: `/healthz` reports `database_unreachable`
+/// and uplinks are refused (gateways keep their events and fail over)
+/// while the database does not answer.
+pub async fn watch_database(health: Arc<Health>, store: Store, cancel: CancellationToken) {
+    loop {
+        let answer = match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(_) => Some(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
+        };
+        metrics::gauge!(m::DATABASE_UP).set(if answer.is_none() { 1.0 } else { 0.0 });
+        {
+            let mut slot = health.database_error.lock().expect("health lock");
+            match (&*slot, &answer) {
+                (None, Some(why)) => {
+                    tracing::error!(error = %why, "the database does not answer; refusing events until it does")
+                }
+                (Some(_), None) => tracing::info!("the database answers again"),
+                _ => {}
+            }
+            *slot = answer;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PING_EVERY) => {}
+            _ = cancel.cancelled() => return,
+        }
     }
 }
 

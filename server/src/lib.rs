@@ -18,6 +18,7 @@ pub mod incidents;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notifier;
+pub mod replicas;
 pub mod reports;
 pub mod routing;
 pub mod seed;

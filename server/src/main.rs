@@ -16,6 +16,7 @@ use anxin_server::{
         rest::{self, RestState},
     },
     auth::{self, Authenticator},
+    config::Backend,
     config::ServerConfig,
     escalation,
     gateways::ConnectedGateways,
@@ -23,7 +24,8 @@ use anxin_server::{
     incidents::IncidentPolicy,
     metrics,
     notifier::{Notifier, Webhook},
-    store::Store,
+    replicas,
+    store::{self, Store},
     uplink::UplinkService,
 };
 use anyhow::Context;
@@ -67,21 +69,49 @@ fn main() -> anyhow::Result<()> {
             ServerConfig::default()
         }
     };
-    if let Some(seed) = &args.seed {
-        let text = std::fs::read_to_string(seed)
-            .with_context(|| format!("reading the seed file {}", seed.display()))?;
-        let store = Store::open(&config.store.path)
-            .with_context(|| format!("opening store.path {}", config.store.path.display()))?;
-        let admin = AdminDesk::new(store.clone(), 0, Arc::default());
-        let written = anxin_server::seed::apply(&admin, &text)
-            .with_context(|| format!("seeding from {}", seed.display()))?;
-        store.db_flush().context("flushing the store")?;
-        tracing::info!(written, seed = %seed.display(), "directory seeded");
-        return Ok(());
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match &args.seed {
+        Some(seed) => runtime.block_on(seed_directory(config, seed)),
+        None => runtime.block_on(run(config)),
     }
-    tokio::runtime::Runtime::new()
-        .context("starting the async runtime")?
-        .block_on(run(config))
+}
+
+/// Where the config says the store is, for error messages.
+fn store_location(config: &ServerConfig) -> String {
+    match config.store.backend {
+        Backend::Sled => format!("store.path {}", config.store.path.display()),
+        Backend::Postgres => format!("store.url {}", redact_url(&config.store.url)),
+    }
+}
+
+/// A connection URL without its password, for logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn open_store(config: &ServerConfig) -> anyhow::Result<Store> {
+    store::open(&config.store)
+        .await
+        .with_context(|| format!("opening {}", store_location(config)))
+}
+
+async fn seed_directory(config: ServerConfig, seed: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(seed)
+        .with_context(|| format!("reading the seed file {}", seed.display()))?;
+    let store = open_store(&config).await?;
+    let admin = AdminDesk::new(store.clone(), 0, Arc::default());
+    let written = anxin_server::seed::apply(&admin, &text)
+        .with_context(|| format!("seeding from {}", seed.display()))?;
+    store.flush().await.context("flushing the store")?;
+    tracing::info!(written, seed = %seed.display(), "directory seeded");
+    Ok(())
 }
 
 async fn run(config: ServerConfig) -> anyhow::Result<()> {
@@ -99,8 +129,8 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     )
     .context("store.path")?;
     let health = Arc::new(Health::new(disk));
-    let store = Store::open(&config.store.path)
-        .with_context(|| format!("opening store.path {}", config.store.path.display()))?;
+    let store = open_store(&config).await?;
+    tracing::info!(backend = store.backend(), at = %store_location(&config), "store open");
     let admin_token = if config.auth.admin_token.is_empty() {
         let token = auth::new_token();
         tracing::warn!(admin_token = %token, "no auth.admin_token configured; made one for this run");
@@ -135,6 +165,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         secs(config.reports.ack_target_secs),
         gateways.clone(),
     );
+    let remote_changes = store.remote_changes();
     let desk = AlertDesk::new(store, gateways, policy, notifier);
 
     let cancel = CancellationToken::new();
@@ -175,6 +206,14 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         cancel.clone(),
     ));
     health::watch(health.clone(), cancel.clone());
+    tasks.spawn(health::watch_database(
+        health.clone(),
+        desk.store().clone(),
+        cancel.clone(),
+    ));
+    if let Some(changes) = remote_changes {
+        tasks.spawn(replicas::follow(desk.clone(), changes, cancel.clone()));
+    }
     if let Err(err) = desk.recover().await {
         tracing::error!(error = %err, "routing unrouted alerts after start-up failed");
     }

@@ -22,6 +22,8 @@ pub const ESCALATIONS: &str = "anxin_server_escalations_total";
 pub const NOTIFY_DELIVERED: &str = "anxin_server_notifications_delivered_total";
 pub const NOTIFY_RETRIES: &str = "anxin_server_notification_retries_total";
 pub const NOTIFY_FAILED: &str = "anxin_server_notifications_failed_total";
+pub const REMOTE_CHANGES: &str = "anxin_server_remote_changes_total";
+pub const DATABASE_UP: &str = "anxin_server_database_up";
 
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -50,6 +52,14 @@ pub fn install() -> PrometheusHandle {
     );
     describe_counter!(EVENTS_INVALID, "Uplink messages refused as invalid.");
     describe_counter!(ALERTS_CREATED, "Alerts raised.");
+    describe_counter!(
+        REMOTE_CHANGES,
+        "Changes other replicas committed, as this one heard of them."
+    );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 while the shared database answers this replica, 0 while it does not."
+    );
     describe_counter!(
         ALERT_TRANSITIONS,
         "Alert lifecycle transitions, by target state."

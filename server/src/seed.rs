@@ -118,7 +118,7 @@ mod tests {
     #[test]
     fn the_shipped_example_seeds_and_bad_records_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
+        let store = crate::store::open_sled(dir.path()).unwrap();
         let admin = AdminDesk::new(store, 60_000, Default::default());
         let example = include_str!("../../deploy/config/seed.example.toml");
         assert!(apply(&admin, example).unwrap() > 10);

@@ -15,7 +15,7 @@ use anxin_server::{
     gateways::ConnectedGateways,
     incidents::{Decision, IncidentPolicy, Origin},
     notifier::{Notifier, Webhook},
-    store::{Committed, Store},
+    store::{self, Committed},
 };
 
 fn event(seq: u64, kind: EventKind) -> UplinkEvent {
@@ -33,7 +33,7 @@ fn event(seq: u64, kind: EventKind) -> UplinkEvent {
 #[tokio::test]
 async fn a_fall_joining_an_offered_alert_shortens_its_deadline_to_p0s() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = store::open_sled(dir.path()).unwrap();
     let admin = AdminDesk::new(store.clone(), 60_000, Default::default());
     for (id, level, parent) in [
         ("city", PlaceLevel::City, ""),

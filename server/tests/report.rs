@@ -2,7 +2,7 @@
 //! worked out by hand below.
 
 use anxin_proto::v1::{Alert, AlertState, EventKind, Staff, StaffRole};
-use anxin_server::{admin::AdminDesk, auth::Principal, reports, store::Store};
+use anxin_server::{admin::AdminDesk, auth::Principal, reports, store};
 
 const MIN: i64 = 60_000;
 
@@ -42,7 +42,7 @@ fn report_figures_match_the_hand_computed_ones() {
     use AlertState::*;
     use EventKind::*;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = store::open_sled(dir.path()).unwrap();
     let from = 1_000_000;
     let to = 2_000_000;
     let seeds = [

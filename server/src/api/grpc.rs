@@ -31,6 +31,7 @@ impl From<ApiError> for Status {
             ApiError::Conflict(m) => Status::failed_precondition(m),
             ApiError::BadRequest(m) => Status::invalid_argument(m),
             ApiError::Internal(m) => Status::internal(m),
+            ApiError::Unavailable(m) => Status::unavailable(m),
         }
     }
 }

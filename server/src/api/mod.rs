@@ -14,6 +14,8 @@ pub enum ApiError {
     Conflict(String),
     BadRequest(String),
     Internal(String),
+    /// The database cannot be reached now; retrying later may work.
+    Unavailable(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -24,6 +26,12 @@ impl From<StoreError> for ApiError {
             }
             StoreError::Illegal(_) | StoreError::Stale(_) => ApiError::Conflict(err.to_string()),
             StoreError::Refused(_) => ApiError::BadRequest(err.to_string()),
+            StoreError::Database(_) => {
+                tracing::error!(error = %err, "database error in API call");
+                ApiError::Unavailable(
+                    "the database cannot be reached now; nothing was changed, retry shortly".into(),
+                )
+            }
             other => {
                 tracing::error!(error = %other, "store error in API call");
                 ApiError::Internal("storage error; see the server log".into())

@@ -107,6 +107,7 @@ impl IntoResponse for ApiError {
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
     }
@@ -184,7 +185,8 @@ async fn healthz(State(state): State<RestState>) -> (StatusCode, Json<serde_json
     // A failed sled can block its callers: don't read it then.
     let events = store_error
         .is_none()
-        .then(|| state.desk.store().event_count());
+        .then(|| state.desk.store().event_count().ok())
+        .flatten();
     let body = serde_json::json!({
         "status": if reasons.is_empty() { "ok" } else { "degraded" },
         "reasons": reasons,

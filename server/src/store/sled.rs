@@ -22,40 +22,26 @@
 
 use std::path::Path;
 
-use anxin_proto::v1::{Alert, AlertState, AuditEntry, DeviceAck, Downlink, UplinkEvent};
+use anxin_proto::v1::{
+    Alert, AlertState, AuditEntry, AuditQuery, DeviceRecord, Downlink, GatewayRecord, Place,
+    Resident, Staff, UplinkEvent,
+};
 use prost::Message;
 use sled::{
     Transactional,
     transaction::{ConflictableTransactionError, TransactionError, TransactionalTree},
 };
 
-use crate::{
-    incidents::{self, Decision, IncidentPolicy, Origin},
-    lifecycle::{self, IllegalTransition},
+use super::{
+    AlertChange, Change, Committed, Storage, StoreError, StoredEvent, alert_number, decision_audit,
+    decode, incident_key, offer_deadline,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage: {0}")]
-    Storage(#[from] sled::Error),
-    #[error("record {0} does not decode: {1}")]
-    Corrupt(String, prost::DecodeError),
-    #[error("no alert {0}")]
-    NoSuchAlert(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error(transparent)]
-    Illegal(#[from] IllegalTransition),
-    #[error("event has no body")]
-    EmptyEvent,
-    /// A change that no longer applies (the offer was acknowledged before its
-    /// deadline fired, say); nothing was written.
-    #[error("{0}")]
-    Stale(String),
-    /// A request that breaks a rule of the domain; nothing was written.
-    #[error("{0}")]
-    Refused(String),
-}
+use crate::{
+    audit::AuditLog,
+    directory::{Directory, DirectoryBatch, TokenRecord},
+    incidents::{self, Decision, IncidentPolicy, Origin},
+    lifecycle,
+};
 
 impl From<TransactionError<StoreError>> for StoreError {
     fn from(err: TransactionError<StoreError>) -> Self {
@@ -70,43 +56,6 @@ pub(crate) fn abort(err: StoreError) -> ConflictableTransactionError<StoreError>
     ConflictableTransactionError::Abort(err)
 }
 
-/// An event as the server keeps it.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct StoredEvent {
-    #[prost(string, tag = "1")]
-    pub gateway_id: String,
-    #[prost(int64, tag = "2")]
-    pub received_ms: i64,
-    #[prost(message, optional, tag = "3")]
-    pub uplink: Option<UplinkEvent>,
-    /// The alert this event raised, joined or cancelled, if any.
-    #[prost(string, tag = "4")]
-    pub alert_id: String,
-    /// Increases with every commit: the order events reached the server.
-    #[prost(uint64, tag = "5")]
-    pub commit_index: u64,
-}
-
-#[derive(Debug)]
-pub enum Committed {
-    /// First time the server sees this event; `alert` is the alert it raised
-    /// or changed, with what happened to it.
-    New {
-        alert: Option<Box<(Alert, Decision)>>,
-    },
-    /// Already committed earlier: nothing changed.
-    Duplicate,
-}
-
-/// What one alert update writes besides the alert itself.
-#[derive(Default)]
-pub struct Change {
-    pub audit: Vec<AuditEntry>,
-    /// Queued for the alert's gateway in the same transaction, so "help is
-    /// coming" is never lost between the state change and the message.
-    pub device_acks: Vec<DeviceAck>,
-}
-
 fn event_key(device_id: &str, seq: u64) -> Vec<u8> {
     let mut key = Vec::with_capacity(device_id.len() + 9);
     key.extend_from_slice(device_id.as_bytes());
@@ -119,30 +68,14 @@ fn downlink_key(gateway_id: &str, id: u64) -> Vec<u8> {
     event_key(gateway_id, id)
 }
 
-fn alert_number(alert_id: &str) -> Option<u64> {
-    alert_id.parse::<u64>().ok()
-}
-
 fn deadline_key(alert: &Alert) -> Option<[u8; 16]> {
     let number = alert_number(&alert.id)?;
-    (alert.state() == AlertState::Offered && alert.offer_deadline_ms > 0).then(|| {
+    offer_deadline(alert).map(|deadline| {
         let mut key = [0u8; 16];
-        key[..8].copy_from_slice(&(alert.offer_deadline_ms as u64).to_be_bytes());
+        key[..8].copy_from_slice(&(deadline as u64).to_be_bytes());
         key[8..].copy_from_slice(&number.to_be_bytes());
         key
     })
-}
-
-fn incident_key(alert: &Alert) -> String {
-    Origin {
-        resident_id: alert.resident_id.clone(),
-        community_id: String::new(),
-    }
-    .incident_key(&alert.device_id)
-}
-
-pub(crate) fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
-    M::decode(bytes).map_err(|e| StoreError::Corrupt(what.to_string(), e))
 }
 
 /// Appends an audit entry inside a transaction.
@@ -184,7 +117,7 @@ fn reindex(
 }
 
 #[derive(Clone)]
-pub struct Store {
+pub struct SledStore {
     pub(crate) db: sled::Db,
     events: sled::Tree,
     alerts: sled::Tree,
@@ -192,16 +125,16 @@ pub struct Store {
     deadlines: sled::Tree,
     downlinks: sled::Tree,
     pub(crate) audit: sled::Tree,
-    pub(crate) directory: crate::directory::Trees,
+    directory: Trees,
     /// `clock` → the last [`anxin_host::clock::Mark`], for clock steps
     /// across a restart.
     meta: sled::Tree,
-    /// Serialises [`Store::commit_plain_events`] so two gateways relaying
+    /// Serialises [`Storage::commit_plain_events`] so two gateways relaying
     /// the same event cannot both find it absent.
     plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
-impl Store {
+impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).open()?;
         Ok(Self {
@@ -211,11 +144,23 @@ impl Store {
             deadlines: db.open_tree("deadlines")?,
             downlinks: db.open_tree("downlinks")?,
             audit: db.open_tree("audit")?,
-            directory: crate::directory::Trees::open(&db)?,
+            directory: Trees::open(&db)?,
             meta: db.open_tree("meta")?,
             plain_commits: Default::default(),
             db,
         })
+    }
+
+    /// Blocking flush, for tools that run without a runtime.
+    pub fn db_flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Storage for SledStore {
+    fn backend(&self) -> &'static str {
+        "sled"
     }
 
     /// Commits events that cannot touch an incident (see
@@ -224,7 +169,7 @@ impl Store {
     /// transaction per event took sled's exclusive lock each time and made
     /// the server the bottleneck of the whole path (BENCHMARKS.md). Returns,
     /// per event, whether it was new. Durable after [`Store::flush`].
-    pub fn commit_plain_events(
+    fn commit_plain_events(
         &self,
         gateway_id: &str,
         uplinks: &[UplinkEvent],
@@ -258,7 +203,7 @@ impl Store {
 
     /// Commits an event and its incident decision unless it is already here.
     /// Durable after [`Store::flush`].
-    pub fn commit_event(
+    fn commit_event(
         &self,
         gateway_id: &str,
         uplink: &UplinkEvent,
@@ -310,21 +255,7 @@ impl Store {
             if let Some(alert) = &alert {
                 append_audit(
                     audit,
-                    AuditEntry {
-                        at_ms: received_ms,
-                        actor: "system".into(),
-                        action: incidents::action_name(decision).into(),
-                        target: format!("alert/{}", alert.id),
-                        community_id: alert.community_id.clone(),
-                        detail: format!(
-                            "event {}#{} {} ({}) via {gateway_id}",
-                            event.device_id,
-                            event.seq,
-                            event.kind().as_str_name(),
-                            incidents::priority_name(alert.priority)
-                        ),
-                        ..Default::default()
-                    },
+                    decision_audit(event, alert, decision, gateway_id, received_ms),
                 )?;
             }
             let stored = StoredEvent {
@@ -342,23 +273,19 @@ impl Store {
         Ok(committed)
     }
 
-    /// Blocking flush, for tools that run without a runtime.
-    pub fn db_flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
-    }
-
     /// fsyncs on tokio's blocking pool (sled's `flush_async` starts and
     /// retires a thread of its own per flush under load).
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    fn flush(&self) -> futures::future::BoxFuture<'_, Result<(), StoreError>> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .expect("store flush task panicked")?;
-        Ok(())
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || db.flush())
+                .await
+                .expect("store flush task panicked")?;
+            Ok(())
+        })
     }
 
-    pub fn event(&self, device_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
+    fn event(&self, device_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
         self.events
             .get(event_key(device_id, seq))?
             .map(|bytes| decode("event", &bytes))
@@ -366,7 +293,7 @@ impl Store {
     }
 
     /// A device's committed events in seq order.
-    pub fn device_events(&self, device_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+    fn device_events(&self, device_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
         let mut prefix = device_id.as_bytes().to_vec();
         prefix.push(0);
         self.events
@@ -376,11 +303,11 @@ impl Store {
             .collect()
     }
 
-    pub fn event_count(&self) -> usize {
-        self.events.len()
+    fn event_count(&self) -> Result<u64, StoreError> {
+        Ok(self.events.len() as u64)
     }
 
-    pub fn alert(&self, alert_id: &str) -> Result<Alert, StoreError> {
+    fn alert(&self, alert_id: &str) -> Result<Alert, StoreError> {
         let number =
             alert_number(alert_id).ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
         let bytes = self
@@ -391,7 +318,7 @@ impl Store {
     }
 
     /// Alerts in creation order, optionally only those in `states`.
-    pub fn alerts(&self, states: &[AlertState]) -> Result<Vec<Alert>, StoreError> {
+    fn alerts(&self, states: &[AlertState]) -> Result<Vec<Alert>, StoreError> {
         let mut out = Vec::new();
         for item in self.alerts.iter() {
             let (_, bytes) = item?;
@@ -405,7 +332,7 @@ impl Store {
 
     /// Writes an alert as given, for migrating history from another system
     /// (and seeding report tests). Indexes are kept as for any update.
-    pub fn import_alert(&self, alert: &Alert) -> Result<(), StoreError> {
+    fn import_alert(&self, alert: &Alert) -> Result<(), StoreError> {
         let number = alert_number(&alert.id).ok_or_else(|| {
             StoreError::Refused(format!("alert id `{}` is not a number", alert.id))
         })?;
@@ -421,10 +348,10 @@ impl Store {
     /// Changes one alert. `change` edits it and says what else to write; an
     /// error from it aborts the whole update. Lifecycle rules are checked
     /// here, so no caller can move an alert illegally.
-    pub fn update_alert(
+    fn update_alert_dyn(
         &self,
         alert_id: &str,
-        change: impl Fn(&mut Alert) -> Result<Change, StoreError>,
+        change: AlertChange<'_>,
     ) -> Result<(Alert, Vec<Downlink>), StoreError> {
         let number =
             alert_number(alert_id).ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
@@ -470,7 +397,7 @@ impl Store {
 
     /// Offers whose deadline is at or before `now_ms`, earliest first, and
     /// the next deadline after those.
-    pub fn due_offers(&self, now_ms: i64) -> Result<(Vec<String>, Option<i64>), StoreError> {
+    fn due_offers(&self, now_ms: i64) -> Result<(Vec<String>, Option<i64>), StoreError> {
         let mut due = Vec::new();
         for item in self.deadlines.iter() {
             let (key, _) = item?;
@@ -488,7 +415,7 @@ impl Store {
     /// stepped by that much), in the `deadlines` index and on the alerts,
     /// in one transaction: an offer's answer window is elapsed time, not a
     /// wall-clock instant. Returns how many deadlines moved.
-    pub fn rebase_deadlines(&self, step_ms: i64) -> Result<usize, StoreError> {
+    fn rebase_deadlines(&self, step_ms: i64) -> Result<usize, StoreError> {
         let numbers: Vec<u64> = self
             .deadlines
             .iter()
@@ -519,20 +446,20 @@ impl Store {
     }
 
     /// The clock reading saved by [`Store::save_clock_mark`], if any.
-    pub fn clock_mark(&self) -> Result<Option<anxin_host::clock::Mark>, StoreError> {
+    fn clock_mark(&self) -> Result<Option<anxin_host::clock::Mark>, StoreError> {
         Ok(self
             .meta
             .get("clock")?
             .and_then(|bytes| anxin_host::clock::Mark::decode(&bytes)))
     }
 
-    pub fn save_clock_mark(&self, mark: &anxin_host::clock::Mark) -> Result<(), StoreError> {
+    fn save_clock_mark(&self, mark: &anxin_host::clock::Mark) -> Result<(), StoreError> {
         self.meta.insert("clock", mark.encode())?;
         Ok(())
     }
 
     /// Downlinks a gateway has not yet confirmed, oldest first.
-    pub fn pending_downlinks(&self, gateway_id: &str) -> Result<Vec<Downlink>, StoreError> {
+    fn pending_downlinks(&self, gateway_id: &str) -> Result<Vec<Downlink>, StoreError> {
         let mut prefix = gateway_id.as_bytes().to_vec();
         prefix.push(0);
         self.downlinks
@@ -542,196 +469,180 @@ impl Store {
             .collect()
     }
 
-    pub fn downlink_done(&self, gateway_id: &str, downlink_id: u64) -> Result<(), StoreError> {
+    fn downlink_done(&self, gateway_id: &str, downlink_id: u64) -> Result<(), StoreError> {
         self.downlinks
             .remove(downlink_key(gateway_id, downlink_id))?;
         Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use anxin_proto::{DeviceEvent, EventKind};
+// ---- the directory ----
 
-    const POLICY: IncidentPolicy = IncidentPolicy {
-        window_ms: 600_000,
-        cancel_grace_ms: 60_000,
-    };
+#[derive(Clone)]
+pub(crate) struct Trees {
+    places: sled::Tree,
+    residents: sled::Tree,
+    devices: sled::Tree,
+    gateways: sled::Tree,
+    staff: sled::Tree,
+    tokens: sled::Tree,
+}
 
-    fn uplink(device: &str, seq: u64, kind: EventKind) -> UplinkEvent {
-        UplinkEvent {
-            event: Some(DeviceEvent {
-                device_id: device.into(),
-                seq,
-                kind: kind as i32,
-                ..Default::default()
-            }),
-            stored_ms: 1,
+impl Trees {
+    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+        Ok(Self {
+            places: db.open_tree("places")?,
+            residents: db.open_tree("residents")?,
+            devices: db.open_tree("devices")?,
+            gateways: db.open_tree("gateways")?,
+            staff: db.open_tree("staff")?,
+            tokens: db.open_tree("tokens")?,
+        })
+    }
+}
+
+fn get<M: Message + Default>(
+    tree: &sled::Tree,
+    what: &str,
+    id: &str,
+) -> Result<Option<M>, StoreError> {
+    tree.get(id.as_bytes())?
+        .map(|bytes| decode(what, &bytes))
+        .transpose()
+}
+
+fn list<M: Message + Default>(tree: &sled::Tree, what: &str) -> Result<Vec<M>, StoreError> {
+    tree.iter()
+        .values()
+        .map(|bytes| decode(what, &bytes?))
+        .collect()
+}
+
+impl Directory for SledStore {
+    fn put_place(&self, place: &Place, audit: AuditEntry) -> Result<(), StoreError> {
+        (&self.directory.places, &self.audit).transaction(|(places, log)| {
+            places.insert(place.id.as_bytes(), place.encode_to_vec())?;
+            append_audit(log, audit.clone())
+        })?;
+        Ok(())
+    }
+    fn place(&self, id: &str) -> Result<Option<Place>, StoreError> {
+        get(&self.directory.places, "place", id)
+    }
+    fn places(&self) -> Result<Vec<Place>, StoreError> {
+        list(&self.directory.places, "place")
+    }
+    fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError> {
+        get(&self.directory.residents, "resident", id)
+    }
+    fn residents(&self) -> Result<Vec<Resident>, StoreError> {
+        list(&self.directory.residents, "resident")
+    }
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        get(&self.directory.devices, "device", id)
+    }
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        list(&self.directory.devices, "device")
+    }
+    fn put_gateway(
+        &self,
+        gateway: &GatewayRecord,
+        token_sha256: &str,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        let token = TokenRecord {
+            subject_kind: "gateway".into(),
+            subject_id: gateway.id.clone(),
+            issued_ms: audit.at_ms,
+        };
+        (
+            &self.directory.gateways,
+            &self.directory.tokens,
+            &self.audit,
+        )
+            .transaction(|(gateways, tokens, log)| {
+                gateways.insert(gateway.id.as_bytes(), gateway.encode_to_vec())?;
+                if !token_sha256.is_empty() {
+                    tokens.insert(token_sha256.as_bytes(), token.encode_to_vec())?;
+                }
+                append_audit(log, audit.clone())
+            })?;
+        Ok(())
+    }
+    fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>, StoreError> {
+        get(&self.directory.gateways, "gateway", id)
+    }
+    fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
+        list(&self.directory.gateways, "gateway")
+    }
+    fn staff_member(&self, id: &str) -> Result<Option<Staff>, StoreError> {
+        get(&self.directory.staff, "staff", id)
+    }
+    fn staff(&self) -> Result<Vec<Staff>, StoreError> {
+        list(&self.directory.staff, "staff")
+    }
+    fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
+        let trees = (
+            &self.directory.residents,
+            &self.directory.devices,
+            &self.directory.staff,
+            &self.audit,
+        );
+        trees.transaction(|(residents, devices, staff, log)| {
+            for r in &batch.residents {
+                residents.insert(r.id.as_bytes(), r.encode_to_vec())?;
+            }
+            for d in &batch.devices {
+                devices.insert(d.id.as_bytes(), d.encode_to_vec())?;
+            }
+            for s in &batch.staff {
+                staff.insert(s.id.as_bytes(), s.encode_to_vec())?;
+            }
+            append_audit(log, audit.clone())
+        })?;
+        Ok(())
+    }
+    fn put_token(
+        &self,
+        token_sha256: &str,
+        record: &TokenRecord,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        (&self.directory.tokens, &self.audit).transaction(|(tokens, log)| {
+            if token_sha256.is_empty() {
+                return Err(abort(StoreError::Refused("empty token digest".into())));
+            }
+            tokens.insert(token_sha256.as_bytes(), record.encode_to_vec())?;
+            append_audit(log, audit.clone())
+        })?;
+        Ok(())
+    }
+    fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
+        get(&self.directory.tokens, "token", token_sha256)
+    }
+}
+
+// ---- the audit log ----
+
+impl AuditLog for SledStore {
+    fn append(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        entry.id = self.db.generate_id()? + 1;
+        self.audit
+            .insert(entry.id.to_be_bytes(), entry.encode_to_vec())?;
+        Ok(entry)
+    }
+
+    fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        for bytes in self.audit.iter().values() {
+            let entry: AuditEntry = decode("audit entry", &bytes?)?;
+            if crate::audit::matches(query, &entry) {
+                out.push(entry);
+            }
         }
-    }
-
-    fn changed(committed: Committed) -> (Alert, Decision) {
-        match committed {
-            Committed::New {
-                alert: Some(changed),
-            } => *changed,
-            other => panic!("no alert changed: {other:?}"),
+        if query.limit > 0 && out.len() > query.limit as usize {
+            out.drain(..out.len() - query.limit as usize);
         }
-    }
-
-    fn commit(store: &Store, device: &str, seq: u64, kind: EventKind, at: i64) -> Committed {
-        let origin = Origin {
-            resident_id: "r-1".into(),
-            community_id: "c-1".into(),
-        };
-        store
-            .commit_event("gw", &uplink(device, seq, kind), at, &origin, &POLICY)
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn an_event_commits_once_and_an_incident_is_one_alert() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (alert, Decision::Raise) = changed(commit(&store, "btn", 1, EventKind::Sos, 10)) else {
-            panic!()
-        };
-        assert!(matches!(
-            commit(&store, "btn", 1, EventKind::Sos, 11),
-            Committed::Duplicate
-        ));
-        assert!(matches!(
-            commit(&store, "btn", 2, EventKind::Heartbeat, 12),
-            Committed::New { alert: None }
-        ));
-        // Another device of the same resident: the same incident.
-        let (joined, Decision::Attach { .. }) =
-            changed(commit(&store, "wear", 1, EventKind::Fall, 13))
-        else {
-            panic!()
-        };
-        assert_eq!(joined.id, alert.id);
-        store.flush().await.unwrap();
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        let alerts = store.alerts(&[]).unwrap();
-        assert_eq!(alerts.len(), 1);
-        assert_eq!(alerts[0].events.len(), 2);
-        assert_eq!(store.event("wear", 1).unwrap().unwrap().alert_id, alert.id);
-        assert_eq!(store.event_count(), 3);
-    }
-
-    /// A fall's alert, offered with a deadline.
-    fn offered_fall(store: &Store, deadline_ms: i64) -> Alert {
-        let (alert, _) = changed(commit(store, "btn", 1, EventKind::Fall, 10));
-        store
-            .update_alert(&alert.id, |a| {
-                a.set_state(AlertState::Offered);
-                a.offer_deadline_ms = deadline_ms;
-                Ok(Change::default())
-            })
-            .unwrap();
-        alert
-    }
-
-    #[test]
-    fn a_clock_step_moves_every_pending_deadline_and_its_alert_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let alert = offered_fall(&store, 10_000);
-        // The wall clock went back an hour: the deadline moves back with it.
-        assert_eq!(store.rebase_deadlines(-3_600_000).unwrap(), 1);
-        assert_eq!(store.alert(&alert.id).unwrap().offer_deadline_ms, 1);
-        assert_eq!(store.due_offers(1).unwrap(), (vec![alert.id.clone()], None));
-        // Forward: later, and the index and the alert agree, so the next
-        // change of the alert still removes its index entry.
-        assert_eq!(store.rebase_deadlines(60_000).unwrap(), 1);
-        assert_eq!(store.alert(&alert.id).unwrap().offer_deadline_ms, 60_001);
-        assert_eq!(store.due_offers(60_000).unwrap(), (vec![], Some(60_001)));
-        store
-            .update_alert(&alert.id, |a| {
-                a.set_state(AlertState::Acknowledged);
-                a.offer_deadline_ms = 0;
-                Ok(Change::default())
-            })
-            .unwrap();
-        assert_eq!(store.due_offers(i64::MAX).unwrap(), (vec![], None));
-        assert_eq!(store.rebase_deadlines(5_000).unwrap(), 0);
-        let mark = anxin_host::clock::Mark::now(123);
-        store.save_clock_mark(&mark).unwrap();
-        assert_eq!(store.clock_mark().unwrap(), Some(mark));
-    }
-
-    #[test]
-    fn updates_queue_downlinks_keep_deadlines_indexed_and_refuse_illegal_moves() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let alert = offered_fall(&store, 500);
-        assert_eq!(store.due_offers(499).unwrap(), (vec![], Some(500)));
-        assert_eq!(
-            store.due_offers(500).unwrap(),
-            (vec![alert.id.clone()], None)
-        );
-
-        let (acked, mut downlinks) = store
-            .update_alert(&alert.id, |a| {
-                a.set_state(AlertState::Acknowledged);
-                a.offer_deadline_ms = 0;
-                Ok(Change {
-                    device_acks: vec![DeviceAck {
-                        alert_id: a.id.clone(),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                })
-            })
-            .unwrap();
-        let downlink = downlinks.pop();
-        assert_eq!(acked.state(), AlertState::Acknowledged);
-        assert_eq!(store.due_offers(i64::MAX).unwrap(), (vec![], None));
-        assert_eq!(
-            store.pending_downlinks("gw").unwrap(),
-            vec![downlink.clone().unwrap()]
-        );
-        store
-            .downlink_done("gw", downlink.unwrap().downlink_id)
-            .unwrap();
-        assert!(store.pending_downlinks("gw").unwrap().is_empty());
-
-        let err = store
-            .update_alert(&alert.id, |a| {
-                a.set_state(AlertState::New);
-                Ok(Change::default())
-            })
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Illegal(_)), "{err}");
-        assert_eq!(
-            store.alert(&alert.id).unwrap().state(),
-            AlertState::Acknowledged
-        );
-        assert!(matches!(
-            store.update_alert("999", |_| Ok(Change::default())),
-            Err(StoreError::NoSuchAlert(_))
-        ));
-    }
-
-    #[test]
-    fn a_closed_incident_lets_the_next_alarm_open_a_new_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (first, _) = changed(commit(&store, "btn", 1, EventKind::Sos, 10));
-        let (cancelled, Decision::Cancel) =
-            changed(commit(&store, "btn", 2, EventKind::Cancel, 20))
-        else {
-            panic!()
-        };
-        assert_eq!(cancelled.id, first.id);
-        assert_eq!(cancelled.state(), AlertState::Cancelled);
-        let (second, Decision::Raise) = changed(commit(&store, "btn", 3, EventKind::Sos, 30))
-        else {
-            panic!()
-        };
-        assert_ne!(second.id, first.id);
+        Ok(out)
     }
 }

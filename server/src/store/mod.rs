@@ -1,0 +1,278 @@
+//! The storage seam: what the server keeps, shaped by the domain (events
+//! with their incident decisions, alerts, offer deadlines, downlinks, the
+//! audit log, the directory and tokens), with one module per engine:
+//!
+//! - [`sled`]: embedded, one process; the default (a single-node install and
+//!   the dev stack need no database).
+//! - [`postgres`]: one database shared by several active replicas; changes
+//!   made by one replica reach the others through LISTEN/NOTIFY
+//!   ([`RemoteChange`]).
+//!
+//! Both keep the same invariants (ARCHITECTURE.md): `(device_id, seq)`
+//! unique; an event, its incident decision and its audit entry in one
+//! transaction; every alert change with its audit entries and downlinks in
+//! one transaction; illegal transitions refused; the deadlines index true to
+//! the alerts. The engine tests in `tests.rs` run against both.
+//!
+//! The trait is synchronous, as sled is: the PostgreSQL engine runs its
+//! async driver under `block_in_place`, so callers (many of them synchronous
+//! domain code) need not know which engine is underneath.
+
+use std::sync::Arc;
+
+use anxin_proto::v1::{Alert, AuditEntry, DeviceAck, Downlink, UplinkEvent};
+use futures::future::BoxFuture;
+use prost::Message;
+
+use crate::{
+    audit::AuditLog,
+    directory::Directory,
+    incidents::{Decision, IncidentPolicy, Origin},
+    lifecycle::IllegalTransition,
+};
+
+pub mod postgres;
+pub mod sled;
+#[cfg(test)]
+mod tests;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Storage(#[from] ::sled::Error),
+    /// The database could not be reached or refused a statement; nothing
+    /// was committed. Unlike a sled I/O error this does not poison the
+    /// process: the pool reconnects.
+    #[error("database: {0}")]
+    Database(String),
+    #[error("record {0} does not decode: {1}")]
+    Corrupt(String, prost::DecodeError),
+    #[error("no alert {0}")]
+    NoSuchAlert(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error("event has no body")]
+    EmptyEvent,
+    /// A change that no longer applies (the offer was acknowledged before its
+    /// deadline fired, say); nothing was written.
+    #[error("{0}")]
+    Stale(String),
+    /// A request that breaks a rule of the domain; nothing was written.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// An event as the server keeps it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredEvent {
+    #[prost(string, tag = "1")]
+    pub gateway_id: String,
+    #[prost(int64, tag = "2")]
+    pub received_ms: i64,
+    #[prost(message, optional, tag = "3")]
+    pub uplink: Option<UplinkEvent>,
+    /// The alert this event raised, joined or cancelled, if any.
+    #[prost(string, tag = "4")]
+    pub alert_id: String,
+    /// Increases with every commit: the order events reached the server.
+    #[prost(uint64, tag = "5")]
+    pub commit_index: u64,
+}
+
+#[derive(Debug)]
+pub enum Committed {
+    /// First time the server sees this event; `alert` is the alert it raised
+    /// or changed, with what happened to it.
+    New {
+        alert: Option<Box<(Alert, Decision)>>,
+    },
+    /// Already committed earlier: nothing changed.
+    Duplicate,
+}
+
+/// What one alert update writes besides the alert itself.
+#[derive(Default)]
+pub struct Change {
+    pub audit: Vec<AuditEntry>,
+    /// Queued for the alert's gateway in the same transaction, so "help is
+    /// coming" is never lost between the state change and the message.
+    pub device_acks: Vec<DeviceAck>,
+}
+
+/// A change another replica committed, as the shared store reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RemoteChange {
+    /// An alert was raised or changed.
+    Alert(String),
+    /// Downlinks were queued for a gateway (which may be connected here).
+    Downlinks { gateway_id: String, ids: Vec<u64> },
+    /// The directory changed (devices, credentials): rosters may differ.
+    Directory,
+    /// The feed was interrupted: anything may have changed meanwhile.
+    Resync,
+}
+
+/// The change function of [`Storage::update_alert_dyn`].
+pub type AlertChange<'a> = &'a (dyn Fn(&mut Alert) -> Result<Change, StoreError> + Sync);
+
+pub trait Storage: Directory + AuditLog + Send + Sync + 'static {
+    /// "sled" or "postgres", for logs and `/healthz`.
+    fn backend(&self) -> &'static str;
+
+    /// Commits events that cannot touch an incident (see
+    /// [`crate::incidents::affects_incidents`]: telemetry, heartbeats,
+    /// battery and fault reports), skipping those already here, in one
+    /// batch. Returns, per event, whether it was new. Durable after
+    /// [`Storage::flush`].
+    fn commit_plain_events(
+        &self,
+        gateway_id: &str,
+        uplinks: &[UplinkEvent],
+        received_ms: i64,
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// Commits an event and its incident decision unless it is already here.
+    /// Durable after [`Storage::flush`].
+    fn commit_event(
+        &self,
+        gateway_id: &str,
+        uplink: &UplinkEvent,
+        received_ms: i64,
+        origin: &Origin,
+        policy: &IncidentPolicy,
+    ) -> Result<Committed, StoreError>;
+
+    /// Makes everything committed so far durable (sled's fsync; a no-op
+    /// where a commit is already durable).
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    fn event(&self, device_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError>;
+    /// A device's committed events in seq order.
+    fn device_events(&self, device_id: &str) -> Result<Vec<StoredEvent>, StoreError>;
+    fn event_count(&self) -> Result<u64, StoreError>;
+
+    fn alert(&self, alert_id: &str) -> Result<Alert, StoreError>;
+    /// Alerts in creation order, optionally only those in `states`.
+    fn alerts(&self, states: &[anxin_proto::v1::AlertState]) -> Result<Vec<Alert>, StoreError>;
+    /// Writes an alert as given, for migrating history from another system
+    /// (and seeding report tests). Indexes are kept as for any update.
+    fn import_alert(&self, alert: &Alert) -> Result<(), StoreError>;
+    /// Changes one alert; see [`dyn Storage::update_alert`].
+    fn update_alert_dyn(
+        &self,
+        alert_id: &str,
+        change: AlertChange<'_>,
+    ) -> Result<(Alert, Vec<Downlink>), StoreError>;
+
+    /// Offers whose deadline is at or before `now_ms`, earliest first, and
+    /// the next deadline after those.
+    fn due_offers(&self, now_ms: i64) -> Result<(Vec<String>, Option<i64>), StoreError>;
+    /// Moves every pending offer deadline by `step_ms` (the wall clock
+    /// stepped by that much), in the deadlines index and on the alerts, in
+    /// one transaction. Returns how many deadlines moved.
+    fn rebase_deadlines(&self, step_ms: i64) -> Result<usize, StoreError>;
+    /// The clock reading saved by [`Storage::save_clock_mark`], if any.
+    fn clock_mark(&self) -> Result<Option<anxin_host::clock::Mark>, StoreError>;
+    fn save_clock_mark(&self, mark: &anxin_host::clock::Mark) -> Result<(), StoreError>;
+
+    /// Downlinks a gateway has not yet confirmed, oldest first.
+    fn pending_downlinks(&self, gateway_id: &str) -> Result<Vec<Downlink>, StoreError>;
+    fn downlink_done(&self, gateway_id: &str, downlink_id: u64) -> Result<(), StoreError>;
+
+    /// Changes other replicas commit, for a store shared by several; `None`
+    /// for an engine only one process uses. Taken once, at start-up.
+    fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteChange>> {
+        None
+    }
+
+    /// Whether the store can take writes now (readiness): a round trip to
+    /// the database, nothing for an embedded engine.
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl dyn Storage {
+    /// Changes one alert. `change` edits it and says what else to write; an
+    /// error from it aborts the whole update. Lifecycle rules are checked
+    /// by the engine, so no caller can move an alert illegally. `change`
+    /// may run more than once (a transaction retried on a conflict).
+    pub fn update_alert(
+        &self,
+        alert_id: &str,
+        change: impl Fn(&mut Alert) -> Result<Change, StoreError> + Sync,
+    ) -> Result<(Alert, Vec<Downlink>), StoreError> {
+        self.update_alert_dyn(alert_id, &change)
+    }
+}
+
+/// The server's store, whichever engine holds it.
+pub type Store = Arc<dyn Storage>;
+
+/// Opens the sled store at `path` (the embedded default).
+pub fn open_sled(path: &std::path::Path) -> Result<Store, StoreError> {
+    Ok(Arc::new(sled::SledStore::open(path)?))
+}
+
+pub(crate) fn alert_number(alert_id: &str) -> Option<u64> {
+    alert_id.parse::<u64>().ok()
+}
+
+/// The incident an alert belongs to (see [`Origin::incident_key`]).
+pub(crate) fn incident_key(alert: &Alert) -> String {
+    Origin {
+        resident_id: alert.resident_id.clone(),
+        community_id: String::new(),
+    }
+    .incident_key(&alert.device_id)
+}
+
+/// The deadline the timer must watch for this alert, if any: exactly the
+/// offered alerts with a deadline.
+pub(crate) fn offer_deadline(alert: &Alert) -> Option<i64> {
+    (alert.state() == anxin_proto::v1::AlertState::Offered && alert.offer_deadline_ms > 0)
+        .then_some(alert.offer_deadline_ms)
+}
+
+pub(crate) fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt(what.to_string(), e))
+}
+
+/// The audit entry of an event's incident decision, the same on every
+/// engine.
+pub(crate) fn decision_audit(
+    event: &anxin_proto::DeviceEvent,
+    alert: &Alert,
+    decision: Decision,
+    gateway_id: &str,
+    received_ms: i64,
+) -> AuditEntry {
+    AuditEntry {
+        at_ms: received_ms,
+        actor: "system".into(),
+        action: crate::incidents::action_name(decision).into(),
+        target: format!("alert/{}", alert.id),
+        community_id: alert.community_id.clone(),
+        detail: format!(
+            "event {}#{} {} ({}) via {gateway_id}",
+            event.device_id,
+            event.seq,
+            event.kind().as_str_name(),
+            crate::incidents::priority_name(alert.priority)
+        ),
+        ..Default::default()
+    }
+}
+
+/// Opens the store the config names: sled at `store.path`, or PostgreSQL at
+/// `store.url` (schema migrations applied).
+pub async fn open(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+    match config.backend {
+        crate::config::Backend::Sled => open_sled(&config.path),
+        crate::config::Backend::Postgres => Ok(Arc::new(
+            postgres::PgStore::connect(&config.url, config.pool_size).await?,
+        )),
+    }
+}

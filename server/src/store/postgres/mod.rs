@@ -1,0 +1,1179 @@
+//! The PostgreSQL engine: one database shared by several active replicas.
+//!
+//! Each record is kept as the same protobuf bytes the sled engine stores,
+//! with the columns it is looked up by beside it (schema in `0001_init.sql`;
+//! migrations are versioned in `schema_migrations` and applied at start-up
+//! under an advisory lock, so replicas starting together apply each once).
+//!
+//! Across replicas:
+//! - an event's incident decision runs under a transaction-scoped advisory
+//!   lock on its incident key, and the alert row is locked `FOR UPDATE`, so
+//!   two replicas relaying alarms of one resident raise one alert;
+//! - every alert change locks its row, so an offer deadline seen due by two
+//!   timers escalates once (the second finds the offer no longer due);
+//! - every commit that changes an alert, queues a downlink or touches the
+//!   directory sends a `NOTIFY anxin` in its transaction, delivered on
+//!   commit; each replica's listener turns those of other replicas into
+//!   [`RemoteChange`]s (watchers, timers, gateways connected here).
+//!
+//! A commit is durable when it returns (`synchronous_commit` on), so
+//! `flush` has nothing to do.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anxin_proto::v1::{
+    Alert, AlertState, AuditEntry, AuditQuery, DeviceAck, DeviceRecord, Downlink, GatewayRecord,
+    Place, Resident, Staff, UplinkEvent,
+};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::future::BoxFuture;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_postgres::{NoTls, Transaction};
+
+use super::{
+    AlertChange, Change, Committed, RemoteChange, Storage, StoreError, StoredEvent, alert_number,
+    decision_audit, decode, incident_key, offer_deadline,
+};
+use crate::{
+    audit::AuditLog,
+    directory::{Directory, DirectoryBatch, TokenRecord},
+    incidents::{self, Decision, IncidentPolicy, Origin},
+    lifecycle,
+};
+
+/// Schema versions, applied in order; never edit one that shipped.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("0001_init.sql"))];
+
+/// Serialises schema migrations across replicas starting together.
+const MIGRATION_LOCK: i64 = 0x616e_7869_6e00_0001;
+/// The NOTIFY channel every replica listens on.
+const CHANNEL: &str = "anxin";
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        StoreError::Database(match err.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => err.to_string(),
+        })
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        StoreError::Database(format!("no database connection: {err}"))
+    }
+}
+
+/// Whether a failed transaction may simply be run again (a concurrent
+/// commit of the same key, a serialisation failure, a deadlock).
+fn retryable(err: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    err.code().is_some_and(|code| {
+        *code == SqlState::UNIQUE_VIOLATION
+            || *code == SqlState::T_R_SERIALIZATION_FAILURE
+            || *code == SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+/// The u64 seq as a bigint that sorts the same way.
+fn seq_key(seq: u64) -> i64 {
+    (seq ^ (1 << 63)) as i64
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    url: String,
+    /// This process among the replicas: notifications it sent itself are
+    /// not news to it.
+    replica: u64,
+    feed: Arc<Mutex<Option<mpsc::UnboundedReceiver<RemoteChange>>>>,
+}
+
+/// Directory records of one table, written by [`PgStore::directory_write`].
+struct Upsert {
+    table: &'static str,
+    key: &'static str,
+    ids: Vec<String>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl Upsert {
+    fn of<M: Message>(table: &'static str, records: &[M], id: impl Fn(&M) -> &str) -> Self {
+        let (ids, bodies) = records
+            .iter()
+            .map(|r| (id(r).to_string(), r.encode_to_vec()))
+            .unzip();
+        Self {
+            table,
+            key: "id",
+            ids,
+            bodies,
+        }
+    }
+
+    fn token(digest: &str, record: &TokenRecord) -> Self {
+        Self {
+            table: "tokens",
+            key: "digest",
+            ids: vec![digest.to_string()],
+            bodies: vec![record.encode_to_vec()],
+        }
+    }
+}
+
+/// What a transaction wants the other replicas to hear once it commits.
+enum Notice<'a> {
+    Alert(u64),
+    Downlinks(&'a str, &'a [u64]),
+    Directory,
+}
+
+impl PgStore {
+    /// Connects, applies pending migrations and starts listening for other
+    /// replicas' changes.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Database(format!("store.url does not parse: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Database(format!("building the pool: {e}")))?;
+        let store = Self {
+            pool,
+            url: url.to_string(),
+            replica: rand::random(),
+            feed: Default::default(),
+        };
+        store.migrate().await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        *store.feed.lock().expect("feed lock") = Some(rx);
+        tokio::spawn(listen(store.url.clone(), store.replica, tx));
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        client
+            .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let result = async {
+            client
+                .batch_execute(
+                    "create table if not exists schema_migrations (
+                        version integer primary key,
+                        name text not null,
+                        applied_ms bigint not null)",
+                )
+                .await?;
+            for (version, name, sql) in MIGRATIONS {
+                let applied = client
+                    .query_opt(
+                        "select 1 from schema_migrations where version = $1",
+                        &[version],
+                    )
+                    .await?
+                    .is_some();
+                if applied {
+                    continue;
+                }
+                let tx = client.transaction().await?;
+                tx.batch_execute(sql).await?;
+                tx.execute(
+                    "insert into schema_migrations (version, name, applied_ms) values ($1, $2, $3)",
+                    &[version, name, &anxin_proto::now_ms()],
+                )
+                .await?;
+                tx.commit().await?;
+                tracing::info!(version, name, "database schema migrated");
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        client
+            .execute("select pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        result
+    }
+
+    /// The newest schema version applied to the database.
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("select max(version) from schema_migrations", &[])
+            .await?;
+        Ok(row.get::<_, Option<i32>>(0).unwrap_or(0))
+    }
+
+    /// Runs the async driver to completion from synchronous domain code.
+    fn block<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| handle.block_on(work))
+    }
+
+    async fn notify(&self, tx: &Transaction<'_>, notice: Notice<'_>) -> Result<(), StoreError> {
+        let payload = match notice {
+            Notice::Alert(number) => format!("{}|a|{number}", self.replica),
+            Notice::Downlinks(gateway, ids) => format!(
+                "{}|d|{gateway}|{}",
+                self.replica,
+                ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            ),
+            Notice::Directory => format!("{}|dir", self.replica),
+        };
+        tx.execute("select pg_notify($1, $2)", &[&CHANNEL, &payload])
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
+        tx.execute(
+            "insert into audit (at_ms, actor, action, target, body) values ($1, $2, $3, $4, $5)",
+            &[
+                &entry.at_ms,
+                &entry.actor,
+                &entry.action,
+                &entry.target,
+                &entry.encode_to_vec(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn write_alert(
+        tx: &Transaction<'_>,
+        before: Option<&Alert>,
+        alert: &Alert,
+    ) -> Result<(), StoreError> {
+        let number = alert_number(&alert.id).ok_or_else(|| {
+            StoreError::Refused(format!("alert id `{}` is not a number", alert.id))
+        })? as i64;
+        tx.execute(
+            "insert into alerts (number, state, deadline_ms, body) values ($1, $2, $3, $4)
+             on conflict (number) do update
+             set state = excluded.state, deadline_ms = excluded.deadline_ms, body = excluded.body",
+            &[
+                &number,
+                &alert.state,
+                &offer_deadline(alert),
+                &alert.encode_to_vec(),
+            ],
+        )
+        .await?;
+        if !lifecycle::is_open(alert.state())
+            && before.is_none_or(|b| lifecycle::is_open(b.state()))
+        {
+            tx.execute(
+                "delete from incidents where key = $1 and number = $2",
+                &[&incident_key(alert), &number],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn try_commit_event(
+        &self,
+        gateway_id: &str,
+        uplink: &UplinkEvent,
+        received_ms: i64,
+        origin: &Origin,
+        policy: &IncidentPolicy,
+    ) -> Result<Result<Committed, StoreError>, tokio_postgres::Error> {
+        let event = match uplink.event.as_ref() {
+            Some(event) => event,
+            None => return Ok(Err(StoreError::EmptyEvent)),
+        };
+        let incident = origin.incident_key(&event.device_id);
+        let mut client = match self.pool.get().await {
+            Ok(client) => client,
+            Err(err) => return Ok(Err(err.into())),
+        };
+        let tx = client.transaction().await?;
+        tx.execute(
+            "select pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&incident],
+        )
+        .await?;
+        let key = seq_key(event.seq);
+        if tx
+            .query_opt(
+                "select 1 from events where device_id = $1 and seq_key = $2",
+                &[&event.device_id, &key],
+            )
+            .await?
+            .is_some()
+        {
+            return Ok(Ok(Committed::Duplicate));
+        }
+        let mut open: Option<Alert> = None;
+        if let Some(row) = tx
+            .query_opt("select number from incidents where key = $1", &[&incident])
+            .await?
+        {
+            let number: i64 = row.get(0);
+            if let Some(row) = tx
+                .query_opt(
+                    "select body from alerts where number = $1 for update",
+                    &[&number],
+                )
+                .await?
+            {
+                match decode::<Alert>("alert", row.get(0)) {
+                    Ok(alert) if lifecycle::is_open(alert.state()) => open = Some(alert),
+                    Ok(_) => {}
+                    Err(err) => return Ok(Err(err)),
+                }
+            }
+        }
+        let decision = incidents::decide(event, open.as_ref(), received_ms, policy);
+        let alert = match (decision, open) {
+            (Decision::Nothing, _) => None,
+            (Decision::Raise, _) => {
+                let number: i64 = tx
+                    .query_one(
+                        "update counters set value = value + 1 where name = 'alert' returning value",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                let alert = incidents::raise(number as u64, event, gateway_id, origin, received_ms);
+                if let Err(err) = Self::write_alert(&tx, None, &alert).await {
+                    return Ok(Err(err));
+                }
+                tx.execute(
+                    "insert into incidents (key, number) values ($1, $2)
+                     on conflict (key) do update set number = excluded.number",
+                    &[&incident, &number],
+                )
+                .await?;
+                Some(alert)
+            }
+            (decision, Some(before)) => {
+                let mut alert = before.clone();
+                incidents::apply(decision, &mut alert, event, received_ms);
+                if let Err(err) = Self::write_alert(&tx, Some(&before), &alert).await {
+                    return Ok(Err(err));
+                }
+                Some(alert)
+            }
+            (_, None) => None,
+        };
+        if let Some(alert) = &alert {
+            let entry = decision_audit(event, alert, decision, gateway_id, received_ms);
+            if let Err(err) = Self::insert_audit(&tx, &entry).await {
+                return Ok(Err(err));
+            }
+            let number = alert_number(&alert.id).unwrap_or(0);
+            if let Err(err) = self.notify(&tx, Notice::Alert(number)).await {
+                return Ok(Err(err));
+            }
+        }
+        let stored = StoredEvent {
+            gateway_id: gateway_id.to_string(),
+            received_ms,
+            uplink: Some(uplink.clone()),
+            alert_id: alert.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
+            commit_index: 0,
+        };
+        tx.execute(
+            "insert into events (device_id, seq_key, received_ms, alert_id, body)
+             values ($1, $2, $3, $4, $5)",
+            &[
+                &event.device_id,
+                &key,
+                &received_ms,
+                &stored.alert_id,
+                &stored.encode_to_vec(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(Committed::New {
+            alert: alert.map(|a| Box::new((a, decision))),
+        }))
+    }
+
+    async fn try_update_alert(
+        &self,
+        number: u64,
+        alert_id: &str,
+        change: AlertChange<'_>,
+    ) -> Result<Result<(Alert, Vec<Downlink>), StoreError>, tokio_postgres::Error> {
+        let mut client = match self.pool.get().await {
+            Ok(client) => client,
+            Err(err) => return Ok(Err(err.into())),
+        };
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "select body from alerts where number = $1 for update",
+                &[&(number as i64)],
+            )
+            .await?
+        else {
+            return Ok(Err(StoreError::NoSuchAlert(alert_id.into())));
+        };
+        let before: Alert = match decode("alert", row.get(0)) {
+            Ok(alert) => alert,
+            Err(err) => return Ok(Err(err)),
+        };
+        let mut alert = before.clone();
+        let Change {
+            audit: entries,
+            device_acks,
+        } = match change(&mut alert) {
+            Ok(change) => change,
+            Err(err) => return Ok(Err(err)),
+        };
+        if alert.state != before.state
+            && let Err(err) = lifecycle::check(before.state(), alert.state())
+        {
+            return Ok(Err(err.into()));
+        }
+        let written = async {
+            Self::write_alert(&tx, Some(&before), &alert).await?;
+            for entry in &entries {
+                Self::insert_audit(&tx, entry).await?;
+            }
+            self.notify(&tx, Notice::Alert(number)).await
+        }
+        .await;
+        if let Err(err) = written {
+            return Ok(Err(err));
+        }
+        let mut queued = Vec::new();
+        for ack in &device_acks {
+            let id: i64 = tx
+                .query_one(
+                    "insert into downlinks (gateway_id, body) values ($1, $2) returning id",
+                    &[&alert.gateway_id, &ack.encode_to_vec()],
+                )
+                .await?
+                .get(0);
+            queued.push(Downlink {
+                downlink_id: id as u64,
+                ack: Some(ack.clone()),
+            });
+        }
+        if !queued.is_empty() {
+            let ids: Vec<u64> = queued.iter().map(|d| d.downlink_id).collect();
+            if let Err(err) = self
+                .notify(&tx, Notice::Downlinks(&alert.gateway_id, &ids))
+                .await
+            {
+                return Ok(Err(err));
+            }
+        }
+        tx.commit().await?;
+        Ok(Ok((alert, queued)))
+    }
+
+    /// Upserts directory records with their audit entry in one
+    /// transaction, and tells the other replicas that the directory changed.
+    fn directory_write(&self, audit: AuditEntry, writes: Vec<Upsert>) -> Result<(), StoreError> {
+        self.block(async move {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            for Upsert {
+                table,
+                key,
+                ids,
+                bodies,
+            } in &writes
+            {
+                if ids.is_empty() {
+                    continue;
+                }
+                tx.execute(
+                    &format!(
+                        "insert into {table} ({key}, body)
+                         select i, b from unnest($1::text[], $2::bytea[]) as t(i, b)
+                         on conflict ({key}) do update set body = excluded.body"
+                    ),
+                    &[ids, bodies],
+                )
+                .await?;
+            }
+            Self::insert_audit(&tx, &audit).await?;
+            self.notify(&tx, Notice::Directory).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn get_one<M: Message + Default>(
+        &self,
+        what: &str,
+        sql: &str,
+        key: &str,
+    ) -> Result<Option<M>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            match client.query_opt(sql, &[&key]).await? {
+                Some(row) => Ok(Some(decode(what, row.get(0))?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn list<M: Message + Default>(&self, what: &str, sql: &str) -> Result<Vec<M>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .query(sql, &[])
+                .await?
+                .iter()
+                .map(|row| decode(what, row.get(0)))
+                .collect()
+        })
+    }
+}
+
+/// Runs a transaction again while it fails for a reason a retry fixes.
+async fn retried<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Result<T, StoreError>, tokio_postgres::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(result) => return result,
+            Err(err) if tries < 5 && retryable(&err) => {
+                tracing::debug!(error = %err, tries, "transaction conflict; running it again");
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Follows the `anxin` channel on a connection of its own, reconnecting
+/// after a loss (and then reporting [`RemoteChange::Resync`]: notifications
+/// sent meanwhile are gone).
+async fn listen(url: String, replica: u64, feed: mpsc::UnboundedSender<RemoteChange>) {
+    use futures::StreamExt;
+    let mut lost = false;
+    loop {
+        if feed.is_closed() {
+            return;
+        }
+        match tokio_postgres::connect(&url, NoTls).await {
+            Ok((client, mut connection)) => {
+                let (messages_tx, mut messages) = mpsc::unbounded_channel();
+                let driver = tokio::spawn(async move {
+                    let mut stream =
+                        futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = stream.next().await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                if messages_tx.send(n.payload().to_string()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(err) => {
+                                tracing::warn!(error = %err, "change feed connection lost");
+                                return;
+                            }
+                        }
+                    }
+                });
+                if let Err(err) = client.batch_execute(&format!("listen {CHANNEL}")).await {
+                    tracing::warn!(error = %err, "listening for other replicas' changes failed");
+                } else {
+                    if lost {
+                        tracing::info!("change feed back; resyncing");
+                        let _ = feed.send(RemoteChange::Resync);
+                    }
+                    while let Some(payload) = messages.recv().await {
+                        if let Some(change) = parse_notice(&payload, replica)
+                            && feed.send(change).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                driver.abort();
+                drop(client);
+            }
+            Err(err) => tracing::warn!(error = %err, "change feed cannot connect; retrying"),
+        }
+        lost = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// A notification of another replica as a [`RemoteChange`]; `None` for our
+/// own and for what does not parse.
+fn parse_notice(payload: &str, replica: u64) -> Option<RemoteChange> {
+    let mut parts = payload.splitn(4, '|');
+    let from: u64 = parts.next()?.parse().ok()?;
+    if from == replica {
+        return None;
+    }
+    match parts.next()? {
+        "a" => Some(RemoteChange::Alert(parts.next()?.to_string())),
+        "d" => Some(RemoteChange::Downlinks {
+            gateway_id: parts.next()?.to_string(),
+            ids: parts
+                .next()?
+                .split(',')
+                .filter_map(|id| id.parse().ok())
+                .collect(),
+        }),
+        "dir" => Some(RemoteChange::Directory),
+        _ => None,
+    }
+}
+
+impl Storage for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn commit_plain_events(
+        &self,
+        gateway_id: &str,
+        uplinks: &[UplinkEvent],
+        received_ms: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut devices = Vec::with_capacity(uplinks.len());
+        let mut keys = Vec::with_capacity(uplinks.len());
+        let mut bodies = Vec::with_capacity(uplinks.len());
+        for uplink in uplinks {
+            let event = uplink.event.as_ref().ok_or(StoreError::EmptyEvent)?;
+            debug_assert!(!incidents::affects_incidents(event));
+            devices.push(event.device_id.clone());
+            keys.push(seq_key(event.seq));
+            bodies.push(
+                StoredEvent {
+                    gateway_id: gateway_id.to_string(),
+                    received_ms,
+                    uplink: Some(uplink.clone()),
+                    alert_id: String::new(),
+                    commit_index: 0,
+                }
+                .encode_to_vec(),
+            );
+        }
+        let inserted: HashSet<(String, i64)> = self.block(async {
+            let client = self.pool.get().await?;
+            let statement = client
+                .prepare_cached(
+                    "insert into events (device_id, seq_key, received_ms, body)
+                     select d, k, $3, b from unnest($1::text[], $2::bigint[], $4::bytea[]) as t(d, k, b)
+                     on conflict do nothing
+                     returning device_id, seq_key",
+                )
+                .await?;
+            Ok(client
+                .query(&statement, &[&devices, &keys, &received_ms, &bodies])
+                .await?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect())
+        })?;
+        let mut seen = HashSet::with_capacity(uplinks.len());
+        Ok(devices
+            .into_iter()
+            .zip(keys)
+            .map(|key| inserted.contains(&key) && seen.insert(key))
+            .collect())
+    }
+
+    fn commit_event(
+        &self,
+        gateway_id: &str,
+        uplink: &UplinkEvent,
+        received_ms: i64,
+        origin: &Origin,
+        policy: &IncidentPolicy,
+    ) -> Result<Committed, StoreError> {
+        self.block(retried(|| {
+            self.try_commit_event(gateway_id, uplink, received_ms, origin, policy)
+        }))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn event(&self, device_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    "select body, commit_index from events where device_id = $1 and seq_key = $2",
+                    &[&device_id, &seq_key(seq)],
+                )
+                .await?;
+            row.map(|row| event_of(&row)).transpose()
+        })
+    }
+
+    fn device_events(&self, device_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .query(
+                    "select body, commit_index from events where device_id = $1 order by seq_key",
+                    &[&device_id],
+                )
+                .await?
+                .iter()
+                .map(event_of)
+                .collect()
+        })
+    }
+
+    fn event_count(&self) -> Result<u64, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            let count: i64 = client
+                .query_one("select count(*) from events", &[])
+                .await?
+                .get(0);
+            Ok(count as u64)
+        })
+    }
+
+    fn alert(&self, alert_id: &str) -> Result<Alert, StoreError> {
+        let number =
+            alert_number(alert_id).ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
+        self.block(async {
+            let client = self.pool.get().await?;
+            let row = client
+                .query_opt(
+                    "select body from alerts where number = $1",
+                    &[&(number as i64)],
+                )
+                .await?
+                .ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
+            decode("alert", row.get(0))
+        })
+    }
+
+    fn alerts(&self, states: &[AlertState]) -> Result<Vec<Alert>, StoreError> {
+        let states: Vec<i32> = states.iter().map(|s| *s as i32).collect();
+        self.block(async {
+            let client = self.pool.get().await?;
+            let rows = if states.is_empty() {
+                client
+                    .query("select body from alerts order by number", &[])
+                    .await?
+            } else {
+                client
+                    .query(
+                        "select body from alerts where state = any($1) order by number",
+                        &[&states],
+                    )
+                    .await?
+            };
+            rows.iter().map(|row| decode("alert", row.get(0))).collect()
+        })
+    }
+
+    fn import_alert(&self, alert: &Alert) -> Result<(), StoreError> {
+        let number = alert_number(&alert.id).ok_or_else(|| {
+            StoreError::Refused(format!("alert id `{}` is not a number", alert.id))
+        })?;
+        self.block(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            Self::write_alert(&tx, None, alert).await?;
+            // Numbers taken later continue after the imported ones.
+            tx.execute(
+                "update counters set value = greatest(value, $1) where name = 'alert'",
+                &[&(number as i64)],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn update_alert_dyn(
+        &self,
+        alert_id: &str,
+        change: AlertChange<'_>,
+    ) -> Result<(Alert, Vec<Downlink>), StoreError> {
+        let number =
+            alert_number(alert_id).ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
+        self.block(retried(|| self.try_update_alert(number, alert_id, change)))
+    }
+
+    fn due_offers(&self, now_ms: i64) -> Result<(Vec<String>, Option<i64>), StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            let rows = client
+                .query(
+                    "(select number, deadline_ms from alerts
+                      where deadline_ms is not null and deadline_ms <= $1
+                      order by deadline_ms, number)
+                     union all
+                     (select number, deadline_ms from alerts
+                      where deadline_ms is not null and deadline_ms > $1
+                      order by deadline_ms, number limit 1)",
+                    &[&now_ms],
+                )
+                .await?;
+            let mut due = Vec::new();
+            let mut next = None;
+            for row in rows {
+                let (number, at): (i64, i64) = (row.get(0), row.get(1));
+                if at > now_ms {
+                    next = Some(at);
+                } else {
+                    due.push(number.to_string());
+                }
+            }
+            Ok((due, next))
+        })
+    }
+
+    fn rebase_deadlines(&self, step_ms: i64) -> Result<usize, StoreError> {
+        self.block(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let rows = tx
+                .query(
+                    "select body from alerts where deadline_ms is not null for update",
+                    &[],
+                )
+                .await?;
+            let mut moved = 0;
+            for row in rows {
+                let mut alert: Alert = decode("alert", row.get(0))?;
+                alert.offer_deadline_ms = (alert.offer_deadline_ms + step_ms).max(1);
+                Self::write_alert(&tx, None, &alert).await?;
+                moved += 1;
+            }
+            tx.commit().await?;
+            Ok(moved)
+        })
+    }
+
+    fn clock_mark(&self) -> Result<Option<anxin_host::clock::Mark>, StoreError> {
+        let key = format!("clock@{}", hostname());
+        self.block(async {
+            let client = self.pool.get().await?;
+            Ok(client
+                .query_opt("select value from meta where key = $1", &[&key])
+                .await?
+                .and_then(|row| anxin_host::clock::Mark::decode(row.get(0))))
+        })
+    }
+
+    fn save_clock_mark(&self, mark: &anxin_host::clock::Mark) -> Result<(), StoreError> {
+        // Per host: a mark compares this host's wall clock with its own
+        // boot clock, and replicas on other hosts have other clocks.
+        let key = format!("clock@{}", hostname());
+        let value = mark.encode().to_vec();
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "insert into meta (key, value) values ($1, $2)
+                     on conflict (key) do update set value = excluded.value",
+                    &[&key, &value],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn pending_downlinks(&self, gateway_id: &str) -> Result<Vec<Downlink>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .query(
+                    "select id, body from downlinks where gateway_id = $1 order by id",
+                    &[&gateway_id],
+                )
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(Downlink {
+                        downlink_id: row.get::<_, i64>(0) as u64,
+                        ack: Some(decode::<DeviceAck>("downlink", row.get(1))?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn downlink_done(&self, gateway_id: &str, downlink_id: u64) -> Result<(), StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "delete from downlinks where gateway_id = $1 and id = $2",
+                    &[&gateway_id, &(downlink_id as i64)],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn remote_changes(&self) -> Option<mpsc::UnboundedReceiver<RemoteChange>> {
+        self.feed.lock().expect("feed lock").take()
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async {
+            let client = self.pool.get().await?;
+            client.execute("select 1", &[]).await?;
+            Ok(())
+        })
+    }
+}
+
+fn event_of(row: &tokio_postgres::Row) -> Result<StoredEvent, StoreError> {
+    let mut event: StoredEvent = decode("event", row.get(0))?;
+    event.commit_index = row.get::<_, i64>(1) as u64;
+    Ok(event)
+}
+
+impl Directory for PgStore {
+    fn put_place(&self, place: &Place, audit: AuditEntry) -> Result<(), StoreError> {
+        let places = Upsert::of("places", std::slice::from_ref(place), |p| &p.id);
+        self.directory_write(audit, vec![places])
+    }
+    fn place(&self, id: &str) -> Result<Option<Place>, StoreError> {
+        self.get_one("place", "select body from places where id = $1", id)
+    }
+    fn places(&self) -> Result<Vec<Place>, StoreError> {
+        self.list("place", "select body from places order by id")
+    }
+    fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError> {
+        self.get_one("resident", "select body from residents where id = $1", id)
+    }
+    fn residents(&self) -> Result<Vec<Resident>, StoreError> {
+        self.list("resident", "select body from residents order by id")
+    }
+    fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        self.get_one("device", "select body from devices where id = $1", id)
+    }
+    fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.list("device", "select body from devices order by id")
+    }
+    fn put_gateway(
+        &self,
+        gateway: &GatewayRecord,
+        token_sha256: &str,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        let mut writes = vec![Upsert::of("gateways", std::slice::from_ref(gateway), |g| {
+            &g.id
+        })];
+        if !token_sha256.is_empty() {
+            let token = TokenRecord {
+                subject_kind: "gateway".into(),
+                subject_id: gateway.id.clone(),
+                issued_ms: audit.at_ms,
+            };
+            writes.push(Upsert::token(token_sha256, &token));
+        }
+        self.directory_write(audit, writes)
+    }
+    fn gateway(&self, id: &str) -> Result<Option<GatewayRecord>, StoreError> {
+        self.get_one("gateway", "select body from gateways where id = $1", id)
+    }
+    fn gateways(&self) -> Result<Vec<GatewayRecord>, StoreError> {
+        self.list("gateway", "select body from gateways order by id")
+    }
+    fn staff_member(&self, id: &str) -> Result<Option<Staff>, StoreError> {
+        self.get_one("staff", "select body from staff where id = $1", id)
+    }
+    fn staff(&self) -> Result<Vec<Staff>, StoreError> {
+        self.list("staff", "select body from staff order by id")
+    }
+    fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
+        let writes = vec![
+            Upsert::of("residents", &batch.residents, |r| &r.id),
+            Upsert::of("devices", &batch.devices, |d| &d.id),
+            Upsert::of("staff", &batch.staff, |s| &s.id),
+        ];
+        self.directory_write(audit, writes)
+    }
+    fn put_token(
+        &self,
+        token_sha256: &str,
+        record: &TokenRecord,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        if token_sha256.is_empty() {
+            return Err(StoreError::Refused("empty token digest".into()));
+        }
+        self.directory_write(audit, vec![Upsert::token(token_sha256, record)])
+    }
+    fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.get_one(
+            "token",
+            "select body from tokens where digest = $1",
+            token_sha256,
+        )
+    }
+}
+
+impl AuditLog for PgStore {
+    fn append(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            let id: i64 = client
+                .query_one(
+                    "insert into audit (at_ms, actor, action, target, body)
+                     values ($1, $2, $3, $4, $5) returning id",
+                    &[
+                        &entry.at_ms,
+                        &entry.actor,
+                        &entry.action,
+                        &entry.target,
+                        &entry.encode_to_vec(),
+                    ],
+                )
+                .await?
+                .get(0);
+            Ok(AuditEntry {
+                id: id as u64,
+                ..entry
+            })
+        })
+    }
+
+    fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = if query.limit > 0 {
+            query.limit as i64
+        } else {
+            i64::MAX
+        };
+        self.block(async {
+            let client = self.pool.get().await?;
+            let rows = client
+                .query(
+                    "select id, body from audit
+                     where ($1 = '' or target = $1)
+                       and ($2 = '' or actor = $2)
+                       and ($3 = '' or action = $3 or starts_with(action, $3 || '.'))
+                       and ($4::bigint = 0 or at_ms >= $4)
+                       and ($5::bigint = 0 or at_ms < $5)
+                     order by id desc limit $6",
+                    &[
+                        &query.target,
+                        &query.actor,
+                        &query.action,
+                        &query.since_ms,
+                        &query.until_ms,
+                        &limit,
+                    ],
+                )
+                .await?;
+            let mut entries = rows
+                .iter()
+                .map(|row| {
+                    let mut entry: AuditEntry = decode("audit entry", row.get(1))?;
+                    entry.id = row.get::<_, i64>(0) as u64;
+                    Ok(entry)
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            entries.reverse();
+            Ok(entries)
+        })
+    }
+}
+
+/// Scratch databases for tests: `anxin_t_{pid}_{n}` beside the database
+/// of `admin_url`, so that a test run cleans up after runs that died.
+pub mod scratch {
+    use super::*;
+
+    /// Where tests find a PostgreSQL server they may create databases on.
+    pub fn admin_url() -> String {
+        std::env::var("ANXIN_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    }
+
+    /// Creates an empty database and returns its URL; `Err` with the reason
+    /// when no server can be reached.
+    pub async fn create() -> Result<String, String> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let admin = admin_url();
+        let (client, connection) = tokio_postgres::connect(&admin, NoTls)
+            .await
+            .map_err(|e| format!("PostgreSQL at {admin} (ANXIN_TEST_PG): {e}"))?;
+        tokio::spawn(connection);
+        let stale = client
+            .query(
+                "select datname from pg_database where datname like 'anxin\\_t\\_%'",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for row in stale {
+            let name: String = row.get(0);
+            let pid = name.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = client
+                    .batch_execute(&format!("drop database if exists {name} with (force)"))
+                    .await;
+            }
+        }
+        let name = format!(
+            "anxin_t_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        client
+            .batch_execute(&format!("create database {name}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        Ok(format!("{base}/{name}"))
+    }
+
+    /// Drops a database [`create`] made.
+    pub async fn drop(url: &str) {
+        let Some((_, name)) = url.rsplit_once('/') else {
+            return;
+        };
+        if let Ok((client, connection)) = tokio_postgres::connect(&admin_url(), NoTls).await {
+            tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!("drop database if exists {name} with (force)"))
+                .await;
+        }
+    }
+}

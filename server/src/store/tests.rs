@@ -1,0 +1,303 @@
+//! The engine contract, run against every engine: sled always, PostgreSQL
+//! on a scratch database (SKIPPED with the reason where no server runs;
+//! a failure under `CI=true`).
+
+use super::*;
+use anxin_proto::{
+    DeviceEvent, EventKind,
+    v1::{AlertState, AuditQuery, DeviceAck},
+};
+
+use crate::incidents::{Decision, IncidentPolicy, Origin};
+
+/// One engine under test: opens (and reopens) the same store.
+enum Engine {
+    Sled(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Engine {
+    async fn open(&self) -> Store {
+        match self {
+            Engine::Sled(dir) => open_sled(dir.path()).unwrap(),
+            Engine::Postgres(url) => Arc::new(postgres::PgStore::connect(url, 4).await.unwrap()),
+        }
+    }
+}
+
+/// Runs `test` on each engine with a fresh, empty store.
+async fn on_every_engine<F, Fut>(test: F)
+where
+    F: Fn(Engine) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    test(Engine::Sled(tempfile::tempdir().unwrap())).await;
+    match postgres::scratch::create().await {
+        Ok(url) => {
+            test(Engine::Postgres(url.clone())).await;
+            postgres::scratch::drop(&url).await;
+        }
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("no PostgreSQL for the engine tests under CI=true: {why}")
+        }
+        Err(why) => eprintln!("SKIPPED the PostgreSQL engine: {why}"),
+    }
+}
+
+const POLICY: IncidentPolicy = IncidentPolicy {
+    window_ms: 600_000,
+    cancel_grace_ms: 60_000,
+};
+
+fn uplink(device: &str, seq: u64, kind: EventKind) -> UplinkEvent {
+    UplinkEvent {
+        event: Some(DeviceEvent {
+            device_id: device.into(),
+            seq,
+            kind: kind as i32,
+            ..Default::default()
+        }),
+        stored_ms: 1,
+    }
+}
+
+fn changed(committed: Committed) -> (Alert, Decision) {
+    match committed {
+        Committed::New {
+            alert: Some(changed),
+        } => *changed,
+        other => panic!("no alert changed: {other:?}"),
+    }
+}
+
+fn commit(store: &Store, device: &str, seq: u64, kind: EventKind, at: i64) -> Committed {
+    let origin = Origin {
+        resident_id: "r-1".into(),
+        community_id: "c-1".into(),
+    };
+    store
+        .commit_event("gw", &uplink(device, seq, kind), at, &origin, &POLICY)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_commits_once_and_an_incident_is_one_alert() {
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let (alert, Decision::Raise) = changed(commit(&store, "btn", 1, EventKind::Sos, 10)) else {
+            panic!()
+        };
+        assert!(matches!(
+            commit(&store, "btn", 1, EventKind::Sos, 11),
+            Committed::Duplicate
+        ));
+        assert!(matches!(
+            commit(&store, "btn", 2, EventKind::Heartbeat, 12),
+            Committed::New { alert: None }
+        ));
+        // Another device of the same resident: the same incident.
+        let (joined, Decision::Attach { .. }) =
+            changed(commit(&store, "wear", 1, EventKind::Fall, 13))
+        else {
+            panic!()
+        };
+        assert_eq!(joined.id, alert.id);
+        store.flush().await.unwrap();
+        drop(store);
+        let store = engine.open().await;
+        let alerts = store.alerts(&[]).unwrap();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].events.len(), 2);
+        assert_eq!(store.event("wear", 1).unwrap().unwrap().alert_id, alert.id);
+        assert_eq!(store.event_count().unwrap(), 3);
+        assert_eq!(store.device_events("btn").unwrap().len(), 2);
+    })
+    .await;
+}
+
+/// A fall's alert, offered with a deadline.
+fn offered_fall(store: &Store, deadline_ms: i64) -> Alert {
+    let (alert, _) = changed(commit(store, "btn", 1, EventKind::Fall, 10));
+    store
+        .update_alert(&alert.id, |a| {
+            a.set_state(AlertState::Offered);
+            a.offer_deadline_ms = deadline_ms;
+            Ok(Change::default())
+        })
+        .unwrap();
+    alert
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clock_step_moves_every_pending_deadline_and_its_alert_together() {
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let alert = offered_fall(&store, 10_000);
+        // The wall clock went back an hour: the deadline moves back with it.
+        assert_eq!(store.rebase_deadlines(-3_600_000).unwrap(), 1);
+        assert_eq!(store.alert(&alert.id).unwrap().offer_deadline_ms, 1);
+        assert_eq!(store.due_offers(1).unwrap(), (vec![alert.id.clone()], None));
+        // Forward: later, and the index and the alert agree, so the next
+        // change of the alert still removes its index entry.
+        assert_eq!(store.rebase_deadlines(60_000).unwrap(), 1);
+        assert_eq!(store.alert(&alert.id).unwrap().offer_deadline_ms, 60_001);
+        assert_eq!(store.due_offers(60_000).unwrap(), (vec![], Some(60_001)));
+        store
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::Acknowledged);
+                a.offer_deadline_ms = 0;
+                Ok(Change::default())
+            })
+            .unwrap();
+        assert_eq!(store.due_offers(i64::MAX).unwrap(), (vec![], None));
+        assert_eq!(store.rebase_deadlines(5_000).unwrap(), 0);
+        let mark = anxin_host::clock::Mark::now(123);
+        store.save_clock_mark(&mark).unwrap();
+        assert_eq!(store.clock_mark().unwrap(), Some(mark));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_queue_downlinks_keep_deadlines_indexed_and_refuse_illegal_moves() {
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let alert = offered_fall(&store, 500);
+        assert_eq!(store.due_offers(499).unwrap(), (vec![], Some(500)));
+        assert_eq!(
+            store.due_offers(500).unwrap(),
+            (vec![alert.id.clone()], None)
+        );
+
+        let (acked, mut downlinks) = store
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::Acknowledged);
+                a.offer_deadline_ms = 0;
+                Ok(Change {
+                    device_acks: vec![DeviceAck {
+                        alert_id: a.id.clone(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        let downlink = downlinks.pop();
+        assert_eq!(acked.state(), AlertState::Acknowledged);
+        assert_eq!(store.due_offers(i64::MAX).unwrap(), (vec![], None));
+        assert_eq!(
+            store.pending_downlinks("gw").unwrap(),
+            vec![downlink.clone().unwrap()]
+        );
+        store
+            .downlink_done("gw", downlink.unwrap().downlink_id)
+            .unwrap();
+        assert!(store.pending_downlinks("gw").unwrap().is_empty());
+
+        let err = store
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::New);
+                Ok(Change::default())
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Illegal(_)), "{err}");
+        assert_eq!(
+            store.alert(&alert.id).unwrap().state(),
+            AlertState::Acknowledged
+        );
+        assert!(matches!(
+            store.update_alert("999", |_| Ok(Change::default())),
+            Err(StoreError::NoSuchAlert(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_incident_lets_the_next_alarm_open_a_new_one() {
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let (first, _) = changed(commit(&store, "btn", 1, EventKind::Sos, 10));
+        let (cancelled, Decision::Cancel) =
+            changed(commit(&store, "btn", 2, EventKind::Cancel, 20))
+        else {
+            panic!()
+        };
+        assert_eq!(cancelled.id, first.id);
+        assert_eq!(cancelled.state(), AlertState::Cancelled);
+        let (second, Decision::Raise) = changed(commit(&store, "btn", 3, EventKind::Sos, 30))
+        else {
+            panic!()
+        };
+        assert_ne!(second.id, first.id);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_events_dedupe_within_and_across_batches_and_audit_queries_filter() {
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let batch = [
+            uplink("sensor", 1, EventKind::Heartbeat),
+            uplink("sensor", 2, EventKind::Heartbeat),
+            uplink("sensor", 1, EventKind::Heartbeat),
+        ];
+        assert_eq!(
+            store.commit_plain_events("gw", &batch, 5).unwrap(),
+            vec![true, true, false]
+        );
+        assert_eq!(
+            store.commit_plain_events("gw", &batch[1..], 6).unwrap(),
+            vec![false, false]
+        );
+        // A gateway-raised seq (2^63 and up) sorts after the device's own.
+        let high = 1u64 << 63;
+        store
+            .commit_plain_events("gw", &[uplink("sensor", high, EventKind::Heartbeat)], 7)
+            .unwrap();
+        let seqs: Vec<u64> = store
+            .device_events("sensor")
+            .unwrap()
+            .iter()
+            .map(|e| e.uplink.as_ref().unwrap().event.as_ref().unwrap().seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, high]);
+        let first = store.event("sensor", 1).unwrap().unwrap();
+        let second = store.event("sensor", 2).unwrap().unwrap();
+        assert!(first.commit_index < second.commit_index);
+        assert_eq!(first.received_ms, 5);
+
+        for (action, target) in [
+            ("alert.ack", "alert/1"),
+            ("alert.note", "alert/1"),
+            ("directory.put", "x"),
+        ] {
+            store
+                .append(anxin_proto::v1::AuditEntry {
+                    at_ms: 100,
+                    actor: "op".into(),
+                    action: action.into(),
+                    target: target.into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let found = store
+            .query(&AuditQuery {
+                action: "alert".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(found[0].id < found[1].id);
+        let newest = store
+            .query(&AuditQuery {
+                limit: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(newest[0].target, "x");
+    })
+    .await;
+}

@@ -217,6 +217,55 @@ fn config_text(defaults: Vec<(&str, Vec<String>)>, extra: &[(&str, &str)]) -> St
     text
 }
 
+/// The store engine the suite runs on: `ANXIN_TEST_STORE=postgres` runs
+/// every server on its own scratch PostgreSQL database (`ANXIN_TEST_PG`
+/// names the server to make them on); unset or `sled`, on sled. One
+/// suite, two engines: `.ci/run` runs it on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreEngine {
+    Sled,
+    Postgres,
+}
+
+pub fn store_engine() -> StoreEngine {
+    match std::env::var("ANXIN_TEST_STORE").as_deref() {
+        Ok("postgres") => StoreEngine::Postgres,
+        Ok("sled") | Ok("") | Err(_) => StoreEngine::Sled,
+        Ok(other) => panic!("ANXIN_TEST_STORE={other}: expected sled or postgres"),
+    }
+}
+
+/// For a test of sled's own files (a full store disk, a record written
+/// into the store behind the server's back): whether it applies to this
+/// run, saying so when it does not.
+pub fn sled_only(test: &str, why: &str) -> bool {
+    let sled = store_engine() == StoreEngine::Sled;
+    if !sled {
+        eprintln!("not run on PostgreSQL: {test} ({why}); the sled pass runs it");
+    }
+    sled
+}
+
+/// A scratch database for a server or a group of replicas.
+pub async fn scratch_database() -> String {
+    anxin_server::store::postgres::scratch::create()
+        .await
+        .unwrap_or_else(|why| panic!("the PostgreSQL store matrix needs a server: {why}"))
+}
+
+/// A scratch database for a test that needs PostgreSQL whatever the
+/// matrix says (replicas); `None` after saying SKIPPED (a failure under
+/// CI=true) where no server runs.
+pub async fn require_postgres(test: &str) -> Option<String> {
+    match anxin_server::store::postgres::scratch::create().await {
+        Ok(url) => Some(url),
+        Err(why) => {
+            host::skip(test, &format!("no PostgreSQL: {why}"));
+            None
+        }
+    }
+}
+
 pub struct Server {
     pub proc: Proc,
     pub grpc_port: u16,
@@ -251,15 +300,63 @@ impl Server {
         env: &[(&str, &str)],
         extra: &[(&str, &str)],
     ) -> Self {
+        let database = match store_engine() {
+            StoreEngine::Sled => None,
+            StoreEngine::Postgres => Some(scratch_database().await),
+        };
+        Self::start_full(dir, grpc_port, env, extra, database.as_deref()).await
+    }
+
+    /// Starts a replica over the PostgreSQL database at `database` (made
+    /// with [`require_postgres`] or [`scratch_database`]); its own ports,
+    /// its files in `dir`.
+    pub async fn start_replica(dir: &Path, database: &str, extra: &[(&str, &str)]) -> Self {
+        Self::start_full(dir, free_port(), &[], extra, Some(database)).await
+    }
+
+    /// Opens this server's store directly (while the server is down, for
+    /// sled), to plant what a test needs behind its back.
+    pub async fn open_store(&self) -> anxin_server::store::Store {
+        match self.database() {
+            Some(url) => std::sync::Arc::new(
+                anxin_server::store::postgres::PgStore::connect(&url, 2)
+                    .await
+                    .expect("connecting to the server's database"),
+            ),
+            None => {
+                anxin_server::store::open_sled(&self.config.parent().unwrap().join("server-data"))
+                    .expect("opening the server's sled store")
+            }
+        }
+    }
+
+    /// The PostgreSQL database this server uses, if it uses one.
+    pub fn database(&self) -> Option<String> {
+        let text = fs::read_to_string(&self.config).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("url = \""))
+            .map(|url| url.trim_end_matches('"').to_string())
+    }
+
+    async fn start_full(
+        dir: &Path,
+        grpc_port: u16,
+        env: &[(&str, &str)],
+        extra: &[(&str, &str)],
+        database: Option<&str>,
+    ) -> Self {
         let http_port = free_port();
         let config = dir.join("server.toml");
+        let mut store = vec![format!("path = \"{}\"", dir.join("server-data").display())];
+        if let Some(url) = database {
+            store.push("backend = \"postgres\"".into());
+            store.push(format!("url = \"{url}\""));
+            store.push("pool_size = 8".into());
+        }
         let sections = vec![
             ("grpc", vec![format!("listen = \"127.0.0.1:{grpc_port}\"")]),
             ("http", vec![format!("listen = \"127.0.0.1:{http_port}\"")]),
-            (
-                "store",
-                vec![format!("path = \"{}\"", dir.join("server-data").display())],
-            ),
+            ("store", store),
             (
                 "auth",
                 vec![format!("admin_token = \"{TEST_ADMIN_TOKEN}\"")],

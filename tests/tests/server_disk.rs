@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anxin_tests::{
     Gateway, PATIENCE, Server, Sim, eventually, free_port,
     host::{SmallDisk, skip},
-    verify_clean,
+    sled_only, verify_clean,
 };
 
 /// Alerts of a device, or `None` while the server cannot answer.
@@ -48,6 +48,9 @@ async fn a_store_that_hit_enospc_restarts_in_place_once_space_returns() {
 }
 
 async fn full_store_disk(reserve: &str, must_restart: bool) {
+    if !sled_only("server_disk", "sled's own files on a full disk") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let disk = match SmallDisk::mount(&dir.path().join("server-data"), 24) {
         Ok(disk) => disk,

@@ -2,9 +2,7 @@
 //! planted loss and a planted duplicate alert (a test of the test tool: the
 //! fault tests rely on it).
 
-use anxin_proto::v1::Alert;
 use anxin_tests::{Gateway, PATIENCE, Server, Sim, field, verify_ledger};
-use prost::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_passes_clean_runs_and_catches_planted_loss_and_duplicate() {
@@ -62,19 +60,15 @@ async fn verify_passes_clean_runs_and_catches_planted_loss_and_duplicate() {
     );
 
     // Planted duplicate: a second alert holding one event, written into the
-    // server's store while it is down.
+    // server's store (either engine) while it is down.
     server.proc.kill9();
     {
-        let db = sled::open(dir.path().join("server-data")).unwrap();
-        let alerts = db.open_tree("alerts").unwrap();
-        let (_, bytes) = alerts.iter().next().unwrap().unwrap();
-        let mut twin = Alert::decode(bytes.as_ref()).unwrap();
+        let store = server.open_store().await;
+        let mut twin = store.alerts(&[]).unwrap().remove(0);
         twin.id = "999999".into();
         twin.events.truncate(1);
-        alerts
-            .insert(999_999u64.to_be_bytes(), twin.encode_to_vec())
-            .unwrap();
-        db.flush().unwrap();
+        store.import_alert(&twin).unwrap();
+        store.flush().await.unwrap();
     }
     server.restart_clean().await;
     let doubled = verify_ledger(dir.path(), &ledger, &server.http()).await;

@@ -486,6 +486,11 @@ impl AlertDesk {
             }
             Ok(Change {
                 audit: vec![audit(&actor, "alert.assign", a, detail)],
+                notifications: if a.state() == AlertState::Offered {
+                    self.offer_notifications(a, std::slice::from_ref(&staff))
+                } else {
+                    Vec::new()
+                },
                 ..Default::default()
             })
         })?;
@@ -569,6 +574,7 @@ impl AlertDesk {
             };
             Ok(Change {
                 audit: vec![audit(actor, action, a, detail)],
+                notifications: self.offer_notifications(a, &staff),
                 ..Default::default()
             })
         })?;
@@ -580,11 +586,13 @@ impl AlertDesk {
         Ok(alert)
     }
 
-    /// Flushes an offer or escalation, tells the person (or the emergency
-    /// services), re-arms the timer and the watchers.
-    async fn after_offer(&self, alert: &Alert) -> Result<(), DeskError> {
-        self.store.flush().await?;
-        tracing::info!(alert_id = %alert.id, offered_to = %alert.offered_to, level = alert.escalation_level, step = step_name(alert.escalation_step()), "alert offered");
+    /// What tells the person an alert is offered to (or the emergency
+    /// services): put in the outbox in the offer's own transaction.
+    fn offer_notifications(
+        &self,
+        alert: &Alert,
+        staff: &[anxin_proto::v1::Staff],
+    ) -> Vec<crate::store::OutboxItem> {
         let notification = |kind: &str, staff_id: &str| Notification {
             delivery_id: format!("{}-{}-{}", alert.id, alert.escalation_level, kind),
             kind: kind.into(),
@@ -600,24 +608,40 @@ impl AlertDesk {
         };
         if alert.escalation_step() == EscalationStep::EmergencyServices {
             if self.policy.emergency_hook.is_empty() {
-                tracing::error!(alert_id = %alert.id, "alert reached the emergency-services step, but no notify.emergency_webhook is configured");
-            } else {
-                self.notifier.send(
-                    self.policy.emergency_hook.clone(),
-                    notification("emergency_services", ""),
-                );
+                return Vec::new();
             }
-        } else if !alert.offered_to.is_empty() {
-            match self.store.staff_member(&alert.offered_to)? {
-                Some(staff) if !staff.contact.is_empty() => {
-                    self.notifier
-                        .send(staff.contact.clone(), notification("offer", &staff.id));
-                }
-                _ => {
-                    tracing::info!(alert_id = %alert.id, staff_id = %alert.offered_to, "offered to staff without a contact channel; the console shows it")
-                }
-            }
+            return vec![Notifier::item(
+                &self.policy.emergency_hook,
+                &notification("emergency_services", ""),
+            )];
         }
+        staff
+            .iter()
+            .find(|s| s.id == alert.offered_to && !s.contact.is_empty())
+            .map(|s| Notifier::item(&s.contact, &notification("offer", &s.id)))
+            .into_iter()
+            .collect()
+    }
+
+    /// Flushes an offer or escalation (its notification went into the
+    /// outbox with it), wakes the deliverer, re-arms the timer and the
+    /// watchers.
+    async fn after_offer(&self, alert: &Alert) -> Result<(), DeskError> {
+        self.store.flush().await?;
+        tracing::info!(alert_id = %alert.id, offered_to = %alert.offered_to, level = alert.escalation_level, step = step_name(alert.escalation_step()), "alert offered");
+        if alert.escalation_step() == EscalationStep::EmergencyServices
+            && self.policy.emergency_hook.is_empty()
+        {
+            tracing::error!(alert_id = %alert.id, "alert reached the emergency-services step, but no notify.emergency_webhook is configured");
+        } else if !alert.offered_to.is_empty()
+            && self
+                .store
+                .staff_member(&alert.offered_to)?
+                .is_none_or(|s| s.contact.is_empty())
+        {
+            tracing::info!(alert_id = %alert.id, staff_id = %alert.offered_to, "offered to staff without a contact channel; the console shows it");
+        }
+        self.notifier.wake();
         self.deadlines_changed.notify_one();
         self.announce(alert.clone());
         Ok(())

@@ -147,6 +147,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         store.clone(),
         config.notify.attempts,
         Duration::from_millis(config.notify.backoff_initial_ms),
+        Duration::from_millis(config.notify.timeout_ms),
     );
     let secs = |s: u64| (s * 1000) as i64;
     let policy = DeskPolicy {
@@ -166,7 +167,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         gateways.clone(),
     );
     let remote_changes = store.remote_changes();
-    let desk = AlertDesk::new(store, gateways, policy, notifier);
+    let desk = AlertDesk::new(store, gateways, policy, notifier.clone());
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -206,6 +207,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         cancel.clone(),
     ));
     health::watch(health.clone(), cancel.clone());
+    tasks.spawn(notifier.run(cancel.clone()));
     tasks.spawn(health::watch_database(
         health.clone(),
         desk.store().clone(),

@@ -7,8 +7,8 @@
 //! `X-Anxin-Signature: sha256=<hex>`, timestamp in `X-Anxin-Timestamp`),
 //! retried with backoff on network errors, 429 and 5xx. Every delivery
 //! carries a `deliveryId` so a receiver can drop a retried duplicate.
-//! Deliveries run in the background; their outcome is written to the audit
-//! log.
+//! Notifications go through a durable outbox in the store (see
+//! [`Notifier`]); their outcome is written to the audit log.
 
 use std::time::Duration;
 
@@ -17,9 +17,9 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::store::Store;
+use crate::store::{OutboxItem, Store};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     pub delivery_id: String,
@@ -113,12 +113,27 @@ impl Channel for Webhook {
     }
 }
 
+/// How many notifications one deliverer takes from the outbox at a time.
+const CLAIM: usize = 32;
+/// How often the outbox is looked at when nothing wakes the deliverer
+/// (another replica's notifications, retries coming due).
+const POLL: Duration = Duration::from_millis(500);
+
+/// The deliverer of the durable outbox: every notification is stored
+/// before anyone tries to send it (in the transaction of the alert change
+/// that causes it, see [`crate::store::Change::notifications`]), tried
+/// until delivered or out of attempts across restarts and replicas, and
+/// leaves the outbox in the transaction that audits its outcome — so each
+/// is delivered at least once and recorded once.
 #[derive(Clone)]
 pub struct Notifier {
     channel: std::sync::Arc<dyn Channel>,
     store: Store,
     attempts: u32,
     backoff_initial: Duration,
+    /// How long a claimed notification is held: longer than one attempt.
+    lease: Duration,
+    wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Notifier {
@@ -127,75 +142,140 @@ impl Notifier {
         store: Store,
         attempts: u32,
         backoff_initial: Duration,
+        attempt_timeout: Duration,
     ) -> Self {
         Self {
             channel,
             store,
             attempts: attempts.max(1),
             backoff_initial,
+            lease: attempt_timeout + Duration::from_secs(10),
+            wake: Default::default(),
         }
     }
 
-    /// Delivers in the background, retrying; the outcome is audited.
-    pub fn send(&self, address: String, notification: Notification) {
-        let this = self.clone();
-        tokio::spawn(async move { this.deliver_with_retries(&address, &notification).await });
+    /// The outbox entry of a notification to `address`, due now.
+    pub fn item(address: &str, notification: &Notification) -> OutboxItem {
+        OutboxItem {
+            delivery_id: notification.delivery_id.clone(),
+            address: address.to_string(),
+            notification: serde_json::to_vec(notification).expect("notifications serialize"),
+            attempts: 0,
+            next_at_ms: now_ms(),
+            lease_until_ms: 0,
+            alert_id: notification.alert_id.clone(),
+            community_id: notification.community_id.clone(),
+            kind: notification.kind.clone(),
+        }
     }
 
-    async fn deliver_with_retries(&self, address: &str, notification: &Notification) {
-        let mut backoff = self.backoff_initial;
-        let mut attempt = 0;
-        let outcome = loop {
-            attempt += 1;
-            match self.channel.deliver(address, notification).await {
-                Ok(()) => break Ok(()),
-                Err(err) if err.retryable() && attempt < self.attempts => {
-                    tracing::warn!(%address, attempt, error = %err, alert_id = %notification.alert_id, "notification failed; retrying");
-                    metrics::counter!(crate::metrics::NOTIFY_RETRIES).increment(1);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+    /// Puts a notification in the outbox on its own (one not written with
+    /// an alert change) and wakes the deliverer.
+    pub fn send(&self, address: String, notification: Notification) {
+        let item = Self::item(&address, &notification);
+        if let Err(err) = self.store.enqueue_notifications(&[item]) {
+            metrics::counter!(crate::metrics::NOTIFY_FAILED).increment(1);
+            tracing::error!(%address, error = %err, alert_id = %notification.alert_id, "putting a notification in the outbox failed");
+        }
+        self.wake();
+    }
+
+    /// Something was put in the outbox: look now rather than at the next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Delivers from the outbox until cancelled.
+    pub async fn run(self, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            let lease = self.lease.as_millis() as i64;
+            match self.store.claim_notifications(now_ms(), lease, CLAIM) {
+                Ok(items) => {
+                    for item in items {
+                        let this = self.clone();
+                        tokio::spawn(async move { this.attempt(item).await });
+                    }
                 }
-                Err(err) => break Err(err),
+                Err(err) => tracing::warn!(error = %err, "reading the notification outbox failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = self.wake.notified() => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// One attempt at one claimed notification, and what follows from it.
+    async fn attempt(&self, mut item: OutboxItem) {
+        let notification: Notification = match serde_json::from_slice(&item.notification) {
+            Ok(n) => n,
+            Err(err) => {
+                self.finish(&item, "notify.failed", format!("unreadable: {err}"))
+                    .await;
+                return;
             }
         };
-        let (action, detail) = match &outcome {
+        item.attempts += 1;
+        let address = item.address.clone();
+        match self.channel.deliver(&address, &notification).await {
             Ok(()) => {
                 metrics::counter!(crate::metrics::NOTIFY_DELIVERED).increment(1);
-                (
-                    "notify.delivered",
-                    format!(
-                        "{} to {address} after {attempt} attempt(s)",
-                        notification.kind
-                    ),
-                )
+                let detail = format!(
+                    "{} to {address} after {} attempt(s)",
+                    item.kind, item.attempts
+                );
+                self.finish(&item, "notify.delivered", detail).await;
+            }
+            Err(err) if err.retryable() && item.attempts < self.attempts => {
+                tracing::warn!(%address, attempt = item.attempts, error = %err, alert_id = %item.alert_id, "notification failed; retrying");
+                metrics::counter!(crate::metrics::NOTIFY_RETRIES).increment(1);
+                let backoff = (self.backoff_initial * 2u32.pow(item.attempts.min(16) - 1))
+                    .min(Duration::from_secs(30));
+                item.next_at_ms = now_ms() + backoff.as_millis() as i64;
+                if let Err(err) = self.store.retry_notification(&item) {
+                    tracing::warn!(error = %err, "writing back a notification to retry failed; its lease runs out and it is tried again");
+                }
+                let wake = self.wake.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(backoff).await;
+                    wake.notify_one();
+                });
             }
             Err(err) => {
                 metrics::counter!(crate::metrics::NOTIFY_FAILED).increment(1);
-                tracing::error!(%address, attempt, error = %err, alert_id = %notification.alert_id, "notification undeliverable");
-                (
-                    "notify.failed",
-                    format!(
-                        "{} to {address}: {err} after {attempt} attempt(s)",
-                        notification.kind
-                    ),
-                )
+                tracing::error!(%address, attempt = item.attempts, error = %err, alert_id = %item.alert_id, "notification undeliverable");
+                let detail = format!(
+                    "{} to {address}: {err} after {} attempt(s)",
+                    item.kind, item.attempts
+                );
+                self.finish(&item, "notify.failed", detail).await;
             }
-        };
+        }
+    }
+
+    async fn finish(&self, item: &OutboxItem, action: &str, detail: String) {
         let entry = AuditEntry {
             at_ms: now_ms(),
             actor: "system".into(),
             action: action.into(),
-            target: format!("alert/{}", notification.alert_id),
-            community_id: notification.community_id.clone(),
+            target: format!("alert/{}", item.alert_id),
+            community_id: item.community_id.clone(),
             detail,
             ..Default::default()
         };
-        let written = match self.store.append(entry) {
-            Ok(_) => self.store.flush().await,
+        let finished = match self.store.finish_notification(&item.delivery_id, entry) {
+            Ok(finished) => self.store.flush().await.map(|()| finished),
             Err(err) => Err(err),
         };
-        if let Err(err) = written {
-            tracing::error!(error = %err, "writing the notification's audit entry failed");
+        match finished {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(delivery_id = %item.delivery_id, "another deliverer already finished this notification")
+            }
+            Err(err) => {
+                tracing::error!(error = %err, delivery_id = %item.delivery_id, "recording a notification's outcome failed; it is tried again when its lease runs out")
+            }
         }
     }
 }

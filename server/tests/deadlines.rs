@@ -82,6 +82,7 @@ async fn a_fall_joining_an_offered_alert_shortens_its_deadline_to_p0s() {
         store.clone(),
         1,
         Duration::from_millis(10),
+        Duration::from_secs(1),
     );
     let desk = AlertDesk::new(
         store.clone(),

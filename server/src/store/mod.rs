@@ -99,6 +99,38 @@ pub struct Change {
     /// Queued for the alert's gateway in the same transaction, so "help is
     /// coming" is never lost between the state change and the message.
     pub device_acks: Vec<DeviceAck>,
+    /// Put in the outbox in the same transaction, so an offer is never
+    /// committed without the message that tells its person.
+    pub notifications: Vec<OutboxItem>,
+}
+
+/// A notification waiting in the durable outbox until it is delivered (or
+/// has failed for good); its outcome is audited once, when it leaves.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutboxItem {
+    /// Unique per notification; a receiver drops a retried duplicate by it.
+    #[prost(string, tag = "1")]
+    pub delivery_id: String,
+    #[prost(string, tag = "2")]
+    pub address: String,
+    /// The notification as JSON (what the webhook posts).
+    #[prost(bytes = "vec", tag = "3")]
+    pub notification: Vec<u8>,
+    /// Attempts made so far.
+    #[prost(uint32, tag = "4")]
+    pub attempts: u32,
+    /// Not to be tried before this.
+    #[prost(int64, tag = "5")]
+    pub next_at_ms: i64,
+    /// Held by a deliverer until this (a deliverer that died lets go).
+    #[prost(int64, tag = "6")]
+    pub lease_until_ms: i64,
+    #[prost(string, tag = "7")]
+    pub alert_id: String,
+    #[prost(string, tag = "8")]
+    pub community_id: String,
+    #[prost(string, tag = "9")]
+    pub kind: String,
 }
 
 /// A change another replica committed, as the shared store reports it.
@@ -180,6 +212,25 @@ pub trait Storage: Directory + AuditLog + Send + Sync + 'static {
     /// Downlinks a gateway has not yet confirmed, oldest first.
     fn pending_downlinks(&self, gateway_id: &str) -> Result<Vec<Downlink>, StoreError>;
     fn downlink_done(&self, gateway_id: &str, downlink_id: u64) -> Result<(), StoreError>;
+
+    /// Puts notifications in the outbox (one already there is left as is).
+    fn enqueue_notifications(&self, items: &[OutboxItem]) -> Result<(), StoreError>;
+    /// Takes up to `max` notifications due at `now_ms` that no live
+    /// deliverer holds, and holds them until `now_ms + lease_ms`.
+    fn claim_notifications(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        max: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Takes a notification out of the outbox with its outcome's audit
+    /// entry, in one transaction; `false` (nothing written) when another
+    /// deliverer already did.
+    fn finish_notification(&self, delivery_id: &str, audit: AuditEntry)
+    -> Result<bool, StoreError>;
+    /// Writes back a notification to be tried again (attempts, next time;
+    /// the lease let go).
+    fn retry_notification(&self, item: &OutboxItem) -> Result<(), StoreError>;
 
     /// Changes other replicas commit, for a store shared by several; `None`
     /// for an engine only one process uses. Taken once, at start-up.

@@ -33,8 +33,8 @@ use sled::{
 };
 
 use super::{
-    AlertChange, Change, Committed, Storage, StoreError, StoredEvent, alert_number, decision_audit,
-    decode, incident_key, offer_deadline,
+    AlertChange, Change, Committed, OutboxItem, Storage, StoreError, StoredEvent, alert_number,
+    decision_audit, decode, incident_key, offer_deadline,
 };
 use crate::{
     audit::AuditLog,
@@ -129,6 +129,8 @@ pub struct SledStore {
     /// `clock` → the last [`anxin_host::clock::Mark`], for clock steps
     /// across a restart.
     meta: sled::Tree,
+    /// `delivery id` → [`OutboxItem`]: notifications not yet delivered.
+    outbox: sled::Tree,
     /// Serialises [`Storage::commit_plain_events`] so two gateways relaying
     /// the same event cannot both find it absent.
     plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
@@ -137,7 +139,7 @@ pub struct SledStore {
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).open()?;
-        Ok(Self {
+        let store = Self {
             events: db.open_tree("events")?,
             alerts: db.open_tree("alerts")?,
             incidents: db.open_tree("incidents")?,
@@ -146,9 +148,27 @@ impl SledStore {
             audit: db.open_tree("audit")?,
             directory: Trees::open(&db)?,
             meta: db.open_tree("meta")?,
+            outbox: db.open_tree("outbox")?,
             plain_commits: Default::default(),
             db,
-        })
+        };
+        store.release_outbox_leases()?;
+        Ok(store)
+    }
+
+    /// One process uses a sled store: what it held when it stopped is
+    /// nobody's now, so it is tried again at once rather than at the end
+    /// of its lease.
+    fn release_outbox_leases(&self) -> Result<(), StoreError> {
+        for item in self.outbox.iter() {
+            let (key, bytes) = item?;
+            let mut item: OutboxItem = decode("outbox item", &bytes)?;
+            if item.lease_until_ms != 0 {
+                item.lease_until_ms = 0;
+                self.outbox.insert(key, item.encode_to_vec())?;
+            }
+        }
+        Ok(())
     }
 
     /// Blocking flush, for tools that run without a runtime.
@@ -361,37 +381,46 @@ impl Storage for SledStore {
             &self.deadlines,
             &self.incidents,
             &self.audit,
+            &self.outbox,
         );
-        let result = trees.transaction(|(alerts, downlinks, deadlines, incidents, audit)| {
-            let bytes = alerts
-                .get(number.to_be_bytes())?
-                .ok_or_else(|| abort(StoreError::NoSuchAlert(alert_id.into())))?;
-            let before: Alert = decode("alert", &bytes).map_err(abort)?;
-            let mut alert = before.clone();
-            let Change {
-                audit: entries,
-                device_acks,
-            } = change(&mut alert).map_err(abort)?;
-            if alert.state != before.state {
-                lifecycle::check(before.state(), alert.state()).map_err(|e| abort(e.into()))?;
-            }
-            alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
-            reindex(Some(&before), &alert, deadlines, incidents)?;
-            for entry in entries {
-                append_audit(audit, entry)?;
-            }
-            let mut queued = Vec::new();
-            for ack in &device_acks {
-                let id = downlinks.generate_id()? + 1;
-                let message = Downlink {
-                    downlink_id: id,
-                    ack: Some(ack.clone()),
-                };
-                downlinks.insert(downlink_key(&alert.gateway_id, id), message.encode_to_vec())?;
-                queued.push(message);
-            }
-            Ok((alert, queued))
-        })?;
+        let result =
+            trees.transaction(|(alerts, downlinks, deadlines, incidents, audit, outbox)| {
+                let bytes = alerts
+                    .get(number.to_be_bytes())?
+                    .ok_or_else(|| abort(StoreError::NoSuchAlert(alert_id.into())))?;
+                let before: Alert = decode("alert", &bytes).map_err(abort)?;
+                let mut alert = before.clone();
+                let Change {
+                    audit: entries,
+                    device_acks,
+                    notifications,
+                } = change(&mut alert).map_err(abort)?;
+                if alert.state != before.state {
+                    lifecycle::check(before.state(), alert.state()).map_err(|e| abort(e.into()))?;
+                }
+                alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
+                reindex(Some(&before), &alert, deadlines, incidents)?;
+                for entry in entries {
+                    append_audit(audit, entry)?;
+                }
+                let mut queued = Vec::new();
+                for ack in &device_acks {
+                    let id = downlinks.generate_id()? + 1;
+                    let message = Downlink {
+                        downlink_id: id,
+                        ack: Some(ack.clone()),
+                    };
+                    downlinks
+                        .insert(downlink_key(&alert.gateway_id, id), message.encode_to_vec())?;
+                    queued.push(message);
+                }
+                for item in &notifications {
+                    if outbox.get(item.delivery_id.as_bytes())?.is_none() {
+                        outbox.insert(item.delivery_id.as_bytes(), item.encode_to_vec())?;
+                    }
+                }
+                Ok((alert, queued))
+            })?;
         Ok(result)
     }
 
@@ -467,6 +496,74 @@ impl Storage for SledStore {
             .values()
             .map(|bytes| decode("downlink", &bytes?))
             .collect()
+    }
+
+    fn enqueue_notifications(&self, items: &[OutboxItem]) -> Result<(), StoreError> {
+        for item in items {
+            self.outbox
+                .compare_and_swap(
+                    item.delivery_id.as_bytes(),
+                    None as Option<&[u8]>,
+                    Some(item.encode_to_vec()),
+                )?
+                .ok();
+        }
+        Ok(())
+    }
+
+    fn claim_notifications(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        max: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut claimed = Vec::new();
+        for item in self.outbox.iter() {
+            let (key, bytes) = item?;
+            let mut item: OutboxItem = decode("outbox item", &bytes)?;
+            if item.next_at_ms > now_ms || item.lease_until_ms > now_ms {
+                continue;
+            }
+            item.lease_until_ms = now_ms + lease_ms;
+            // One process uses a sled store: a failed swap is a finish or
+            // retry racing this claim, and that one wins.
+            if self
+                .outbox
+                .compare_and_swap(&key, Some(bytes), Some(item.encode_to_vec()))?
+                .is_ok()
+            {
+                claimed.push(item);
+                if claimed.len() == max {
+                    break;
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn finish_notification(
+        &self,
+        delivery_id: &str,
+        entry: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let finished = (&self.outbox, &self.audit).transaction(|(outbox, audit)| {
+            if outbox.remove(delivery_id.as_bytes())?.is_none() {
+                return Ok(false);
+            }
+            append_audit(audit, entry.clone())?;
+            Ok(true)
+        })?;
+        Ok(finished)
+    }
+
+    fn retry_notification(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        let item = OutboxItem {
+            lease_until_ms: 0,
+            ..item.clone()
+        };
+        self.outbox
+            .insert(item.delivery_id.as_bytes(), item.encode_to_vec())?;
+        Ok(())
     }
 
     fn downlink_done(&self, gateway_id: &str, downlink_id: u64) -> Result<(), StoreError> {

@@ -301,3 +301,92 @@ async fn plain_events_dedupe_within_and_across_batches_and_audit_queries_filter(
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_outbox_holds_a_notification_until_one_deliverer_finishes_it() {
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let item = |id: &str| OutboxItem {
+            delivery_id: id.into(),
+            address: "http://127.0.0.1:9/hook".into(),
+            notification: b"{}".to_vec(),
+            next_at_ms: 1_000,
+            alert_id: "1".into(),
+            kind: "offer".into(),
+            ..Default::default()
+        };
+        store
+            .enqueue_notifications(&[item("1-0-offer"), item("1-0-offer")])
+            .unwrap();
+        // Written with an alert change, in its transaction.
+        let alert = offered_fall(&store, 5_000);
+        store
+            .update_alert(&alert.id, |_| {
+                Ok(Change {
+                    notifications: vec![item("1-1-offer")],
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        store.flush().await.unwrap();
+        assert!(
+            store
+                .claim_notifications(999, 10_000, 10)
+                .unwrap()
+                .is_empty()
+        );
+        let mut claimed = store.claim_notifications(1_000, 10_000, 10).unwrap();
+        claimed.sort_by(|a, b| a.delivery_id.cmp(&b.delivery_id));
+        let ids: Vec<&str> = claimed.iter().map(|i| i.delivery_id.as_str()).collect();
+        assert_eq!(ids, ["1-0-offer", "1-1-offer"]);
+        // Held: nobody else takes them until the lease runs out.
+        assert!(
+            store
+                .claim_notifications(2_000, 10_000, 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.claim_notifications(11_000, 10_000, 10).unwrap().len(),
+            2
+        );
+        // One is to be retried later; the other is delivered, once.
+        let mut retry = claimed[0].clone();
+        retry.attempts = 1;
+        retry.next_at_ms = 50_000;
+        store.retry_notification(&retry).unwrap();
+        let delivered = |id: &str| anxin_proto::v1::AuditEntry {
+            action: "notify.delivered".into(),
+            target: "alert/1".into(),
+            detail: id.into(),
+            ..Default::default()
+        };
+        assert!(
+            store
+                .finish_notification("1-1-offer", delivered("1-1-offer"))
+                .unwrap()
+        );
+        assert!(
+            !store
+                .finish_notification("1-1-offer", delivered("1-1-offer"))
+                .unwrap()
+        );
+        assert!(
+            store
+                .claim_notifications(49_999, 10_000, 10)
+                .unwrap()
+                .is_empty()
+        );
+        let again = store.claim_notifications(50_000, 10_000, 10).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 1);
+        let recorded = store
+            .query(&AuditQuery {
+                action: "notify".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(recorded.len(), 1);
+    })
+    .await;
+}

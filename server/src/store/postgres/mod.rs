@@ -36,8 +36,8 @@ use tokio::sync::mpsc;
 use tokio_postgres::{NoTls, Transaction};
 
 use super::{
-    AlertChange, Change, Committed, RemoteChange, Storage, StoreError, StoredEvent, alert_number,
-    decision_audit, decode, incident_key, offer_deadline,
+    AlertChange, Change, Committed, OutboxItem, RemoteChange, Storage, StoreError, StoredEvent,
+    alert_number, decision_audit, decode, incident_key, offer_deadline,
 };
 use crate::{
     audit::AuditLog,
@@ -47,7 +47,10 @@ use crate::{
 };
 
 /// Schema versions, applied in order; never edit one that shipped.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("0001_init.sql")),
+    (2, "outbox", include_str!("0002_outbox.sql")),
+];
 
 /// Serialises schema migrations across replicas starting together.
 const MIGRATION_LOCK: i64 = 0x616e_7869_6e00_0001;
@@ -267,6 +270,22 @@ impl PgStore {
         Ok(())
     }
 
+    async fn insert_outbox(
+        client: &impl tokio_postgres::GenericClient,
+        items: &[OutboxItem],
+    ) -> Result<(), StoreError> {
+        for item in items {
+            client
+                .execute(
+                    "insert into outbox (delivery_id, next_at_ms, body) values ($1, $2, $3)
+                     on conflict (delivery_id) do nothing",
+                    &[&item.delivery_id, &item.next_at_ms, &item.encode_to_vec()],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn write_alert(
         tx: &Transaction<'_>,
         before: Option<&Alert>,
@@ -449,6 +468,7 @@ impl PgStore {
         let Change {
             audit: entries,
             device_acks,
+            notifications,
         } = match change(&mut alert) {
             Ok(change) => change,
             Err(err) => return Ok(Err(err)),
@@ -463,6 +483,7 @@ impl PgStore {
             for entry in &entries {
                 Self::insert_audit(&tx, entry).await?;
             }
+            Self::insert_outbox(&*tx, &notifications).await?;
             self.notify(&tx, Notice::Alert(number)).await
         }
         .await;
@@ -928,6 +949,84 @@ impl Storage for PgStore {
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn enqueue_notifications(&self, items: &[OutboxItem]) -> Result<(), StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            Self::insert_outbox(&**client, items).await
+        })
+    }
+
+    fn claim_notifications(
+        &self,
+        now_ms: i64,
+        lease_ms: i64,
+        max: usize,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            // SKIP LOCKED: replicas claiming at once take different rows.
+            client
+                .query(
+                    "with due as (
+                         select delivery_id from outbox
+                         where next_at_ms <= $1 and lease_until_ms <= $1
+                         order by next_at_ms limit $3
+                         for update skip locked)
+                     update outbox o set lease_until_ms = $1 + $2
+                     from due where o.delivery_id = due.delivery_id
+                     returning o.body, o.lease_until_ms",
+                    &[&now_ms, &lease_ms, &(max as i64)],
+                )
+                .await?
+                .iter()
+                .map(|row| {
+                    let mut item: OutboxItem = decode("outbox item", row.get(0))?;
+                    item.lease_until_ms = row.get(1);
+                    Ok(item)
+                })
+                .collect()
+        })
+    }
+
+    fn finish_notification(
+        &self,
+        delivery_id: &str,
+        entry: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        self.block(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let removed = tx
+                .execute("delete from outbox where delivery_id = $1", &[&delivery_id])
+                .await?;
+            if removed == 0 {
+                return Ok(false);
+            }
+            Self::insert_audit(&tx, &entry).await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    fn retry_notification(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        let body = OutboxItem {
+            lease_until_ms: 0,
+            ..item.clone()
+        }
+        .encode_to_vec();
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "update outbox set next_at_ms = $2, lease_until_ms = 0, body = $3
+                     where delivery_id = $1",
+                    &[&item.delivery_id, &item.next_at_ms, &body],
+                )
+                .await?;
+            Ok(())
         })
     }
 

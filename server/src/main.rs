@@ -38,8 +38,10 @@ use tokio_util::sync::CancellationToken;
 #[command(version)]
 struct Args {
     /// TOML configuration file (see --print-default-config).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Print the default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
@@ -48,6 +50,20 @@ struct Args {
     /// Run it while the server is stopped.
     #[arg(long, value_name = "FILE")]
     seed: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Copy the sled store at store.path into an empty PostgreSQL database
+    /// (moving a single-node install to replicas), then check it: every
+    /// kind of record counted on both sides, and the report over all
+    /// alerts the same before and after. Run it while the server is
+    /// stopped; then set store.backend = "postgres" and store.url.
+    Migrate {
+        /// The PostgreSQL database to fill, e.g. postgres://anxin@db/anxin.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,10 +86,56 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    match &args.seed {
-        Some(seed) => runtime.block_on(seed_directory(config, seed)),
-        None => runtime.block_on(run(config)),
+    match (&args.command, &args.seed) {
+        (Some(Command::Migrate { to }), _) => runtime.block_on(migrate(config, to)),
+        (None, Some(seed)) => runtime.block_on(seed_directory(config, seed)),
+        (None, None) => runtime.block_on(run(config)),
     }
+}
+
+async fn migrate(config: ServerConfig, to: &str) -> anyhow::Result<()> {
+    let from = store::sled::SledStore::open(&config.store.path).with_context(|| {
+        format!(
+            "opening the sled store at store.path {}",
+            config.store.path.display()
+        )
+    })?;
+    let target = store::postgres::PgStore::connect(to, 2)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(to)))?;
+    println!(
+        "migrating {} -> {}",
+        config.store.path.display(),
+        redact_url(to)
+    );
+    let ack_target_ms = (config.reports.ack_target_secs * 1000) as i64;
+    let migration = store::migrate::sled_to_postgres(&from, &target, ack_target_ms, |kind, n| {
+        println!("copied {kind} {n}");
+    })
+    .await
+    .context("migrating")?;
+    for tally in &migration.tallies {
+        let mark = if tally.sled == tally.postgres {
+            "ok"
+        } else {
+            "MISMATCH"
+        };
+        println!(
+            "count {} sled={} postgres={} {mark}",
+            tally.kind, tally.sled, tally.postgres
+        );
+    }
+    let same = migration.report_before == migration.report_after;
+    println!(
+        "report {} ({} lines)",
+        if same { "identical" } else { "DIFFERS" },
+        migration.report_before.lines().count()
+    );
+    if !migration.checked() {
+        anyhow::bail!("the copy does not match the sled store; do not switch to it");
+    }
+    println!("migrated: set store.backend = \"postgres\" and store.url, then start the replicas");
+    Ok(())
 }
 
 /// Where the config says the store is, for error messages.

@@ -307,6 +307,17 @@ impl Server {
         Self::start_full(dir, grpc_port, env, extra, database.as_deref()).await
     }
 
+    /// Starts a server on sled whatever the store matrix says (a test of
+    /// moving from sled).
+    pub async fn start_on_sled(dir: &Path) -> Self {
+        Self::start_full(dir, free_port(), &[], &[], None).await
+    }
+
+    /// The server's config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// Starts a replica over the PostgreSQL database at `database` (made
     /// with [`require_postgres`] or [`scratch_database`]); its own ports,
     /// its files in `dir`.

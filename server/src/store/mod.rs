@@ -31,6 +31,7 @@ use crate::{
     lifecycle::IllegalTransition,
 };
 
+pub mod migrate;
 pub mod postgres;
 pub mod sled;
 #[cfg(test)]

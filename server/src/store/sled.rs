@@ -119,18 +119,18 @@ fn reindex(
 #[derive(Clone)]
 pub struct SledStore {
     pub(crate) db: sled::Db,
-    events: sled::Tree,
-    alerts: sled::Tree,
-    incidents: sled::Tree,
+    pub(super) events: sled::Tree,
+    pub(super) alerts: sled::Tree,
+    pub(super) incidents: sled::Tree,
     deadlines: sled::Tree,
-    downlinks: sled::Tree,
+    pub(super) downlinks: sled::Tree,
     pub(crate) audit: sled::Tree,
-    directory: Trees,
+    pub(super) directory: Trees,
     /// `clock` → the last [`anxin_host::clock::Mark`], for clock steps
     /// across a restart.
     meta: sled::Tree,
     /// `delivery id` → [`OutboxItem`]: notifications not yet delivered.
-    outbox: sled::Tree,
+    pub(super) outbox: sled::Tree,
     /// Serialises [`Storage::commit_plain_events`] so two gateways relaying
     /// the same event cannot both find it absent.
     plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
@@ -577,12 +577,12 @@ impl Storage for SledStore {
 
 #[derive(Clone)]
 pub(crate) struct Trees {
-    places: sled::Tree,
-    residents: sled::Tree,
-    devices: sled::Tree,
-    gateways: sled::Tree,
-    staff: sled::Tree,
-    tokens: sled::Tree,
+    pub(super) places: sled::Tree,
+    pub(super) residents: sled::Tree,
+    pub(super) devices: sled::Tree,
+    pub(super) gateways: sled::Tree,
+    pub(super) staff: sled::Tree,
+    pub(super) tokens: sled::Tree,
 }
 
 impl Trees {

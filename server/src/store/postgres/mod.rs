@@ -96,7 +96,7 @@ fn hostname() -> String {
 
 #[derive(Clone)]
 pub struct PgStore {
-    pool: Pool,
+    pub(super) pool: Pool,
     url: String,
     /// This process among the replicas: notifications it sent itself are
     /// not news to it.

@@ -1,0 +1,344 @@
+//! Moving up: `anxin-server migrate` copies a sled store into an empty
+//! PostgreSQL database, record for record (the same protobuf bytes, the
+//! same alert numbers, event commit order, audit and downlink ids), in one
+//! transaction: the target has all of it or none.
+//!
+//! Checked twice: every kind of record is counted on both sides, and the
+//! report over all alerts (`reports::to_csv`) is computed from each store
+//! and must be the same text.
+
+use prost::Message;
+
+use super::{
+    OutboxItem, Storage, StoreError, StoredEvent, decode, offer_deadline, postgres::PgStore,
+    sled::SledStore,
+};
+use anxin_proto::v1::{Alert, AuditEntry, Downlink};
+
+/// Rows written per statement.
+const CHUNK: usize = 2_000;
+
+/// One kind of record, counted on both sides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tally {
+    pub kind: &'static str,
+    pub sled: u64,
+    pub postgres: u64,
+}
+
+#[derive(Debug)]
+pub struct Migration {
+    pub tallies: Vec<Tally>,
+    pub report_before: String,
+    pub report_after: String,
+}
+
+impl Migration {
+    /// Every count matches and the report reads the same.
+    pub fn checked(&self) -> bool {
+        self.tallies.iter().all(|t| t.sled == t.postgres) && self.report_before == self.report_after
+    }
+}
+
+/// The tables of the target, in the order they are filled and counted.
+const KINDS: &[&str] = &[
+    "places",
+    "residents",
+    "devices",
+    "gateways",
+    "staff",
+    "tokens",
+    "alerts",
+    "incidents",
+    "events",
+    "downlinks",
+    "audit",
+    "outbox",
+];
+
+fn split_key(key: &[u8]) -> Result<(String, u64), StoreError> {
+    let bad = || StoreError::Refused(format!("a store key of {} bytes has no id", key.len()));
+    if key.len() < 9 || key[key.len() - 9] != 0 {
+        return Err(bad());
+    }
+    let (name, rest) = key.split_at(key.len() - 9);
+    let id = u64::from_be_bytes(rest[1..].try_into().map_err(|_| bad())?);
+    Ok((String::from_utf8_lossy(name).into_owned(), id))
+}
+
+/// Copies `from` into `to`, which must hold no records yet; `progress`
+/// hears each kind as it is copied, with its count.
+pub async fn sled_to_postgres(
+    from: &SledStore,
+    to: &PgStore,
+    ack_target_ms: i64,
+    progress: impl Fn(&str, u64),
+) -> Result<Migration, StoreError> {
+    let mut client = to.pool.get().await?;
+    let filled: i64 = client
+        .query_one(
+            "select (select count(*) from events) + (select count(*) from alerts)
+                  + (select count(*) from places) + (select count(*) from audit)",
+            &[],
+        )
+        .await?
+        .get(0);
+    if filled > 0 {
+        return Err(StoreError::Refused(
+            "the PostgreSQL database already holds records; migrate into an empty one".into(),
+        ));
+    }
+    let report = |alerts: &[Alert]| {
+        crate::reports::to_csv(&crate::reports::compute(
+            alerts,
+            "",
+            0,
+            i64::MAX,
+            ack_target_ms,
+        ))
+    };
+    let report_before = report(&Storage::alerts(from, &[])?);
+
+    let tx = client.transaction().await?;
+    let directory = [
+        ("places", &from.directory.places),
+        ("residents", &from.directory.residents),
+        ("devices", &from.directory.devices),
+        ("gateways", &from.directory.gateways),
+        ("staff", &from.directory.staff),
+    ];
+    for (table, tree) in directory {
+        let mut ids = Vec::new();
+        let mut bodies = Vec::new();
+        for item in tree.iter() {
+            let (key, value) = item?;
+            ids.push(String::from_utf8_lossy(&key).into_owned());
+            bodies.push(value.to_vec());
+        }
+        progress(table, ids.len() as u64);
+        for (ids, bodies) in ids.chunks(CHUNK).zip(bodies.chunks(CHUNK)) {
+            tx.execute(
+                &format!(
+                    "insert into {table} (id, body) select * from unnest($1::text[], $2::bytea[])"
+                ),
+                &[&ids, &bodies],
+            )
+            .await?;
+        }
+    }
+    let mut digests = Vec::new();
+    let mut bodies = Vec::new();
+    for item in from.directory.tokens.iter() {
+        let (key, value) = item?;
+        digests.push(String::from_utf8_lossy(&key).into_owned());
+        bodies.push(value.to_vec());
+    }
+    progress("tokens", digests.len() as u64);
+    tx.execute(
+        "insert into tokens (digest, body) select * from unnest($1::text[], $2::bytea[])",
+        &[&digests, &bodies],
+    )
+    .await?;
+
+    let mut alerts = Vec::new();
+    let mut highest = 0i64;
+    for item in from.alerts.iter() {
+        let (key, value) = item?;
+        let number = u64::from_be_bytes(
+            key.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Refused(format!("an alert key of {} bytes", key.len())))?,
+        ) as i64;
+        let alert: Alert = decode("alert", &value)?;
+        highest = highest.max(number);
+        alerts.push((number, alert.state, offer_deadline(&alert), value.to_vec()));
+    }
+    progress("alerts", alerts.len() as u64);
+    for chunk in alerts.chunks(CHUNK) {
+        let numbers: Vec<i64> = chunk.iter().map(|a| a.0).collect();
+        let states: Vec<i32> = chunk.iter().map(|a| a.1).collect();
+        let deadlines: Vec<Option<i64>> = chunk.iter().map(|a| a.2).collect();
+        let bodies: Vec<&[u8]> = chunk.iter().map(|a| a.3.as_slice()).collect();
+        tx.execute(
+            "insert into alerts (number, state, deadline_ms, body)
+             select * from unnest($1::bigint[], $2::integer[], $3::bigint[], $4::bytea[])",
+            &[&numbers, &states, &deadlines, &bodies],
+        )
+        .await?;
+    }
+    tx.execute(
+        "update counters set value = $1 where name = 'alert'",
+        &[&highest],
+    )
+    .await?;
+    let mut keys = Vec::new();
+    let mut numbers = Vec::new();
+    for item in from.incidents.iter() {
+        let (key, value) = item?;
+        keys.push(String::from_utf8_lossy(&key).into_owned());
+        numbers.push(u64::from_be_bytes(
+            value.as_ref().try_into().map_err(|_| {
+                StoreError::Refused("an incident entry is not an alert number".into())
+            })?,
+        ) as i64);
+    }
+    progress("incidents", keys.len() as u64);
+    tx.execute(
+        "insert into incidents (key, number) select * from unnest($1::text[], $2::bigint[])",
+        &[&keys, &numbers],
+    )
+    .await?;
+
+    let mut copied = 0u64;
+    let mut batch: Vec<(String, i64, i64, i64, String, Vec<u8>)> = Vec::with_capacity(CHUNK);
+    let mut last_commit = 0i64;
+    let mut events = from.events.iter().peekable();
+    while let Some(item) = events.next() {
+        let (key, value) = item?;
+        let (device_id, seq) = split_key(&key)?;
+        let mut event: StoredEvent = decode("event", &value)?;
+        let commit_index = event.commit_index as i64;
+        last_commit = last_commit.max(commit_index);
+        event.commit_index = 0;
+        batch.push((
+            device_id,
+            (seq ^ (1 << 63)) as i64,
+            commit_index,
+            event.received_ms,
+            event.alert_id.clone(),
+            event.encode_to_vec(),
+        ));
+        if batch.len() == CHUNK || events.peek().is_none() {
+            let devices: Vec<&str> = batch.iter().map(|e| e.0.as_str()).collect();
+            let seqs: Vec<i64> = batch.iter().map(|e| e.1).collect();
+            let commits: Vec<i64> = batch.iter().map(|e| e.2).collect();
+            let received: Vec<i64> = batch.iter().map(|e| e.3).collect();
+            let alert_ids: Vec<&str> = batch.iter().map(|e| e.4.as_str()).collect();
+            let bodies: Vec<&[u8]> = batch.iter().map(|e| e.5.as_slice()).collect();
+            tx.execute(
+                "insert into events (device_id, seq_key, commit_index, received_ms, alert_id, body)
+                 select * from unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[],
+                                      $5::text[], $6::bytea[])",
+                &[&devices, &seqs, &commits, &received, &alert_ids, &bodies],
+            )
+            .await?;
+            copied += batch.len() as u64;
+            batch.clear();
+            progress("events", copied);
+        }
+    }
+    tx.execute(
+        "select setval('event_commit_index', greatest($1::bigint, 1))",
+        &[&last_commit],
+    )
+    .await?;
+
+    let mut downlinks = 0u64;
+    let mut last_downlink = 0i64;
+    for item in from.downlinks.iter() {
+        let (key, value) = item?;
+        let (gateway_id, _) = split_key(&key)?;
+        let downlink: Downlink = decode("downlink", &value)?;
+        let id = downlink.downlink_id as i64;
+        last_downlink = last_downlink.max(id);
+        let ack = downlink.ack.unwrap_or_default().encode_to_vec();
+        tx.execute(
+            "insert into downlinks (id, gateway_id, body) values ($1, $2, $3)",
+            &[&id, &gateway_id, &ack],
+        )
+        .await?;
+        downlinks += 1;
+    }
+    progress("downlinks", downlinks);
+    tx.execute(
+        "select setval(pg_get_serial_sequence('downlinks', 'id'), greatest($1::bigint, 1))",
+        &[&last_downlink],
+    )
+    .await?;
+
+    let mut entries: Vec<AuditEntry> = Vec::new();
+    let mut last_audit = 0i64;
+    let mut audited = 0u64;
+    let mut audit = from.audit.iter().peekable();
+    while let Some(item) = audit.next() {
+        let (_, value) = item?;
+        let entry: AuditEntry = decode("audit entry", &value)?;
+        last_audit = last_audit.max(entry.id as i64);
+        entries.push(entry);
+        if entries.len() == CHUNK || audit.peek().is_none() {
+            let ids: Vec<i64> = entries.iter().map(|e| e.id as i64).collect();
+            let at: Vec<i64> = entries.iter().map(|e| e.at_ms).collect();
+            let actors: Vec<&str> = entries.iter().map(|e| e.actor.as_str()).collect();
+            let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+            let targets: Vec<&str> = entries.iter().map(|e| e.target.as_str()).collect();
+            let bodies: Vec<Vec<u8>> = entries.iter().map(|e| e.encode_to_vec()).collect();
+            tx.execute(
+                "insert into audit (id, at_ms, actor, action, target, body)
+                 select * from unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[],
+                                      $5::text[], $6::bytea[])",
+                &[&ids, &at, &actors, &actions, &targets, &bodies],
+            )
+            .await?;
+            audited += entries.len() as u64;
+            entries.clear();
+            progress("audit", audited);
+        }
+    }
+    tx.execute(
+        "select setval(pg_get_serial_sequence('audit', 'id'), greatest($1::bigint, 1))",
+        &[&last_audit],
+    )
+    .await?;
+
+    let mut outbox = 0u64;
+    for item in from.outbox.iter() {
+        let (_, value) = item?;
+        let item: OutboxItem = decode("outbox item", &value)?;
+        let item = OutboxItem {
+            lease_until_ms: 0,
+            ..item
+        };
+        tx.execute(
+            "insert into outbox (delivery_id, next_at_ms, body) values ($1, $2, $3)",
+            &[&item.delivery_id, &item.next_at_ms, &item.encode_to_vec()],
+        )
+        .await?;
+        outbox += 1;
+    }
+    progress("outbox", outbox);
+    tx.commit().await?;
+
+    let sled_counts = [
+        from.directory.places.len(),
+        from.directory.residents.len(),
+        from.directory.devices.len(),
+        from.directory.gateways.len(),
+        from.directory.staff.len(),
+        from.directory.tokens.len(),
+        from.alerts.len(),
+        from.incidents.len(),
+        from.events.len(),
+        from.downlinks.len(),
+        from.audit.len(),
+        from.outbox.len(),
+    ];
+    let mut tallies = Vec::new();
+    for (kind, sled) in KINDS.iter().zip(sled_counts) {
+        let postgres: i64 = client
+            .query_one(&format!("select count(*) from {kind}"), &[])
+            .await?
+            .get(0);
+        tallies.push(Tally {
+            kind,
+            sled: sled as u64,
+            postgres: postgres as u64,
+        });
+    }
+    drop(client);
+    let report_after = report(&Storage::alerts(to, &[])?);
+    Ok(Migration {
+        tallies,
+        report_before,
+        report_after,
+    })
+}

@@ -145,19 +145,36 @@ impl Uplink for UplinkService {
         ));
         let desk = self.desk.clone();
         let health = self.health.clone();
+        // When this side gives up on the stream (a commit failed: the
+        // database went away, say), the gateway must hear it and connect
+        // again, here or to another replica; other holders of `outbound`
+        // (the roster task, the registry) would otherwise keep it open.
+        let ended = tokio_util::sync::CancellationToken::new();
+        let end_stream = ended.clone();
         tokio::spawn(async move {
             let result = serve_gateway(&desk, &health, &gateway_id, &mut inbound, &outbound).await;
             if let Err(GatewayStreamError::Store(err)) = &result {
                 health.store_failed(err);
             }
             gateways.disconnect(&gateway_id, session);
+            end_stream.cancel();
             match result {
                 Ok(()) => tracing::info!(%gateway_id, "gateway disconnected"),
                 Err(err) => tracing::warn!(%gateway_id, error = %err, "gateway stream ended"),
             }
         });
-        let stream = ReceiverStream::new(outbound_rx).map(Ok);
-        Ok(Response::new(Box::pin(stream)))
+        let stream = futures::StreamExt::take_until(
+            ReceiverStream::new(outbound_rx).map(Ok),
+            ended.cancelled_owned(),
+        );
+        let ended = futures::stream::once(async {
+            Err(Status::unavailable(
+                "this server stopped taking events on this stream; connect again",
+            ))
+        });
+        Ok(Response::new(Box::pin(futures::StreamExt::chain(
+            stream, ended,
+        ))))
     }
 }
 

@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod host;
 pub mod mqtt;
 pub mod paho;
+pub mod pg;
 pub mod proxy;
 pub mod sse;
 pub mod webhook;

@@ -334,6 +334,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_replica_config_is_valid() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/server.replica.example.toml"
+        );
+        let config = ServerConfig::load(std::path::Path::new(path)).unwrap();
+        assert_eq!(config.store.backend, Backend::Postgres);
+        let url: tokio_postgres::Config = config.store.url.parse().unwrap();
+        assert_eq!(url.get_hosts().len(), 2, "primary and standby");
+    }
+
+    #[test]
     fn default_round_trips_and_errors_name_the_field() {
         ServerConfig::parse(&ServerConfig::default_toml(), "default").unwrap();
         let err = ServerConfig::parse(

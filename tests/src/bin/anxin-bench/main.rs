@@ -41,6 +41,10 @@ enum Scenario {
         rate: f64,
         #[arg(long, default_value_t = 20)]
         duration: u64,
+        /// Server replicas over one PostgreSQL database (more than 1);
+        /// 1: one server on the engine ANXIN_TEST_STORE names.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// P0 latency from the device's publish to the alert on the server's
     /// SSE stream, unloaded and under P3 telemetry load; Mosquitto's
@@ -56,6 +60,10 @@ enum Scenario {
         load: f64,
         #[arg(long, default_value_t = 50)]
         load_devices: usize,
+        /// Server replicas over one PostgreSQL database; the SSE watcher is
+        /// on another replica than the gateway's.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
     /// A backlog queued in the gateway's journal during a server outage:
     /// time to drain once the server is back, and when the P0 queued last
@@ -112,13 +120,15 @@ async fn main() -> anyhow::Result<()> {
             devices,
             rate,
             duration,
-        } => scenarios::throughput(devices, rate, duration).await,
+            replicas,
+        } => scenarios::throughput(devices, rate, duration, replicas).await,
         Scenario::Latency {
             samples,
             pace_ms,
             load,
             load_devices,
-        } => scenarios::latency(samples, pace_ms, load, load_devices).await,
+            replicas,
+        } => scenarios::latency(samples, pace_ms, load, load_devices, replicas).await,
         Scenario::Drain { events } => scenarios::drain(events).await,
         Scenario::Steady {
             devices,

@@ -131,12 +131,37 @@ async fn wait_for(what: &str, within: Duration, mut done: impl AsyncFnMut() -> b
     false
 }
 
+/// One server on the engine `ANXIN_TEST_STORE` names, or `replicas`
+/// servers over one scratch PostgreSQL database. The gateway uses the
+/// first; watchers the last, so their figures cross replicas.
+async fn servers(dir: &std::path::Path, replicas: usize) -> Vec<Server> {
+    if replicas <= 1 {
+        println!("  store: {:?}, one server", anxin_tests::store_engine());
+        return vec![Server::start_configured(dir, free_port(), &[], &[]).await];
+    }
+    println!("  store: PostgreSQL, {replicas} replicas (gateway → the first, watchers on the last)");
+    let database = anxin_tests::scratch_database().await;
+    let mut out = Vec::new();
+    for i in 0..replicas {
+        let home = dir.join(format!("r{i}"));
+        std::fs::create_dir_all(&home).expect("replica directory");
+        out.push(Server::start_replica(&home, &database, &[]).await);
+    }
+    out
+}
+
 // ---------------------------------------------------------------- throughput
 
-pub async fn throughput(devices: usize, rate: f64, duration: u64) -> anyhow::Result<()> {
+pub async fn throughput(
+    devices: usize,
+    rate: f64,
+    duration: u64,
+    replicas: usize,
+) -> anyhow::Result<()> {
     println!("== throughput: {devices} devices offering {rate} events/s of P3 for {duration} s");
     let dir = tempfile::tempdir()?;
-    let server = Server::start_configured(dir.path(), free_port(), &[], &[]).await;
+    let mut servers = servers(dir.path(), replicas).await;
+    let server = servers.remove(0);
     let ids = device_list(&[("l-", devices)]);
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let gateway = Gateway::start_with(dir.path(), server.grpc_port, &refs, &LOAD_LIMITS).await;
@@ -199,7 +224,7 @@ pub async fn throughput(devices: usize, rate: f64, duration: u64) -> anyhow::Res
     );
     print_usage(&usage);
     // The baseline gets the machine to itself.
-    drop((sim, gateway, server));
+    drop((sim, gateway, server, servers));
 
     let (theirs, usage) = mosquitto_throughput(devices, rate, duration).await?;
     println!("  mosquitto: {theirs:.0} events/s publisher → subscriber (QoS1, same payloads)");
@@ -254,13 +279,16 @@ pub async fn latency(
     pace_ms: u64,
     load: f64,
     load_devices: usize,
+    replicas: usize,
 ) -> anyhow::Result<()> {
     let pace = Duration::from_millis(pace_ms);
     println!(
         "== latency: {samples} P0 presses {pace_ms} ms apart, press → SSE; loaded run under {load} P3 events/s"
     );
     let dir = tempfile::tempdir()?;
-    let server = Server::start_configured(dir.path(), free_port(), &[], &[]).await;
+    let mut servers = servers(dir.path(), replicas).await;
+    let server = servers.remove(0);
+    let watched = servers.last().unwrap_or(&server);
     let ids = device_list(&[("p0-", samples), ("q0-", samples), ("l-", load_devices)]);
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let gateway = Gateway::start_with(dir.path(), server.grpc_port, &refs, &LOAD_LIMITS).await;
@@ -268,7 +296,7 @@ pub async fn latency(
     let sent_at: SentAt = Default::default();
     let seen = Arc::new(Mutex::new(latency_histogram()));
     watch_alerts(
-        SseStream::connect(&server.stream_url(TEST_ADMIN_TOKEN)).await,
+        SseStream::connect(&watched.stream_url(TEST_ADMIN_TOKEN)).await,
         sent_at.clone(),
         seen.clone(),
     );

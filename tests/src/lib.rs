@@ -584,12 +584,13 @@ impl Server {
 
     /// Events the server has committed (each identity once).
     pub async fn event_count(&self) -> u64 {
-        let health: serde_json::Value = reqwest::get(format!("{}/healthz", self.http()))
-            .await
-            .expect("GET /healthz")
-            .json()
-            .await
-            .expect("healthz JSON");
+        let health: serde_json::Value =
+            reqwest::get(format!("{}/healthz?events=exact", self.http()))
+                .await
+                .expect("GET /healthz")
+                .json()
+                .await
+                .expect("healthz JSON");
         health["events"].as_u64().expect("events in healthz")
     }
 
@@ -833,6 +834,30 @@ pub struct Sim {
     pub seen: Vec<String>,
 }
 
+/// The devices of a load test: `dev-00000`, `dev-00001`, …
+pub fn load_devices(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("dev-{i:05}")).collect()
+}
+
+impl Gateway {
+    /// A gateway for a load test: `devices` with their rate limits lifted
+    /// (1,000 events/s each), plus `extra` config lines.
+    pub async fn start_for_load(
+        dir: &Path,
+        server_grpc_port: u16,
+        devices: &[String],
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+        let mut lines = vec![
+            ("limits", "device_rate_per_sec = 1000.0"),
+            ("limits", "device_burst = 1000"),
+        ];
+        lines.extend_from_slice(extra);
+        Self::start_with(dir, server_grpc_port, &refs, &lines).await
+    }
+}
+
 impl Sim {
     /// Runs `anxin-sim --gateway ADDR <args…>`.
     pub fn run(dir: &Path, gateway_mqtt: &str, args: &[&str]) -> Self {
@@ -862,6 +887,52 @@ impl Sim {
             lines,
             seen: Vec::new(),
         }
+    }
+
+    /// `anxin-sim load` from `devices` devices `dev-…` at `rate` events/s of
+    /// `mix`, writing `ledger`, until stopped with [`Sim::finish_load`].
+    pub fn ledger_load(
+        dir: &Path,
+        gateway_mqtt: &str,
+        devices: usize,
+        rate: u32,
+        mix: &str,
+        ledger: &Path,
+    ) -> Self {
+        Self::run(
+            dir,
+            gateway_mqtt,
+            &[
+                "load",
+                "--devices",
+                &devices.to_string(),
+                "--prefix",
+                "dev-",
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                "600",
+                "--mix",
+                mix,
+                "--ledger",
+                ledger.to_str().expect("utf-8 path"),
+                "--drain",
+                "120",
+            ],
+        )
+    }
+
+    /// Stops a [`Sim::ledger_load`]: the devices drain their outboxes and
+    /// exit. Returns the summary line and how many events were `stored`.
+    pub async fn finish_load(&mut self) -> (String, u64) {
+        self.proc.terminate();
+        let summary = self.line_starting("load ", Duration::from_secs(180)).await;
+        assert_eq!(field(&summary, "outstanding"), Some("0"), "{summary}");
+        let stored = field(&summary, "stored")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no stored count in {summary}"));
+        assert_eq!(self.proc.wait_exit(PATIENCE).await, Some(0));
+        (summary, stored)
     }
 
     /// Presses a device's button once and waits for the gateway's `stored`.

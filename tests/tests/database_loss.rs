@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use anxin_tests::{
-    Gateway, PATIENCE, Server, Sim, eventually, field, host::skip, pg::PgInstance, verify_clean,
+    Gateway, PATIENCE, Server, Sim, eventually, field, host::skip, load_devices, pg::PgInstance,
+    verify_clean,
 };
 
 async fn health(server: &Server) -> Option<(u16, serde_json::Value)> {
@@ -30,39 +31,16 @@ async fn killing_postgresql_under_load_loses_no_acknowledged_event() {
     let home = dir.path().join("server");
     std::fs::create_dir_all(&home).unwrap();
     let server = Server::start_replica(&home, &url, &[]).await;
-    let devices: Vec<String> = (0..10).map(|i| format!("dev-{i:05}")).collect();
-    let device_refs: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let gateway = Gateway::start_with(
-        dir.path(),
-        server.grpc_port,
-        &device_refs,
-        &[
-            ("limits", "device_rate_per_sec = 1000.0"),
-            ("limits", "device_burst = 1000"),
-        ],
-    )
-    .await;
+    let gateway =
+        Gateway::start_for_load(dir.path(), server.grpc_port, &load_devices(10), &[]).await;
     let ledger = dir.path().join("ledger.jsonl");
-    let mut load = Sim::run(
+    let mut load = Sim::ledger_load(
         dir.path(),
         &gateway.mqtt(),
-        &[
-            "load",
-            "--devices",
-            "10",
-            "--prefix",
-            "dev-",
-            "--rate",
-            "100",
-            "--duration",
-            "600",
-            "--mix",
-            "p0=0.2,p3=0.8",
-            "--ledger",
-            ledger.to_str().unwrap(),
-            "--drain",
-            "120",
-        ],
+        10,
+        100,
+        "p0=0.2,p3=0.8",
+        &ledger,
     );
     let before = server.event_count().await;
     eventually("events to flow", PATIENCE, || async {
@@ -103,10 +81,7 @@ async fn killing_postgresql_under_load_loses_no_acknowledged_event() {
     })
     .await;
 
-    load.proc.terminate();
-    let summary = load.line_starting("load ", Duration::from_secs(180)).await;
-    assert_eq!(field(&summary, "outstanding"), Some("0"), "{summary}");
-    assert_eq!(load.proc.wait_exit(PATIENCE).await, Some(0));
+    let (summary, _) = load.finish_load().await;
     gateway.wait_drained(PATIENCE).await;
     let verdict = verify_clean(dir.path(), &ledger, &server.http()).await;
     assert_eq!(

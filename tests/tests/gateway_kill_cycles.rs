@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field, verify_ledger};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field, load_devices, verify_ledger};
 use rand::Rng;
 
 const CYCLES: usize = 20;
@@ -13,41 +13,16 @@ const CYCLES: usize = 20;
 async fn twenty_sigkills_under_load_lose_and_duplicate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
-    let devices: Vec<String> = (0..10).map(|i| format!("dev-{i:05}")).collect();
-    let device_refs: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let mut gateway = Gateway::start_with(
-        dir.path(),
-        server.grpc_port,
-        &device_refs,
-        &[
-            ("limits", "device_rate_per_sec = 1000.0"),
-            ("limits", "device_burst = 1000"),
-        ],
-    )
-    .await;
-
+    let mut gateway =
+        Gateway::start_for_load(dir.path(), server.grpc_port, &load_devices(10), &[]).await;
     let ledger = dir.path().join("ledger.jsonl");
-    let ledger_arg = ledger.to_str().unwrap();
-    let mut load = Sim::run(
+    let mut load = Sim::ledger_load(
         dir.path(),
         &gateway.mqtt(),
-        &[
-            "load",
-            "--devices",
-            "10",
-            "--prefix",
-            "dev-",
-            "--rate",
-            "200",
-            "--duration",
-            "600",
-            "--mix",
-            "p0=0.2,p3=0.8",
-            "--ledger",
-            ledger_arg,
-            "--drain",
-            "120",
-        ],
+        10,
+        200,
+        "p0=0.2,p3=0.8",
+        &ledger,
     );
 
     let mut rng = rand::rng();
@@ -68,15 +43,11 @@ async fn twenty_sigkills_under_load_lose_and_duplicate_nothing() {
     }
 
     // Stop the devices; they drain their outboxes and exit.
-    load.proc.terminate();
-    let summary = load.line_starting("load ", Duration::from_secs(180)).await;
-    assert_eq!(field(&summary, "outstanding"), Some("0"), "{summary}");
-    let stored: u64 = field(&summary, "stored").unwrap().parse().unwrap();
+    let (summary, stored) = load.finish_load().await;
     assert!(
         stored >= 500,
         "too little load to prove anything: {summary}"
     );
-    assert_eq!(load.proc.wait_exit(PATIENCE).await, Some(0));
     gateway.wait_drained(PATIENCE).await;
 
     let verdict = verify_ledger(dir.path(), &ledger, &server.http()).await;

@@ -8,8 +8,8 @@
 use std::{collections::HashMap, time::Duration};
 
 use anxin_tests::{
-    Gateway, PATIENCE, Server, Sim, eventually, field, require_postgres, verify_ledger,
-    webhook::WebhookReceiver,
+    Gateway, PATIENCE, Server, Sim, eventually, field, load_devices, require_postgres,
+    verify_ledger, webhook::WebhookReceiver,
 };
 use rand::Rng;
 
@@ -37,7 +37,7 @@ async fn twenty_replica_kills_lose_duplicate_and_double_fire_nothing() {
     }
     let admin = &replicas[0];
     admin.add_community("c-a").await;
-    let devices: Vec<String> = (0..DEVICES).map(|i| format!("dev-{i:05}")).collect();
+    let devices = load_devices(DEVICES);
     for (i, device) in devices.iter().enumerate() {
         admin
             .add_resident(&format!("r-{i}"), "c-a", &[device.as_str()])
@@ -56,40 +56,21 @@ async fn twenty_replica_kills_lose_duplicate_and_double_fire_nothing() {
         .map(|r| format!("\"http://127.0.0.1:{}\"", r.grpc_port))
         .collect();
     let servers = format!("servers = [{}]", servers.join(", "));
-    let device_refs: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let gateway = Gateway::start_with(
+    let gateway = Gateway::start_for_load(
         dir.path(),
         replicas[0].grpc_port,
-        &device_refs,
-        &[
-            ("uplink", servers.as_str()),
-            ("limits", "device_rate_per_sec = 1000.0"),
-            ("limits", "device_burst = 1000"),
-        ],
+        &devices,
+        &[("uplink", servers.as_str())],
     )
     .await;
-
     let ledger = dir.path().join("ledger.jsonl");
-    let mut load = Sim::run(
+    let mut load = Sim::ledger_load(
         dir.path(),
         &gateway.mqtt(),
-        &[
-            "load",
-            "--devices",
-            &DEVICES.to_string(),
-            "--prefix",
-            "dev-",
-            "--rate",
-            "100",
-            "--duration",
-            "600",
-            "--mix",
-            "p0=0.1,p3=0.9",
-            "--ledger",
-            ledger.to_str().unwrap(),
-            "--drain",
-            "120",
-        ],
+        DEVICES,
+        100,
+        "p0=0.1,p3=0.9",
+        &ledger,
     );
 
     let mut rng = rand::rng();
@@ -107,15 +88,11 @@ async fn twenty_replica_kills_lose_duplicate_and_double_fire_nothing() {
         replicas[victim].restart().await;
     }
 
-    load.proc.terminate();
-    let summary = load.line_starting("load ", Duration::from_secs(180)).await;
-    assert_eq!(field(&summary, "outstanding"), Some("0"), "{summary}");
-    let stored: u64 = field(&summary, "stored").unwrap().parse().unwrap();
+    let (summary, stored) = load.finish_load().await;
     assert!(
         stored >= 500,
         "too little load to prove anything: {summary}"
     );
-    assert_eq!(load.proc.wait_exit(PATIENCE).await, Some(0));
     gateway.wait_drained(PATIENCE).await;
 
     // Every stored event once, one alert per incident.

@@ -171,9 +171,20 @@ async fn console_asset(Path(name): Path<String>) -> Response {
         .into_response()
 }
 
+#[derive(serde::Deserialize, Default)]
+struct HealthQuery {
+    /// `exact`: count the committed events even where that is a table scan
+    /// (PostgreSQL); a load balancer's probe should not ask.
+    #[serde(default)]
+    events: String,
+}
+
 /// 200 `ok` when the server can do all of its job; 503 `degraded` with
 /// the reasons (see `health.rs`) when it cannot take new events.
-async fn healthz(State(state): State<RestState>) -> (StatusCode, Json<serde_json::Value>) {
+async fn healthz(
+    State(state): State<RestState>,
+    Query(query): Query<HealthQuery>,
+) -> (StatusCode, Json<serde_json::Value>) {
     let reasons = state.health.reasons();
     let disk = state.health.disk();
     let code = if reasons.is_empty() {
@@ -182,15 +193,19 @@ async fn healthz(State(state): State<RestState>) -> (StatusCode, Json<serde_json
         StatusCode::SERVICE_UNAVAILABLE
     };
     let store_error = state.health.store_error();
-    // A failed sled can block its callers: don't read it then.
-    let events = store_error
-        .is_none()
-        .then(|| state.desk.store().event_count().ok())
+    // A failed sled can block its callers: don't read it then. sled knows
+    // its count; PostgreSQL would scan the table at every probe.
+    let store = state.desk.store();
+    let events = (store_error.is_none()
+        && state.health.database_error().is_none()
+        && (store.backend() == "sled" || query.events == "exact"))
+        .then(|| store.event_count().ok())
         .flatten();
     let body = serde_json::json!({
         "status": if reasons.is_empty() { "ok" } else { "degraded" },
         "reasons": reasons,
         "store_error": store_error,
+        "backend": store.backend(),
         "events": events,
         "disk": { "free_bytes": disk.free(), "reserve_bytes": disk.reserve_held() },
         "restarts_in_place": anxin_host::restart::restarts(),

@@ -139,7 +139,9 @@ async fn servers(dir: &std::path::Path, replicas: usize) -> Vec<Server> {
         println!("  store: {:?}, one server", anxin_tests::store_engine());
         return vec![Server::start_configured(dir, free_port(), &[], &[]).await];
     }
-    println!("  store: PostgreSQL, {replicas} replicas (gateway → the first, watchers on the last)");
+    println!(
+        "  store: PostgreSQL, {replicas} replicas (gateway → the first, watchers on the last)"
+    );
     let database = anxin_tests::scratch_database().await;
     let mut out = Vec::new();
     for i in 0..replicas {

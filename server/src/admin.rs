@@ -28,6 +28,9 @@ pub struct AdminDesk {
     ack_target_ms: i64,
     /// Told when a gateway's devices change, so it gets its roster again.
     gateways: Arc<ConnectedGateways>,
+    /// Staff contact webhooks must be on these hosts (`None`: not checked
+    /// here; the deliverer still refuses any other host).
+    webhook_hosts: Option<crate::notifier::WebhookHosts>,
 }
 
 fn entry(
@@ -58,7 +61,15 @@ impl AdminDesk {
             store,
             ack_target_ms,
             gateways,
+            webhook_hosts: None,
         }
+    }
+
+    /// Refuses staff contacts outside `hosts` when they are written, so the
+    /// administrator hears of it then, not when an offer fails.
+    pub fn with_webhook_hosts(mut self, hosts: crate::notifier::WebhookHosts) -> Self {
+        self.webhook_hosts = Some(hosts);
+        self
     }
 
     pub fn put_place(&self, caller: &Principal, place: Place) -> Result<Place, DeskError> {
@@ -271,6 +282,13 @@ impl AdminDesk {
     pub fn put_staff(&self, caller: &Principal, staff: Staff) -> Result<Staff, DeskError> {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
         directory::check_staff(&self.store, &staff).map_err(bad)?;
+        if let Some(hosts) = &self.webhook_hosts
+            && !staff.contact.is_empty()
+        {
+            hosts
+                .check(&staff.contact)
+                .map_err(|why| bad(format!("contact: {why}")))?;
+        }
         let detail = format!(
             "{} of {}{}",
             directory::role_name(staff.role()),
@@ -434,12 +452,14 @@ impl AdminDesk {
             .into());
         }
         let alerts = self.store.alerts(&[])?;
-        Ok(reports::compute(
-            &alerts,
-            community,
-            from_ms,
-            to_ms,
-            self.ack_target_ms,
-        ))
+        let mut report = reports::compute(&alerts, community, from_ms, to_ms, self.ack_target_ms);
+        if !community.is_empty() {
+            report.community_name = self
+                .store
+                .place(community)?
+                .map(|p| p.name)
+                .unwrap_or_default();
+        }
+        Ok(report)
     }
 }

@@ -75,6 +75,9 @@ pub struct NotifyConfig {
     pub secret: String,
     /// Webhook of the emergency services' hand-off, the chain's last step.
     pub emergency_webhook: String,
+    /// The only hosts webhooks may call: exact names or addresses, or
+    /// `*.domain` for a domain's hosts. Empty: no webhook is ever called.
+    pub webhook_hosts: Vec<String>,
     /// Delivery attempts per notification, at least 1.
     pub attempts: u32,
     pub backoff_initial_ms: u64,
@@ -158,6 +161,7 @@ impl Default for ServerConfig {
             notify: NotifyConfig {
                 secret: String::new(),
                 emergency_webhook: String::new(),
+                webhook_hosts: Vec::new(),
                 attempts: 5,
                 backoff_initial_ms: 500,
                 timeout_ms: 5000,
@@ -308,6 +312,15 @@ impl ServerConfig {
             && !self.notify.emergency_webhook.starts_with("https://")
         {
             return invalid("notify.emergency_webhook", "must be an http(s) URL");
+        }
+        if !self.notify.emergency_webhook.is_empty()
+            && let Err(why) = crate::notifier::WebhookHosts::new(&self.notify.webhook_hosts)
+                .check(&self.notify.emergency_webhook)
+        {
+            return Err(ConfigError::Invalid {
+                field: "notify.emergency_webhook",
+                problem: format!("{why}; add its host there"),
+            });
         }
         if self.reports.ack_target_secs == 0 {
             return invalid("reports.ack_target_secs", "must be at least 1");

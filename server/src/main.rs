@@ -23,7 +23,7 @@ use anxin_server::{
     health::{self, Health},
     incidents::IncidentPolicy,
     metrics,
-    notifier::{Notifier, Webhook},
+    notifier::{Notifier, Webhook, WebhookHosts},
     replicas,
     store::{self, Store},
     uplink::UplinkService,
@@ -205,6 +205,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Arc::new(Webhook::new(
             &config.notify.secret,
             Duration::from_millis(config.notify.timeout_ms),
+            WebhookHosts::new(&config.notify.webhook_hosts),
         )),
         store.clone(),
         config.notify.attempts,
@@ -227,7 +228,8 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         store.clone(),
         secs(config.reports.ack_target_secs),
         gateways.clone(),
-    );
+    )
+    .with_webhook_hosts(WebhookHosts::new(&config.notify.webhook_hosts));
     let remote_changes = store.remote_changes();
     let desk = AlertDesk::new(store, gateways, policy, notifier.clone());
 

@@ -3,10 +3,13 @@
 //!
 //! [`Channel`] is the seam for SMS, voice or app push; [`Webhook`] is the one
 //! built here: a JSON POST signed with HMAC-SHA256 over
-//! `"{timestamp}.{body}"` with a shared secret (header
-//! `X-Anxin-Signature: sha256=<hex>`, timestamp in `X-Anxin-Timestamp`),
-//! retried with backoff on network errors, 429 and 5xx. Every delivery
-//! carries a `deliveryId` so a receiver can drop a retried duplicate.
+//! `"{timestamp}.{delivery id}.{body}"` with a shared secret (header
+//! `X-Anxin-Signature: sha256=<hex>`, the timestamp in `X-Anxin-Timestamp`,
+//! the delivery id in `X-Anxin-Delivery`), retried with backoff on network
+//! errors, 429 and 5xx. A receiver checks the signature, refuses a timestamp
+//! more than a few minutes away, and drops a delivery id it has seen (a
+//! retry, or a captured delivery replayed). Only hosts the operator lists in
+//! `notify.webhook_hosts` are ever called ([`WebhookHosts`]).
 //! Notifications go through a durable outbox in the store (see
 //! [`Notifier`]); their outcome is written to the audit log.
 
@@ -43,6 +46,8 @@ pub enum NotifyError {
     Status(u16),
     #[error("request failed: {0}")]
     Transport(String),
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 impl NotifyError {
@@ -50,6 +55,55 @@ impl NotifyError {
         match self {
             NotifyError::Status(code) => *code == 429 || *code >= 500,
             NotifyError::Transport(_) => true,
+            NotifyError::NotAllowed(_) => false,
+        }
+    }
+}
+
+/// The hosts webhooks may go to (`notify.webhook_hosts`): an exact name or
+/// address, or `*.suffix` for a domain's hosts. Nothing else is called, so
+/// a contact URL typed into the directory cannot make the server reach
+/// into an internal network it was not meant to.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookHosts {
+    allowed: Vec<String>,
+}
+
+impl WebhookHosts {
+    pub fn new(allowed: &[String]) -> Self {
+        Self {
+            allowed: allowed.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// Whether `url` may be called; the reason when not.
+    pub fn check(&self, url: &str) -> Result<(), String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("`{url}` is not an http(s) URL"));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| format!("`{url}` names no host"))?
+            .to_ascii_lowercase();
+        let allowed = self
+            .allowed
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(suffix) => host.ends_with(&format!(".{suffix}")),
+                None => *pattern == host,
+            });
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "webhook host `{host}` is not in notify.webhook_hosts ({})",
+                if self.allowed.is_empty() {
+                    "empty: no webhooks allowed".to_string()
+                } else {
+                    self.allowed.join(", ")
+                }
+            ))
         }
     }
 }
@@ -63,24 +117,32 @@ pub trait Channel: Send + Sync {
 pub struct Webhook {
     client: reqwest::Client,
     secret: String,
+    hosts: WebhookHosts,
 }
 
 impl Webhook {
-    pub fn new(secret: &str, timeout: Duration) -> Self {
+    pub fn new(secret: &str, timeout: Duration, hosts: WebhookHosts) -> Self {
         Self {
             client: reqwest::Client::builder()
                 .timeout(timeout)
+                // A redirect could lead anywhere: the allow-list is the
+                // address that is called, nothing it points on to.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("building the webhook HTTP client"),
             secret: secret.to_string(),
+            hosts,
         }
     }
 }
 
-/// The signature a receiver recomputes to check a delivery.
-pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+/// The signature a receiver recomputes to check a delivery: HMAC-SHA256
+/// of `"{timestamp}.{delivery id}.{body}"`.
+pub fn signature(secret: &str, timestamp: &str, delivery_id: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
     mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(delivery_id.as_bytes());
     mac.update(b".");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
@@ -89,6 +151,7 @@ pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
 #[async_trait::async_trait]
 impl Channel for Webhook {
     async fn deliver(&self, address: &str, notification: &Notification) -> Result<(), NotifyError> {
+        self.hosts.check(address).map_err(NotifyError::NotAllowed)?;
         let body = serde_json::to_vec(notification).expect("notifications serialize");
         let timestamp = now_ms().to_string();
         let response = self
@@ -98,7 +161,7 @@ impl Channel for Webhook {
             .header("x-anxin-timestamp", &timestamp)
             .header(
                 "x-anxin-signature",
-                signature(&self.secret, &timestamp, &body),
+                signature(&self.secret, &timestamp, &notification.delivery_id, &body),
             )
             .header("x-anxin-delivery", &notification.delivery_id)
             .body(body)
@@ -285,12 +348,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_signature_covers_timestamp_and_body() {
-        let a = signature("s3cret", "1", b"{}");
+    fn the_signature_covers_timestamp_delivery_and_body() {
+        let a = signature("s3cret", "1", "7-0-offer", b"{}");
         assert!(a.starts_with("sha256="));
-        assert_ne!(a, signature("s3cret", "2", b"{}"));
-        assert_ne!(a, signature("other", "1", b"{}"));
-        assert_ne!(a, signature("s3cret", "1", b"{ }"));
+        assert_ne!(a, signature("s3cret", "2", "7-0-offer", b"{}"));
+        assert_ne!(a, signature("s3cret", "1", "7-1-offer", b"{}"));
+        assert_ne!(a, signature("other", "1", "7-0-offer", b"{}"));
+        assert_ne!(a, signature("s3cret", "1", "7-0-offer", b"{ }"));
+    }
+
+    #[test]
+    fn only_listed_hosts_are_called() {
+        let hosts = WebhookHosts::new(&["hooks.example.cn".into(), "*.city.gov.cn".into()]);
+        assert!(hosts.check("https://hooks.example.cn/x").is_ok());
+        assert!(hosts.check("https://HOOKS.example.cn:8443/x").is_ok());
+        assert!(hosts.check("https://sms.city.gov.cn/x").is_ok());
+        assert!(hosts.check("https://city.gov.cn.evil.com/x").is_err());
+        assert!(hosts.check("http://169.254.169.254/latest").is_err());
+        assert!(hosts.check("file:///etc/passwd").is_err());
+        let err = WebhookHosts::default()
+            .check("https://hooks.example.cn/x")
+            .unwrap_err();
+        assert!(err.contains("notify.webhook_hosts"), "{err}");
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub fn compute(
             .into_iter()
             .map(|(outcome, count)| OutcomeCount { outcome, count })
             .collect(),
+        community_name: String::new(),
     }
 }
 
@@ -98,6 +99,7 @@ pub fn compute(
 pub fn to_csv(report: &Report) -> String {
     let mut rows = vec![
         ("community".to_string(), report.community_id.clone()),
+        ("community_name".into(), report.community_name.clone()),
         ("from_ms".into(), report.from_ms.to_string()),
         ("to_ms".into(), report.to_ms.to_string()),
         ("alerts".into(), report.alerts.to_string()),
@@ -131,17 +133,37 @@ pub fn to_csv(report: &Report) -> String {
     out
 }
 
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
+/// One CSV cell. A cell a spreadsheet would read as a formula (starting
+/// with `=`, `+`, `-`, `@`, a tab or a carriage return: a place named
+/// `=HYPERLINK(…)`) gets a leading `'`, so it stays text when the report is
+/// opened (CSV injection).
+pub fn csv_field(text: &str) -> String {
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let text = if formula {
+        format!("'{text}")
     } else {
         text.to_string()
+    };
+    if formula || text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cell_that_reads_as_a_formula_stays_text() {
+        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        for lead in ["+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(csv_field(lead).starts_with("\"'"), "{lead}");
+        }
+        assert_eq!(csv_field("Anzhen, Beijing"), "\"Anzhen, Beijing\"");
+        assert_eq!(csv_field("c-007"), "c-007");
+    }
 
     #[test]
     fn nearest_rank_picks_a_real_sample() {

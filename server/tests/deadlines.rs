@@ -78,7 +78,7 @@ async fn a_fall_joining_an_offered_alert_shortens_its_deadline_to_p0s() {
         emergency_hook: String::new(),
     };
     let notifier = Notifier::new(
-        Arc::new(Webhook::new("", Duration::from_secs(1))),
+        Arc::new(Webhook::new("", Duration::from_secs(1), Default::default())),
         store.clone(),
         1,
         Duration::from_millis(10),

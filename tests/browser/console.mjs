@@ -99,12 +99,18 @@ const browser = await chromium.launch({
     '--disable-component-update', '--disable-sync', '--autoplay-policy=no-user-gesture-required'],
 });
 const pages = [];
+const policyViolations = [];
 async function signIn(token, { mobile = false, language = 'en' } = {}) {
   const context = await browser.newContext(mobile
     ? { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, locale: language }
     : { viewport: { width: 1360, height: 820 }, locale: language });
   const page = await context.newPage();
-  page.on('console', m => { if (m.type() === 'error') log(`browser console: ${m.text()}`); });
+  page.on('console', m => {
+    if (m.type() !== 'error') return;
+    log(`browser console: ${m.text()}`);
+    // The server's Content-Security-Policy must not be what breaks a page.
+    if (m.text().includes('Content Security Policy')) policyViolations.push(m.text());
+  });
   await page.goto(`${BASE}/#token=${token}`);
   await page.waitForSelector('#live.on', { timeout: PATIENCE });
   pages.push(page);
@@ -227,6 +233,7 @@ try {
   check(await desk.locator('#gateway-board tr[data-gateway-id="gw-test"].gw-ok').count() === 1, 'the healthy gateway reads ok');
   check(await desk.locator('#gateway-trouble').textContent() === '1', 'the nav badge counts it');
   await shot(desk, 'gateways-en');
+  check(policyViolations.length === 0, `no Content-Security-Policy violations: ${policyViolations.join(' | ')}`);
   log('console browser test passed');
 } catch (err) {
   failed = true;

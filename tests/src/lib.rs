@@ -369,6 +369,8 @@ impl Server {
             ("grpc", vec![format!("listen = \"127.0.0.1:{grpc_port}\"")]),
             ("http", vec![format!("listen = \"127.0.0.1:{http_port}\"")]),
             ("store", store),
+            // The tests' webhook receivers listen on loopback.
+            ("notify", vec!["webhook_hosts = [\"127.0.0.1\"]".into()]),
             (
                 "auth",
                 vec![format!("admin_token = \"{TEST_ADMIN_TOKEN}\"")],

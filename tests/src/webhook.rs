@@ -35,11 +35,59 @@ pub struct WebhookReceiver {
     pub deliveries: mpsc::UnboundedReceiver<Delivery>,
     /// Every request, refused or accepted.
     pub attempts: Arc<AtomicUsize>,
+    /// Why a checking receiver refused each delivery it refused.
+    pub refusals: mpsc::UnboundedReceiver<&'static str>,
     task: JoinHandle<()>,
+}
+
+/// How a receiver checks a delivery, as docs/dispatch.md tells receivers
+/// to: the signature over `timestamp.delivery.body` with the shared
+/// secret, a timestamp at most five minutes away, and a delivery id not
+/// seen before (a retry or a replay of a captured delivery).
+pub fn check_delivery(
+    secret: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    seen: &std::sync::Mutex<std::collections::HashSet<String>>,
+) -> Result<(), (StatusCode, &'static str)> {
+    use hmac::{Hmac, Mac};
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(timestamp), Some(delivery), Some(signature)) = (
+        header("x-anxin-timestamp"),
+        header("x-anxin-delivery"),
+        header("x-anxin-signature"),
+    ) else {
+        return Err((StatusCode::UNAUTHORIZED, "unsigned"));
+    };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(delivery.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    if expected != signature {
+        return Err((StatusCode::UNAUTHORIZED, "bad signature"));
+    }
+    let sent: i64 = timestamp
+        .parse()
+        .map_err(|_| (StatusCode::UNAUTHORIZED, "bad timestamp"))?;
+    if (anxin_proto::now_ms() - sent).abs() > 5 * 60 * 1000 {
+        return Err((StatusCode::UNAUTHORIZED, "stale timestamp"));
+    }
+    if !seen.lock().unwrap().insert(delivery.to_string()) {
+        return Err((StatusCode::CONFLICT, "replayed delivery"));
+    }
+    Ok(())
 }
 
 #[derive(Clone)]
 struct Shared {
+    /// Check every delivery with this secret ([`check_delivery`]).
+    secret: Option<String>,
+    seen: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Why each refused delivery was refused.
+    refusals: mpsc::UnboundedSender<&'static str>,
     refuse_first: usize,
     attempts: Arc<AtomicUsize>,
     bodies: mpsc::UnboundedSender<serde_json::Value>,
@@ -55,6 +103,12 @@ async fn receive(
     let attempt = shared.attempts.fetch_add(1, Ordering::SeqCst);
     if attempt < shared.refuse_first {
         return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    if let Some(secret) = &shared.secret
+        && let Err((status, why)) = check_delivery(secret, &headers, &body, &shared.seen)
+    {
+        let _ = shared.refusals.send(why);
+        return status;
     }
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let _ = shared.bodies.send(json.clone());
@@ -77,6 +131,17 @@ impl WebhookReceiver {
 
     /// Answers 503 to the first `n` requests, then 200.
     pub async fn refusing_first(n: usize) -> Self {
+        Self::serve(n, None).await
+    }
+
+    /// Checks every delivery as a receiver should ([`check_delivery`]) and
+    /// refuses what fails: 401 for a bad signature or timestamp, 409 for a
+    /// delivery id seen before.
+    pub async fn checking(secret: &str) -> Self {
+        Self::serve(0, Some(secret.to_string())).await
+    }
+
+    async fn serve(n: usize, secret: Option<String>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the receiver");
@@ -84,7 +149,11 @@ impl WebhookReceiver {
         let (bodies_tx, bodies) = mpsc::unbounded_channel();
         let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
         let attempts = Arc::new(AtomicUsize::new(0));
+        let (refusals_tx, refusals) = mpsc::unbounded_channel();
         let shared = Shared {
+            secret,
+            seen: Default::default(),
+            refusals: refusals_tx,
             refuse_first: n,
             attempts: attempts.clone(),
             bodies: bodies_tx,
@@ -101,6 +170,7 @@ impl WebhookReceiver {
             bodies,
             deliveries,
             attempts,
+            refusals,
             task,
         }
     }

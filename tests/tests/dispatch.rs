@@ -11,8 +11,6 @@ use anxin_tests::{
     sse::SseStream,
     webhook::{Delivery, WebhookReceiver},
 };
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 /// Today's weekday (1 = Monday) in UTC+8, the servers' default shift zone.
 fn local_weekday() -> u64 {
@@ -41,13 +39,13 @@ async fn next_delivery(receiver: &mut WebhookReceiver) -> Delivery {
 }
 
 fn signature_ok(delivery: &Delivery, secret: &str) -> bool {
-    let timestamp = &delivery.headers["x-anxin-timestamp"];
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(&delivery.raw);
-    delivery.headers["x-anxin-signature"]
-        == format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    let headers: axum::http::HeaderMap = delivery
+        .headers
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.parse().unwrap()))
+        .collect();
+    anxin_tests::webhook::check_delivery(secret, &headers, &delivery.raw, &Default::default())
+        .is_ok()
 }
 
 /// The single alert, once `ready` holds for it.

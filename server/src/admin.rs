@@ -430,6 +430,14 @@ impl AdminDesk {
             .collect())
     }
 
+    /// Checks the audit chain: every entry's hash follows from the one
+    /// before it (`anxin-server audit verify` does the same offline).
+    pub fn verify_audit(&self, caller: &Principal) -> Result<crate::store::ChainReport, DeskError> {
+        guard(&self.store, caller, Need::Administer, None, "audit")?;
+        let entries = self.store.query(&AuditQuery::default())?;
+        Ok(crate::store::verify_chain(entries))
+    }
+
     pub fn report(
         &self,
         caller: &Principal,

@@ -64,6 +64,19 @@ enum Command {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum AuditCommand {
+    /// Check the audit chain of the store the config names: exit 0 and the
+    /// head hash when every entry follows from the one before it; exit 1
+    /// and the id of the first entry that does not.
+    Verify,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,8 +85,17 @@ fn main() -> anyhow::Result<()> {
         print!("{}", ServerConfig::default_toml());
         return Ok(());
     }
+    // A command's answer is its standard output; its log goes to stderr.
+    let to_stderr = args.command.is_some();
     tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()) && !to_stderr)
+        .with_writer(move || -> Box<dyn std::io::Write> {
+            if to_stderr {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            }
+        })
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -88,8 +110,39 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match (&args.command, &args.seed) {
         (Some(Command::Migrate { to }), _) => runtime.block_on(migrate(config, to)),
+        (
+            Some(Command::Audit {
+                command: AuditCommand::Verify,
+            }),
+            _,
+        ) => runtime.block_on(verify_audit(config)),
         (None, Some(seed)) => runtime.block_on(seed_directory(config, seed)),
         (None, None) => runtime.block_on(run(config)),
+    }
+}
+
+async fn verify_audit(config: ServerConfig) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let entries = store
+        .query(&Default::default())
+        .context("reading the audit log")?;
+    let report = store::verify_chain(entries);
+    match (report.broken_at, &report.problem) {
+        (Some(id), Some(problem)) => {
+            println!(
+                "audit chain BROKEN at entry {id}: {problem} ({} entries read)",
+                report.entries
+            );
+            println!("last good head {}", report.head);
+            std::process::exit(1);
+        }
+        _ => {
+            println!(
+                "audit chain ok: {} entries ({} from before the chain), head {}",
+                report.entries, report.unchained, report.head
+            );
+            Ok(())
+        }
     }
 }
 

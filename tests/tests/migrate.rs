@@ -102,6 +102,10 @@ async fn a_sled_store_moves_to_postgres_with_every_record_and_the_same_report() 
     let audit_after = replica.audit_of(&format!("alert/{first}")).await;
     assert_eq!(audit_after, audit_before);
     assert_eq!(replica.get("/api/v1/reports").await, report_before);
+    // The audit chain came along unbroken, and goes on from its head.
+    let chain = replica.get("/api/v1/audit/verify").await;
+    assert!(chain["brokenAt"].is_null(), "{chain}");
+    assert_eq!(chain["unchained"], 0, "{chain}");
     // The staff's token works on the copy, and new alerts come after.
     let (status, _) = replica.call("GET", "/api/v1/alerts", &carer, None).await;
     assert_eq!(status, 200);
@@ -115,4 +119,6 @@ async fn a_sled_store_moves_to_postgres_with_every_record_and_the_same_report() 
     .await;
     let number = |v: &serde_json::Value| v["id"].as_str().unwrap().parse::<u64>().unwrap();
     assert!(alerts_before.iter().all(|a| number(a) < number(&newest)));
+    let chain = replica.get("/api/v1/audit/verify").await;
+    assert!(chain["brokenAt"].is_null(), "{chain}");
 }

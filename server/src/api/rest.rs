@@ -73,6 +73,7 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/staff/{id}/tokens", post(issue_token))
         .route("/api/v1/import/{kind}", post(import))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/audit/verify", get(verify_audit))
         .route("/api/v1/reports", get(report))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -680,6 +681,15 @@ struct ReportParams {
     from: i64,
     to: i64,
     format: String,
+}
+
+/// `GET /api/v1/audit/verify`: the audit chain checked, with the first
+/// broken entry's id if there is one (admin only).
+async fn verify_audit(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+) -> Result<Json<crate::store::ChainReport>, ApiError> {
+    Ok(Json(state.admin.verify_audit(&caller)?))
 }
 
 /// `GET /api/v1/reports?community=&from=&to=` (ms; `to` 0 = now), JSON or

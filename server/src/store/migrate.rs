@@ -259,11 +259,14 @@ pub async fn sled_to_postgres(
     let mut entries: Vec<AuditEntry> = Vec::new();
     let mut last_audit = 0i64;
     let mut audited = 0u64;
-    let mut audit = from.audit.iter().peekable();
-    while let Some(item) = audit.next() {
-        let (_, value) = item?;
-        let entry: AuditEntry = decode("audit entry", &value)?;
+    let mut head = String::new();
+    let mut audit = super::sled::audit_entries(&from.audit).peekable();
+    while let Some(entry) = audit.next() {
+        let entry = entry?;
         last_audit = last_audit.max(entry.id as i64);
+        if !entry.hash.is_empty() {
+            head = entry.hash.clone();
+        }
         entries.push(entry);
         if entries.len() == CHUNK || audit.peek().is_none() {
             let ids: Vec<i64> = entries.iter().map(|e| e.id as i64).collect();
@@ -289,6 +292,9 @@ pub async fn sled_to_postgres(
         &[&last_audit],
     )
     .await?;
+    // The chain goes on from the copied entries.
+    tx.execute("update audit_head set hash = $1", &[&head])
+        .await?;
 
     let mut outbox = 0u64;
     for item in from.outbox.iter() {
@@ -319,7 +325,7 @@ pub async fn sled_to_postgres(
         from.incidents.len(),
         from.events.len(),
         from.downlinks.len(),
-        from.audit.len(),
+        super::sled::audit_entries(&from.audit).count(),
         from.outbox.len(),
     ];
     let mut tallies = Vec::new();

@@ -288,6 +288,71 @@ pub(crate) fn offer_deadline(alert: &Alert) -> Option<i64> {
         .then_some(alert.offer_deadline_ms)
 }
 
+/// The chain hash of `entry` after an entry whose hash is `previous`
+/// (empty for the first): SHA-256 over the previous hash's text and the
+/// entry's encoding with its own `hash` empty.
+pub fn chain_hash(previous: &str, entry: &AuditEntry) -> String {
+    use sha2::{Digest, Sha256};
+    let mut unhashed = entry.clone();
+    unhashed.hash.clear();
+    let mut digest = Sha256::new();
+    digest.update(previous.as_bytes());
+    digest.update(unhashed.encode_to_vec());
+    hex::encode(digest.finalize())
+}
+
+/// What `audit verify` found.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainReport {
+    /// Entries read.
+    pub entries: u64,
+    /// Entries written before the chain existed (no hash), all before the
+    /// first chained one.
+    pub unchained: u64,
+    /// The last good hash: write it down somewhere else to notice a
+    /// rewrite of the whole chain later.
+    pub head: String,
+    /// The first entry whose hash does not follow from the one before it,
+    /// and why; `None`: the chain holds.
+    pub broken_at: Option<u64>,
+    pub problem: Option<String>,
+}
+
+/// Walks entries in id order and checks every link.
+pub fn verify_chain(entries: impl IntoIterator<Item = AuditEntry>) -> ChainReport {
+    let mut report = ChainReport {
+        entries: 0,
+        unchained: 0,
+        head: String::new(),
+        broken_at: None,
+        problem: None,
+    };
+    for entry in entries {
+        report.entries += 1;
+        if entry.hash.is_empty() {
+            if report.head.is_empty() {
+                report.unchained += 1;
+                continue;
+            }
+            report.broken_at = Some(entry.id);
+            report.problem = Some("the entry carries no hash inside the chain".into());
+            return report;
+        }
+        if chain_hash(&report.head, &entry) != entry.hash {
+            report.broken_at = Some(entry.id);
+            report.problem = Some(
+                "its hash does not follow from the entry before it: this entry was changed, \
+                 or one before it was removed or changed"
+                    .into(),
+            );
+            return report;
+        }
+        report.head = entry.hash;
+    }
+    report
+}
+
 pub(crate) fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|e| StoreError::Corrupt(what.to_string(), e))
 }

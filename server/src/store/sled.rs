@@ -82,10 +82,34 @@ fn deadline_key(alert: &Alert) -> Option<[u8; 16]> {
 pub(crate) fn append_audit(
     audit: &TransactionalTree,
     mut entry: AuditEntry,
-) -> Result<(), ConflictableTransactionError<StoreError>> {
+) -> Result<AuditEntry, ConflictableTransactionError<StoreError>> {
+    // The head is read and written in the entry's transaction, so two
+    // writers conflict and one runs again with a fresh id: the chain
+    // follows id order.
+    let previous = audit
+        .get(CHAIN_HEAD)?
+        .map(|h| String::from_utf8_lossy(&h).into_owned())
+        .unwrap_or_default();
     entry.id = audit.generate_id()? + 1;
+    entry.hash = super::chain_hash(&previous, &entry);
     audit.insert(&entry.id.to_be_bytes(), entry.encode_to_vec())?;
-    Ok(())
+    audit.insert(CHAIN_HEAD, entry.hash.as_bytes())?;
+    Ok(entry)
+}
+
+/// The audit tree's one key that is not an entry: the last entry's hash.
+/// Entry keys are 8 bytes, so it can never be mistaken for one.
+pub(super) const CHAIN_HEAD: &[u8] = b"chain-head";
+
+/// The audit tree's entries, in id order (the chain head left out).
+pub(super) fn audit_entries(
+    audit: &sled::Tree,
+) -> impl Iterator<Item = Result<AuditEntry, StoreError>> + '_ {
+    audit.iter().filter_map(|item| match item {
+        Ok((key, _)) if key.len() != 8 => None,
+        Ok((_, bytes)) => Some(decode("audit entry", &bytes)),
+        Err(err) => Some(Err(err.into())),
+    })
 }
 
 /// Keeps `deadlines` and `incidents` true to an alert that changed from
@@ -722,17 +746,16 @@ impl Directory for SledStore {
 // ---- the audit log ----
 
 impl AuditLog for SledStore {
-    fn append(&self, mut entry: AuditEntry) -> Result<AuditEntry, StoreError> {
-        entry.id = self.db.generate_id()? + 1;
-        self.audit
-            .insert(entry.id.to_be_bytes(), entry.encode_to_vec())?;
-        Ok(entry)
+    fn append(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        Ok(self
+            .audit
+            .transaction(|audit| append_audit(audit, entry.clone()))?)
     }
 
     fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let mut out = Vec::new();
-        for bytes in self.audit.iter().values() {
-            let entry: AuditEntry = decode("audit entry", &bytes?)?;
+        for entry in audit_entries(&self.audit) {
+            let entry = entry?;
             if crate::audit::matches(query, &entry) {
                 out.push(entry);
             }

@@ -390,3 +390,65 @@ async fn the_outbox_holds_a_notification_until_one_deliverer_finishes_it() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_audit_entry_is_chained_and_an_edit_breaks_the_chain_there() {
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        // Entries from every path: an event's decision, an alert change,
+        // a plain append, a directory write.
+        let alert = offered_fall(&store, 5_000);
+        store
+            .update_alert(&alert.id, |a| {
+                Ok(Change {
+                    audit: vec![anxin_proto::v1::AuditEntry {
+                        action: "alert.note".into(),
+                        target: format!("alert/{}", a.id),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        store
+            .append(anxin_proto::v1::AuditEntry {
+                action: "resident.read".into(),
+                detail: "r-1".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        store
+            .put_place(
+                &anxin_proto::v1::Place {
+                    id: "city".into(),
+                    ..Default::default()
+                },
+                anxin_proto::v1::AuditEntry {
+                    action: "place.put".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let entries = store.query(&AuditQuery::default()).unwrap();
+        assert_eq!(entries.len(), 4);
+        let report = verify_chain(entries.clone());
+        assert_eq!(report.broken_at, None, "{report:?}");
+        assert_eq!(report.head, entries[3].hash);
+        assert_eq!(report.unchained, 0);
+
+        // Changed, removed, reordered: found at the first entry it touches.
+        let mut edited = entries.clone();
+        edited[1].detail = "nothing happened".into();
+        assert_eq!(verify_chain(edited).broken_at, Some(entries[1].id));
+        let mut removed = entries.clone();
+        removed.remove(1);
+        assert_eq!(verify_chain(removed).broken_at, Some(entries[2].id));
+        let mut swapped = entries.clone();
+        swapped.swap(1, 2);
+        assert_eq!(verify_chain(swapped).broken_at, Some(entries[2].id));
+        let mut unhashed = entries.clone();
+        unhashed[3].hash.clear();
+        assert_eq!(verify_chain(unhashed).broken_at, Some(entries[3].id));
+    })
+    .await;
+}

@@ -50,6 +50,7 @@ use crate::{
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("0001_init.sql")),
     (2, "outbox", include_str!("0002_outbox.sql")),
+    (3, "audit_chain", include_str!("0003_audit_chain.sql")),
 ];
 
 /// Serialises schema migrations across replicas starting together.
@@ -184,14 +185,20 @@ impl PgStore {
             .execute("select pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         let result = async {
-            client
-                .batch_execute(
-                    "create table if not exists schema_migrations (
-                        version integer primary key,
-                        name text not null,
-                        applied_ms bigint not null)",
-                )
-                .await?;
+            let fresh = client
+                .query_one("select to_regclass('schema_migrations') is null", &[])
+                .await?
+                .get::<_, bool>(0);
+            if fresh {
+                client
+                    .batch_execute(
+                        "create table schema_migrations (
+                            version integer primary key,
+                            name text not null,
+                            applied_ms bigint not null)",
+                    )
+                    .await?;
+            }
             for (version, name, sql) in MIGRATIONS {
                 let applied = client
                     .query_opt(
@@ -255,10 +262,30 @@ impl PgStore {
         Ok(())
     }
 
-    async fn insert_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<(), StoreError> {
+    /// Appends an audit entry, chained: the head row is locked until the
+    /// transaction ends, and the id is taken under that lock, so the chain
+    /// follows id order across replicas.
+    async fn insert_audit(
+        tx: &Transaction<'_>,
+        entry: &AuditEntry,
+    ) -> Result<AuditEntry, StoreError> {
+        let previous: String = tx
+            .query_one("select hash from audit_head for update", &[])
+            .await?
+            .get(0);
+        let id: i64 = tx
+            .query_one("select nextval(pg_get_serial_sequence('audit', 'id'))", &[])
+            .await?
+            .get(0);
+        let mut entry = AuditEntry {
+            id: id as u64,
+            ..entry.clone()
+        };
+        entry.hash = super::chain_hash(&previous, &entry);
         tx.execute(
-            "insert into audit (at_ms, actor, action, target, body) values ($1, $2, $3, $4, $5)",
+            "insert into audit (id, at_ms, actor, action, target, body) values ($1, $2, $3, $4, $5, $6)",
             &[
+                &id,
                 &entry.at_ms,
                 &entry.actor,
                 &entry.action,
@@ -267,7 +294,9 @@ impl PgStore {
             ],
         )
         .await?;
-        Ok(())
+        tx.execute("update audit_head set hash = $1", &[&entry.hash])
+            .await?;
+        Ok(entry)
     }
 
     async fn insert_outbox(
@@ -1147,25 +1176,11 @@ impl Directory for PgStore {
 impl AuditLog for PgStore {
     fn append(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError> {
         self.block(async {
-            let client = self.pool.get().await?;
-            let id: i64 = client
-                .query_one(
-                    "insert into audit (at_ms, actor, action, target, body)
-                     values ($1, $2, $3, $4, $5) returning id",
-                    &[
-                        &entry.at_ms,
-                        &entry.actor,
-                        &entry.action,
-                        &entry.target,
-                        &entry.encode_to_vec(),
-                    ],
-                )
-                .await?
-                .get(0);
-            Ok(AuditEntry {
-                id: id as u64,
-                ..entry
-            })
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let entry = Self::insert_audit(&tx, &entry).await?;
+            tx.commit().await?;
+            Ok(entry)
         })
     }
 

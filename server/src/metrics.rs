@@ -23,6 +23,7 @@ pub const NOTIFY_DELIVERED: &str = "anxin_server_notifications_delivered_total";
 pub const NOTIFY_RETRIES: &str = "anxin_server_notification_retries_total";
 pub const NOTIFY_FAILED: &str = "anxin_server_notifications_failed_total";
 pub const REMOTE_CHANGES: &str = "anxin_server_remote_changes_total";
+pub const EVENTS_FOREIGN: &str = "anxin_server_events_foreign_device_total";
 pub const DATABASE_UP: &str = "anxin_server_database_up";
 
 pub fn install() -> PrometheusHandle {
@@ -52,6 +53,10 @@ pub fn install() -> PrometheusHandle {
     );
     describe_counter!(EVENTS_INVALID, "Uplink messages refused as invalid.");
     describe_counter!(ALERTS_CREATED, "Alerts raised.");
+    describe_counter!(
+        EVENTS_FOREIGN,
+        "Events a gateway sent for a device registered to another gateway: refused (acknowledged, not stored, audited)."
+    );
     describe_counter!(
         REMOTE_CHANGES,
         "Changes other replicas committed, as this one heard of them."

@@ -61,6 +61,81 @@ fn origin_of(
     })
 }
 
+/// Which devices a gateway may speak for: those registered to it, and
+/// devices the directory does not know (an unregistered device's SOS must
+/// still reach a dispatcher). Looked up once per device and kept for a
+/// while, so telemetry at full rate costs no directory read per event.
+struct DeviceOwners {
+    known: std::collections::HashMap<String, (bool, std::time::Instant)>,
+}
+
+const OWNER_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl DeviceOwners {
+    fn new() -> Self {
+        Self {
+            known: Default::default(),
+        }
+    }
+
+    fn allowed(
+        &mut self,
+        desk: &AlertDesk,
+        gateway_id: &str,
+        device_id: &str,
+    ) -> Result<bool, StoreError> {
+        if device_id == gateway_id {
+            return Ok(true);
+        }
+        if let Some((allowed, at)) = self.known.get(device_id)
+            && at.elapsed() < OWNER_TTL
+        {
+            return Ok(*allowed);
+        }
+        let allowed = desk
+            .store()
+            .device(device_id)?
+            .is_none_or(|d| d.gateway_id.is_empty() || d.gateway_id == gateway_id);
+        if self.known.len() > 100_000 {
+            self.known.clear();
+        }
+        self.known
+            .insert(device_id.to_string(), (allowed, std::time::Instant::now()));
+        Ok(allowed)
+    }
+}
+
+/// Events for other gateways' devices: acknowledged so the sender's journal
+/// lets go of them, never stored, counted, logged and audited once per
+/// batch.
+fn refuse_foreign(desk: &AlertDesk, gateway_id: &str, refused: &[(String, u64)]) {
+    if refused.is_empty() {
+        return;
+    }
+    metrics::counter!(m::EVENTS_FOREIGN).increment(refused.len() as u64);
+    let examples: Vec<String> = refused
+        .iter()
+        .take(5)
+        .map(|(device, seq)| format!("{device}#{seq}"))
+        .collect();
+    tracing::warn!(gateway_id, count = refused.len(), examples = %examples.join(","), "events for devices registered to another gateway refused");
+    let entry = anxin_proto::v1::AuditEntry {
+        at_ms: now_ms(),
+        actor: format!("gateway/{gateway_id}"),
+        action: "uplink.refused".into(),
+        target: format!("gateway/{gateway_id}"),
+        detail: format!(
+            "{} event(s) for devices registered to another gateway, e.g. {}",
+            refused.len(),
+            examples.join(", ")
+        ),
+        ..Default::default()
+    };
+    if let Err(err) = desk.store().append(entry) {
+        tracing::error!(gateway_id, error = %err, "auditing refused events failed");
+    }
+}
+
 /// Most events committed under one flush.
 const MAX_BATCH: usize = 512;
 
@@ -296,6 +371,7 @@ async fn serve_gateway(
             .await
             .map_err(|_| GatewayStreamError::ResponseClosed)
     };
+    let mut owners = DeviceOwners::new();
     // Help-is-coming messages queued while the gateway was away.
     for downlink in desk.store().pending_downlinks(gateway_id)? {
         send(ServerMessage {
@@ -329,7 +405,15 @@ async fn serve_gateway(
         // cancels one by one, each with its incident decision.
         let mut plain = Vec::new();
         let mut others = Vec::with_capacity(batch.len());
+        let mut foreign = Vec::new();
         for message in batch {
+            if let Some(gateway_message::Body::Event(uplink)) = &message.body
+                && let Some(event) = &uplink.event
+                && !owners.allowed(desk, gateway_id, &event.device_id)?
+            {
+                foreign.push((event.device_id.clone(), event.seq));
+                continue;
+            }
             match message.body {
                 Some(gateway_message::Body::Event(uplink))
                     if uplink
@@ -373,7 +457,7 @@ async fn serve_gateway(
                             }
                         }
                         Ok(Committed::Duplicate) => note_commit(gateway_id, event, false),
-                        Err(err @ StoreError::Storage(_)) => {
+                        Err(err @ (StoreError::Storage(_) | StoreError::Database(_))) => {
                             // The store is out of use: end the stream; the
                             // gateway keeps the event and resends.
                             metrics::counter!(m::STORE_ERRORS).increment(1);
@@ -426,6 +510,12 @@ async fn serve_gateway(
                 }
             }
         }
+        refuse_foreign(desk, gateway_id, &foreign);
+        acks.extend(
+            foreign
+                .into_iter()
+                .map(|(device_id, seq)| Received { device_id, seq }),
+        );
         if acks.is_empty() && changed_alerts.is_empty() {
             continue;
         }

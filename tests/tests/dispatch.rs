@@ -536,6 +536,53 @@ async fn a_gateway_without_its_own_token_is_refused() {
     );
 }
 
+/// A gateway speaks only for its own devices: an event it relays for a
+/// device registered to another gateway is refused (acknowledged, so its
+/// journal lets go, but never stored), counted and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cannot_submit_events_for_another_gateways_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    server.add_community("c-a").await;
+    server.add_resident("r-1", "c-a", &["btn-own"]).await;
+    server.add_resident("r-2", "c-a", &["btn-other"]).await;
+    server
+        .send(
+            "PUT",
+            "/api/v1/gateways/gw-other",
+            serde_json::json!({ "communityId": "c-a" }),
+        )
+        .await;
+    server
+        .send(
+            "PUT",
+            "/api/v1/devices/btn-other",
+            serde_json::json!({ "kind": "call_button", "residentId": "r-2", "gatewayId": "gw-other" }),
+        )
+        .await;
+    // gw-test knows btn-other's credentials (its own TOML): it can take
+    // the press, but it is not btn-other's gateway.
+    let gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-own", "btn-other"]).await;
+    Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-other").await;
+    Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-own").await;
+    gateway.wait_drained(PATIENCE).await;
+    assert_eq!(server.events_for("btn-own").await.len(), 1);
+    assert!(server.events_for("btn-other").await.is_empty());
+    assert!(server.alerts_for("btn-other").await.is_empty());
+    assert_eq!(
+        server
+            .metric("anxin_server_events_foreign_device_total")
+            .await,
+        1.0
+    );
+    let refused = server.audit_of("gateway/gw-test").await;
+    assert!(
+        refused.iter().any(|e| e["action"] == "uplink.refused"
+            && e["detail"].as_str().unwrap().contains("btn-other#")),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grpc_admin_and_dispatch_services_check_the_same_rights() {
     use anxin_proto::v1::{ActRequest, AlertAction, ListRequest, Place, PlaceLevel, ReportRequest};

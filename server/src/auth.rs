@@ -20,6 +20,9 @@ pub enum AuthError {
     Missing,
     #[error("the API token is not valid")]
     Invalid,
+    /// A known token that may no longer be used (expired, revoked).
+    #[error("{0}; sign in again or ask for a new token")]
+    Refused(&'static str),
     #[error("{0}")]
     Forbidden(String),
     #[error(transparent)]
@@ -148,6 +151,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A token's last use is written at most this often.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
 #[derive(Clone)]
 pub struct Authenticator {
     store: Store,
@@ -169,7 +175,17 @@ impl Authenticator {
             return Ok(Principal::Admin);
         }
         let record = self.store.token(&digest)?.ok_or(AuthError::Invalid)?;
+        let now = anxin_proto::now_ms();
+        if let Some(why) = record.refusal(now) {
+            return Err(AuthError::Refused(why));
+        }
+        if now - record.last_used_ms >= TOUCH_EVERY_MS
+            && let Err(err) = self.store.touch_token(&digest, now)
+        {
+            tracing::debug!(error = %err, "recording a token's use failed");
+        }
         match record.subject_kind.as_str() {
+            "admin" => Ok(Principal::Admin),
             "staff" => match self.store.staff_member(&record.subject_id)? {
                 Some(staff) if staff.active => Ok(Principal::Staff(staff)),
                 _ => Err(AuthError::Invalid),

@@ -43,6 +43,13 @@ pub struct AuthConfig {
     /// Empty: a random one is made at start-up and printed in the log.
     /// Other tokens are issued through the admin API.
     pub admin_token: String,
+    /// Lifetime of a staff token issued through the API; 0: no expiry.
+    pub token_ttl_secs: u64,
+    /// After a rotation, the old token still works this long.
+    pub rotation_grace_secs: u64,
+    /// Lifetime of a console session (made from a person's token at
+    /// sign-in, so the long-lived token is not kept by the browser).
+    pub console_session_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -148,6 +155,9 @@ impl Default for ServerConfig {
             },
             auth: AuthConfig {
                 admin_token: String::new(),
+                token_ttl_secs: 90 * 24 * 3600,
+                rotation_grace_secs: 24 * 3600,
+                console_session_secs: 12 * 3600,
             },
             incidents: IncidentsConfig {
                 window_secs: 1800,
@@ -291,6 +301,9 @@ impl ServerConfig {
                 "auth.admin_token",
                 "must be at least 16 characters (or empty for a random one)",
             );
+        }
+        if self.auth.console_session_secs == 0 {
+            return invalid("auth.console_session_secs", "must be at least 1");
         }
         if self.routing.p0_deadline_secs == 0 {
             return invalid("routing.p0_deadline_secs", "must be at least 1");

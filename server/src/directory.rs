@@ -20,6 +20,37 @@ pub struct TokenRecord {
     pub subject_id: String,
     #[prost(int64, tag = "3")]
     pub issued_ms: i64,
+    /// Refused from this instant on; 0: never expires.
+    #[prost(int64, tag = "4")]
+    pub expires_ms: i64,
+    /// Refused since this instant; 0: not revoked.
+    #[prost(int64, tag = "5")]
+    pub revoked_ms: i64,
+    /// Last accepted (written at most once a minute).
+    #[prost(int64, tag = "6")]
+    pub last_used_ms: i64,
+    /// A console session (short-lived, made from a person's token).
+    #[prost(bool, tag = "7")]
+    pub session: bool,
+}
+
+impl TokenRecord {
+    /// Why this token is refused at `now_ms`, if it is.
+    pub fn refusal(&self, now_ms: i64) -> Option<&'static str> {
+        if self.revoked_ms > 0 {
+            Some("the API token was revoked")
+        } else if self.expires_ms > 0 && now_ms >= self.expires_ms {
+            Some("the API token has expired")
+        } else {
+            None
+        }
+    }
+}
+
+/// The public name of a token: the start of its digest, enough to list and
+/// revoke it by, useless to sign in with.
+pub fn token_id(token_sha256: &str) -> String {
+    token_sha256.chars().take(16).collect()
 }
 
 /// Everything an import writes, applied all at once or not at all.
@@ -58,6 +89,14 @@ pub trait Directory {
         audit: AuditEntry,
     ) -> Result<(), StoreError>;
     fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// The tokens of one person or gateway, with their digests.
+    fn tokens_of(
+        &self,
+        subject_kind: &str,
+        subject_id: &str,
+    ) -> Result<Vec<(String, TokenRecord)>, StoreError>;
+    /// Records a token's use (no audit entry: it is not a change of rights).
+    fn touch_token(&self, token_sha256: &str, at_ms: i64) -> Result<(), StoreError>;
 }
 
 // ---- validation, shared by the admin APIs and the CSV import ----
@@ -297,5 +336,15 @@ impl<T: Directory + ?Sized + Send + Sync> Directory for std::sync::Arc<T> {
     }
     fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
         (**self).token(token_sha256)
+    }
+    fn tokens_of(
+        &self,
+        subject_kind: &str,
+        subject_id: &str,
+    ) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        (**self).tokens_of(subject_kind, subject_id)
+    }
+    fn touch_token(&self, token_sha256: &str, at_ms: i64) -> Result<(), StoreError> {
+        (**self).touch_token(token_sha256, at_ms)
     }
 }

@@ -282,7 +282,12 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         secs(config.reports.ack_target_secs),
         gateways.clone(),
     )
-    .with_webhook_hosts(WebhookHosts::new(&config.notify.webhook_hosts));
+    .with_webhook_hosts(WebhookHosts::new(&config.notify.webhook_hosts))
+    .with_token_policy(anxin_server::admin::TokenPolicy {
+        ttl_ms: secs(config.auth.token_ttl_secs),
+        rotation_grace_ms: secs(config.auth.rotation_grace_secs),
+        session_ms: secs(config.auth.console_session_secs),
+    });
     let remote_changes = store.remote_changes();
     let desk = AlertDesk::new(store, gateways, policy, notifier.clone());
 

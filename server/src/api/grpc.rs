@@ -333,9 +333,9 @@ impl Admin for AdminService {
         let who = staff_caller(&self.auth, &request)?;
         let token = self
             .admin
-            .issue_token(&who, &request.get_ref().staff_id)
+            .issue_token(&who, &request.get_ref().staff_id, None)
             .map_err(status)?;
-        Ok(Response::new(IssueTokenResponse { token }))
+        Ok(Response::new(IssueTokenResponse { token: token.token }))
     }
 
     async fn import(

@@ -43,7 +43,9 @@ impl From<StoreError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
-            AuthError::Missing | AuthError::Invalid => ApiError::Unauthorized(err.to_string()),
+            AuthError::Missing | AuthError::Invalid | AuthError::Refused(_) => {
+                ApiError::Unauthorized(err.to_string())
+            }
             AuthError::Forbidden(_) => ApiError::Forbidden(err.to_string()),
             AuthError::Store(err) => err.into(),
         }

@@ -675,6 +675,7 @@ impl Directory for SledStore {
             subject_kind: "gateway".into(),
             subject_id: gateway.id.clone(),
             issued_ms: audit.at_ms,
+            ..Default::default()
         };
         (
             &self.directory.gateways,
@@ -740,6 +741,31 @@ impl Directory for SledStore {
     }
     fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
         get(&self.directory.tokens, "token", token_sha256)
+    }
+    fn tokens_of(
+        &self,
+        subject_kind: &str,
+        subject_id: &str,
+    ) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.directory.tokens.iter() {
+            let (key, bytes) = item?;
+            let record: TokenRecord = decode("token", &bytes)?;
+            if record.subject_kind == subject_kind && record.subject_id == subject_id {
+                out.push((String::from_utf8_lossy(&key).into_owned(), record));
+            }
+        }
+        Ok(out)
+    }
+    fn touch_token(&self, token_sha256: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.directory
+            .tokens
+            .fetch_and_update(token_sha256.as_bytes(), |old| {
+                let mut record: TokenRecord = old.and_then(|b| TokenRecord::decode(b).ok())?;
+                record.last_used_ms = at_ms;
+                Some(record.encode_to_vec())
+            })?;
+        Ok(())
     }
 }
 

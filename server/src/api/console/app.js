@@ -45,7 +45,15 @@ const app = {
 };
 window.anxin = app;
 
-const token = () => localStorage.getItem('anxin-token');
+// The console keeps only a short-lived session (made at sign-in from the
+// person's token, which is then forgotten), in this tab's storage.
+const token = () => sessionStorage.getItem('anxin-session');
+async function openSession(given) {
+  const res = await fetch('/api/v1/sessions', { method: 'POST', headers: { authorization: `Bearer ${given}` } });
+  const json = await res.json().catch(() => ({}));
+  if (!res.ok) throw new ApiError(res.status, json.error || res.statusText);
+  sessionStorage.setItem('anxin-session', json.token);
+}
 class ApiError extends Error { constructor(status, message) { super(message); this.status = status; } }
 async function api(method, path, body) {
   const res = await fetch(path, {
@@ -458,7 +466,7 @@ function toggleLang() {
   render();
 }
 function signOut() {
-  localStorage.removeItem('anxin-token');
+  sessionStorage.removeItem('anxin-session');
   if (app.source) app.source.close();
   location.hash = '';
   location.reload();
@@ -506,8 +514,7 @@ function loginView(message) {
   const input = h('input', { id: 'token-input', type: 'password', autocomplete: 'current-password', 'aria-label': t('login.token') });
   const form = h('form', { id: 'login', class: 'card', onsubmit: async e => {
     e.preventDefault();
-    localStorage.setItem('anxin-token', input.value.trim());
-    start();
+    start(input.value.trim());
   } },
   h('h2', {}, `${t('app.title')} — ${t('login.title')}`),
   h('label', {}, t('login.token'), input),
@@ -518,14 +525,16 @@ function loginView(message) {
   input.focus();
 }
 
-async function start() {
+async function start(typed) {
   const fromHash = new URLSearchParams(location.hash.replace(/^#\/?/, '')).get('token');
-  if (fromHash) { localStorage.setItem('anxin-token', fromHash); history.replaceState(null, '', location.pathname); }
-  if (!token()) return loginView();
+  if (fromHash) history.replaceState(null, '', location.pathname);
+  const given = typed || fromHash;
   try {
+    if (given) await openSession(given);
+    if (!token()) return loginView();
     app.me = await api('GET', '/api/v1/me');
   } catch (e) {
-    localStorage.removeItem('anxin-token');
+    sessionStorage.removeItem('anxin-session');
     return loginView(e.status === 401 ? t('login.bad') : e.message);
   }
   chrome();

@@ -1128,6 +1128,7 @@ impl Directory for PgStore {
                 subject_kind: "gateway".into(),
                 subject_id: gateway.id.clone(),
                 issued_ms: audit.at_ms,
+                ..Default::default()
             };
             writes.push(Upsert::token(token_sha256, &token));
         }
@@ -1170,6 +1171,43 @@ impl Directory for PgStore {
             "select body from tokens where digest = $1",
             token_sha256,
         )
+    }
+    fn tokens_of(
+        &self,
+        subject_kind: &str,
+        subject_id: &str,
+    ) -> Result<Vec<(String, TokenRecord)>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            let mut out = Vec::new();
+            for row in client
+                .query("select digest, body from tokens order by digest", &[])
+                .await?
+            {
+                let record: TokenRecord = decode("token", row.get(1))?;
+                if record.subject_kind == subject_kind && record.subject_id == subject_id {
+                    out.push((row.get(0), record));
+                }
+            }
+            Ok(out)
+        })
+    }
+    fn touch_token(&self, token_sha256: &str, at_ms: i64) -> Result<(), StoreError> {
+        let Some(mut record) = self.token(token_sha256)? else {
+            return Ok(());
+        };
+        record.last_used_ms = at_ms;
+        let body = record.encode_to_vec();
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "update tokens set body = $2 where digest = $1",
+                    &[&token_sha256, &body],
+                )
+                .await?;
+            Ok(())
+        })
     }
 }
 

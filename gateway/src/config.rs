@@ -139,6 +139,20 @@ pub struct UplinkConfig {
     /// This gateway's uplink token, issued by the server's admin
     /// (`PUT /api/v1/gateways/{id}`). Sent as `authorization: Bearer`.
     pub token: String,
+    /// TLS to the servers (`https://` endpoints): the CA that issued the
+    /// servers' certificates, and this gateway's own certificate (subject
+    /// CN = gateway_id) and key when the servers ask for one.
+    pub tls: Option<UplinkTls>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkTls {
+    pub ca: std::path::PathBuf,
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,6 +274,7 @@ impl Default for UplinkConfig {
             backoff_max_ms: 10_000,
             connect_timeout_ms: 3_000,
             token: String::new(),
+            tls: None,
         }
     }
 }
@@ -368,6 +383,26 @@ impl GatewayConfig {
                     format!("`{server}` must start with http:// or https://"),
                 ));
             }
+        }
+        if let Some(tls) = &self.uplink.tls
+            && tls.cert.is_some() != tls.key.is_some()
+        {
+            return Err(invalid(
+                "uplink.tls.key",
+                "uplink.tls.cert and uplink.tls.key go together",
+            ));
+        }
+        if self.uplink.tls.is_some()
+            && let Some(plain) = self
+                .uplink
+                .servers
+                .iter()
+                .find(|s| s.starts_with("http://"))
+        {
+            return Err(invalid(
+                "uplink.servers",
+                format!("`{plain}` is plaintext while uplink.tls is set: use https://"),
+            ));
         }
         if !self.uplink.token.chars().all(|c| c.is_ascii_graphic()) {
             return Err(invalid(

@@ -131,7 +131,18 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         sightings,
         health.clone(),
     ));
-    let (uplink, uplink_state) = Uplink::new(&config, reader.clone(), acks, roster, health.clone());
+    let uplink_tls = match &config.uplink.tls {
+        Some(tls) => Some(anxin_gateway::uplink::client_tls(tls).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let (uplink, uplink_state) = Uplink::new(
+        &config,
+        reader.clone(),
+        acks,
+        roster,
+        health.clone(),
+        uplink_tls,
+    );
     let fallback = Fallback::new(
         &config,
         reader.clone(),

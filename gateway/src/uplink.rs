@@ -63,6 +63,8 @@ pub struct Uplink {
     connect_timeout: Duration,
     /// `Bearer <token>`, checked at construction.
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// TLS to the servers, read at start-up ([`client_tls`]).
+    tls: Option<tonic::transport::ClientTlsConfig>,
     journal: JournalReader,
     acks: MqttOut,
     roster: Arc<Roster>,
@@ -75,6 +77,26 @@ const STATUS_CHECK: Duration = Duration::from_secs(1);
 /// A status is resent this often even if unchanged.
 const STATUS_REFRESH: Duration = Duration::from_secs(30);
 
+/// The uplink's TLS from `uplink.tls`, files read now so a bad path is a
+/// start-up error naming the field.
+pub fn client_tls(
+    tls: &crate::config::UplinkTls,
+) -> Result<tonic::transport::ClientTlsConfig, String> {
+    let read = |path: &std::path::Path, field: &str| {
+        std::fs::read(path).map_err(|e| format!("{field}: reading {}: {e}", path.display()))
+    };
+    let mut config = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(read(&tls.ca, "uplink.tls.ca")?),
+    );
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        config = config.identity(tonic::transport::Identity::from_pem(
+            read(cert, "uplink.tls.cert")?,
+            read(key, "uplink.tls.key")?,
+        ));
+    }
+    Ok(config)
+}
+
 impl Uplink {
     pub fn new(
         config: &GatewayConfig,
@@ -82,6 +104,7 @@ impl Uplink {
         acks: MqttOut,
         roster: Arc<Roster>,
         health: Arc<Health>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> (Self, watch::Receiver<UplinkState>) {
         if config.uplink.token.is_empty() {
             tracing::warn!(
@@ -108,6 +131,7 @@ impl Uplink {
             roster,
             state,
             health,
+            tls,
         };
         (uplink, state_rx)
     }
@@ -158,7 +182,11 @@ impl Uplink {
         cancel: &CancellationToken,
         backoff: &mut Duration,
     ) -> Result<(), SessionError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(server.to_string())?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let endpoint = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -103,6 +103,22 @@ pub struct ReportsConfig {
 pub struct GrpcConfig {
     /// Gateways' Uplink streams and the Dispatch service.
     pub listen: SocketAddr,
+    /// TLS on this port (then it takes no plaintext). Absent: plaintext,
+    /// for loopback and the dev stack only (docs/security.md).
+    pub tls: Option<GrpcTls>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTls {
+    /// The server's certificate chain and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA (PEM) that issues gateways' client certificates. Set: a gateway
+    /// must present one whose subject CN is its gateway id (the token
+    /// stays a second factor); dispatchers' gRPC clients need none.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +157,7 @@ impl Default for ServerConfig {
         Self {
             grpc: GrpcConfig {
                 listen: ([127, 0, 0, 1], 50051).into(),
+                tls: None,
             },
             http: HttpConfig {
                 listen: ([127, 0, 0, 1], 8080).into(),

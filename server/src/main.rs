@@ -294,14 +294,25 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
 
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc = tonic::transport::Server::builder();
+    if let Some(tls) = &config.grpc.tls {
+        grpc = grpc
+            .tls_config(grpc_tls(tls)?)
+            .context("grpc.tls: the certificate or key is not usable")?;
+    }
+    let grpc = grpc
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .add_service(UplinkServer::new(UplinkService::new(
-            desk.clone(),
-            authenticator.clone(),
-            health.clone(),
-        )))
+        .add_service(UplinkServer::new(
+            UplinkService::new(desk.clone(), authenticator.clone(), health.clone())
+                .require_gateway_cert(
+                    config
+                        .grpc
+                        .tls
+                        .as_ref()
+                        .is_some_and(|t| t.client_ca.is_some()),
+                ),
+        ))
         .add_service(DispatchServer::with_interceptor(
             DispatchService::new(desk.clone(), authenticator.clone()),
             health::refuse_while_failed(health.clone()),
@@ -375,6 +386,31 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     .await;
     tracing::info!("anxin-server stopped");
     Ok(())
+}
+
+/// The gRPC port's TLS: the server's identity, and the CA of gateways'
+/// client certificates when one is configured (optional at the handshake:
+/// dispatchers' clients have none; the Uplink service then insists).
+fn grpc_tls(
+    tls: &anxin_server::config::GrpcTls,
+) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let read = |path: &std::path::Path, field: &str| {
+        std::fs::read(path).with_context(|| format!("{field}: reading {}", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(&tls.cert, "grpc.tls.cert")?,
+        read(&tls.key, "grpc.tls.key")?,
+    );
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca {
+        config = config
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                ca,
+                "grpc.tls.client_ca",
+            )?))
+            .client_auth_optional(true);
+    }
+    Ok(config)
 }
 
 async fn shutdown_signal() {

@@ -150,12 +150,70 @@ pub struct UplinkService {
     desk: AlertDesk,
     auth: Authenticator,
     health: Arc<Health>,
+    /// A gateway must present a client certificate naming it (grpc.tls
+    /// with a client CA).
+    require_cert: bool,
 }
 
 impl UplinkService {
     pub fn new(desk: AlertDesk, auth: Authenticator, health: Arc<Health>) -> Self {
-        Self { desk, auth, health }
+        Self {
+            desk,
+            auth,
+            health,
+            require_cert: false,
+        }
     }
+
+    pub fn require_gateway_cert(mut self, require: bool) -> Self {
+        self.require_cert = require;
+        self
+    }
+
+    /// Refuses a stream whose client certificate does not name
+    /// `gateway_id` (counted, logged, audited).
+    fn check_certificate(
+        &self,
+        certs: Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+        gateway_id: &str,
+    ) -> Result<(), Status> {
+        if !self.require_cert {
+            return Ok(());
+        }
+        let named = certs
+            .as_ref()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| certificate_cn(cert.as_ref()));
+        let problem = match named {
+            Some(cn) if cn == gateway_id => return Ok(()),
+            Some(cn) => format!("the client certificate names gateway `{cn}`, not `{gateway_id}`"),
+            None => "no client certificate naming a gateway (grpc.tls.client_ca is set)".into(),
+        };
+        metrics::counter!(m::UPLINK_REFUSED).increment(1);
+        tracing::warn!(gateway_id, "uplink refused: {problem}");
+        let entry = anxin_proto::v1::AuditEntry {
+            at_ms: now_ms(),
+            actor: format!("gateway/{gateway_id}"),
+            action: "uplink.refused".into(),
+            target: format!("gateway/{gateway_id}"),
+            detail: problem.clone(),
+            ..Default::default()
+        };
+        if let Err(err) = self.desk.store().append(entry) {
+            tracing::error!(gateway_id, error = %err, "auditing a refused uplink failed");
+        }
+        Err(Status::unauthenticated(problem))
+    }
+}
+
+/// The subject CN of a DER certificate.
+fn certificate_cn(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string)
 }
 
 /// The status a gateway gets while the store cannot take events: it keeps
@@ -181,6 +239,7 @@ impl Uplink for UplinkService {
             metrics::counter!(m::UPLINK_REFUSED).increment(1);
             tracing::warn!(error = %status.message(), "uplink refused: no valid gateway token");
         })?;
+        let certs = request.peer_certs();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(GatewayMessage {
@@ -204,6 +263,7 @@ impl Uplink for UplinkService {
                 )));
             }
         }
+        self.check_certificate(certs, &gateway_id)?;
         if let Some(status) = refusal(&self.health, &gateway_id) {
             return Err(status);
         }

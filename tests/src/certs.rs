@@ -60,6 +60,14 @@ impl Pki {
         self.issue(file, params, "anxin-gateway")
     }
 
+    /// A gateway's client certificate for its uplink: subject CN = the
+    /// gateway id.
+    pub fn gateway(&self, gateway_id: &str) -> Pair {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(&format!("gateway-{gateway_id}"), params, gateway_id)
+    }
+
     /// A device's client certificate: subject CN = the device id.
     pub fn device(&self, device_id: &str) -> Pair {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

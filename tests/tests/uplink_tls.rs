@@ -1,0 +1,109 @@
+//! The gateway→server hop over TLS with mutual authentication: the server
+//! presents its certificate, each gateway its own, whose subject CN must be
+//! its gateway id (the token stays a second factor). A gateway without a
+//! certificate, with another gateway's, or speaking plaintext to the TLS
+//! port gets nothing through; the refusals are counted and audited.
+
+use std::time::Duration;
+
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, certs::Pki, eventually, free_port};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_gateway_with_its_own_certificate_gets_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path(), "city-ca");
+    let server_pair = pki.server("server");
+    let own = pki.gateway("gw-test");
+    let someone_elses = pki.gateway("gw-x");
+    let tls = |field: &str, path: &std::path::Path| format!("{field} = \"{}\"", path.display());
+    let server = Server::start_configured(
+        dir.path(),
+        free_port(),
+        &[],
+        &[
+            ("grpc.tls", &tls("cert", &server_pair.cert)),
+            ("grpc.tls", &tls("key", &server_pair.key)),
+            ("grpc.tls", &tls("client_ca", &pki.ca("city-ca"))),
+        ],
+    )
+    .await;
+    server.add_community("c-a").await;
+    server
+        .add_resident("r-1", "c-a", &["btn-1", "btn-2", "btn-3", "btn-4"])
+        .await;
+    let https = format!("servers = [\"https://localhost:{}\"]", server.grpc_port);
+    let ca = tls("ca", &pki.ca("city-ca"));
+
+    // With its own certificate: through.
+    let home = dir.path().join("good");
+    std::fs::create_dir_all(&home).unwrap();
+    let good = Gateway::start_with(
+        &home,
+        server.grpc_port,
+        &["btn-1"],
+        &[
+            ("uplink", &https),
+            ("uplink.tls", &ca),
+            ("uplink.tls", &tls("cert", &own.cert)),
+            ("uplink.tls", &tls("key", &own.key)),
+        ],
+    )
+    .await;
+    Sim::press_until_stored(&home, &good.mqtt(), "btn-1").await;
+    eventually("the event at the server", PATIENCE, || async {
+        (server.events_for("btn-1").await.len() == 1).then_some(())
+    })
+    .await;
+    drop(good);
+
+    // Without a client certificate, with gw-x's, and in plaintext: held.
+    let refused_before = server.metric("anxin_server_uplink_refused_total").await;
+    let cases: [(&str, Vec<(&str, String)>); 3] = [
+        (
+            "btn-2",
+            vec![("uplink", https.clone()), ("uplink.tls", ca.clone())],
+        ),
+        (
+            "btn-3",
+            vec![
+                ("uplink", https.clone()),
+                ("uplink.tls", ca.clone()),
+                ("uplink.tls", tls("cert", &someone_elses.cert)),
+                ("uplink.tls", tls("key", &someone_elses.key)),
+            ],
+        ),
+        ("btn-4", vec![]),
+    ];
+    for (device, extra) in cases {
+        let home = dir.path().join(device);
+        std::fs::create_dir_all(&home).unwrap();
+        let extra: Vec<(&str, &str)> = extra.iter().map(|(s, l)| (*s, l.as_str())).collect();
+        let gateway = Gateway::start_with(&home, server.grpc_port, &[device], &extra).await;
+        Sim::press_until_stored(&home, &gateway.mqtt(), device).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            server.events_for(device).await.is_empty(),
+            "{device}'s event got through"
+        );
+        assert_eq!(
+            gateway.journal_depth().await,
+            1,
+            "{device} waits in the journal"
+        );
+    }
+    // The two TLS gateways reached the service and were refused there (the
+    // plaintext one never got past the handshake).
+    eventually("the refusals counted", PATIENCE, || async {
+        (server.metric("anxin_server_uplink_refused_total").await >= refused_before + 2.0)
+            .then_some(())
+    })
+    .await;
+    let audit = server.audit_of("gateway/gw-test").await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["action"] == "uplink.refused"
+                && e["detail"].as_str().unwrap().contains("gw-x")),
+        "{audit:?}"
+    );
+}

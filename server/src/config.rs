@@ -108,6 +108,15 @@ pub struct GrpcConfig {
     pub tls: Option<GrpcTls>,
 }
 
+/// HTTPS on the REST/SSE/console port (`http.tls`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// The server's certificate chain and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcTls {
@@ -126,6 +135,9 @@ pub struct GrpcTls {
 pub struct HttpConfig {
     /// REST/SSE API, web console, /healthz, /metrics.
     pub listen: SocketAddr,
+    /// HTTPS on this port (then no plain HTTP). Absent: plain HTTP, for
+    /// loopback or behind a TLS-terminating reverse proxy (docs/security.md).
+    pub tls: Option<HttpTls>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +173,7 @@ impl Default for ServerConfig {
             },
             http: HttpConfig {
                 listen: ([127, 0, 0, 1], 8080).into(),
+                tls: None,
             },
             store: StoreConfig {
                 backend: Backend::Sled,

@@ -361,13 +361,29 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         health,
     });
     let http_cancel = cancel.clone();
-    tasks.spawn(async move {
-        let serve = axum::serve(http_listener, app)
-            .with_graceful_shutdown(async move { http_cancel.cancelled().await });
-        if let Err(err) = serve.await {
-            tracing::error!(error = %err, "http server failed");
+    match &config.http.tls {
+        Some(tls) => {
+            let acceptor = anxin_server::api::https::acceptor(tls)?;
+            let listener = anxin_server::api::https::TlsListener::new(http_listener, acceptor)
+                .context("http.listen")?;
+            tasks.spawn(async move {
+                let serve = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { http_cancel.cancelled().await });
+                if let Err(err) = serve.await {
+                    tracing::error!(error = %err, "https server failed");
+                }
+            });
         }
-    });
+        None => {
+            tasks.spawn(async move {
+                let serve = axum::serve(http_listener, app)
+                    .with_graceful_shutdown(async move { http_cancel.cancelled().await });
+                if let Err(err) = serve.await {
+                    tracing::error!(error = %err, "http server failed");
+                }
+            });
+        }
+    }
     tracing::info!(
         grpc = %config.grpc.listen,
         http = %config.http.listen,

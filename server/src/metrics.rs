@@ -25,6 +25,7 @@ pub const NOTIFY_FAILED: &str = "anxin_server_notifications_failed_total";
 pub const REMOTE_CHANGES: &str = "anxin_server_remote_changes_total";
 pub const EVENTS_FOREIGN: &str = "anxin_server_events_foreign_device_total";
 pub const DATABASE_UP: &str = "anxin_server_database_up";
+pub const HTTPS_HANDSHAKES_FAILED: &str = "anxin_server_https_handshakes_failed_total";
 
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()

@@ -18,6 +18,7 @@ use std::{
 pub mod certs;
 pub mod grpc;
 pub mod host;
+pub mod https;
 pub mod mqtt;
 pub mod paho;
 pub mod pg;

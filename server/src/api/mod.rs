@@ -2,6 +2,7 @@
 //! [`crate::alerts::AlertDesk`] and [`crate::admin::AdminDesk`].
 
 pub mod grpc;
+pub mod https;
 pub mod rest;
 
 use crate::{alerts::DeskError, auth::AuthError, store::StoreError};

@@ -64,6 +64,27 @@ enum Command {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Make a small CA and the certificates of a test or pilot deployment
+    /// in --dir: ca.pem/ca.key, server.pem/.key (for grpc.tls and
+    /// http.tls), gateway-<id>.pem/.key (uplink.tls; CN = the gateway id)
+    /// and device-<id>.pem/.key (a gateway's mqtt.tls). Keys are written
+    /// 0600; an existing CA is never overwritten.
+    Certs {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// A DNS name or IP address the server is reached by (repeat).
+        #[arg(long = "server-name", value_name = "NAME", required = true)]
+        server_names: Vec<String>,
+        /// A gateway id to make a client certificate for (repeat).
+        #[arg(long = "gateway", value_name = "ID")]
+        gateways: Vec<String>,
+        /// A device id to make a client certificate for (repeat).
+        #[arg(long = "device", value_name = "ID")]
+        devices: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -110,6 +131,28 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match (&args.command, &args.seed) {
         (Some(Command::Migrate { to }), _) => runtime.block_on(migrate(config, to)),
+        (
+            Some(Command::Certs {
+                dir,
+                server_names,
+                gateways,
+                devices,
+                days,
+            }),
+            _,
+        ) => {
+            let written = anxin_server::certs::make(&anxin_server::certs::Request {
+                dir,
+                server_names,
+                gateways,
+                devices,
+                days: *days,
+            })?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         (
             Some(Command::Audit {
                 command: AuditCommand::Verify,

@@ -6,24 +6,35 @@
 
 use std::time::Duration;
 
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, certs::Pki, eventually, free_port};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, binary, eventually, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_gateway_with_its_own_certificate_gets_through() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path(), "city-ca");
-    let server_pair = pki.server("server");
-    let own = pki.gateway("gw-test");
-    let someone_elses = pki.gateway("gw-x");
+    // The operator's helper makes the deployment's certificates.
+    let pki = dir.path().join("pki");
+    let made = std::process::Command::new(binary("anxin-server"))
+        .args(["certs", "--dir"])
+        .arg(&pki)
+        .args(["--server-name", "localhost", "--server-name", "127.0.0.1"])
+        .args(["--gateway", "gw-test", "--gateway", "gw-x"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let file = |name: &str| pki.join(name);
     let tls = |field: &str, path: &std::path::Path| format!("{field} = \"{}\"", path.display());
     let server = Server::start_configured(
         dir.path(),
         free_port(),
         &[],
         &[
-            ("grpc.tls", &tls("cert", &server_pair.cert)),
-            ("grpc.tls", &tls("key", &server_pair.key)),
-            ("grpc.tls", &tls("client_ca", &pki.ca("city-ca"))),
+            ("grpc.tls", &tls("cert", &file("server.pem"))),
+            ("grpc.tls", &tls("key", &file("server.key"))),
+            ("grpc.tls", &tls("client_ca", &file("ca.pem"))),
         ],
     )
     .await;
@@ -32,7 +43,7 @@ async fn only_a_gateway_with_its_own_certificate_gets_through() {
         .add_resident("r-1", "c-a", &["btn-1", "btn-2", "btn-3", "btn-4"])
         .await;
     let https = format!("servers = [\"https://localhost:{}\"]", server.grpc_port);
-    let ca = tls("ca", &pki.ca("city-ca"));
+    let ca = tls("ca", &file("ca.pem"));
 
     // With its own certificate: through.
     let home = dir.path().join("good");
@@ -44,8 +55,8 @@ async fn only_a_gateway_with_its_own_certificate_gets_through() {
         &[
             ("uplink", &https),
             ("uplink.tls", &ca),
-            ("uplink.tls", &tls("cert", &own.cert)),
-            ("uplink.tls", &tls("key", &own.key)),
+            ("uplink.tls", &tls("cert", &file("gateway-gw-test.pem"))),
+            ("uplink.tls", &tls("key", &file("gateway-gw-test.key"))),
         ],
     )
     .await;
@@ -55,6 +66,37 @@ async fn only_a_gateway_with_its_own_certificate_gets_through() {
     })
     .await;
     drop(good);
+
+    // A dispatcher's gRPC client needs no certificate of its own, only the
+    // CA, and reads the same alerts over TLS.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://localhost:{}", server.grpc_port))
+            .unwrap()
+            .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+                tonic::transport::Certificate::from_pem(std::fs::read(file("ca.pem")).unwrap()),
+            ))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut dispatch = anxin_proto::v1::dispatch_client::DispatchClient::with_interceptor(
+        channel,
+        |mut request: tonic::Request<()>| {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", anxin_tests::TEST_ADMIN_TOKEN)
+                    .parse()
+                    .unwrap(),
+            );
+            Ok(request)
+        },
+    );
+    let listed = dispatch
+        .list_alerts(anxin_proto::v1::ListAlertsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.alerts.len(), 1, "the press's alert over TLS");
 
     // Without a client certificate, with gw-x's, and in plaintext: held.
     let refused_before = server.metric("anxin_server_uplink_refused_total").await;
@@ -68,8 +110,8 @@ async fn only_a_gateway_with_its_own_certificate_gets_through() {
             vec![
                 ("uplink", https.clone()),
                 ("uplink.tls", ca.clone()),
-                ("uplink.tls", tls("cert", &someone_elses.cert)),
-                ("uplink.tls", tls("key", &someone_elses.key)),
+                ("uplink.tls", tls("cert", &file("gateway-gw-x.pem"))),
+                ("uplink.tls", tls("key", &file("gateway-gw-x.key"))),
             ],
         ),
         ("btn-4", vec![]),

@@ -29,6 +29,7 @@ pub struct Delivery {
 
 pub struct WebhookReceiver {
     pub port: u16,
+    https: bool,
     /// Bodies of accepted deliveries, in arrival order.
     pub bodies: mpsc::UnboundedReceiver<serde_json::Value>,
     /// Accepted deliveries with their headers.
@@ -141,7 +142,30 @@ impl WebhookReceiver {
         Self::serve(0, Some(secret.to_string())).await
     }
 
+    /// A checking receiver on HTTPS, with the certificate and key given
+    /// (the server must trust their CA: SSL_CERT_FILE).
+    pub async fn checking_https(
+        secret: &str,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Self {
+        let tls = anxin_server::config::HttpTls {
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        };
+        let acceptor = anxin_server::api::https::acceptor(&tls).expect("receiver certificate");
+        Self::serve_on(0, Some(secret.to_string()), Some(acceptor)).await
+    }
+
     async fn serve(n: usize, secret: Option<String>) -> Self {
+        Self::serve_on(n, secret, None).await
+    }
+
+    async fn serve_on(
+        n: usize,
+        secret: Option<String>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the receiver");
@@ -162,10 +186,21 @@ impl WebhookReceiver {
         let app = Router::new()
             .route("/{*path}", post(receive))
             .with_state(shared);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let https = tls.is_some();
+        let task = match tls {
+            Some(acceptor) => {
+                let listener = anxin_server::api::https::TlsListener::new(listener, acceptor)
+                    .expect("receiver listener");
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app).await;
+                })
+            }
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app).await;
+            }),
+        };
         Self {
+            https,
             port,
             bodies,
             deliveries,
@@ -182,7 +217,11 @@ impl WebhookReceiver {
     /// A URL under this receiver, so one receiver can stand in for several
     /// people: deliveries say which path they came to.
     pub fn url_for(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.port)
+        if self.https {
+            format!("https://localhost:{}/{path}", self.port)
+        } else {
+            format!("http://127.0.0.1:{}/{path}", self.port)
+        }
     }
 }
 

@@ -133,3 +133,42 @@ async fn console_headers_csv_cells_and_webhook_checks_hold() {
     assert_eq!(restamped.status(), 401);
     assert_eq!(receiver.refusals.recv().await, Some("bad signature"));
 }
+
+/// Webhooks over HTTPS: the server verifies the receiver's certificate
+/// against the system's trust store (here SSL_CERT_FILE names the test CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_go_over_https_to_a_verified_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = anxin_tests::certs::Pki::new(dir.path(), "hooks-ca");
+    let pair = pki.server("receiver");
+    let mut receiver = WebhookReceiver::checking_https("s3cret", &pair.cert, &pair.key).await;
+    let ca = pki.ca("hooks-ca");
+    let server = Server::start_configured(
+        dir.path(),
+        free_port(),
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+        &[
+            ("notify", "secret = \"s3cret\""),
+            ("notify", "webhook_hosts = [\"localhost\"]"),
+        ],
+    )
+    .await;
+    server.add_community("c-a").await;
+    server.add_resident("r-1", "c-a", &["btn-1"]).await;
+    server
+        .add_staff(
+            "carer-1",
+            "carer",
+            &["c-a"],
+            serde_json::json!({ "contact": receiver.url_for("carer-1") }),
+        )
+        .await;
+    let gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-1"]).await;
+    Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-1").await;
+    let delivery = tokio::time::timeout(PATIENCE, receiver.deliveries.recv())
+        .await
+        .expect("the offer delivered over HTTPS")
+        .unwrap();
+    assert_eq!(delivery.body["type"], "offer");
+    assert!(receiver.url_for("x").starts_with("https://"));
+}

@@ -42,6 +42,23 @@ async fn only_a_gateway_with_its_own_certificate_gets_through() {
     server
         .add_resident("r-1", "c-a", &["btn-1", "btn-2", "btn-3", "btn-4"])
         .await;
+    // A device of another gateway, which gw-test's certificate does not
+    // make gw-test's.
+    server.add_resident("r-2", "c-a", &["btn-other"]).await;
+    server
+        .send(
+            "PUT",
+            "/api/v1/gateways/gw-other",
+            serde_json::json!({ "communityId": "c-a" }),
+        )
+        .await;
+    server
+        .send(
+            "PUT",
+            "/api/v1/devices/btn-other",
+            serde_json::json!({ "kind": "call_button", "residentId": "r-2", "gatewayId": "gw-other" }),
+        )
+        .await;
     let https = format!("servers = [\"https://localhost:{}\"]", server.grpc_port);
     let ca = tls("ca", &file("ca.pem"));
 
@@ -51,7 +68,7 @@ async fn only_a_gateway_with_its_own_certificate_gets_through() {
     let good = Gateway::start_with(
         &home,
         server.grpc_port,
-        &["btn-1"],
+        &["btn-1", "btn-other"],
         &[
             ("uplink", &https),
             ("uplink.tls", &ca),
@@ -60,11 +77,23 @@ async fn only_a_gateway_with_its_own_certificate_gets_through() {
         ],
     )
     .await;
+    Sim::press_until_stored(&home, &good.mqtt(), "btn-other").await;
     Sim::press_until_stored(&home, &good.mqtt(), "btn-1").await;
     eventually("the event at the server", PATIENCE, || async {
         (server.events_for("btn-1").await.len() == 1).then_some(())
     })
     .await;
+    good.wait_drained(PATIENCE).await;
+    assert!(
+        server.events_for("btn-other").await.is_empty(),
+        "gw-test spoke for gw-other's device"
+    );
+    assert_eq!(
+        server
+            .metric("anxin_server_events_foreign_device_total")
+            .await,
+        1.0
+    );
     drop(good);
 
     // A dispatcher's gRPC client needs no certificate of its own, only the

@@ -65,6 +65,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+    // Before anything answers: a SIGTERM that arrives as soon as /healthz
+    // does (a supervisor, a test) must reach the graceful path, not the
+    // default action that kills the process mid-start.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     // Ports first: a taken port fails in milliseconds, before anything slow.
     let mqtt_listener = match config.mqtt.plaintext {
         true => Some(anxin_host::net::bind(config.mqtt.listen, "mqtt.listen").await?),
@@ -206,7 +211,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
         "anxin-gateway ready"
     );
 
-    shutdown_signal().await;
+    shutdown_signal(&mut term).await;
     tracing::info!("shutting down: finishing in-flight work and flushing the journal");
     cancel.cancel();
     while tasks.join_next().await.is_some() {}
@@ -286,9 +291,7 @@ async fn report_damage(
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+async fn shutdown_signal(term: &mut tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

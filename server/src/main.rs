@@ -273,6 +273,11 @@ async fn seed_directory(config: ServerConfig, seed: &std::path::Path) -> anyhow:
 }
 
 async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    // Before anything answers: a SIGTERM that arrives as soon as /healthz
+    // does (a supervisor, a test) must reach the graceful path, not the
+    // default action that kills the process mid-start.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     // Ports first: a taken port is fatal before anything slow (the store's
     // disk reserve, recovery).
     let grpc_listener = anxin_host::net::bind(config.grpc.listen, "grpc.listen").await?;
@@ -434,7 +439,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         "anxin-server ready"
     );
 
-    shutdown_signal().await;
+    shutdown_signal(&mut term).await;
     tracing::info!("shutting down");
     cancel.cancel();
     // Long-lived streams (SSE, gateway uplinks) would hold graceful shutdown
@@ -472,9 +477,7 @@ fn grpc_tls(
     Ok(config)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+async fn shutdown_signal(term: &mut tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

@@ -544,6 +544,31 @@ impl Server {
         }
     }
 
+    /// Registers resident `resident` of `community` with one call button
+    /// `device` that belongs to gateway `gateway` (provisioned too), not to
+    /// the test gateway.
+    pub async fn add_device_of_gateway(
+        &self,
+        resident: &str,
+        community: &str,
+        device: &str,
+        gateway: &str,
+    ) {
+        self.add_resident(resident, community, &[device]).await;
+        self.send(
+            "PUT",
+            &format!("/api/v1/gateways/{gateway}"),
+            serde_json::json!({ "communityId": community }),
+        )
+        .await;
+        self.send(
+            "PUT",
+            &format!("/api/v1/devices/{device}"),
+            serde_json::json!({ "kind": "call_button", "residentId": resident, "gatewayId": gateway }),
+        )
+        .await;
+    }
+
     /// Creates a staff member (`role`: carer, nurse, dispatcher, supervisor,
     /// admin; `extra` merges more fields, e.g. shifts or contact) and
     /// returns a fresh API token for them.

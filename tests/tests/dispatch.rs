@@ -545,20 +545,8 @@ async fn a_gateway_cannot_submit_events_for_another_gateways_device() {
     let server = Server::start(dir.path()).await;
     server.add_community("c-a").await;
     server.add_resident("r-1", "c-a", &["btn-own"]).await;
-    server.add_resident("r-2", "c-a", &["btn-other"]).await;
     server
-        .send(
-            "PUT",
-            "/api/v1/gateways/gw-other",
-            serde_json::json!({ "communityId": "c-a" }),
-        )
-        .await;
-    server
-        .send(
-            "PUT",
-            "/api/v1/devices/btn-other",
-            serde_json::json!({ "kind": "call_button", "residentId": "r-2", "gatewayId": "gw-other" }),
-        )
+        .add_device_of_gateway("r-2", "c-a", "btn-other", "gw-other")
         .await;
     // gw-test knows btn-other's credentials (its own TOML): it can take
     // the press, but it is not btn-other's gateway.

@@ -44,20 +44,8 @@ async fn only_a_gateway_with_its_own_certificate_gets_through() {
         .await;
     // A device of another gateway, which gw-test's certificate does not
     // make gw-test's.
-    server.add_resident("r-2", "c-a", &["btn-other"]).await;
     server
-        .send(
-            "PUT",
-            "/api/v1/gateways/gw-other",
-            serde_json::json!({ "communityId": "c-a" }),
-        )
-        .await;
-    server
-        .send(
-            "PUT",
-            "/api/v1/devices/btn-other",
-            serde_json::json!({ "kind": "call_button", "residentId": "r-2", "gatewayId": "gw-other" }),
-        )
+        .add_device_of_gateway("r-2", "c-a", "btn-other", "gw-other")
         .await;
     let https = format!("servers = [\"https://localhost:{}\"]", server.grpc_port);
     let ca = tls("ca", &file("ca.pem"));

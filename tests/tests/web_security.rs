@@ -7,6 +7,32 @@
 
 use anxin_tests::{Gateway, PATIENCE, Server, Sim, free_port, webhook::WebhookReceiver};
 
+/// A resident of `c-a` presses; the offer to carer-1, whose contact is
+/// `receiver`, arrives there.
+async fn offer_delivered(
+    server: &Server,
+    receiver: &mut WebhookReceiver,
+    dir: &std::path::Path,
+) -> anxin_tests::webhook::Delivery {
+    server.add_resident("r-1", "c-a", &["btn-1"]).await;
+    server
+        .add_staff(
+            "carer-1",
+            "carer",
+            &["c-a"],
+            serde_json::json!({ "contact": receiver.url_for("carer-1") }),
+        )
+        .await;
+    let gateway = Gateway::start(dir, server.grpc_port, &["btn-1"]).await;
+    Sim::press_until_stored(dir, &gateway.mqtt(), "btn-1").await;
+    let delivery = tokio::time::timeout(PATIENCE, receiver.deliveries.recv())
+        .await
+        .expect("the offer delivered")
+        .unwrap();
+    assert_eq!(delivery.body["type"], "offer");
+    delivery
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_headers_csv_cells_and_webhook_checks_hold() {
     let dir = tempfile::tempdir().unwrap();
@@ -90,22 +116,7 @@ async fn console_headers_csv_cells_and_webhook_checks_hold() {
     );
 
     // An offer reaches a checking receiver, signed.
-    server.add_resident("r-1", "c-a", &["btn-1"]).await;
-    server
-        .add_staff(
-            "carer-1",
-            "carer",
-            &["c-a"],
-            serde_json::json!({ "contact": receiver.url_for("carer-1") }),
-        )
-        .await;
-    let gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-1"]).await;
-    Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-1").await;
-    let delivery = tokio::time::timeout(PATIENCE, receiver.deliveries.recv())
-        .await
-        .expect("the offer delivered")
-        .unwrap();
-    assert_eq!(delivery.body["type"], "offer");
+    let delivery = offer_delivered(&server, &mut receiver, dir.path()).await;
 
     // The same delivery captured and sent again: refused as a replay.
     let url = receiver.url_for("carer-1");
@@ -154,21 +165,6 @@ async fn webhooks_go_over_https_to_a_verified_receiver() {
     )
     .await;
     server.add_community("c-a").await;
-    server.add_resident("r-1", "c-a", &["btn-1"]).await;
-    server
-        .add_staff(
-            "carer-1",
-            "carer",
-            &["c-a"],
-            serde_json::json!({ "contact": receiver.url_for("carer-1") }),
-        )
-        .await;
-    let gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-1"]).await;
-    Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-1").await;
-    let delivery = tokio::time::timeout(PATIENCE, receiver.deliveries.recv())
-        .await
-        .expect("the offer delivered over HTTPS")
-        .unwrap();
-    assert_eq!(delivery.body["type"], "offer");
+    offer_delivered(&server, &mut receiver, dir.path()).await;
     assert!(receiver.url_for("x").starts_with("https://"));
 }

@@ -93,6 +93,10 @@ impl ConnectedGateways {
         self.lock().keys().cloned().collect()
     }
 
+    pub fn is_connected(&self, gateway_id: &str) -> bool {
+        self.lock().contains_key(gateway_id)
+    }
+
     pub fn try_send(&self, gateway_id: &str, message: ServerMessage) -> bool {
         let sender = self.lock().get(gateway_id).map(|(_, s)| s.clone());
         sender.is_some_and(|s| s.try_send(message).is_ok())

@@ -389,11 +389,14 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     ));
     health::watch(health.clone(), cancel.clone());
     tasks.spawn(notifier.run(cancel.clone()));
-    tasks.spawn(health::watch_database(
-        health.clone(),
-        desk.store().clone(),
-        cancel.clone(),
-    ));
+    // Only a shared database can go away under a running server.
+    if desk.store().backend() != "sled" {
+        tasks.spawn(health::watch_database(
+            health.clone(),
+            desk.store().clone(),
+            cancel.clone(),
+        ));
+    }
     if let Some(changes) = remote_changes {
         tasks.spawn(replicas::follow(desk.clone(), changes, cancel.clone()));
     }

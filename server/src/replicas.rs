@@ -51,7 +51,7 @@ pub async fn follow(
 
 /// Sends a gateway connected here the stored downlinks `wanted` picks.
 fn push_downlinks(desk: &AlertDesk, gateway_id: &str, wanted: impl Fn(u64) -> bool) {
-    if !desk.gateways().connected().iter().any(|g| g == gateway_id) {
+    if !desk.gateways().is_connected(gateway_id) {
         return;
     }
     match desk.store().pending_downlinks(gateway_id) {

@@ -28,6 +28,27 @@ impl SseStream {
         }
     }
 
+    /// The next `alert` event whose alert `wanted` accepts, within
+    /// [`crate::PATIENCE`]; panics if none comes.
+    pub async fn next_alert(
+        &mut self,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        tokio::time::timeout(crate::PATIENCE, async {
+            loop {
+                let event = self.next().await.expect("SSE stream ended");
+                if event.event == "alert" {
+                    let alert: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+                    if wanted(&alert) {
+                        return alert;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("an alert over SSE")
+    }
+
     /// The next event, or `None` when the stream ends.
     pub async fn next(&mut self) -> Option<SseEvent> {
         loop {

@@ -43,16 +43,7 @@ async fn press_reaches_dispatcher_and_help_is_coming_reaches_device() {
     sim.line_starting("stored", PATIENCE).await;
 
     // Over SSE.
-    let alert = tokio::time::timeout(PATIENCE, async {
-        loop {
-            let event = sse.next().await.expect("SSE stream ended");
-            if event.event == "alert" {
-                break serde_json::from_str::<serde_json::Value>(&event.data).unwrap();
-            }
-        }
-    })
-    .await
-    .expect("alert over SSE");
+    let alert = sse.next_alert(|_| true).await;
     assert_eq!(alert["deviceId"], "btn-0001");
     assert_eq!(alert["seq"], seq.as_str());
     assert_eq!(alert["kind"], "EVENT_KIND_SOS");

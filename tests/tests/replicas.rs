@@ -37,26 +37,6 @@ fn servers_line(replicas: &[Server]) -> String {
     format!("servers = [{}]", urls.join(", "))
 }
 
-/// Waits on an SSE stream for an `alert` event that `wanted` accepts.
-async fn alert_event(
-    sse: &mut SseStream,
-    wanted: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            let event = sse.next().await.expect("SSE stream ended");
-            if event.event == "alert" {
-                let alert: serde_json::Value = serde_json::from_str(&event.data).unwrap();
-                if wanted(&alert) {
-                    return alert;
-                }
-            }
-        }
-    })
-    .await
-    .expect("the alert change over SSE")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_replica_reaches_watchers_and_the_device_through_the_others() {
     let Some(database) = require_postgres("replicas").await else {
@@ -94,9 +74,9 @@ async fn a_change_through_one_replica_reaches_watchers_and_the_device_through_th
     );
     sim.line_starting("stored", PATIENCE).await;
     // Raised through A (the gateway's replica): B and C show it too.
-    let raised = alert_event(&mut on_b, |a| a["deviceId"] == "btn-0001").await;
+    let raised = on_b.next_alert(|a| a["deviceId"] == "btn-0001").await;
     let alert_id = raised["id"].as_str().unwrap().to_string();
-    alert_event(&mut on_c, |a| a["id"] == alert_id.as_str()).await;
+    on_c.next_alert(|a| a["id"] == alert_id.as_str()).await;
 
     // Acknowledged through B: A's console (and C's gRPC watchers) see it
     // within a second.
@@ -110,10 +90,9 @@ async fn a_change_through_one_replica_reaches_watchers_and_the_device_through_th
         )
         .await;
     assert_eq!(status, 200, "{acked}");
-    let seen = alert_event(&mut on_a, |a| {
-        a["id"] == alert_id.as_str() && a["state"] == "ALERT_STATE_ACKNOWLEDGED"
-    })
-    .await;
+    let seen = on_a
+        .next_alert(|a| a["id"] == alert_id.as_str() && a["state"] == "ALERT_STATE_ACKNOWLEDGED")
+        .await;
     let delay = asked.elapsed();
     eprintln!("acknowledged through B, seen on A's SSE after {delay:?}");
     assert_eq!(seen["acknowledgedBy"], "dispatcher-wang");
@@ -144,7 +123,7 @@ async fn a_change_through_one_replica_reaches_watchers_and_the_device_through_th
     drop(gateway);
     let gateway = Gateway::start(dir.path(), c.grpc_port, &["btn-0002"]).await;
     Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-0002").await;
-    let next = alert_event(&mut on_a, |a| a["deviceId"] == "btn-0002").await;
+    let next = on_a.next_alert(|a| a["deviceId"] == "btn-0002").await;
     let number = |v: &serde_json::Value| v["id"].as_str().unwrap().parse::<u64>().unwrap();
     assert_eq!(number(&next), number(&raised) + 1);
 }

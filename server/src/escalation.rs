@@ -29,6 +29,8 @@ use crate::{
 /// Longest sleep: also how soon a wall-clock step is noticed.
 const STEP_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
 const IDLE: std::time::Duration = STEP_CHECK;
+/// How often the clock mark is written.
+const SAVE_MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Moves the stored deadlines by a detected step, and counts it.
 fn rebase(desk: &AlertDesk, step_ms: i64, when: &str) {
@@ -58,6 +60,7 @@ pub async fn run(desk: AlertDesk, health: Arc<Health>, cancel: CancellationToken
         Ok(None) => {}
         Err(err) => tracing::warn!(error = %err, "reading the saved clock mark failed"),
     }
+    let mut mark_saved = None;
     loop {
         if health.store_error().is_some() {
             // The store is out of use until the restart in place; a failed
@@ -69,9 +72,19 @@ pub async fn run(desk: AlertDesk, health: Arc<Health>, cancel: CancellationToken
         }
         if let Some(step) = clock.check(now_ms()) {
             rebase(&desk, step, "while running");
+            // At once: a mark from before this step would make the next
+            // start re-base the deadlines a second time.
+            mark_saved = None;
         }
-        if let Err(err) = desk.store().save_clock_mark(clock.last()) {
-            tracing::debug!(error = %err, "saving the clock mark failed");
+        // Otherwise a mark of any age catches a step across a restart (it
+        // compares wall and boot clocks over the gap), so it need not be
+        // written at every look: with a shared database that was a write
+        // per replica every half second.
+        if mark_saved.is_none_or(|at: std::time::Instant| at.elapsed() >= SAVE_MARK_EVERY) {
+            match desk.store().save_clock_mark(clock.last()) {
+                Ok(()) => mark_saved = Some(std::time::Instant::now()),
+                Err(err) => tracing::debug!(error = %err, "saving the clock mark failed"),
+            }
         }
         let (due, next) = match desk.store().due_offers(now_ms()) {
             Ok(found) => found,

@@ -19,8 +19,8 @@ pub fn priority_of(kind: EventKind) -> Priority {
     match kind {
         Sos | Fall | Smoke | Gas | VitalsCritical => Priority::P0,
         Inactivity | VitalsWarning | DeviceOffline | DeviceOnline | Tamper | Cancel
-        | GatewayFault => Priority::P1,
-        LowBattery | DeviceFault => Priority::P2,
+        | GatewayFault | CheckinMissed => Priority::P1,
+        LowBattery | DeviceFault | CheckinOk => Priority::P2,
         Telemetry | Heartbeat | TestCall | Unspecified => Priority::P3,
     }
 }
@@ -66,6 +66,8 @@ mod tests {
         assert_eq!(priority_of(EventKind::LowBattery), Priority::P2);
         assert_eq!(priority_of(EventKind::Heartbeat), Priority::P3);
         assert_eq!(priority_of(EventKind::GatewayFault), Priority::P1);
+        assert_eq!(priority_of(EventKind::CheckinMissed), Priority::P1);
+        assert_eq!(priority_of(EventKind::CheckinOk), Priority::P2);
     }
 
     #[test]

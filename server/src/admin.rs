@@ -32,6 +32,8 @@ pub struct AdminDesk {
     /// here; the deliverer still refuses any other host).
     webhook_hosts: Option<crate::notifier::WebhookHosts>,
     tokens: TokenPolicy,
+    /// The server's local time (`routing.utc_offset_minutes`): report days.
+    utc_offset_minutes: i32,
 }
 
 /// How long tokens live, from `auth.*` in the config.
@@ -95,7 +97,13 @@ impl AdminDesk {
             gateways,
             webhook_hosts: None,
             tokens: TokenPolicy::default(),
+            utc_offset_minutes: 0,
         }
+    }
+
+    pub fn with_utc_offset(mut self, minutes: i32) -> Self {
+        self.utc_offset_minutes = minutes;
+        self
     }
 
     /// Refuses staff contacts outside `hosts` when they are written, so the
@@ -134,9 +142,12 @@ impl AdminDesk {
     pub fn put_resident(
         &self,
         caller: &Principal,
-        resident: Resident,
+        mut resident: Resident,
     ) -> Result<Resident, DeskError> {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
+        let before = self.store.resident(&resident.id)?.and_then(|r| r.checkin);
+        resident.checkin =
+            crate::welfare::enrol(resident.checkin.take(), before.as_ref(), now_ms());
         directory::check_resident(&self.store, &resident).map_err(bad)?;
         let audit = entry(
             caller,
@@ -590,7 +601,7 @@ impl AdminDesk {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
         let kind = ImportKind::parse(kind).ok_or_else(|| {
             bad(format!(
-                "import kind `{kind}` is not residents, devices or staff"
+                "import kind `{kind}` is not residents, devices, staff or visit_plans"
             ))
         })?;
         let parsed = import::parse(&self.store, kind, csv);
@@ -603,7 +614,19 @@ impl AdminDesk {
                 touched.insert(old.gateway_id);
             }
         }
-        if report.rejected.is_empty() {
+        if report.rejected.is_empty() && kind == ImportKind::VisitPlans {
+            self.store.put_visit_plans(
+                &parsed.plans,
+                entry(
+                    caller,
+                    "import.visit_plans",
+                    "import/visit_plans".into(),
+                    "",
+                    format!("{} rows imported", report.imported),
+                ),
+            )?;
+            self.store.flush().await?;
+        } else if report.rejected.is_empty() {
             self.store.put_batch(
                 &parsed.batch,
                 entry(
@@ -675,6 +698,18 @@ impl AdminDesk {
         }
         let alerts = self.store.alerts(&[])?;
         let mut report = reports::compute(&alerts, community, from_ms, to_ms, self.ack_target_ms);
+        let now = now_ms();
+        let offset = self.utc_offset_minutes;
+        let first = crate::welfare::local_day(from_ms, offset);
+        let last = crate::welfare::local_day(if to_ms == 0 { now } else { to_ms }, offset) + 1;
+        reports::add_welfare(
+            &mut report,
+            &self.store.checkin_days(first, last)?,
+            &self.store.visits(first, last)?,
+            &alerts,
+            offset,
+            now,
+        );
         if !community.is_empty() {
             report.community_name = self
                 .store

@@ -146,6 +146,10 @@ impl AlertDesk {
         &self.gateways
     }
 
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
     pub fn policy(&self) -> &DeskPolicy {
         &self.policy
     }
@@ -330,6 +334,8 @@ impl AlertDesk {
                 .events
                 .iter()
                 .filter(|e| e.kind != EventKind::Cancel as i32)
+                // The server's own CHECKIN_MISSED has no device to tell.
+                .filter(|e| e.kind != EventKind::CheckinMissed as i32)
                 .filter(|e| told.insert(e.device_id.clone()))
                 .map(|e| DeviceAck {
                     device_id: e.device_id.clone(),
@@ -605,6 +611,7 @@ impl AlertDesk {
             escalation_level: alert.escalation_level,
             deadline_ms: alert.offer_deadline_ms,
             sent_ms: now_ms(),
+            ..Default::default()
         };
         if alert.escalation_step() == EscalationStep::EmergencyServices {
             if self.policy.emergency_hook.is_empty() {
@@ -670,6 +677,7 @@ impl AlertDesk {
                         escalation_level: alert.escalation_level,
                         deadline_ms: 0,
                         sent_ms: now_ms(),
+                        ..Default::default()
                     },
                 );
             }

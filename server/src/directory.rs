@@ -173,6 +173,7 @@ pub fn check_resident(dir: &impl Directory, resident: &Resident) -> Result<(), S
     if resident.address.trim().is_empty() {
         return Err("resident address is empty".into());
     }
+    crate::welfare::check_window(resident.checkin.as_ref())?;
     check_community(dir, &resident.community_id)
 }
 

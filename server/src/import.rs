@@ -1,4 +1,4 @@
-//! CSV bulk import of residents, devices and staff.
+//! CSV bulk import of residents, devices, staff and visit plans.
 //!
 //! Every row is checked (the same rules as the admin API, plus duplicates
 //! within the file) before anything is written; a file with any rejected
@@ -8,7 +8,8 @@
 use std::collections::HashSet;
 
 use anxin_proto::v1::{
-    DeviceRecord, EmergencyContact, ImportReport, RejectedRow, Resident, Shift, Staff,
+    CheckinWindow, DeviceRecord, EmergencyContact, ImportReport, RejectedRow, Resident, Shift,
+    Staff, VisitPlan,
 };
 
 use crate::directory::{self, Directory, DirectoryBatch};
@@ -18,6 +19,7 @@ pub enum ImportKind {
     Residents,
     Devices,
     Staff,
+    VisitPlans,
 }
 
 impl ImportKind {
@@ -26,6 +28,7 @@ impl ImportKind {
             "residents" => Some(Self::Residents),
             "devices" => Some(Self::Devices),
             "staff" => Some(Self::Staff),
+            "visit_plans" => Some(Self::VisitPlans),
             _ => None,
         }
     }
@@ -35,6 +38,7 @@ impl ImportKind {
             Self::Residents => "residents",
             Self::Devices => "devices",
             Self::Staff => "staff",
+            Self::VisitPlans => "visit_plans",
         }
     }
 
@@ -60,6 +64,14 @@ impl ImportKind {
                 "contact",
                 "active",
             ],
+            Self::VisitPlans => &[
+                "id",
+                "resident_id",
+                "weekdays",
+                "carer_id",
+                "note",
+                "active",
+            ],
         }
     }
 }
@@ -67,6 +79,8 @@ impl ImportKind {
 /// A checked file, ready to write, or the rows that stop it.
 pub struct Parsed {
     pub batch: DirectoryBatch,
+    /// For [`ImportKind::VisitPlans`] (not part of the directory).
+    pub plans: Vec<VisitPlan>,
     pub report: ImportReport,
 }
 
@@ -125,6 +139,31 @@ pub fn shifts(text: &str) -> Result<Vec<Shift>, String> {
         .collect()
 }
 
+/// "1-5", "1;4", "6,7": weekdays 1 (Monday) … 7 (Sunday).
+fn weekdays(text: &str) -> Result<Vec<u32>, String> {
+    let bad = || format!("weekdays `{text}` is not a list of days 1-7 (e.g. 1;4 or 1-5)");
+    let mut days = Vec::new();
+    for part in text
+        .split([';', ','])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                days.extend(a..=b);
+            }
+            None => days.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    days.sort_unstable();
+    days.dedup();
+    Ok(days)
+}
+
 fn boolean(text: &str) -> Result<bool, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "" | "true" | "yes" | "1" => Ok(true),
@@ -133,9 +172,11 @@ fn boolean(text: &str) -> Result<bool, String> {
     }
 }
 
-pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
+pub fn parse(dir: &crate::store::Store, kind: ImportKind, csv_text: &str) -> Parsed {
     let mut report = ImportReport::default();
     let mut batch = DirectoryBatch::default();
+    let mut plans = Vec::new();
+    let now = anxin_proto::now_ms();
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
@@ -147,7 +188,11 @@ pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
                 line: 1,
                 reason: format!("unreadable header: {err}"),
             });
-            return Parsed { batch, report };
+            return Parsed {
+                batch,
+                plans,
+                report,
+            };
         }
     };
     let missing: Vec<&str> = kind
@@ -161,7 +206,11 @@ pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
             line: 1,
             reason: format!("header lacks column(s): {}", missing.join(", ")),
         });
-        return Parsed { batch, report };
+        return Parsed {
+            batch,
+            plans,
+            report,
+        };
     }
     let index = |name: &str| {
         headers
@@ -183,6 +232,15 @@ pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
             }
         };
         let get = |name: &str| row.get(index(name)).unwrap_or("").to_string();
+        // Columns a file may leave out.
+        let optional = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h == name)
+                .and_then(|i| row.get(i))
+                .unwrap_or("")
+                .to_string()
+        };
         let checked: Result<(), String> = (|| {
             let id = get("id");
             if !seen.insert(id.clone()) {
@@ -191,7 +249,6 @@ pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
             match kind {
                 ImportKind::Residents => {
                     let resident = Resident {
-                        id,
                         name: get("name"),
                         community_id: get("community_id"),
                         address: get("address"),
@@ -199,6 +256,20 @@ pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
                         medical_notes: get("medical_notes"),
                         emergency_contacts: contacts(&get("emergency_contacts"))?,
                         access_notes: get("access_notes"),
+                        checkin: crate::welfare::enrol(
+                            Some(CheckinWindow {
+                                start: optional("checkin_start"),
+                                end: optional("checkin_end"),
+                                since_ms: 0,
+                            }),
+                            dir.resident(&id)
+                                .ok()
+                                .flatten()
+                                .and_then(|r| r.checkin)
+                                .as_ref(),
+                            now,
+                        ),
+                        id,
                     };
                     directory::check_resident(dir, &resident)?;
                     batch.residents.push(resident);
@@ -245,6 +316,32 @@ pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
                     directory::check_staff(dir, &staff)?;
                     batch.staff.push(staff);
                 }
+                ImportKind::VisitPlans => {
+                    let resident_id = get("resident_id");
+                    let resident = dir
+                        .resident(&resident_id)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| format!("no resident `{resident_id}`"))?;
+                    let before = dir.visit_plan(&id).ok().flatten();
+                    let plan = VisitPlan {
+                        resident_id,
+                        community_id: resident.community_id,
+                        weekdays: weekdays(&get("weekdays"))?,
+                        carer_id: get("carer_id"),
+                        note: get("note"),
+                        active: boolean(&get("active"))?,
+                        since_ms: before.map_or(now, |b| b.since_ms),
+                        id,
+                    };
+                    crate::welfare::check_plan(&plan)?;
+                    if !plan.carer_id.is_empty()
+                        && dir.staff_member(&plan.carer_id).ok().flatten().is_none()
+                    {
+                        return Err(format!("no staff member `{}`", plan.carer_id));
+                    }
+                    plans.push(plan);
+                }
             }
             Ok(())
         })();
@@ -253,11 +350,17 @@ pub fn parse(dir: &impl Directory, kind: ImportKind, csv_text: &str) -> Parsed {
         }
     }
     if report.rejected.is_empty() {
-        report.imported = (batch.residents.len() + batch.devices.len() + batch.staff.len()) as u64;
+        report.imported =
+            (batch.residents.len() + batch.devices.len() + batch.staff.len() + plans.len()) as u64;
     } else {
         batch = DirectoryBatch::default();
+        plans.clear();
     }
-    Parsed { batch, report }
+    Parsed {
+        batch,
+        plans,
+        report,
+    }
 }
 
 #[cfg(test)]

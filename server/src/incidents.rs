@@ -60,6 +60,7 @@ pub fn raises_alert(kind: EventKind) -> bool {
             | DeviceOffline
             | Tamper
             | GatewayFault
+            | CheckinMissed
     )
 }
 

@@ -25,3 +25,4 @@ pub mod routing;
 pub mod seed;
 pub mod store;
 pub mod uplink;
+pub mod welfare;

@@ -331,6 +331,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         gateways.clone(),
     )
     .with_webhook_hosts(WebhookHosts::new(&config.notify.webhook_hosts))
+    .with_utc_offset(config.routing.utc_offset_minutes)
     .with_token_policy(anxin_server::admin::TokenPolicy {
         ttl_ms: secs(config.auth.token_ttl_secs),
         rotation_grace_ms: secs(config.auth.rotation_grace_secs),
@@ -389,6 +390,10 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     ));
     health::watch(health.clone(), cancel.clone());
     tasks.spawn(notifier.run(cancel.clone()));
+    tasks.spawn(anxin_server::welfare::visits::run(
+        desk.clone(),
+        cancel.clone(),
+    ));
     // Only a shared database can go away under a running server.
     if desk.store().backend() != "sled" {
         tasks.spawn(health::watch_database(

@@ -26,6 +26,8 @@ pub const REMOTE_CHANGES: &str = "anxin_server_remote_changes_total";
 pub const EVENTS_FOREIGN: &str = "anxin_server_events_foreign_device_total";
 pub const DATABASE_UP: &str = "anxin_server_database_up";
 pub const HTTPS_HANDSHAKES_FAILED: &str = "anxin_server_https_handshakes_failed_total";
+pub const CHECKINS_JUDGED: &str = "anxin_server_checkins_judged_total";
+pub const VISITS_MISSED: &str = "anxin_server_visits_missed_total";
 
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -54,6 +56,14 @@ pub fn install() -> PrometheusHandle {
     );
     describe_counter!(EVENTS_INVALID, "Uplink messages refused as invalid.");
     describe_counter!(ALERTS_CREATED, "Alerts raised.");
+    describe_counter!(
+        CHECKINS_JUDGED,
+        "Residents' check-in days judged when their window closed, by outcome (ok, late, missed)."
+    );
+    describe_counter!(
+        VISITS_MISSED,
+        "Planned visits not recorded by the day's end (the community's supervisors are told)."
+    );
     describe_counter!(
         EVENTS_FOREIGN,
         "Events a gateway sent for a device registered to another gateway: refused (acknowledged, not stored, audited)."

@@ -22,11 +22,11 @@ use sha2::Sha256;
 
 use crate::store::{OutboxItem, Store};
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
     pub delivery_id: String,
-    /// `offer`, `emergency_services`, `stand_down`.
+    /// `offer`, `emergency_services`, `stand_down`, `visit_missed`.
     #[serde(rename = "type")]
     pub kind: String,
     pub alert_id: String,
@@ -38,6 +38,11 @@ pub struct Notification {
     pub escalation_level: u32,
     pub deadline_ms: i64,
     pub sent_ms: i64,
+    /// `visit_missed`: the plan and the local day ("2026-11-26").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub visit_plan_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub day: String,
 }
 
 #[derive(Debug, thiserror::Error)]

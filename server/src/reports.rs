@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use anxin_proto::v1::{Alert, AlertState, EventKind, KindCount, OutcomeCount, Percentiles, Report};
+use anxin_proto::v1::{
+    Alert, AlertState, CheckinDay, EventKind, KindCount, OutcomeCount, Percentiles, Report, Visit,
+};
 
 /// Nearest-rank percentile of a sorted sample.
 fn nearest_rank(sorted: &[i64], percent: u32) -> i64 {
@@ -92,7 +94,72 @@ pub fn compute(
             .map(|(outcome, count)| OutcomeCount { outcome, count })
             .collect(),
         community_name: String::new(),
+        ..Default::default()
     }
+}
+
+/// Adds the welfare figures to a report (same community and period):
+/// check-in days judged on local days that start in `[from_ms, to_ms)`
+/// (ok and late count as checked in), the missed check-in alerts created in
+/// the period (times to acknowledge and to resolve), and planned visits of
+/// those days that have ended (every one is then done or missed).
+pub fn add_welfare(
+    report: &mut Report,
+    days: &[CheckinDay],
+    visits: &[Visit],
+    alerts: &[Alert],
+    utc_offset_minutes: i32,
+    now_ms: i64,
+) {
+    let community = report.community_id.clone();
+    let (from_ms, to_ms) = (report.from_ms, report.to_ms);
+    let in_period = |day: i32| {
+        let start = crate::welfare::day_start_ms(day, utc_offset_minutes);
+        start >= from_ms && (to_ms == 0 || start < to_ms)
+    };
+    let ours = |c: &str| community.is_empty() || c == community;
+    let judged: Vec<&CheckinDay> = days
+        .iter()
+        .filter(|d| ours(&d.community_id) && in_period(d.day))
+        .collect();
+    report.checkin_days = judged.len() as u64;
+    report.checkin_days_ok = judged
+        .iter()
+        .filter(|d| d.outcome == "ok" || d.outcome == "late")
+        .count() as u64;
+    report.checkins_missed = judged.iter().filter(|d| d.outcome == "missed").count() as u64;
+    report.checkin_coverage = if judged.is_empty() {
+        0.0
+    } else {
+        report.checkin_days_ok as f64 / judged.len() as f64
+    };
+    let missed: Vec<&Alert> = alerts
+        .iter()
+        .filter(|a| a.kind == EventKind::CheckinMissed as i32 && ours(&a.community_id))
+        .filter(|a| a.created_ms >= from_ms && (to_ms == 0 || a.created_ms < to_ms))
+        .collect();
+    report.missed_checkin_to_acknowledge = Some(percentiles(
+        missed
+            .iter()
+            .filter(|a| a.acknowledged_ms > 0)
+            .map(|a| a.acknowledged_ms - a.created_ms)
+            .collect(),
+    ));
+    report.missed_checkin_to_resolve = Some(percentiles(
+        missed
+            .iter()
+            .filter(|a| a.resolved_ms > 0)
+            .map(|a| a.resolved_ms - a.created_ms)
+            .collect(),
+    ));
+    let ended = |day: i32| crate::welfare::day_start_ms(day + 1, utc_offset_minutes) <= now_ms;
+    let planned: Vec<&Visit> = visits
+        .iter()
+        .filter(|v| ours(&v.community_id) && in_period(v.day) && ended(v.day))
+        .collect();
+    report.visits_planned = planned.len() as u64;
+    report.visits_done = planned.iter().filter(|v| v.status == "done").count() as u64;
+    report.visits_missed = planned.iter().filter(|v| v.status == "missed").count() as u64;
 }
 
 /// The report as CSV: one `metric,value` row per figure.
@@ -119,6 +186,31 @@ pub fn to_csv(report: &Report) -> String {
         "acknowledged_within_target".into(),
         format!("{:.4}", report.acknowledged_within_target),
     ));
+    rows.push(("checkin_days".into(), report.checkin_days.to_string()));
+    rows.push(("checkin_days_ok".into(), report.checkin_days_ok.to_string()));
+    rows.push(("checkins_missed".into(), report.checkins_missed.to_string()));
+    rows.push((
+        "checkin_coverage".into(),
+        format!("{:.4}", report.checkin_coverage),
+    ));
+    for (name, p) in [
+        (
+            "missed_checkin_to_acknowledge",
+            report.missed_checkin_to_acknowledge,
+        ),
+        (
+            "missed_checkin_to_resolve",
+            report.missed_checkin_to_resolve,
+        ),
+    ] {
+        let p = p.unwrap_or_default();
+        rows.push((format!("{name}_count"), p.count.to_string()));
+        rows.push((format!("{name}_median_ms"), p.median_ms.to_string()));
+        rows.push((format!("{name}_p90_ms"), p.p90_ms.to_string()));
+    }
+    rows.push(("visits_planned".into(), report.visits_planned.to_string()));
+    rows.push(("visits_done".into(), report.visits_done.to_string()));
+    rows.push(("visits_missed".into(), report.visits_missed.to_string()));
     for k in &report.by_kind {
         let name = EventKind::try_from(k.kind).map_or("UNKNOWN", |k| k.as_str_name());
         rows.push((format!("kind:{name}"), k.count.to_string()));

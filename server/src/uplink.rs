@@ -10,8 +10,8 @@ use std::{pin::Pin, sync::Arc};
 use anxin_proto::{
     now_ms,
     v1::{
-        DeviceRoster, GatewayMessage, Received, RosterDevice, ServerMessage, gateway_message,
-        server_message, uplink_server::Uplink,
+        DeviceRoster, GatewayMessage, Received, RosterDevice, ServerMessage, SignOfLife,
+        gateway_message, server_message, uplink_server::Uplink,
     },
 };
 use futures::{FutureExt, Stream};
@@ -66,7 +66,8 @@ fn origin_of(
 /// still reach a dispatcher). Looked up once per device and kept for a
 /// while, so telemetry at full rate costs no directory read per event.
 struct DeviceOwners {
-    known: std::collections::HashMap<String, (bool, std::time::Instant)>,
+    /// device → (may this gateway speak for it, its resident, when read).
+    known: std::collections::HashMap<String, (bool, String, std::time::Instant)>,
 }
 
 const OWNER_TTL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -87,21 +88,32 @@ impl DeviceOwners {
         if device_id == gateway_id {
             return Ok(true);
         }
-        if let Some((allowed, at)) = self.known.get(device_id)
+        if let Some((allowed, _, at)) = self.known.get(device_id)
             && at.elapsed() < OWNER_TTL
         {
             return Ok(*allowed);
         }
-        let allowed = desk
-            .store()
-            .device(device_id)?
+        let device = desk.store().device(device_id)?;
+        let allowed = device
+            .as_ref()
             .is_none_or(|d| d.gateway_id.is_empty() || d.gateway_id == gateway_id);
         if self.known.len() > 100_000 {
             self.known.clear();
         }
-        self.known
-            .insert(device_id.to_string(), (allowed, std::time::Instant::now()));
+        self.known.insert(
+            device_id.to_string(),
+            (
+                allowed,
+                device.map(|d| d.resident_id).unwrap_or_default(),
+                std::time::Instant::now(),
+            ),
+        );
         Ok(allowed)
+    }
+
+    /// The resident of a device [`Self::allowed`] looked at ("" if none).
+    fn resident(&self, device_id: &str) -> &str {
+        self.known.get(device_id).map_or("", |k| k.1.as_str())
     }
 }
 
@@ -466,6 +478,7 @@ async fn serve_gateway(
         let mut plain = Vec::new();
         let mut others = Vec::with_capacity(batch.len());
         let mut foreign = Vec::new();
+        let mut signs = Vec::new();
         for message in batch {
             if let Some(gateway_message::Body::Event(uplink)) = &message.body
                 && let Some(event) = &uplink.event
@@ -473,6 +486,24 @@ async fn serve_gateway(
             {
                 foreign.push((event.device_id.clone(), event.seq));
                 continue;
+            }
+            // Signs of life count resent events too: a kill between the
+            // commit and this write must not lose the resident's "I'm OK".
+            if let Some(gateway_message::Body::Event(uplink)) = &message.body
+                && let Some(event) = &uplink.event
+                && let Some(how) = crate::welfare::sign_in(event)
+                && !owners.resident(&event.device_id).is_empty()
+            {
+                signs.push(SignOfLife {
+                    resident_id: owners.resident(&event.device_id).to_string(),
+                    at_ms: if (1..=received_ms).contains(&uplink.stored_ms) {
+                        uplink.stored_ms
+                    } else {
+                        received_ms
+                    },
+                    how: how.into(),
+                    source: event.device_id.clone(),
+                });
             }
             match message.body {
                 Some(gateway_message::Body::Event(uplink))
@@ -569,6 +600,14 @@ async fn serve_gateway(
                     return Err(err.into());
                 }
             }
+        }
+        if !signs.is_empty()
+            && let Err(err) = desk.store().note_signs(&signs)
+        {
+            // No acks: the gateway resends, and the signs come again.
+            metrics::counter!(m::STORE_ERRORS).increment(1);
+            tracing::error!(gateway_id, error = %err, "recording signs of life failed");
+            return Err(err.into());
         }
         refuse_foreign(desk, gateway_id, &foreign);
         acks.extend(

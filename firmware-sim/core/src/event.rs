@@ -19,6 +19,8 @@ pub enum Kind {
     Cancel = 14,
     LowBattery = 20,
     DeviceFault = 21,
+    /// The resident's daily "I'm OK".
+    CheckinOk = 22,
     Telemetry = 30,
     Heartbeat = 31,
     TestCall = 32,
@@ -38,7 +40,7 @@ impl Kind {
         match self {
             Kind::Sos | Kind::Fall | Kind::Smoke | Kind::Gas | Kind::VitalsCritical => Priority::P0,
             Kind::Inactivity | Kind::VitalsWarning | Kind::Tamper | Kind::Cancel => Priority::P1,
-            Kind::LowBattery | Kind::DeviceFault => Priority::P2,
+            Kind::LowBattery | Kind::DeviceFault | Kind::CheckinOk => Priority::P2,
             Kind::Telemetry | Kind::Heartbeat | Kind::TestCall => Priority::P3,
         }
     }

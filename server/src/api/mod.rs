@@ -4,6 +4,7 @@
 pub mod grpc;
 pub mod https;
 pub mod rest;
+pub mod welfare;
 
 use crate::{alerts::DeskError, auth::AuthError, store::StoreError};
 

@@ -29,6 +29,7 @@ use crate::{
     directory::Directory,
     incidents::{Decision, IncidentPolicy, Origin},
     lifecycle::IllegalTransition,
+    welfare::WelfareStore,
 };
 
 pub mod migrate;
@@ -150,7 +151,7 @@ pub enum RemoteChange {
 /// The change function of [`Storage::update_alert_dyn`].
 pub type AlertChange<'a> = &'a (dyn Fn(&mut Alert) -> Result<Change, StoreError> + Sync);
 
-pub trait Storage: Directory + AuditLog + Send + Sync + 'static {
+pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     /// "sled" or "postgres", for logs and `/healthz`.
     fn backend(&self) -> &'static str;
 
@@ -351,6 +352,22 @@ pub fn verify_chain(entries: impl IntoIterator<Item = AuditEntry>) -> ChainRepor
         report.head = entry.hash;
     }
     report
+}
+
+/// The latest sign per resident among `signs` (a batch may carry several
+/// of one resident; an engine writes each resident once).
+pub(crate) fn latest_signs(
+    signs: &[anxin_proto::v1::SignOfLife],
+) -> Vec<anxin_proto::v1::SignOfLife> {
+    let mut latest: std::collections::HashMap<&str, &anxin_proto::v1::SignOfLife> =
+        Default::default();
+    for sign in signs {
+        let slot = latest.entry(sign.resident_id.as_str()).or_insert(sign);
+        if sign.at_ms > slot.at_ms {
+            *slot = sign;
+        }
+    }
+    latest.into_values().cloned().collect()
 }
 
 pub(crate) fn decode<M: Message + Default>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {

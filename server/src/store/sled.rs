@@ -19,12 +19,17 @@
 //!   survive a restart.
 //! - `downlinks`: `gateway_id ‖ 0x00 ‖ downlink id (u64 BE)` → `Downlink`
 //! - `audit`:     `entry id (u64 BE)` → `AuditEntry`, append-only.
+//! - `signs`:     `resident_id` → the latest `SignOfLife`.
+//! - `checkin_days`: `local day (u32 BE) ‖ resident_id` → `CheckinDay`,
+//!   written once.
+//! - `visit_plans`: `plan id` → `VisitPlan`; `visits`: `local day (u32 BE) ‖
+//!   plan id` → `Visit`, written once.
 
 use std::path::Path;
 
 use anxin_proto::v1::{
-    Alert, AlertState, AuditEntry, AuditQuery, DeviceRecord, Downlink, GatewayRecord, Place,
-    Resident, Staff, UplinkEvent,
+    Alert, AlertState, AuditEntry, AuditQuery, CheckinDay, DeviceRecord, Downlink, GatewayRecord,
+    Place, Resident, SignOfLife, Staff, UplinkEvent, Visit, VisitPlan,
 };
 use prost::Message;
 use sled::{
@@ -34,13 +39,14 @@ use sled::{
 
 use super::{
     AlertChange, Change, Committed, OutboxItem, Storage, StoreError, StoredEvent, alert_number,
-    decision_audit, decode, incident_key, offer_deadline,
+    decision_audit, decode, incident_key, latest_signs, offer_deadline,
 };
 use crate::{
     audit::AuditLog,
     directory::{Directory, DirectoryBatch, TokenRecord},
     incidents::{self, Decision, IncidentPolicy, Origin},
     lifecycle,
+    welfare::WelfareStore,
 };
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -155,6 +161,10 @@ pub struct SledStore {
     meta: sled::Tree,
     /// `delivery id` → [`OutboxItem`]: notifications not yet delivered.
     pub(super) outbox: sled::Tree,
+    signs: sled::Tree,
+    checkin_days: sled::Tree,
+    visit_plans: sled::Tree,
+    visits: sled::Tree,
     /// Serialises [`Storage::commit_plain_events`] so two gateways relaying
     /// the same event cannot both find it absent.
     plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
@@ -173,6 +183,10 @@ impl SledStore {
             directory: Trees::open(&db)?,
             meta: db.open_tree("meta")?,
             outbox: db.open_tree("outbox")?,
+            signs: db.open_tree("signs")?,
+            checkin_days: db.open_tree("checkin_days")?,
+            visit_plans: db.open_tree("visit_plans")?,
+            visits: db.open_tree("visits")?,
             plain_commits: Default::default(),
             db,
         };
@@ -790,5 +804,124 @@ impl AuditLog for SledStore {
             out.drain(..out.len() - query.limit as usize);
         }
         Ok(out)
+    }
+}
+
+fn day_key(day: i32, id: &str) -> Vec<u8> {
+    let mut key = (day as u32).to_be_bytes().to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// Values of a day-keyed tree for local days in `[from_day, to_day)`.
+fn days_in(tree: &sled::Tree, from_day: i32, to_day: i32) -> Result<Vec<sled::IVec>, StoreError> {
+    tree.range((from_day.max(0) as u32).to_be_bytes()..(to_day.max(0) as u32).to_be_bytes())
+        .values()
+        .map(|v| Ok(v?))
+        .collect()
+}
+
+impl WelfareStore for SledStore {
+    fn note_signs(&self, signs: &[SignOfLife]) -> Result<(), StoreError> {
+        for sign in latest_signs(signs) {
+            self.signs
+                .fetch_and_update(sign.resident_id.as_bytes(), |old| {
+                    let newer = old
+                        .and_then(|b| SignOfLife::decode(b).ok())
+                        .is_none_or(|o| sign.at_ms > o.at_ms);
+                    if newer {
+                        Some(sign.encode_to_vec())
+                    } else {
+                        old.map(<[u8]>::to_vec)
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    fn sign_of_life(&self, resident_id: &str) -> Result<Option<SignOfLife>, StoreError> {
+        get(&self.signs, "sign of life", resident_id)
+    }
+
+    fn judge_checkin_day(
+        &self,
+        day: &CheckinDay,
+        audit: AuditEntry,
+    ) -> Result<CheckinDay, StoreError> {
+        let key = day_key(day.day, &day.resident_id);
+        Ok(
+            (&self.checkin_days, &self.audit).transaction(|(days, log)| {
+                if let Some(bytes) = days.get(&key)? {
+                    return decode("check-in day", &bytes).map_err(abort);
+                }
+                days.insert(key.as_slice(), day.encode_to_vec())?;
+                append_audit(log, audit.clone())?;
+                Ok(day.clone())
+            })?,
+        )
+    }
+
+    fn checkin_day(&self, resident_id: &str, day: i32) -> Result<Option<CheckinDay>, StoreError> {
+        self.checkin_days
+            .get(day_key(day, resident_id))?
+            .map(|bytes| decode("check-in day", &bytes))
+            .transpose()
+    }
+
+    fn checkin_days(&self, from_day: i32, to_day: i32) -> Result<Vec<CheckinDay>, StoreError> {
+        days_in(&self.checkin_days, from_day, to_day)?
+            .iter()
+            .map(|bytes| decode("check-in day", bytes))
+            .collect()
+    }
+
+    fn put_visit_plans(&self, list: &[VisitPlan], audit: AuditEntry) -> Result<(), StoreError> {
+        (&self.visit_plans, &self.audit).transaction(|(plans, log)| {
+            for plan in list {
+                plans.insert(plan.id.as_bytes(), plan.encode_to_vec())?;
+            }
+            append_audit(log, audit.clone())?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn visit_plan(&self, id: &str) -> Result<Option<VisitPlan>, StoreError> {
+        get(&self.visit_plans, "visit plan", id)
+    }
+
+    fn visit_plans(&self) -> Result<Vec<VisitPlan>, StoreError> {
+        list(&self.visit_plans, "visit plan")
+    }
+
+    fn record_visit(
+        &self,
+        visit: &Visit,
+        audit: AuditEntry,
+        notifications: &[OutboxItem],
+    ) -> Result<(Visit, bool), StoreError> {
+        let key = day_key(visit.day, &visit.plan_id);
+        Ok(
+            (&self.visits, &self.audit, &self.outbox).transaction(|(visits, log, outbox)| {
+                if let Some(bytes) = visits.get(&key)? {
+                    return Ok((decode("visit", &bytes).map_err(abort)?, false));
+                }
+                visits.insert(key.as_slice(), visit.encode_to_vec())?;
+                append_audit(log, audit.clone())?;
+                for item in notifications {
+                    if outbox.get(item.delivery_id.as_bytes())?.is_none() {
+                        outbox.insert(item.delivery_id.as_bytes(), item.encode_to_vec())?;
+                    }
+                }
+                Ok((visit.clone(), true))
+            })?,
+        )
+    }
+
+    fn visits(&self, from_day: i32, to_day: i32) -> Result<Vec<Visit>, StoreError> {
+        days_in(&self.visits, from_day, to_day)?
+            .iter()
+            .map(|bytes| decode("visit", bytes))
+            .collect()
     }
 }

@@ -1,0 +1,332 @@
+//! The daily check-in: judging each enrolled resident's day when their
+//! window closes, raising `CHECKIN_MISSED` through the ordinary event path,
+//! and today's standing for the console.
+
+use std::collections::{HashMap, HashSet};
+
+use anxin_proto::{
+    DeviceEvent, EventKind, now_ms,
+    v1::{AuditEntry, CheckinDay, Resident, SignOfLife, UplinkEvent},
+};
+
+use super::{CHECKIN_DEVICE_PREFIX, Standing, Window, describe_sign, standing};
+use crate::{
+    alerts::AlertDesk,
+    incidents::{Decision, Origin},
+    store::{Committed, StoreError},
+};
+
+/// How often the enrolled residents are read again from the directory
+/// (a window set through the API or an import is judged from then on).
+const RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub struct CheckinJudge {
+    desk: AlertDesk,
+    enrolled: Vec<(Resident, Window)>,
+    loaded: Option<std::time::Instant>,
+    /// Days known to be judged (in the store), so each is read once.
+    judged: HashSet<(String, i32)>,
+}
+
+/// One resident's check-in on a day, as the console shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckinStatus {
+    pub resident_id: String,
+    pub resident_name: String,
+    pub community_id: String,
+    pub day: String,
+    pub window: String,
+    /// ok, late, pending, missed.
+    pub status: &'static str,
+    pub opens_ms: i64,
+    pub closes_ms: i64,
+    pub last_sign: Option<SignOfLife>,
+    pub alert_id: String,
+}
+
+impl CheckinJudge {
+    pub fn new(desk: AlertDesk) -> Self {
+        Self {
+            desk,
+            enrolled: Vec::new(),
+            loaded: None,
+            judged: HashSet::new(),
+        }
+    }
+
+    fn offset(&self) -> i32 {
+        self.desk.policy().utc_offset_minutes
+    }
+
+    fn reload(&mut self) -> Result<(), StoreError> {
+        if self.loaded.is_some_and(|at| at.elapsed() < RELOAD) {
+            return Ok(());
+        }
+        self.enrolled = enrolled(&self.desk.store().residents()?);
+        self.loaded = Some(std::time::Instant::now());
+        if self.judged.len() > 1_000_000 {
+            self.judged.clear();
+        }
+        Ok(())
+    }
+
+    /// Judges every enrolled resident's latest closed window not judged yet.
+    /// Returns how many days were judged by this call.
+    pub async fn tick(&mut self, now_ms: i64) -> Result<usize, StoreError> {
+        self.reload()?;
+        let offset = self.offset();
+        let mut judged = 0;
+        for (resident, window) in self.enrolled.clone() {
+            let day = window.last_closed_day(now_ms, offset);
+            let (_, closes) = window.on(day, offset);
+            let since = resident.checkin.as_ref().map_or(0, |c| c.since_ms);
+            if closes < since || self.judged.contains(&(resident.id.clone(), day)) {
+                continue;
+            }
+            if self.desk.store().checkin_day(&resident.id, day)?.is_none() {
+                self.judge(&resident, window, day, now_ms).await?;
+                judged += 1;
+            }
+            self.judged.insert((resident.id.clone(), day));
+        }
+        Ok(judged)
+    }
+
+    async fn judge(
+        &self,
+        resident: &Resident,
+        window: Window,
+        day: i32,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let store = self.desk.store();
+        let offset = self.offset();
+        let (opens, closes) = window.on(day, offset);
+        let device_id = format!("{CHECKIN_DEVICE_PREFIX}{}", resident.id);
+        let sign = store.sign_of_life(&resident.id)?;
+        // Raised already (a kill between the alert and this record, or
+        // another replica): the day is missed whatever came since.
+        let raised = store.event(&device_id, day as u64)?;
+        let outcome = match &raised {
+            Some(_) => Standing::Missed,
+            None => standing(opens, closes, sign.as_ref().map(|s| s.at_ms), now_ms),
+        };
+        let mut alert_id = raised.map(|e| e.alert_id).unwrap_or_default();
+        if outcome == Standing::Missed && alert_id.is_empty() {
+            alert_id = self
+                .raise(resident, &device_id, day, closes, sign.as_ref(), now_ms)
+                .await?;
+        }
+        let record = CheckinDay {
+            resident_id: resident.id.clone(),
+            day,
+            community_id: resident.community_id.clone(),
+            outcome: outcome.name().into(),
+            sign: sign.clone(),
+            alert_id: alert_id.clone(),
+            judged_ms: now_ms,
+        };
+        let detail = match (&sign, outcome) {
+            (_, Standing::Missed) => format!(
+                "{}: no check-in by the window's end; alert {alert_id}",
+                super::date_of(day)
+            ),
+            (Some(sign), _) => format!(
+                "{}: {} — {}",
+                super::date_of(day),
+                outcome.name(),
+                describe_sign(sign, offset)
+            ),
+            (None, _) => format!("{}: {}", super::date_of(day), outcome.name()),
+        };
+        store.judge_checkin_day(
+            &record,
+            AuditEntry {
+                at_ms: now_ms,
+                actor: "system".into(),
+                action: "checkin.judged".into(),
+                target: format!("resident/{}", resident.id),
+                community_id: resident.community_id.clone(),
+                detail,
+                ..Default::default()
+            },
+        )?;
+        metrics::counter!(crate::metrics::CHECKINS_JUDGED, "outcome" => outcome.name())
+            .increment(1);
+        tracing::info!(resident_id = %resident.id, day = %super::date_of(day), outcome = outcome.name(), alert_id, "check-in judged");
+        Ok(())
+    }
+
+    /// The CHECKIN_MISSED alert, committed like a device's event: the same
+    /// identity twice (a restart, another replica) is a duplicate.
+    async fn raise(
+        &self,
+        resident: &Resident,
+        device_id: &str,
+        day: i32,
+        closes: i64,
+        sign: Option<&SignOfLife>,
+        now_ms: i64,
+    ) -> Result<String, StoreError> {
+        let store = self.desk.store();
+        let window = resident.checkin.clone().unwrap_or_default();
+        let last = match sign {
+            Some(sign) => describe_sign(sign, self.offset()),
+            None => "none recorded".into(),
+        };
+        let uplink = UplinkEvent {
+            event: Some(DeviceEvent {
+                device_id: device_id.to_string(),
+                seq: day as u64,
+                kind: EventKind::CheckinMissed as i32,
+                device_time_ms: closes,
+                note: format!(
+                    "No check-in between {} and {} on {}. Last sign of life: {last}.",
+                    window.start,
+                    window.end,
+                    super::date_of(day)
+                ),
+                ..Default::default()
+            }),
+            stored_ms: now_ms,
+        };
+        let origin = Origin {
+            resident_id: resident.id.clone(),
+            community_id: resident.community_id.clone(),
+        };
+        let committed =
+            store.commit_event("", &uplink, now_ms, &origin, &self.desk.policy().incidents)?;
+        store.flush().await?;
+        match committed {
+            Committed::New {
+                alert: Some(changed),
+            } => {
+                let (alert, decision) = *changed;
+                self.desk.announce(alert.clone());
+                metrics::counter!(crate::metrics::ALERTS_CREATED).increment(1);
+                match decision {
+                    Decision::Raise => self.desk.route(&alert.id).await,
+                    Decision::Attach {
+                        priority_raised: true,
+                    } => self.desk.tighten_deadline(&alert.id).await,
+                    _ => {}
+                }
+                Ok(alert.id)
+            }
+            Committed::New { alert: None } => Ok(String::new()),
+            Committed::Duplicate => Ok(store
+                .event(device_id, day as u64)?
+                .map(|e| e.alert_id)
+                .unwrap_or_default()),
+        }
+    }
+}
+
+/// Residents with a valid check-in window.
+pub fn enrolled(residents: &[Resident]) -> Vec<(Resident, Window)> {
+    residents
+        .iter()
+        .filter_map(|r| {
+            let window = Window::of(r.checkin.as_ref()?).ok()?;
+            Some((r.clone(), window))
+        })
+        .collect()
+}
+
+/// Each enrolled resident's standing on a local day (today: live; a past
+/// day: as judged).
+pub fn day_status(
+    desk: &AlertDesk,
+    residents: &[Resident],
+    day: i32,
+    now_ms: i64,
+) -> Result<Vec<CheckinStatus>, StoreError> {
+    let store = desk.store();
+    let offset = desk.policy().utc_offset_minutes;
+    let judged: HashMap<String, CheckinDay> = store
+        .checkin_days(day, day + 1)?
+        .into_iter()
+        .map(|d| (d.resident_id.clone(), d))
+        .collect();
+    let mut out = Vec::new();
+    for (resident, window) in enrolled(residents) {
+        let (opens, closes) = window.on(day, offset);
+        let checkin = resident.checkin.clone().unwrap_or_default();
+        let (status, last_sign, alert_id) = match judged.get(&resident.id) {
+            Some(d) => (
+                match d.outcome.as_str() {
+                    "ok" => "ok",
+                    "late" => "late",
+                    _ => "missed",
+                },
+                d.sign.clone(),
+                d.alert_id.clone(),
+            ),
+            None => {
+                let sign = store.sign_of_life(&resident.id)?;
+                let standing = standing(opens, closes, sign.as_ref().map(|s| s.at_ms), now_ms);
+                // A past day nobody judged (not enrolled then, or the
+                // server was down through it and a later day was judged).
+                if closes < checkin.since_ms {
+                    continue;
+                }
+                (standing.name(), sign, String::new())
+            }
+        };
+        out.push(CheckinStatus {
+            resident_id: resident.id.clone(),
+            resident_name: resident.name.clone(),
+            community_id: resident.community_id.clone(),
+            day: super::date_of(day),
+            window: format!("{}–{}", checkin.start, checkin.end),
+            status,
+            opens_ms: opens,
+            closes_ms: closes,
+            last_sign,
+            alert_id,
+        });
+    }
+    out.sort_by(|a, b| {
+        rank(a.status)
+            .cmp(&rank(b.status))
+            .then(a.resident_name.cmp(&b.resident_name))
+    });
+    Ok(out)
+}
+
+/// Missed first, then pending: what needs a person comes first.
+fn rank(status: &str) -> u8 {
+    match status {
+        "missed" => 0,
+        "pending" => 1,
+        "late" => 2,
+        _ => 3,
+    }
+}
+
+/// A carer's confirmation that a resident is well: a sign of life.
+pub fn confirm(
+    desk: &AlertDesk,
+    resident: &Resident,
+    staff_id: &str,
+    note: &str,
+) -> Result<SignOfLife, StoreError> {
+    let sign = SignOfLife {
+        resident_id: resident.id.clone(),
+        at_ms: now_ms(),
+        how: "carer".into(),
+        source: staff_id.to_string(),
+    };
+    desk.store().note_signs(std::slice::from_ref(&sign))?;
+    desk.store().append(AuditEntry {
+        at_ms: sign.at_ms,
+        actor: staff_id.to_string(),
+        action: "checkin.confirm".into(),
+        target: format!("resident/{}", resident.id),
+        community_id: resident.community_id.clone(),
+        detail: note.to_string(),
+        ..Default::default()
+    })?;
+    Ok(sign)
+}

@@ -1,0 +1,342 @@
+//! Who may see and do what with check-ins and visits, for REST (and the
+//! console): every call checks the caller's rights and community scope,
+//! and every refusal is audited (`audit::guard`).
+
+use std::collections::HashMap;
+
+use anxin_proto::{
+    now_ms,
+    v1::{Alert, AuditEntry, CheckinDay, Resident, SignOfLife, StaffRole, Visit, VisitPlan},
+};
+
+use super::{
+    checkins::{self, CheckinStatus},
+    date_of, local_day, parse_date,
+    visits::{self, VisitStatus},
+};
+use crate::{
+    alerts::{AlertDesk, DeskError},
+    audit::guard,
+    auth::{Need, Principal},
+    store::StoreError,
+};
+
+#[derive(Clone)]
+pub struct WelfareDesk {
+    desk: AlertDesk,
+}
+
+/// A resident's welfare at a glance (the alert detail, the directory).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResidentWelfare {
+    pub resident_id: String,
+    pub resident_name: String,
+    pub checkin_window: String,
+    pub last_sign: Option<SignOfLife>,
+    /// The last 14 judged days, newest first.
+    pub checkins: Vec<CheckinDay>,
+    /// The last 10 alerts, newest first.
+    pub recent_alerts: Vec<Alert>,
+    /// Visits of the last 30 days, newest first.
+    pub visits: Vec<Visit>,
+}
+
+fn bad(text: impl Into<String>) -> DeskError {
+    DeskError::BadRequest(text.into())
+}
+
+impl WelfareDesk {
+    pub fn new(desk: AlertDesk) -> Self {
+        Self { desk }
+    }
+
+    fn offset(&self) -> i32 {
+        self.desk.policy().utc_offset_minutes
+    }
+
+    /// "YYYY-MM-DD" or today.
+    fn day(&self, day: Option<&str>) -> Result<i32, DeskError> {
+        match day.filter(|d| !d.is_empty()) {
+            Some(text) => {
+                parse_date(text).ok_or_else(|| bad(format!("day `{text}` is not YYYY-MM-DD")))
+            }
+            None => Ok(local_day(now_ms(), self.offset())),
+        }
+    }
+
+    fn resident(&self, id: &str) -> Result<Resident, DeskError> {
+        Ok(self
+            .desk
+            .store()
+            .resident(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no resident {id}")))?)
+    }
+
+    /// Residents the caller serves (of one community, if given).
+    fn residents_seen(
+        &self,
+        caller: &Principal,
+        community: &str,
+    ) -> Result<Vec<Resident>, DeskError> {
+        Ok(self
+            .desk
+            .store()
+            .residents()?
+            .into_iter()
+            .filter(|r| caller.sees(&r.community_id))
+            .filter(|r| community.is_empty() || r.community_id == community)
+            .collect())
+    }
+
+    /// Every enrolled resident's check-in on a day.
+    pub fn checkins(
+        &self,
+        caller: &Principal,
+        day: Option<&str>,
+        community: &str,
+    ) -> Result<Vec<CheckinStatus>, DeskError> {
+        guard(
+            self.desk.store(),
+            caller,
+            Need::ViewAlerts,
+            None,
+            "checkins",
+        )?;
+        let day = self.day(day)?;
+        let residents = self.residents_seen(caller, community)?;
+        Ok(checkins::day_status(&self.desk, &residents, day, now_ms())?)
+    }
+
+    /// A carer (or anyone who may act in the community) confirms the
+    /// resident is well: a sign of life for today's check-in.
+    pub async fn confirm(
+        &self,
+        caller: &Principal,
+        resident_id: &str,
+        note: &str,
+    ) -> Result<SignOfLife, DeskError> {
+        let resident = self.resident(resident_id)?;
+        guard(
+            self.desk.store(),
+            caller,
+            Need::Act,
+            Some(&resident.community_id),
+            &format!("resident/{resident_id}"),
+        )?;
+        let sign = checkins::confirm(&self.desk, &resident, &caller.name(), note)?;
+        self.desk.store().flush().await?;
+        Ok(sign)
+    }
+
+    pub fn plans(&self, caller: &Principal, community: &str) -> Result<Vec<VisitPlan>, DeskError> {
+        guard(
+            self.desk.store(),
+            caller,
+            Need::ViewAlerts,
+            None,
+            "visit-plans",
+        )?;
+        Ok(self
+            .desk
+            .store()
+            .visit_plans()?
+            .into_iter()
+            .filter(|p| caller.sees(&p.community_id))
+            .filter(|p| community.is_empty() || p.community_id == community)
+            .collect())
+    }
+
+    /// Saves a plan: administrators anywhere, supervisors in their
+    /// communities.
+    pub async fn put_plan(
+        &self,
+        caller: &Principal,
+        mut plan: VisitPlan,
+    ) -> Result<VisitPlan, DeskError> {
+        let resident = self
+            .desk
+            .store()
+            .resident(&plan.resident_id)?
+            .ok_or_else(|| bad(format!("no resident `{}`", plan.resident_id)))?;
+        let target = format!("visit-plan/{}", plan.id);
+        if caller.role() == Some(StaffRole::Supervisor) {
+            guard(
+                self.desk.store(),
+                caller,
+                Need::Audit,
+                Some(&resident.community_id),
+                &target,
+            )?;
+        } else {
+            guard(
+                self.desk.store(),
+                caller,
+                Need::Administer,
+                Some(&resident.community_id),
+                &target,
+            )?;
+        }
+        plan.weekdays.sort_unstable();
+        plan.weekdays.dedup();
+        plan.community_id = resident.community_id.clone();
+        plan.since_ms = match self.desk.store().visit_plan(&plan.id)? {
+            Some(before) if before.resident_id != plan.resident_id => {
+                return Err(bad(format!(
+                    "visit plan {} belongs to resident {}; make a new plan",
+                    plan.id, before.resident_id
+                )));
+            }
+            Some(before) => before.since_ms,
+            None => now_ms(),
+        };
+        super::check_plan(&plan).map_err(bad)?;
+        if !plan.carer_id.is_empty() && self.desk.store().staff_member(&plan.carer_id)?.is_none() {
+            return Err(bad(format!("no staff member `{}`", plan.carer_id)));
+        }
+        let days: Vec<String> = plan.weekdays.iter().map(u32::to_string).collect();
+        self.desk.store().put_visit_plans(
+            std::slice::from_ref(&plan),
+            AuditEntry {
+                at_ms: now_ms(),
+                actor: caller.name(),
+                action: "visit_plan.put".into(),
+                target,
+                community_id: plan.community_id.clone(),
+                detail: format!(
+                    "resident {} on weekdays {}{}",
+                    plan.resident_id,
+                    days.join(","),
+                    if plan.active { "" } else { " (inactive)" }
+                ),
+                ..Default::default()
+            },
+        )?;
+        self.desk.store().flush().await?;
+        Ok(plan)
+    }
+
+    /// Visits due on a day (and what happened), optionally only `status`.
+    pub fn visits(
+        &self,
+        caller: &Principal,
+        day: Option<&str>,
+        community: &str,
+        status: &str,
+    ) -> Result<Vec<VisitStatus>, DeskError> {
+        guard(self.desk.store(), caller, Need::ViewAlerts, None, "visits")?;
+        let day = self.day(day)?;
+        let residents: HashMap<String, Resident> = self
+            .residents_seen(caller, community)?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let plans = self.desk.store().visit_plans()?;
+        Ok(visits::day_visits(&self.desk, &plans, &residents, day)?
+            .into_iter()
+            .filter(|v| status.is_empty() || v.status == status)
+            .collect())
+    }
+
+    /// A carer records arriving for today's planned visit, with a note.
+    pub async fn arrive(
+        &self,
+        caller: &Principal,
+        plan_id: &str,
+        note: &str,
+    ) -> Result<Visit, DeskError> {
+        let plan = self
+            .desk
+            .store()
+            .visit_plan(plan_id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no visit plan {plan_id}")))?;
+        guard(
+            self.desk.store(),
+            caller,
+            Need::Act,
+            Some(&plan.community_id),
+            &format!("visit-plan/{plan_id}"),
+        )?;
+        let (visit, written) =
+            visits::record_arrival(&self.desk, &plan, &caller.name(), note, now_ms()).map_err(
+                |e| match e {
+                    StoreError::Refused(text) => bad(text),
+                    other => other.into(),
+                },
+            )?;
+        if !written {
+            return Err(StoreError::Stale(format!(
+                "the visit of {} is already recorded for {} ({} by {})",
+                plan.resident_id,
+                date_of(visit.day),
+                visit.status,
+                if visit.carer_id.is_empty() {
+                    "the day's end"
+                } else {
+                    &visit.carer_id
+                }
+            ))
+            .into());
+        }
+        self.desk.store().flush().await?;
+        Ok(visit)
+    }
+
+    /// A resident's recent check-ins, alerts and visits (no sensitive
+    /// fields: those stay behind the audited resident read).
+    pub fn resident_welfare(
+        &self,
+        caller: &Principal,
+        resident_id: &str,
+    ) -> Result<ResidentWelfare, DeskError> {
+        let resident = self.resident(resident_id)?;
+        guard(
+            self.desk.store(),
+            caller,
+            Need::ViewAlerts,
+            Some(&resident.community_id),
+            &format!("resident/{resident_id}"),
+        )?;
+        let store = self.desk.store();
+        let today = local_day(now_ms(), self.offset());
+        let mut checkins: Vec<CheckinDay> = store
+            .checkin_days(today - 14, today + 1)?
+            .into_iter()
+            .filter(|d| d.resident_id == resident_id)
+            .collect();
+        checkins.sort_by_key(|d| std::cmp::Reverse(d.day));
+        let mut recent_alerts: Vec<Alert> = store
+            .alerts(&[])?
+            .into_iter()
+            .filter(|a| a.resident_id == resident_id)
+            .collect();
+        recent_alerts.sort_by_key(|a| std::cmp::Reverse(a.created_ms));
+        recent_alerts.truncate(10);
+        let plans: Vec<String> = store
+            .visit_plans()?
+            .into_iter()
+            .filter(|p| p.resident_id == resident_id)
+            .map(|p| p.id)
+            .collect();
+        let mut visits: Vec<Visit> = store
+            .visits(today - 30, today + 1)?
+            .into_iter()
+            .filter(|v| plans.contains(&v.plan_id))
+            .collect();
+        visits.sort_by_key(|v| std::cmp::Reverse(v.day));
+        let window = resident
+            .checkin
+            .as_ref()
+            .map(|w| format!("{}–{}", w.start, w.end))
+            .unwrap_or_default();
+        Ok(ResidentWelfare {
+            resident_id: resident.id,
+            resident_name: resident.name,
+            checkin_window: window,
+            last_sign: store.sign_of_life(resident_id)?,
+            checkins,
+            recent_alerts,
+            visits,
+        })
+    }
+}

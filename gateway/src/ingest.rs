@@ -113,6 +113,13 @@ pub fn check(
         Some(EventKind::Unspecified) => {
             return Err(Rejection::Malformed("kind is missing".into()));
         }
+        // The server raises it when a resident's check-in window passes in
+        // silence; a device saying so would be a forged welfare alert.
+        Some(EventKind::CheckinMissed) => {
+            return Err(Rejection::Malformed(
+                "CHECKIN_MISSED is raised by the dispatch server, never by a device".into(),
+            ));
+        }
         Some(_) => {}
     }
     if event.battery_pct > 100 {

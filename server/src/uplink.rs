@@ -130,7 +130,7 @@ fn refuse_foreign(desk: &AlertDesk, gateway_id: &str, refused: &[(String, u64)])
         .take(5)
         .map(|(device, seq)| format!("{device}#{seq}"))
         .collect();
-    tracing::warn!(gateway_id, count = refused.len(), examples = %examples.join(","), "events for devices registered to another gateway refused");
+    tracing::warn!(gateway_id, count = refused.len(), examples = %examples.join(","), "events for devices this gateway may not speak for refused (another gateway's, or the server's own)");
     let entry = anxin_proto::v1::AuditEntry {
         at_ms: now_ms(),
         actor: format!("gateway/{gateway_id}"),
@@ -480,6 +480,18 @@ async fn serve_gateway(
         let mut foreign = Vec::new();
         let mut signs = Vec::new();
         for message in batch {
+            // Only the server raises CHECKIN_MISSED (and owns its device
+            // ids): from a gateway it is refused like a foreign device's.
+            if let Some(gateway_message::Body::Event(uplink)) = &message.body
+                && let Some(event) = &uplink.event
+                && (event.kind == anxin_proto::EventKind::CheckinMissed as i32
+                    || event
+                        .device_id
+                        .starts_with(crate::welfare::CHECKIN_DEVICE_PREFIX))
+            {
+                foreign.push((event.device_id.clone(), event.seq));
+                continue;
+            }
             if let Some(gateway_message::Body::Event(uplink)) = &message.body
                 && let Some(event) = &uplink.event
                 && !owners.allowed(desk, gateway_id, &event.device_id)?

@@ -452,3 +452,153 @@ async fn every_audit_entry_is_chained_and_an_edit_breaks_the_chain_there() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signs_keep_the_latest_and_days_and_visits_are_written_once() {
+    use crate::welfare::WelfareStore;
+    use anxin_proto::v1::{CheckinDay, SignOfLife, Visit, VisitPlan};
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let sign = |resident: &str, at_ms: i64, how: &str| SignOfLife {
+            resident_id: resident.into(),
+            at_ms,
+            how: how.into(),
+            source: "dev".into(),
+        };
+        assert_eq!(store.sign_of_life("r-1").unwrap(), None);
+        // A batch with two signs of one resident, then an older one alone.
+        store
+            .note_signs(&[
+                sign("r-1", 100, "activity"),
+                sign("r-1", 300, "checkin"),
+                sign("r-2", 50, "call"),
+            ])
+            .unwrap();
+        store.note_signs(&[sign("r-1", 200, "activity")]).unwrap();
+        assert_eq!(
+            store.sign_of_life("r-1").unwrap(),
+            Some(sign("r-1", 300, "checkin"))
+        );
+        assert_eq!(store.sign_of_life("r-2").unwrap().unwrap().at_ms, 50);
+
+        let audit = |action: &str| AuditEntry {
+            at_ms: 1,
+            actor: "system".into(),
+            action: action.into(),
+            ..Default::default()
+        };
+        let day = |resident: &str, d: i32, outcome: &str| CheckinDay {
+            resident_id: resident.into(),
+            day: d,
+            community_id: "c-1".into(),
+            outcome: outcome.into(),
+            ..Default::default()
+        };
+        let first = store
+            .judge_checkin_day(&day("r-1", 20_000, "missed"), audit("checkin.judged"))
+            .unwrap();
+        assert_eq!(first.outcome, "missed");
+        // A second judgement of the same day (another replica) keeps the first.
+        let again = store
+            .judge_checkin_day(&day("r-1", 20_000, "ok"), audit("checkin.judged"))
+            .unwrap();
+        assert_eq!(again.outcome, "missed");
+        store
+            .judge_checkin_day(&day("r-2", 20_000, "ok"), audit("checkin.judged"))
+            .unwrap();
+        store
+            .judge_checkin_day(&day("r-1", 20_001, "late"), audit("checkin.judged"))
+            .unwrap();
+        assert_eq!(store.checkin_days(20_000, 20_001).unwrap().len(), 2);
+        assert_eq!(store.checkin_days(19_000, 21_000).unwrap().len(), 3);
+        assert_eq!(
+            store.checkin_day("r-1", 20_001).unwrap().unwrap().outcome,
+            "late"
+        );
+        assert_eq!(store.checkin_day("r-2", 20_001).unwrap(), None);
+        let judged = store
+            .query(&AuditQuery {
+                action: "checkin.judged".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(judged.len(), 3, "one audit entry per day actually judged");
+
+        let plan = VisitPlan {
+            id: "v-1".into(),
+            resident_id: "r-1".into(),
+            community_id: "c-1".into(),
+            weekdays: vec![1, 4],
+            active: true,
+            ..Default::default()
+        };
+        store
+            .put_visit_plans(std::slice::from_ref(&plan), audit("visit_plan.put"))
+            .unwrap();
+        assert_eq!(store.visit_plan("v-1").unwrap(), Some(plan.clone()));
+        assert_eq!(store.visit_plans().unwrap().len(), 1);
+        let visit = |status: &str| Visit {
+            plan_id: "v-1".into(),
+            day: 20_000,
+            resident_id: "r-1".into(),
+            community_id: "c-1".into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        let flag = OutboxItem {
+            delivery_id: "visit-v-1-20000-s-9".into(),
+            address: "http://127.0.0.1:9/hook".into(),
+            next_at_ms: 1,
+            ..Default::default()
+        };
+        let (stored, written) = store
+            .record_visit(&visit("done"), audit("visit.done"), &[])
+            .unwrap();
+        assert!(written);
+        assert_eq!(stored.status, "done");
+        // The day's end comes after the carer: nothing changes, nobody told.
+        let (stored, written) = store
+            .record_visit(
+                &visit("missed"),
+                audit("visit.missed"),
+                std::slice::from_ref(&flag),
+            )
+            .unwrap();
+        assert!(!written);
+        assert_eq!(stored.status, "done");
+        assert!(
+            store
+                .claim_notifications(i64::MAX / 2, 1000, 10)
+                .unwrap()
+                .is_empty()
+        );
+        // A missed visit and its flag are written together.
+        let (_, written) = store
+            .record_visit(
+                &Visit {
+                    day: 20_003,
+                    ..visit("missed")
+                },
+                audit("visit.missed"),
+                std::slice::from_ref(&flag),
+            )
+            .unwrap();
+        assert!(written);
+        assert_eq!(
+            store
+                .claim_notifications(i64::MAX / 2, 1000, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(store.visits(20_000, 20_004).unwrap().len(), 2);
+        assert_eq!(store.visits(20_001, 20_003).unwrap().len(), 0);
+        drop(store);
+        // All of it survives a reopen.
+        let store = engine.open().await;
+        assert_eq!(store.sign_of_life("r-1").unwrap().unwrap().at_ms, 300);
+        assert_eq!(store.checkin_days(19_000, 21_000).unwrap().len(), 3);
+        assert_eq!(store.visits(20_000, 20_004).unwrap().len(), 2);
+    })
+    .await;
+}

@@ -123,7 +123,7 @@ enum Command {
 
 fn parse_kind(text: &str) -> Result<anxin_device_core::Kind, String> {
     use anxin_device_core::Kind::*;
-    const KINDS: [anxin_device_core::Kind; 14] = [
+    const KINDS: [anxin_device_core::Kind; 15] = [
         Sos,
         Fall,
         Smoke,
@@ -138,6 +138,7 @@ fn parse_kind(text: &str) -> Result<anxin_device_core::Kind, String> {
         Telemetry,
         Heartbeat,
         TestCall,
+        CheckinOk,
     ];
     let upper = text.to_ascii_uppercase();
     let wanted = upper.strip_prefix("EVENT_KIND_").unwrap_or(&upper);

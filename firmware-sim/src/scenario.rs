@@ -53,6 +53,13 @@ pub struct ScenarioDevice {
     /// Room sensors: quiet this long raises INACTIVITY.
     #[serde(default = "default_window")]
     pub inactivity_window_ms: u64,
+    /// Room sensors: movement is reported as activity at most this often.
+    #[serde(default = "default_activity_report")]
+    pub activity_report_ms: u64,
+}
+
+fn default_activity_report() -> u64 {
+    anxin_device_core::room_sensor::ACTIVITY_REPORT_MS
 }
 
 fn default_battery() -> u32 {
@@ -101,6 +108,8 @@ pub enum Action {
     Locate,
     /// Room sensor: movement.
     Motion,
+    /// Call button's green key, or the wearable's gesture: "I'm OK".
+    Checkin,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +144,10 @@ impl Scenario {
                     device.device_type == DeviceType::Wearable
                 }
                 Action::Motion => device.device_type == DeviceType::RoomSensor,
+                Action::Checkin => matches!(
+                    device.device_type,
+                    DeviceType::CallButton | DeviceType::Wearable
+                ),
                 Action::Heartbeat => true,
             };
             if !fits {
@@ -212,7 +225,10 @@ pub async fn run(config: &SimConfig, scenario: Scenario) -> anyhow::Result<Outco
                 0,
             )),
             DeviceType::Wearable => Machine::Wearable(Wearable::new()),
-            DeviceType::RoomSensor => Machine::Room(RoomSensor::new(spec.inactivity_window_ms, 0)),
+            DeviceType::RoomSensor => Machine::Room(
+                RoomSensor::new(spec.inactivity_window_ms, 0)
+                    .with_activity_reports(spec.activity_report_ms),
+            ),
         };
         let transport = device::spawn(config, &spec.id, false, heard_tx.clone())?;
         devices.insert(
@@ -364,7 +380,20 @@ fn apply(device: &mut SimDevice, step: &Step) -> Vec<(Kind, Detail, u64)> {
             let e7 = |deg: f64| (deg * 1e7).round() as i32;
             wearable.locate(e7(step.lat.unwrap_or(0.0)), e7(step.lon.unwrap_or(0.0)), 10);
         }
-        (Machine::Room(room), Action::Motion) => room.motion(t),
+        (Machine::Room(room), Action::Motion) => {
+            if let Some(kind) = room.motion(t) {
+                raised.push((kind, Detail::None, 0));
+            }
+        }
+        (Machine::Button(button), Action::Checkin) => {
+            if let ButtonEvent::Raise(kind) = button.ok_press() {
+                raised.push((kind, Detail::None, 0));
+            }
+        }
+        (Machine::Wearable(wearable), Action::Checkin) => {
+            let (kind, detail) = wearable.ok_gesture();
+            raised.push((kind, detail, 0));
+        }
         _ => {}
     }
     raised

@@ -420,6 +420,16 @@ impl Server {
         self.wait_ready().await;
     }
 
+    /// SIGKILL, `pause` with no server at all (time passes: a window
+    /// closes, a day ends), then a restart on the same ports and data.
+    pub async fn restart_after(&mut self, pause: Duration) {
+        self.proc.kill9();
+        tokio::time::sleep(pause).await;
+        let dir = self.config.parent().unwrap().to_path_buf();
+        self.proc = Self::spawn(&self.config, &self.env, &dir);
+        self.wait_ready().await;
+    }
+
     /// Restarts on the same ports and data, without the fault injection.
     pub async fn restart_clean(&mut self) {
         self.proc.kill9();

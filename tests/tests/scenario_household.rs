@@ -52,12 +52,13 @@ async fn household_12_story_reaches_the_server_as_told() {
         "{:?}",
         run.seen
     );
-    // SOS, CANCEL, FALL + location, VITALS_CRITICAL, INACTIVITY.
-    assert_eq!(field(&done, "raised"), Some("6"), "{:?}", run.seen);
-    assert_eq!(field(&done, "stored"), Some("6"));
+    // Her first movement (an activity report), SOS, CANCEL, FALL +
+    // location, VITALS_CRITICAL, INACTIVITY.
+    assert_eq!(field(&done, "raised"), Some("7"), "{:?}", run.seen);
+    assert_eq!(field(&done, "stored"), Some("7"));
 
     eventually("every event at the server", PATIENCE, || async {
-        (server.event_count().await == 6).then_some(())
+        (server.event_count().await == 7).then_some(())
     })
     .await;
 
@@ -86,10 +87,11 @@ async fn household_12_story_reaches_the_server_as_told() {
     );
     assert_eq!(wearable[0]["batteryPct"], 64);
 
-    // Nobody moved in the room for its window.
+    // She moved once (reported as activity), then nobody moved in the
+    // room for its window.
     assert_eq!(
         kinds(&server.events_for("room-0012").await),
-        ["EVENT_KIND_INACTIVITY"]
+        ["EVENT_KIND_TELEMETRY", "EVENT_KIND_INACTIVITY"]
     );
 
     // Two incidents. The mistaken press, stood down by her cancel within the

@@ -1,5 +1,8 @@
 //! The call button: a short press calls for help (SOS); holding it cancels
-//! the last call (the resident pressed by mistake); a periodic heartbeat
+//! the last call (the resident pressed by mistake); the green key says "I'm
+//! OK" for the daily check-in (a key of its own: an SOS must never wait to
+//! be told apart from a check-in, as a double press would make it); a
+//! periodic heartbeat
 //! reports the battery; a test call from the service menu exercises the
 //! whole path without raising an alert.
 
@@ -63,6 +66,11 @@ impl CallButton {
             return (!self.cancel_sent).then_some(ButtonEvent::CancelLast);
         }
         Some(ButtonEvent::Raise(Kind::Sos))
+    }
+
+    /// The green "I'm OK" key.
+    pub fn ok_press(&mut self) -> ButtonEvent {
+        ButtonEvent::Raise(Kind::CheckinOk)
     }
 
     pub fn test_call(&mut self) -> ButtonEvent {

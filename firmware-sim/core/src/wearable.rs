@@ -57,6 +57,11 @@ impl Wearable {
         }
     }
 
+    /// The "I'm OK" gesture (a double tap on the face): the daily check-in.
+    pub fn ok_gesture(&mut self) -> (Kind, Detail) {
+        (Kind::CheckinOk, Detail::None)
+    }
+
     /// One accelerometer sample (vector magnitude in milli-g).
     pub fn accel(&mut self, now_ms: u64, magnitude_mg: u32) -> Option<(Kind, Detail)> {
         self.fall = match self.fall {

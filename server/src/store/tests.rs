@@ -455,7 +455,6 @@ async fn every_audit_entry_is_chained_and_an_edit_breaks_the_chain_there() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signs_keep_the_latest_and_days_and_visits_are_written_once() {
-    use crate::welfare::WelfareStore;
     use anxin_proto::v1::{CheckinDay, SignOfLife, Visit, VisitPlan};
     on_every_engine(|engine| async move {
         let store = engine.open().await;

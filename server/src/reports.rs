@@ -266,4 +266,119 @@ mod tests {
         assert_eq!(nearest_rank(&[7], 99), 7);
         assert_eq!(nearest_rank(&[], 50), 0);
     }
+
+    #[test]
+    fn welfare_figures_match_a_hand_count() {
+        use crate::welfare::day_start_ms;
+        const OFFSET: i32 = 480;
+        let day = |resident: &str, d: i32, community: &str, outcome: &str| CheckinDay {
+            resident_id: resident.into(),
+            day: d,
+            community_id: community.into(),
+            outcome: outcome.into(),
+            ..Default::default()
+        };
+        let days = [
+            day("r1", 10, "c-1", "ok"),
+            day("r2", 10, "c-1", "late"),
+            day("r3", 10, "c-1", "missed"),
+            day("r1", 11, "c-1", "ok"),
+            day("r2", 11, "c-1", "missed"),
+            day("r9", 10, "c-2", "missed"),
+            day("r1", 12, "c-1", "ok"),
+        ];
+        let t0 = day_start_ms(10, OFFSET) + 10 * 3_600_000;
+        let alert = |id: &str, kind: EventKind, community: &str, ack: i64, resolved: i64| Alert {
+            id: id.into(),
+            kind: kind as i32,
+            community_id: community.into(),
+            created_ms: t0,
+            acknowledged_ms: if ack > 0 { t0 + ack } else { 0 },
+            resolved_ms: if resolved > 0 { t0 + resolved } else { 0 },
+            ..Default::default()
+        };
+        let alerts = [
+            alert("1", EventKind::CheckinMissed, "c-1", 60_000, 600_000),
+            alert("2", EventKind::CheckinMissed, "c-1", 120_000, 1_200_000),
+            alert("3", EventKind::CheckinMissed, "c-2", 5_000, 0),
+            alert("4", EventKind::Sos, "c-1", 1_000, 2_000),
+        ];
+        let visit = |plan: &str, d: i32, community: &str, status: &str| Visit {
+            plan_id: plan.into(),
+            day: d,
+            community_id: community.into(),
+            status: status.into(),
+            ..Default::default()
+        };
+        let visits = [
+            visit("v1", 10, "c-1", "done"),
+            visit("v2", 10, "c-1", "missed"),
+            visit("v1", 11, "c-1", "done"),
+            visit("v2", 12, "c-1", "done"),
+            visit("v9", 10, "c-2", "missed"),
+        ];
+        let period = |now_ms: i64| {
+            let mut report = Report {
+                community_id: "c-1".into(),
+                from_ms: day_start_ms(10, OFFSET),
+                to_ms: day_start_ms(12, OFFSET),
+                ..Default::default()
+            };
+            add_welfare(&mut report, &days, &visits, &alerts, OFFSET, now_ms);
+            report
+        };
+        let report = period(day_start_ms(13, OFFSET));
+        // Days 10 and 11 of c-1: ok, late, missed, ok, missed.
+        assert_eq!(report.checkin_days, 5);
+        assert_eq!(report.checkin_days_ok, 3);
+        assert_eq!(report.checkins_missed, 2);
+        assert!((report.checkin_coverage - 0.6).abs() < 1e-9);
+        // Alerts 1 and 2 (3 is another community's, 4 is no check-in).
+        let ack = report.missed_checkin_to_acknowledge.unwrap();
+        assert_eq!((ack.count, ack.median_ms, ack.p90_ms), (2, 60_000, 120_000));
+        let resolve = report.missed_checkin_to_resolve.unwrap();
+        assert_eq!(
+            (resolve.count, resolve.median_ms, resolve.p90_ms),
+            (2, 600_000, 1_200_000)
+        );
+        // Visits of days 10 and 11: done, missed, done.
+        assert_eq!(
+            (
+                report.visits_planned,
+                report.visits_done,
+                report.visits_missed
+            ),
+            (3, 2, 1)
+        );
+        // While day 11 is still going on, only day 10's visits count.
+        let report = period(day_start_ms(11, OFFSET) + 3_600_000);
+        assert_eq!(
+            (
+                report.visits_planned,
+                report.visits_done,
+                report.visits_missed
+            ),
+            (2, 1, 1)
+        );
+        // All communities: c-2's missed day, alert and visit join in.
+        let mut all = Report {
+            from_ms: day_start_ms(10, OFFSET),
+            to_ms: day_start_ms(12, OFFSET),
+            ..Default::default()
+        };
+        add_welfare(
+            &mut all,
+            &days,
+            &visits,
+            &alerts,
+            OFFSET,
+            day_start_ms(13, OFFSET),
+        );
+        assert_eq!((all.checkin_days, all.checkins_missed), (6, 3));
+        assert_eq!(all.missed_checkin_to_acknowledge.unwrap().count, 3);
+        assert_eq!(all.visits_missed, 2);
+        let csv = to_csv(&report);
+        assert!(csv.contains("visits_planned,2\n"), "{csv}");
+        assert!(csv.contains("checkin_coverage,0.6000\n"), "{csv}");
+    }
 }

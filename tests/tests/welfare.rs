@@ -370,3 +370,98 @@ async fn planned_visits_are_done_or_flagged_to_the_supervisor_at_the_day_s_end()
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(hooks.deliveries.try_recv().is_err());
 }
+
+async fn import(server: &Server, kind: &str, csv: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/import/{kind}", server.http()))
+        .bearer_auth(anxin_tests::TEST_ADMIN_TOKEN)
+        .header("content-type", "text/csv")
+        .body(csv.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkin_windows_and_visit_plans_import_from_csv_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    server.add_community("c-1").await;
+    let header = "id,name,community_id,address,phone,medical_notes,emergency_contacts,access_notes,checkin_start,checkin_end\n";
+    let bad = format!(
+        "{header}r-1,Li Jianguo,c-1,Room 1,,,,,07:00,10:00\nr-2,Zhao Xiuying,c-1,Room 2,,,,,10:00,07:00\n"
+    );
+    let (status, report) = import(&server, "residents", &bad).await;
+    assert_eq!(status, 422, "{report}");
+    assert_eq!(report["rejected"][0]["line"], "3", "{report}");
+    assert!(
+        report["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("must end after it starts"),
+        "{report}"
+    );
+    assert_eq!(
+        server.get("/api/v1/residents").await["residents"],
+        serde_json::json!([])
+    );
+    // Without the check-in columns a file imports as before (not enrolled).
+    let good = format!(
+        "{header}r-1,Li Jianguo,c-1,Room 1,,,,,07:00,10:00\nr-2,Zhao Xiuying,c-1,Room 2,,,,,,\n"
+    );
+    let (status, report) = import(&server, "residents", &good).await;
+    assert_eq!(status, 200, "{report}");
+    let checkins = server.get("/api/v1/checkins").await;
+    let enrolled: Vec<&str> = checkins["checkins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["residentId"].as_str().unwrap())
+        .collect();
+    assert_eq!(enrolled, ["r-1"]);
+    assert_eq!(checkins["checkins"][0]["window"], "07:00–10:00");
+    let status = checkins["checkins"][0]["status"].as_str().unwrap();
+    assert!(
+        ["pending", "not_due"].contains(&status),
+        "enrolled just now: judged from the first window that closes after it, not {status}"
+    );
+
+    let plans = "id,resident_id,weekdays,carer_id,note,active\nv-1,r-1,1;4,,weekly,true\nv-2,r-2,8,,,true\nv-3,r-9,1,,,true\n";
+    let (status, report) = import(&server, "visit_plans", plans).await;
+    assert_eq!(status, 422, "{report}");
+    let lines: Vec<&str> = report["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, ["3", "4"], "{report}");
+    assert_eq!(
+        server.get("/api/v1/visit-plans").await["plans"],
+        serde_json::json!([])
+    );
+    let plans = "id,resident_id,weekdays,carer_id,note,active\nv-1,r-1,1;4,,weekly,true\nv-2,r-2,1-5,,,false\n";
+    let (status, report) = import(&server, "visit_plans", plans).await;
+    assert_eq!(status, 200, "{report}");
+    let stored = server.get("/api/v1/visit-plans").await;
+    assert_eq!(stored["plans"][0]["weekdays"], serde_json::json!([1, 4]));
+    assert_eq!(stored["plans"][0]["communityId"], "c-1");
+    assert_eq!(
+        stored["plans"][1]["weekdays"],
+        serde_json::json!([1, 2, 3, 4, 5])
+    );
+    let audit = server.get("/api/v1/audit?action=import.visit_plans").await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["import.visit_plans.rejected", "import.visit_plans"],
+        "{audit}"
+    );
+}

@@ -37,7 +37,7 @@ pub struct CheckinStatus {
     pub community_id: String,
     pub day: String,
     pub window: String,
-    /// ok, late, pending, missed.
+    /// ok, late, pending, missed; not_due (enrolled after the day's window).
     pub status: &'static str,
     pub opens_ms: i64,
     pub closes_ms: i64,
@@ -266,12 +266,13 @@ pub fn day_status(
             None => {
                 let sign = store.sign_of_life(&resident.id)?;
                 let standing = standing(opens, closes, sign.as_ref().map(|s| s.at_ms), now_ms);
-                // A past day nobody judged (not enrolled then, or the
-                // server was down through it and a later day was judged).
                 if closes < checkin.since_ms {
-                    continue;
+                    // Enrolled after this day's window: judged from the
+                    // next day on.
+                    ("not_due", sign, String::new())
+                } else {
+                    (standing.name(), sign, String::new())
                 }
-                (standing.name(), sign, String::new())
             }
         };
         out.push(CheckinStatus {
@@ -301,7 +302,8 @@ fn rank(status: &str) -> u8 {
         "missed" => 0,
         "pending" => 1,
         "late" => 2,
-        _ => 3,
+        "ok" => 3,
+        _ => 4,
     }
 }
 

@@ -20,6 +20,8 @@ const MQTT = env('ANXIN_MQTT');
 const DISPATCHER = env('ANXIN_DISPATCHER_TOKEN');
 const CARER = env('ANXIN_CARER_TOKEN');           // carer-a, community A
 const OTHER = env('ANXIN_OTHER_CARER_TOKEN');     // carer-b, community B
+const ADMIN = env('ANXIN_ADMIN_TOKEN');
+const UTC_OFFSET_MIN = Number(env('ANXIN_UTC_OFFSET'));  // the server's routing.utc_offset_minutes
 const SHOTS = env('ANXIN_SCREENSHOTS');
 const WORKDIR = env('ANXIN_WORKDIR');
 const CHROMIUM = process.env.ANXIN_CHROMIUM || '/usr/bin/chromium';
@@ -82,6 +84,20 @@ async function serverAlerts() {
   });
   return (await res.json()).alerts;
 }
+async function adminCall(method, apiPath, body) {
+  const res = await fetch(`${SERVER}${apiPath}`, {
+    method,
+    headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const json = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(`${method} ${apiPath}: ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+// "HH:MM:SS" in the server's local time, `ms` from now.
+const localClock = ms => new Date(Date.now() + ms + UTC_OFFSET_MIN * 60000).toISOString().slice(11, 19);
+// 1 = Monday … 7 = Sunday, today in the server's local time.
+const localWeekday = () => ((new Date(Date.now() + UTC_OFFSET_MIN * 60000).getUTCDay() + 6) % 7) + 1;
 async function until(what, fn) {
   const deadline = Date.now() + PATIENCE;
   for (;;) {
@@ -233,6 +249,68 @@ try {
   check(await desk.locator('#gateway-board tr[data-gateway-id="gw-test"].gw-ok').count() === 1, 'the healthy gateway reads ok');
   check(await desk.locator('#gateway-trouble').textContent() === '1', 'the nav badge counts it');
   await shot(desk, 'gateways-en');
+
+  // 11. Living alone: today's check-ins and visits. Wang and Li called
+  // earlier today (a sign of life); Sun has until later; Zhou's window
+  // closes in a few seconds with no sign, so a missed check-in is raised.
+  const resident = async (id, name, start, end) => {
+    const record = await adminCall('GET', `/api/v1/residents/${id}`).catch(() => null);
+    await adminCall('PUT', `/api/v1/residents/${id}`, {
+      ...(record || { communityId: 'c-a', address: '新华里 7 号 3 单元 Xinhua Li 7-3' }),
+      name, checkin: { start, end },
+    });
+  };
+  const [opened, later, soon] = [localClock(-60_000), localClock(180_000), localClock(5_000)];
+  await resident('r-1', '王秀英 Wang Xiuying', opened, later);
+  await resident('r-2', '李建国 Li Jianguo', opened, later);
+  await resident('r-4', '孙德明 Sun Deming', opened, later);
+  await resident('r-5', '周桂兰 Zhou Guilan', opened, soon);
+  const today = localWeekday();
+  for (const [plan, who, note] of [['v-1', 'r-1', 'weekly welfare visit 每周巡访'], ['v-2', 'r-4', 'bring medicine 送药']]) {
+    await adminCall('PUT', `/api/v1/visit-plans/${plan}`, { residentId: who, weekdays: [today], carerId: 'carer-li', note, active: true });
+  }
+  // The carer records arriving at Wang's from the phone, with a note.
+  await phone.goto(`${BASE}/#/carer`);
+  const visitButton = await phone.waitForSelector('#carer-visits [data-plan-id="v-1"] button[data-action="arrive"]', { timeout: PATIENCE });
+  await phone.fill('#carer-visits [data-plan-id="v-1"] textarea', 'All well; fridge stocked 一切安好');
+  await shot(phone, 'visits-phone-en');
+  await visitButton.click();
+  await phone.waitForSelector('#carer-visits [data-plan-id="v-1"].visit-done', { timeout: PATIENCE });
+  const visitsNow = await adminCall('GET', '/api/v1/visits');
+  const wang = visitsNow.visits.find(v => v.planId === 'v-1');
+  check(wang.status === 'done' && wang.visitedBy === 'carer-li' && wang.note.includes('fridge'), `the visit is recorded: ${JSON.stringify(wang)}`);
+  await setLanguage(phone, 'zh-CN');
+  await shot(phone, 'visits-phone-zh-CN');
+  await setLanguage(phone, 'en');
+
+  // The dispatcher's view: who is fine, who is pending, who missed.
+  const missed = await until('the missed check-in alert', async () =>
+    (await serverAlerts()).find(a => a.kind === 'EVENT_KIND_CHECKIN_MISSED' && a.residentId === 'r-5'));
+  await desk.goto(`${BASE}/#/welfare`);
+  await desk.waitForSelector(`#checkins tr[data-resident-id="r-5"].checkin-missed a[href="#/alert/${missed.id}"]`, { timeout: PATIENCE });
+  for (const [id, status] of [['r-1', 'ok'], ['r-2', 'ok'], ['r-4', 'pending']]) {
+    check(await desk.locator(`#checkins tr[data-resident-id="${id}"].checkin-${status}`).count() === 1, `${id} is ${status}`);
+  }
+  check((await desk.textContent('#checkin-summary')).includes('1 missed'), 'the summary counts the missed one');
+  check(await desk.locator('#visits tr[data-plan-id="v-1"].visit-done').count() === 1, 'Wang\'s visit done');
+  check(await desk.locator('#visits tr[data-plan-id="v-2"].visit-due').count() === 1, 'Sun\'s visit still due');
+  check(await desk.locator('#visit-plans tr[data-plan-id]').count() === 2, 'both plans listed');
+  await shot(desk, 'welfare-en');
+  await setLanguage(desk, 'zh-CN');
+  await desk.waitForSelector('#checkins tr[data-resident-id="r-5"].checkin-missed');
+  await shot(desk, 'welfare-zh-CN');
+  await setLanguage(desk, 'en');
+  // The alert's detail shows the resident's recent days.
+  await desk.goto(`${BASE}/#/alert/${missed.id}`);
+  await desk.waitForSelector('#welfare-card #recent-checkins', { timeout: PATIENCE });
+  check((await desk.textContent('#welfare-card #recent-checkins')).includes('missed'), 'the missed day is listed');
+  check((await desk.textContent('#last-sign')).includes('no sign of life'), 'no sign of life recorded for Zhou');
+  await shot(desk, 'checkin-detail-en');
+  // A dispatcher confirms Sun is well from the check-in list.
+  await desk.goto(`${BASE}/#/welfare`);
+  await desk.click('#checkins tr[data-resident-id="r-4"] button[data-action="confirm-well"]');
+  await desk.waitForSelector('#checkins tr[data-resident-id="r-4"].checkin-ok', { timeout: PATIENCE });
+
   check(policyViolations.length === 0, `no Content-Security-Policy violations: ${policyViolations.join(' | ')}`);
   log('console browser test passed');
 } catch (err) {

@@ -39,7 +39,17 @@ async fn the_console_shows_alerts_live_acts_on_them_and_survives_a_dropped_strea
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path()).await;
+    // The server's local time near noon, so the script's check-in windows
+    // (a few minutes) never cross midnight.
+    let utc_minute = (anxin_proto::now_ms() / 60_000).rem_euclid(1440);
+    let offset = (720 - utc_minute) as i32;
+    let server = Server::start_configured(
+        dir.path(),
+        anxin_tests::free_port(),
+        &[],
+        &[("routing", &format!("utc_offset_minutes = {offset}"))],
+    )
+    .await;
     server.add_community("c-a").await;
     server.add_community("c-b").await;
     server
@@ -133,6 +143,8 @@ async fn the_console_shows_alerts_live_acts_on_them_and_survives_a_dropped_strea
         .env("ANXIN_DISPATCHER_TOKEN", &dispatcher)
         .env("ANXIN_CARER_TOKEN", &carer)
         .env("ANXIN_OTHER_CARER_TOKEN", &other)
+        .env("ANXIN_ADMIN_TOKEN", anxin_tests::TEST_ADMIN_TOKEN)
+        .env("ANXIN_UTC_OFFSET", offset.to_string())
         .env("ANXIN_SCREENSHOTS", root.join("docs/screenshots"))
         .env("ANXIN_WORKDIR", dir.path())
         .stdout(Stdio::piped())
@@ -172,7 +184,7 @@ async fn the_console_shows_alerts_live_acts_on_them_and_survives_a_dropped_strea
         seen.iter()
             .any(|l| l.contains("console browser test passed"))
     );
-    for name in ["queue", "detail", "phone"] {
+    for name in ["queue", "detail", "phone", "welfare", "visits-phone"] {
         for language in ["en", "zh-CN"] {
             let shot = root.join(format!("docs/screenshots/{name}-{language}.png"));
             assert!(shot.exists(), "{} was not saved", shot.display());

@@ -172,6 +172,7 @@ const routes = {
   gateways: renderGateways,
   reports: renderReports,
   carer: renderCarer,
+  welfare: renderWelfare,
 };
 function route() {
   const [name, arg] = location.hash.replace(/^#\/?/, '').split('/');
@@ -264,6 +265,8 @@ function renderDetail(id) {
   const residentCard = h('div', { class: 'card', id: 'resident-card' }, h('h3', {}, t('detail.resident')));
   if (a.residentId) loadResident(a.residentId, residentCard);
   else residentCard.append(h('p', { class: 'muted' }, t('detail.noResident')));
+  const welfareCard = h('div', { class: 'card', id: 'welfare-card' }, h('h3', {}, t('detail.welfare')));
+  if (a.residentId) loadWelfare(a.residentId, a.id, welfareCard);
 
   const timeline = [];
   const push = (ms, text) => { if (num(ms)) timeline.push([num(ms), text]); };
@@ -303,6 +306,7 @@ function renderDetail(id) {
         h('h3', {}, t('detail.timeline')),
         h('ol', { class: 'timeline' }, timeline.map(([ms, text]) => h('li', {}, h('time', {}, clock(ms)), text)))),
       residentCard,
+      a.residentId ? welfareCard : '',
       h('div', { class: 'card' }, h('h3', {}, t('detail.device')),
         h('dl', {},
           h('dt', {}, t('detail.device')), h('dd', {}, a.deviceId),
@@ -412,6 +416,12 @@ function reportView(r, query) {
       h('dt', {}, t('reports.alerts')), h('dd', { id: 'report-alerts' }, String(num(r.alerts))),
       h('dt', {}, t('reports.within', { n: Math.round(num(r.targetMs) / 1000) })),
       h('dd', {}, `${Math.round(num(r.acknowledgedWithinTarget) * 100)}%`)), csv),
+    h('div', { class: 'card', id: 'report-welfare' }, h('h3', {}, t('reports.welfare')), h('dl', {},
+      h('dt', {}, t('reports.coverage')), h('dd', { id: 'report-coverage' }, num(r.checkinDays) ? `${Math.round(num(r.checkinCoverage) * 100)}% (${num(r.checkinDaysOk)} / ${num(r.checkinDays)})` : '—'),
+      h('dt', {}, t('reports.missed')), h('dd', {}, String(num(r.checkinsMissed))),
+      h('dt', {}, t('reports.missedAck')), h('dd', {}, num(r.missedCheckinToAcknowledge?.count) ? secs(r.missedCheckinToAcknowledge.medianMs) : '—'),
+      h('dt', {}, t('reports.missedResolve')), h('dd', {}, num(r.missedCheckinToResolve?.count) ? secs(r.missedCheckinToResolve.medianMs) : '—'),
+      h('dt', {}, t('reports.visits')), h('dd', { id: 'report-visits' }, t('reports.visitFigures', { planned: num(r.visitsPlanned), done: num(r.visitsDone), missed: num(r.visitsMissed) })))),
     h('div', { class: 'bars' },
       bars(t('reports.ack'), pct(r.timeToAcknowledge)),
       bars(t('reports.arrive'), pct(r.timeToArrive)),
@@ -430,17 +440,153 @@ function renderCarer() {
       h('p', {}, h('strong', {}, r?.name || a.deviceId), h('br'), r?.address || '', h('br'), h('span', { class: 'muted' }, ago(a.createdMs))),
       actionButtons(a, { carer: true }));
   };
+  const visits = h('div', { class: 'stack', id: 'carer-visits' });
+  loadCarerVisits(visits);
   return h('section', { class: 'stack', id: 'carer' },
     h('h2', {}, t('carer.offers')), ...(offers.length ? offers.map(card) : [h('p', { class: 'muted' }, t('carer.none'))]),
-    h('h2', {}, t('carer.mine')), ...taken.map(card));
+    h('h2', {}, t('carer.mine')), ...taken.map(card),
+    h('h2', {}, t('carer.visits')), visits);
 }
+
+// ---- living alone: daily check-ins and scheduled visits ----
+const weekdayNames = days => (days || []).map(d => t('weekday.' + d)).join(' ');
+const when = ms => num(ms) ? new Date(num(ms)).toLocaleString(lang()) : '—';
+function signText(s) {
+  if (!s) return t('welfare.noSign');
+  return `${when(s.atMs)} · ${t('sign.' + s.how)} · ${staffName(s.source)}`;
+}
+const statusBadge = (status, prefix) => h('span', { class: `status-badge st-${status}` }, t(prefix + status));
+
+function checkinTable(list) {
+  const count = status => list.filter(c => c.status === status).length;
+  return h('div', {},
+    h('p', { id: 'checkin-summary' }, t('welfare.summary', {
+      ok: count('ok') + count('late'), pending: count('pending'), missed: count('missed'),
+    })),
+    list.length ? h('table', { id: 'checkins' },
+      h('thead', {}, h('tr', {}, ...['col.status', 'col.resident', 'col.community', 'col.window', 'col.lastSign', 'col.alert', ''].map(k => h('th', {}, k ? t(k) : '')))),
+      h('tbody', {}, list.map(c => h('tr', { 'data-resident-id': c.residentId, class: `checkin-${c.status}` },
+        h('td', {}, statusBadge(c.status, 'checkin.')),
+        h('td', {}, c.residentName),
+        h('td', {}, placeName(c.communityId)),
+        h('td', {}, c.window),
+        h('td', {}, signText(c.lastSign)),
+        h('td', {}, c.alertId ? h('a', { href: `#/alert/${c.alertId}` }, `#${c.alertId}`) : '—'),
+        h('td', {}, ['pending', 'missed'].includes(c.status) ? h('button', {
+          class: 'act', 'data-action': 'confirm-well', onclick: async () => {
+            try {
+              await api('POST', `/api/v1/residents/${c.residentId}/checkin`, { note: t('welfare.confirmNote') });
+              toast(t('welfare.confirmed', { who: c.residentName }));
+              render();
+            } catch (e) { toast(`${t('error')}: ${e.message}`); }
+          },
+        }, t('welfare.confirm')) : ''))))) : h('p', { class: 'muted' }, t('welfare.noneEnrolled')));
+}
+
+function visitTable(list) {
+  if (!list.length) return h('p', { class: 'muted' }, t('visit.none'));
+  return h('table', { id: 'visits' },
+    h('thead', {}, h('tr', {}, ...['col.status', 'col.resident', 'col.address', 'plan.carer', 'col.arrived', 'col.note'].map(k => h('th', {}, t(k))))),
+    h('tbody', {}, list.map(v => h('tr', { 'data-plan-id': v.planId, class: `visit-${v.status}` },
+      h('td', {}, statusBadge(v.status, 'visit.')),
+      h('td', {}, v.residentName),
+      h('td', {}, v.address),
+      h('td', {}, v.visitedBy ? staffName(v.visitedBy) : v.carerId ? staffName(v.carerId) : t('plan.anyCarer')),
+      h('td', {}, v.status === 'missed' ? t('visit.flagged', { at: when(v.flaggedMs) }) : when(v.arrivedMs)),
+      h('td', {}, v.note || v.planNote || '—')))));
+}
+
+function planTable(plans) {
+  if (!plans.length) return h('p', { class: 'muted' }, t('plan.none'));
+  return h('table', { id: 'visit-plans' },
+    h('thead', {}, h('tr', {}, ...['col.resident', 'col.community', 'plan.weekdays', 'plan.carer', 'col.note', 'plan.active'].map(k => h('th', {}, t(k))))),
+    h('tbody', {}, plans.map(p => h('tr', { 'data-plan-id': p.id },
+      h('td', {}, app.residents.get(p.residentId)?.name || p.residentId),
+      h('td', {}, placeName(p.communityId)),
+      h('td', {}, weekdayNames(p.weekdays)),
+      h('td', {}, p.carerId ? staffName(p.carerId) : t('plan.anyCarer')),
+      h('td', {}, p.note || '—'),
+      h('td', {}, p.active ? '✓' : '—')))));
+}
+
+function renderWelfare() {
+  const day = h('input', { type: 'date', id: 'welfare-day', value: app.welfareDay || '', 'aria-label': t('welfare.day') });
+  const checkins = h('div', { id: 'checkin-list' }, h('p', { class: 'muted' }, '…'));
+  const visits = h('div', { id: 'visit-list' }, h('p', { class: 'muted' }, '…'));
+  const plans = h('div', { id: 'plan-list' }, h('p', { class: 'muted' }, '…'));
+  const title = h('h2', {}, t('welfare.title'));
+  const load = async () => {
+    app.welfareDay = day.value;
+    const q = day.value ? `?day=${day.value}` : '';
+    try {
+      const [c, v, p] = await Promise.all([
+        api('GET', `/api/v1/checkins${q}`), api('GET', `/api/v1/visits${q}`), api('GET', '/api/v1/visit-plans'),
+      ]);
+      const shown = c.checkins[0]?.day || v.visits[0]?.day;
+      if (shown) title.textContent = `${t('welfare.title')} · ${shown}`;
+      checkins.replaceChildren(checkinTable(c.checkins));
+      visits.replaceChildren(visitTable(v.visits));
+      plans.replaceChildren(planTable(p.plans));
+    } catch (e) { checkins.replaceChildren(h('p', { class: 'error' }, e.message)); }
+  };
+  day.onchange = load;
+  setTimeout(load);
+  return h('section', { id: 'welfare', class: 'stack' }, title,
+    h('div', { class: 'actions' }, t('welfare.day'), day, h('span', { class: 'muted' }, t('welfare.dayHint'))),
+    h('div', { class: 'card' }, h('h3', {}, t('welfare.checkins')), checkins),
+    h('div', { class: 'card' }, h('h3', {}, t('welfare.visits')), visits),
+    h('div', { class: 'card' }, h('h3', {}, t('welfare.plans')), plans));
+}
+
+async function loadCarerVisits(box) {
+  try {
+    const { visits } = await api('GET', '/api/v1/visits');
+    if (!visits.length) { box.replaceChildren(h('p', { class: 'muted' }, t('visit.none'))); return; }
+    box.replaceChildren(...visits.map(v => {
+      const note = h('textarea', { rows: 2, placeholder: t('visit.notePlaceholder'), 'data-role': 'visit-note' });
+      return h('div', { class: `card visit-card visit-${v.status}`, 'data-plan-id': v.planId },
+        h('h3', {}, statusBadge(v.status, 'visit.'), ' ', v.residentName),
+        h('p', {}, v.address, h('br'), h('span', { class: 'muted' }, v.planNote || '')),
+        v.status === 'due' ? h('div', { class: 'actions' }, note, h('button', {
+          class: 'act primary', 'data-action': 'arrive', onclick: async () => {
+            try {
+              await api('POST', `/api/v1/visits/${v.planId}/arrive`, { note: note.value });
+              toast(t('visit.recorded', { who: v.residentName }));
+              note.blur();
+              render();
+            } catch (e) { toast(`${t('error')}: ${e.message}`); }
+          },
+        }, t('visit.arrive'))) : h('p', { class: 'muted' }, `${when(v.arrivedMs)} · ${v.note || ''}`));
+    }));
+  } catch (e) { box.replaceChildren(h('p', { class: 'error' }, e.message)); }
+}
+
+// The alert detail's view of the resident's recent days: no sensitive
+// fields, so it needs no audited read.
+async function loadWelfare(residentId, alertId, card) {
+  try {
+    const w = await api('GET', `/api/v1/residents/${residentId}/welfare`);
+    const others = (w.recentAlerts || []).filter(a => a.id !== alertId).slice(0, 5);
+    card.append(h('dl', {},
+      h('dt', {}, t('col.window')), h('dd', {}, w.checkinWindow || t('welfare.notEnrolled')),
+      h('dt', {}, t('col.lastSign')), h('dd', { id: 'last-sign' }, signText(w.lastSign))),
+    h('h4', {}, t('detail.recentCheckins')),
+    (w.checkins || []).length ? h('ul', { class: 'days', id: 'recent-checkins' }, w.checkins.slice(0, 7).map(d =>
+      h('li', {}, statusBadge(d.outcome, 'checkin.'), ' ', dayName(d.day)))) : h('p', { class: 'muted' }, '—'),
+    h('h4', {}, t('detail.recentAlerts')),
+    others.length ? h('ul', { id: 'recent-alerts' }, others.map(a => h('li', {},
+      h('a', { href: `#/alert/${a.id}` }, `#${a.id}`), ` ${kindName(a.kind)} · ${when(a.createdMs)} · ${t('state.' + stateOf(a))}`)))
+      : h('p', { class: 'muted' }, '—'));
+  } catch (e) { card.append(h('p', { class: 'error' }, e.message)); }
+}
+const dayName = n => new Date(num(n) * 86400000).toISOString().slice(0, 10);
 
 // ---- chrome: header, keyboard, sign-in ----
 function chrome() {
   $('#top').hidden = false;
   document.title = `${t('app.title')} · Anxin`;
   $('#title').textContent = t('app.title');
-  const links = [['queue', 'nav.queue'], ['staff', 'nav.staff'], ['gateways', 'nav.gateways'], ['reports', 'nav.reports'], ['carer', 'nav.carer']]
+  const links = [['queue', 'nav.queue'], ['welfare', 'nav.welfare'], ['staff', 'nav.staff'], ['gateways', 'nav.gateways'], ['reports', 'nav.reports'], ['carer', 'nav.carer']]
     .filter(([name]) => name !== 'reports' || !isCarer());
   const trouble = gatewaysInTrouble().length;
   $('#nav').replaceChildren(...links.map(([name, key]) => h('a', { href: `#/${name}`, 'data-route': name },
@@ -486,6 +632,7 @@ document.addEventListener('keydown', e => {
     if (e.key === 'q') location.hash = '#/queue';
     if (e.key === 's') location.hash = '#/staff';
     if (e.key === 'r') location.hash = '#/reports';
+    if (e.key === 'w') location.hash = '#/welfare';
     return;
   }
   const rows = openAlerts();

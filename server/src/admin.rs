@@ -101,6 +101,10 @@ impl AdminDesk {
         }
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn with_utc_offset(mut self, minutes: i32) -> Self {
         self.utc_offset_minutes = minutes;
         self

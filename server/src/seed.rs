@@ -8,7 +8,7 @@
 //! (`communityId`, `level = "PLACE_LEVEL_COMMUNITY"`); see
 //! `deploy/config/seed.example.toml`.
 
-use anxin_proto::v1::{DeviceRecord, GatewayRecord, Place, Resident, Staff};
+use anxin_proto::v1::{DeviceRecord, GatewayRecord, Place, Resident, Staff, VisitPlan};
 use serde::Deserialize;
 
 use crate::{admin::AdminDesk, auth::Principal};
@@ -22,6 +22,8 @@ pub struct SeedFile {
     pub gateways: Vec<SeedGateway>,
     pub staff: Vec<Staff>,
     pub tokens: Vec<SeedToken>,
+    #[serde(rename = "visitPlans")]
+    pub visit_plans: Vec<VisitPlan>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,6 +101,18 @@ pub fn apply(admin: &AdminDesk, text: &str) -> Result<usize, SeedError> {
     for staff in seed.staff {
         let what = format!("staff `{}`", staff.id);
         admin.put_staff(&admin_caller, staff).map_err(fail(what))?;
+        written += 1;
+    }
+    for plan in seed.visit_plans {
+        let what = format!("visit plan `{}`", plan.id);
+        let problem = |problem: String| SeedError {
+            what: what.clone(),
+            problem,
+        };
+        let plan = crate::welfare::prepare_plan(admin.store(), plan, anxin_proto::now_ms())
+            .map_err(problem)?;
+        crate::welfare::save_plan(admin.store(), "admin", &plan)
+            .map_err(|e| problem(e.to_string()))?;
         written += 1;
     }
     for token in seed.tokens {

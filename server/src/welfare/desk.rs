@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use anxin_proto::{
     now_ms,
-    v1::{Alert, AuditEntry, CheckinDay, Resident, SignOfLife, StaffRole, Visit, VisitPlan},
+    v1::{Alert, CheckinDay, Resident, SignOfLife, StaffRole, Visit, VisitPlan},
 };
 
 use super::{
@@ -152,7 +152,7 @@ impl WelfareDesk {
     pub async fn put_plan(
         &self,
         caller: &Principal,
-        mut plan: VisitPlan,
+        plan: VisitPlan,
     ) -> Result<VisitPlan, DeskError> {
         let resident = self
             .desk
@@ -177,41 +177,8 @@ impl WelfareDesk {
                 &target,
             )?;
         }
-        plan.weekdays.sort_unstable();
-        plan.weekdays.dedup();
-        plan.community_id = resident.community_id.clone();
-        plan.since_ms = match self.desk.store().visit_plan(&plan.id)? {
-            Some(before) if before.resident_id != plan.resident_id => {
-                return Err(bad(format!(
-                    "visit plan {} belongs to resident {}; make a new plan",
-                    plan.id, before.resident_id
-                )));
-            }
-            Some(before) => before.since_ms,
-            None => now_ms(),
-        };
-        super::check_plan(&plan).map_err(bad)?;
-        if !plan.carer_id.is_empty() && self.desk.store().staff_member(&plan.carer_id)?.is_none() {
-            return Err(bad(format!("no staff member `{}`", plan.carer_id)));
-        }
-        let days: Vec<String> = plan.weekdays.iter().map(u32::to_string).collect();
-        self.desk.store().put_visit_plans(
-            std::slice::from_ref(&plan),
-            AuditEntry {
-                at_ms: now_ms(),
-                actor: caller.name(),
-                action: "visit_plan.put".into(),
-                target,
-                community_id: plan.community_id.clone(),
-                detail: format!(
-                    "resident {} on weekdays {}{}",
-                    plan.resident_id,
-                    days.join(","),
-                    if plan.active { "" } else { " (inactive)" }
-                ),
-                ..Default::default()
-            },
-        )?;
+        let plan = super::prepare_plan(self.desk.store(), plan, now_ms()).map_err(bad)?;
+        super::save_plan(self.desk.store(), &caller.name(), &plan)?;
         self.desk.store().flush().await?;
         Ok(plan)
     }

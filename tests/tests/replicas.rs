@@ -200,3 +200,62 @@ async fn each_offer_deadline_fires_once_across_replicas_also_when_one_dies() {
     assert_eq!(replicas[0].alert(&alert_id).await["escalationLevel"], 3);
     replicas.clear();
 }
+
+/// Three replicas judge the same check-in window at the same second: one
+/// missed check-in alert, one day outcome, one audit entry of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_checkin_is_raised_once_whatever_the_replicas() {
+    let Some(database) = require_postgres("replicas").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Local noon, so the window below stays within one day.
+    let now = anxin_proto::now_ms();
+    let offset = (720 - (now / 60_000).rem_euclid(1440)) as i32;
+    let routing = format!("utc_offset_minutes = {offset}");
+    let replicas = replicas(dir.path(), &database, 3, &[("routing", &routing)]).await;
+    let a = &replicas[0];
+    a.add_community("c-1").await;
+    a.add_staff("carer-1", "carer", &["c-1"], serde_json::json!({}))
+        .await;
+    // Taken now, not before the replicas started (the first start in a
+    // test binary may build them).
+    let now = anxin_proto::now_ms();
+    let clock = |ms: i64| {
+        let secs = (ms + i64::from(offset) * 60_000).rem_euclid(86_400_000) / 1000;
+        format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    };
+    a.send(
+        "PUT",
+        "/api/v1/residents/r-alone",
+        serde_json::json!({
+            "name": "Zhou Guilan",
+            "communityId": "c-1",
+            "address": "Building 2, Room 502",
+            "checkin": { "start": clock(now - 60_000), "end": clock(now + 12_000) },
+        }),
+    )
+    .await;
+    let missed = |alerts: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        alerts
+            .into_iter()
+            .filter(|a| a["kind"] == "EVENT_KIND_CHECKIN_MISSED")
+            .collect()
+    };
+    eventually("the missed check-in, offered", PATIENCE, || async {
+        missed(replicas[2].alerts().await)
+            .first()
+            .filter(|a| a["offeredTo"] == "carer-1")
+            .cloned()
+    })
+    .await;
+    // Every replica's judge has had several rounds since.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for replica in &replicas {
+        assert_eq!(missed(replica.alerts().await).len(), 1);
+    }
+    let judged = a.get("/api/v1/audit?action=checkin.judged").await;
+    assert_eq!(judged["entries"].as_array().unwrap().len(), 1, "{judged}");
+    let raised = a.get("/api/v1/audit?action=alert.raise").await;
+    assert_eq!(raised["entries"].as_array().unwrap().len(), 1, "{raised}");
+}

@@ -77,6 +77,7 @@ async fn checkin_of(server: &Server, resident: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_missed_checkin_alert_for_the_silent_resident_across_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
+    anxin_tests::binary("anxin-server");
     // Local noon: a window from a minute ago to 40 s ahead stays in one day.
     let offset = offset_for(12 * 60);
     let mut server = Server::start_configured(
@@ -240,6 +241,9 @@ async fn one_missed_checkin_alert_for_the_silent_resident_across_a_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_visits_are_done_or_flagged_to_the_supervisor_at_the_day_s_end() {
     let dir = tempfile::tempdir().unwrap();
+    // Build the binaries first (the first start in a test binary does), so
+    // the clock below is read just before the server starts.
+    anxin_tests::binary("anxin-server");
     // The server's local time is 23:59 and some seconds: its day ends
     // during this test. Too close to the minute's end: wait for the next.
     if now_ms() % MIN > 35_000 {

@@ -718,6 +718,27 @@ impl AlertDesk {
         }
     }
 
+    /// A note the system adds to an alert (what people acting on it should
+    /// know), audited, and shown to every watcher.
+    pub async fn system_note(&self, alert_id: &str, text: &str) -> Result<Alert, DeskError> {
+        let now = now_ms();
+        let (alert, _) = self.store.update_alert(alert_id, |a| {
+            let mut change = Change::default();
+            a.notes.push(AlertNote {
+                at_ms: now,
+                by: "system".into(),
+                text: text.to_string(),
+            });
+            change
+                .audit
+                .push(audit("system", "alert.note", a, format!("note: {text}")));
+            Ok(change)
+        })?;
+        self.store.flush().await?;
+        self.announce(alert.clone());
+        Ok(alert)
+    }
+
     /// Routes a new alert to its first person. Alerts of devices the
     /// directory does not know have no community to route in; they wait for
     /// a dispatcher.

@@ -479,6 +479,8 @@ async fn serve_gateway(
         let mut others = Vec::with_capacity(batch.len());
         let mut foreign = Vec::new();
         let mut signs = Vec::new();
+        // Devices whose "I'm OK" is committed for the first time here.
+        let mut fresh_checkins = Vec::new();
         for message in batch {
             // Only the server raises CHECKIN_MISSED (and owns its device
             // ids): from a gateway it is refused like a foreign device's.
@@ -598,6 +600,9 @@ async fn serve_gateway(
                     for (uplink, new) in plain.iter().zip(new) {
                         let event = uplink.event.as_ref().expect("partitioned on Some");
                         note_commit(gateway_id, event, new);
+                        if new && event.kind == anxin_proto::EventKind::CheckinOk as i32 {
+                            fresh_checkins.push(event.device_id.clone());
+                        }
                         acks.push(Received {
                             device_id: event.device_id.clone(),
                             seq: event.seq,
@@ -638,6 +643,16 @@ async fn serve_gateway(
         if crash_after_commit() {
             tracing::error!("ANXIN_FAULT=crash_after_commit: dying before the received ack");
             std::process::abort();
+        }
+        // A resident's own "I'm OK" reaches an open missed check-in alert.
+        for sign in signs
+            .into_iter()
+            .filter(|s| s.how == "checkin" && fresh_checkins.contains(&s.source))
+        {
+            let desk = desk.clone();
+            tokio::spawn(async move {
+                crate::welfare::checkins::tell_open_alerts(&desk, &sign).await;
+            });
         }
         for (alert, decision) in changed_alerts {
             desk.announce(alert.clone());

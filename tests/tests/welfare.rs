@@ -208,6 +208,31 @@ async fn one_missed_checkin_alert_for_the_silent_resident_across_a_kill_9() {
     assert_eq!(checkin_of(&server, "r-li").await["status"], "ok");
     assert_eq!(checkin_of(&server, "r-zhao").await["status"], "ok");
 
+    // Sun presses "I'm OK" after all: the people answering the alert read
+    // it on the alert (they decide whether to stand down).
+    let mut late = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &["press", "--device", "btn-sun", "--kind", "checkin_ok"],
+    );
+    late.line_starting("stored", PATIENCE).await;
+    let noted = eventually("the late check-in noted on the alert", PATIENCE, || async {
+        let alert = server.alert(alert["id"].as_str().unwrap()).await;
+        let notes = alert["notes"].as_array().cloned().unwrap_or_default();
+        notes
+            .iter()
+            .find(|n| {
+                n["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("checked in after the window")
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(noted["by"], "system");
+    assert_eq!(checkin_of(&server, "r-sun").await["status"], "missed");
+
     // Another kill -9 and a few judging rounds: still exactly one alert,
     // and each day judged once.
     server.restart().await;

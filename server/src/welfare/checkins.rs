@@ -332,3 +332,34 @@ pub fn confirm(
     })?;
     Ok(sign)
 }
+
+/// A resident's own "I'm OK" after their check-in was missed: the people
+/// answering the open CHECKIN_MISSED alert learn of it on the alert (they
+/// still decide whether to stand down; the press may not be the resident).
+pub async fn tell_open_alerts(desk: &AlertDesk, sign: &SignOfLife) {
+    let open = match desk.store().alerts(&[
+        anxin_proto::v1::AlertState::New,
+        anxin_proto::v1::AlertState::Offered,
+        anxin_proto::v1::AlertState::Acknowledged,
+        anxin_proto::v1::AlertState::EnRoute,
+        anxin_proto::v1::AlertState::OnScene,
+    ]) {
+        Ok(open) => open,
+        Err(err) => {
+            tracing::error!(resident_id = %sign.resident_id, error = %err, "reading open alerts for a late check-in failed");
+            return;
+        }
+    };
+    let text = format!(
+        "The resident checked in after the window: {}.",
+        describe_sign(sign, desk.policy().utc_offset_minutes)
+    );
+    for alert in open
+        .iter()
+        .filter(|a| a.resident_id == sign.resident_id && a.kind == EventKind::CheckinMissed as i32)
+    {
+        if let Err(err) = desk.system_note(&alert.id, &text).await {
+            tracing::error!(alert_id = %alert.id, error = %err, "noting a late check-in failed");
+        }
+    }
+}

@@ -167,6 +167,7 @@ impl AdminDesk {
             },
             audit,
         )?;
+        self.gateways.directory_changed();
         Ok(resident)
     }
 
@@ -630,6 +631,7 @@ impl AdminDesk {
                 ),
             )?;
             self.store.flush().await?;
+            self.gateways.directory_changed();
         } else if report.rejected.is_empty() {
             self.store.put_batch(
                 &parsed.batch,
@@ -642,6 +644,7 @@ impl AdminDesk {
                 ),
             )?;
             self.store.flush().await?;
+            self.gateways.directory_changed();
             self.gateways
                 .roster_changed(touched.iter().map(String::as_str));
         } else {

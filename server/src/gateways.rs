@@ -25,6 +25,11 @@ pub struct ConnectedGateways {
     seen: Mutex<HashMap<String, Seen>>,
     /// Per connected gateway: woken when its device roster changed.
     rosters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Bumped on every directory change here or at another replica, so
+    /// what keeps a view of the directory (the check-in and visit judges)
+    /// reads it again only then, not on a timer: a city's directory is
+    /// large.
+    directory_epoch: AtomicU64,
 }
 
 /// What the server knows of a gateway's link and health.
@@ -39,6 +44,14 @@ pub struct Seen {
 }
 
 impl ConnectedGateways {
+    pub fn directory_changed(&self) {
+        self.directory_epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn directory_epoch(&self) -> u64 {
+        self.directory_epoch.load(Ordering::Relaxed)
+    }
+
     /// Registers a gateway's stream, replacing an older one (a gateway that
     /// reconnected before its old stream timed out). Returns the session id
     /// to pass to [`ConnectedGateways::disconnect`].

@@ -40,6 +40,7 @@ pub async fn follow(
                 push_downlinks(&desk, &gateway_id, |id| ids.contains(&id))
             }
             RemoteChange::Directory => {
+                desk.gateways().directory_changed();
                 let connected = desk.gateways().connected();
                 desk.gateways()
                     .roster_changed(connected.iter().map(String::as_str));
@@ -78,6 +79,7 @@ fn push_downlinks(desk: &AlertDesk, gateway_id: &str, wanted: impl Fn(u64) -> bo
 /// looks at the deadlines, gateways here get what is pending for them and
 /// their rosters.
 fn resync(desk: &AlertDesk) {
+    desk.gateways().directory_changed();
     match desk.store().alerts(&[
         AlertState::New,
         AlertState::Offered,

@@ -16,14 +16,14 @@ use crate::{
     store::{Committed, StoreError},
 };
 
-/// How often the enrolled residents are read again from the directory
-/// (a window set through the API or an import is judged from then on).
-const RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
+/// The enrolled residents are read again after a directory change (here or
+/// at another replica), and at the latest after this.
+const RELOAD: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub struct CheckinJudge {
     desk: AlertDesk,
     enrolled: Vec<(Resident, Window)>,
-    loaded: Option<std::time::Instant>,
+    loaded: Option<(std::time::Instant, u64)>,
     /// Days known to be judged (in the store), so each is read once.
     judged: HashSet<(String, i32)>,
 }
@@ -60,11 +60,15 @@ impl CheckinJudge {
     }
 
     fn reload(&mut self) -> Result<(), StoreError> {
-        if self.loaded.is_some_and(|at| at.elapsed() < RELOAD) {
+        let epoch = self.desk.gateways().directory_epoch();
+        if self
+            .loaded
+            .is_some_and(|(at, seen)| seen == epoch && at.elapsed() < RELOAD)
+        {
             return Ok(());
         }
         self.enrolled = enrolled(&self.desk.store().residents()?);
-        self.loaded = Some(std::time::Instant::now());
+        self.loaded = Some((std::time::Instant::now(), epoch));
         if self.judged.len() > 1_000_000 {
             self.judged.clear();
         }

@@ -179,6 +179,7 @@ impl WelfareDesk {
         }
         let plan = super::prepare_plan(self.desk.store(), plan, now_ms()).map_err(bad)?;
         super::save_plan(self.desk.store(), &caller.name(), &plan)?;
+        self.desk.gateways().directory_changed();
         self.desk.store().flush().await?;
         Ok(plan)
     }

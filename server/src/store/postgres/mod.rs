@@ -1437,6 +1437,8 @@ impl WelfareStore for PgStore {
             )
             .await?;
             Self::insert_audit(&tx, &audit).await?;
+            // Other replicas' visit judges read the plans again.
+            self.notify(&tx, Notice::Directory).await?;
             tx.commit().await?;
             Ok(())
         })

@@ -31,6 +31,11 @@ pub struct IncidentPolicy {
 pub struct Origin {
     pub resident_id: String,
     pub community_id: String,
+    /// Shown on the alert (see `Alert.resident_name` and the rest).
+    pub resident_name: String,
+    pub community_name: String,
+    pub address: String,
+    pub device_kind: String,
 }
 
 impl Origin {
@@ -149,6 +154,10 @@ pub fn raise(
         battery_pct: event.battery_pct,
         resident_id: origin.resident_id.clone(),
         community_id: origin.community_id.clone(),
+        resident_name: origin.resident_name.clone(),
+        community_name: origin.community_name.clone(),
+        address: origin.address.clone(),
+        device_kind: origin.device_kind.clone(),
         events: vec![event_ref(event, now_ms)],
         last_event_ms: now_ms,
         notes: gateway_note(event, now_ms).into_iter().collect(),
@@ -161,7 +170,13 @@ pub fn raise(
 fn gateway_note(event: &DeviceEvent, now_ms: i64) -> Option<AlertNote> {
     (!event.note.is_empty()).then(|| AlertNote {
         at_ms: now_ms,
-        by: event.device_id.clone(),
+        // The server's own CHECKIN_MISSED speaks as the system, a gateway
+        // about itself under its id.
+        by: if event.kind() == EventKind::CheckinMissed {
+            "system".into()
+        } else {
+            event.device_id.clone()
+        },
         text: event.note.clone(),
     })
 }

@@ -39,25 +39,30 @@ fn origin_of(
 ) -> Result<Origin, StoreError> {
     let store = desk.store();
     let device_id = event.device_id.as_str();
+    let community_name = |id: &str| -> Result<String, StoreError> {
+        Ok(store.place(id)?.map(|p| p.name).unwrap_or_default())
+    };
     if device_id == gateway_id && event.kind() == anxin_proto::EventKind::GatewayFault {
+        let gateway = store.gateway(gateway_id)?.unwrap_or_default();
         return Ok(Origin {
-            resident_id: String::new(),
-            community_id: store
-                .gateway(gateway_id)?
-                .map(|g| g.community_id)
-                .unwrap_or_default(),
+            community_name: community_name(&gateway.community_id)?,
+            community_id: gateway.community_id,
+            address: gateway.name,
+            device_kind: "gateway".into(),
+            ..Default::default()
         });
     }
     let Some(device) = store.device(device_id)? else {
         return Ok(Origin::default());
     };
-    let community_id = store
-        .resident(&device.resident_id)?
-        .map(|r| r.community_id)
-        .unwrap_or_default();
+    let resident = store.resident(&device.resident_id)?.unwrap_or_default();
     Ok(Origin {
+        community_name: community_name(&resident.community_id)?,
+        community_id: resident.community_id,
         resident_id: device.resident_id,
-        community_id,
+        resident_name: resident.name,
+        address: resident.address,
+        device_kind: device.kind,
     })
 }
 

@@ -116,11 +116,17 @@ const browser = await chromium.launch({
 });
 const pages = [];
 const policyViolations = [];
+// Every API request the pages make: the queue must never need a whole
+// collection of the directory (a city has a million residents).
+const requests = [];
+const wholeCollection = /\/api\/v1\/(residents|devices|places)(\?|$)/;
 async function signIn(token, { mobile = false, language = 'en' } = {}) {
   const context = await browser.newContext(mobile
     ? { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, locale: language }
     : { viewport: { width: 1360, height: 820 }, locale: language });
   const page = await context.newPage();
+  page.on('request', r => requests.push(new URL(r.url()).pathname + new URL(r.url()).search));
+  page.on('pageerror', e => log(`page error: ${e.message}`));
   page.on('console', m => {
     if (m.type() !== 'error') return;
     log(`browser console: ${m.text()}`);
@@ -157,6 +163,8 @@ try {
   check(await desk.evaluate(() => performance.getEntriesByType('navigation').length) === loads, 'no reload');
   check(await desk.evaluate(() => window.anxin.chimes) === 1, 'one audible cue for the new P0');
   check((await row.getAttribute('class')).includes('P0'), 'the row is coloured P0');
+  check((await row.textContent()).includes('王秀英 Wang Xiuying'), `the row names the resident: ${await row.textContent()}`);
+  check((await row.textContent()).includes('和平社区 Heping'), 'and her community');
   log(`alert ${alertId} shown`);
 
   // 3. A carer of another community does not see it.
@@ -312,6 +320,11 @@ try {
   await desk.waitForSelector('#checkins tr[data-resident-id="r-4"].checkin-ok', { timeout: PATIENCE });
 
   check(policyViolations.length === 0, `no Content-Security-Policy violations: ${policyViolations.join(' | ')}`);
+  // Queue, detail, phone, welfare: names came with the alerts and lists;
+  // only the pages that list places read them (once).
+  const directory = requests.filter(r => wholeCollection.test(r) && !r.startsWith('/api/v1/places'));
+  check(directory.length === 0, `no whole directory collection was downloaded: ${directory.join(', ')}`);
+  check(requests.filter(r => r.startsWith('/api/v1/places')).length <= pages.length, 'places read at most once per page');
   log('console browser test passed');
 } catch (err) {
   failed = true;

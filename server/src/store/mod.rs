@@ -277,7 +277,7 @@ pub(crate) fn alert_number(alert_id: &str) -> Option<u64> {
 pub(crate) fn incident_key(alert: &Alert) -> String {
     Origin {
         resident_id: alert.resident_id.clone(),
-        community_id: String::new(),
+        ..Default::default()
     }
     .incident_key(&alert.device_id)
 }

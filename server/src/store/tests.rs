@@ -74,6 +74,7 @@ fn commit(store: &Store, device: &str, seq: u64, kind: EventKind, at: i64) -> Co
     let origin = Origin {
         resident_id: "r-1".into(),
         community_id: "c-1".into(),
+        ..Default::default()
     };
     store
         .commit_event("gw", &uplink(device, seq, kind), at, &origin, &POLICY)

@@ -35,6 +35,7 @@ pub struct CheckinStatus {
     pub resident_id: String,
     pub resident_name: String,
     pub community_id: String,
+    pub community_name: String,
     pub day: String,
     pub window: String,
     /// ok, late, pending, missed; not_due (enrolled after the day's window).
@@ -198,6 +199,13 @@ impl CheckinJudge {
         let origin = Origin {
             resident_id: resident.id.clone(),
             community_id: resident.community_id.clone(),
+            resident_name: resident.name.clone(),
+            community_name: store
+                .place(&resident.community_id)?
+                .map(|p| p.name)
+                .unwrap_or_default(),
+            address: resident.address.clone(),
+            device_kind: "server".into(),
         };
         let committed =
             store.commit_event("", &uplink, now_ms, &origin, &self.desk.policy().incidents)?;
@@ -254,6 +262,7 @@ pub fn day_status(
         .map(|d| (d.resident_id.clone(), d))
         .collect();
     let mut out = Vec::new();
+    let mut names = super::PlaceNames::default();
     for (resident, window) in enrolled(residents) {
         let (opens, closes) = window.on(day, offset);
         let checkin = resident.checkin.clone().unwrap_or_default();
@@ -282,6 +291,7 @@ pub fn day_status(
         out.push(CheckinStatus {
             resident_id: resident.id.clone(),
             resident_name: resident.name.clone(),
+            community_name: names.of(store, &resident.community_id)?,
             community_id: resident.community_id.clone(),
             day: super::date_of(day),
             window: format!("{}–{}", checkin.start, checkin.end),

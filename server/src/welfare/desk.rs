@@ -42,6 +42,16 @@ pub struct ResidentWelfare {
     pub visits: Vec<Visit>,
 }
 
+/// A visit plan as listed: the plan's fields and the names people read.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanView {
+    #[serde(flatten)]
+    pub plan: VisitPlan,
+    pub resident_name: String,
+    pub community_name: String,
+}
+
 fn bad(text: impl Into<String>) -> DeskError {
     DeskError::BadRequest(text.into())
 }
@@ -129,7 +139,9 @@ impl WelfareDesk {
         Ok(sign)
     }
 
-    pub fn plans(&self, caller: &Principal, community: &str) -> Result<Vec<VisitPlan>, DeskError> {
+    /// Plans of the caller's communities, each with its resident's and
+    /// community's names.
+    pub fn plans(&self, caller: &Principal, community: &str) -> Result<Vec<PlanView>, DeskError> {
         guard(
             self.desk.store(),
             caller,
@@ -137,14 +149,25 @@ impl WelfareDesk {
             None,
             "visit-plans",
         )?;
-        Ok(self
-            .desk
-            .store()
+        let store = self.desk.store();
+        let mut names = super::PlaceNames::default();
+        let mut out = Vec::new();
+        for plan in store
             .visit_plans()?
             .into_iter()
             .filter(|p| caller.sees(&p.community_id))
             .filter(|p| community.is_empty() || p.community_id == community)
-            .collect())
+        {
+            out.push(PlanView {
+                resident_name: store
+                    .resident(&plan.resident_id)?
+                    .map(|r| r.name)
+                    .unwrap_or_default(),
+                community_name: names.of(store, &plan.community_id)?,
+                plan,
+            });
+        }
+        Ok(out)
     }
 
     /// Saves a plan: administrators anywhere, supervisors in their

@@ -71,6 +71,21 @@ pub trait WelfareStore {
     fn visits(&self, from_day: i32, to_day: i32) -> Result<Vec<Visit>, StoreError>;
 }
 
+/// Community names for lists, each read once per list.
+#[derive(Default)]
+pub struct PlaceNames(std::collections::HashMap<String, String>);
+
+impl PlaceNames {
+    pub fn of(&mut self, store: &crate::store::Store, id: &str) -> Result<String, StoreError> {
+        if let Some(name) = self.0.get(id) {
+            return Ok(name.clone());
+        }
+        let name = store.place(id)?.map(|p| p.name).unwrap_or_default();
+        self.0.insert(id.to_string(), name.clone());
+        Ok(name)
+    }
+}
+
 fn offset_ms(utc_offset_minutes: i32) -> i64 {
     i64::from(utc_offset_minutes) * 60_000
 }

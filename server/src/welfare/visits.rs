@@ -40,6 +40,7 @@ pub struct VisitStatus {
     pub resident_name: String,
     pub address: String,
     pub community_id: String,
+    pub community_name: String,
     pub carer_id: String,
     pub plan_note: String,
     pub day: String,
@@ -234,29 +235,33 @@ pub fn day_visits(
         .into_iter()
         .map(|v| (v.plan_id.clone(), v))
         .collect();
-    let mut out: Vec<VisitStatus> = plans
+    let mut names = super::PlaceNames::default();
+    let mut out = Vec::new();
+    for plan in plans
         .iter()
         .filter(|p| plan_due(p, day, offset) || visits.contains_key(&p.id))
-        .filter_map(|plan| {
-            let resident = residents.get(&plan.resident_id)?;
-            let visit = visits.get(&plan.id);
-            Some(VisitStatus {
-                plan_id: plan.id.clone(),
-                resident_id: plan.resident_id.clone(),
-                resident_name: resident.name.clone(),
-                address: resident.address.clone(),
-                community_id: plan.community_id.clone(),
-                carer_id: plan.carer_id.clone(),
-                plan_note: plan.note.clone(),
-                day: date_of(day),
-                status: visit.map_or("due".into(), |v| v.status.clone()),
-                arrived_ms: visit.map_or(0, |v| v.arrived_ms),
-                visited_by: visit.map_or(String::new(), |v| v.carer_id.clone()),
-                note: visit.map_or(String::new(), |v| v.note.clone()),
-                flagged_ms: visit.map_or(0, |v| v.flagged_ms),
-            })
-        })
-        .collect();
+    {
+        let Some(resident) = residents.get(&plan.resident_id) else {
+            continue;
+        };
+        let visit = visits.get(&plan.id);
+        out.push(VisitStatus {
+            plan_id: plan.id.clone(),
+            resident_id: plan.resident_id.clone(),
+            resident_name: resident.name.clone(),
+            address: resident.address.clone(),
+            community_name: names.of(desk.store(), &plan.community_id)?,
+            community_id: plan.community_id.clone(),
+            carer_id: plan.carer_id.clone(),
+            plan_note: plan.note.clone(),
+            day: date_of(day),
+            status: visit.map_or("due".into(), |v| v.status.clone()),
+            arrived_ms: visit.map_or(0, |v| v.arrived_ms),
+            visited_by: visit.map_or(String::new(), |v| v.carer_id.clone()),
+            note: visit.map_or(String::new(), |v| v.note.clone()),
+            flagged_ms: visit.map_or(0, |v| v.flagged_ms),
+        });
+    }
     out.sort_by(|a, b| {
         let rank = |s: &str| match s {
             "missed" => 0,

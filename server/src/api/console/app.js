@@ -32,8 +32,11 @@ function ago(ms) {
 const app = {
   me: null,
   alerts: new Map(),
-  residents: new Map(),
+  // Community names, read once and only by the pages that list places
+  // (staff, gateways, reports): the queue needs none, each alert names its
+  // resident and community itself.
   places: new Map(),
+  placesLoaded: false,
   staff: new Map(),
   live: false,
   selected: null,
@@ -146,21 +149,28 @@ function cue(alert) {
   } catch { /* no audio device */ }
 }
 
+// The staff and gateway boards of the caller's communities (who is on
+// duty, holding what; which boxes are in trouble). Never the resident
+// directory: alerts carry the resident's name, address and community.
 async function refreshDirectory() {
-  const [residents, places, board, gateways] = await Promise.all([
-    api('GET', '/api/v1/residents').catch(() => ({ residents: [] })),
-    api('GET', '/api/v1/places').catch(() => ({ places: [] })),
+  const [board, gateways] = await Promise.all([
     api('GET', '/api/v1/staff/board').catch(() => ({ staff: [] })),
     api('GET', '/api/v1/gateways/board').catch(() => ({ gateways: [] })),
   ]);
-  app.residents = new Map(residents.residents.map(r => [r.id, r]));
-  app.places = new Map(places.places.map(p => [p.id, p]));
   app.staff = new Map(board.staff.map(s => [s.id, s]));
   app.gateways = gateways.gateways;
   chrome();
   render();
 }
-const residentName = a => app.residents.get(a.residentId)?.name || a.deviceId;
+async function loadPlaces() {
+  if (app.placesLoaded) return;
+  app.placesLoaded = true;
+  const { places } = await api('GET', '/api/v1/places').catch(() => ({ places: [] }));
+  app.places = new Map(places.map(p => [p.id, p]));
+  render();
+}
+const residentName = a => a.residentName || a.residentId || a.deviceId;
+const communityName = a => a.communityName || a.communityId || '—';
 const placeName = id => app.places.get(id)?.name || id || '—';
 const staffName = id => app.staff.get(id)?.name || id;
 
@@ -219,7 +229,7 @@ function renderQueue() {
       h('td', {}, h('span', { class: `badge ${prio(a)}` }, prio(a))),
       h('td', {}, kindName(a.kind), a.events?.length > 1 ? h('span', { class: 'muted' }, ` ×${a.events.length}`) : ''),
       h('td', {}, residentName(a)),
-      h('td', { class: 'wide' }, placeName(a.communityId)),
+      h('td', { class: 'wide' }, communityName(a)),
       h('td', { title: clock(a.createdMs) }, ago(a.createdMs)),
       h('td', { class: 'state' }, t('state.' + stateOf(a)),
         num(a.escalationLevel) ? h('span', { class: 'muted' }, ` · ${t('escalation', { n: a.escalationLevel })}`) : ''),
@@ -312,7 +322,8 @@ function renderDetail(id) {
           h('dt', {}, t('detail.device')), h('dd', {}, a.deviceId),
           h('dt', {}, t('detail.battery')), h('dd', {}, `${a.batteryPct ?? 0}%`),
           h('dt', {}, t('detail.gateway')), h('dd', {}, a.gatewayId),
-          h('dt', {}, t('col.community')), h('dd', {}, placeName(a.communityId))))));
+          h('dt', {}, t('detail.kind')), h('dd', {}, a.deviceKind ? t('device.' + a.deviceKind) : '—'),
+          h('dt', {}, t('col.community')), h('dd', {}, communityName(a))))));
 }
 
 // Each view of the card reads the resident's record, and the server audits
@@ -334,6 +345,7 @@ async function loadResident(id, card) {
 }
 
 function renderStaff() {
+  loadPlaces();
   const rows = [...app.staff.values()].sort((a, b) => (b.onDuty - a.onDuty) || a.name.localeCompare(b.name));
   return h('section', {}, h('h2', {}, t('staff.title')),
     h('table', { id: 'staff-board' },
@@ -353,6 +365,7 @@ function renderStaff() {
 const GATEWAY_ORDER = { offline: 0, degraded: 1, unknown: 2, ok: 3 };
 const gatewaysInTrouble = () => (app.gateways || []).filter(g => g.state === 'offline' || g.state === 'degraded');
 function renderGateways() {
+  loadPlaces();
   const rows = [...(app.gateways || [])].sort((a, b) => (GATEWAY_ORDER[a.state] - GATEWAY_ORDER[b.state]) || a.id.localeCompare(b.id));
   const mib = b => b == null ? '—' : num(b) >= 1073741824 ? `${(num(b) / 1073741824).toFixed(1)} GiB` : `${(num(b) / 1048576).toFixed(1)} MiB`;
   return h('section', {}, h('h2', {}, t('gw.title')),
@@ -367,6 +380,7 @@ function renderGateways() {
 }
 
 function renderReports() {
+  loadPlaces();
   const communities = [...app.places.values()].filter(p => p.level === 'PLACE_LEVEL_COMMUNITY');
   const pick = h('select', { id: 'report-community' }, communities.map(c => h('option', { value: c.id }, c.name)));
   const period = h('select', { id: 'report-period' }, [7, 30, 365].map(n => h('option', { value: n }, t('reports.days', { n }))));
@@ -434,10 +448,9 @@ function renderCarer() {
   const offers = mine.filter(a => stateOf(a) === 'OFFERED' && a.offeredTo === app.me.id);
   const taken = mine.filter(a => a.assignedTo === app.me.id && stateOf(a) !== 'OFFERED');
   const card = a => {
-    const r = app.residents.get(a.residentId);
     return h('div', { class: `card offer-card ${prio(a)}`, 'data-alert-id': a.id },
       h('h3', {}, h('span', { class: `badge ${prio(a)}` }, prio(a)), ' ', kindName(a.kind), ' · ', t('state.' + stateOf(a)), ' ', countdown(a)),
-      h('p', {}, h('strong', {}, r?.name || a.deviceId), h('br'), r?.address || '', h('br'), h('span', { class: 'muted' }, ago(a.createdMs))),
+      h('p', {}, h('strong', {}, residentName(a)), h('br'), a.address || '', h('br'), h('span', { class: 'muted' }, ago(a.createdMs))),
       actionButtons(a, { carer: true }));
   };
   const visits = h('div', { class: 'stack', id: 'carer-visits' });
@@ -468,7 +481,7 @@ function checkinTable(list) {
       h('tbody', {}, list.map(c => h('tr', { 'data-resident-id': c.residentId, class: `checkin-${c.status}` },
         h('td', {}, statusBadge(c.status, 'checkin.')),
         h('td', {}, c.residentName),
-        h('td', {}, placeName(c.communityId)),
+        h('td', {}, c.communityName || c.communityId),
         h('td', {}, c.window),
         h('td', {}, signText(c.lastSign)),
         h('td', {}, c.alertId ? h('a', { href: `#/alert/${c.alertId}` }, `#${c.alertId}`) : '—'),
@@ -501,8 +514,8 @@ function planTable(plans) {
   return h('table', { id: 'visit-plans' },
     h('thead', {}, h('tr', {}, ...['col.resident', 'col.community', 'plan.weekdays', 'plan.carer', 'col.note', 'plan.active'].map(k => h('th', {}, t(k))))),
     h('tbody', {}, plans.map(p => h('tr', { 'data-plan-id': p.id },
-      h('td', {}, app.residents.get(p.residentId)?.name || p.residentId),
-      h('td', {}, placeName(p.communityId)),
+      h('td', {}, p.residentName || p.residentId),
+      h('td', {}, p.communityName || p.communityId),
       h('td', {}, weekdayNames(p.weekdays)),
       h('td', {}, p.carerId ? staffName(p.carerId) : t('plan.anyCarer')),
       h('td', {}, p.note || '—'),

@@ -93,6 +93,7 @@ async fn a_fall_joining_an_offered_alert_shortens_its_deadline_to_p0s() {
     let origin = Origin {
         resident_id: "r-1".into(),
         community_id: "c-1".into(),
+        ..Default::default()
     };
 
     let Committed::New {

@@ -80,6 +80,9 @@ pub struct AlertDesk {
     policy: Arc<DeskPolicy>,
     notifier: Notifier,
     deadlines_changed: Arc<Notify>,
+    /// Enrolled residents and visit plans, read again after a directory
+    /// change (shared by the welfare judges and the welfare API).
+    welfare: Arc<crate::welfare::WelfareView>,
 }
 
 /// One row of the staff board.
@@ -135,7 +138,12 @@ impl AlertDesk {
             policy: Arc::new(policy),
             notifier,
             deadlines_changed: Arc::new(Notify::new()),
+            welfare: Default::default(),
         }
+    }
+
+    pub fn welfare(&self) -> &crate::welfare::WelfareView {
+        &self.welfare
     }
 
     pub fn store(&self) -> &Store {

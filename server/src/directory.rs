@@ -268,7 +268,11 @@ pub fn parse_role(text: &str) -> Option<StaffRole> {
         StaffRole::Admin,
     ]
     .into_iter()
-    .find(|r| role_name(*r) == text.trim().to_ascii_lowercase())
+    .find(|r| {
+        // `carer` as in CSV, or `STAFF_ROLE_CARER` as in REST and gRPC.
+        let text = text.trim().to_ascii_lowercase();
+        role_name(*r) == text.strip_prefix("staff_role_").unwrap_or(&text)
+    })
 }
 
 /// A resident without the sensitive fields, for lists.

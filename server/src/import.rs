@@ -378,6 +378,32 @@ mod tests {
     }
 
     #[test]
+    fn roles_are_read_as_csv_or_rest_spells_them() {
+        use anxin_proto::v1::StaffRole;
+        for text in ["carer", "Carer", "STAFF_ROLE_CARER", " staff_role_carer "] {
+            assert_eq!(
+                directory::parse_role(text),
+                Some(StaffRole::Carer),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            directory::parse_role("STAFF_ROLE_SUPERVISOR"),
+            Some(StaffRole::Supervisor)
+        );
+        assert_eq!(directory::parse_role("STAFF_ROLE_"), None);
+        assert_eq!(directory::parse_role("janitor"), None);
+    }
+
+    #[test]
+    fn weekday_lists_parse_and_bad_ones_are_named() {
+        assert_eq!(weekdays("1;4").unwrap(), vec![1, 4]);
+        assert_eq!(weekdays("1-5").unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(weekdays("6,7;6").unwrap(), vec![6, 7]);
+        assert!(weekdays("Monday").is_err());
+    }
+
+    #[test]
     fn contacts_need_three_parts() {
         let c = contacts("Wang Fang|daughter|13800000000").unwrap();
         assert_eq!(c[0].relation, "daughter");

@@ -16,14 +16,8 @@ use crate::{
     store::{Committed, StoreError},
 };
 
-/// The enrolled residents are read again after a directory change (here or
-/// at another replica), and at the latest after this.
-const RELOAD: std::time::Duration = std::time::Duration::from_secs(600);
-
 pub struct CheckinJudge {
     desk: AlertDesk,
-    enrolled: Vec<(Resident, Window)>,
-    loaded: Option<(std::time::Instant, u64)>,
     /// Days known to be judged (in the store), so each is read once.
     judged: HashSet<(String, i32)>,
 }
@@ -50,8 +44,6 @@ impl CheckinJudge {
     pub fn new(desk: AlertDesk) -> Self {
         Self {
             desk,
-            enrolled: Vec::new(),
-            loaded: None,
             judged: HashSet::new(),
         }
     }
@@ -60,29 +52,17 @@ impl CheckinJudge {
         self.desk.policy().utc_offset_minutes
     }
 
-    fn reload(&mut self) -> Result<(), StoreError> {
-        let epoch = self.desk.gateways().directory_epoch();
-        if self
-            .loaded
-            .is_some_and(|(at, seen)| seen == epoch && at.elapsed() < RELOAD)
-        {
-            return Ok(());
-        }
-        self.enrolled = enrolled(&self.desk.store().residents()?);
-        self.loaded = Some((std::time::Instant::now(), epoch));
-        if self.judged.len() > 1_000_000 {
-            self.judged.clear();
-        }
-        Ok(())
-    }
-
     /// Judges every enrolled resident's latest closed window not judged yet.
     /// Returns how many days were judged by this call.
     pub async fn tick(&mut self, now_ms: i64) -> Result<usize, StoreError> {
-        self.reload()?;
+        let enrolled = self.desk.welfare().enrolled(&self.desk)?;
+        if self.judged.len() > 1_000_000 {
+            self.judged.clear();
+        }
         let offset = self.offset();
         let mut judged = 0;
-        for (resident, window) in self.enrolled.clone() {
+        for (resident, window) in enrolled.iter() {
+            let window = *window;
             let day = window.last_closed_day(now_ms, offset);
             let (_, closes) = window.on(day, offset);
             let since = resident.checkin.as_ref().map_or(0, |c| c.since_ms);
@@ -90,7 +70,7 @@ impl CheckinJudge {
                 continue;
             }
             if self.desk.store().checkin_day(&resident.id, day)?.is_none() {
-                self.judge(&resident, window, day, now_ms).await?;
+                self.judge(resident, window, day, now_ms).await?;
                 judged += 1;
             }
             self.judged.insert((resident.id.clone(), day));
@@ -250,7 +230,7 @@ pub fn enrolled(residents: &[Resident]) -> Vec<(Resident, Window)> {
 /// day: as judged).
 pub fn day_status(
     desk: &AlertDesk,
-    residents: &[Resident],
+    enrolled: &[(Resident, Window)],
     day: i32,
     now_ms: i64,
 ) -> Result<Vec<CheckinStatus>, StoreError> {
@@ -263,7 +243,8 @@ pub fn day_status(
         .collect();
     let mut out = Vec::new();
     let mut names = super::PlaceNames::default();
-    for (resident, window) in enrolled(residents) {
+    for (resident, window) in enrolled {
+        let window = *window;
         let (opens, closes) = window.on(day, offset);
         let checkin = resident.checkin.clone().unwrap_or_default();
         let (status, last_sign, alert_id) = match judged.get(&resident.id) {

@@ -83,22 +83,6 @@ impl WelfareDesk {
             .ok_or_else(|| StoreError::NotFound(format!("no resident {id}")))?)
     }
 
-    /// Residents the caller serves (of one community, if given).
-    fn residents_seen(
-        &self,
-        caller: &Principal,
-        community: &str,
-    ) -> Result<Vec<Resident>, DeskError> {
-        Ok(self
-            .desk
-            .store()
-            .residents()?
-            .into_iter()
-            .filter(|r| caller.sees(&r.community_id))
-            .filter(|r| community.is_empty() || r.community_id == community)
-            .collect())
-    }
-
     /// Every enrolled resident's check-in on a day.
     pub fn checkins(
         &self,
@@ -114,8 +98,16 @@ impl WelfareDesk {
             "checkins",
         )?;
         let day = self.day(day)?;
-        let residents = self.residents_seen(caller, community)?;
-        Ok(checkins::day_status(&self.desk, &residents, day, now_ms())?)
+        let enrolled: Vec<_> = self
+            .desk
+            .welfare()
+            .enrolled(&self.desk)?
+            .iter()
+            .filter(|(r, _)| caller.sees(&r.community_id))
+            .filter(|(r, _)| community.is_empty() || r.community_id == community)
+            .cloned()
+            .collect();
+        Ok(checkins::day_status(&self.desk, &enrolled, day, now_ms())?)
     }
 
     /// A carer (or anyone who may act in the community) confirms the
@@ -217,12 +209,24 @@ impl WelfareDesk {
     ) -> Result<Vec<VisitStatus>, DeskError> {
         guard(self.desk.store(), caller, Need::ViewAlerts, None, "visits")?;
         let day = self.day(day)?;
-        let residents: HashMap<String, Resident> = self
-            .residents_seen(caller, community)?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
+        let plans: Vec<VisitPlan> = self
+            .desk
+            .welfare()
+            .plans(&self.desk)?
+            .iter()
+            .filter(|p| caller.sees(&p.community_id))
+            .filter(|p| community.is_empty() || p.community_id == community)
+            .cloned()
             .collect();
-        let plans = self.desk.store().visit_plans()?;
+        // Only the planned residents are read, one by one.
+        let mut residents = HashMap::new();
+        for plan in &plans {
+            if !residents.contains_key(&plan.resident_id)
+                && let Some(r) = self.desk.store().resident(&plan.resident_id)?
+            {
+                residents.insert(r.id.clone(), r);
+            }
+        }
         Ok(visits::day_visits(&self.desk, &plans, &residents, day)?
             .into_iter()
             .filter(|v| status.is_empty() || v.status == status)

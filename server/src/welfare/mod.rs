@@ -71,6 +71,70 @@ pub trait WelfareStore {
     fn visits(&self, from_day: i32, to_day: i32) -> Result<Vec<Visit>, StoreError>;
 }
 
+/// What the welfare judges and API keep of the directory: the residents
+/// enrolled for a check-in and the visit plans, read again only when the
+/// directory epoch moved (a write here, another replica's NOTIFY) or after
+/// [`WelfareView::MAX_AGE`], so neither a judge's tick nor a console's
+/// refresh scans a city's directory.
+/// Residents enrolled for the daily check-in, with their windows.
+pub type Enrolled = Vec<(anxin_proto::v1::Resident, Window)>;
+
+#[derive(Default)]
+pub struct WelfareView {
+    enrolled: std::sync::Mutex<Option<Cached<Enrolled>>>,
+    plans: std::sync::Mutex<Option<Cached<Vec<VisitPlan>>>>,
+}
+
+struct Cached<T> {
+    epoch: u64,
+    at: std::time::Instant,
+    value: std::sync::Arc<T>,
+}
+
+impl WelfareView {
+    pub const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+    fn get<T>(
+        slot: &std::sync::Mutex<Option<Cached<T>>>,
+        epoch: u64,
+        load: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<std::sync::Arc<T>, StoreError> {
+        let mut slot = slot.lock().expect("welfare view lock");
+        if let Some(cached) = slot.as_ref()
+            && cached.epoch == epoch
+            && cached.at.elapsed() < Self::MAX_AGE
+        {
+            return Ok(cached.value.clone());
+        }
+        let value = std::sync::Arc::new(load()?);
+        *slot = Some(Cached {
+            epoch,
+            at: std::time::Instant::now(),
+            value: value.clone(),
+        });
+        Ok(value)
+    }
+
+    /// Residents with a valid check-in window.
+    pub fn enrolled(
+        &self,
+        desk: &crate::alerts::AlertDesk,
+    ) -> Result<std::sync::Arc<Enrolled>, StoreError> {
+        Self::get(&self.enrolled, desk.gateways().directory_epoch(), || {
+            Ok(checkins::enrolled(&desk.store().residents()?))
+        })
+    }
+
+    pub fn plans(
+        &self,
+        desk: &crate::alerts::AlertDesk,
+    ) -> Result<std::sync::Arc<Vec<VisitPlan>>, StoreError> {
+        Self::get(&self.plans, desk.gateways().directory_epoch(), || {
+            desk.store().visit_plans()
+        })
+    }
+}
+
 /// Community names for lists, each read once per list.
 #[derive(Default)]
 pub struct PlaceNames(std::collections::HashMap<String, String>);

@@ -20,14 +20,9 @@ use crate::{
 /// Days back a restarted server still flags (a box that was down over a
 /// weekend flags Friday's and Saturday's missed visits on Monday).
 const LOOK_BACK_DAYS: i32 = 7;
-/// Plans are read again after a directory change (here or at another
-/// replica), and at the latest after this.
-const RELOAD: std::time::Duration = std::time::Duration::from_secs(600);
 
 pub struct VisitJudge {
     desk: AlertDesk,
-    plans: Vec<VisitPlan>,
-    loaded: Option<(std::time::Instant, u64)>,
     checked: HashSet<(String, i32)>,
 }
 
@@ -56,8 +51,6 @@ impl VisitJudge {
     pub fn new(desk: AlertDesk) -> Self {
         Self {
             desk,
-            plans: Vec::new(),
-            loaded: None,
             checked: HashSet::new(),
         }
     }
@@ -65,22 +58,15 @@ impl VisitJudge {
     /// Flags every planned visit of the last days that ended without one.
     /// Returns how many were flagged by this call.
     pub fn tick(&mut self, now_ms: i64) -> Result<usize, StoreError> {
-        let epoch = self.desk.gateways().directory_epoch();
-        if self
-            .loaded
-            .is_none_or(|(at, seen)| seen != epoch || at.elapsed() >= RELOAD)
-        {
-            self.plans = self.desk.store().visit_plans()?;
-            self.loaded = Some((std::time::Instant::now(), epoch));
-            if self.checked.len() > 1_000_000 {
-                self.checked.clear();
-            }
+        let plans = self.desk.welfare().plans(&self.desk)?;
+        if self.checked.len() > 1_000_000 {
+            self.checked.clear();
         }
         let offset = self.desk.policy().utc_offset_minutes;
         let today = local_day(now_ms, offset);
         let mut flagged = 0;
         for day in today - LOOK_BACK_DAYS..today {
-            for plan in &self.plans {
+            for plan in plans.iter() {
                 if !plan_due(plan, day, offset) || self.checked.contains(&(plan.id.clone(), day)) {
                     continue;
                 }

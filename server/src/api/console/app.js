@@ -462,6 +462,8 @@ function renderCarer() {
 }
 
 // ---- living alone: daily check-ins and scheduled visits ----
+// Lists read less than this long ago are reused by live re-renders.
+const FRESH_MS = 10_000;
 const weekdayNames = days => (days || []).map(d => t('weekday.' + d)).join(' ');
 const when = ms => num(ms) ? new Date(num(ms)).toLocaleString(lang()) : '—';
 function signText(s) {
@@ -490,6 +492,7 @@ function checkinTable(list) {
             try {
               await api('POST', `/api/v1/residents/${c.residentId}/checkin`, { note: t('welfare.confirmNote') });
               toast(t('welfare.confirmed', { who: c.residentName }));
+              app.welfareData = null;
               render();
             } catch (e) { toast(`${t('error')}: ${e.message}`); }
           },
@@ -528,18 +531,26 @@ function renderWelfare() {
   const visits = h('div', { id: 'visit-list' }, h('p', { class: 'muted' }, '…'));
   const plans = h('div', { id: 'plan-list' }, h('p', { class: 'muted' }, '…'));
   const title = h('h2', {}, t('welfare.title'));
+  const fill = ({ c, v, p }) => {
+    const shown = c.checkins[0]?.day || v.visits[0]?.day;
+    if (shown) title.textContent = `${t('welfare.title')} · ${shown}`;
+    checkins.replaceChildren(checkinTable(c.checkins));
+    visits.replaceChildren(visitTable(v.visits));
+    plans.replaceChildren(planTable(p.plans));
+  };
+  // Live re-renders (every alert change) reuse what was read in the last
+  // few seconds; a new day or an action reads again.
   const load = async () => {
     app.welfareDay = day.value;
+    const cached = app.welfareData;
+    if (cached && cached.day === day.value && Date.now() - cached.at < FRESH_MS) return fill(cached);
     const q = day.value ? `?day=${day.value}` : '';
     try {
       const [c, v, p] = await Promise.all([
         api('GET', `/api/v1/checkins${q}`), api('GET', `/api/v1/visits${q}`), api('GET', '/api/v1/visit-plans'),
       ]);
-      const shown = c.checkins[0]?.day || v.visits[0]?.day;
-      if (shown) title.textContent = `${t('welfare.title')} · ${shown}`;
-      checkins.replaceChildren(checkinTable(c.checkins));
-      visits.replaceChildren(visitTable(v.visits));
-      plans.replaceChildren(planTable(p.plans));
+      app.welfareData = { day: day.value, at: Date.now(), c, v, p };
+      fill(app.welfareData);
     } catch (e) { checkins.replaceChildren(h('p', { class: 'error' }, e.message)); }
   };
   day.onchange = load;
@@ -553,7 +564,10 @@ function renderWelfare() {
 
 async function loadCarerVisits(box) {
   try {
-    const { visits } = await api('GET', '/api/v1/visits');
+    if (!app.carerVisits || Date.now() - app.carerVisits.at >= FRESH_MS) {
+      app.carerVisits = { at: Date.now(), visits: (await api('GET', '/api/v1/visits')).visits };
+    }
+    const { visits } = app.carerVisits;
     if (!visits.length) { box.replaceChildren(h('p', { class: 'muted' }, t('visit.none'))); return; }
     box.replaceChildren(...visits.map(v => {
       const note = h('textarea', { rows: 2, placeholder: t('visit.notePlaceholder'), 'data-role': 'visit-note' });
@@ -566,6 +580,7 @@ async function loadCarerVisits(box) {
               await api('POST', `/api/v1/visits/${v.planId}/arrive`, { note: note.value });
               toast(t('visit.recorded', { who: v.residentName }));
               note.blur();
+              app.carerVisits = null;
               render();
             } catch (e) { toast(`${t('error')}: ${e.message}`); }
           },

@@ -171,16 +171,15 @@ pub fn to_csv(report: &Report) -> String {
         ("to_ms".into(), report.to_ms.to_string()),
         ("alerts".into(), report.alerts.to_string()),
     ];
-    for (name, p) in [
-        ("time_to_acknowledge", report.time_to_acknowledge),
-        ("time_to_arrive", report.time_to_arrive),
-    ] {
+    let percentile_rows = |rows: &mut Vec<(String, String)>, name: &str, p: Option<Percentiles>| {
         let p = p.unwrap_or_default();
         rows.push((format!("{name}_count"), p.count.to_string()));
         rows.push((format!("{name}_median_ms"), p.median_ms.to_string()));
         rows.push((format!("{name}_p90_ms"), p.p90_ms.to_string()));
         rows.push((format!("{name}_p99_ms"), p.p99_ms.to_string()));
-    }
+    };
+    percentile_rows(&mut rows, "time_to_acknowledge", report.time_to_acknowledge);
+    percentile_rows(&mut rows, "time_to_arrive", report.time_to_arrive);
     rows.push(("target_ms".into(), report.target_ms.to_string()));
     rows.push((
         "acknowledged_within_target".into(),
@@ -193,21 +192,16 @@ pub fn to_csv(report: &Report) -> String {
         "checkin_coverage".into(),
         format!("{:.4}", report.checkin_coverage),
     ));
-    for (name, p) in [
-        (
-            "missed_checkin_to_acknowledge",
-            report.missed_checkin_to_acknowledge,
-        ),
-        (
-            "missed_checkin_to_resolve",
-            report.missed_checkin_to_resolve,
-        ),
-    ] {
-        let p = p.unwrap_or_default();
-        rows.push((format!("{name}_count"), p.count.to_string()));
-        rows.push((format!("{name}_median_ms"), p.median_ms.to_string()));
-        rows.push((format!("{name}_p90_ms"), p.p90_ms.to_string()));
-    }
+    percentile_rows(
+        &mut rows,
+        "missed_checkin_to_acknowledge",
+        report.missed_checkin_to_acknowledge,
+    );
+    percentile_rows(
+        &mut rows,
+        "missed_checkin_to_resolve",
+        report.missed_checkin_to_resolve,
+    );
     rows.push(("visits_planned".into(), report.visits_planned.to_string()));
     rows.push(("visits_done".into(), report.visits_done.to_string()));
     rows.push(("visits_missed".into(), report.visits_missed.to_string()));

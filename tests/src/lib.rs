@@ -938,6 +938,24 @@ impl Sim {
         }
     }
 
+    /// `anxin-sim run --scenario firmware-sim/scenarios/{file}` to its end:
+    /// the sim and its `scenario done …` line (it exited 0).
+    pub async fn scenario(dir: &Path, gateway_mqtt: &str, file: &str) -> (Self, String) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../firmware-sim/scenarios")
+            .join(file);
+        let path = path.to_str().expect("a UTF-8 path");
+        let mut run = Self::run(dir, gateway_mqtt, &["run", "--scenario", path]);
+        let done = run.line_starting("scenario done", PATIENCE).await;
+        assert_eq!(
+            run.proc.wait_exit(PATIENCE).await,
+            Some(0),
+            "{:?}",
+            run.seen
+        );
+        (run, done)
+    }
+
     /// `anxin-sim load` from `devices` devices `dev-…` at `rate` events/s of
     /// `mix`, writing `ledger`, until stopped with [`Sim::finish_load`].
     pub fn ledger_load(

@@ -36,22 +36,7 @@ async fn household_12_story_reaches_the_server_as_told() {
         ],
     )
     .await;
-    let scenario = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../firmware-sim/scenarios/household-12.toml"
-    );
-    let mut run = Sim::run(
-        dir.path(),
-        &gateway.mqtt(),
-        &["run", "--scenario", scenario],
-    );
-    let done = run.line_starting("scenario done", PATIENCE).await;
-    assert_eq!(
-        run.proc.wait_exit(PATIENCE).await,
-        Some(0),
-        "{:?}",
-        run.seen
-    );
+    let (run, done) = Sim::scenario(dir.path(), &gateway.mqtt(), "household-12.toml").await;
     // Her first movement (an activity report), SOS, CANCEL, FALL +
     // location, VITALS_CRITICAL, INACTIVITY.
     assert_eq!(field(&done, "raised"), Some("7"), "{:?}", run.seen);

@@ -122,22 +122,7 @@ async fn one_missed_checkin_alert_for_the_silent_resident_across_a_kill_9() {
         ],
     )
     .await;
-    let scenario = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../firmware-sim/scenarios/checkins-3.toml"
-    );
-    let mut run = Sim::run(
-        dir.path(),
-        &gateway.mqtt(),
-        &["run", "--scenario", scenario],
-    );
-    let done = run.line_starting("scenario done", PATIENCE).await;
-    assert_eq!(
-        run.proc.wait_exit(PATIENCE).await,
-        Some(0),
-        "{:?}",
-        run.seen
-    );
+    let (run, done) = Sim::scenario(dir.path(), &gateway.mqtt(), "checkins-3.toml").await;
     // Sun's heartbeat, Zhao's two activity reports, Li's "I'm OK".
     assert_eq!(field(&done, "raised"), Some("4"), "{:?}", run.seen);
     assert_eq!(field(&done, "stored"), Some("4"), "{:?}", run.seen);

@@ -345,7 +345,8 @@ async fn planned_visits_are_done_or_flagged_to_the_supervisor_at_the_day_s_end()
     );
 
     // The day ends: v-b was never recorded, so its supervisor is told.
-    let flag = tokio::time::timeout(PATIENCE, hooks.deliveries.recv())
+    let until_midnight = Duration::from_millis((midnight - now_ms()).max(0) as u64);
+    let flag = tokio::time::timeout(until_midnight + PATIENCE, hooks.deliveries.recv())
         .await
         .expect("the supervisor's flag within the patience")
         .unwrap();

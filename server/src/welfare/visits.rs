@@ -66,12 +66,28 @@ impl VisitJudge {
         let today = local_day(now_ms, offset);
         let mut flagged = 0;
         for day in today - LOOK_BACK_DAYS..today {
-            for plan in plans.iter() {
-                if !plan_due(plan, day, offset) || self.checked.contains(&(plan.id.clone(), day)) {
-                    continue;
+            let due: Vec<&VisitPlan> = plans
+                .iter()
+                .filter(|p| plan_due(p, day, offset))
+                .filter(|p| !self.checked.contains(&(p.id.clone(), day)))
+                .collect();
+            if due.is_empty() {
+                continue;
+            }
+            // One read of the day's visits for all its plans: those stored
+            // (done, or flagged before a restart) need nothing more.
+            let recorded: HashSet<String> = self
+                .desk
+                .store()
+                .visits(day, day + 1)?
+                .into_iter()
+                .map(|v| v.plan_id)
+                .collect();
+            for plan in due {
+                if !recorded.contains(&plan.id) {
+                    let (_, written) = self.flag_missed(plan, day, now_ms)?;
+                    flagged += usize::from(written);
                 }
-                let (_, written) = self.flag_missed(plan, day, now_ms)?;
-                flagged += usize::from(written);
                 self.checked.insert((plan.id.clone(), day));
             }
         }
@@ -85,15 +101,6 @@ impl VisitJudge {
         now_ms: i64,
     ) -> Result<(Visit, bool), StoreError> {
         let store = self.desk.store();
-        // Stored already (done, or flagged before a restart): one read, no
-        // new notification.
-        if let Some(visit) = store
-            .visits(day, day + 1)?
-            .into_iter()
-            .find(|v| v.plan_id == plan.id)
-        {
-            return Ok((visit, false));
-        }
         let visit = Visit {
             plan_id: plan.id.clone(),
             day,

@@ -707,8 +707,8 @@ impl AdminDesk {
         let mut report = reports::compute(&alerts, community, from_ms, to_ms, self.ack_target_ms);
         let now = now_ms();
         let offset = self.utc_offset_minutes;
-        let first = crate::welfare::local_day(from_ms, offset);
-        let last = crate::welfare::local_day(if to_ms == 0 { now } else { to_ms }, offset) + 1;
+        let first = crate::calendar::local_day(from_ms, offset);
+        let last = crate::calendar::local_day(if to_ms == 0 { now } else { to_ms }, offset) + 1;
         reports::add_welfare(
             &mut report,
             &self.store.checkin_days(first, last)?,

@@ -42,12 +42,10 @@ pub fn check_shift(shift: &Shift) -> Result<(), String> {
 
 /// Local weekday (1 = Monday) and minute of day at `now_ms`.
 fn local_time(now_ms: i64, utc_offset_minutes: i32) -> (u32, u32) {
-    let minutes = now_ms.div_euclid(60_000) + i64::from(utc_offset_minutes);
-    let day = minutes.div_euclid(1440);
-    let minute = minutes.rem_euclid(1440) as u32;
-    // 1970-01-01 was a Thursday (4).
-    let weekday = ((day + 3).rem_euclid(7) + 1) as u32;
-    (weekday, minute)
+    use crate::calendar::{day_start_ms, local_day, weekday};
+    let day = local_day(now_ms, utc_offset_minutes);
+    let minute = ((now_ms - day_start_ms(day, utc_offset_minutes)) / 60_000) as u32;
+    (weekday(day), minute)
 }
 
 /// Staff with no shifts are on call at all times; otherwise one shift must

@@ -115,15 +115,15 @@ impl CheckinJudge {
         let detail = match (&sign, outcome) {
             (_, Standing::Missed) => format!(
                 "{}: no check-in by the window's end; alert {alert_id}",
-                super::date_of(day)
+                crate::calendar::date_of(day)
             ),
             (Some(sign), _) => format!(
                 "{}: {} — {}",
-                super::date_of(day),
+                crate::calendar::date_of(day),
                 outcome.name(),
                 describe_sign(sign, offset)
             ),
-            (None, _) => format!("{}: {}", super::date_of(day), outcome.name()),
+            (None, _) => format!("{}: {}", crate::calendar::date_of(day), outcome.name()),
         };
         store.judge_checkin_day(
             &record,
@@ -139,7 +139,7 @@ impl CheckinJudge {
         )?;
         metrics::counter!(crate::metrics::CHECKINS_JUDGED, "outcome" => outcome.name())
             .increment(1);
-        tracing::info!(resident_id = %resident.id, day = %super::date_of(day), outcome = outcome.name(), alert_id, "check-in judged");
+        tracing::info!(resident_id = %resident.id, day = %crate::calendar::date_of(day), outcome = outcome.name(), alert_id, "check-in judged");
         Ok(())
     }
 
@@ -170,7 +170,7 @@ impl CheckinJudge {
                     "No check-in between {} and {} on {}. Last sign of life: {last}.",
                     window.start,
                     window.end,
-                    super::date_of(day)
+                    crate::calendar::date_of(day)
                 ),
                 ..Default::default()
             }),
@@ -274,7 +274,7 @@ pub fn day_status(
             resident_name: resident.name.clone(),
             community_name: names.of(store, &resident.community_id)?,
             community_id: resident.community_id.clone(),
-            day: super::date_of(day),
+            day: crate::calendar::date_of(day),
             window: format!("{}–{}", checkin.start, checkin.end),
             status,
             opens_ms: opens,

@@ -11,13 +11,13 @@ use anxin_proto::{
 
 use super::{
     checkins::{self, CheckinStatus},
-    date_of, local_day, parse_date,
     visits::{self, VisitStatus},
 };
 use crate::{
     alerts::{AlertDesk, DeskError},
     audit::guard,
     auth::{Need, Principal},
+    calendar::{date_of, local_day, parse_date},
     store::StoreError,
 };
 

@@ -9,9 +9,10 @@ use anxin_proto::{
     v1::{AuditEntry, Resident, StaffRole, Visit, VisitPlan},
 };
 
-use super::{date_of, local_day, plan_due};
+use super::plan_due;
 use crate::{
     alerts::AlertDesk,
+    calendar::{date_of, local_day},
     notifier::{Notification, Notifier},
     routing,
     store::{OutboxItem, StoreError},

@@ -117,19 +117,8 @@ pub fn shifts(text: &str) -> Result<Vec<Shift>, String> {
                 || format!("shift `{entry}` is not `DAYS HH:MM-HH:MM` (days 1-7, e.g. 1-5 or 6,7)");
             let (days, hours) = entry.split_once(' ').ok_or_else(bad)?;
             let (start, end) = hours.trim().split_once('-').ok_or_else(bad)?;
-            let mut weekdays = Vec::new();
-            for part in days.split(',') {
-                match part.split_once('-') {
-                    Some((a, b)) => {
-                        let (a, b): (u32, u32) =
-                            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-                        weekdays.extend(a..=b);
-                    }
-                    None => weekdays.push(part.parse().map_err(|_| bad())?),
-                }
-            }
             let shift = Shift {
-                weekdays,
+                weekdays: weekdays(days).map_err(|_| bad())?,
                 start: start.to_string(),
                 end: end.to_string(),
             };

@@ -718,11 +718,7 @@ impl AdminDesk {
             now,
         );
         if !community.is_empty() {
-            report.community_name = self
-                .store
-                .place(community)?
-                .map(|p| p.name)
-                .unwrap_or_default();
+            report.community_name = directory::place_name(&self.store, community)?;
         }
         Ok(report)
     }

@@ -275,6 +275,11 @@ pub fn parse_role(text: &str) -> Option<StaffRole> {
     })
 }
 
+/// A place's name as people read it ("" if the directory has no such place).
+pub fn place_name(dir: &impl Directory, id: &str) -> Result<String, StoreError> {
+    Ok(dir.place(id)?.map(|p| p.name).unwrap_or_default())
+}
+
 /// A resident without the sensitive fields, for lists.
 pub fn redacted(resident: &Resident) -> Resident {
     Resident {

@@ -39,13 +39,10 @@ fn origin_of(
 ) -> Result<Origin, StoreError> {
     let store = desk.store();
     let device_id = event.device_id.as_str();
-    let community_name = |id: &str| -> Result<String, StoreError> {
-        Ok(store.place(id)?.map(|p| p.name).unwrap_or_default())
-    };
     if device_id == gateway_id && event.kind() == anxin_proto::EventKind::GatewayFault {
         let gateway = store.gateway(gateway_id)?.unwrap_or_default();
         return Ok(Origin {
-            community_name: community_name(&gateway.community_id)?,
+            community_name: crate::directory::place_name(store, &gateway.community_id)?,
             community_id: gateway.community_id,
             address: gateway.name,
             device_kind: "gateway".into(),
@@ -57,12 +54,24 @@ fn origin_of(
     };
     let resident = store.resident(&device.resident_id)?.unwrap_or_default();
     Ok(Origin {
-        community_name: community_name(&resident.community_id)?,
-        community_id: resident.community_id,
         resident_id: device.resident_id,
+        ..resident_origin(store, resident, device.kind)?
+    })
+}
+
+/// Who an alert of `resident` is about, as people read it.
+pub(crate) fn resident_origin(
+    store: &crate::store::Store,
+    resident: anxin_proto::v1::Resident,
+    device_kind: String,
+) -> Result<Origin, StoreError> {
+    Ok(Origin {
+        community_name: crate::directory::place_name(store, &resident.community_id)?,
+        community_id: resident.community_id,
+        resident_id: resident.id,
         resident_name: resident.name,
         address: resident.address,
-        device_kind: device.kind,
+        device_kind,
     })
 }
 

@@ -12,7 +12,7 @@ use anxin_proto::{
 use super::{CHECKIN_DEVICE_PREFIX, Standing, Window, describe_sign, standing};
 use crate::{
     alerts::AlertDesk,
-    incidents::{Decision, Origin},
+    incidents::Decision,
     store::{Committed, StoreError},
 };
 
@@ -176,17 +176,7 @@ impl CheckinJudge {
             }),
             stored_ms: now_ms,
         };
-        let origin = Origin {
-            resident_id: resident.id.clone(),
-            community_id: resident.community_id.clone(),
-            resident_name: resident.name.clone(),
-            community_name: store
-                .place(&resident.community_id)?
-                .map(|p| p.name)
-                .unwrap_or_default(),
-            address: resident.address.clone(),
-            device_kind: "server".into(),
-        };
+        let origin = crate::uplink::resident_origin(store, resident.clone(), "server".into())?;
         let committed =
             store.commit_event("", &uplink, now_ms, &origin, &self.desk.policy().incidents)?;
         store.flush().await?;

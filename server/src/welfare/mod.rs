@@ -145,7 +145,7 @@ impl PlaceNames {
         if let Some(name) = self.0.get(id) {
             return Ok(name.clone());
         }
-        let name = store.place(id)?.map(|p| p.name).unwrap_or_default();
+        let name = crate::directory::place_name(store, id)?;
         self.0.insert(id.to_string(), name.clone());
         Ok(name)
     }

@@ -496,42 +496,36 @@ async fn serve_gateway(
         // Devices whose "I'm OK" is committed for the first time here.
         let mut fresh_checkins = Vec::new();
         for message in batch {
-            // Only the server raises CHECKIN_MISSED (and owns its device
-            // ids): from a gateway it is refused like a foreign device's.
             if let Some(gateway_message::Body::Event(uplink)) = &message.body
                 && let Some(event) = &uplink.event
-                && (event.kind == anxin_proto::EventKind::CheckinMissed as i32
+            {
+                // Only the server raises CHECKIN_MISSED (and owns its device
+                // ids): from a gateway it is refused like a foreign device's.
+                let servers_own = event.kind == anxin_proto::EventKind::CheckinMissed as i32
                     || event
                         .device_id
-                        .starts_with(crate::welfare::CHECKIN_DEVICE_PREFIX))
-            {
-                foreign.push((event.device_id.clone(), event.seq));
-                continue;
-            }
-            if let Some(gateway_message::Body::Event(uplink)) = &message.body
-                && let Some(event) = &uplink.event
-                && !owners.allowed(desk, gateway_id, &event.device_id)?
-            {
-                foreign.push((event.device_id.clone(), event.seq));
-                continue;
-            }
-            // Signs of life count resent events too: a kill between the
-            // commit and this write must not lose the resident's "I'm OK".
-            if let Some(gateway_message::Body::Event(uplink)) = &message.body
-                && let Some(event) = &uplink.event
-                && let Some(how) = crate::welfare::sign_in(event)
-                && !owners.resident(&event.device_id).is_empty()
-            {
-                signs.push(SignOfLife {
-                    resident_id: owners.resident(&event.device_id).to_string(),
-                    at_ms: if (1..=received_ms).contains(&uplink.stored_ms) {
-                        uplink.stored_ms
-                    } else {
-                        received_ms
-                    },
-                    how: how.into(),
-                    source: event.device_id.clone(),
-                });
+                        .starts_with(crate::welfare::CHECKIN_DEVICE_PREFIX);
+                if servers_own || !owners.allowed(desk, gateway_id, &event.device_id)? {
+                    foreign.push((event.device_id.clone(), event.seq));
+                    continue;
+                }
+                // Signs of life count resent events too: a kill between the
+                // commit and this write must not lose the resident's "I'm OK".
+                let resident = owners.resident(&event.device_id);
+                if let Some(how) = crate::welfare::sign_in(event)
+                    && !resident.is_empty()
+                {
+                    signs.push(SignOfLife {
+                        resident_id: resident.to_string(),
+                        at_ms: if (1..=received_ms).contains(&uplink.stored_ms) {
+                            uplink.stored_ms
+                        } else {
+                            received_ms
+                        },
+                        how: how.into(),
+                        source: event.device_id.clone(),
+                    });
+                }
             }
             match message.body {
                 Some(gateway_message::Body::Event(uplink))

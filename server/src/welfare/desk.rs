@@ -175,23 +175,20 @@ impl WelfareDesk {
             .resident(&plan.resident_id)?
             .ok_or_else(|| bad(format!("no resident `{}`", plan.resident_id)))?;
         let target = format!("visit-plan/{}", plan.id);
-        if caller.role() == Some(StaffRole::Supervisor) {
-            guard(
-                self.desk.store(),
-                caller,
-                Need::Audit,
-                Some(&resident.community_id),
-                &target,
-            )?;
+        // Supervisors plan for their communities (the right they hold
+        // there beyond acting is the audit's); everyone else must administer.
+        let need = if caller.role() == Some(StaffRole::Supervisor) {
+            Need::Audit
         } else {
-            guard(
-                self.desk.store(),
-                caller,
-                Need::Administer,
-                Some(&resident.community_id),
-                &target,
-            )?;
-        }
+            Need::Administer
+        };
+        guard(
+            self.desk.store(),
+            caller,
+            need,
+            Some(&resident.community_id),
+            &target,
+        )?;
         let plan = super::prepare_plan(self.desk.store(), plan, now_ms()).map_err(bad)?;
         super::save_plan(self.desk.store(), &caller.name(), &plan)?;
         self.desk.gateways().directory_changed();

@@ -5,7 +5,10 @@
 //! one. Validation ([`check_place`], [`check_resident`], …) is separate from
 //! storage and shared by the admin APIs and the CSV import.
 
-use crate::store::StoreError;
+use crate::{
+    listing::{ListQuery, Page},
+    store::StoreError,
+};
 use anxin_proto::v1::{
     AuditEntry, DeviceRecord, GatewayRecord, Place, PlaceLevel, Resident, Staff, StaffRole,
 };
@@ -82,6 +85,13 @@ pub trait Directory {
     /// Residents, devices and staff (one record or a whole import) with
     /// their audit entry, in one transaction.
     fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError>;
+    /// Pages of the directory, in index order; [`crate::listing`] has the
+    /// contract both engines keep.
+    fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError>;
+    fn devices_page(&self, query: &ListQuery) -> Result<Page<DeviceRecord>, StoreError>;
+    fn staff_page(&self, query: &ListQuery) -> Result<Page<Staff>, StoreError>;
+    fn gateways_page(&self, query: &ListQuery) -> Result<Page<GatewayRecord>, StoreError>;
+    fn places_page(&self, query: &ListQuery) -> Result<Page<Place>, StoreError>;
     fn put_token(
         &self,
         token_sha256: &str,
@@ -335,6 +345,21 @@ impl<T: Directory + ?Sized + Send + Sync> Directory for std::sync::Arc<T> {
     }
     fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
         (**self).put_batch(batch, audit)
+    }
+    fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError> {
+        (**self).residents_page(query)
+    }
+    fn devices_page(&self, query: &ListQuery) -> Result<Page<DeviceRecord>, StoreError> {
+        (**self).devices_page(query)
+    }
+    fn staff_page(&self, query: &ListQuery) -> Result<Page<Staff>, StoreError> {
+        (**self).staff_page(query)
+    }
+    fn gateways_page(&self, query: &ListQuery) -> Result<Page<GatewayRecord>, StoreError> {
+        (**self).gateways_page(query)
+    }
+    fn places_page(&self, query: &ListQuery) -> Result<Page<Place>, StoreError> {
+        (**self).places_page(query)
     }
     fn put_token(
         &self,

@@ -18,6 +18,7 @@ pub mod health;
 pub mod import;
 pub mod incidents;
 pub mod lifecycle;
+pub mod listing;
 pub mod metrics;
 pub mod notifier;
 pub mod replicas;

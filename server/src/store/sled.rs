@@ -41,11 +41,14 @@ use super::{
     AlertChange, Change, Committed, OutboxItem, Storage, StoreError, StoredEvent, alert_number,
     decision_audit, decode, incident_key, latest_signs, offer_deadline,
 };
+mod listing;
+
 use crate::{
     audit::AuditLog,
     directory::{Directory, DirectoryBatch, TokenRecord},
     incidents::{self, Decision, IncidentPolicy, Origin},
     lifecycle,
+    listing::{ListQuery, Page},
     welfare::WelfareStore,
 };
 
@@ -191,6 +194,7 @@ impl SledStore {
             db,
         };
         store.release_outbox_leases()?;
+        listing::ensure_indexes(&store.directory, &store.meta)?;
         Ok(store)
     }
 
@@ -621,6 +625,11 @@ pub(crate) struct Trees {
     pub(super) gateways: sled::Tree,
     pub(super) staff: sled::Tree,
     pub(super) tokens: sled::Tree,
+    pub(super) residents_by_community: sled::Tree,
+    pub(super) resident_terms: sled::Tree,
+    pub(super) devices_by_gateway: sled::Tree,
+    pub(super) devices_by_resident: sled::Tree,
+    pub(super) staff_by_community: sled::Tree,
 }
 
 impl Trees {
@@ -632,6 +641,11 @@ impl Trees {
             gateways: db.open_tree("gateways")?,
             staff: db.open_tree("staff")?,
             tokens: db.open_tree("tokens")?,
+            residents_by_community: db.open_tree("residents_by_community")?,
+            resident_terms: db.open_tree("resident_terms")?,
+            devices_by_gateway: db.open_tree("devices_by_gateway")?,
+            devices_by_resident: db.open_tree("devices_by_resident")?,
+            staff_by_community: db.open_tree("staff_by_community")?,
         })
     }
 }
@@ -718,25 +732,72 @@ impl Directory for SledStore {
         list(&self.directory.staff, "staff")
     }
     fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
+        let d = &self.directory;
         let trees = (
-            &self.directory.residents,
-            &self.directory.devices,
-            &self.directory.staff,
+            &d.residents,
+            &d.devices,
+            &d.staff,
             &self.audit,
+            &d.residents_by_community,
+            &d.resident_terms,
+            &d.devices_by_gateway,
+            &d.devices_by_resident,
+            &d.staff_by_community,
         );
-        trees.transaction(|(residents, devices, staff, log)| {
-            for r in &batch.residents {
-                residents.insert(r.id.as_bytes(), r.encode_to_vec())?;
-            }
-            for d in &batch.devices {
-                devices.insert(d.id.as_bytes(), d.encode_to_vec())?;
-            }
-            for s in &batch.staff {
-                staff.insert(s.id.as_bytes(), s.encode_to_vec())?;
-            }
-            append_audit(log, audit.clone())
-        })?;
+        trees.transaction(
+            |(
+                residents,
+                devices,
+                staff,
+                log,
+                by_community,
+                terms,
+                by_gateway,
+                by_resident,
+                staff_by,
+            )| {
+                let index = listing::IndexTx {
+                    residents_by_community: by_community,
+                    resident_terms: terms,
+                    devices_by_gateway: by_gateway,
+                    devices_by_resident: by_resident,
+                    staff_by_community: staff_by,
+                };
+                for r in &batch.residents {
+                    let old = residents.insert(r.id.as_bytes(), r.encode_to_vec())?;
+                    let old: Option<Resident> = old.and_then(|b| Resident::decode(&*b).ok());
+                    index.resident(old.as_ref(), r)?;
+                }
+                for dev in &batch.devices {
+                    let old = devices.insert(dev.id.as_bytes(), dev.encode_to_vec())?;
+                    let old: Option<DeviceRecord> =
+                        old.and_then(|b| DeviceRecord::decode(&*b).ok());
+                    index.device(old.as_ref(), dev)?;
+                }
+                for s in &batch.staff {
+                    let old = staff.insert(s.id.as_bytes(), s.encode_to_vec())?;
+                    let old: Option<Staff> = old.and_then(|b| Staff::decode(&*b).ok());
+                    index.staff(old.as_ref(), s)?;
+                }
+                append_audit(log, audit.clone())
+            },
+        )?;
         Ok(())
+    }
+    fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError> {
+        listing::residents(&self.directory, query)
+    }
+    fn devices_page(&self, query: &ListQuery) -> Result<Page<DeviceRecord>, StoreError> {
+        listing::devices(&self.directory, query)
+    }
+    fn staff_page(&self, query: &ListQuery) -> Result<Page<Staff>, StoreError> {
+        listing::staff(&self.directory, query)
+    }
+    fn gateways_page(&self, query: &ListQuery) -> Result<Page<GatewayRecord>, StoreError> {
+        listing::gateways(&self.directory, query)
+    }
+    fn places_page(&self, query: &ListQuery) -> Result<Page<Place>, StoreError> {
+        listing::places(&self.directory, query)
     }
     fn put_token(
         &self,

@@ -602,3 +602,313 @@ async fn signs_keep_the_latest_and_days_and_visits_are_written_once() {
     })
     .await;
 }
+
+fn person(id: &str, name: &str, community: &str, phone: &str) -> anxin_proto::v1::Resident {
+    anxin_proto::v1::Resident {
+        id: id.into(),
+        name: name.into(),
+        community_id: community.into(),
+        phone: phone.into(),
+        ..Default::default()
+    }
+}
+
+fn put_residents(store: &Store, residents: Vec<anxin_proto::v1::Resident>) {
+    let batch = crate::directory::DirectoryBatch {
+        residents,
+        ..Default::default()
+    };
+    store.put_batch(&batch, AuditEntry::default()).unwrap();
+}
+
+/// Every page of `query`, following `next`; `between` runs before each
+/// page after the first.
+fn walk_residents(
+    store: &Store,
+    mut query: crate::listing::ListQuery,
+    mut between: impl FnMut(usize),
+) -> Vec<anxin_proto::v1::Resident> {
+    let mut seen = Vec::new();
+    for page_no in 0.. {
+        if page_no > 0 {
+            between(page_no);
+        }
+        let page = store.residents_page(&query).unwrap();
+        assert!(page.items.len() <= query.limit());
+        seen.extend(page.items);
+        match page.next {
+            Some(next) => query.after = next,
+            None => return seen,
+        }
+        assert!(page_no < 10_000, "paging does not end");
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paging_visits_every_row_once_while_rows_come_and_go() {
+    use crate::listing::ListQuery;
+    use std::collections::BTreeMap;
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        // 300 residents in 5 communities; the walk moves some of them to
+        // c-9 (gone from the walked communities) and adds new ones.
+        put_residents(
+            &store,
+            (0..300)
+                .map(|i| person(&format!("r-{i:04}"), "n", &format!("c-{}", i % 5), ""))
+                .collect(),
+        );
+        let mut touched = std::collections::BTreeSet::new();
+        let scope = vec!["c-1".to_string(), "c-3".into(), "c-4".into()];
+        for query in [
+            ListQuery {
+                limit: 7,
+                ..Default::default()
+            },
+            ListQuery {
+                limit: 9,
+                scope: Some(scope.clone()),
+                ..Default::default()
+            },
+            ListQuery {
+                limit: 4,
+                community: "c-3".into(),
+                ..Default::default()
+            },
+        ] {
+            let round = touched.len();
+            let seen = walk_residents(&store, query.clone(), |page| {
+                let moved = format!("r-{:04}", (page * 37 + round) % 300);
+                let added = format!("r-new-{round}-{page}");
+                touched.insert(moved.clone());
+                touched.insert(added.clone());
+                put_residents(
+                    &store,
+                    vec![
+                        person(&moved, "n", "c-9", ""),
+                        person(&added, "n", &format!("c-{}", page % 5), ""),
+                    ],
+                );
+            });
+            let mut counts = BTreeMap::new();
+            for r in &seen {
+                *counts.entry(r.id.clone()).or_insert(0) += 1;
+                assert!(query.in_scope(&r.community_id), "{} out of scope", r.id);
+            }
+            // A row moved during the walk may be met again at its new
+            // place; no other row is met twice, and every untouched row
+            // of the walked communities is met.
+            for (id, n) in &counts {
+                assert!(
+                    *n == 1 || (touched.contains(id) && *n == 2),
+                    "{id} met {n} times"
+                );
+            }
+            for i in 0..300 {
+                let id = format!("r-{i:04}");
+                let community = format!("c-{}", i % 5);
+                let walked = query.in_scope(&community)
+                    && (query.community.is_empty() || query.community == community);
+                if walked && !touched.contains(&id) {
+                    assert_eq!(counts.get(&id), Some(&1), "{id} missed");
+                }
+            }
+            // Pages come in (community, id) order.
+            let keys: Vec<_> = seen
+                .iter()
+                .map(|r| (r.community_id.clone(), r.id.clone()))
+                .collect();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "out of order");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_filter_by_index_and_never_leave_the_callers_communities() {
+    use crate::listing::ListQuery;
+    use anxin_proto::v1::{DeviceRecord, GatewayRecord, Place, Staff};
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        put_residents(
+            &store,
+            vec![
+                person("r-1", "王秀英", "c-1", "138 0000 0001"),
+                person("r-2", "王建国", "c-2", "+86 139-0000-0002"),
+                person("r-3", "Wang Li", "c-1", ""),
+                person("r-4", "李娜", "c-2", "138 0000 0004"),
+                person("wang", "Wanda", "c-1", ""),
+            ],
+        );
+        let search = |text: &str, scope: Option<Vec<&str>>| -> Vec<String> {
+            let mut query = ListQuery {
+                search: text.into(),
+                limit: 2,
+                scope: scope.map(|s| s.iter().map(|c| c.to_string()).collect()),
+                ..Default::default()
+            };
+            let mut ids = Vec::new();
+            loop {
+                let page = store.residents_page(&query).unwrap();
+                ids.extend(page.items.into_iter().map(|r| r.id));
+                match page.next {
+                    Some(next) => query.after = next,
+                    None => return ids,
+                }
+            }
+        };
+        assert_eq!(search("王", None), ["r-2", "r-1"]);
+        assert_eq!(search("王", Some(vec!["c-1"])), ["r-1"]);
+        assert_eq!(search("138 0000", None), ["r-1", "r-4"]);
+        assert_eq!(search("1390000", Some(vec!["c-1"])), Vec::<String>::new());
+        // "wang" names r-3 and is both the name and the id of `wang`:
+        // each is listed once.
+        assert_eq!(search("WAN", None), ["wang", "r-3"]);
+        assert_eq!(search("r-", None), ["r-1", "r-2", "r-3", "r-4"]);
+        // A moved resident is found in its new community only.
+        put_residents(&store, vec![person("r-1", "张秀英", "c-2", "")]);
+        assert_eq!(search("王", Some(vec!["c-1"])), Vec::<String>::new());
+        assert_eq!(search("张", None), ["r-1"]);
+        let in_community = |community: &str, scope: Option<Vec<String>>| {
+            let query = ListQuery {
+                community: community.into(),
+                scope,
+                ..Default::default()
+            };
+            let page = store.residents_page(&query).unwrap();
+            page.items.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        };
+        assert_eq!(in_community("c-2", None), ["r-1", "r-2", "r-4"]);
+        assert!(in_community("c-2", Some(vec!["c-1".into()])).is_empty());
+        assert!(
+            store
+                .residents_page(&ListQuery {
+                    after: "not hex".into(),
+                    ..Default::default()
+                })
+                .is_err()
+        );
+
+        // Devices by gateway and by resident, moved with their record.
+        let device = |id: &str, resident: &str, gateway: &str| DeviceRecord {
+            id: id.into(),
+            kind: "call_button".into(),
+            resident_id: resident.into(),
+            gateway_id: gateway.into(),
+            ..Default::default()
+        };
+        let batch = crate::directory::DirectoryBatch {
+            devices: vec![
+                device("d-1", "r-1", "gw-a"),
+                device("d-2", "r-1", "gw-b"),
+                device("d-3", "r-2", "gw-a"),
+            ],
+            ..Default::default()
+        };
+        store.put_batch(&batch, AuditEntry::default()).unwrap();
+        let devices = |query: ListQuery| -> Vec<String> {
+            let page = store.devices_page(&query).unwrap();
+            page.items.into_iter().map(|d| d.id).collect()
+        };
+        let on = |gateway: &str| ListQuery {
+            gateway: gateway.into(),
+            ..Default::default()
+        };
+        assert_eq!(devices(on("gw-a")), ["d-1", "d-3"]);
+        let of_r1 = ListQuery {
+            resident: "r-1".into(),
+            ..Default::default()
+        };
+        assert_eq!(devices(of_r1), ["d-1", "d-2"]);
+        let batch = crate::directory::DirectoryBatch {
+            devices: vec![device("d-1", "r-1", "gw-b")],
+            ..Default::default()
+        };
+        store.put_batch(&batch, AuditEntry::default()).unwrap();
+        assert_eq!(devices(on("gw-a")), ["d-3"]);
+        assert_eq!(devices(on("gw-b")), ["d-1", "d-2"]);
+        assert_eq!(devices(ListQuery::default()), ["d-1", "d-2", "d-3"]);
+
+        // Staff by community; a carer sees colleagues of their communities.
+        let member = |id: &str, name: &str, communities: &[&str]| Staff {
+            id: id.into(),
+            name: name.into(),
+            communities: communities.iter().map(|c| c.to_string()).collect(),
+            active: true,
+            ..Default::default()
+        };
+        let batch = crate::directory::DirectoryBatch {
+            staff: vec![
+                member("s-1", "Zhou", &["c-1"]),
+                member("s-2", "Zhao", &["c-1", "c-2"]),
+                member("s-3", "Qian", &["c-2"]),
+                member("s-4", "City", &["*"]),
+            ],
+            ..Default::default()
+        };
+        store.put_batch(&batch, AuditEntry::default()).unwrap();
+        let staff = |query: ListQuery| -> Vec<String> {
+            let page = store.staff_page(&query).unwrap();
+            page.items.into_iter().map(|s| s.id).collect()
+        };
+        let of = |community: &str| ListQuery {
+            community: community.into(),
+            ..Default::default()
+        };
+        assert_eq!(staff(of("c-2")), ["s-2", "s-3"]);
+        let carer = ListQuery {
+            scope: Some(vec!["c-1".into()]),
+            ..Default::default()
+        };
+        assert_eq!(staff(carer.clone()), ["s-1", "s-2", "s-4"]);
+        let searching = ListQuery {
+            search: "zh".into(),
+            ..carer.clone()
+        };
+        assert_eq!(staff(searching), ["s-1", "s-2"]);
+        let elsewhere = ListQuery {
+            community: "c-2".into(),
+            ..carer
+        };
+        assert!(staff(elsewhere).is_empty());
+
+        // Gateways by community and scope; places by parent.
+        for (id, community) in [("gw-a", "c-1"), ("gw-b", "c-2"), ("gw-c", "")] {
+            let gateway = GatewayRecord {
+                id: id.into(),
+                community_id: community.into(),
+                ..Default::default()
+            };
+            store
+                .put_gateway(&gateway, "", AuditEntry::default())
+                .unwrap();
+        }
+        let page = store
+            .gateways_page(&ListQuery {
+                scope: Some(vec!["c-2".into()]),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].id, "gw-b");
+        for (id, parent) in [("c-1", "s-x"), ("c-2", "s-y"), ("s-x", "")] {
+            let place = Place {
+                id: id.into(),
+                name: id.into(),
+                parent_id: parent.into(),
+                ..Default::default()
+            };
+            store.put_place(&place, AuditEntry::default()).unwrap();
+        }
+        let page = store
+            .places_page(&ListQuery {
+                parent: "s-x".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].id, "c-1");
+    })
+    .await;
+}

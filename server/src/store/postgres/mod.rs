@@ -44,8 +44,11 @@ use crate::{
     directory::{Directory, DirectoryBatch, TokenRecord},
     incidents::{self, Decision, IncidentPolicy, Origin},
     lifecycle,
+    listing::{ListQuery, Page},
     welfare::WelfareStore,
 };
+
+mod listing;
 
 /// Schema versions, applied in order; never edit one that shipped.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -53,6 +56,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "outbox", include_str!("0002_outbox.sql")),
     (3, "audit_chain", include_str!("0003_audit_chain.sql")),
     (4, "welfare", include_str!("0004_welfare.sql")),
+    (
+        5,
+        "directory_index",
+        include_str!("0005_directory_index.sql"),
+    ),
 ];
 
 /// Serialises schema migrations across replicas starting together.
@@ -107,12 +115,17 @@ pub struct PgStore {
     feed: Arc<Mutex<Option<mpsc::UnboundedReceiver<RemoteChange>>>>,
 }
 
-/// Directory records of one table, written by [`PgStore::directory_write`].
+/// Directory records of one table, written by [`PgStore::directory_write`]
+/// with the columns and side tables their lists are paged by.
 struct Upsert {
     table: &'static str,
     key: &'static str,
     ids: Vec<String>,
     bodies: Vec<Vec<u8>>,
+    /// Index columns beside `body`, one value per record.
+    columns: Vec<(&'static str, Vec<String>)>,
+    /// Multi-valued indexes, replaced whole for these records.
+    sides: Vec<listing::Side>,
 }
 
 impl Upsert {
@@ -126,6 +139,8 @@ impl Upsert {
             key: "id",
             ids,
             bodies,
+            columns: Vec::new(),
+            sides: Vec::new(),
         }
     }
 
@@ -135,6 +150,8 @@ impl Upsert {
             key: "digest",
             ids: vec![digest.to_string()],
             bodies: vec![record.encode_to_vec()],
+            columns: Vec::new(),
+            sides: Vec::new(),
         }
     }
 }
@@ -214,6 +231,9 @@ impl PgStore {
                 }
                 let tx = client.transaction().await?;
                 tx.batch_execute(sql).await?;
+                if *version == listing::BACKFILL_VERSION {
+                    listing::backfill(&tx).await?;
+                }
                 tx.execute(
                     "insert into schema_migrations (version, name, applied_ms) values ($1, $2, $3)",
                     &[version, name, &anxin_proto::now_ms()],
@@ -554,25 +574,8 @@ impl PgStore {
         self.block(async move {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
-            for Upsert {
-                table,
-                key,
-                ids,
-                bodies,
-            } in &writes
-            {
-                if ids.is_empty() {
-                    continue;
-                }
-                tx.execute(
-                    &format!(
-                        "insert into {table} ({key}, body)
-                         select i, b from unnest($1::text[], $2::bytea[]) as t(i, b)
-                         on conflict ({key}) do update set body = excluded.body"
-                    ),
-                    &[ids, bodies],
-                )
-                .await?;
+            for write in &writes {
+                listing::upsert(&tx, write).await?;
             }
             Self::insert_audit(&tx, &audit).await?;
             self.notify(&tx, Notice::Directory).await?;
@@ -1122,9 +1125,7 @@ impl Directory for PgStore {
         token_sha256: &str,
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
-        let mut writes = vec![Upsert::of("gateways", std::slice::from_ref(gateway), |g| {
-            &g.id
-        })];
+        let mut writes = vec![listing::gateways_write(std::slice::from_ref(gateway))];
         if !token_sha256.is_empty() {
             let token = TokenRecord {
                 subject_kind: "gateway".into(),
@@ -1150,11 +1151,41 @@ impl Directory for PgStore {
     }
     fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
         let writes = vec![
-            Upsert::of("residents", &batch.residents, |r| &r.id),
-            Upsert::of("devices", &batch.devices, |d| &d.id),
-            Upsert::of("staff", &batch.staff, |s| &s.id),
+            listing::residents_write(&batch.residents),
+            listing::devices_write(&batch.devices),
+            listing::staff_write(&batch.staff),
         ];
         self.directory_write(audit, writes)
+    }
+    fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            listing::residents(&client, query).await
+        })
+    }
+    fn devices_page(&self, query: &ListQuery) -> Result<Page<DeviceRecord>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            listing::devices(&client, query).await
+        })
+    }
+    fn staff_page(&self, query: &ListQuery) -> Result<Page<Staff>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            listing::staff(&client, query).await
+        })
+    }
+    fn gateways_page(&self, query: &ListQuery) -> Result<Page<GatewayRecord>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            listing::gateways(&client, query).await
+        })
+    }
+    fn places_page(&self, query: &ListQuery) -> Result<Page<Place>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            listing::places(&client, query).await
+        })
     }
     fn put_token(
         &self,

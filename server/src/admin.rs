@@ -18,6 +18,7 @@ use crate::{
     directory::{self, Directory, DirectoryBatch, TokenRecord},
     gateways::ConnectedGateways,
     import::{self, ImportKind},
+    listing::{ListQuery, Page},
     reports,
     store::Store,
 };
@@ -138,9 +139,9 @@ impl AdminDesk {
         Ok(place)
     }
 
-    pub fn places(&self, caller: &Principal) -> Result<Vec<Place>, DeskError> {
+    pub fn places(&self, caller: &Principal, query: ListQuery) -> Result<Page<Place>, DeskError> {
         guard(&self.store, caller, Need::ViewAlerts, None, "directory")?;
-        Ok(self.store.places()?)
+        Ok(self.store.places_page(&query)?)
     }
 
     pub fn put_resident(
@@ -196,21 +197,19 @@ impl AdminDesk {
         Ok(resident)
     }
 
-    /// Residents the caller serves, without the sensitive fields.
+    /// A page of the residents the caller serves, without the sensitive
+    /// fields.
     pub fn residents(
         &self,
         caller: &Principal,
-        community: &str,
-    ) -> Result<Vec<Resident>, DeskError> {
+        mut query: ListQuery,
+    ) -> Result<Page<Resident>, DeskError> {
         guard(&self.store, caller, Need::ViewAlerts, None, "directory")?;
+        query.scope = caller.scope();
         Ok(self
             .store
-            .residents()?
-            .iter()
-            .filter(|r| caller.sees(&r.community_id))
-            .filter(|r| community.is_empty() || r.community_id == community)
-            .map(directory::redacted)
-            .collect())
+            .residents_page(&query)?
+            .map(|r| directory::redacted(&r)))
     }
 
     pub fn put_device(
@@ -270,9 +269,38 @@ impl AdminDesk {
         Ok(device)
     }
 
-    pub fn devices(&self, caller: &Principal) -> Result<Vec<DeviceRecord>, DeskError> {
-        guard(&self.store, caller, Need::Administer, None, "directory")?;
-        Ok(self.store.devices()?)
+    /// A page of devices. Administrators list any; staff who may read a
+    /// resident list that resident's devices (`resident` filter), without
+    /// their credentials.
+    pub fn devices(
+        &self,
+        caller: &Principal,
+        query: ListQuery,
+    ) -> Result<Page<DeviceRecord>, DeskError> {
+        if caller.allows(Need::Administer) {
+            guard(&self.store, caller, Need::Administer, None, "directory")?;
+            return Ok(self.store.devices_page(&query)?);
+        }
+        let community = match self.store.resident(&query.resident)? {
+            Some(r) if !query.resident.is_empty() => r.community_id,
+            _ => String::new(),
+        };
+        let target = format!("resident/{}", query.resident);
+        guard(
+            &self.store,
+            caller,
+            Need::ReadResidents,
+            Some(&community),
+            &target,
+        )?;
+        let query = ListQuery {
+            gateway: String::new(),
+            ..query
+        };
+        Ok(self.store.devices_page(&query)?.map(|mut d| {
+            d.password_sha256.clear();
+            d
+        }))
     }
 
     /// Creates or updates a gateway; with a token (given or made here) its
@@ -311,21 +339,26 @@ impl AdminDesk {
         Ok((gateway, token))
     }
 
-    pub fn gateways(&self, caller: &Principal) -> Result<Vec<GatewayRecord>, DeskError> {
+    pub fn gateways(
+        &self,
+        caller: &Principal,
+        query: ListQuery,
+    ) -> Result<Page<GatewayRecord>, DeskError> {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
-        Ok(self.store.gateways()?)
+        Ok(self.store.gateways_page(&query)?)
     }
 
-    /// The gateways a dispatcher or carer may watch: those of communities
-    /// they serve (gateways without a community: city-wide staff only).
-    pub fn watched_gateways(&self, caller: &Principal) -> Result<Vec<GatewayRecord>, DeskError> {
+    /// A page of the gateways a dispatcher or carer may watch: those of
+    /// communities they serve (gateways without a community: city-wide
+    /// staff only).
+    pub fn watched_gateways(
+        &self,
+        caller: &Principal,
+        mut query: ListQuery,
+    ) -> Result<Page<GatewayRecord>, DeskError> {
         guard(&self.store, caller, Need::ViewAlerts, None, "gateways")?;
-        Ok(self
-            .store
-            .gateways()?
-            .into_iter()
-            .filter(|g| caller.sees(&g.community_id))
-            .collect())
+        query.scope = caller.scope();
+        Ok(self.store.gateways_page(&query)?)
     }
 
     pub fn put_staff(&self, caller: &Principal, staff: Staff) -> Result<Staff, DeskError> {
@@ -360,18 +393,16 @@ impl AdminDesk {
         Ok(staff)
     }
 
-    /// Staff who share a community with the caller (the staff board).
-    pub fn staff(&self, caller: &Principal) -> Result<Vec<Staff>, DeskError> {
+    /// A page of the staff who share a community with the caller (the
+    /// staff board).
+    pub fn staff(
+        &self,
+        caller: &Principal,
+        mut query: ListQuery,
+    ) -> Result<Page<Staff>, DeskError> {
         guard(&self.store, caller, Need::ViewAlerts, None, "directory")?;
-        Ok(self
-            .store
-            .staff()?
-            .into_iter()
-            .filter(|s| {
-                matches!(caller, Principal::Admin)
-                    || s.communities.iter().any(|c| caller.sees(c) || c == "*")
-            })
-            .collect())
+        query.scope = caller.scope();
+        Ok(self.store.staff_page(&query)?)
     }
 
     /// How long tokens live (`auth.*` in the config).

@@ -90,6 +90,17 @@ impl Principal {
         }
     }
 
+    /// The communities whose records this caller may list; `None`: all
+    /// of them (the administrator, city-wide staff).
+    pub fn scope(&self) -> Option<Vec<String>> {
+        match self {
+            Principal::Admin => None,
+            Principal::Staff(s) if s.communities.iter().any(|c| c == "*") => None,
+            Principal::Staff(s) => Some(s.communities.clone()),
+            Principal::Gateway(_) => Some(Vec::new()),
+        }
+    }
+
     pub fn allows(&self, need: Need) -> bool {
         use StaffRole::*;
         let Some(role) = self.role() else {

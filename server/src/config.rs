@@ -162,6 +162,10 @@ pub struct StoreConfig {
     /// when the disk fills, so the store can still write its way out
     /// (dispatchers' actions, deletes). 0 disables it.
     pub reserve_bytes: u64,
+    /// Memory sled may use to cache the store's pages (sled's own default
+    /// is 1 GiB). The server's memory is this plus what its work needs,
+    /// whatever the directory's size.
+    pub cache_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -182,6 +186,7 @@ impl Default for ServerConfig {
                 pool_size: 16,
                 min_free_bytes: 256 * 1024 * 1024,
                 reserve_bytes: 64 * 1024 * 1024,
+                cache_bytes: 128 * 1024 * 1024,
             },
             auth: AuthConfig {
                 admin_token: String::new(),

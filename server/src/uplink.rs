@@ -348,18 +348,25 @@ const ROSTER_PART: usize = 2000;
 /// The devices a gateway serves, with their credentials, as the directory
 /// has them.
 pub fn roster_of(desk: &AlertDesk, gateway_id: &str) -> Result<Vec<RosterDevice>, StoreError> {
-    Ok(desk
-        .store()
-        .devices()?
-        .into_iter()
-        .filter(|d| d.gateway_id == gateway_id)
-        .map(|d| RosterDevice {
+    let mut query = crate::listing::ListQuery {
+        gateway: gateway_id.into(),
+        limit: crate::listing::MAX_LIMIT,
+        ..Default::default()
+    };
+    let mut roster = Vec::new();
+    loop {
+        let page = desk.store().devices_page(&query)?;
+        roster.extend(page.items.into_iter().map(|d| RosterDevice {
             device_id: d.id,
             kind: d.kind,
             password_sha256: d.password_sha256,
             deactivated: d.deactivated,
-        })
-        .collect())
+        }));
+        match page.next {
+            Some(next) => query.after = next,
+            None => return Ok(roster),
+        }
+    }
 }
 
 /// Sends the gateway its roster when its stream opens and whenever the

@@ -319,12 +319,62 @@ try {
   await desk.click('#checkins tr[data-resident-id="r-4"] button[data-action="confirm-well"]');
   await desk.waitForSelector('#checkins tr[data-resident-id="r-4"].checkin-ok', { timeout: PATIENCE });
 
-  check(policyViolations.length === 0, `no Content-Security-Policy violations: ${policyViolations.join(' | ')}`);
   // Queue, detail, phone, welfare: names came with the alerts and lists;
-  // only the pages that list places read them (once).
+  // only the reports page lists places (once).
   const directory = requests.filter(r => wholeCollection.test(r) && !r.startsWith('/api/v1/places'));
-  check(directory.length === 0, `no whole directory collection was downloaded: ${directory.join(', ')}`);
+  check(directory.length === 0, `no directory list was requested before the directory view: ${directory.join(', ')}`);
   check(requests.filter(r => r.startsWith('/api/v1/places')).length <= pages.length, 'places read at most once per page');
+
+  // 12. The resident directory: searched and paged on the server, a
+  // resident opened (and the read audited once).
+  const csv = ['id,name,community_id,address,phone,medical_notes,emergency_contacts,access_notes']
+    .concat(Array.from({ length: 60 }, (_, i) => `p-${String(i).padStart(3, '0')},测试 Test ${i},c-a,和平里 ${i} 号,139 0000 ${String(i).padStart(4, '0')},,,`))
+    .join('\n');
+  const imported = await fetch(`${SERVER}/api/v1/import/residents`, {
+    method: 'POST', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'text/csv' }, body: csv,
+  });
+  check(imported.ok, `60 residents imported: ${imported.status}`);
+  const before = requests.length;
+  await desk.waitForFunction(() => getComputedStyle(document.querySelector('#toast')).display === 'none', null, { timeout: PATIENCE });
+  await desk.goto(`${BASE}/#/residents`);
+  // In community then id order: the 60 imported (p-…) before r-1…r-5.
+  await desk.waitForSelector('#resident-list tr[data-resident-id="p-000"]', { timeout: PATIENCE });
+  check(await desk.locator('#resident-list tbody tr').count() === 50, 'the first page holds 50 residents');
+  await desk.fill('#resident-search', '王');
+  await desk.press('#resident-search', 'Enter');
+  await desk.waitForFunction(() => document.querySelectorAll('#resident-list tbody tr').length === 1, null, { timeout: PATIENCE });
+  check(await desk.locator('#resident-list tr[data-resident-id="r-1"]').count() === 1, 'a name search finds Wang');
+  await shot(desk, 'directory-search-en');
+  await desk.fill('#resident-search', '139 0000');
+  await desk.press('#resident-search', 'Enter');
+  await desk.waitForSelector('#resident-list tr[data-resident-id="p-000"]', { timeout: PATIENCE });
+  check(await desk.locator('#resident-list tbody tr').count() === 50, 'a phone search fills a page');
+  await desk.click('#page-next');
+  await desk.waitForSelector('#resident-list tr[data-resident-id="p-059"]', { timeout: PATIENCE });
+  check(await desk.locator('#resident-list tbody tr').count() === 10, 'the second page holds the other 10');
+  check(await desk.locator('#page-next').count() === 0, 'no page after the last');
+  await desk.click('#page-prev');
+  await desk.waitForSelector('#resident-list tr[data-resident-id="p-000"]', { timeout: PATIENCE });
+  await setLanguage(desk, 'zh-CN');
+  await shot(desk, 'directory-zh-CN');
+  await setLanguage(desk, 'en');
+  const reads = async () => (await adminCall('GET', '/api/v1/audit?action=resident.read&target=resident/r-1')).entries.length;
+  const readsBefore = await reads();
+  await desk.goto(`${BASE}/#/residents/r-1`);
+  await desk.waitForSelector('#resident-page #resident-name', { timeout: PATIENCE });
+  await desk.waitForSelector('#resident-devices h4', { timeout: PATIENCE });
+  check((await desk.textContent('#resident-devices')).includes('btn-1'), 'the resident\'s device is listed');
+  await desk.waitForSelector('#resident-page #recent-alerts', { timeout: PATIENCE });
+  await shot(desk, 'resident-en');
+  // A live update re-renders the page without reading the record again.
+  await desk.evaluate(() => window.dispatchEvent(new HashChangeEvent('hashchange')));
+  await desk.waitForTimeout(500);
+  check(await reads() === readsBefore + 1, `opening the resident was audited once: ${readsBefore} -> ${await reads()}`);
+  const paged = requests.slice(before).filter(r => wholeCollection.test(r));
+  check(paged.length > 0 && paged.every(r => /[?&]limit=\d+/.test(r) && (!r.startsWith('/api/v1/devices') || r.includes('resident='))),
+    `the directory view asks for pages only: ${paged.join(', ')}`);
+
+  check(policyViolations.length === 0, `no Content-Security-Policy violations: ${policyViolations.join(' | ')}`);
   log('console browser test passed');
 } catch (err) {
   failed = true;

@@ -224,8 +224,12 @@ impl Admin for AdminService {
         request: Request<ListRequest>,
     ) -> Result<Response<PlaceList>, Status> {
         let who = staff_caller(&self.auth, &request)?;
-        let places = self.admin.places(&who).map_err(status)?;
-        Ok(Response::new(PlaceList { places }))
+        let query = list_query(request.get_ref());
+        let page = self.admin.places(&who, query).map_err(status)?;
+        Ok(Response::new(PlaceList {
+            places: page.items,
+            next: page.next.unwrap_or_default(),
+        }))
     }
 
     async fn put_resident(&self, request: Request<Resident>) -> Result<Response<Resident>, Status> {
@@ -255,11 +259,12 @@ impl Admin for AdminService {
         request: Request<ListRequest>,
     ) -> Result<Response<ResidentList>, Status> {
         let who = staff_caller(&self.auth, &request)?;
-        let residents = self
-            .admin
-            .residents(&who, &request.get_ref().community_id)
-            .map_err(status)?;
-        Ok(Response::new(ResidentList { residents }))
+        let query = list_query(request.get_ref());
+        let page = self.admin.residents(&who, query).map_err(status)?;
+        Ok(Response::new(ResidentList {
+            residents: page.items,
+            next: page.next.unwrap_or_default(),
+        }))
     }
 
     async fn put_device(
@@ -279,8 +284,12 @@ impl Admin for AdminService {
         request: Request<ListRequest>,
     ) -> Result<Response<DeviceList>, Status> {
         let who = staff_caller(&self.auth, &request)?;
-        let devices = self.admin.devices(&who).map_err(status)?;
-        Ok(Response::new(DeviceList { devices }))
+        let query = list_query(request.get_ref());
+        let page = self.admin.devices(&who, query).map_err(status)?;
+        Ok(Response::new(DeviceList {
+            devices: page.items,
+            next: page.next.unwrap_or_default(),
+        }))
     }
 
     async fn put_gateway(
@@ -304,8 +313,12 @@ impl Admin for AdminService {
         request: Request<ListRequest>,
     ) -> Result<Response<GatewayList>, Status> {
         let who = staff_caller(&self.auth, &request)?;
-        let gateways = self.admin.gateways(&who).map_err(status)?;
-        Ok(Response::new(GatewayList { gateways }))
+        let query = list_query(request.get_ref());
+        let page = self.admin.gateways(&who, query).map_err(status)?;
+        Ok(Response::new(GatewayList {
+            gateways: page.items,
+            next: page.next.unwrap_or_default(),
+        }))
     }
 
     async fn put_staff(&self, request: Request<Staff>) -> Result<Response<Staff>, Status> {
@@ -322,8 +335,12 @@ impl Admin for AdminService {
         request: Request<ListRequest>,
     ) -> Result<Response<StaffList>, Status> {
         let who = staff_caller(&self.auth, &request)?;
-        let staff = self.admin.staff(&who).map_err(status)?;
-        Ok(Response::new(StaffList { staff }))
+        let query = list_query(request.get_ref());
+        let page = self.admin.staff(&who, query).map_err(status)?;
+        Ok(Response::new(StaffList {
+            staff: page.items,
+            next: page.next.unwrap_or_default(),
+        }))
     }
 
     async fn issue_token(
@@ -372,5 +389,20 @@ impl Admin for AdminService {
             .report(&who, &req.community_id, req.from_ms, req.to_ms)
             .map_err(status)?;
         Ok(Response::new(report))
+    }
+}
+
+/// A directory list request as the desks take it (the caller's scope is
+/// theirs to set).
+fn list_query(request: &ListRequest) -> crate::listing::ListQuery {
+    crate::listing::ListQuery {
+        limit: request.limit as usize,
+        after: request.after.clone(),
+        community: request.community_id.clone(),
+        search: request.search.clone(),
+        gateway: request.gateway_id.clone(),
+        resident: request.resident_id.clone(),
+        parent: request.parent_id.clone(),
+        scope: None,
     }
 }

@@ -30,7 +30,10 @@ use crate::{
     alerts::{Act, AlertDesk},
     auth::{Authenticator, Need, Principal},
     directory::Directory,
-    lifecycle, reports,
+    lifecycle,
+    listing::{ListQuery, Page},
+    reports,
+    welfare::PlaceNames,
 };
 
 #[derive(Clone)]
@@ -357,6 +360,7 @@ async fn device_events(
     State(state): State<RestState>,
     Caller(caller): Caller,
     Path(device_id): Path<String>,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let store = state.desk.store();
     let community = match store.device(&device_id)? {
@@ -367,8 +371,12 @@ async fn device_events(
         None => String::new(),
     };
     caller.require(Need::ViewAlerts, Some(&community))?;
-    let events: Vec<serde_json::Value> = store
-        .device_events(&device_id)?
+    let mut events = store.device_events(&device_id)?;
+    // `?limit=N`: the newest N only.
+    if params.limit > 0 && events.len() > params.limit {
+        events.drain(..events.len() - params.limit);
+    }
+    let events: Vec<serde_json::Value> = events
         .into_iter()
         .filter_map(|stored| {
             let uplink = stored.uplink?;
@@ -448,17 +456,48 @@ async fn stream_alerts(
 
 // ---- directory ----
 
+/// `?limit=&after=` and the filters of a directory list
+/// ([`crate::listing`]); the answer carries `next` for the page after.
 #[derive(Deserialize, Default)]
-struct CommunityFilter {
-    community: Option<String>,
+#[serde(default)]
+struct ListParams {
+    limit: usize,
+    after: String,
+    community: String,
+    /// Residents: name, phone or id prefix; staff: name or id prefix.
+    q: String,
+    gateway: String,
+    resident: String,
+    parent: String,
+}
+
+impl From<ListParams> for ListQuery {
+    fn from(p: ListParams) -> Self {
+        ListQuery {
+            limit: p.limit,
+            after: p.after,
+            community: p.community,
+            search: p.q,
+            gateway: p.gateway,
+            resident: p.resident,
+            parent: p.parent,
+            scope: None,
+        }
+    }
+}
+
+fn page_json<T: serde::Serialize>(name: &str, page: Page<T>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ name: page.items, "next": page.next }))
 }
 
 async fn list_places(
     State(state): State<RestState>,
     Caller(caller): Caller,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(
-        serde_json::json!({ "places": state.admin.places(&caller)? }),
+    Ok(page_json(
+        "places",
+        state.admin.places(&caller, params.into())?,
     ))
 }
 
@@ -475,12 +514,20 @@ async fn put_place(
 async fn list_residents(
     State(state): State<RestState>,
     Caller(caller): Caller,
-    Query(filter): Query<CommunityFilter>,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let residents = state
-        .admin
-        .residents(&caller, filter.community.as_deref().unwrap_or(""))?;
-    Ok(Json(serde_json::json!({ "residents": residents })))
+    let page = state.admin.residents(&caller, params.into())?;
+    let mut names = PlaceNames::default();
+    let mut rows = Vec::with_capacity(page.items.len());
+    for resident in page.items {
+        let community = names.of(state.admin.store(), &resident.community_id)?;
+        let mut row = serde_json::to_value(resident).unwrap_or_default();
+        row["communityName"] = community.into();
+        rows.push(row);
+    }
+    Ok(Json(
+        serde_json::json!({ "residents": rows, "next": page.next }),
+    ))
 }
 
 async fn put_resident(
@@ -504,9 +551,11 @@ async fn get_resident(
 async fn list_devices(
     State(state): State<RestState>,
     Caller(caller): Caller,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(
-        serde_json::json!({ "devices": state.admin.devices(&caller)? }),
+    Ok(page_json(
+        "devices",
+        state.admin.devices(&caller, params.into())?,
     ))
 }
 
@@ -523,9 +572,11 @@ async fn put_device(
 async fn list_gateways(
     State(state): State<RestState>,
     Caller(caller): Caller,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(
-        serde_json::json!({ "gateways": state.admin.gateways(&caller)? }),
+    Ok(page_json(
+        "gateways",
+        state.admin.gateways(&caller, params.into())?,
     ))
 }
 
@@ -535,12 +586,17 @@ async fn list_gateways(
 async fn gateway_board(
     State(state): State<RestState>,
     Caller(caller): Caller,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let rows: Vec<serde_json::Value> = state
-        .admin
-        .watched_gateways(&caller)?
+    let page = state.admin.watched_gateways(&caller, params.into())?;
+    let mut names = PlaceNames::default();
+    let rows: Vec<serde_json::Value> = page
+        .items
         .into_iter()
         .map(|gateway| {
+            let community = names
+                .of(state.admin.store(), &gateway.community_id)
+                .unwrap_or_else(|_| gateway.community_id.clone());
             let seen = state.desk.gateways().seen(&gateway.id);
             let status = seen.as_ref().and_then(|s| s.status.clone());
             let reasons = status
@@ -557,6 +613,7 @@ async fn gateway_board(
                 "id": gateway.id,
                 "name": gateway.name,
                 "communityId": gateway.community_id,
+                "communityName": community,
                 "state": board_state,
                 "reasons": reasons,
                 "sinceMs": seen.as_ref().map(|s| s.since_ms.to_string()),
@@ -568,7 +625,9 @@ async fn gateway_board(
             })
         })
         .collect();
-    Ok(Json(serde_json::json!({ "gateways": rows })))
+    Ok(Json(
+        serde_json::json!({ "gateways": rows, "next": page.next }),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -601,20 +660,37 @@ async fn put_gateway(
 async fn list_staff(
     State(state): State<RestState>,
     Caller(caller): Caller,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    Ok(Json(
-        serde_json::json!({ "staff": state.admin.staff(&caller)? }),
+    Ok(page_json(
+        "staff",
+        state.admin.staff(&caller, params.into())?,
     ))
 }
 
-/// Staff of the caller's communities with on-duty status and what they hold.
+/// A page of the staff of the caller's communities with on-duty status and
+/// what they hold.
 async fn staff_board(
     State(state): State<RestState>,
     Caller(caller): Caller,
+    Query(params): Query<ListParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let staff = state.admin.staff(&caller)?;
+    let page = state.admin.staff(&caller, params.into())?;
+    let mut names = PlaceNames::default();
+    let mut rows = Vec::new();
+    for entry in state.desk.staff_board(page.items)? {
+        let communities = entry
+            .staff
+            .communities
+            .iter()
+            .map(|c| names.of(state.admin.store(), c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut row = serde_json::to_value(entry).unwrap_or_default();
+        row["communityNames"] = communities.into();
+        rows.push(row);
+    }
     Ok(Json(
-        serde_json::json!({ "staff": state.desk.staff_board(staff)? }),
+        serde_json::json!({ "staff": rows, "next": page.next }),
     ))
 }
 

@@ -269,6 +269,14 @@ pub fn open_sled(path: &std::path::Path) -> Result<Store, StoreError> {
     Ok(Arc::new(sled::SledStore::open(path)?))
 }
 
+/// A sled store whose page cache holds at most `cache_bytes`.
+pub fn open_sled_with_cache(path: &std::path::Path, cache_bytes: u64) -> Result<Store, StoreError> {
+    Ok(Arc::new(sled::SledStore::open_with_cache(
+        path,
+        cache_bytes,
+    )?))
+}
+
 pub(crate) fn alert_number(alert_id: &str) -> Option<u64> {
     alert_id.parse::<u64>().ok()
 }
@@ -404,7 +412,7 @@ pub(crate) fn decision_audit(
 /// `store.url` (schema migrations applied).
 pub async fn open(config: &crate::config::StoreConfig) -> Result<Store, StoreError> {
     match config.backend {
-        crate::config::Backend::Sled => open_sled(&config.path),
+        crate::config::Backend::Sled => open_sled_with_cache(&config.path, config.cache_bytes),
         crate::config::Backend::Postgres => Ok(Arc::new(
             postgres::PgStore::connect(&config.url, config.pool_size).await?,
         )),

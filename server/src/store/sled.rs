@@ -175,7 +175,14 @@ pub struct SledStore {
 
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open()?;
+        Self::open_with_cache(path, 128 * 1024 * 1024)
+    }
+
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()?;
         let store = Self {
             events: db.open_tree("events")?,
             alerts: db.open_tree("alerts")?,

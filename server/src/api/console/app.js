@@ -152,26 +152,39 @@ function cue(alert) {
 // The staff and gateway boards of the caller's communities (who is on
 // duty, holding what; which boxes are in trouble). Never the resident
 // directory: alerts carry the resident's name, address and community.
+// Both are paged on the server: the console holds the first page of each
+// and reads further pages only when the user asks ("More").
 async function refreshDirectory() {
   const [board, gateways] = await Promise.all([
-    api('GET', '/api/v1/staff/board').catch(() => ({ staff: [] })),
-    api('GET', '/api/v1/gateways/board').catch(() => ({ gateways: [] })),
+    api('GET', '/api/v1/staff/board?limit=200').catch(() => ({ staff: [] })),
+    api('GET', '/api/v1/gateways/board?limit=200').catch(() => ({ gateways: [] })),
   ]);
   app.staff = new Map(board.staff.map(s => [s.id, s]));
+  app.staffNext = board.next;
   app.gateways = gateways.gateways;
+  app.gatewaysNext = gateways.next;
   chrome();
   render();
 }
+async function morePage(path, key, nextKey, merge) {
+  try {
+    const page = await api('GET', `${path}?limit=200&after=${encodeURIComponent(app[nextKey])}`);
+    merge(page[key]);
+    app[nextKey] = page.next;
+    render();
+  } catch (e) { toast(`${t('error')}: ${e.message}`); }
+}
+const moreButton = (nextKey, onclick) => app[nextKey]
+  ? h('p', {}, h('button', { class: 'more', 'data-more': nextKey, onclick }, t('list.more'))) : '';
 async function loadPlaces() {
   if (app.placesLoaded) return;
   app.placesLoaded = true;
-  const { places } = await api('GET', '/api/v1/places').catch(() => ({ places: [] }));
+  const { places } = await api('GET', '/api/v1/places?limit=1000').catch(() => ({ places: [] }));
   app.places = new Map(places.map(p => [p.id, p]));
   render();
 }
 const residentName = a => a.residentName || a.residentId || a.deviceId;
 const communityName = a => a.communityName || a.communityId || '—';
-const placeName = id => app.places.get(id)?.name || id || '—';
 const staffName = id => app.staff.get(id)?.name || id;
 
 // ---- views ----
@@ -183,6 +196,7 @@ const routes = {
   reports: renderReports,
   carer: renderCarer,
   welfare: renderWelfare,
+  residents: renderResidents,
 };
 function route() {
   const [name, arg] = location.hash.replace(/^#\/?/, '').split('/');
@@ -345,7 +359,6 @@ async function loadResident(id, card) {
 }
 
 function renderStaff() {
-  loadPlaces();
   const rows = [...app.staff.values()].sort((a, b) => (b.onDuty - a.onDuty) || a.name.localeCompare(b.name));
   return h('section', {}, h('h2', {}, t('staff.title')),
     h('table', { id: 'staff-board' },
@@ -355,9 +368,11 @@ function renderStaff() {
         const status = !s.onDuty ? 'off' : load ? 'busy' : 'available';
         return h('tr', { 'data-staff-id': s.id },
           h('td', {}, s.name), h('td', {}, t('role.' + short(s.role, 'STAFF_ROLE_'))),
-          h('td', {}, (s.communities || []).map(placeName).join(', ')),
+          h('td', {}, (s.communityNames || s.communities || []).join(', ')),
           h('td', {}, s.onDuty ? '✓' : '—'), h('td', {}, String(load)), h('td', { class: 'status' }, t('staff.' + status)));
-      }))));
+      }))),
+    moreButton('staffNext', () => morePage('/api/v1/staff/board', 'staff', 'staffNext',
+      list => { for (const s of list) app.staff.set(s.id, s); })));
 }
 
 // Gateways in trouble first: a dispatcher must see a household box that
@@ -365,18 +380,87 @@ function renderStaff() {
 const GATEWAY_ORDER = { offline: 0, degraded: 1, unknown: 2, ok: 3 };
 const gatewaysInTrouble = () => (app.gateways || []).filter(g => g.state === 'offline' || g.state === 'degraded');
 function renderGateways() {
-  loadPlaces();
   const rows = [...(app.gateways || [])].sort((a, b) => (GATEWAY_ORDER[a.state] - GATEWAY_ORDER[b.state]) || a.id.localeCompare(b.id));
   const mib = b => b == null ? '—' : num(b) >= 1073741824 ? `${(num(b) / 1073741824).toFixed(1)} GiB` : `${(num(b) / 1048576).toFixed(1)} MiB`;
   return h('section', {}, h('h2', {}, t('gw.title')),
     h('table', { id: 'gateway-board' },
       h('thead', {}, h('tr', {}, ...['gw.name', 'gw.community', 'gw.state', 'gw.reasons', 'gw.since', 'gw.diskFree', 'gw.queued'].map(k => h('th', {}, t(k))))),
       h('tbody', {}, rows.map(g => h('tr', { 'data-gateway-id': g.id, class: `gw-${g.state}` },
-        h('td', {}, g.name || g.id), h('td', {}, placeName(g.communityId)),
+        h('td', {}, g.name || g.id), h('td', {}, g.communityName || g.communityId || '—'),
         h('td', { class: 'status' }, t('gw.state.' + g.state)),
         h('td', { class: 'reasons' }, (g.reasons || []).map(r => t('gw.reason.' + r)).join(', ') || '—'),
         h('td', {}, g.sinceMs ? new Date(num(g.sinceMs)).toLocaleString() : '—'),
-        h('td', {}, mib(g.diskFreeBytes)), h('td', {}, g.journalDepth ?? '—'))))));
+        h('td', {}, mib(g.diskFreeBytes)), h('td', {}, g.journalDepth ?? '—'))))),
+    moreButton('gatewaysNext', () => morePage('/api/v1/gateways/board', 'gateways', 'gatewaysNext',
+      list => { app.gateways = [...app.gateways, ...list]; })));
+}
+
+// ---- the resident directory: searched and paged on the server; a
+// resident's full record is read (and audited) only when opened ----
+app.dir = { q: '', after: '', before: [], page: null, loading: false };
+async function loadDirectory() {
+  const d = app.dir;
+  d.loading = true;
+  try {
+    const query = new URLSearchParams({ limit: '50', q: d.q, after: d.after });
+    d.page = await api('GET', `/api/v1/residents?${query}`);
+  } catch (e) {
+    d.page = { residents: [], next: null, error: e.message };
+  }
+  d.loading = false;
+  render();
+}
+function renderResidents(id) {
+  if (id) return renderResident(id);
+  const d = app.dir;
+  if (!d.page && !d.loading) loadDirectory();
+  const search = h('input', { id: 'resident-search', type: 'search', value: d.q, placeholder: t('dir.searchHint'), 'aria-label': t('dir.search') });
+  const go = () => { d.q = search.value.trim(); d.after = ''; d.before = []; loadDirectory(); };
+  search.addEventListener('keydown', e => { if (e.key === 'Enter') { e.preventDefault(); search.blur(); go(); } });
+  const rows = d.page?.residents || [];
+  return h('section', { id: 'directory' }, h('h2', {}, t('dir.title')),
+    h('div', { class: 'actions' }, search, h('button', { id: 'resident-search-go', onclick: go }, t('dir.search'))),
+    d.page?.error ? h('p', { class: 'error' }, d.page.error) : '',
+    h('table', { id: 'resident-list' },
+      h('thead', {}, h('tr', {}, ...['col.resident', 'col.community', 'detail.address', 'detail.phone', 'dir.id'].map(k => h('th', {}, t(k))))),
+      h('tbody', {}, rows.map(r => h('tr', { 'data-resident-id': r.id },
+        h('td', {}, h('a', { href: `#/residents/${encodeURIComponent(r.id)}` }, r.name)),
+        h('td', {}, r.communityName || r.communityId), h('td', {}, r.address || '—'),
+        h('td', {}, r.phone || '—'), h('td', { class: 'muted' }, r.id))))),
+    !d.loading && d.page && !rows.length ? h('p', { class: 'muted', id: 'resident-none' }, t('dir.none')) : '',
+    h('p', { class: 'actions' },
+      d.before.length ? h('button', { id: 'page-prev', onclick: () => { d.after = d.before.pop(); loadDirectory(); } }, t('list.prev')) : '',
+      d.page?.next ? h('button', { id: 'page-next', onclick: () => { d.before.push(d.after); d.after = d.page.next; loadDirectory(); } }, t('list.next')) : ''));
+}
+// Built once per opening: a live re-render of the page must not read (and
+// audit) the record again.
+function renderResident(id) {
+  if (app.dir.open?.id === id) return app.dir.open.node;
+  const card = h('div', { class: 'card', id: 'resident-card' }, h('h3', {}, t('detail.resident')));
+  loadResident(id, card);
+  const welfare = h('div', { class: 'card', id: 'welfare-card' }, h('h3', {}, t('detail.welfare')));
+  loadWelfare(id, '', welfare);
+  const devices = h('div', { class: 'card', id: 'resident-devices' }, h('h3', {}, t('dir.devices')));
+  loadResidentDevices(id, devices);
+  const node = h('section', { id: 'resident-page', 'data-resident-id': id },
+    h('p', {}, h('a', { href: '#/residents', onclick: () => { app.dir.open = null; } }, t('dir.back'))),
+    h('div', { class: 'grid' }, card, welfare, devices));
+  app.dir.open = { id, node };
+  return node;
+}
+async function loadResidentDevices(id, card) {
+  try {
+    const { devices } = await api('GET', `/api/v1/devices?resident=${encodeURIComponent(id)}&limit=20`);
+    if (!devices.length) card.append(h('p', { class: 'muted' }, t('dir.noDevices')));
+    for (const d of devices) {
+      const events = await api('GET', `/api/v1/devices/${encodeURIComponent(d.id)}/events?limit=5`).catch(() => ({ events: [] }));
+      card.append(h('h4', {}, `${d.kind ? t('device.' + d.kind) : ''} · ${d.id}${d.deactivated ? ' · ' + t('dir.deactivated') : ''}`),
+        h('ul', { class: 'events' }, (events.events || []).slice(-5).reverse().map(e =>
+          h('li', {}, h('time', {}, clock(e.receivedMs)), ' ', kindName(e.kind)))));
+    }
+  } catch (e) {
+    card.append(h('p', { class: 'error' }, e.message));
+  }
 }
 
 function renderReports() {
@@ -614,7 +698,7 @@ function chrome() {
   $('#top').hidden = false;
   document.title = `${t('app.title')} · Anxin`;
   $('#title').textContent = t('app.title');
-  const links = [['queue', 'nav.queue'], ['welfare', 'nav.welfare'], ['staff', 'nav.staff'], ['gateways', 'nav.gateways'], ['reports', 'nav.reports'], ['carer', 'nav.carer']]
+  const links = [['queue', 'nav.queue'], ['welfare', 'nav.welfare'], ['residents', 'nav.residents'], ['staff', 'nav.staff'], ['gateways', 'nav.gateways'], ['reports', 'nav.reports'], ['carer', 'nav.carer']]
     .filter(([name]) => name !== 'reports' || !isCarer());
   const trouble = gatewaysInTrouble().length;
   $('#nav').replaceChildren(...links.map(([name, key]) => h('a', { href: `#/${name}`, 'data-route': name },
@@ -723,7 +807,7 @@ async function start(typed) {
   render();
 }
 
-window.addEventListener('hashchange', render);
+window.addEventListener('hashchange', () => { if (!location.hash.startsWith('#/residents/')) app.dir.open = null; render(); });
 // Countdowns tick without re-rendering the page.
 setInterval(() => {
   for (const el of document.querySelectorAll('.countdown[data-deadline]')) {

@@ -9,7 +9,7 @@ use anxin_proto::{
     },
 };
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
 use crate::{
     alerts::DeskError,
@@ -83,6 +83,25 @@ fn entry(
         community_id: community.into(),
         detail,
         ..Default::default()
+    }
+}
+
+/// Where an import's CSV comes from. It is read twice (checked, then
+/// written), so a request body is first spooled to a file.
+pub enum ImportSource {
+    Text(String),
+    File(std::path::PathBuf),
+}
+
+impl ImportSource {
+    fn open(&self) -> Result<Box<dyn std::io::Read + Send>, DeskError> {
+        Ok(match self {
+            ImportSource::Text(text) => Box::new(std::io::Cursor::new(text.clone().into_bytes())),
+            ImportSource::File(path) => Box::new(std::io::BufReader::new(
+                std::fs::File::open(path)
+                    .map_err(|e| bad(format!("reading {}: {e}", path.display())))?,
+            )),
+        })
     }
 }
 
@@ -627,12 +646,23 @@ impl AdminDesk {
         Ok(())
     }
 
-    /// Imports a whole file or nothing.
+    /// Refuses (and audits) a caller who may not import, before a file is
+    /// received.
+    pub fn may_import(&self, caller: &Principal) -> Result<(), DeskError> {
+        guard(&self.store, caller, Need::Administer, None, "directory")?;
+        Ok(())
+    }
+
+    /// Imports a whole file or nothing: every row is checked first (the
+    /// report lists bad rows by line), then the rows are written in chunks
+    /// ([`Directory::put_import`]). Memory is bounded by a chunk, not by
+    /// the file. `progress` hears both passes.
     pub async fn import(
         &self,
         caller: &Principal,
         kind: &str,
-        csv: &str,
+        source: ImportSource,
+        mut progress: impl FnMut(import::Progress) + Send + 'static,
     ) -> Result<ImportReport, DeskError> {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
         let kind = ImportKind::parse(kind).ok_or_else(|| {
@@ -640,52 +670,71 @@ impl AdminDesk {
                 "import kind `{kind}` is not residents, devices, staff or visit_plans"
             ))
         })?;
-        let parsed = import::parse(&self.store, kind, csv);
-        let report = parsed.report;
-        // Gateways whose devices this import adds, changes or moves away.
-        let mut touched = BTreeSet::new();
-        for device in &parsed.batch.devices {
-            touched.insert(device.gateway_id.clone());
-            if let Ok(Some(old)) = self.store.device(&device.id) {
-                touched.insert(old.gateway_id);
+        let store = self.store.clone();
+        let caller = caller.clone();
+        let report = tokio::task::spawn_blocking(move || -> Result<ImportReport, DeskError> {
+            let report = import::check(&store, kind, source.open()?, &mut progress);
+            let name = kind.name();
+            if !report.rejected.is_empty() {
+                store.append(entry(
+                    &caller,
+                    &format!("import.{name}.rejected"),
+                    format!("import/{name}"),
+                    "",
+                    format!(
+                        "{} bad rows; nothing imported",
+                        report.rejected.len() as u64 + report.more_rejected
+                    ),
+                ))?;
+                return Ok(report);
             }
-        }
-        if report.rejected.is_empty() && kind == ImportKind::VisitPlans {
-            self.store.put_visit_plans(
-                &parsed.plans,
-                entry(
-                    caller,
-                    "import.visit_plans",
-                    "import/visit_plans".into(),
-                    "",
-                    format!("{} rows imported", report.imported),
-                ),
-            )?;
-            self.store.flush().await?;
-            self.gateways.directory_changed();
-        } else if report.rejected.is_empty() {
-            self.store.put_batch(
-                &parsed.batch,
-                entry(
-                    caller,
-                    &format!("import.{}", kind.name()),
-                    format!("import/{}", kind.name()),
-                    "",
-                    format!("{} rows imported", report.imported),
-                ),
-            )?;
-            self.store.flush().await?;
-            self.gateways.directory_changed();
-            self.gateways
-                .roster_changed(touched.iter().map(String::as_str));
-        } else {
-            self.store.append(entry(
-                caller,
-                &format!("import.{}.rejected", kind.name()),
-                format!("import/{}", kind.name()),
+            let audit = entry(
+                &caller,
+                &format!("import.{name}"),
+                format!("import/{name}"),
                 "",
-                format!("{} bad rows; nothing imported", report.rejected.len()),
-            ))?;
+                format!("{} rows imported", report.imported),
+            );
+            if kind == ImportKind::VisitPlans {
+                let mut plans = Vec::new();
+                import::chunks(&store, kind, source.open()?, |_, mut p| {
+                    plans.append(&mut p)
+                });
+                store.put_visit_plans(&plans, audit)?;
+                return Ok(report);
+            }
+            // Read on one thread, written on this one, a few chunks apart.
+            let (tx, rx) = std::sync::mpsc::sync_channel(2);
+            let reader = {
+                let store = store.clone();
+                let file = source.open()?;
+                tokio::runtime::Handle::current().spawn_blocking(move || {
+                    import::chunks(&store, kind, file, |batch, _| {
+                        let _ = tx.send(Ok(batch));
+                    })
+                })
+            };
+            let written =
+                store.put_import(&mut rx.into_iter(), report.imported, audit, &mut |rows| {
+                    progress(import::Progress {
+                        phase: "writing",
+                        rows,
+                    })
+                });
+            drop(reader);
+            written?;
+            Ok(report)
+        })
+        .await
+        .map_err(|e| DeskError::BadRequest(format!("import stopped: {e}")))??;
+        if report.rejected.is_empty() {
+            self.store.flush().await?;
+            self.gateways.directory_changed();
+            if kind == ImportKind::Devices {
+                let connected = self.gateways.connected();
+                self.gateways
+                    .roster_changed(connected.iter().map(String::as_str));
+            }
         }
         Ok(report)
     }

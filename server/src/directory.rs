@@ -56,11 +56,15 @@ pub fn token_id(token_sha256: &str) -> String {
     token_sha256.chars().take(16).collect()
 }
 
-/// Everything an import writes, applied all at once or not at all.
-#[derive(Default)]
+/// Directory records written together (one record, or one chunk of an
+/// import, kept as protobuf while an import is staged).
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct DirectoryBatch {
+    #[prost(message, repeated, tag = "1")]
     pub residents: Vec<Resident>,
+    #[prost(message, repeated, tag = "2")]
     pub devices: Vec<DeviceRecord>,
+    #[prost(message, repeated, tag = "3")]
     pub staff: Vec<Staff>,
 }
 
@@ -85,6 +89,19 @@ pub trait Directory {
     /// Residents, devices and staff (one record or a whole import) with
     /// their audit entry, in one transaction.
     fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError>;
+    /// A large import, read chunk by chunk (see [`crate::import`]): all of
+    /// `expected` rows are written, with `audit`, or none (an error from
+    /// `chunks`, or a count that is not `expected`, writes nothing).
+    /// `progress` hears how many rows are written so far.
+    fn put_import(
+        &self,
+        chunks: &mut dyn Iterator<Item = Result<DirectoryBatch, StoreError>>,
+        expected: u64,
+        audit: AuditEntry,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError>;
+    /// Residents with a check-in window, through an index.
+    fn enrolled_residents(&self) -> Result<Vec<Resident>, StoreError>;
     /// Pages of the directory, in index order; [`crate::listing`] has the
     /// contract both engines keep.
     fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError>;
@@ -176,6 +193,12 @@ pub fn check_community(dir: &impl Directory, id: &str) -> Result<(), String> {
 }
 
 pub fn check_resident(dir: &impl Directory, resident: &Resident) -> Result<(), String> {
+    check_resident_record(resident)?;
+    check_community(dir, &resident.community_id)
+}
+
+/// A resident's own fields (not whether the community exists).
+pub fn check_resident_record(resident: &Resident) -> Result<(), String> {
     check_id("resident", &resident.id)?;
     if resident.name.trim().is_empty() {
         return Err("resident name is empty".into());
@@ -183,8 +206,7 @@ pub fn check_resident(dir: &impl Directory, resident: &Resident) -> Result<(), S
     if resident.address.trim().is_empty() {
         return Err("resident address is empty".into());
     }
-    crate::welfare::check_window(resident.checkin.as_ref())?;
-    check_community(dir, &resident.community_id)
+    crate::welfare::check_window(resident.checkin.as_ref())
 }
 
 /// Shortest device password accepted: a device's password is a machine
@@ -345,6 +367,18 @@ impl<T: Directory + ?Sized + Send + Sync> Directory for std::sync::Arc<T> {
     }
     fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
         (**self).put_batch(batch, audit)
+    }
+    fn put_import(
+        &self,
+        chunks: &mut dyn Iterator<Item = Result<DirectoryBatch, StoreError>>,
+        expected: u64,
+        audit: AuditEntry,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        (**self).put_import(chunks, expected, audit, progress)
+    }
+    fn enrolled_residents(&self) -> Result<Vec<Resident>, StoreError> {
+        (**self).enrolled_residents()
     }
     fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError> {
         (**self).residents_page(query)

@@ -76,12 +76,95 @@ impl ImportKind {
     }
 }
 
-/// A checked file, ready to write, or the rows that stop it.
-pub struct Parsed {
-    pub batch: DirectoryBatch,
-    /// For [`ImportKind::VisitPlans`] (not part of the directory).
-    pub plans: Vec<VisitPlan>,
-    pub report: ImportReport,
+/// Rows a report names one by one; further bad rows are only counted.
+pub const REJECTED_LISTED: usize = 100;
+/// Rows written per store transaction (and per progress report).
+pub const CHUNK_ROWS: usize = 5000;
+
+/// One checked row.
+pub enum Row {
+    Resident(Resident),
+    Device(DeviceRecord),
+    Staff(Staff),
+    Plan(VisitPlan),
+}
+
+/// What an import is doing, for a progress line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// "checking" every row, then "writing" them.
+    pub phase: &'static str,
+    pub rows: u64,
+}
+
+fn reject(report: &mut ImportReport, line: u64, reason: String) {
+    if report.rejected.len() < REJECTED_LISTED {
+        report.rejected.push(RejectedRow { line, reason });
+    } else {
+        report.more_rejected += 1;
+    }
+}
+
+/// Pass one: checks every row of the file (a file is all or nothing). The
+/// report lists the first [`REJECTED_LISTED`] bad rows by line and counts
+/// the rest; with none, `imported` is the number of rows to write.
+pub fn check(
+    dir: &crate::store::Store,
+    kind: ImportKind,
+    source: impl std::io::Read,
+    progress: &mut dyn FnMut(Progress),
+) -> ImportReport {
+    let mut report = ImportReport::default();
+    let mut seen = HashSet::new();
+    let (mut rows, mut read) = (0u64, 0u64);
+    read_rows(dir, kind, source, Some(&mut seen), |line, row| {
+        match row {
+            Ok(_) => rows += 1,
+            Err(reason) => reject(&mut report, line, reason),
+        }
+        read += 1;
+        if read.is_multiple_of(CHUNK_ROWS as u64) {
+            progress(Progress {
+                phase: "checking",
+                rows: read,
+            });
+        }
+    });
+    if report.rejected.is_empty() {
+        report.imported = rows;
+    }
+    report
+}
+
+/// Pass two, over a file [`check`] passed: its records in chunks of
+/// [`CHUNK_ROWS`], in file order.
+pub fn chunks(
+    dir: &crate::store::Store,
+    kind: ImportKind,
+    source: impl std::io::Read,
+    mut each: impl FnMut(DirectoryBatch, Vec<VisitPlan>),
+) {
+    let mut batch = DirectoryBatch::default();
+    let mut plans = Vec::new();
+    let mut held = 0;
+    read_rows(dir, kind, source, None, |_, row| {
+        match row {
+            Ok(Row::Resident(r)) => batch.residents.push(r),
+            Ok(Row::Device(d)) => batch.devices.push(d),
+            Ok(Row::Staff(s)) => batch.staff.push(s),
+            Ok(Row::Plan(p)) => plans.push(p),
+            Err(_) => return,
+        }
+        held += 1;
+        if held == CHUNK_ROWS {
+            each(std::mem::take(&mut batch), std::mem::take(&mut plans));
+            held = 0;
+        }
+    });
+    if held > 0 {
+        each(batch, plans);
+    }
 }
 
 fn list(text: &str) -> impl Iterator<Item = &str> {
@@ -161,27 +244,27 @@ fn boolean(text: &str) -> Result<bool, String> {
     }
 }
 
-pub fn parse(dir: &crate::store::Store, kind: ImportKind, csv_text: &str) -> Parsed {
-    let mut report = ImportReport::default();
-    let mut batch = DirectoryBatch::default();
-    let mut plans = Vec::new();
+/// Reads the file row by row, turning each into a checked [`Row`] or the
+/// reason it is refused (by line; the header is line 1). With `seen`, an id
+/// met twice is refused.
+fn read_rows(
+    dir: &crate::store::Store,
+    kind: ImportKind,
+    source: impl std::io::Read,
+    mut seen: Option<&mut HashSet<String>>,
+    mut each: impl FnMut(u64, Result<Row, String>),
+) {
     let now = anxin_proto::now_ms();
+    let mut communities: std::collections::HashMap<String, Result<(), String>> = Default::default();
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .flexible(true)
-        .from_reader(csv_text.as_bytes());
+        .from_reader(source);
     let headers = match reader.headers() {
         Ok(h) => h.clone(),
         Err(err) => {
-            report.rejected.push(RejectedRow {
-                line: 1,
-                reason: format!("unreadable header: {err}"),
-            });
-            return Parsed {
-                batch,
-                plans,
-                report,
-            };
+            each(1, Err(format!("unreadable header: {err}")));
+            return;
         }
     };
     let missing: Vec<&str> = kind
@@ -191,15 +274,11 @@ pub fn parse(dir: &crate::store::Store, kind: ImportKind, csv_text: &str) -> Par
         .copied()
         .collect();
     if !missing.is_empty() {
-        report.rejected.push(RejectedRow {
-            line: 1,
-            reason: format!("header lacks column(s): {}", missing.join(", ")),
-        });
-        return Parsed {
-            batch,
-            plans,
-            report,
-        };
+        each(
+            1,
+            Err(format!("header lacks column(s): {}", missing.join(", "))),
+        );
+        return;
     }
     let index = |name: &str| {
         headers
@@ -207,16 +286,12 @@ pub fn parse(dir: &crate::store::Store, kind: ImportKind, csv_text: &str) -> Par
             .position(|h| h == name)
             .expect("checked above")
     };
-    let mut seen = HashSet::new();
     for record in reader.records() {
         let (line, row) = match record {
             Ok(row) => (row.position().map_or(0, |p| p.line()), row),
             Err(err) => {
                 let line = err.position().map_or(0, |p| p.line());
-                report.rejected.push(RejectedRow {
-                    line,
-                    reason: format!("unreadable row: {err}"),
-                });
+                each(line, Err(format!("unreadable row: {err}")));
                 continue;
             }
         };
@@ -230,13 +305,24 @@ pub fn parse(dir: &crate::store::Store, kind: ImportKind, csv_text: &str) -> Par
                 .unwrap_or("")
                 .to_string()
         };
-        let checked: Result<(), String> = (|| {
+        let checked: Result<Row, String> = (|| {
             let id = get("id");
-            if !seen.insert(id.clone()) {
+            if let Some(seen) = seen.as_deref_mut()
+                && !seen.insert(id.clone())
+            {
                 return Err(format!("id `{id}` appears twice in the file"));
             }
             match kind {
                 ImportKind::Residents => {
+                    let start = optional("checkin_start");
+                    let end = optional("checkin_end");
+                    // The stored window's start day is kept (read only
+                    // for rows that give a window).
+                    let before = if start.is_empty() && end.is_empty() {
+                        None
+                    } else {
+                        dir.resident(&id).ok().flatten().and_then(|r| r.checkin)
+                    };
                     let resident = Resident {
                         name: get("name"),
                         community_id: get("community_id"),
@@ -247,21 +333,23 @@ pub fn parse(dir: &crate::store::Store, kind: ImportKind, csv_text: &str) -> Par
                         access_notes: get("access_notes"),
                         checkin: crate::welfare::enrol(
                             Some(CheckinWindow {
-                                start: optional("checkin_start"),
-                                end: optional("checkin_end"),
+                                start,
+                                end,
                                 since_ms: 0,
                             }),
-                            dir.resident(&id)
-                                .ok()
-                                .flatten()
-                                .and_then(|r| r.checkin)
-                                .as_ref(),
+                            before.as_ref(),
                             now,
                         ),
                         id,
                     };
-                    directory::check_resident(dir, &resident)?;
-                    batch.residents.push(resident);
+                    directory::check_resident_record(&resident)?;
+                    // A city's file names a few thousand communities for a
+                    // million rows: each is looked up once.
+                    communities
+                        .entry(resident.community_id.clone())
+                        .or_insert_with(|| directory::check_community(dir, &resident.community_id))
+                        .clone()?;
+                    Ok(Row::Resident(resident))
                 }
                 ImportKind::Devices => {
                     // A row without a password keeps the stored credential,
@@ -284,7 +372,7 @@ pub fn parse(dir: &crate::store::Store, kind: ImportKind, csv_text: &str) -> Par
                         id,
                     };
                     directory::check_device(&device, |r| dir.resident(r).ok().flatten().is_some())?;
-                    batch.devices.push(device);
+                    Ok(Row::Device(device))
                 }
                 ImportKind::Staff => {
                     let role = directory::parse_role(&get("role")).ok_or_else(|| {
@@ -303,7 +391,7 @@ pub fn parse(dir: &crate::store::Store, kind: ImportKind, csv_text: &str) -> Par
                         active: boolean(&get("active"))?,
                     };
                     directory::check_staff(dir, &staff)?;
-                    batch.staff.push(staff);
+                    Ok(Row::Staff(staff))
                 }
                 ImportKind::VisitPlans => {
                     let resident_id = get("resident_id");
@@ -329,26 +417,11 @@ pub fn parse(dir: &crate::store::Store, kind: ImportKind, csv_text: &str) -> Par
                     {
                         return Err(format!("no staff member `{}`", plan.carer_id));
                     }
-                    plans.push(plan);
+                    Ok(Row::Plan(plan))
                 }
             }
-            Ok(())
         })();
-        if let Err(reason) = checked {
-            report.rejected.push(RejectedRow { line, reason });
-        }
-    }
-    if report.rejected.is_empty() {
-        report.imported =
-            (batch.residents.len() + batch.devices.len() + batch.staff.len() + plans.len()) as u64;
-    } else {
-        batch = DirectoryBatch::default();
-        plans.clear();
-    }
-    Parsed {
-        batch,
-        plans,
-        report,
+        each(line, checked);
     }
 }
 

@@ -85,6 +85,19 @@ enum Command {
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
+    /// Import a CSV file of residents, devices, staff or visit plans into
+    /// the store the config names (columns in docs/dispatch.md), all rows
+    /// or none: every row is checked first and bad rows are listed by line
+    /// (exit 1). Progress goes to stderr, the report (JSON) to stdout.
+    /// sled: run it while the server is stopped (or POST the file to a
+    /// running server's /api/v1/import/{kind}); PostgreSQL: any time.
+    Import {
+        /// residents, devices, staff or visit_plans.
+        #[arg(long)]
+        kind: String,
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -159,6 +172,9 @@ fn main() -> anyhow::Result<()> {
             }),
             _,
         ) => runtime.block_on(verify_audit(config)),
+        (Some(Command::Import { kind, file }), _) => {
+            runtime.block_on(import_file(config, kind, file))
+        }
         (None, Some(seed)) => runtime.block_on(seed_directory(config, seed)),
         (None, None) => runtime.block_on(run(config)),
     }
@@ -258,6 +274,51 @@ async fn open_store(config: &ServerConfig) -> anyhow::Result<Store> {
     store::open(&config.store)
         .await
         .with_context(|| format!("opening {}", store_location(config)))
+}
+
+async fn import_file(
+    config: ServerConfig,
+    kind: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
+    let store = open_store(&config).await.context(
+        "a running server holds a sled store: stop it first, or POST the file to its /api/v1/import/{kind}",
+    )?;
+    let admin = AdminDesk::new(store.clone(), 0, Arc::default());
+    let started = std::time::Instant::now();
+    let report = admin
+        .import(
+            &anxin_server::auth::Principal::Admin,
+            kind,
+            anxin_server::admin::ImportSource::File(file.to_path_buf()),
+            move |p| {
+                eprintln!(
+                    "{:>7.1} s  {} {} rows",
+                    started.elapsed().as_secs_f64(),
+                    p.phase,
+                    p.rows
+                )
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.flush().await.context("flushing the store")?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !report.rejected.is_empty() {
+        eprintln!(
+            "nothing imported: {} bad rows (the first {} listed by line)",
+            report.rejected.len() as u64 + report.more_rejected,
+            report.rejected.len()
+        );
+        std::process::exit(1);
+    }
+    eprintln!(
+        "imported {} {kind} rows in {:.1} s",
+        report.imported,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn seed_directory(config: ServerConfig, seed: &std::path::Path) -> anyhow::Result<()> {

@@ -30,6 +30,7 @@ impl From<ApiError> for Status {
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::Conflict(m) => Status::failed_precondition(m),
             ApiError::BadRequest(m) => Status::invalid_argument(m),
+            ApiError::TooLarge(m) => Status::resource_exhausted(m),
             ApiError::Internal(m) => Status::internal(m),
             ApiError::Unavailable(m) => Status::unavailable(m),
         }
@@ -363,7 +364,12 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let report = self
             .admin
-            .import(&who, &req.kind, &req.csv)
+            .import(
+                &who,
+                &req.kind,
+                crate::admin::ImportSource::Text(req.csv),
+                |_| {},
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(report))

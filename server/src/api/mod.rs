@@ -15,6 +15,8 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     BadRequest(String),
+    /// A body larger than the call takes.
+    TooLarge(String),
     Internal(String),
     /// The database cannot be reached now; retrying later may work.
     Unavailable(String),

@@ -143,6 +143,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
         };
@@ -777,19 +778,89 @@ async fn open_session(
 /// `POST /api/v1/import/{residents|devices|staff}` with the CSV as the body.
 /// 200 with the report when imported; 422 with it when any row was bad
 /// (and nothing was imported).
+/// Largest CSV an import accepts (a million residents are ~150 MB).
+const IMPORT_MAX_BYTES: u64 = 2 << 30;
+
 async fn import(
     State(state): State<RestState>,
     Caller(caller): Caller,
     Path(kind): Path<String>,
-    body: String,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
-    let report = state.admin.import(&caller, &kind, &body).await?;
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    // Refused before a byte is spooled.
+    state.admin.may_import(&caller)?;
+    // Spooled to a file, not held in memory: the file is read twice.
+    let spool = tempfile::NamedTempFile::new()
+        .map_err(|e| ApiError::Internal(format!("spooling the import: {e}")))?;
+    let mut file = tokio::fs::File::from_std(
+        spool
+            .reopen()
+            .map_err(|e| ApiError::Internal(format!("spooling the import: {e}")))?,
+    );
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        size += chunk.len() as u64;
+        if size > IMPORT_MAX_BYTES {
+            return Err(ApiError::TooLarge(format!(
+                "an import is at most {IMPORT_MAX_BYTES} bytes; split the file"
+            )));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::Internal(format!("spooling the import: {e}")))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::Internal(format!("spooling the import: {e}")))?;
+    let source = crate::admin::ImportSource::File(spool.path().to_path_buf());
+    let wants_progress = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if !wants_progress {
+        let report = state.admin.import(&caller, &kind, source, |_| {}).await?;
+        drop(spool);
+        return Ok(import_answer(report));
+    }
+    // `Accept: application/x-ndjson`: one line per progress step, then the
+    // report as the last line.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let progress_tx = tx.clone();
+    tokio::spawn(async move {
+        let outcome = state
+            .admin
+            .import(&caller, &kind, source, move |p| {
+                let _ = progress_tx.send(serde_json::json!({ "progress": p }));
+            })
+            .await;
+        drop(spool);
+        let last = match outcome {
+            Ok(report) => serde_json::json!({ "report": report }),
+            Err(err) => serde_json::json!({ "error": err.to_string() }),
+        };
+        let _ = tx.send(last);
+    });
+    let lines = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+        .map(|v| Ok::<_, std::convert::Infallible>(format!("{v}\n")));
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+fn import_answer(report: anxin_proto::v1::ImportReport) -> Response {
     let status = if report.rejected.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    Ok((status, Json(report)).into_response())
+    (status, Json(report)).into_response()
 }
 
 #[derive(Deserialize, Default)]

@@ -41,6 +41,7 @@ use super::{
     AlertChange, Change, Committed, OutboxItem, Storage, StoreError, StoredEvent, alert_number,
     decision_audit, decode, incident_key, latest_signs, offer_deadline,
 };
+mod import;
 mod listing;
 
 use crate::{
@@ -162,6 +163,8 @@ pub struct SledStore {
     /// `clock` → the last [`anxin_host::clock::Mark`], for clock steps
     /// across a restart.
     meta: sled::Tree,
+    /// Chunks of an import being written (see `import`).
+    import_staging: sled::Tree,
     /// `delivery id` → [`OutboxItem`]: notifications not yet delivered.
     pub(super) outbox: sled::Tree,
     signs: sled::Tree,
@@ -174,6 +177,79 @@ pub struct SledStore {
 }
 
 impl SledStore {
+    /// Writes directory records with their indexes in one transaction, with
+    /// the audit entry of the change, or as the staged import chunk at
+    /// `staged` (removed in the same transaction).
+    pub(super) fn write_batch(
+        &self,
+        batch: &DirectoryBatch,
+        audit: Option<&AuditEntry>,
+        staged: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let d = &self.directory;
+        let trees = (
+            &d.residents,
+            &d.devices,
+            &d.staff,
+            &self.audit,
+            &d.residents_by_community,
+            &d.resident_terms,
+            &d.devices_by_gateway,
+            &d.devices_by_resident,
+            &d.staff_by_community,
+            &d.residents_enrolled,
+            &self.import_staging,
+        );
+        trees.transaction(
+            |(
+                residents,
+                devices,
+                staff,
+                log,
+                by_community,
+                terms,
+                by_gateway,
+                by_resident,
+                staff_by,
+                enrolled,
+                staging,
+            )| {
+                let index = listing::IndexTx {
+                    residents_by_community: by_community,
+                    resident_terms: terms,
+                    devices_by_gateway: by_gateway,
+                    devices_by_resident: by_resident,
+                    staff_by_community: staff_by,
+                    residents_enrolled: enrolled,
+                };
+                for r in &batch.residents {
+                    let old = residents.insert(r.id.as_bytes(), r.encode_to_vec())?;
+                    let old: Option<Resident> = old.and_then(|b| Resident::decode(&*b).ok());
+                    index.resident(old.as_ref(), r)?;
+                }
+                for dev in &batch.devices {
+                    let old = devices.insert(dev.id.as_bytes(), dev.encode_to_vec())?;
+                    let old: Option<DeviceRecord> =
+                        old.and_then(|b| DeviceRecord::decode(&*b).ok());
+                    index.device(old.as_ref(), dev)?;
+                }
+                for s in &batch.staff {
+                    let old = staff.insert(s.id.as_bytes(), s.encode_to_vec())?;
+                    let old: Option<Staff> = old.and_then(|b| Staff::decode(&*b).ok());
+                    index.staff(old.as_ref(), s)?;
+                }
+                if let Some(key) = staged {
+                    staging.remove(key)?;
+                }
+                match audit {
+                    Some(audit) => append_audit(log, audit.clone()).map(|_| ()),
+                    None => Ok(()),
+                }
+            },
+        )?;
+        Ok(())
+    }
+
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache(path, 128 * 1024 * 1024)
     }
@@ -192,6 +268,7 @@ impl SledStore {
             audit: db.open_tree("audit")?,
             directory: Trees::open(&db)?,
             meta: db.open_tree("meta")?,
+            import_staging: db.open_tree("import_staging")?,
             outbox: db.open_tree("outbox")?,
             signs: db.open_tree("signs")?,
             checkin_days: db.open_tree("checkin_days")?,
@@ -202,6 +279,7 @@ impl SledStore {
         };
         store.release_outbox_leases()?;
         listing::ensure_indexes(&store.directory, &store.meta)?;
+        import::finish_staged(&store)?;
         Ok(store)
     }
 
@@ -637,6 +715,7 @@ pub(crate) struct Trees {
     pub(super) devices_by_gateway: sled::Tree,
     pub(super) devices_by_resident: sled::Tree,
     pub(super) staff_by_community: sled::Tree,
+    pub(super) residents_enrolled: sled::Tree,
 }
 
 impl Trees {
@@ -653,6 +732,7 @@ impl Trees {
             devices_by_gateway: db.open_tree("devices_by_gateway")?,
             devices_by_resident: db.open_tree("devices_by_resident")?,
             staff_by_community: db.open_tree("staff_by_community")?,
+            residents_enrolled: db.open_tree("residents_enrolled")?,
         })
     }
 }
@@ -739,57 +819,19 @@ impl Directory for SledStore {
         list(&self.directory.staff, "staff")
     }
     fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError> {
-        let d = &self.directory;
-        let trees = (
-            &d.residents,
-            &d.devices,
-            &d.staff,
-            &self.audit,
-            &d.residents_by_community,
-            &d.resident_terms,
-            &d.devices_by_gateway,
-            &d.devices_by_resident,
-            &d.staff_by_community,
-        );
-        trees.transaction(
-            |(
-                residents,
-                devices,
-                staff,
-                log,
-                by_community,
-                terms,
-                by_gateway,
-                by_resident,
-                staff_by,
-            )| {
-                let index = listing::IndexTx {
-                    residents_by_community: by_community,
-                    resident_terms: terms,
-                    devices_by_gateway: by_gateway,
-                    devices_by_resident: by_resident,
-                    staff_by_community: staff_by,
-                };
-                for r in &batch.residents {
-                    let old = residents.insert(r.id.as_bytes(), r.encode_to_vec())?;
-                    let old: Option<Resident> = old.and_then(|b| Resident::decode(&*b).ok());
-                    index.resident(old.as_ref(), r)?;
-                }
-                for dev in &batch.devices {
-                    let old = devices.insert(dev.id.as_bytes(), dev.encode_to_vec())?;
-                    let old: Option<DeviceRecord> =
-                        old.and_then(|b| DeviceRecord::decode(&*b).ok());
-                    index.device(old.as_ref(), dev)?;
-                }
-                for s in &batch.staff {
-                    let old = staff.insert(s.id.as_bytes(), s.encode_to_vec())?;
-                    let old: Option<Staff> = old.and_then(|b| Staff::decode(&*b).ok());
-                    index.staff(old.as_ref(), s)?;
-                }
-                append_audit(log, audit.clone())
-            },
-        )?;
-        Ok(())
+        self.write_batch(batch, Some(&audit), None)
+    }
+    fn put_import(
+        &self,
+        chunks: &mut dyn Iterator<Item = Result<DirectoryBatch, StoreError>>,
+        expected: u64,
+        audit: AuditEntry,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        import::put_import(self, chunks, expected, audit, progress)
+    }
+    fn enrolled_residents(&self) -> Result<Vec<Resident>, StoreError> {
+        listing::enrolled(&self.directory)
     }
     fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError> {
         listing::residents(&self.directory, query)

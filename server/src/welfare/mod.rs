@@ -122,7 +122,7 @@ impl WelfareView {
         desk: &crate::alerts::AlertDesk,
     ) -> Result<std::sync::Arc<Enrolled>, StoreError> {
         Self::get(&self.enrolled, desk.gateways().directory_epoch(), || {
-            Ok(checkins::enrolled(&desk.store().residents()?))
+            Ok(checkins::enrolled(&desk.store().enrolled_residents()?))
         })
     }
 

@@ -11,6 +11,10 @@ alter table staff     alter column id type text collate "C";
 
 alter table residents add column community_id text collate "C" not null default '';
 create index residents_by_community on residents (community_id, id);
+-- The start of the check-in window ('' : not enrolled): the check-in judge
+-- reads the enrolled residents only.
+alter table residents add column checkin_start text not null default '';
+create index residents_enrolled on residents (id) where checkin_start <> '';
 
 -- Each resident under its search terms: name, id and phone digits.
 create table resident_terms (

@@ -60,7 +60,12 @@ fn column<M>(
 
 pub(super) fn residents_write(records: &[Resident]) -> Upsert {
     let mut write = Upsert::of("residents", records, |r| &r.id);
-    write.columns = vec![column("community_id", records, |r| &r.community_id)];
+    write.columns = vec![
+        column("community_id", records, |r| &r.community_id),
+        column("checkin_start", records, |r| {
+            r.checkin.as_ref().map_or("", |c| c.start.as_str())
+        }),
+    ];
     write.sides = vec![Side::of(
         "resident_terms",
         "term",
@@ -477,4 +482,16 @@ pub(super) async fn places(
         |p: &Place| query.parent.is_empty() || query.parent == p.parent_id,
     )
     .await
+}
+
+pub(super) async fn enrolled(client: &impl GenericClient) -> Result<Vec<Resident>, StoreError> {
+    client
+        .query(
+            "select body from residents where checkin_start <> '' order by id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| decode("resident", row.get(0)))
+        .collect()
 }

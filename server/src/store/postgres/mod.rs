@@ -1157,6 +1157,52 @@ impl Directory for PgStore {
         ];
         self.directory_write(audit, writes)
     }
+    fn put_import(
+        &self,
+        chunks: &mut dyn Iterator<Item = Result<DirectoryBatch, StoreError>>,
+        expected: u64,
+        audit: AuditEntry,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        // One transaction, written a chunk at a time: the database holds
+        // the uncommitted rows, this process only the chunk in hand.
+        let mut client = self.block(async { Ok(self.pool.get().await?) })?;
+        let tx = self.block(async { Ok(client.transaction().await?) })?;
+        let mut written = 0u64;
+        for chunk in chunks {
+            let chunk = chunk?;
+            self.block(async {
+                for write in [
+                    listing::residents_write(&chunk.residents),
+                    listing::devices_write(&chunk.devices),
+                    listing::staff_write(&chunk.staff),
+                ] {
+                    listing::upsert(&tx, &write).await?;
+                }
+                Ok(())
+            })?;
+            written += (chunk.residents.len() + chunk.devices.len() + chunk.staff.len()) as u64;
+            progress(written);
+        }
+        if written != expected {
+            return Err(StoreError::Refused(format!(
+                "the file changed while it was imported ({expected} rows checked, {written} read); nothing was written"
+            )));
+        }
+        self.block(async {
+            Self::insert_audit(&tx, &audit).await?;
+            self.notify(&tx, Notice::Directory).await?;
+            tx.commit().await?;
+            Ok(())
+        })?;
+        Ok(written)
+    }
+    fn enrolled_residents(&self) -> Result<Vec<Resident>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            listing::enrolled(&client).await
+        })
+    }
     fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError> {
         self.block(async {
             let client = self.pool.get().await?;

@@ -6,6 +6,8 @@
 //! - `resident_terms`: `term ‖ 0 ‖ resident id` (name, id, phone digits)
 //! - `devices_by_gateway`, `devices_by_resident`: `gateway_id|resident_id ‖ 0 ‖ device id`
 //! - `staff_by_community`: `community_id ‖ 0 ‖ staff id`
+//! - `residents_enrolled`: `resident id`, for residents with a check-in
+//!   window
 //!
 //! A store written before these trees existed has them built on open.
 
@@ -47,6 +49,7 @@ pub(super) struct IndexTx<'a> {
     pub devices_by_gateway: &'a TransactionalTree,
     pub devices_by_resident: &'a TransactionalTree,
     pub staff_by_community: &'a TransactionalTree,
+    pub residents_enrolled: &'a TransactionalTree,
 }
 
 impl IndexTx<'_> {
@@ -63,6 +66,10 @@ impl IndexTx<'_> {
         for term in terms {
             self.resident_terms.insert(term, &[])?;
         }
+        match new.checkin {
+            Some(_) => self.residents_enrolled.insert(new.id.as_bytes(), &[])?,
+            None => self.residents_enrolled.remove(new.id.as_bytes())?,
+        };
         Ok(())
     }
 
@@ -101,6 +108,7 @@ pub(super) fn ensure_indexes(trees: &Trees, meta: &sled::Tree) -> Result<(), Sto
         &trees.devices_by_gateway,
         &trees.devices_by_resident,
         &trees.staff_by_community,
+        &trees.residents_enrolled,
     ] {
         tree.clear()?;
     }
@@ -111,6 +119,9 @@ pub(super) fn ensure_indexes(trees: &Trees, meta: &sled::Tree) -> Result<(), Sto
         trees.residents_by_community.insert(community, &[])?;
         for term in terms {
             trees.resident_terms.insert(term, &[])?;
+        }
+        if r.checkin.is_some() {
+            trees.residents_enrolled.insert(r.id.as_bytes(), &[])?;
         }
         count += 1;
     }
@@ -303,4 +314,15 @@ pub(super) fn places(trees: &Trees, query: &ListQuery) -> Result<Page<Place>, St
         let p: Place = decode("place", v)?;
         Ok((query.parent.is_empty() || query.parent == p.parent_id).then_some(p))
     })
+}
+
+/// Residents with a check-in window, through their index.
+pub(super) fn enrolled(trees: &Trees) -> Result<Vec<Resident>, StoreError> {
+    let mut out = Vec::new();
+    for key in trees.residents_enrolled.iter().keys() {
+        if let Some(r) = record(&trees.residents, "resident", &key?)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }

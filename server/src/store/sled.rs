@@ -17,6 +17,8 @@
 //! - `deadlines`: `offer deadline ms (u64 BE) ‖ alert number` → (); exactly
 //!   the alerts that are offered with a deadline, so escalation timers
 //!   survive a restart.
+//! - `open_alerts`: `alert number (u64 BE)` → (); exactly the alerts in an
+//!   open state, so the queue is read without the history.
 //! - `downlinks`: `gateway_id ‖ 0x00 ‖ downlink id (u64 BE)` → `Downlink`
 //! - `audit`:     `entry id (u64 BE)` → `AuditEntry`, append-only.
 //! - `signs`:     `resident_id` → the latest `SignOfLife`.
@@ -122,14 +124,21 @@ pub(super) fn audit_entries(
     })
 }
 
-/// Keeps `deadlines` and `incidents` true to an alert that changed from
-/// `before` to `after`.
+/// Keeps `deadlines`, `incidents` and `open_alerts` true to an alert that
+/// changed from `before` to `after` (or was just raised).
 fn reindex(
     before: Option<&Alert>,
     after: &Alert,
     deadlines: &TransactionalTree,
     incidents: &TransactionalTree,
+    open: &TransactionalTree,
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let number = alert_number(&after.id).unwrap_or(0).to_be_bytes();
+    if lifecycle::is_open(after.state()) {
+        open.insert(&number, &[])?;
+    } else {
+        open.remove(&number)?;
+    }
     let old = before.and_then(deadline_key);
     let new = deadline_key(after);
     if old != new {
@@ -157,6 +166,9 @@ pub struct SledStore {
     pub(super) alerts: sled::Tree,
     pub(super) incidents: sled::Tree,
     deadlines: sled::Tree,
+    /// `alert number (u64 BE)` → (): exactly the open alerts (the queue
+    /// never reads the whole history).
+    open_alerts: sled::Tree,
     pub(super) downlinks: sled::Tree,
     pub(crate) audit: sled::Tree,
     pub(super) directory: Trees,
@@ -250,6 +262,24 @@ impl SledStore {
         Ok(())
     }
 
+    /// Builds `open_alerts` for a store written before it existed.
+    fn ensure_open_index(&self) -> Result<(), StoreError> {
+        const KEY: &str = "open_alerts_index";
+        if self.meta.get(KEY)?.is_some() {
+            return Ok(());
+        }
+        self.open_alerts.clear()?;
+        for item in self.alerts.iter() {
+            let (key, bytes) = item?;
+            let alert: Alert = decode("alert", &bytes)?;
+            if lifecycle::is_open(alert.state()) {
+                self.open_alerts.insert(key, &[])?;
+            }
+        }
+        self.meta.insert(KEY, b"1")?;
+        Ok(())
+    }
+
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache(path, 128 * 1024 * 1024)
     }
@@ -264,6 +294,7 @@ impl SledStore {
             alerts: db.open_tree("alerts")?,
             incidents: db.open_tree("incidents")?,
             deadlines: db.open_tree("deadlines")?,
+            open_alerts: db.open_tree("open_alerts")?,
             downlinks: db.open_tree("downlinks")?,
             audit: db.open_tree("audit")?,
             directory: Trees::open(&db)?,
@@ -279,6 +310,7 @@ impl SledStore {
         };
         store.release_outbox_leases()?;
         listing::ensure_indexes(&store.directory, &store.meta)?;
+        store.ensure_open_index()?;
         import::finish_staged(&store)?;
         Ok(store)
     }
@@ -367,8 +399,9 @@ impl Storage for SledStore {
             &self.incidents,
             &self.deadlines,
             &self.audit,
+            &self.open_alerts,
         );
-        let committed = trees.transaction(|(events, alerts, incidents, deadlines, audit)| {
+        let committed = trees.transaction(|(events, alerts, incidents, deadlines, audit, open_index)| {
             if events.get(&key)?.is_some() {
                 return Ok(Committed::Duplicate);
             }
@@ -387,6 +420,7 @@ impl Storage for SledStore {
                     let alert = incidents::raise(number, event, gateway_id, origin, received_ms);
                     alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
                     incidents.insert(incident.as_bytes(), &number.to_be_bytes())?;
+                    reindex(None, &alert, deadlines, incidents, open_index)?;
                     Some(alert)
                 }
                 (decision, Some(before)) => {
@@ -394,7 +428,7 @@ impl Storage for SledStore {
                     incidents::apply(decision, &mut alert, event, received_ms);
                     let number = alert_number(&alert.id).unwrap_or(0);
                     alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
-                    reindex(Some(&before), &alert, deadlines, incidents)?;
+                    reindex(Some(&before), &alert, deadlines, incidents, open_index)?;
                     Some(alert)
                 }
                 (_, None) => None,
@@ -464,9 +498,21 @@ impl Storage for SledStore {
         decode("alert", &bytes)
     }
 
-    /// Alerts in creation order, optionally only those in `states`.
+    /// Alerts in creation order, optionally only those in `states`. Open
+    /// states are read through `open_alerts`, not the whole history.
     fn alerts(&self, states: &[AlertState]) -> Result<Vec<Alert>, StoreError> {
         let mut out = Vec::new();
+        if !states.is_empty() && states.iter().all(|s| lifecycle::is_open(*s)) {
+            for key in self.open_alerts.iter().keys() {
+                if let Some(bytes) = self.alerts.get(key?)? {
+                    let alert: Alert = decode("alert", &bytes)?;
+                    if states.contains(&alert.state()) {
+                        out.push(alert);
+                    }
+                }
+            }
+            return Ok(out);
+        }
         for item in self.alerts.iter() {
             let (_, bytes) = item?;
             let alert: Alert = decode("alert", &bytes)?;
@@ -483,12 +529,16 @@ impl Storage for SledStore {
         let number = alert_number(&alert.id).ok_or_else(|| {
             StoreError::Refused(format!("alert id `{}` is not a number", alert.id))
         })?;
-        (&self.alerts, &self.deadlines, &self.incidents).transaction(
-            |(alerts, deadlines, incidents)| {
+        (
+            &self.alerts,
+            &self.deadlines,
+            &self.incidents,
+            &self.open_alerts,
+        )
+            .transaction(|(alerts, deadlines, incidents, open)| {
                 alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
-                reindex(None, alert, deadlines, incidents)
-            },
-        )?;
+                reindex(None, alert, deadlines, incidents, open)
+            })?;
         Ok(())
     }
 
@@ -509,9 +559,10 @@ impl Storage for SledStore {
             &self.incidents,
             &self.audit,
             &self.outbox,
+            &self.open_alerts,
         );
         let result =
-            trees.transaction(|(alerts, downlinks, deadlines, incidents, audit, outbox)| {
+            trees.transaction(|(alerts, downlinks, deadlines, incidents, audit, outbox, open)| {
                 let bytes = alerts
                     .get(number.to_be_bytes())?
                     .ok_or_else(|| abort(StoreError::NoSuchAlert(alert_id.into())))?;
@@ -526,7 +577,7 @@ impl Storage for SledStore {
                     lifecycle::check(before.state(), alert.state()).map_err(|e| abort(e.into()))?;
                 }
                 alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
-                reindex(Some(&before), &alert, deadlines, incidents)?;
+                reindex(Some(&before), &alert, deadlines, incidents, open)?;
                 for entry in entries {
                     append_audit(audit, entry)?;
                 }

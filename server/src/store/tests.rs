@@ -210,6 +210,32 @@ async fn updates_queue_downlinks_keep_deadlines_indexed_and_refuse_illegal_moves
             store.update_alert("999", |_| Ok(Change::default())),
             Err(StoreError::NoSuchAlert(_))
         ));
+
+        // The open states are read through an index: a closed alert
+        // leaves them, and reopening the store keeps them.
+        let open = [
+            AlertState::New,
+            AlertState::Offered,
+            AlertState::Acknowledged,
+        ];
+        let ids = |store: &Store, states: &[AlertState]| -> Vec<String> {
+            store.alerts(states).unwrap().into_iter().map(|a| a.id).collect()
+        };
+        assert_eq!(ids(&store, &open), vec![alert.id.clone()]);
+        assert_eq!(ids(&store, &[AlertState::Offered]), Vec::<String>::new());
+        store
+            .update_alert(&alert.id, |a| {
+                a.set_state(AlertState::Resolved);
+                Ok(Change::default())
+            })
+            .unwrap();
+        assert!(ids(&store, &open).is_empty());
+        assert_eq!(ids(&store, &[AlertState::Resolved]), vec![alert.id.clone()]);
+        drop(store);
+        let store = engine.open().await;
+        assert!(ids(&store, &open).is_empty());
+        let (second, _) = changed(commit(&store, "btn-2", 1, EventKind::Fall, 20));
+        assert_eq!(ids(&store, &open), vec![second.id]);
     })
     .await;
 }

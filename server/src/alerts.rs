@@ -184,6 +184,18 @@ impl AlertDesk {
             .collect())
     }
 
+    /// A page of the alerts the caller may see, newest first (history:
+    /// [`crate::listing`]).
+    pub fn history(
+        &self,
+        caller: &Principal,
+        mut query: crate::listing::ListQuery,
+    ) -> Result<crate::listing::Page<Alert>, DeskError> {
+        guard(&self.store, caller, Need::ViewAlerts, None, "alerts")?;
+        query.scope = caller.scope();
+        Ok(self.store.alerts_page(&query)?)
+    }
+
     /// Open alerts (offered, acknowledged, en route, on scene).
     fn open_alerts(&self) -> Result<Vec<Alert>, StoreError> {
         self.store.alerts(&[

@@ -14,6 +14,7 @@
 //! | devices | `gateway` / `resident` / none | gateway, id / resident, id / id |
 //! | staff | `community` / none | community, id / id |
 //! | gateways, places | none | id |
+//! | alerts | states, community, time raised | newest first (alert number) |
 //!
 //! A page looks at no more than [`SCAN_BUDGET`] index entries: when the
 //! caller's scope or a filter without an index skips many, a page may hold
@@ -45,6 +46,11 @@ pub struct ListQuery {
     pub parent: String,
     /// The communities the caller may see; `None`: every community.
     pub scope: Option<Vec<String>>,
+    /// Alerts: only these states (empty: all).
+    pub states: Vec<anxin_proto::v1::AlertState>,
+    /// Alerts: raised in `[from_ms, to_ms)` (0: unbounded).
+    pub from_ms: i64,
+    pub to_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +112,27 @@ impl ListQuery {
     /// The search as index terms hold it.
     pub fn search_term(&self) -> String {
         normalize(&self.search)
+    }
+}
+
+impl ListQuery {
+    /// Whether an alert passes the query's filters and the caller's scope.
+    pub fn wants_alert(&self, alert: &anxin_proto::v1::Alert) -> bool {
+        self.in_scope(&alert.community_id)
+            && (self.community.is_empty() || self.community == alert.community_id)
+            && (self.states.is_empty() || self.states.contains(&alert.state()))
+            && (self.from_ms == 0 || alert.created_ms >= self.from_ms)
+            && (self.to_ms == 0 || alert.created_ms < self.to_ms)
+    }
+
+    /// The alert number a cursor stands for: the page starts below it.
+    pub fn before_alert(&self) -> Result<u64, BadCursor> {
+        let key = self.after_key()?;
+        match key.len() {
+            0 => Ok(u64::MAX),
+            8 => Ok(u64::from_be_bytes(key.try_into().expect("8 bytes"))),
+            _ => Err(BadCursor(self.after.clone())),
+        }
     }
 }
 

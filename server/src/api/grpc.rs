@@ -89,9 +89,34 @@ impl Dispatch for DispatchService {
         request: Request<ListAlertsRequest>,
     ) -> Result<Response<ListAlertsResponse>, Status> {
         let who = staff_caller(&self.auth, &request)?;
-        let states = states(&request.get_ref().states)?;
-        let alerts = self.desk.list(&who, &states).map_err(status)?;
-        Ok(Response::new(ListAlertsResponse { alerts }))
+        let req = request.get_ref();
+        let states = states(&req.states)?;
+        if req.limit == 0
+            && req.after.is_empty()
+            && req.community_id.is_empty()
+            && req.from_ms == 0
+            && req.to_ms == 0
+        {
+            let alerts = self.desk.list(&who, &states).map_err(status)?;
+            return Ok(Response::new(ListAlertsResponse {
+                alerts,
+                next: String::new(),
+            }));
+        }
+        let query = crate::listing::ListQuery {
+            limit: req.limit as usize,
+            after: req.after.clone(),
+            community: req.community_id.clone(),
+            states,
+            from_ms: req.from_ms,
+            to_ms: req.to_ms,
+            ..Default::default()
+        };
+        let page = self.desk.history(&who, query).map_err(status)?;
+        Ok(Response::new(ListAlertsResponse {
+            alerts: page.items,
+            next: page.next.unwrap_or_default(),
+        }))
     }
 
     type WatchAlertsStream = UpdateStream;
@@ -409,6 +434,6 @@ fn list_query(request: &ListRequest) -> crate::listing::ListQuery {
         gateway: request.gateway_id.clone(),
         resident: request.resident_id.clone(),
         parent: request.parent_id.clone(),
-        scope: None,
+        ..Default::default()
     }
 }

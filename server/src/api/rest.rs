@@ -278,6 +278,13 @@ async fn me(Caller(caller): Caller) -> Json<serde_json::Value> {
 struct StateFilter {
     /// Comma-separated states: `new,acknowledged`.
     state: Option<String>,
+    /// Any of these asks for a page of the history, newest first.
+    limit: Option<usize>,
+    after: Option<String>,
+    community: Option<String>,
+    /// Raised in `[from, to)` (ms since the epoch).
+    from: Option<i64>,
+    to: Option<i64>,
 }
 
 impl StateFilter {
@@ -299,8 +306,26 @@ async fn list_alerts(
     Caller(caller): Caller,
     Query(filter): Query<StateFilter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let alerts = state.desk.list(&caller, &filter.parse()?)?;
-    Ok(Json(serde_json::json!({ "alerts": alerts })))
+    let states = filter.parse()?;
+    let paged = filter.limit.is_some()
+        || filter.after.is_some()
+        || filter.community.is_some()
+        || filter.from.is_some()
+        || filter.to.is_some();
+    if !paged {
+        let alerts = state.desk.list(&caller, &states)?;
+        return Ok(Json(serde_json::json!({ "alerts": alerts })));
+    }
+    let query = ListQuery {
+        limit: filter.limit.unwrap_or(0),
+        after: filter.after.unwrap_or_default(),
+        community: filter.community.unwrap_or_default(),
+        states,
+        from_ms: filter.from.unwrap_or(0),
+        to_ms: filter.to.unwrap_or(0),
+        ..Default::default()
+    };
+    Ok(page_json("alerts", state.desk.history(&caller, query)?))
 }
 
 async fn get_alert(
@@ -482,7 +507,7 @@ impl From<ListParams> for ListQuery {
             gateway: p.gateway,
             resident: p.resident,
             parent: p.parent,
-            scope: None,
+            ..Default::default()
         }
     }
 }

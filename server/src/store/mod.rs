@@ -190,6 +190,13 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     fn alert(&self, alert_id: &str) -> Result<Alert, StoreError>;
     /// Alerts in creation order, optionally only those in `states`.
     fn alerts(&self, states: &[anxin_proto::v1::AlertState]) -> Result<Vec<Alert>, StoreError>;
+    /// A page of alerts, newest first ([`crate::listing`]): states,
+    /// community, time raised and the caller's scope; a page looks at no
+    /// more than [`crate::listing::SCAN_BUDGET`] alerts.
+    fn alerts_page(
+        &self,
+        query: &crate::listing::ListQuery,
+    ) -> Result<crate::listing::Page<Alert>, StoreError>;
     /// Writes an alert as given, for migrating history from another system
     /// (and seeding report tests). Indexes are kept as for any update.
     fn import_alert(&self, alert: &Alert) -> Result<(), StoreError>;

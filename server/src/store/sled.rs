@@ -523,6 +523,49 @@ impl Storage for SledStore {
         Ok(out)
     }
 
+    fn alerts_page(&self, query: &ListQuery) -> Result<Page<Alert>, StoreError> {
+        let before = query
+            .before_alert()
+            .map_err(|e| StoreError::Refused(e.to_string()))?;
+        let only_open =
+            !query.states.is_empty() && query.states.iter().all(|s| lifecycle::is_open(*s));
+        // The open states through their index, anything else through the
+        // history, newest first either way.
+        let walked = if only_open {
+            &self.open_alerts
+        } else {
+            &self.alerts
+        };
+        let limit = query.limit();
+        let mut items = Vec::new();
+        let mut looked = 0;
+        for entry in walked.range(..before.to_be_bytes()).rev() {
+            let (key, _) = entry?;
+            if items.len() == limit {
+                let last: &Alert = items.last().expect("limit > 0");
+                let number = alert_number(&last.id).unwrap_or(0);
+                return Ok(Page {
+                    items,
+                    next: Some(crate::listing::cursor(&number.to_be_bytes())),
+                });
+            }
+            looked += 1;
+            if let Some(bytes) = self.alerts.get(&key)? {
+                let alert: Alert = decode("alert", &bytes)?;
+                if query.wants_alert(&alert) {
+                    items.push(alert);
+                }
+            }
+            if looked >= crate::listing::SCAN_BUDGET && items.len() < limit {
+                return Ok(Page {
+                    items,
+                    next: Some(crate::listing::cursor(&key)),
+                });
+            }
+        }
+        Ok(Page { items, next: None })
+    }
+
     /// Writes an alert as given, for migrating history from another system
     /// (and seeding report tests). Indexes are kept as for any update.
     fn import_alert(&self, alert: &Alert) -> Result<(), StoreError> {

@@ -938,3 +938,87 @@ async fn lists_filter_by_index_and_never_leave_the_callers_communities() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alert_history_pages_newest_first_within_the_callers_communities() {
+    use crate::listing::ListQuery;
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        // Ten alerts, raised at 100, 200, … in c-0 and c-1 in turn; the
+        // even ones resolved.
+        for i in 0..10i64 {
+            let origin = Origin {
+                resident_id: format!("r-{i}"),
+                community_id: format!("c-{}", i % 2),
+                ..Default::default()
+            };
+            let committed = store
+                .commit_event(
+                    "gw",
+                    &uplink(&format!("btn-{i}"), 1, EventKind::Sos),
+                    (i + 1) * 100,
+                    &origin,
+                    &POLICY,
+                )
+                .unwrap();
+            let (alert, _) = changed(committed);
+            if i % 2 == 0 {
+                store
+                    .update_alert(&alert.id, |a| {
+                        a.set_state(AlertState::Cancelled);
+                        Ok(Change::default())
+                    })
+                    .unwrap();
+            }
+        }
+        let walk = |mut query: ListQuery| -> Vec<i64> {
+            let mut out = Vec::new();
+            loop {
+                let page = store.alerts_page(&query).unwrap();
+                out.extend(page.items.iter().map(|a| a.created_ms));
+                match page.next {
+                    Some(next) => query.after = next,
+                    None => return out,
+                }
+            }
+        };
+        let all = ListQuery {
+            limit: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            walk(all.clone()),
+            [1000, 900, 800, 700, 600, 500, 400, 300, 200, 100]
+        );
+        let open = ListQuery {
+            states: vec![AlertState::New],
+            ..all.clone()
+        };
+        assert_eq!(walk(open), [1000, 800, 600, 400, 200]);
+        let cancelled_in_c0 = ListQuery {
+            states: vec![AlertState::Cancelled],
+            community: "c-0".into(),
+            ..all.clone()
+        };
+        assert_eq!(walk(cancelled_in_c0), [900, 700, 500, 300, 100]);
+        let carer = ListQuery {
+            scope: Some(vec!["c-1".into()]),
+            from_ms: 300,
+            to_ms: 900,
+            ..all.clone()
+        };
+        assert_eq!(walk(carer.clone()), [800, 600, 400]);
+        let elsewhere = ListQuery {
+            community: "c-0".into(),
+            ..carer
+        };
+        assert!(walk(elsewhere).is_empty());
+        assert!(store
+            .alerts_page(&ListQuery {
+                after: "0102".into(),
+                ..Default::default()
+            })
+            .is_err());
+    })
+    .await;
+}

@@ -837,6 +837,70 @@ impl Storage for PgStore {
         })
     }
 
+    fn alerts_page(&self, query: &ListQuery) -> Result<Page<Alert>, StoreError> {
+        let before = query
+            .before_alert()
+            .map_err(|e| StoreError::Refused(e.to_string()))?;
+        let states: Vec<i32> = query.states.iter().map(|s| *s as i32).collect();
+        let limit = query.limit();
+        self.block(async {
+            let client = self.pool.get().await?;
+            let mut items = Vec::new();
+            let mut below = before.min(i64::MAX as u64) as i64;
+            let mut looked = 0;
+            loop {
+                let batch = (limit + 1) as i64;
+                let rows = if states.is_empty() {
+                    client
+                        .query(
+                            "select number, body from alerts where number < $1
+                             order by number desc limit $2",
+                            &[&below, &batch],
+                        )
+                        .await?
+                } else {
+                    client
+                        .query(
+                            "select number, body from alerts
+                             where number < $1 and state = any($3)
+                             order by number desc limit $2",
+                            &[&below, &batch, &states],
+                        )
+                        .await?
+                };
+                let exhausted = rows.len() < batch as usize;
+                for row in &rows {
+                    let number: i64 = row.get(0);
+                    if items.len() == limit {
+                        let last = items
+                            .last()
+                            .and_then(|a: &Alert| alert_number(&a.id))
+                            .unwrap_or(0);
+                        return Ok(Page {
+                            items,
+                            next: Some(crate::listing::cursor(&last.to_be_bytes())),
+                        });
+                    }
+                    looked += 1;
+                    below = number;
+                    let alert: Alert = decode("alert", row.get(1))?;
+                    if query.wants_alert(&alert) {
+                        items.push(alert);
+                    }
+                }
+                if exhausted {
+                    return Ok(Page { items, next: None });
+                }
+                if looked >= crate::listing::SCAN_BUDGET {
+                    return Ok(Page {
+                        items,
+                        next: Some(crate::listing::cursor(&(below as u64).to_be_bytes())),
+                    });
+                }
+            }
+        })
+    }
+
     fn alerts(&self, states: &[AlertState]) -> Result<Vec<Alert>, StoreError> {
         let states: Vec<i32> = states.iter().map(|s| *s as i32).collect();
         self.block(async {

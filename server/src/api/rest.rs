@@ -897,6 +897,9 @@ struct AuditParams {
     since: i64,
     until: i64,
     limit: u32,
+    /// Entries older than this id (the page before starts at a page's
+    /// first id).
+    before: u64,
 }
 
 async fn audit(
@@ -911,6 +914,7 @@ async fn audit(
         since_ms: p.since,
         until_ms: p.until,
         limit: p.limit,
+        before_id: p.before,
     };
     Ok(Json(
         serde_json::json!({ "entries": state.admin.audit(&caller, &query)? }),

@@ -401,56 +401,59 @@ impl Storage for SledStore {
             &self.audit,
             &self.open_alerts,
         );
-        let committed = trees.transaction(|(events, alerts, incidents, deadlines, audit, open_index)| {
-            if events.get(&key)?.is_some() {
-                return Ok(Committed::Duplicate);
-            }
-            let open: Option<Alert> = match incidents.get(incident.as_bytes())? {
-                Some(number) => match alerts.get(&number)? {
-                    Some(bytes) => Some(decode("alert", &bytes).map_err(abort)?),
+        let committed = trees.transaction(
+            |(events, alerts, incidents, deadlines, audit, open_index)| {
+                if events.get(&key)?.is_some() {
+                    return Ok(Committed::Duplicate);
+                }
+                let open: Option<Alert> = match incidents.get(incident.as_bytes())? {
+                    Some(number) => match alerts.get(&number)? {
+                        Some(bytes) => Some(decode("alert", &bytes).map_err(abort)?),
+                        None => None,
+                    },
                     None => None,
-                },
-                None => None,
-            };
-            let decision = incidents::decide(event, open.as_ref(), received_ms, policy);
-            let alert = match (decision, open) {
-                (Decision::Nothing, _) => None,
-                (Decision::Raise, _) => {
-                    let number = events.generate_id()? + 1;
-                    let alert = incidents::raise(number, event, gateway_id, origin, received_ms);
-                    alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
-                    incidents.insert(incident.as_bytes(), &number.to_be_bytes())?;
-                    reindex(None, &alert, deadlines, incidents, open_index)?;
-                    Some(alert)
+                };
+                let decision = incidents::decide(event, open.as_ref(), received_ms, policy);
+                let alert = match (decision, open) {
+                    (Decision::Nothing, _) => None,
+                    (Decision::Raise, _) => {
+                        let number = events.generate_id()? + 1;
+                        let alert =
+                            incidents::raise(number, event, gateway_id, origin, received_ms);
+                        alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
+                        incidents.insert(incident.as_bytes(), &number.to_be_bytes())?;
+                        reindex(None, &alert, deadlines, incidents, open_index)?;
+                        Some(alert)
+                    }
+                    (decision, Some(before)) => {
+                        let mut alert = before.clone();
+                        incidents::apply(decision, &mut alert, event, received_ms);
+                        let number = alert_number(&alert.id).unwrap_or(0);
+                        alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
+                        reindex(Some(&before), &alert, deadlines, incidents, open_index)?;
+                        Some(alert)
+                    }
+                    (_, None) => None,
+                };
+                if let Some(alert) = &alert {
+                    append_audit(
+                        audit,
+                        decision_audit(event, alert, decision, gateway_id, received_ms),
+                    )?;
                 }
-                (decision, Some(before)) => {
-                    let mut alert = before.clone();
-                    incidents::apply(decision, &mut alert, event, received_ms);
-                    let number = alert_number(&alert.id).unwrap_or(0);
-                    alerts.insert(&number.to_be_bytes(), alert.encode_to_vec())?;
-                    reindex(Some(&before), &alert, deadlines, incidents, open_index)?;
-                    Some(alert)
-                }
-                (_, None) => None,
-            };
-            if let Some(alert) = &alert {
-                append_audit(
-                    audit,
-                    decision_audit(event, alert, decision, gateway_id, received_ms),
-                )?;
-            }
-            let stored = StoredEvent {
-                gateway_id: gateway_id.to_string(),
-                received_ms,
-                uplink: Some(uplink.clone()),
-                alert_id: alert.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
-                commit_index: events.generate_id()?,
-            };
-            events.insert(key.as_slice(), stored.encode_to_vec())?;
-            Ok(Committed::New {
-                alert: alert.map(|a| Box::new((a, decision))),
-            })
-        })?;
+                let stored = StoredEvent {
+                    gateway_id: gateway_id.to_string(),
+                    received_ms,
+                    uplink: Some(uplink.clone()),
+                    alert_id: alert.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
+                    commit_index: events.generate_id()?,
+                };
+                events.insert(key.as_slice(), stored.encode_to_vec())?;
+                Ok(Committed::New {
+                    alert: alert.map(|a| Box::new((a, decision))),
+                })
+            },
+        )?;
         Ok(committed)
     }
 
@@ -604,8 +607,8 @@ impl Storage for SledStore {
             &self.outbox,
             &self.open_alerts,
         );
-        let result =
-            trees.transaction(|(alerts, downlinks, deadlines, incidents, audit, outbox, open)| {
+        let result = trees.transaction(
+            |(alerts, downlinks, deadlines, incidents, audit, outbox, open)| {
                 let bytes = alerts
                     .get(number.to_be_bytes())?
                     .ok_or_else(|| abort(StoreError::NoSuchAlert(alert_id.into())))?;
@@ -641,7 +644,8 @@ impl Storage for SledStore {
                     }
                 }
                 Ok((alert, queued))
-            })?;
+            },
+        )?;
         Ok(result)
     }
 
@@ -997,16 +1001,35 @@ impl AuditLog for SledStore {
     }
 
     fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let before = match query.before_id {
+            0 => u64::MAX,
+            id => id,
+        };
         let mut out = Vec::new();
-        for entry in audit_entries(&self.audit) {
-            let entry = entry?;
+        if query.limit == 0 {
+            for entry in audit_entries(&self.audit) {
+                let entry = entry?;
+                if entry.id < before && crate::audit::matches(query, &entry) {
+                    out.push(entry);
+                }
+            }
+            return Ok(out);
+        }
+        // Newest first, holding no more than the page.
+        for item in self.audit.range(..before.to_be_bytes()).rev() {
+            let (key, bytes) = item?;
+            if key.len() != 8 {
+                continue;
+            }
+            let entry: AuditEntry = decode("audit entry", &bytes)?;
             if crate::audit::matches(query, &entry) {
                 out.push(entry);
+                if out.len() == query.limit as usize {
+                    break;
+                }
             }
         }
-        if query.limit > 0 && out.len() > query.limit as usize {
-            out.drain(..out.len() - query.limit as usize);
-        }
+        out.reverse();
         Ok(out)
     }
 }

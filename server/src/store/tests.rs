@@ -219,7 +219,12 @@ async fn updates_queue_downlinks_keep_deadlines_indexed_and_refuse_illegal_moves
             AlertState::Acknowledged,
         ];
         let ids = |store: &Store, states: &[AlertState]| -> Vec<String> {
-            store.alerts(states).unwrap().into_iter().map(|a| a.id).collect()
+            store
+                .alerts(states)
+                .unwrap()
+                .into_iter()
+                .map(|a| a.id)
+                .collect()
         };
         assert_eq!(ids(&store, &open), vec![alert.id.clone()]);
         assert_eq!(ids(&store, &[AlertState::Offered]), Vec::<String>::new());
@@ -325,6 +330,26 @@ async fn plain_events_dedupe_within_and_across_batches_and_audit_queries_filter(
             })
             .unwrap();
         assert_eq!(newest[0].target, "x");
+        // Paging back: the page before the newest starts below its id.
+        let before = store
+            .query(&AuditQuery {
+                limit: 1,
+                before_id: newest[0].id,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].action, "alert.note");
+        let alert_page = store
+            .query(&AuditQuery {
+                action: "alert".into(),
+                limit: 5,
+                before_id: before[0].id,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(alert_page.len(), 1);
+        assert_eq!(alert_page[0].action, "alert.ack");
     })
     .await;
 }
@@ -1013,12 +1038,14 @@ async fn alert_history_pages_newest_first_within_the_callers_communities() {
             ..carer
         };
         assert!(walk(elsewhere).is_empty());
-        assert!(store
-            .alerts_page(&ListQuery {
-                after: "0102".into(),
-                ..Default::default()
-            })
-            .is_err());
+        assert!(
+            store
+                .alerts_page(&ListQuery {
+                    after: "0102".into(),
+                    ..Default::default()
+                })
+                .is_err()
+        );
     })
     .await;
 }

@@ -1371,6 +1371,10 @@ impl AuditLog for PgStore {
         } else {
             i64::MAX
         };
+        let before = match query.before_id {
+            0 => i64::MAX,
+            id => id.min(i64::MAX as u64) as i64,
+        };
         self.block(async {
             let client = self.pool.get().await?;
             let rows = client
@@ -1381,6 +1385,7 @@ impl AuditLog for PgStore {
                        and ($3 = '' or action = $3 or starts_with(action, $3 || '.'))
                        and ($4::bigint = 0 or at_ms >= $4)
                        and ($5::bigint = 0 or at_ms < $5)
+                       and id < $7
                      order by id desc limit $6",
                     &[
                         &query.target,
@@ -1389,6 +1394,7 @@ impl AuditLog for PgStore {
                         &query.since_ms,
                         &query.until_ms,
                         &limit,
+                        &before,
                     ],
                 )
                 .await?;

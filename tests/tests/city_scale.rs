@@ -180,3 +180,28 @@ async fn an_import_killed_while_it_is_written_is_finished_on_restart_and_paging_
         .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledged_directory_change_survives_a_kill_9_right_after_the_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path()).await;
+    server.add_community("c-k").await;
+    for i in 0..5 {
+        server
+            .send(
+                "PUT",
+                &format!("/api/v1/residents/r-k{i}"),
+                serde_json::json!({ "name": format!("Resident {i}"), "communityId": "c-k", "address": "Room 1" }),
+            )
+            .await;
+    }
+    let token = server
+        .add_staff("carer-k", "carer", &["c-k"], serde_json::json!({}))
+        .await;
+    // No pause: the process dies as soon as the last answer is read.
+    server.restart().await;
+    let page = server.get("/api/v1/residents?community=c-k").await;
+    assert_eq!(page["residents"].as_array().unwrap().len(), 5, "{page}");
+    let (status, me) = server.call("GET", "/api/v1/me", &token, None).await;
+    assert_eq!(status, 200, "the token issued before the kill works: {me}");
+}

@@ -242,6 +242,7 @@ impl Admin for AdminService {
             .admin
             .put_place(&who, request.into_inner())
             .map_err(status)?;
+        self.admin.store().flush().await.map_err(status)?;
         Ok(Response::new(place))
     }
 
@@ -264,6 +265,7 @@ impl Admin for AdminService {
             .admin
             .put_resident(&who, request.into_inner())
             .map_err(status)?;
+        self.admin.store().flush().await.map_err(status)?;
         Ok(Response::new(resident))
     }
 
@@ -302,6 +304,7 @@ impl Admin for AdminService {
             .admin
             .put_device(&who, request.into_inner())
             .map_err(status)?;
+        self.admin.store().flush().await.map_err(status)?;
         Ok(Response::new(device))
     }
 
@@ -328,6 +331,7 @@ impl Admin for AdminService {
             .admin
             .put_gateway(&who, req.gateway.unwrap_or_default(), &req.token)
             .map_err(status)?;
+        self.admin.store().flush().await.map_err(status)?;
         Ok(Response::new(PutGatewayResponse {
             gateway: Some(gateway),
             token,
@@ -353,6 +357,7 @@ impl Admin for AdminService {
             .admin
             .put_staff(&who, request.into_inner())
             .map_err(status)?;
+        self.admin.store().flush().await.map_err(status)?;
         Ok(Response::new(staff))
     }
 
@@ -378,6 +383,7 @@ impl Admin for AdminService {
             .admin
             .issue_token(&who, &request.get_ref().staff_id, None)
             .map_err(status)?;
+        self.admin.store().flush().await.map_err(status)?;
         Ok(Response::new(IssueTokenResponse { token: token.token }))
     }
 

@@ -132,7 +132,21 @@ async fn store_guard(
         let body = serde_json::json!({ "error": format!("{why}. Retry in a few seconds") });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    next.run(request).await
+    // A change is answered only once it is on disk: a kill -9 right after
+    // a 200 (a new token, a resident, a place) must not take it back.
+    let change = request.uri().path().starts_with("/api/")
+        && !matches!(
+            *request.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+    let response = next.run(request).await;
+    if change
+        && response.status().is_success()
+        && let Err(err) = state.admin.store().flush().await
+    {
+        return ApiError::from(err).into_response();
+    }
+    response
 }
 
 impl IntoResponse for ApiError {

@@ -9,11 +9,13 @@
 //! cargo run --release -p anxin-tests --bin anxin-bench -- footprint
 //! cargo run --release -p anxin-tests --bin anxin-bench -- many
 //! cargo run --release -p anxin-tests --bin anxin-bench -- presses
+//! cargo run --release -p anxin-tests --bin anxin-bench -- city
 //! ```
 //!
 //! Every hop is durable, as in production: the gateway acks `stored` after
 //! its journal flush, the server acks `received` after its store flush.
 
+mod city;
 mod mosquitto;
 mod procstat;
 mod scenarios;
@@ -103,6 +105,23 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         pace_ms: u64,
     },
+    /// A city's directory (issue 18): imports, every list page and search,
+    /// the console's first load in Chromium, SOS → SSE and the server's
+    /// memory, with a million residents (`--residents 0`: the baseline).
+    City {
+        #[arg(long, default_value_t = 1_000_000)]
+        residents: usize,
+        #[arg(long, default_value_t = 5000)]
+        communities: usize,
+        #[arg(long, default_value_t = 10_000)]
+        staff: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        alerts: usize,
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+        #[arg(long, default_value_t = 20)]
+        consoles: usize,
+    },
     /// Binary sizes, idle RSS, and the server's memory per connected
     /// gateway stream.
     Footprint {
@@ -143,5 +162,23 @@ async fn main() -> anyhow::Result<()> {
             presses,
         } => scenarios::many(devices, rate, duration, presses).await,
         Scenario::Presses { samples, pace_ms } => scenarios::presses(samples, pace_ms).await,
+        Scenario::City {
+            residents,
+            communities,
+            staff,
+            alerts,
+            probes,
+            consoles,
+        } => {
+            city::city(city::City {
+                residents,
+                communities,
+                staff,
+                alerts,
+                probes,
+                consoles,
+            })
+            .await
+        }
     }
 }

@@ -49,7 +49,7 @@ const LOAD_LIMITS: [(&str, &str); 2] = [
 
 const P3_COMMITTED: &str = "anxin_server_events_committed_total{priority=\"P3\"}";
 
-fn pid(proc: &anxin_tests::Proc) -> u32 {
+pub(crate) fn pid(proc: &anxin_tests::Proc) -> u32 {
     proc.pid().expect("process is running")
 }
 
@@ -63,11 +63,11 @@ fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
 
-fn latency_histogram() -> Histogram<u64> {
+pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
 
-fn print_latency(label: &str, h: &Histogram<u64>) {
+pub(crate) fn print_latency(label: &str, h: &Histogram<u64>) {
     println!(
         "  {label}: n={} p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms, max {:.2} ms",
         h.len(),
@@ -377,7 +377,7 @@ pub async fn latency(
 }
 
 /// Waits until `samples` latencies were recorded, or 30 s after the last.
-async fn settle(seen: &Arc<Mutex<Histogram<u64>>>, samples: usize) {
+pub(crate) async fn settle(seen: &Arc<Mutex<Histogram<u64>>>, samples: usize) {
     wait_for(
         "every probe to arrive",
         Duration::from_secs(30),
@@ -646,7 +646,7 @@ fn bench_token(n: usize) -> String {
 // ---------------------------------------------------------------------- many
 
 /// Records press → alert on the server's SSE stream, by device id.
-fn watch_alerts(mut sse: SseStream, sent_at: SentAt, seen: Arc<Mutex<Histogram<u64>>>) {
+pub(crate) fn watch_alerts(mut sse: SseStream, sent_at: SentAt, seen: Arc<Mutex<Histogram<u64>>>) {
     tokio::spawn(async move {
         while let Some(event) = sse.next().await {
             if event.event != "alert" {

@@ -252,13 +252,22 @@ impl AlertDesk {
     /// snapshot means no change falls between the two; a change may show up
     /// in both, which is harmless because each update carries the whole
     /// alert. The caller filters changes with [`Principal::sees`].
+    /// A snapshot, then every change. Without `states` the snapshot is the
+    /// open alerts (a city's history is years of alerts: it is read in
+    /// pages, never sent whole down a stream), and changes of any state
+    /// follow, so a watcher sees an alert close.
     pub fn watch(
         &self,
         caller: &Principal,
         states: &[AlertState],
     ) -> Result<(Vec<Alert>, broadcast::Receiver<Alert>), DeskError> {
         let receiver = self.changes.subscribe();
-        Ok((self.list(caller, states)?, receiver))
+        let snapshot = if states.is_empty() {
+            self.list(caller, &crate::lifecycle::OPEN_STATES)?
+        } else {
+            self.list(caller, states)?
+        };
+        Ok((snapshot, receiver))
     }
 
     pub async fn acknowledge(

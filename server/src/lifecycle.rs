@@ -34,6 +34,15 @@ pub fn parse(text: &str) -> Option<AlertState> {
     })
 }
 
+/// Every state an alert may be in until it is resolved or cancelled.
+pub const OPEN_STATES: [AlertState; 5] = [
+    AlertState::New,
+    AlertState::Offered,
+    AlertState::Acknowledged,
+    AlertState::EnRoute,
+    AlertState::OnScene,
+];
+
 pub fn is_open(state: AlertState) -> bool {
     !matches!(state, AlertState::Resolved | AlertState::Cancelled)
 }

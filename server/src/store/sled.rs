@@ -281,7 +281,7 @@ impl SledStore {
     }
 
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(path, 128 * 1024 * 1024)
+        Self::open_with_cache(path, 32 * 1024 * 1024)
     }
 
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {

@@ -1049,3 +1049,106 @@ async fn alert_history_pages_newest_first_within_the_callers_communities() {
     })
     .await;
 }
+
+/// PostgreSQL: every page's statement can be served by an index. With
+/// sequential scans priced out (`enable_seqscan = off`), a plan that still
+/// holds one has no index to use.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_postgres_pages_are_served_by_indexes() {
+    use postgres::listing::sql;
+    let url = match postgres::scratch::create().await {
+        Ok(url) => url,
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("no PostgreSQL for the EXPLAIN test under CI=true: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED the EXPLAIN test: {why}");
+            return;
+        }
+    };
+    // Connecting migrates the database to the newest schema.
+    drop(postgres::PgStore::connect(&url, 1).await.unwrap());
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("set enable_seqscan = off")
+        .await
+        .unwrap();
+    let search = format!("{}{}", sql::SEARCH, sql::SEARCH_ORDER);
+    let scoped = format!(
+        "{} and r.community_id = any('{{c-1}}'::text[]){}",
+        sql::SEARCH,
+        sql::SEARCH_ORDER
+    );
+    // Each with the index that orders and bounds it.
+    let statements = [
+        (
+            "residents",
+            sql::RESIDENTS.to_string(),
+            "residents_by_community",
+        ),
+        (
+            "residents of a community",
+            sql::RESIDENTS_OF_COMMUNITY.into(),
+            "residents_by_community",
+        ),
+        ("search", search, "resident_terms_pkey"),
+        ("search in a scope", scoped, "resident_terms_pkey"),
+        ("devices", sql::DEVICES.into(), "devices_pkey"),
+        (
+            "devices of a gateway",
+            sql::DEVICES_OF_GATEWAY.into(),
+            "devices_by_gateway",
+        ),
+        (
+            "devices of a resident",
+            sql::DEVICES_OF_RESIDENT.into(),
+            "devices_by_resident",
+        ),
+        ("staff", sql::STAFF.into(), "staff_pkey"),
+        (
+            "staff of a community",
+            sql::STAFF_OF_COMMUNITY.into(),
+            "staff_communities_pkey",
+        ),
+        ("gateways", sql::GATEWAYS.into(), "gateways_pkey"),
+        ("places", sql::PLACES.into(), "places_pkey"),
+        (
+            "enrolled residents",
+            sql::ENROLLED.into(),
+            "residents_enrolled",
+        ),
+    ];
+    for (what, statement, index) in statements {
+        // Literal arguments in place of the parameters (text or a count).
+        let statement = statement
+            .replace("$1", "'c-1'")
+            .replace("$2", "'c-1~'")
+            .replace("$3", "'c-1'")
+            .replace("$4", "''")
+            .replace("$5", "21");
+        let statement = statement
+            .replace("limit 'c-1~'", "limit 100")
+            .replace("limit 'c-1'", "limit 100");
+        let plan: Vec<String> = client
+            .query(&format!("explain {statement}"), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{statement}"))
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let plan = plan.join("\n");
+        assert!(
+            !plan.contains("Seq Scan"),
+            "{what} needs a sequential scan:\n{plan}"
+        );
+        assert!(
+            plan.contains(&format!("using {index}")) || plan.contains(&format!("on {index}")),
+            "{what} does not use {index}:\n{plan}"
+        );
+    }
+    drop(client);
+    postgres::scratch::drop(&url).await;
+}

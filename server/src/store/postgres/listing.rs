@@ -12,6 +12,36 @@ use tokio_postgres::types::ToSql;
 use super::{StoreError, Upsert, decode};
 use crate::listing::{self, ListQuery, Page, SCAN_BUDGET};
 
+/// The statements of the pages, each served by an index (the EXPLAIN test
+/// in `store/tests.rs` checks that none needs a sequential scan).
+pub(crate) mod sql {
+    pub const RESIDENTS: &str = "select community_id, id, body from residents
+         where (community_id, id) > ($1, $2)
+         order by community_id, id limit $3";
+    pub const RESIDENTS_OF_COMMUNITY: &str = "select community_id, id, body from residents
+         where community_id = $1 and id > $2 order by id limit $3";
+    /// Completed with the scope and community conditions, then
+    /// [`SEARCH_ORDER`].
+    pub const SEARCH: &str =
+        "select t.term, t.id, r.body from resident_terms t join residents r on r.id = t.id
+         where t.term >= $1 and t.term < $2 and (t.term, t.id) > ($3, $4)
+           and not exists (select 1 from resident_terms e
+                           where e.id = t.id and e.term >= $1 and e.term < t.term)";
+    pub const SEARCH_ORDER: &str = " order by t.term, t.id limit $5";
+    pub const DEVICES: &str = "select id, body from devices where id > $1 order by id limit $2";
+    pub const DEVICES_OF_GATEWAY: &str = "select gateway_id, id, body from devices
+         where gateway_id = $1 and id > $2 order by id limit $3";
+    pub const DEVICES_OF_RESIDENT: &str = "select resident_id, id, body from devices
+         where resident_id = $1 and id > $2 order by id limit $3";
+    pub const STAFF: &str = "select id, body from staff where id > $1 order by id limit $2";
+    pub const STAFF_OF_COMMUNITY: &str =
+        "select s.id, s.body from staff_communities c join staff s on s.id = c.id
+         where c.community_id = $3 and c.id > $1 order by c.id limit $2";
+    pub const GATEWAYS: &str = "select id, body from gateways where id > $1 order by id limit $2";
+    pub const PLACES: &str = "select id, body from places where id > $1 order by id limit $2";
+    pub const ENROLLED: &str = "select body from residents where checkin_start <> '' order by id";
+}
+
 /// The schema version whose migration needs [`backfill`].
 pub(super) const BACKFILL_VERSION: i32 = 5;
 
@@ -300,12 +330,7 @@ pub(super) async fn residents(
     let search = query.search_term();
     if !search.is_empty() {
         let upper = format!("{search}\u{10FFFF}");
-        let mut sql = String::from(
-            "select t.term, t.id, r.body from resident_terms t join residents r on r.id = t.id
-             where t.term >= $1 and t.term < $2 and (t.term, t.id) > ($3, $4)
-               and not exists (select 1 from resident_terms e
-                               where e.id = t.id and e.term >= $1 and e.term < t.term)",
-        );
+        let mut sql = String::from(sql::SEARCH);
         let batch = (limit + 1) as i64;
         let (after_term, after_id) = (part(&after, 0), part(&after, 1));
         let mut params: Vec<&(dyn ToSql + Sync)> =
@@ -319,7 +344,7 @@ pub(super) async fn residents(
             sql.push_str(&format!(" and r.community_id = ${}", params.len() + 1));
             params.push(&query.community);
         }
-        sql.push_str(" order by t.term, t.id limit $5");
+        sql.push_str(sql::SEARCH_ORDER);
         let found = client.query(&sql, &params).await?;
         return Ok(page(decode_rows(found)?, limit));
     }
@@ -327,9 +352,7 @@ pub(super) async fn residents(
     let Some(communities) = query.communities() else {
         let found = client
             .query(
-                "select community_id, id, body from residents
-                 where (community_id, id) > ($1, $2)
-                 order by community_id, id limit $3",
+                sql::RESIDENTS,
                 &[&after_community, &after_id, &((limit + 1) as i64)],
             )
             .await?;
@@ -347,8 +370,7 @@ pub(super) async fn residents(
         };
         let found = client
             .query(
-                "select community_id, id, body from residents
-                 where community_id = $1 and id > $2 order by id limit $3",
+                sql::RESIDENTS_OF_COMMUNITY,
                 &[community, &from, &((limit + 1 - rows.len()) as i64)],
             )
             .await?;
@@ -366,16 +388,13 @@ pub(super) async fn devices(
 ) -> Result<Page<DeviceRecord>, StoreError> {
     let limit = query.limit();
     let after = after_parts(query)?;
-    let (column, value) = if !query.gateway.is_empty() {
-        ("gateway_id", query.gateway.as_str())
+    let (statement, value) = if !query.gateway.is_empty() {
+        (sql::DEVICES_OF_GATEWAY, query.gateway.as_str())
     } else if !query.resident.is_empty() {
-        ("resident_id", query.resident.as_str())
+        (sql::DEVICES_OF_RESIDENT, query.resident.as_str())
     } else {
         let found = client
-            .query(
-                "select id, body from devices where id > $1 order by id limit $2",
-                &[&part(&after, 0), &((limit + 1) as i64)],
-            )
+            .query(sql::DEVICES, &[&part(&after, 0), &((limit + 1) as i64)])
             .await?;
         let rows = found
             .iter()
@@ -388,10 +407,7 @@ pub(super) async fn devices(
     };
     let found = client
         .query(
-            &format!(
-                "select {column}, id, body from devices
-                 where {column} = $1 and id > $2 order by id limit $3"
-            ),
+            statement,
             &[&value, &part(&after, 1), &((limit + 1) as i64)],
         )
         .await?;
@@ -419,16 +435,7 @@ pub(super) async fn staff(
                 || s.id.to_lowercase().starts_with(&search))
     };
     if query.community.is_empty() {
-        return walk_ids(
-            client,
-            "staff",
-            "select id, body from staff where id > $1 order by id limit $2",
-            &[],
-            None,
-            query,
-            keep,
-        )
-        .await;
+        return walk_ids(client, "staff", sql::STAFF, &[], None, query, keep).await;
     }
     if !query.in_scope(&query.community) {
         return Ok(Page {
@@ -439,8 +446,7 @@ pub(super) async fn staff(
     walk_ids(
         client,
         "staff",
-        "select s.id, s.body from staff_communities c join staff s on s.id = c.id
-         where c.community_id = $3 and c.id > $1 order by c.id limit $2",
+        sql::STAFF_OF_COMMUNITY,
         &[&query.community],
         Some(&query.community),
         query,
@@ -456,7 +462,7 @@ pub(super) async fn gateways(
     walk_ids(
         client,
         "gateway",
-        "select id, body from gateways where id > $1 order by id limit $2",
+        sql::GATEWAYS,
         &[],
         None,
         query,
@@ -475,7 +481,7 @@ pub(super) async fn places(
     walk_ids(
         client,
         "place",
-        "select id, body from places where id > $1 order by id limit $2",
+        sql::PLACES,
         &[],
         None,
         query,
@@ -486,10 +492,7 @@ pub(super) async fn places(
 
 pub(super) async fn enrolled(client: &impl GenericClient) -> Result<Vec<Resident>, StoreError> {
     client
-        .query(
-            "select body from residents where checkin_start <> '' order by id",
-            &[],
-        )
+        .query(sql::ENROLLED, &[])
         .await?
         .iter()
         .map(|row| decode("resident", row.get(0)))

@@ -48,7 +48,7 @@ use crate::{
     welfare::WelfareStore,
 };
 
-mod listing;
+pub(crate) mod listing;
 
 /// Schema versions, applied in order; never edit one that shipped.
 const MIGRATIONS: &[(i32, &str, &str)] = &[

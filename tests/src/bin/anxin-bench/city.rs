@@ -22,6 +22,8 @@ use crate::{
 
 pub struct City {
     pub residents: usize,
+    /// Devices (one per resident, the first `devices` residents).
+    pub devices: usize,
     pub communities: usize,
     pub staff: usize,
     pub alerts: usize,
@@ -147,8 +149,14 @@ fn server_rss_mb(server: &Server) -> f64 {
 
 pub async fn city(city: City) -> anyhow::Result<()> {
     println!(
-        "== city: {} residents and devices, {} communities, {} staff, {} past alerts; {} SOS probes; {} consoles",
-        city.residents, city.communities, city.staff, city.alerts, city.probes, city.consoles
+        "== city: {} residents, {} devices, {} communities, {} staff, {} past alerts; {} SOS probes; {} consoles",
+        city.residents,
+        city.devices,
+        city.communities,
+        city.staff,
+        city.alerts,
+        city.probes,
+        city.consoles
     );
     let dir = tempfile::tempdir()?;
     let mut server = Server::start_configured(dir.path(), free_port(), &[], &[]).await;
@@ -214,13 +222,10 @@ pub async fn city(city: City) -> anyhow::Result<()> {
     );
     // Devices: one per resident, on 1,000 gateways; the probes on gw-test.
     let mut csv = String::from("id,kind,resident_id,gateway_id,password\n");
-    for i in 0..rows {
-        let (id, gateway, password) = if i < city.probes {
-            (
-                probe_ids[i].clone(),
-                "gw-test".to_string(),
-                device_password(&probe_ids[i]),
-            )
+    let devices = city.devices.min(rows).max(city.probes);
+    for i in 0..devices {
+        let (id, gateway, password) = if let Some(probe) = probe_ids.get(i) {
+            (probe.clone(), "gw-test".to_string(), device_password(probe))
         } else {
             (
                 format!("d-{i:07}"),
@@ -237,7 +242,7 @@ pub async fn city(city: City) -> anyhow::Result<()> {
     let started = Instant::now();
     let report = post_csv(&server, "devices", csv).await?;
     println!(
-        "  import {rows} devices in one request: {:.1} s, imported {}",
+        "  import {devices} devices in one request: {:.1} s, imported {}",
         secs(started),
         report["imported"]
     );
@@ -339,7 +344,7 @@ pub async fn city(city: City) -> anyhow::Result<()> {
                 .map(|i| {
                     format!(
                         "/api/v1/devices?resident={}",
-                        resident_id(i * 4999 % rows.max(1))
+                        resident_id(i * 4999 % devices.max(1))
                     )
                 })
                 .collect(),

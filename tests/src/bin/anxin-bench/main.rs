@@ -111,6 +111,9 @@ enum Scenario {
     City {
         #[arg(long, default_value_t = 1_000_000)]
         residents: usize,
+        /// One per resident, at most `residents`.
+        #[arg(long, default_value_t = 1_000_000)]
+        devices: usize,
         #[arg(long, default_value_t = 5000)]
         communities: usize,
         #[arg(long, default_value_t = 10_000)]
@@ -164,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Presses { samples, pace_ms } => scenarios::presses(samples, pace_ms).await,
         Scenario::City {
             residents,
+            devices,
             communities,
             staff,
             alerts,
@@ -172,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             city::city(city::City {
                 residents,
+                devices,
                 communities,
                 staff,
                 alerts,

@@ -558,6 +558,10 @@ async fn list_residents(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let page = state.admin.residents(&caller, params.into())?;
     let mut names = PlaceNames::default();
+    names.prefetch(
+        state.admin.store(),
+        page.items.iter().map(|r| &r.community_id),
+    )?;
     let mut rows = Vec::with_capacity(page.items.len());
     for resident in page.items {
         let community = names.of(state.admin.store(), &resident.community_id)?;
@@ -630,6 +634,10 @@ async fn gateway_board(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let page = state.admin.watched_gateways(&caller, params.into())?;
     let mut names = PlaceNames::default();
+    names.prefetch(
+        state.admin.store(),
+        page.items.iter().map(|g| &g.community_id),
+    )?;
     let rows: Vec<serde_json::Value> = page
         .items
         .into_iter()
@@ -717,6 +725,10 @@ async fn staff_board(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let page = state.admin.staff(&caller, params.into())?;
     let mut names = PlaceNames::default();
+    names.prefetch(
+        state.admin.store(),
+        page.items.iter().flat_map(|s| &s.communities),
+    )?;
     let mut rows = Vec::new();
     for entry in state.desk.staff_board(page.items)? {
         let communities = entry

@@ -1076,9 +1076,13 @@ async fn the_postgres_pages_are_served_by_indexes() {
         .batch_execute("set enable_seqscan = off")
         .await
         .unwrap();
-    let search = format!("{}{}", sql::SEARCH, sql::SEARCH_ORDER);
+    let search = format!(
+        "{} and (t.term, t.id) > ($3, $4){}21",
+        sql::SEARCH,
+        sql::SEARCH_ORDER
+    );
     let scoped = format!(
-        "{} and r.community_id = any('{{c-1}}'::text[]){}",
+        "{} and r.community_id = any('{{c-1}}'::text[]){}21",
         sql::SEARCH,
         sql::SEARCH_ORDER
     );

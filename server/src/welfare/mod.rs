@@ -141,6 +141,33 @@ impl WelfareView {
 pub struct PlaceNames(std::collections::HashMap<String, String>);
 
 impl PlaceNames {
+    /// Reads the names of `ids` not known yet in one go (a page of rows
+    /// names up to hundreds of communities; one read each would cost a
+    /// database round trip each).
+    pub fn prefetch<'a>(
+        &mut self,
+        store: &crate::store::Store,
+        ids: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), StoreError> {
+        let mut wanted: Vec<String> = ids
+            .into_iter()
+            .filter(|id| !self.0.contains_key(*id))
+            .cloned()
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for place in store.places_by_id(&wanted)? {
+            self.0.insert(place.id, place.name);
+        }
+        for id in wanted {
+            self.0.entry(id).or_default();
+        }
+        Ok(())
+    }
+
     pub fn of(&mut self, store: &crate::store::Store, id: &str) -> Result<String, StoreError> {
         if let Some(name) = self.0.get(id) {
             return Ok(name.clone());

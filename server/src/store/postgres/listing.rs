@@ -20,14 +20,16 @@ pub(crate) mod sql {
          order by community_id, id limit $3";
     pub const RESIDENTS_OF_COMMUNITY: &str = "select community_id, id, body from residents
          where community_id = $1 and id > $2 order by id limit $3";
-    /// Completed with the scope and community conditions, then
-    /// [`SEARCH_ORDER`].
+    /// Completed with the cursor (only when there is one: a row comparison
+    /// from `('', '')` makes the index scan start at the very first term),
+    /// the scope and community conditions, then [`SEARCH_ORDER`] and the
+    /// limit's parameter.
     pub const SEARCH: &str =
         "select t.term, t.id, r.body from resident_terms t join residents r on r.id = t.id
-         where t.term >= $1 and t.term < $2 and (t.term, t.id) > ($3, $4)
+         where t.term >= $1 and t.term < $2
            and not exists (select 1 from resident_terms e
                            where e.id = t.id and e.term >= $1 and e.term < t.term)";
-    pub const SEARCH_ORDER: &str = " order by t.term, t.id limit $5";
+    pub const SEARCH_ORDER: &str = " order by t.term, t.id limit ";
     pub const DEVICES: &str = "select id, body from devices where id > $1 order by id limit $2";
     pub const DEVICES_OF_GATEWAY: &str = "select gateway_id, id, body from devices
          where gateway_id = $1 and id > $2 order by id limit $3";
@@ -333,18 +335,23 @@ pub(super) async fn residents(
         let mut sql = String::from(sql::SEARCH);
         let batch = (limit + 1) as i64;
         let (after_term, after_id) = (part(&after, 0), part(&after, 1));
-        let mut params: Vec<&(dyn ToSql + Sync)> =
-            vec![&search, &upper, &after_term, &after_id, &batch];
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&search, &upper];
+        if !after.is_empty() {
+            sql.push_str(" and (t.term, t.id) > ($3, $4)");
+            params.push(&after_term);
+            params.push(&after_id);
+        }
         let scope = query.scope.clone();
         if let Some(scope) = &scope {
-            sql.push_str(" and r.community_id = any($6)");
+            sql.push_str(&format!(" and r.community_id = any(${})", params.len() + 1));
             params.push(scope);
         }
         if !query.community.is_empty() {
             sql.push_str(&format!(" and r.community_id = ${}", params.len() + 1));
             params.push(&query.community);
         }
-        sql.push_str(sql::SEARCH_ORDER);
+        sql.push_str(&format!("{}${}", sql::SEARCH_ORDER, params.len() + 1));
+        params.push(&batch);
         let found = client.query(&sql, &params).await?;
         return Ok(page(decode_rows(found)?, limit));
     }

@@ -1171,6 +1171,17 @@ impl Directory for PgStore {
     fn places(&self) -> Result<Vec<Place>, StoreError> {
         self.list("place", "select body from places order by id")
     }
+    fn places_by_id(&self, ids: &[String]) -> Result<Vec<Place>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .query("select body from places where id = any($1)", &[&ids])
+                .await?
+                .iter()
+                .map(|row| decode("place", row.get(0)))
+                .collect()
+        })
+    }
     fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError> {
         self.get_one("resident", "select body from residents where id = $1", id)
     }

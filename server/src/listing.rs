@@ -125,6 +125,21 @@ impl ListQuery {
             && (self.to_ms == 0 || alert.created_ms < self.to_ms)
     }
 
+    /// Whether a staff member passes the search and shares a community
+    /// with the caller (or serves every community).
+    pub fn wants_staff(&self, staff: &anxin_proto::v1::Staff) -> bool {
+        let search = self.search_term();
+        let visible = self.scope.is_none()
+            || staff
+                .communities
+                .iter()
+                .any(|c| c == "*" || self.in_scope(c));
+        visible
+            && (search.is_empty()
+                || normalize(&staff.name).starts_with(&search)
+                || staff.id.to_lowercase().starts_with(&search))
+    }
+
     /// The alert number a cursor stands for: the page starts below it.
     pub fn before_alert(&self) -> Result<u64, BadCursor> {
         let key = self.after_key()?;

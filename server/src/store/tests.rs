@@ -19,7 +19,17 @@ enum Engine {
 impl Engine {
     async fn open(&self) -> Store {
         match self {
-            Engine::Sled(dir) => open_sled(dir.path()).unwrap(),
+            // sled's background threads let go of a dropped store's file
+            // lock a moment after the drop: a reopen at once may wait.
+            Engine::Sled(dir) => {
+                for _ in 0..50 {
+                    if let Ok(store) = open_sled(dir.path()) {
+                        return store;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                open_sled(dir.path()).unwrap()
+            }
             Engine::Postgres(url) => Arc::new(postgres::PgStore::connect(url, 4).await.unwrap()),
         }
     }

@@ -432,15 +432,7 @@ pub(super) async fn staff(
     client: &impl GenericClient,
     query: &ListQuery,
 ) -> Result<Page<Staff>, StoreError> {
-    let search = query.search_term();
-    let keep = |s: &Staff| {
-        let visible =
-            query.scope.is_none() || s.communities.iter().any(|c| c == "*" || query.in_scope(c));
-        visible
-            && (search.is_empty()
-                || listing::normalize(&s.name).starts_with(&search)
-                || s.id.to_lowercase().starts_with(&search))
-    };
+    let keep = |s: &Staff| query.wants_staff(s);
     if query.community.is_empty() {
         return walk_ids(client, "staff", sql::STAFF, &[], None, query, keep).await;
     }

@@ -277,15 +277,7 @@ pub(super) fn devices(trees: &Trees, query: &ListQuery) -> Result<Page<DeviceRec
 }
 
 pub(super) fn staff(trees: &Trees, query: &ListQuery) -> Result<Page<Staff>, StoreError> {
-    let search = query.search_term();
-    let wanted = |s: &Staff| {
-        let visible =
-            query.scope.is_none() || s.communities.iter().any(|c| c == "*" || query.in_scope(c));
-        visible
-            && (search.is_empty()
-                || listing::normalize(&s.name).starts_with(&search)
-                || s.id.to_lowercase().starts_with(&search))
-    };
+    let wanted = |s: &Staff| query.wants_staff(s);
     if !query.community.is_empty() {
         let prefixes = community_prefixes(query);
         return walk(&trees.staff_by_community, &prefixes, query, |k, _| {

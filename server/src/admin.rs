@@ -717,24 +717,20 @@ impl AdminDesk {
             }
             // Read on one thread, written on this one, a few chunks apart.
             let (tx, rx) = std::sync::mpsc::sync_channel(2);
-            let reader = {
-                let store = store.clone();
-                let file = source.open()?;
-                tokio::runtime::Handle::current().spawn_blocking(move || {
-                    import::chunks(&store, kind, file, |batch, _| {
-                        let _ = tx.send(Ok(batch));
-                    })
+            let (reader, file) = (store.clone(), source.open()?);
+            tokio::runtime::Handle::current().spawn_blocking(move || {
+                import::chunks(&reader, kind, file, |batch, _| {
+                    // A writer that gave up drops the receiver: the rest is
+                    // read and let go.
+                    let _ = tx.send(batch);
                 })
-            };
-            let written =
-                store.put_import(&mut rx.into_iter(), report.imported, audit, &mut |rows| {
-                    progress(import::Progress {
-                        phase: "writing",
-                        rows,
-                    })
-                });
-            drop(reader);
-            written?;
+            });
+            store.put_import(&mut rx.into_iter(), report.imported, audit, &mut |rows| {
+                progress(import::Progress {
+                    phase: "writing",
+                    rows,
+                })
+            })?;
             Ok(report)
         })
         .await
@@ -743,6 +739,8 @@ impl AdminDesk {
         if report.rejected.is_empty() {
             self.store.flush().await?;
             self.gateways.directory_changed();
+            // A device file may move devices between any gateways: every
+            // connected gateway rereads its roster (through its index).
             if kind == ImportKind::Devices {
                 let connected = self.gateways.connected();
                 self.gateways

@@ -188,7 +188,7 @@ impl Default for ServerConfig {
                 pool_size: 16,
                 min_free_bytes: 256 * 1024 * 1024,
                 reserve_bytes: 64 * 1024 * 1024,
-                cache_bytes: 32 * 1024 * 1024,
+                cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
             },
             auth: AuthConfig {
                 admin_token: String::new(),

@@ -98,12 +98,12 @@ pub trait Directory {
     /// their audit entry, in one transaction.
     fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError>;
     /// A large import, read chunk by chunk (see [`crate::import`]): all of
-    /// `expected` rows are written, with `audit`, or none (an error from
-    /// `chunks`, or a count that is not `expected`, writes nothing).
+    /// `expected` rows are written, with `audit`, or none (a count that is
+    /// not `expected` — the file changed — writes nothing).
     /// `progress` hears how many rows are written so far.
     fn put_import(
         &self,
-        chunks: &mut dyn Iterator<Item = Result<DirectoryBatch, StoreError>>,
+        chunks: &mut dyn Iterator<Item = DirectoryBatch>,
         expected: u64,
         audit: AuditEntry,
         progress: &mut dyn FnMut(u64),
@@ -381,7 +381,7 @@ impl<T: Directory + ?Sized + Send + Sync> Directory for std::sync::Arc<T> {
     }
     fn put_import(
         &self,
-        chunks: &mut dyn Iterator<Item = Result<DirectoryBatch, StoreError>>,
+        chunks: &mut dyn Iterator<Item = DirectoryBatch>,
         expected: u64,
         audit: AuditEntry,
         progress: &mut dyn FnMut(u64),

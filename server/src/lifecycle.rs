@@ -43,6 +43,12 @@ pub const OPEN_STATES: [AlertState; 5] = [
     AlertState::OnScene,
 ];
 
+/// Whether `states` names open states only (and at least one): such a
+/// query is answered from the open alerts, not the history.
+pub fn only_open(states: &[AlertState]) -> bool {
+    !states.is_empty() && states.iter().all(|s| is_open(*s))
+}
+
 pub fn is_open(state: AlertState) -> bool {
     !matches!(state, AlertState::Resolved | AlertState::Cancelled)
 }

@@ -116,10 +116,23 @@ impl ListQuery {
 }
 
 impl ListQuery {
+    /// Whether a record of `community` passes the community filter and the
+    /// caller's scope.
+    pub fn wants_community(&self, community: &str) -> bool {
+        self.in_scope(community) && (self.community.is_empty() || self.community == community)
+    }
+
+    pub fn wants_gateway(&self, gateway: &anxin_proto::v1::GatewayRecord) -> bool {
+        self.wants_community(&gateway.community_id)
+    }
+
+    pub fn wants_place(&self, place: &anxin_proto::v1::Place) -> bool {
+        self.parent.is_empty() || self.parent == place.parent_id
+    }
+
     /// Whether an alert passes the query's filters and the caller's scope.
     pub fn wants_alert(&self, alert: &anxin_proto::v1::Alert) -> bool {
-        self.in_scope(&alert.community_id)
-            && (self.community.is_empty() || self.community == alert.community_id)
+        self.wants_community(&alert.community_id)
             && (self.states.is_empty() || self.states.contains(&alert.state()))
             && (self.from_ms == 0 || alert.created_ms >= self.from_ms)
             && (self.to_ms == 0 || alert.created_ms < self.to_ms)

@@ -188,6 +188,9 @@ pub struct SledStore {
     plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
+/// sled's page cache unless `store.cache_bytes` says otherwise.
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
 impl SledStore {
     /// Writes directory records with their indexes in one transaction, with
     /// the audit entry of the change, or as the staged import chunk at
@@ -281,7 +284,7 @@ impl SledStore {
     }
 
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::open_with_cache(path, 32 * 1024 * 1024)
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
     }
 
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
@@ -505,7 +508,7 @@ impl Storage for SledStore {
     /// states are read through `open_alerts`, not the whole history.
     fn alerts(&self, states: &[AlertState]) -> Result<Vec<Alert>, StoreError> {
         let mut out = Vec::new();
-        if !states.is_empty() && states.iter().all(|s| lifecycle::is_open(*s)) {
+        if lifecycle::only_open(states) {
             for key in self.open_alerts.iter().keys() {
                 if let Some(bytes) = self.alerts.get(key?)? {
                     let alert: Alert = decode("alert", &bytes)?;
@@ -530,11 +533,9 @@ impl Storage for SledStore {
         let before = query
             .before_alert()
             .map_err(|e| StoreError::Refused(e.to_string()))?;
-        let only_open =
-            !query.states.is_empty() && query.states.iter().all(|s| lifecycle::is_open(*s));
         // The open states through their index, anything else through the
         // history, newest first either way.
-        let walked = if only_open {
+        let walked = if lifecycle::only_open(&query.states) {
             &self.open_alerts
         } else {
             &self.alerts
@@ -838,11 +839,9 @@ impl Trees {
 fn get<M: Message + Default>(
     tree: &sled::Tree,
     what: &str,
-    id: &str,
+    id: impl AsRef<[u8]>,
 ) -> Result<Option<M>, StoreError> {
-    tree.get(id.as_bytes())?
-        .map(|bytes| decode(what, &bytes))
-        .transpose()
+    tree.get(id)?.map(|bytes| decode(what, &bytes)).transpose()
 }
 
 fn list<M: Message + Default>(tree: &sled::Tree, what: &str) -> Result<Vec<M>, StoreError> {
@@ -921,7 +920,7 @@ impl Directory for SledStore {
     }
     fn put_import(
         &self,
-        chunks: &mut dyn Iterator<Item = Result<DirectoryBatch, StoreError>>,
+        chunks: &mut dyn Iterator<Item = DirectoryBatch>,
         expected: u64,
         audit: AuditEntry,
         progress: &mut dyn FnMut(u64),

@@ -465,10 +465,7 @@ pub(super) async fn gateways(
         &[],
         None,
         query,
-        |g: &GatewayRecord| {
-            query.in_scope(&g.community_id)
-                && (query.community.is_empty() || query.community == g.community_id)
-        },
+        |g: &GatewayRecord| query.wants_gateway(g),
     )
     .await
 }
@@ -484,7 +481,7 @@ pub(super) async fn places(
         &[],
         None,
         query,
-        |p: &Place| query.parent.is_empty() || query.parent == p.parent_id,
+        |p: &Place| query.wants_place(p),
     )
     .await
 }

@@ -1234,7 +1234,7 @@ impl Directory for PgStore {
     }
     fn put_import(
         &self,
-        chunks: &mut dyn Iterator<Item = Result<DirectoryBatch, StoreError>>,
+        chunks: &mut dyn Iterator<Item = DirectoryBatch>,
         expected: u64,
         audit: AuditEntry,
         progress: &mut dyn FnMut(u64),
@@ -1245,7 +1245,6 @@ impl Directory for PgStore {
         let tx = self.block(async { Ok(client.transaction().await?) })?;
         let mut written = 0u64;
         for chunk in chunks {
-            let chunk = chunk?;
             self.block(async {
                 for write in [
                     listing::residents_write(&chunk.residents),

@@ -24,7 +24,7 @@ fn rows(batch: &DirectoryBatch) -> u64 {
 
 pub(super) fn put_import(
     store: &SledStore,
-    chunks: &mut dyn Iterator<Item = Result<DirectoryBatch, StoreError>>,
+    chunks: &mut dyn Iterator<Item = DirectoryBatch>,
     expected: u64,
     audit: AuditEntry,
     progress: &mut dyn FnMut(u64),
@@ -37,7 +37,6 @@ pub(super) fn put_import(
     store.import_staging.clear()?;
     let mut staged = 0u64;
     for (n, chunk) in chunks.enumerate() {
-        let chunk = chunk?;
         staged += rows(&chunk);
         store
             .import_staging

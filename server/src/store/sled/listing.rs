@@ -14,10 +14,9 @@
 use std::ops::Bound;
 
 use anxin_proto::v1::{DeviceRecord, GatewayRecord, Place, Resident, Staff};
-use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use super::{StoreError, Trees, decode};
+use super::{StoreError, Trees, decode, get};
 use crate::listing::{self, ListQuery, Page, SCAN_BUDGET, key};
 
 /// Bumped when an index's key layout changes: the trees are rebuilt.
@@ -216,14 +215,6 @@ fn finish<T>(items: Vec<(Vec<u8>, T)>, more: Option<&[u8]>) -> Page<T> {
     }
 }
 
-fn record<M: Message + Default>(
-    tree: &sled::Tree,
-    what: &str,
-    id: &[u8],
-) -> Result<Option<M>, StoreError> {
-    tree.get(id)?.map(|b| decode(what, &b)).transpose()
-}
-
 fn community_prefixes(query: &ListQuery) -> Vec<Vec<u8>> {
     match query.communities() {
         None => vec![Vec::new()],
@@ -238,7 +229,7 @@ pub(super) fn residents(trees: &Trees, query: &ListQuery) -> Result<Page<Residen
             &trees.residents_by_community,
             &community_prefixes(query),
             query,
-            |k, _| record(&trees.residents, "resident", id_of(k)),
+            |k, _| get(&trees.residents, "resident", id_of(k)),
         );
     }
     walk(
@@ -246,13 +237,12 @@ pub(super) fn residents(trees: &Trees, query: &ListQuery) -> Result<Page<Residen
         &[search.as_bytes().to_vec()],
         query,
         |k, _| {
-            let Some(r) = record::<Resident>(&trees.residents, "resident", id_of(k))? else {
+            let Some(r) = get::<Resident>(&trees.residents, "resident", id_of(k))? else {
                 return Ok(None);
             };
             let term = &k[..k.len() - id_of(k).len() - 1];
             let listed = listing::listed_term(&r, &search);
-            let wanted = query.in_scope(&r.community_id)
-                && (query.community.is_empty() || query.community == r.community_id)
+            let wanted = query.wants_community(&r.community_id)
                 && listed.as_deref().map(str::as_bytes) == Some(term);
             Ok(wanted.then_some(r))
         },
@@ -262,7 +252,7 @@ pub(super) fn residents(trees: &Trees, query: &ListQuery) -> Result<Page<Residen
 pub(super) fn devices(trees: &Trees, query: &ListQuery) -> Result<Page<DeviceRecord>, StoreError> {
     let by = |index: &sled::Tree, part: &str| {
         walk(index, &[prefix(part)], query, |k, _| {
-            record(&trees.devices, "device", id_of(k))
+            get(&trees.devices, "device", id_of(k))
         })
     };
     if !query.gateway.is_empty() {
@@ -281,7 +271,7 @@ pub(super) fn staff(trees: &Trees, query: &ListQuery) -> Result<Page<Staff>, Sto
     if !query.community.is_empty() {
         let prefixes = community_prefixes(query);
         return walk(&trees.staff_by_community, &prefixes, query, |k, _| {
-            Ok(record::<Staff>(&trees.staff, "staff", id_of(k))?.filter(wanted))
+            Ok(get::<Staff>(&trees.staff, "staff", id_of(k))?.filter(wanted))
         });
     }
     walk(&trees.staff, &[Vec::new()], query, |_, v| {
@@ -294,17 +284,13 @@ pub(super) fn gateways(
     query: &ListQuery,
 ) -> Result<Page<GatewayRecord>, StoreError> {
     walk(&trees.gateways, &[Vec::new()], query, |_, v| {
-        let g: GatewayRecord = decode("gateway", v)?;
-        let wanted = query.in_scope(&g.community_id)
-            && (query.community.is_empty() || query.community == g.community_id);
-        Ok(wanted.then_some(g))
+        Ok(Some(decode::<GatewayRecord>("gateway", v)?).filter(|g| query.wants_gateway(g)))
     })
 }
 
 pub(super) fn places(trees: &Trees, query: &ListQuery) -> Result<Page<Place>, StoreError> {
     walk(&trees.places, &[Vec::new()], query, |_, v| {
-        let p: Place = decode("place", v)?;
-        Ok((query.parent.is_empty() || query.parent == p.parent_id).then_some(p))
+        Ok(Some(decode::<Place>("place", v)?).filter(|p| query.wants_place(p)))
     })
 }
 
@@ -312,7 +298,7 @@ pub(super) fn places(trees: &Trees, query: &ListQuery) -> Result<Page<Place>, St
 pub(super) fn enrolled(trees: &Trees) -> Result<Vec<Resident>, StoreError> {
     let mut out = Vec::new();
     for key in trees.residents_enrolled.iter().keys() {
-        if let Some(r) = record(&trees.residents, "resident", &key?)? {
+        if let Some(r) = get(&trees.residents, "resident", &key?)? {
             out.push(r);
         }
     }

@@ -86,18 +86,6 @@ fn entry(
     }
 }
 
-/// Gives the heap a large import freed back to the system. glibc keeps
-/// freed memory in its arenas, so after a million-row import the server
-/// would look (and be counted) as if it still held hundreds of MB.
-fn give_back_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it touches no
-    // memory the program holds.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Where an import's CSV comes from. It is read twice (checked, then
 /// written), so a request body is first spooled to a file.
 pub enum ImportSource {
@@ -735,7 +723,6 @@ impl AdminDesk {
         })
         .await
         .map_err(|e| DeskError::BadRequest(format!("import stopped: {e}")))??;
-        give_back_memory();
         if report.rejected.is_empty() {
             self.store.flush().await?;
             self.gateways.directory_changed();

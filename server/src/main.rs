@@ -1,6 +1,21 @@
 //! The `anxin-server` binary: loads the config, starts every task in one
 //! place, and shuts down on SIGTERM/SIGINT.
 
+/// jemalloc rather than glibc's malloc: glibc kept the heap that
+/// concurrent readers and imports had once used (20 consoles on a
+/// million-resident store: 646 MB, against 470 MB here), and the alarm
+/// path's tail was shorter too (BENCHMARKS.md, "City scale").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Freed pages go back to the system within a second, from jemalloc's own
+/// background thread rather than on some later allocation's path.
+/// `_RJEM_MALLOC_CONF` in the environment still overrides it.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: Option<&'static std::ffi::c_char> = Some(unsafe {
+    &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr()
+});
+
 use std::{path::PathBuf, sync::Arc};
 
 use std::time::Duration;

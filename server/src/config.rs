@@ -34,6 +34,74 @@ pub struct ServerConfig {
     pub routing: RoutingConfig,
     pub notify: NotifyConfig,
     pub reports: ReportsConfig,
+    pub retention: RetentionConfig,
+}
+
+/// How long the server keeps each kind of record (docs/operations.md,
+/// "Retention"). Each is a duration such as "30d", "12h" or "5years", or
+/// "keep" for never pruned.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Events that belong to no alert (telemetry, heartbeats, battery and
+    /// fault reports), from when they reached the server. Each is folded
+    /// into its device's daily summary when it goes.
+    pub events: Period,
+    /// Daily per-device summaries of pruned events, from their day.
+    pub event_days: Period,
+    /// Closed alerts with the events that belong to them, from when they
+    /// closed. An open alert is never pruned.
+    pub alerts: Period,
+    /// Seconds between pruning runs.
+    pub interval_secs: u64,
+    /// Records removed per batch (one transaction each); the pruner pauses
+    /// between batches so the alarm path is never held up behind it.
+    pub batch: usize,
+}
+
+/// A retention period: a duration, or `keep` (None).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Period(pub Option<std::time::Duration>);
+
+impl Period {
+    pub const KEEP: Period = Period(None);
+
+    pub fn days(days: u64) -> Self {
+        Period(Some(std::time::Duration::from_secs(days * 86_400)))
+    }
+
+    pub fn ms(&self) -> Option<i64> {
+        self.0.map(|d| d.as_millis() as i64)
+    }
+}
+
+impl Serialize for Period {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            None => s.serialize_str("keep"),
+            // humantime spells a year as 365.25 days: whole days read better.
+            Some(d) if d.as_secs() % 86_400 == 0 && d.subsec_nanos() == 0 => {
+                s.serialize_str(&format!("{}d", d.as_secs() / 86_400))
+            }
+            Some(d) => s.serialize_str(&humantime::format_duration(d).to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "keep" {
+            return Ok(Period::KEEP);
+        }
+        humantime::parse_duration(text.trim())
+            .map(|d| Period(Some(d)))
+            .map_err(|err| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a period ({err}): write e.g. \"30d\", \"12h\", \"5years\" or \"keep\""
+                ))
+            })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +284,13 @@ impl Default for ServerConfig {
             reports: ReportsConfig {
                 ack_target_secs: 60,
             },
+            retention: RetentionConfig {
+                events: Period::days(30),
+                event_days: Period::days(400),
+                alerts: Period::days(5 * 365),
+                interval_secs: 60,
+                batch: 200,
+            },
         }
     }
 }
@@ -240,6 +315,11 @@ pub enum Backend {
 impl Default for StoreConfig {
     fn default() -> Self {
         ServerConfig::default().store
+    }
+}
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        ServerConfig::default().retention
     }
 }
 impl Default for AuthConfig {
@@ -292,6 +372,30 @@ impl ServerConfig {
             return Err(ConfigError::Invalid {
                 field: "http.listen",
                 problem: "must differ from grpc.listen".into(),
+            });
+        }
+        for (field, period) in [
+            ("retention.events", self.retention.events),
+            ("retention.event_days", self.retention.event_days),
+            ("retention.alerts", self.retention.alerts),
+        ] {
+            if period.0.is_some_and(|d| d.as_secs() < 60) {
+                return Err(ConfigError::Invalid {
+                    field,
+                    problem: "must be at least a minute, or \"keep\"".into(),
+                });
+            }
+        }
+        if self.retention.interval_secs == 0 {
+            return Err(ConfigError::Invalid {
+                field: "retention.interval_secs",
+                problem: "must be at least 1".into(),
+            });
+        }
+        if !(1..=10_000).contains(&self.retention.batch) {
+            return Err(ConfigError::Invalid {
+                field: "retention.batch",
+                problem: "must be between 1 and 10000".into(),
             });
         }
         if self.store.min_free_bytes < self.store.reserve_bytes {

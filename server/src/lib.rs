@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod replicas;
 pub mod reports;
+pub mod retention;
 pub mod routing;
 pub mod seed;
 pub mod store;

@@ -12,9 +12,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// background thread rather than on some later allocation's path.
 /// `_RJEM_MALLOC_CONF` in the environment still overrides it.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: Option<&'static std::ffi::c_char> = Some(unsafe {
-    &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr()
-});
+pub static MALLOC_CONF: Option<&'static std::ffi::c_char> =
+    Some(unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() });
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -466,6 +465,11 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     ));
     health::watch(health.clone(), cancel.clone());
     tasks.spawn(notifier.run(cancel.clone()));
+    tasks.spawn(anxin_server::retention::run(
+        desk.store().clone(),
+        anxin_server::retention::Policy::new(&config.retention, config.routing.utc_offset_minutes),
+        cancel.clone(),
+    ));
     tasks.spawn(anxin_server::welfare::visits::run(
         desk.clone(),
         cancel.clone(),

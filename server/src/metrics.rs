@@ -28,6 +28,8 @@ pub const DATABASE_UP: &str = "anxin_server_database_up";
 pub const HTTPS_HANDSHAKES_FAILED: &str = "anxin_server_https_handshakes_failed_total";
 pub const CHECKINS_JUDGED: &str = "anxin_server_checkins_judged_total";
 pub const VISITS_MISSED: &str = "anxin_server_visits_missed_total";
+pub const RETENTION_PRUNED: &str = "anxin_server_retention_pruned_total";
+pub const RETENTION_LAST_RUN: &str = "anxin_server_retention_last_run_seconds";
 
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -59,6 +61,14 @@ pub fn install() -> PrometheusHandle {
     describe_counter!(
         CHECKINS_JUDGED,
         "Residents' check-in days judged when their window closed, by outcome (ok, late, missed)."
+    );
+    describe_counter!(
+        RETENTION_PRUNED,
+        "Records removed by retention, by kind (event, event_day, alert, alert_event)."
+    );
+    describe_gauge!(
+        RETENTION_LAST_RUN,
+        "When the last pruning run finished (Unix seconds); it runs every retention.interval_secs."
     );
     describe_counter!(
         VISITS_MISSED,

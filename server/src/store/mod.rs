@@ -83,6 +83,80 @@ pub struct StoredEvent {
     pub commit_index: u64,
 }
 
+/// One device's events of one kind on one local day: what is kept of
+/// telemetry and heartbeats once the events themselves are pruned
+/// (`retention.events`), until `retention.event_days`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventDay {
+    #[prost(string, tag = "1")]
+    pub device_id: String,
+    /// Local day (days since 1970-01-01 at `routing.utc_offset_minutes`).
+    #[prost(int32, tag = "2")]
+    pub day: i32,
+    /// `EventKind`.
+    #[prost(int32, tag = "3")]
+    pub kind: i32,
+    #[prost(uint64, tag = "4")]
+    pub events: u64,
+    /// When the first and the last of them reached the server.
+    #[prost(int64, tag = "5")]
+    pub first_ms: i64,
+    #[prost(int64, tag = "6")]
+    pub last_ms: i64,
+}
+
+impl EventDay {
+    /// The summary of one event.
+    pub fn one(device_id: &str, received_ms: i64, kind: i32, utc_offset_minutes: i32) -> Self {
+        Self {
+            device_id: device_id.to_string(),
+            day: crate::calendar::local_day(received_ms, utc_offset_minutes),
+            kind,
+            events: 1,
+            first_ms: received_ms,
+            last_ms: received_ms,
+        }
+    }
+
+    /// The summary of one stored event.
+    pub fn of(event: &StoredEvent, utc_offset_minutes: i32) -> Self {
+        let inner = event.uplink.as_ref().and_then(|u| u.event.as_ref());
+        Self::one(
+            inner.map(|e| e.device_id.as_str()).unwrap_or_default(),
+            event.received_ms,
+            inner.map(|e| e.kind).unwrap_or_default(),
+            utc_offset_minutes,
+        )
+    }
+
+    pub fn merge(&mut self, other: &EventDay) {
+        self.events += other.events;
+        self.first_ms = self.first_ms.min(other.first_ms);
+        self.last_ms = self.last_ms.max(other.last_ms);
+    }
+
+    /// `days` merged: one per (device, day, kind).
+    pub fn fold(days: impl IntoIterator<Item = EventDay>) -> Vec<EventDay> {
+        let mut merged: std::collections::BTreeMap<(String, i32, i32), EventDay> =
+            Default::default();
+        for day in days {
+            merged
+                .entry((day.device_id.clone(), day.day, day.kind))
+                .and_modify(|d| d.merge(&day))
+                .or_insert(day);
+        }
+        merged.into_values().collect()
+    }
+}
+
+/// The moment an alert stopped being open (its retention counts from it).
+pub(crate) fn closed_ms(alert: &Alert) -> i64 {
+    alert
+        .created_ms
+        .max(alert.resolved_ms)
+        .max(alert.cancelled_ms)
+}
+
 #[derive(Debug)]
 pub enum Committed {
     /// First time the server sees this event; `alert` is the alert it raised
@@ -243,6 +317,23 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
 
     /// Changes other replicas commit, for a store shared by several; `None`
     /// for an engine only one process uses. Taken once, at start-up.
+    /// Removes up to `limit` events received before `before_ms` that
+    /// belong to no alert, folding each into its device's [`EventDay`] in
+    /// the same transaction. Returns how many were removed.
+    fn prune_events(
+        &self,
+        before_ms: i64,
+        utc_offset_minutes: i32,
+        limit: usize,
+    ) -> Result<u64, StoreError>;
+    /// Removes up to `limit` event-day summaries of days before `before_day`.
+    fn prune_event_days(&self, before_day: i32, limit: usize) -> Result<u64, StoreError>;
+    /// Removes up to `limit` alerts closed before `before_ms` (never an
+    /// open one) with the events that belong to them: (alerts, events).
+    fn prune_alerts(&self, before_ms: i64, limit: usize) -> Result<(u64, u64), StoreError>;
+    /// A device's daily summaries, oldest first.
+    fn event_days(&self, device_id: &str) -> Result<Vec<EventDay>, StoreError>;
+
     fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteChange>> {
         None
     }

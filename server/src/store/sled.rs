@@ -26,6 +26,9 @@
 //!   written once.
 //! - `visit_plans`: `plan id` → `VisitPlan`; `visits`: `local day (u32 BE) ‖
 //!   plan id` → `Visit`, written once.
+//! - `events_by_time`, `alert_events`, `event_days`, `event_days_by_day`:
+//!   retention (see `retention`); every event is in exactly one of the
+//!   first two, written in its commit.
 
 use std::path::Path;
 
@@ -45,6 +48,7 @@ use super::{
 };
 mod import;
 mod listing;
+mod retention;
 
 use crate::{
     audit::AuditLog,
@@ -183,6 +187,10 @@ pub struct SledStore {
     checkin_days: sled::Tree,
     visit_plans: sled::Tree,
     visits: sled::Tree,
+    events_by_time: sled::Tree,
+    alert_events: sled::Tree,
+    event_days: sled::Tree,
+    event_days_by_day: sled::Tree,
     /// Serialises [`Storage::commit_plain_events`] so two gateways relaying
     /// the same event cannot both find it absent.
     plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
@@ -308,12 +316,17 @@ impl SledStore {
             checkin_days: db.open_tree("checkin_days")?,
             visit_plans: db.open_tree("visit_plans")?,
             visits: db.open_tree("visits")?,
+            events_by_time: db.open_tree("events_by_time")?,
+            alert_events: db.open_tree("alert_events")?,
+            event_days: db.open_tree("event_days")?,
+            event_days_by_day: db.open_tree("event_days_by_day")?,
             plain_commits: Default::default(),
             db,
         };
         store.release_outbox_leases()?;
         listing::ensure_indexes(&store.directory, &store.meta)?;
         store.ensure_open_index()?;
+        retention::ensure_indexes(&store)?;
         import::finish_staged(&store)?;
         Ok(store)
     }
@@ -359,6 +372,7 @@ impl Storage for SledStore {
     ) -> Result<Vec<bool>, StoreError> {
         let _one_at_a_time = self.plain_commits.lock().expect("commit lock poisoned");
         let mut batch = sled::Batch::default();
+        let mut by_time = sled::Batch::default();
         let mut seen = std::collections::HashSet::with_capacity(uplinks.len());
         let mut new = Vec::with_capacity(uplinks.len());
         for uplink in uplinks {
@@ -377,9 +391,17 @@ impl Storage for SledStore {
                 commit_index: self.db.generate_id()?,
             };
             batch.insert(key.as_slice(), stored.encode_to_vec());
+            by_time.insert(
+                retention::by_time_key(received_ms, &key),
+                &retention::kind_value(&stored),
+            );
             new.push(true);
         }
-        self.events.apply_batch(batch)?;
+        (&self.events, &self.events_by_time).transaction(|(events, index)| {
+            events.apply_batch(&batch)?;
+            index.apply_batch(&by_time)?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
         Ok(new)
     }
 
@@ -403,9 +425,11 @@ impl Storage for SledStore {
             &self.deadlines,
             &self.audit,
             &self.open_alerts,
+            &self.events_by_time,
+            &self.alert_events,
         );
         let committed = trees.transaction(
-            |(events, alerts, incidents, deadlines, audit, open_index)| {
+            |(events, alerts, incidents, deadlines, audit, open_index, by_time, alert_events)| {
                 if events.get(&key)?.is_some() {
                     return Ok(Committed::Duplicate);
                 }
@@ -452,6 +476,10 @@ impl Storage for SledStore {
                     commit_index: events.generate_id()?,
                 };
                 events.insert(key.as_slice(), stored.encode_to_vec())?;
+                match retention::index_key(&key, &stored) {
+                    (true, index) => by_time.insert(index, &retention::kind_value(&stored))?,
+                    (false, index) => alert_events.insert(index, &[])?,
+                };
                 Ok(Committed::New {
                     alert: alert.map(|a| Box::new((a, decision))),
                 })
@@ -492,6 +520,27 @@ impl Storage for SledStore {
 
     fn event_count(&self) -> Result<u64, StoreError> {
         Ok(self.events.len() as u64)
+    }
+
+    fn prune_events(
+        &self,
+        before_ms: i64,
+        utc_offset_minutes: i32,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        retention::prune_events(self, before_ms, utc_offset_minutes, limit)
+    }
+
+    fn prune_event_days(&self, before_day: i32, limit: usize) -> Result<u64, StoreError> {
+        retention::prune_event_days(self, before_day, limit)
+    }
+
+    fn prune_alerts(&self, before_ms: i64, limit: usize) -> Result<(u64, u64), StoreError> {
+        retention::prune_alerts(self, before_ms, limit)
+    }
+
+    fn event_days(&self, device_id: &str) -> Result<Vec<super::EventDay>, StoreError> {
+        retention::event_days(self, device_id)
     }
 
     fn alert(&self, alert_id: &str) -> Result<Alert, StoreError> {

@@ -516,6 +516,144 @@ async fn every_audit_entry_is_chained_and_an_edit_breaks_the_chain_there() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn retention_prunes_old_plain_events_into_daily_summaries_and_never_an_open_alert() {
+    use crate::{calendar::DAY_MS, retention};
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        // 25 heartbeats on day 0, 5 telemetry readings on day 1: old.
+        let heartbeats: Vec<_> = (1..=25)
+            .map(|seq| uplink("sensor", seq, EventKind::Heartbeat))
+            .collect();
+        for (i, one) in heartbeats.iter().enumerate() {
+            store
+                .commit_plain_events("gw", std::slice::from_ref(one), 1_000 + i as i64)
+                .unwrap();
+        }
+        let telemetry: Vec<_> = (26..=30)
+            .map(|seq| uplink("sensor", seq, EventKind::Telemetry))
+            .collect();
+        store
+            .commit_plain_events("gw", &telemetry, DAY_MS + 10)
+            .unwrap();
+        // An alert raised and cancelled long ago, and one still open.
+        let (cancelled, _) = changed(commit(&store, "btn", 1, EventKind::Sos, 2_000));
+        let (after, Decision::Cancel) = changed(commit(&store, "btn", 2, EventKind::Cancel, 2_500))
+        else {
+            panic!("the cancel within the grace did not cancel")
+        };
+        assert_eq!(after.state(), AlertState::Cancelled);
+        let (open, Decision::Raise) = changed(commit(&store, "btn", 3, EventKind::Sos, 3_000))
+        else {
+            panic!()
+        };
+        commit(&store, "btn", 4, EventKind::Heartbeat, 3_100);
+        // Recent: kept.
+        store
+            .commit_plain_events(
+                "gw",
+                &[uplink("sensor", 31, EventKind::Heartbeat)],
+                10 * DAY_MS,
+            )
+            .unwrap();
+
+        let policy = retention::Policy {
+            events_ms: Some(5 * DAY_MS),
+            event_days_ms: None,
+            alerts_ms: Some(5 * DAY_MS),
+            // Several batches, the last one short.
+            batch: 7,
+            interval: std::time::Duration::from_secs(60),
+            utc_offset_minutes: 0,
+        };
+        let now = 10 * DAY_MS + 100;
+        let pruned = retention::prune(&store, &policy, now).await.unwrap();
+        assert_eq!(
+            pruned,
+            retention::Pruned {
+                events: 31,
+                event_days: 0,
+                alerts: 1,
+                alert_events: 2
+            }
+        );
+        drop(store);
+        let store = engine.open().await;
+        assert_eq!(
+            store.event_count().unwrap(),
+            2,
+            "btn 3 (the open alert's) and sensor 31"
+        );
+        assert!(store.event("sensor", 1).unwrap().is_none());
+        assert!(
+            store.event("btn", 1).unwrap().is_none(),
+            "went with its alert"
+        );
+        assert_eq!(store.event("btn", 3).unwrap().unwrap().alert_id, open.id);
+        assert!(store.event("sensor", 31).unwrap().is_some());
+        assert!(matches!(
+            store.alert(&cancelled.id),
+            Err(StoreError::NoSuchAlert(_))
+        ));
+        assert_eq!(store.alert(&open.id).unwrap().state(), open.state());
+        let days = store.event_days("sensor").unwrap();
+        assert_eq!(
+            days,
+            vec![
+                EventDay {
+                    device_id: "sensor".into(),
+                    day: 0,
+                    kind: EventKind::Heartbeat as i32,
+                    events: 25,
+                    first_ms: 1_000,
+                    last_ms: 1_024,
+                },
+                EventDay {
+                    device_id: "sensor".into(),
+                    day: 1,
+                    kind: EventKind::Telemetry as i32,
+                    events: 5,
+                    first_ms: DAY_MS + 10,
+                    last_ms: DAY_MS + 10,
+                },
+            ]
+        );
+        assert_eq!(store.event_days("btn").unwrap().len(), 1, "btn's heartbeat");
+        let runs = store
+            .query(&AuditQuery {
+                action: "retention.pruned".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(runs.len(), 1);
+        assert!(runs[0].detail.contains("31 events"), "{}", runs[0].detail);
+
+        // Nothing more to do: no run, no audit entry. Then the summaries'
+        // own period.
+        assert!(
+            retention::prune(&store, &policy, now)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let summaries = retention::Policy {
+            event_days_ms: Some(5 * DAY_MS),
+            ..policy.clone()
+        };
+        let pruned = retention::prune(&store, &summaries, now).await.unwrap();
+        assert_eq!(pruned.event_days, 3);
+        assert!(store.event_days("sensor").unwrap().is_empty());
+        let runs = store
+            .query(&AuditQuery {
+                action: "retention.pruned".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(runs.len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn signs_keep_the_latest_and_days_and_visits_are_written_once() {
     use anxin_proto::v1::{CheckinDay, SignOfLife, Visit, VisitPlan};
     on_every_engine(|engine| async move {

@@ -61,6 +61,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "directory_index",
         include_str!("0005_directory_index.sql"),
     ),
+    (6, "retention", include_str!("0006_retention.sql")),
 ];
 
 /// Serialises schema migrations across replicas starting together.
@@ -818,6 +819,131 @@ impl Storage for PgStore {
                 .await?
                 .get(0);
             Ok(count as u64)
+        })
+    }
+
+    fn prune_events(
+        &self,
+        before_ms: i64,
+        utc_offset_minutes: i32,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        self.block(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let gone = tx
+                .query(
+                    "delete from events where ctid = any(array(
+                         select ctid from events
+                         where alert_id = '' and received_ms < $1
+                         order by received_ms limit $2
+                         for update skip locked))
+                     returning body",
+                    &[&before_ms, &(limit as i64)],
+                )
+                .await?;
+            let events: Vec<StoredEvent> = gone
+                .iter()
+                .map(|row| decode("event", row.get::<_, &[u8]>(0)))
+                .collect::<Result<_, _>>()?;
+            let days = super::EventDay::fold(
+                events
+                    .iter()
+                    .map(|e| super::EventDay::of(e, utc_offset_minutes)),
+            );
+            let devices: Vec<&str> = days.iter().map(|d| d.device_id.as_str()).collect();
+            let day: Vec<i32> = days.iter().map(|d| d.day).collect();
+            let kind: Vec<i32> = days.iter().map(|d| d.kind).collect();
+            let count: Vec<i64> = days.iter().map(|d| d.events as i64).collect();
+            let first: Vec<i64> = days.iter().map(|d| d.first_ms).collect();
+            let last: Vec<i64> = days.iter().map(|d| d.last_ms).collect();
+            tx.execute(
+                "insert into event_days (device_id, day, kind, events, first_ms, last_ms)
+                 select * from unnest($1::text[], $2::int[], $3::int[], $4::bigint[],
+                                      $5::bigint[], $6::bigint[])
+                 on conflict (device_id, day, kind) do update set
+                     events = event_days.events + excluded.events,
+                     first_ms = least(event_days.first_ms, excluded.first_ms),
+                     last_ms = greatest(event_days.last_ms, excluded.last_ms)",
+                &[&devices, &day, &kind, &count, &first, &last],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(events.len() as u64)
+        })
+    }
+
+    fn prune_event_days(&self, before_day: i32, limit: usize) -> Result<u64, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            Ok(client
+                .execute(
+                    "delete from event_days where ctid = any(array(
+                         select ctid from event_days where day < $1 limit $2))",
+                    &[&before_day, &(limit as i64)],
+                )
+                .await?)
+        })
+    }
+
+    /// Oldest first by number (numbers follow creation), stopping at the
+    /// first alert created after `before_ms`.
+    fn prune_alerts(&self, before_ms: i64, limit: usize) -> Result<(u64, u64), StoreError> {
+        self.block(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let rows = tx
+                .query(
+                    "select number, body from alerts order by number limit $1",
+                    &[&(limit as i64 * 4 + 16)],
+                )
+                .await?;
+            let mut doomed: Vec<i64> = Vec::new();
+            let mut ids: Vec<String> = Vec::new();
+            for row in &rows {
+                let alert: Alert = decode("alert", row.get::<_, &[u8]>(1))?;
+                if alert.created_ms >= before_ms || doomed.len() >= limit {
+                    break;
+                }
+                if !lifecycle::is_open(alert.state()) && super::closed_ms(&alert) < before_ms {
+                    doomed.push(row.get(0));
+                    ids.push(alert.id);
+                }
+            }
+            if doomed.is_empty() {
+                return Ok((0, 0));
+            }
+            let events = tx
+                .execute("delete from events where alert_id = any($1)", &[&ids])
+                .await?;
+            let alerts = tx
+                .execute("delete from alerts where number = any($1)", &[&doomed])
+                .await?;
+            tx.commit().await?;
+            Ok((alerts, events))
+        })
+    }
+
+    fn event_days(&self, device_id: &str) -> Result<Vec<super::EventDay>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            Ok(client
+                .query(
+                    "select day, kind, events, first_ms, last_ms from event_days
+                     where device_id = $1 order by day, kind",
+                    &[&device_id],
+                )
+                .await?
+                .iter()
+                .map(|row| super::EventDay {
+                    device_id: device_id.to_string(),
+                    day: row.get(0),
+                    kind: row.get(1),
+                    events: row.get::<_, i64>(2) as u64,
+                    first_ms: row.get(3),
+                    last_ms: row.get(4),
+                })
+                .collect())
         })
     }
 

@@ -18,6 +18,7 @@
 mod city;
 mod mosquitto;
 mod procstat;
+mod retention;
 mod scenarios;
 mod traffic;
 
@@ -105,6 +106,23 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         pace_ms: u64,
     },
+    /// Steady telemetry with a short retention (issue 19): the server's
+    /// store and RSS every 30 s, SOS → SSE before and while pruning, and
+    /// every alert with its SOS event at the end.
+    Retention {
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 600)]
+        duration: u64,
+        /// retention.events, in seconds.
+        #[arg(long, default_value_t = 120)]
+        keep: u64,
+        /// SOS presses (each from its own device) every 30 s.
+        #[arg(long, default_value_t = 10)]
+        presses: usize,
+    },
     /// A city's directory (issue 18): imports, every list page and search,
     /// the console's first load in Chromium, SOS → SSE and the server's
     /// memory, with a million residents (`--residents 0`: the baseline).
@@ -165,6 +183,13 @@ async fn main() -> anyhow::Result<()> {
             presses,
         } => scenarios::many(devices, rate, duration, presses).await,
         Scenario::Presses { samples, pace_ms } => scenarios::presses(samples, pace_ms).await,
+        Scenario::Retention {
+            devices,
+            rate,
+            duration,
+            keep,
+            presses,
+        } => retention::retention(devices, rate, duration, keep, presses).await,
         Scenario::City {
             residents,
             devices,

@@ -42,7 +42,7 @@ pub fn machine() -> String {
 
 /// Gateway limits lifted for load: the simulator's few devices each send
 /// far more than a real device's rate limit allows.
-const LOAD_LIMITS: [(&str, &str); 2] = [
+pub(crate) const LOAD_LIMITS: [(&str, &str); 2] = [
     ("limits", "device_rate_per_sec = 1000000.0"),
     ("limits", "device_burst = 1000000"),
 ];
@@ -78,7 +78,7 @@ pub(crate) fn print_latency(label: &str, h: &Histogram<u64>) {
     );
 }
 
-fn device_list(groups: &[(&str, usize)]) -> Vec<String> {
+pub(crate) fn device_list(groups: &[(&str, usize)]) -> Vec<String> {
     groups
         .iter()
         .flat_map(|(prefix, n)| (0..*n).map(|i| traffic::device_id(prefix, i)))
@@ -88,7 +88,7 @@ fn device_list(groups: &[(&str, usize)]) -> Vec<String> {
 /// `anxin-sim load`: `devices` devices `prefix00000…` offering `rate` P3
 /// events/s in all for `duration` s, then waiting up to `drain` s for their
 /// acks; prints its JSON summary last.
-fn telemetry_load(
+pub(crate) fn telemetry_load(
     dir: &std::path::Path,
     gateway: &Gateway,
     prefix: &str,

@@ -82,8 +82,25 @@ pub trait Directory {
     }
     fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError>;
     fn residents(&self) -> Result<Vec<Resident>, StoreError>;
+    /// The residents of `ids` that exist, in one read where the engine can
+    /// (an import checks a thousand rows at a time).
+    fn residents_by_id(&self, ids: &[String]) -> Result<Vec<Resident>, StoreError> {
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(self.resident(id)?);
+        }
+        Ok(out)
+    }
     fn device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError>;
     fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError>;
+    /// The devices of `ids` that exist, in one read where the engine can.
+    fn devices_by_id(&self, ids: &[String]) -> Result<Vec<DeviceRecord>, StoreError> {
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(self.device(id)?);
+        }
+        Ok(out)
+    }
     fn put_gateway(
         &self,
         gateway: &GatewayRecord,
@@ -346,6 +363,12 @@ impl<T: Directory + ?Sized + Send + Sync> Directory for std::sync::Arc<T> {
     }
     fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError> {
         (**self).resident(id)
+    }
+    fn residents_by_id(&self, ids: &[String]) -> Result<Vec<Resident>, StoreError> {
+        (**self).residents_by_id(ids)
+    }
+    fn devices_by_id(&self, ids: &[String]) -> Result<Vec<DeviceRecord>, StoreError> {
+        (**self).devices_by_id(ids)
     }
     fn residents(&self) -> Result<Vec<Resident>, StoreError> {
         (**self).residents()

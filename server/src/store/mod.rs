@@ -274,6 +274,11 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     /// Writes an alert as given, for migrating history from another system
     /// (and seeding report tests). Indexes are kept as for any update.
     fn import_alert(&self, alert: &Alert) -> Result<(), StoreError>;
+    /// [`Storage::import_alert`] for many, in one transaction where the
+    /// engine can (history from an earlier system comes by the million).
+    fn import_alerts(&self, alerts: &[Alert]) -> Result<(), StoreError> {
+        alerts.iter().try_for_each(|alert| self.import_alert(alert))
+    }
     /// Changes one alert; see [`dyn Storage::update_alert`].
     fn update_alert_dyn(
         &self,

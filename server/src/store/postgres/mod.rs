@@ -600,6 +600,24 @@ impl PgStore {
         })
     }
 
+    /// The records of `keys` that exist (`sql` takes them as `$1`, an array).
+    fn get_many<M: Message + Default>(
+        &self,
+        what: &str,
+        sql: &str,
+        keys: &[String],
+    ) -> Result<Vec<M>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .query(sql, &[&keys])
+                .await?
+                .iter()
+                .map(|row| decode(what, row.get(0)))
+                .collect()
+        })
+    }
+
     fn list<M: Message + Default>(&self, what: &str, sql: &str) -> Result<Vec<M>, StoreError> {
         self.block(async {
             let client = self.pool.get().await?;
@@ -1048,17 +1066,54 @@ impl Storage for PgStore {
     }
 
     fn import_alert(&self, alert: &Alert) -> Result<(), StoreError> {
-        let number = alert_number(&alert.id).ok_or_else(|| {
-            StoreError::Refused(format!("alert id `{}` is not a number", alert.id))
-        })?;
+        self.import_alerts(std::slice::from_ref(alert))
+    }
+
+    fn import_alerts(&self, alerts: &[Alert]) -> Result<(), StoreError> {
+        let mut highest = 0;
+        for alert in alerts {
+            highest = highest.max(alert_number(&alert.id).ok_or_else(|| {
+                StoreError::Refused(format!("alert id `{}` is not a number", alert.id))
+            })?);
+        }
+        // What `write_alert` does for each, as two statements for all.
+        let mut numbers = Vec::with_capacity(alerts.len());
+        let mut states = Vec::with_capacity(alerts.len());
+        let mut deadlines = Vec::with_capacity(alerts.len());
+        let mut bodies = Vec::with_capacity(alerts.len());
+        let (mut closed_keys, mut closed_numbers) = (Vec::new(), Vec::new());
+        for alert in alerts {
+            let number = alert_number(&alert.id).unwrap_or_default() as i64;
+            numbers.push(number);
+            states.push(alert.state);
+            deadlines.push(offer_deadline(alert));
+            bodies.push(alert.encode_to_vec());
+            if !lifecycle::is_open(alert.state()) {
+                closed_keys.push(incident_key(alert));
+                closed_numbers.push(number);
+            }
+        }
         self.block(async {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
-            Self::write_alert(&tx, None, alert).await?;
+            tx.execute(
+                "insert into alerts (number, state, deadline_ms, body)
+                 select * from unnest($1::bigint[], $2::int[], $3::bigint[], $4::bytea[])
+                 on conflict (number) do update
+                 set state = excluded.state, deadline_ms = excluded.deadline_ms, body = excluded.body",
+                &[&numbers, &states, &deadlines, &bodies],
+            )
+            .await?;
+            tx.execute(
+                "delete from incidents i using unnest($1::text[], $2::bigint[]) as c(key, number)
+                 where i.key = c.key and i.number = c.number",
+                &[&closed_keys, &closed_numbers],
+            )
+            .await?;
             // Numbers taken later continue after the imported ones.
             tx.execute(
                 "update counters set value = greatest(value, $1) where name = 'alert'",
-                &[&(number as i64)],
+                &[&(highest as i64)],
             )
             .await?;
             tx.commit().await?;
@@ -1298,15 +1353,17 @@ impl Directory for PgStore {
         self.list("place", "select body from places order by id")
     }
     fn places_by_id(&self, ids: &[String]) -> Result<Vec<Place>, StoreError> {
-        self.block(async {
-            let client = self.pool.get().await?;
-            client
-                .query("select body from places where id = any($1)", &[&ids])
-                .await?
-                .iter()
-                .map(|row| decode("place", row.get(0)))
-                .collect()
-        })
+        self.get_many("place", "select body from places where id = any($1)", ids)
+    }
+    fn residents_by_id(&self, ids: &[String]) -> Result<Vec<Resident>, StoreError> {
+        self.get_many(
+            "resident",
+            "select body from residents where id = any($1)",
+            ids,
+        )
+    }
+    fn devices_by_id(&self, ids: &[String]) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.get_many("device", "select body from devices where id = any($1)", ids)
     }
     fn resident(&self, id: &str) -> Result<Option<Resident>, StoreError> {
         self.get_one("resident", "select body from residents where id = $1", id)

@@ -63,6 +63,7 @@ async fn seed_alerts(server: &Server, city: &City) -> anyhow::Result<()> {
     let store = server.open_store().await;
     let year_ago = anxin_proto::now_ms() - 365 * 86_400_000;
     let step = (365 * 86_400_000) / city.alerts.max(1) as i64;
+    let mut chunk = Vec::with_capacity(1000);
     for n in 0..city.alerts {
         let i = (n * 7919) % city.residents.max(1);
         let mut alert = Alert {
@@ -83,8 +84,13 @@ async fn seed_alerts(server: &Server, city: &City) -> anyhow::Result<()> {
             AlertState::Resolved
         });
         alert.resolved_ms = alert.created_ms + 600_000;
-        store.import_alert(&alert)?;
+        chunk.push(alert);
+        if chunk.len() == 1000 {
+            store.import_alerts(&chunk)?;
+            chunk.clear();
+        }
     }
+    store.import_alerts(&chunk)?;
     store.flush().await?;
     Ok(())
 }

@@ -117,6 +117,20 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// The store itself.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum StoreCommand {
+    /// Read every record of the store the config names (sled: with the
+    /// server stopped): each must decode, every index must agree with its
+    /// records, the audit chain must hold. Prints what was read and each
+    /// problem found; exit 0 when there is none, 1 otherwise.
+    Check,
 }
 
 #[derive(clap::Subcommand)]
@@ -186,6 +200,12 @@ fn main() -> anyhow::Result<()> {
             }),
             _,
         ) => runtime.block_on(verify_audit(config)),
+        (
+            Some(Command::Store {
+                command: StoreCommand::Check,
+            }),
+            _,
+        ) => runtime.block_on(check_store(config)),
         (Some(Command::Import { kind, file }), _) => {
             runtime.block_on(import_file(config, kind, file))
         }
@@ -217,6 +237,46 @@ async fn verify_audit(config: ServerConfig) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn check_store(config: ServerConfig) -> anyhow::Result<()> {
+    let store = match store::open(&config.store).await {
+        Ok(store) => store,
+        Err(err @ store::StoreError::Damaged(_)) => {
+            println!(
+                "store check: {} cannot be opened: {err}",
+                store_location(&config)
+            );
+            std::process::exit(1);
+        }
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!(
+                    "opening {} (sled: is a server running on it? stop it first)",
+                    store_location(&config)
+                )
+            });
+        }
+    };
+    let report = tokio::task::spawn_blocking(move || store.check()).await?;
+    for (kind, records) in &report.counts {
+        println!("{kind:>24}  {records} records");
+    }
+    if report.is_ok() {
+        println!("store check: ok");
+        return Ok(());
+    }
+    for problem in &report.problems {
+        println!("PROBLEM {problem}");
+    }
+    if report.more_problems > 0 {
+        println!("… and {} more problems", report.more_problems);
+    }
+    println!(
+        "store check: {} problems; restore the last backup (docs/operations.md, \"A damaged store\")",
+        report.problems.len() as u64 + report.more_problems
+    );
+    std::process::exit(1);
 }
 
 async fn migrate(config: ServerConfig, to: &str) -> anyhow::Result<()> {
@@ -318,6 +378,7 @@ async fn import_file(
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     store.flush().await.context("flushing the store")?;
+    store.seal().context("sealing the store")?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     if !report.rejected.is_empty() {
         eprintln!(
@@ -343,6 +404,7 @@ async fn seed_directory(config: ServerConfig, seed: &std::path::Path) -> anyhow:
     let written = anxin_server::seed::apply(&admin, &text)
         .with_context(|| format!("seeding from {}", seed.display()))?;
     store.flush().await.context("flushing the store")?;
+    store.seal().context("sealing the store")?;
     tracing::info!(written, seed = %seed.display(), "directory seeded");
     Ok(())
 }
@@ -465,6 +527,14 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     ));
     health::watch(health.clone(), cancel.clone());
     tasks.spawn(notifier.run(cancel.clone()));
+    // sled: the seal (store/sled/seal.rs), every second and at shutdown.
+    if desk.store().backend() == "sled" {
+        tasks.spawn(seal_store(
+            desk.store().clone(),
+            health.clone(),
+            cancel.clone(),
+        ));
+    }
     tasks.spawn(anxin_server::retention::run(
         desk.store().clone(),
         anxin_server::retention::Policy::new(&config.retention, config.routing.utc_offset_minutes),
@@ -538,6 +608,35 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     .await;
     tracing::info!("anxin-server stopped");
     Ok(())
+}
+
+/// Seals the store every second, and once more when the server stops, so a
+/// store that later opens with less than it had made durable is refused.
+/// Not while the store has failed or is short of space (sled is left alone
+/// then; see `health.rs`).
+async fn seal_store(store: Store, health: Arc<health::Health>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        if health.refuse_events().is_none() {
+            let sealing = store.clone();
+            let sealed = tokio::task::spawn_blocking(move || sealing.seal())
+                .await
+                .expect("seal task panicked");
+            if let Err(err) = sealed {
+                ::metrics::counter!(anxin_server::metrics::STORE_ERRORS).increment(1);
+                health.store_failed(&err);
+                tracing::warn!(error = %err, "sealing the store failed");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// The gRPC port's TLS: the server's identity, and the CA of gateways'

@@ -64,6 +64,14 @@ pub enum StoreError {
     /// A request that breaks a rule of the domain; nothing was written.
     #[error("{0}")]
     Refused(String),
+    /// The store's files cannot be read as a store: the server must not
+    /// start on it (docs/operations.md, "A damaged store").
+    #[error(
+        "the store is damaged ({0}): nothing was started on it. Find what is damaged with \
+         `anxin-server --config <file> store check`, then restore the last backup \
+         (docs/operations.md, \"A damaged store\")"
+    )]
+    Damaged(String),
 }
 
 /// An event as the server keeps it.
@@ -146,6 +154,36 @@ impl EventDay {
                 .or_insert(day);
         }
         merged.into_values().collect()
+    }
+}
+
+/// What `anxin-server store check` found: records read per kind, and
+/// what is wrong, each naming the kind and the record.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub counts: Vec<(String, u64)>,
+    pub problems: Vec<String>,
+    /// Problems beyond the first [`CheckReport::LISTED`], only counted.
+    pub more_problems: u64,
+}
+
+impl CheckReport {
+    pub const LISTED: usize = 100;
+
+    pub fn count(&mut self, kind: &str, records: u64) {
+        self.counts.push((kind.to_string(), records));
+    }
+
+    pub fn problem(&mut self, problem: String) {
+        if self.problems.len() < Self::LISTED {
+            self.problems.push(problem);
+        } else {
+            self.more_problems += 1;
+        }
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
     }
 }
 
@@ -338,6 +376,17 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     fn prune_alerts(&self, before_ms: i64, limit: usize) -> Result<(u64, u64), StoreError>;
     /// A device's daily summaries, oldest first.
     fn event_days(&self, device_id: &str) -> Result<Vec<EventDay>, StoreError>;
+    /// Records, outside the store, how far the store has made its writes
+    /// durable, so that a store which later opens with less is refused
+    /// rather than served (sled; see `sled/seal.rs`). A shared database
+    /// keeps its own write-ahead log: nothing to do there.
+    fn seal(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Reads every record: each must decode, the indexes the engine keeps
+    /// itself must agree with them, the audit chain must hold. Slow: for
+    /// `anxin-server store check`, not for a serving process.
+    fn check(&self) -> CheckReport;
 
     fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteChange>> {
         None

@@ -46,9 +46,11 @@ use super::{
     AlertChange, Change, Committed, OutboxItem, Storage, StoreError, StoredEvent, alert_number,
     decision_audit, decode, incident_key, latest_signs, offer_deadline,
 };
+mod check;
 mod import;
 mod listing;
 mod retention;
+mod seal;
 
 use crate::{
     audit::AuditLog,
@@ -191,6 +193,8 @@ pub struct SledStore {
     alert_events: sled::Tree,
     event_days: sled::Tree,
     event_days_by_day: sled::Tree,
+    /// The store's directory (its seal file lives there).
+    path: std::path::PathBuf,
     /// Serialises [`Storage::commit_plain_events`] so two gateways relaying
     /// the same event cannot both find it absent.
     plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
@@ -295,7 +299,47 @@ impl SledStore {
         Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
     }
 
+    /// Opens the store; damage sled trips over while reading it (a panic in
+    /// its recovery, a corruption error) is [`StoreError::Damaged`], never
+    /// a crash of the process.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        // sled reports some damage by panicking; its default message on
+        // stderr would read like a bug of ours, so it is held back here
+        // (start-up, or a restart in place: nothing else is panicking).
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(|| Self::open_unguarded(path, cache_bytes));
+        std::panic::set_hook(hook);
+        match opened {
+            Ok(Err(StoreError::Storage(sled::Error::Corruption { at, .. }))) => Err(
+                StoreError::Damaged(format!("sled found a damaged record at {at:?}")),
+            ),
+            // A damaged `conf` reads as a format sled does not support;
+            // I/O errors (a lock held by another process, permissions) are
+            // not damage and keep their own message.
+            Ok(Err(StoreError::Storage(
+                err @ (sled::Error::Unsupported(_)
+                | sled::Error::ReportableBug(_)
+                | sled::Error::CollectionNotFound(_)),
+            ))) => Err(StoreError::Damaged(format!("sled cannot read it: {err}"))),
+            Ok(Err(StoreError::Corrupt(what, err))) => Err(StoreError::Damaged(format!(
+                "a {what} does not decode: {err}"
+            ))),
+            Ok(result) => result,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no reason given");
+                Err(StoreError::Damaged(format!(
+                    "sled stopped reading it: {why}"
+                )))
+            }
+        }
+    }
+
+    fn open_unguarded(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
@@ -321,8 +365,10 @@ impl SledStore {
             event_days: db.open_tree("event_days")?,
             event_days_by_day: db.open_tree("event_days_by_day")?,
             plain_commits: Default::default(),
+            path: path.to_path_buf(),
             db,
         };
+        seal::verify(&store)?;
         store.release_outbox_leases()?;
         listing::ensure_indexes(&store.directory, &store.meta)?;
         store.ensure_open_index()?;
@@ -541,6 +587,14 @@ impl Storage for SledStore {
 
     fn event_days(&self, device_id: &str) -> Result<Vec<super::EventDay>, StoreError> {
         retention::event_days(self, device_id)
+    }
+
+    fn check(&self) -> super::CheckReport {
+        check::check(self)
+    }
+
+    fn seal(&self) -> Result<(), StoreError> {
+        seal::seal(self)
     }
 
     fn alert(&self, alert_id: &str) -> Result<Alert, StoreError> {

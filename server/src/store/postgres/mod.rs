@@ -48,6 +48,7 @@ use crate::{
     welfare::WelfareStore,
 };
 
+mod check;
 pub(crate) mod listing;
 
 /// Schema versions, applied in order; never edit one that shipped.
@@ -940,6 +941,14 @@ impl Storage for PgStore {
             tx.commit().await?;
             Ok((alerts, events))
         })
+    }
+
+    fn check(&self) -> super::CheckReport {
+        let mut report = super::CheckReport::default();
+        if let Err(err) = self.block(check::check(&self.pool, &mut report)) {
+            report.problem(format!("the check stopped: {err}"));
+        }
+        report
     }
 
     fn event_days(&self, device_id: &str) -> Result<Vec<super::EventDay>, StoreError> {

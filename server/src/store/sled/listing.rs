@@ -25,7 +25,7 @@ const INDEX_VERSION_KEY: &str = "directory_index_version";
 
 type TxResult = Result<(), ConflictableTransactionError<StoreError>>;
 
-fn resident_keys(r: &Resident) -> (Vec<u8>, Vec<Vec<u8>>) {
+pub(super) fn resident_keys(r: &Resident) -> (Vec<u8>, Vec<Vec<u8>>) {
     let community = key(&[&r.community_id, &r.id]);
     let terms = listing::resident_terms(r)
         .iter()
@@ -34,11 +34,11 @@ fn resident_keys(r: &Resident) -> (Vec<u8>, Vec<Vec<u8>>) {
     (community, terms)
 }
 
-fn device_keys(d: &DeviceRecord) -> [Vec<u8>; 2] {
+pub(super) fn device_keys(d: &DeviceRecord) -> [Vec<u8>; 2] {
     [key(&[&d.gateway_id, &d.id]), key(&[&d.resident_id, &d.id])]
 }
 
-fn staff_keys(s: &Staff) -> Vec<Vec<u8>> {
+pub(super) fn staff_keys(s: &Staff) -> Vec<Vec<u8>> {
     s.communities.iter().map(|c| key(&[c, &s.id])).collect()
 }
 

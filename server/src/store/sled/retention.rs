@@ -46,7 +46,7 @@ fn day_key(day: &EventDay) -> Vec<u8> {
     key
 }
 
-fn by_day_key(day: &EventDay) -> Vec<u8> {
+pub(super) fn by_day_key(day: &EventDay) -> Vec<u8> {
     let mut key = Vec::with_capacity(day.device_id.len() + 9);
     key.extend_from_slice(&(day.day.max(0) as u32).to_be_bytes());
     key.extend_from_slice(day.device_id.as_bytes());

@@ -472,8 +472,11 @@ impl Known {
                 .collect()
         };
         let mut known = Known::default();
-        // A read that fails leaves the map empty: the rows are then
-        // refused as naming what does not exist, and the import stops.
+        // A read that fails counts as "none found", as the one-row lookups
+        // it replaced did: a row naming a resident is then refused, but a
+        // device row without a password would lose its stored credential
+        // (and a deactivated device its flag). Propagating the error is
+        // left to a change of its own.
         let residents = |ids: Vec<String>| {
             dir.residents_by_id(&ids)
                 .unwrap_or_default()

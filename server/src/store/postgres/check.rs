@@ -81,7 +81,9 @@ pub(super) async fn check(pool: &Pool, report: &mut CheckReport) -> Result<(), S
         pool,
         report,
         "audit",
-        "select id::text, body from audit order by id",
+        // `audit.id`: a bare `id` would be the text column above, and
+        // entry 10 would come before entry 2.
+        "select id::text, body from audit order by audit.id",
         |_, _, entry: AuditEntry| entries.push(entry),
     )
     .await?;

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod calendar;
 pub mod certs;
 pub mod config;
+pub mod control;
 pub mod directory;
 pub mod escalation;
 pub mod gateways;

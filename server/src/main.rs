@@ -117,6 +117,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Copy the store into DIR (new or empty), consistent as of one moment,
+    /// while the server serves: sled, by the running server (over its
+    /// control socket) or, when none runs, by this command; PostgreSQL, by
+    /// pg_dump. Restore it with `restore --from DIR`.
+    Backup {
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+    },
+    /// Build the store the config names from a backup, with the server
+    /// stopped: sled, into store.path (which must hold no store); the
+    /// backup is checked against its manifest as it is copied. PostgreSQL,
+    /// pg_restore into the empty database at store.url. Then `store check`.
+    Restore {
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+    },
     /// The store itself.
     Store {
         #[command(subcommand)]
@@ -206,6 +222,8 @@ fn main() -> anyhow::Result<()> {
             }),
             _,
         ) => runtime.block_on(check_store(config)),
+        (Some(Command::Backup { to }), _) => runtime.block_on(backup(config, to)),
+        (Some(Command::Restore { from }), _) => runtime.block_on(restore(config, from)),
         (Some(Command::Import { kind, file }), _) => {
             runtime.block_on(import_file(config, kind, file))
         }
@@ -277,6 +295,143 @@ async fn check_store(config: ServerConfig) -> anyhow::Result<()> {
         report.problems.len() as u64 + report.more_problems
     );
     std::process::exit(1);
+}
+
+/// Progress on stderr: each kind once it is done, and every 100,000
+/// records of a big one.
+fn progress_printer() -> impl FnMut(&str, u64) {
+    let mut last = (String::new(), 0u64);
+    move |kind: &str, records: u64| {
+        if kind != last.0 {
+            if !last.0.is_empty() {
+                eprintln!("  {:<20} {} records", last.0, last.1);
+            }
+            last = (kind.to_string(), 0);
+        } else if records / 100_000 > last.1 / 100_000 {
+            eprintln!("  {kind:<20} {records} records …");
+        }
+        last.1 = records;
+    }
+}
+
+/// Who ran this command, for the audit log: /proc/self belongs to the
+/// process's user (no libc call needed).
+fn operator() -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self") {
+        Ok(meta) => format!("operator (uid {}, command line)", meta.uid()),
+        Err(_) => "operator (command line)".into(),
+    }
+}
+
+async fn backup(config: ServerConfig, to: &std::path::Path) -> anyhow::Result<()> {
+    let to = std::path::absolute(to).context("the backup directory")?;
+    let mut progress = progress_printer();
+    let manifest = match config.store.backend {
+        Backend::Sled => {
+            let socket = anxin_server::control::socket_path(&config.store.path);
+            match anxin_server::control::request_backup(&socket, &to, &mut progress)
+                .await
+                .context("backing up through the running server")?
+            {
+                Some(manifest) => {
+                    progress("", 0);
+                    eprintln!("made by the running server (its audit log has the entry)");
+                    manifest
+                }
+                None => {
+                    let store = open_store(&config).await?;
+                    let copying = store.clone();
+                    let target = to.clone();
+                    let manifest = tokio::task::spawn_blocking(move || {
+                        copying.backup(&target, &mut progress_printer())
+                    })
+                    .await?
+                    .context("backing up")?;
+                    audit_store_job(&store, "store.backup", &to, &manifest).await?;
+                    manifest
+                }
+            }
+        }
+        Backend::Postgres => {
+            let url = config.store.url.clone();
+            let target = to.clone();
+            let manifest =
+                tokio::task::spawn_blocking(move || store::backup::postgres_backup(&url, &target))
+                    .await?
+                    .context("backing up with pg_dump")?;
+            let store = open_store(&config).await?;
+            audit_store_job(&store, "store.backup", &to, &manifest).await?;
+            manifest
+        }
+    };
+    for tree in &manifest.trees {
+        println!("{:>24}  {} records", tree.name, tree.records);
+    }
+    println!(
+        "backup complete: {} ({} store as of {} ms since the epoch)",
+        to.display(),
+        manifest.engine,
+        manifest.cut_ms
+    );
+    Ok(())
+}
+
+async fn audit_store_job(
+    store: &Store,
+    action: &str,
+    dir: &std::path::Path,
+    manifest: &store::backup::Manifest,
+) -> anyhow::Result<()> {
+    store
+        .append(anxin_proto::v1::AuditEntry {
+            at_ms: anxin_proto::now_ms(),
+            actor: operator(),
+            action: action.into(),
+            target: "store".into(),
+            detail: format!(
+                "{} {}: backup of a {} store as of {}",
+                if action == "store.backup" {
+                    "to"
+                } else {
+                    "from"
+                },
+                dir.display(),
+                manifest.engine,
+                manifest.cut_ms
+            ),
+            ..Default::default()
+        })
+        .context("writing the audit entry")?;
+    store.flush().await.context("flushing the store")?;
+    store.seal().context("sealing the store")?;
+    Ok(())
+}
+
+async fn restore(config: ServerConfig, from: &std::path::Path) -> anyhow::Result<()> {
+    let manifest = match config.store.backend {
+        Backend::Sled => {
+            let (from, to) = (from.to_path_buf(), config.store.path.clone());
+            tokio::task::spawn_blocking(move || {
+                store::sled::restore(&from, &to, &mut progress_printer())
+            })
+            .await?
+            .with_context(|| format!("restoring into {}", store_location(&config)))?
+        }
+        Backend::Postgres => store::backup::postgres_restore(&config.store.url, from)
+            .await
+            .with_context(|| format!("restoring into {}", store_location(&config)))?,
+    };
+    let store = open_store(&config).await?;
+    audit_store_job(&store, "store.restore", from, &manifest).await?;
+    println!(
+        "restored the {} store as of {} ms since the epoch into {}; checking it",
+        manifest.engine,
+        manifest.cut_ms,
+        store_location(&config)
+    );
+    drop(store);
+    check_store(config).await
 }
 
 async fn migrate(config: ServerConfig, to: &str) -> anyhow::Result<()> {
@@ -527,8 +682,14 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     ));
     health::watch(health.clone(), cancel.clone());
     tasks.spawn(notifier.run(cancel.clone()));
-    // sled: the seal (store/sled/seal.rs), every second and at shutdown.
+    // sled: the seal (store/sled/seal.rs), every second and at shutdown;
+    // the control socket, for online backups.
     if desk.store().backend() == "sled" {
+        tasks.spawn(anxin_server::control::serve(
+            desk.store().clone(),
+            anxin_server::control::socket_path(&config.store.path),
+            cancel.clone(),
+        ));
         tasks.spawn(seal_store(
             desk.store().clone(),
             health.clone(),

@@ -32,6 +32,7 @@ use crate::{
     welfare::WelfareStore,
 };
 
+pub mod backup;
 pub mod migrate;
 pub mod postgres;
 pub mod sled;
@@ -387,6 +388,21 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     /// itself must agree with them, the audit chain must hold. Slow: for
     /// `anxin-server store check`, not for a serving process.
     fn check(&self) -> CheckReport;
+
+    /// A consistent copy of the store into `dir` (new or empty) while it
+    /// serves; progress is told per kind of record. sled only: PostgreSQL's
+    /// backups are `pg_dump`'s ([`backup::postgres_backup`]).
+    fn backup(
+        &self,
+        dir: &std::path::Path,
+        progress: &mut dyn FnMut(&str, u64),
+    ) -> Result<backup::Manifest, StoreError> {
+        let _ = (dir, progress);
+        Err(StoreError::Refused(format!(
+            "the {} store is backed up with pg_dump (anxin-server backup does it)",
+            self.backend()
+        )))
+    }
 
     fn remote_changes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RemoteChange>> {
         None

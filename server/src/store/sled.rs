@@ -46,11 +46,15 @@ use super::{
     AlertChange, Change, Committed, OutboxItem, Storage, StoreError, StoredEvent, alert_number,
     decision_audit, decode, incident_key, latest_signs, offer_deadline,
 };
+mod backup;
 mod check;
 mod import;
 mod listing;
 mod retention;
 mod seal;
+
+pub(crate) use backup::empty_dir;
+pub use backup::{digests, restore};
 
 use crate::{
     audit::AuditLog,
@@ -595,6 +599,14 @@ impl Storage for SledStore {
 
     fn seal(&self) -> Result<(), StoreError> {
         seal::seal(self)
+    }
+
+    fn backup(
+        &self,
+        dir: &Path,
+        progress: &mut dyn FnMut(&str, u64),
+    ) -> Result<super::backup::Manifest, StoreError> {
+        backup::backup(self, dir, progress)
     }
 
     fn alert(&self, alert_id: &str) -> Result<Alert, StoreError> {

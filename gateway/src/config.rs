@@ -634,6 +634,26 @@ mod tests {
     }
 
     #[test]
+    fn the_compose_and_kubernetes_configs_are_valid() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/");
+        let compose =
+            GatewayConfig::load(&std::path::Path::new(root).join("compose/gateway.toml")).unwrap();
+        assert!(compose.devices.len() >= 5);
+        // The DaemonSet's Secret: the block under `gateway.toml: |`.
+        let manifest = std::fs::read_to_string(format!("{root}kubernetes/gateway.yaml")).unwrap();
+        let mut lines = manifest
+            .lines()
+            .skip_while(|l| l.trim() != "gateway.toml: |");
+        lines.next().expect("the Secret holds gateway.toml");
+        let text: String = lines
+            .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect();
+        let config = GatewayConfig::parse(&text, "kubernetes/gateway.yaml").unwrap();
+        assert_eq!(config.devices.len(), 1);
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let err = GatewayConfig::parse("[uplink]\nwindow = 0\n", "t").unwrap_err();
         assert!(err.to_string().contains("uplink.window"), "{err}");

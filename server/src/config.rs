@@ -501,6 +501,27 @@ mod tests {
     }
 
     #[test]
+    fn the_container_compose_and_kubernetes_configs_are_valid() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/");
+        for file in ["container/server.toml", "compose/server.toml"] {
+            ServerConfig::load(&std::path::Path::new(root).join(file))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+        let manifest = std::fs::read_to_string(format!("{root}kubernetes/server.yaml")).unwrap();
+        // The Deployment's Secret: the block under `server.toml: |`.
+        let mut lines = manifest
+            .lines()
+            .skip_while(|l| l.trim() != "server.toml: |");
+        lines.next().expect("the Secret holds server.toml");
+        let text: String = lines
+            .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+            .map(|l| format!("{}\n", l.trim_start()))
+            .collect();
+        let config = ServerConfig::parse(&text, "kubernetes/server.yaml").unwrap();
+        assert_eq!(config.store.backend, Backend::Postgres);
+    }
+
+    #[test]
     fn the_shipped_replica_config_is_valid() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),

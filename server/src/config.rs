@@ -57,6 +57,10 @@ pub struct RetentionConfig {
     /// Records removed per batch (one transaction each); the pruner pauses
     /// between batches so the alarm path is never held up behind it.
     pub batch: usize,
+    /// Milliseconds between batches. A sled batch holds the store's write
+    /// lock while it applies: smaller batches, closer together, hold an
+    /// alarm up less. Pruning keeps up to `batch` records per pause.
+    pub pause_ms: u64,
 }
 
 /// A retention period: a duration, or `keep` (None).
@@ -289,7 +293,8 @@ impl Default for ServerConfig {
                 event_days: Period::days(400),
                 alerts: Period::days(5 * 365),
                 interval_secs: 60,
-                batch: 200,
+                batch: 50,
+                pause_ms: 10,
             },
         }
     }
@@ -396,6 +401,12 @@ impl ServerConfig {
             return Err(ConfigError::Invalid {
                 field: "retention.batch",
                 problem: "must be between 1 and 10000".into(),
+            });
+        }
+        if !(1..=60_000).contains(&self.retention.pause_ms) {
+            return Err(ConfigError::Invalid {
+                field: "retention.pause_ms",
+                problem: "must be between 1 and 60000".into(),
             });
         }
         if self.store.min_free_bytes < self.store.reserve_bytes {

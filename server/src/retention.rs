@@ -26,6 +26,7 @@ pub struct Policy {
     pub event_days_ms: Option<i64>,
     pub alerts_ms: Option<i64>,
     pub batch: usize,
+    pub pause: Duration,
     pub interval: Duration,
     pub utc_offset_minutes: i32,
 }
@@ -37,6 +38,7 @@ impl Policy {
             event_days_ms: config.event_days.ms(),
             alerts_ms: config.alerts.ms(),
             batch: config.batch,
+            pause: Duration::from_millis(config.pause_ms),
             interval: Duration::from_secs(config.interval_secs),
             utc_offset_minutes,
         }
@@ -58,17 +60,16 @@ impl Pruned {
     }
 }
 
-/// Pause between batches. A sled batch holds the store's write lock while
-/// it applies (every commit waits for it), and on two cores its work
-/// competes with the alarm path: spread evenly, pruning adds a little to
-/// every commit instead of a lot to the commits of a burst. It also caps
-/// pruning at `batch` records per pause (200 / 50 ms = 4,000 a second).
-const PAUSE: Duration = Duration::from_millis(50);
-
-/// Runs batches of `prune` until one comes back short.
+/// Runs batches of `prune` until one comes back short, `pause` apart. A
+/// sled batch holds the store's write lock while it applies (every commit
+/// waits for it), and on two cores its work competes with the alarm path:
+/// spread evenly, pruning adds a little to every commit instead of a lot
+/// to the commits of a burst. It also caps pruning at `batch` records per
+/// pause (50 / 10 ms = 5,000 a second).
 async fn drain(
     store: &Store,
     batch: usize,
+    pause: Duration,
     prune: impl Fn(&Store, usize) -> Result<u64, StoreError> + Send + Sync + Clone + 'static,
 ) -> Result<u64, StoreError> {
     let mut total = 0;
@@ -81,7 +82,7 @@ async fn drain(
         if (removed as usize) < batch {
             return Ok(total);
         }
-        tokio::time::sleep(PAUSE).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -92,7 +93,7 @@ pub async fn prune(store: &Store, policy: &Policy, now_ms: i64) -> Result<Pruned
     if let Some(keep) = policy.events_ms {
         let before = now_ms - keep;
         let offset = policy.utc_offset_minutes;
-        pruned.events = drain(store, policy.batch, move |s, n| {
+        pruned.events = drain(store, policy.batch, policy.pause, move |s, n| {
             s.prune_events(before, offset, n)
         })
         .await?;
@@ -105,7 +106,7 @@ pub async fn prune(store: &Store, policy: &Policy, now_ms: i64) -> Result<Pruned
     }
     if let Some(keep) = policy.event_days_ms {
         let before = calendar::local_day(now_ms - keep, policy.utc_offset_minutes);
-        pruned.event_days = drain(store, policy.batch, move |s, n| {
+        pruned.event_days = drain(store, policy.batch, policy.pause, move |s, n| {
             s.prune_event_days(before, n)
         })
         .await?;
@@ -121,7 +122,7 @@ pub async fn prune(store: &Store, policy: &Policy, now_ms: i64) -> Result<Pruned
         let before = now_ms - keep;
         let events = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = events.clone();
-        pruned.alerts = drain(store, policy.batch, move |s, n| {
+        pruned.alerts = drain(store, policy.batch, policy.pause, move |s, n| {
             let (alerts, events) = s.prune_alerts(before, n)?;
             counted.fetch_add(events, std::sync::atomic::Ordering::Relaxed);
             Ok(alerts)

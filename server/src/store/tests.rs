@@ -562,6 +562,7 @@ async fn retention_prunes_old_plain_events_into_daily_summaries_and_never_an_ope
             alerts_ms: Some(5 * DAY_MS),
             // Several batches, the last one short.
             batch: 7,
+            pause: std::time::Duration::from_millis(1),
             interval: std::time::Duration::from_secs(60),
             utc_offset_minutes: 0,
         };

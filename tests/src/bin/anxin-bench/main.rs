@@ -122,6 +122,12 @@ enum Scenario {
         /// SOS presses (each from its own device) every 30 s.
         #[arg(long, default_value_t = 10)]
         presses: usize,
+        /// retention.batch.
+        #[arg(long, default_value_t = 50)]
+        batch: usize,
+        /// retention.pause_ms.
+        #[arg(long, default_value_t = 10)]
+        pause_ms: u64,
     },
     /// A city's directory (issue 18): imports, every list page and search,
     /// the console's first load in Chromium, SOS → SSE and the server's
@@ -189,7 +195,9 @@ async fn main() -> anyhow::Result<()> {
             duration,
             keep,
             presses,
-        } => retention::retention(devices, rate, duration, keep, presses).await,
+            batch,
+            pause_ms,
+        } => retention::retention(devices, rate, duration, keep, presses, batch, pause_ms).await,
         Scenario::City {
             residents,
             devices,

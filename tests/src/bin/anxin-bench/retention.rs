@@ -40,16 +40,21 @@ pub async fn retention(
     duration: u64,
     keep_secs: u64,
     presses_per_sample: usize,
+    batch: usize,
+    pause_ms: u64,
 ) -> anyhow::Result<()> {
     const SAMPLE: u64 = 30;
     let rounds = (duration / SAMPLE) as usize;
     let presses = rounds * presses_per_sample;
     println!(
         "== retention: {devices} devices offering {rate} P3 events/s for {duration} s, events kept {keep_secs} s \
-         (pruned every 10 s); {presses_per_sample} SOS presses every {SAMPLE} s"
+         (pruned every 10 s, {batch} records per batch, {pause_ms} ms apart); \
+         {presses_per_sample} SOS presses every {SAMPLE} s"
     );
     let dir = tempfile::tempdir()?;
     let keep = format!("events = \"{keep_secs}s\"");
+    let batch = format!("batch = {batch}");
+    let pause = format!("pause_ms = {pause_ms}");
     let server = Server::start_configured(
         dir.path(),
         free_port(),
@@ -57,6 +62,8 @@ pub async fn retention(
         &[
             ("retention", keep.as_str()),
             ("retention", "interval_secs = 10"),
+            ("retention", batch.as_str()),
+            ("retention", pause.as_str()),
         ],
     )
     .await;
@@ -130,7 +137,9 @@ pub async fn retention(
         "  load: stored {} of {} sent",
         summary["stored"], summary["sent"]
     );
-    let half = sizes.len() / 2;
+    // Samples at 31 s, 61 s, …: the one at the run's midpoint starts the
+    // last half (t = 301 s of 600).
+    let half = (sizes.len() - 1) / 2;
     if let (Some(a), Some(b), Some(ra), Some(rb)) =
         (sizes.get(half), sizes.last(), rss.get(half), rss.last())
     {

@@ -295,7 +295,28 @@ fn read_rows(
         if block.is_empty() {
             break;
         }
-        let known = Known::prefetch(dir, kind, &headers, &block);
+        let known = match Known::prefetch(dir, kind, &headers, &block) {
+            Ok(known) => known,
+            Err(err) => {
+                // Without what the store holds, a device row that gives no
+                // password would lose its stored credential: the rows are
+                // refused, and with them the import (all or nothing).
+                for record in block {
+                    let line = match &record {
+                        Ok(row) => row.position().map_or(0, |p| p.line()),
+                        Err(err) => err.position().map_or(0, |p| p.line()),
+                    };
+                    each(
+                        line,
+                        Err(format!(
+                            "the store could not be read to check this row ({err}); nothing \
+                             was imported: try again"
+                        )),
+                    );
+                }
+                continue;
+            }
+        };
         for record in block {
             let (line, row) = match record {
                 Ok(row) => (row.position().map_or(0, |p| p.line()), row),
@@ -456,7 +477,7 @@ impl Known {
         kind: ImportKind,
         headers: &csv::StringRecord,
         block: &[Result<csv::StringRecord, csv::Error>],
-    ) -> Self {
+    ) -> Result<Self, crate::store::StoreError> {
         let column = |name: &str| headers.iter().position(|h| h == name);
         let values = |name: &str, only_if: &dyn Fn(&csv::StringRecord) -> bool| -> Vec<String> {
             let Some(i) = column(name) else {
@@ -472,17 +493,12 @@ impl Known {
                 .collect()
         };
         let mut known = Known::default();
-        // A read that fails counts as "none found", as the one-row lookups
-        // it replaced did: a row naming a resident is then refused, but a
-        // device row without a password would lose its stored credential
-        // (and a deactivated device its flag). Propagating the error is
-        // left to a change of its own.
-        let residents = |ids: Vec<String>| {
-            dir.residents_by_id(&ids)
-                .unwrap_or_default()
+        let residents = |ids: Vec<String>| -> Result<_, crate::store::StoreError> {
+            Ok(dir
+                .residents_by_id(&ids)?
                 .into_iter()
                 .map(|r| (r.id.clone(), r))
-                .collect()
+                .collect())
         };
         match kind {
             ImportKind::Residents => {
@@ -494,20 +510,19 @@ impl Known {
                             .is_some_and(|v| !v.is_empty())
                     })
                 };
-                known.residents = residents(values("id", &with_window));
+                known.residents = residents(values("id", &with_window))?;
             }
             ImportKind::Devices => {
-                known.residents = residents(values("resident_id", &|_| true));
+                known.residents = residents(values("resident_id", &|_| true))?;
                 known.devices = dir
-                    .devices_by_id(&values("id", &|_| true))
-                    .unwrap_or_default()
+                    .devices_by_id(&values("id", &|_| true))?
                     .into_iter()
                     .map(|d| (d.id.clone(), d))
                     .collect();
             }
             ImportKind::Staff | ImportKind::VisitPlans => {}
         }
-        known
+        Ok(known)
     }
 }
 

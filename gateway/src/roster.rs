@@ -118,7 +118,7 @@ impl Roster {
             devices: complete,
         };
         let (file, bytes) = (self.file.clone(), stored.encode_to_vec());
-        tokio::task::spawn_blocking(move || write_whole(&file, &bytes))
+        tokio::task::spawn_blocking(move || anxin_host::disk::replace_file(&file, &bytes))
             .await
             .map_err(|e| JournalError::Panicked(e.to_string()))??;
         let revoked = self.book.set_roster(entries(&stored.devices));
@@ -133,20 +133,4 @@ impl Roster {
         );
         Ok(())
     }
-}
-
-/// Replaces `file` with `bytes` so that a crash leaves the old or the new
-/// contents, never a mix: write a temporary file, fsync, rename, fsync the
-/// directory.
-fn write_whole(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = file.with_extension("pb.tmp");
-    let mut out = std::fs::File::create(&tmp)?;
-    out.write_all(bytes)?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, file)?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

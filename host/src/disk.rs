@@ -30,6 +30,33 @@ use std::{
 /// The reserve file's name inside the guarded directory.
 pub const RESERVE_FILE: &str = "anxin-reserve";
 
+/// Replaces `file` with `bytes` so that a crash leaves the old or the new
+/// contents, never a mix: a temporary file beside it (`<name>.tmp`),
+/// fsync, rename, fsync of the directory.
+pub fn replace_file(file: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut name = file
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?
+        .to_os_string();
+    name.push(".tmp");
+    let temporary = file.with_file_name(name);
+    let mut out = std::fs::File::create(&temporary)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    std::fs::rename(&temporary, file)?;
+    sync_dir(file.parent().unwrap_or(Path::new(".")))
+}
+
+/// Makes the entries of `dir` (a file renamed into it) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Free bytes available to an unprivileged writer on the filesystem of
 /// `path` (statvfs `f_bavail × f_frsize`).
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
@@ -268,6 +295,20 @@ impl DiskGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_file_holds_the_new_bytes_and_no_temporary_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.pb");
+        replace_file(&file, b"old").unwrap();
+        replace_file(&file, b"new").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"new");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("state.pb")]);
+    }
 
     #[test]
     fn holds_a_reserve_and_gives_it_back_on_enospc_then_takes_it_again() {

@@ -12,8 +12,6 @@
 //! durable: it is refused as damaged. Writes after the last seal (under a
 //! second's worth, or none after a clean stop) are not covered.
 
-use std::{io::Write, path::Path};
-
 use sha2::{Digest, Sha256};
 
 use super::{SledStore, StoreError};
@@ -43,17 +41,8 @@ pub(super) fn seal(store: &SledStore) -> Result<(), StoreError> {
     let next = stored(store)? + 1;
     store.meta.insert(KEY, &next.to_be_bytes())?;
     store.db.flush()?;
-    write_atomically(&store.path, &line(next))
+    anxin_host::disk::replace_file(&store.path.join(FILE), line(next).as_bytes())
         .map_err(|err| StoreError::Storage(sled::Error::Io(err)))
-}
-
-fn write_atomically(dir: &Path, text: &str) -> std::io::Result<()> {
-    let temporary = dir.join(format!("{FILE}.new"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, dir.join(FILE))?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 pub(super) fn verify(store: &SledStore) -> Result<(), StoreError> {

@@ -9,7 +9,6 @@
 //! a backup without one is incomplete and is not restored.
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -45,8 +44,27 @@ pub struct TreeDigest {
     pub sha256: String,
 }
 
-fn io(err: std::io::Error) -> StoreError {
+pub(crate) fn io(err: std::io::Error) -> StoreError {
     StoreError::Storage(::sled::Error::Io(err))
+}
+
+/// An empty directory to write into (made when missing).
+pub(crate) fn empty_dir(dir: &Path, what: &str) -> Result<(), StoreError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(StoreError::Refused(format!(
+                    "{what} {} is not empty; give a new directory",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io)
+        }
+        Err(err) => Err(io(err)),
+    }
 }
 
 impl Manifest {
@@ -57,18 +75,12 @@ impl Manifest {
 
     /// Written last, atomically: its presence says the backup is whole.
     pub fn write(&self, dir: &Path) -> Result<(), StoreError> {
-        let temporary = dir.join(format!("{}.new", Self::FILE));
-        let mut file = std::fs::File::create(&temporary).map_err(io)?;
         let text = serde_json::to_string_pretty(self).expect("a manifest serializes");
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&temporary, dir.join(Self::FILE)).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)
+        anxin_host::disk::replace_file(&dir.join(Self::FILE), text.as_bytes()).map_err(io)
     }
 
-    pub fn read(dir: &Path) -> Result<Self, StoreError> {
+    /// The manifest of the backup in `dir`, which must be of `engine`.
+    pub fn read(dir: &Path, engine: &str) -> Result<Self, StoreError> {
         let path = dir.join(Self::FILE);
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -90,6 +102,13 @@ impl Manifest {
                 dir.display(),
                 manifest.format,
                 Self::FORMAT
+            )));
+        }
+        if manifest.engine != engine {
+            return Err(StoreError::Refused(format!(
+                "{} holds a backup of a {} store; store.backend is {engine}",
+                dir.display(),
+                manifest.engine
             )));
         }
         Ok(manifest)
@@ -116,7 +135,7 @@ fn run_tool(mut command: Command, tool: &str) -> Result<(), StoreError> {
 
 /// `pg_dump` of the database at `url` into `dir` (new or empty).
 pub fn postgres_backup(url: &str, dir: &Path) -> Result<Manifest, StoreError> {
-    super::sled::empty_dir(dir, "the backup directory")?;
+    empty_dir(dir, "the backup directory")?;
     let started_ms = anxin_proto::now_ms();
     let mut dump = Command::new("pg_dump");
     dump.arg("--format=directory")
@@ -143,14 +162,7 @@ pub fn postgres_backup(url: &str, dir: &Path) -> Result<Manifest, StoreError> {
 /// `pg_restore` of the backup in `from` into the empty database at `url`,
 /// all or nothing.
 pub async fn postgres_restore(url: &str, from: &Path) -> Result<Manifest, StoreError> {
-    let manifest = Manifest::read(from)?;
-    if manifest.engine != "postgres" {
-        return Err(StoreError::Refused(format!(
-            "{} holds a backup of a {} store; store.backend is postgres",
-            from.display(),
-            manifest.engine
-        )));
-    }
+    let manifest = Manifest::read(from, "postgres")?;
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .map_err(|err| StoreError::Database(err.to_string()))?;

@@ -53,8 +53,7 @@ mod listing;
 mod retention;
 mod seal;
 
-pub(crate) use backup::empty_dir;
-pub use backup::{digests, restore};
+pub use backup::restore;
 
 use crate::{
     audit::AuditLog,

@@ -34,7 +34,7 @@ use sled::{Event, IVec, Subscriber};
 use super::SledStore;
 use crate::store::{
     StoreError,
-    backup::{Manifest, TreeDigest},
+    backup::{Manifest, TreeDigest, empty_dir, io},
 };
 
 /// Records per copied batch; the watchers are drained between batches.
@@ -42,10 +42,6 @@ const BATCH: usize = 5_000;
 
 fn refused(why: String) -> StoreError {
     StoreError::Refused(why)
-}
-
-fn io(err: std::io::Error) -> StoreError {
-    StoreError::Storage(sled::Error::Io(err))
 }
 
 /// A watched tree: its watcher, and the writes taken from it that are not
@@ -153,25 +149,6 @@ fn exclusively<T>(
         .into_inner()
         .expect("backup lock poisoned")
         .expect("the transaction ran"))
-}
-
-/// An empty directory to write into (made when missing).
-pub(crate) fn empty_dir(dir: &Path, what: &str) -> Result<(), StoreError> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(refused(format!(
-                    "{what} {} is not empty; give a new directory",
-                    dir.display()
-                )));
-            }
-            Ok(())
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).map_err(io)
-        }
-        Err(err) => Err(io(err)),
-    }
 }
 
 /// Copies the store into `dir` (new or empty) while it serves.
@@ -322,13 +299,6 @@ fn digest_all(db: &sled::Db) -> Result<Vec<TreeDigest>, StoreError> {
         .collect()
 }
 
-/// Each tree's count and digest, for comparing stores (a restore with its
-/// source, say). The server must be stopped (one process per sled store).
-pub fn digests(path: &Path) -> Result<Vec<TreeDigest>, StoreError> {
-    let db = sled::Config::new().path(path).open()?;
-    digest_all(&db)
-}
-
 /// Where a restore is assembled before it is moved into place.
 fn assembling(to: &Path) -> PathBuf {
     let mut name = to.file_name().unwrap_or_default().to_os_string();
@@ -343,14 +313,7 @@ pub fn restore(
     to: &Path,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<Manifest, StoreError> {
-    let manifest = Manifest::read(from)?;
-    if manifest.engine != "sled" {
-        return Err(refused(format!(
-            "{} holds a backup of a {} store; store.backend is sled",
-            from.display(),
-            manifest.engine
-        )));
-    }
+    let manifest = Manifest::read(from, "sled")?;
     if to.exists() && std::fs::read_dir(to).map_err(io)?.next().is_some() {
         return Err(refused(format!(
             "store.path {} already holds files; move them away (or point store.path at a new \
@@ -372,11 +335,7 @@ pub fn restore(
         std::fs::remove_dir(to).map_err(io)?;
     }
     std::fs::rename(&work, to).map_err(io)?;
-    if let Some(parent) = to.parent() {
-        std::fs::File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(io)?;
-    }
+    anxin_host::disk::sync_dir(to.parent().unwrap_or(Path::new("."))).map_err(io)?;
     Ok(manifest)
 }
 

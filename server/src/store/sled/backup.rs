@@ -37,12 +37,9 @@ use crate::store::{
     backup::{Manifest, TreeDigest, empty_dir, io},
 };
 
-/// Records per copied batch; the watchers are drained between batches.
+/// Records per copied batch; the writes seen on trees already copied are
+/// applied between batches.
 const BATCH: usize = 5_000;
-
-fn refused(why: String) -> StoreError {
-    StoreError::Refused(why)
-}
 
 /// A watched tree: its watcher, and the writes taken from it that are not
 /// applied to the copy yet.
@@ -71,7 +68,7 @@ impl Watch {
                     .push_back(event),
                 Poll::Pending => return Ok(()),
                 Poll::Ready(None) => {
-                    return Err(refused(format!(
+                    return Err(StoreError::Refused(format!(
                         "the tree {} went away during the backup",
                         String::from_utf8_lossy(&self.name)
                     )));
@@ -315,7 +312,7 @@ pub fn restore(
 ) -> Result<Manifest, StoreError> {
     let manifest = Manifest::read(from, "sled")?;
     if to.exists() && std::fs::read_dir(to).map_err(io)?.next().is_some() {
-        return Err(refused(format!(
+        return Err(StoreError::Refused(format!(
             "store.path {} already holds files; move them away (or point store.path at a new \
              directory) and restore again",
             to.display()

@@ -586,6 +586,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let health = Arc::new(Health::new(disk));
     let store = open_store(&config).await?;
     tracing::info!(backend = store.backend(), at = %store_location(&config), "store open");
+    store.retain_events_for(config.retention.events.ms());
     let admin_token = if config.auth.admin_token.is_empty() {
         let token = auth::new_token();
         tracing::warn!(admin_token = %token, "no auth.admin_token configured; made one for this run");

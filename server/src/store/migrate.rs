@@ -192,7 +192,8 @@ pub async fn sled_to_postgres(
     let mut copied = 0u64;
     let mut batch: Vec<(String, i64, i64, i64, String, Vec<u8>)> = Vec::with_capacity(CHUNK);
     let mut last_commit = 0i64;
-    let mut events = from.events.iter().peekable();
+    let trees = from.event_trees();
+    let mut events = trees.iter().flat_map(|tree| tree.iter()).peekable();
     while let Some(item) = events.next() {
         let (key, value) = item?;
         let (device_id, seq) = split_key(&key)?;
@@ -323,7 +324,7 @@ pub async fn sled_to_postgres(
         from.directory.tokens.len(),
         from.alerts.len(),
         from.incidents.len(),
-        from.events.len(),
+        from.event_trees().iter().map(sled::Tree::len).sum(),
         from.downlinks.len(),
         super::sled::audit_entries(&from.audit).count(),
         from.outbox.len(),

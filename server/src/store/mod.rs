@@ -171,8 +171,12 @@ pub struct CheckReport {
 impl CheckReport {
     pub const LISTED: usize = 100;
 
+    /// Adds `records` to the count of `kind` (one kind may span trees).
     pub fn count(&mut self, kind: &str, records: u64) {
-        self.counts.push((kind.to_string(), records));
+        match self.counts.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, n)) => *n += records,
+            None => self.counts.push((kind.to_string(), records)),
+        }
     }
 
     pub fn problem(&mut self, problem: String) {
@@ -359,8 +363,6 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     /// the lease let go).
     fn retry_notification(&self, item: &OutboxItem) -> Result<(), StoreError>;
 
-    /// Changes other replicas commit, for a store shared by several; `None`
-    /// for an engine only one process uses. Taken once, at start-up.
     /// Removes up to `limit` events received before `before_ms` that
     /// belong to no alert, folding each into its device's [`EventDay`] in
     /// the same transaction. Returns how many were removed.
@@ -370,6 +372,11 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
         utc_offset_minutes: i32,
         limit: usize,
     ) -> Result<u64, StoreError>;
+    /// How long events that belong to no alert are kept (`None`: for
+    /// good), told once at start-up so an engine can lay them out to be
+    /// removed cheaply (sled: spans of receipt time a tenth that long,
+    /// each dropped whole, so such an event may stay up to a tenth longer).
+    fn retain_events_for(&self, _keep_ms: Option<i64>) {}
     /// Removes up to `limit` event-day summaries of days before `before_day`.
     fn prune_event_days(&self, before_day: i32, limit: usize) -> Result<u64, StoreError>;
     /// Removes up to `limit` alerts closed before `before_ms` (never an

@@ -26,9 +26,12 @@
 //!   written once.
 //! - `visit_plans`: `plan id` → `VisitPlan`; `visits`: `local day (u32 BE) ‖
 //!   plan id` → `Visit`, written once.
+//! - `events@{start}-{end}`: plain events by span of receipt time (see
+//!   `partitions`), keyed like `events`; an event key is in one of these
+//!   or in `events`, never two.
 //! - `events_by_time`, `alert_events`, `event_days`, `event_days_by_day`:
-//!   retention (see `retention`); every event is in exactly one of the
-//!   first two, written in its commit.
+//!   retention (see `retention`); every event in `events` is in exactly
+//!   one of the first two, written in its commit.
 
 use std::path::Path;
 
@@ -50,6 +53,7 @@ mod backup;
 mod check;
 mod import;
 mod listing;
+mod partitions;
 mod retention;
 mod seal;
 
@@ -196,6 +200,8 @@ pub struct SledStore {
     alert_events: sled::Tree,
     event_days: sled::Tree,
     event_days_by_day: sled::Tree,
+    /// Plain events by span of receipt time.
+    partitions: std::sync::Arc<partitions::Partitions>,
     /// The store's directory (its seal file lives there).
     path: std::path::PathBuf,
     /// Serialises [`Storage::commit_plain_events`] so two gateways relaying
@@ -280,6 +286,15 @@ impl SledStore {
         Ok(())
     }
 
+    /// `events` and every span of plain events: for a store no server runs
+    /// on (spans are dropped only by a running server's retention).
+    pub(crate) fn event_trees(&self) -> Vec<sled::Tree> {
+        let mut trees = vec![self.events.clone()];
+        self.partitions
+            .with_spans(|spans| trees.extend(spans.iter().map(|s| s.tree.clone())));
+        trees
+    }
+
     /// Builds `open_alerts` for a store written before it existed.
     fn ensure_open_index(&self) -> Result<(), StoreError> {
         const KEY: &str = "open_alerts_index";
@@ -347,7 +362,9 @@ impl SledStore {
             .path(path)
             .cache_capacity(cache_bytes)
             .open()?;
+        let meta = db.open_tree("meta")?;
         let store = Self {
+            partitions: std::sync::Arc::new(partitions::Partitions::open(&db, &meta)?),
             events: db.open_tree("events")?,
             alerts: db.open_tree("alerts")?,
             incidents: db.open_tree("incidents")?,
@@ -356,7 +373,7 @@ impl SledStore {
             downlinks: db.open_tree("downlinks")?,
             audit: db.open_tree("audit")?,
             directory: Trees::open(&db)?,
-            meta: db.open_tree("meta")?,
+            meta,
             import_staging: db.open_tree("import_staging")?,
             outbox: db.open_tree("outbox")?,
             signs: db.open_tree("signs")?,
@@ -409,10 +426,11 @@ impl Storage for SledStore {
 
     /// Commits events that cannot touch an incident (see
     /// [`incidents::affects_incidents`]: telemetry, heartbeats, battery and
-    /// fault reports), skipping those already here, in one sled batch. A
-    /// transaction per event took sled's exclusive lock each time and made
-    /// the server the bottleneck of the whole path (BENCHMARKS.md). Returns,
-    /// per event, whether it was new. Durable after [`Store::flush`].
+    /// fault reports), skipping those already here, in one sled batch into
+    /// the span of `received_ms` (see `partitions`). A transaction per
+    /// event took sled's exclusive lock each time and made the server the
+    /// bottleneck of the whole path (BENCHMARKS.md). Returns, per event,
+    /// whether it was new. Durable after [`Store::flush`].
     fn commit_plain_events(
         &self,
         gateway_id: &str,
@@ -420,38 +438,42 @@ impl Storage for SledStore {
         received_ms: i64,
     ) -> Result<Vec<bool>, StoreError> {
         let _one_at_a_time = self.plain_commits.lock().expect("commit lock poisoned");
-        let mut batch = sled::Batch::default();
-        let mut by_time = sled::Batch::default();
-        let mut seen = std::collections::HashSet::with_capacity(uplinks.len());
-        let mut new = Vec::with_capacity(uplinks.len());
-        for uplink in uplinks {
-            let event = uplink.event.as_ref().ok_or(StoreError::EmptyEvent)?;
-            debug_assert!(!incidents::affects_incidents(event));
-            let key = event_key(&event.device_id, event.seq);
-            if !seen.insert(key.clone()) || self.events.contains_key(&key)? {
-                new.push(false);
-                continue;
-            }
-            let stored = StoredEvent {
-                gateway_id: gateway_id.to_string(),
-                received_ms,
-                uplink: Some(uplink.clone()),
-                alert_id: String::new(),
-                commit_index: self.db.generate_id()?,
-            };
-            batch.insert(key.as_slice(), stored.encode_to_vec());
-            by_time.insert(
-                retention::by_time_key(received_ms, &key),
-                &retention::kind_value(&stored),
-            );
-            new.push(true);
-        }
-        (&self.events, &self.events_by_time).transaction(|(events, index)| {
-            events.apply_batch(&batch)?;
-            index.apply_batch(&by_time)?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
-        })?;
-        Ok(new)
+        self.partitions
+            .with_target(&self.db, received_ms, |span, spans| {
+                let mut batch = sled::Batch::default();
+                let mut seen = std::collections::HashSet::with_capacity(uplinks.len());
+                let mut new = Vec::with_capacity(uplinks.len());
+                for uplink in uplinks {
+                    let event = uplink.event.as_ref().ok_or(StoreError::EmptyEvent)?;
+                    debug_assert!(!incidents::affects_incidents(event));
+                    let key = event_key(&event.device_id, event.seq);
+                    if !seen.insert(key.clone()) || self.events.contains_key(&key)? {
+                        new.push(false);
+                        continue;
+                    }
+                    if spans.iter().try_fold(false, |found, tree| {
+                        Ok::<_, sled::Error>(found || tree.contains_key(&key)?)
+                    })? {
+                        new.push(false);
+                        continue;
+                    }
+                    let stored = StoredEvent {
+                        gateway_id: gateway_id.to_string(),
+                        received_ms,
+                        uplink: Some(uplink.clone()),
+                        alert_id: String::new(),
+                        commit_index: self.db.generate_id()?,
+                    };
+                    batch.insert(key.as_slice(), stored.encode_to_vec());
+                    new.push(true);
+                }
+                span.apply_batch(batch)?;
+                Ok(new)
+            })
+    }
+
+    fn retain_events_for(&self, keep_ms: Option<i64>) {
+        self.partitions.set_keep(keep_ms);
     }
 
     /// Commits an event and its incident decision unless it is already here.
@@ -466,6 +488,11 @@ impl Storage for SledStore {
     ) -> Result<Committed, StoreError> {
         let event = uplink.event.as_ref().ok_or(StoreError::EmptyEvent)?;
         let key = event_key(&event.device_id, event.seq);
+        // Only plain commits write spans, and an event's kind decides which
+        // commit it takes: this finds the key only if a device reused a seq.
+        if self.partitions.contains(&key)? {
+            return Ok(Committed::Duplicate);
+        }
         let incident = origin.incident_key(&event.device_id);
         let trees = (
             &self.events,
@@ -550,25 +577,38 @@ impl Storage for SledStore {
     }
 
     fn event(&self, device_id: &str, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
-        self.events
-            .get(event_key(device_id, seq))?
-            .map(|bytes| decode("event", &bytes))
-            .transpose()
+        let key = event_key(device_id, seq);
+        match self.events.get(&key)? {
+            Some(bytes) => Some(bytes),
+            None => self.partitions.get(&key)?,
+        }
+        .map(|bytes| decode("event", &bytes))
+        .transpose()
     }
 
     /// A device's committed events in seq order.
     fn device_events(&self, device_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
         let mut prefix = device_id.as_bytes().to_vec();
         prefix.push(0);
-        self.events
-            .scan_prefix(prefix)
-            .values()
-            .map(|bytes| decode("event", &bytes?))
-            .collect()
+        let mut keyed = Vec::new();
+        self.partitions.with_spans(|spans| {
+            for tree in std::iter::once(&self.events).chain(spans.iter().map(|s| &s.tree)) {
+                for item in tree.scan_prefix(&prefix) {
+                    let (key, bytes) = item?;
+                    keyed.push((key, decode("event", &bytes)?));
+                }
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(keyed.into_iter().map(|(_, event)| event).collect())
     }
 
     fn event_count(&self) -> Result<u64, StoreError> {
-        Ok(self.events.len() as u64)
+        let spans: usize = self
+            .partitions
+            .with_spans(|spans| spans.iter().map(|s| s.tree.len()).sum());
+        Ok((self.events.len() + spans) as u64)
     }
 
     fn prune_events(

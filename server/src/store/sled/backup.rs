@@ -11,6 +11,10 @@
 //! proceeds by a thread of its own, since a full watcher (1,024 writes)
 //! would hold up writers, one of them holding sled's exclusive lock.
 //!
+//! Spans of plain events (see `partitions`) come and go while the server
+//! runs: a span made during the backup is watched from its birth (it has
+//! nothing to scan), and none is dropped until the backup is over.
+//!
 //! A backup directory holds `sled/` (a sled database) and `manifest.json`,
 //! written last: every tree's record count and SHA-256. A restore checks
 //! both while it copies into a fresh directory beside the target, and moves
@@ -31,7 +35,7 @@ use std::{
 use sha2::{Digest, Sha256};
 use sled::{Event, IVec, Subscriber};
 
-use super::SledStore;
+use super::{SledStore, partitions};
 use crate::store::{
     StoreError,
     backup::{Manifest, TreeDigest, empty_dir, io},
@@ -47,9 +51,38 @@ struct Watch {
     name: IVec,
     watcher: Mutex<Subscriber>,
     pending: Mutex<VecDeque<Event>>,
+    /// Its tree in the copy, once the records it held when watched are
+    /// there (a span made during the backup held none).
+    target: Mutex<Option<sled::Tree>>,
+}
+
+/// Every watch, growing as spans are made.
+type Watches = Arc<Mutex<Vec<Arc<Watch>>>>;
+
+fn listed(watches: &Watches) -> Vec<Arc<Watch>> {
+    watches.lock().expect("watch list poisoned").clone()
+}
+
+/// Applies what was taken so far on every tree already copied.
+fn apply_copied(watches: &Watches) -> Result<(), StoreError> {
+    for watch in listed(watches) {
+        if let Some(target) = &*watch.target.lock().expect("watch lock poisoned") {
+            watch.apply_to(target)?;
+        }
+    }
+    Ok(())
 }
 
 impl Watch {
+    fn new(name: IVec, watcher: Subscriber, target: Option<sled::Tree>) -> Self {
+        Self {
+            name,
+            watcher: Mutex::new(watcher),
+            pending: Mutex::new(VecDeque::new()),
+            target: Mutex::new(target),
+        }
+    }
+
     /// Moves every write the watcher holds into `pending`. Touches no tree,
     /// so it may run under sled's exclusive lock: sled's lock is one per
     /// process and not reentrant, and a writer holding it waits for room
@@ -79,10 +112,23 @@ impl Watch {
 
     /// Applies what was taken so far, in order.
     fn apply_to(&self, target: &sled::Tree) -> Result<(), StoreError> {
-        let events = std::mem::take(&mut *self.pending.lock().expect("watch lock poisoned"));
-        events
+        self.taken()
             .into_iter()
             .try_for_each(|event| apply(target, event))
+    }
+
+    fn taken(&self) -> VecDeque<Event> {
+        std::mem::take(&mut *self.pending.lock().expect("watch lock poisoned"))
+    }
+}
+
+/// Lets spans be made without watching and dropped again, however the
+/// backup ends.
+struct Unwatch<'a>(&'a SledStore);
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.0.partitions.unwatch();
     }
 }
 
@@ -109,7 +155,7 @@ impl std::task::Wake for Unpark {
 
 /// Keeps the watchers empty while the copy runs, so writers never wait.
 fn drainer(
-    watches: Arc<Vec<Watch>>,
+    watches: Watches,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Result<(), StoreError>> {
     std::thread::Builder::new()
@@ -118,7 +164,7 @@ fn drainer(
             let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
             let mut cx = Context::from_waker(&waker);
             while !stop.load(Ordering::Acquire) {
-                for watch in watches.iter() {
+                for watch in listed(&watches) {
                     watch.take(&mut cx)?;
                 }
                 std::thread::park_timeout(std::time::Duration::from_millis(10));
@@ -159,51 +205,79 @@ pub(super) fn backup(
     let copy = sled::Config::new()
         .path(dir.join(Manifest::SLED_DIR))
         .open()?;
-    let mut sources = Vec::new();
-    for name in store.db.tree_names() {
-        let source = store.db.open_tree(&name)?;
-        sources.push((name, source));
-    }
+    let watches: Watches = Arc::default();
+    let born = watches.clone();
+    let sources = store.partitions.watch(
+        Box::new(move |span| {
+            let watch = Watch::new(span.name(), span.tree.watch_prefix(Vec::new()), None);
+            born.lock()
+                .expect("watch list poisoned")
+                .push(Arc::new(watch));
+        }),
+        |spans| {
+            let mut sources = Vec::new();
+            for name in store.db.tree_names() {
+                // Spans from the list that none is dropped from meanwhile.
+                if partitions::bounds(&name).is_none() {
+                    sources.push((name.clone(), store.db.open_tree(&name)?));
+                }
+            }
+            sources.extend(spans.iter().map(|span| (span.name(), span.tree.clone())));
+            Ok::<_, StoreError>(sources)
+        },
+    );
+    let _unwatch = Unwatch(store);
+    let sources = sources?;
     let watchers = exclusively(store, |_| {
         sources
             .iter()
-            .map(|(_, tree)| Mutex::new(tree.watch_prefix(Vec::new())))
+            .map(|(_, tree)| tree.watch_prefix(Vec::new()))
             .collect::<Vec<_>>()
     })?;
-    let watches: Arc<Vec<Watch>> = Arc::new(
-        sources
-            .iter()
-            .zip(watchers)
-            .map(|((name, _), watcher)| Watch {
-                name: name.clone(),
-                watcher,
-                pending: Mutex::new(VecDeque::new()),
-            })
-            .collect(),
-    );
+    let mine: Vec<Arc<Watch>> = sources
+        .iter()
+        .zip(watchers)
+        .map(|((name, _), watcher)| Arc::new(Watch::new(name.clone(), watcher, None)))
+        .collect();
+    watches
+        .lock()
+        .expect("watch list poisoned")
+        .extend(mine.iter().cloned());
     let stop = Arc::new(AtomicBool::new(false));
     let draining = drainer(watches.clone(), stop.clone());
-    let copied = copy_trees(&copy, &sources, &watches, progress);
-    // The cut: every write up to a moment when none was in flight.
-    let cut = copied.and_then(|targets| {
-        let (id_floor, cut_ms) = exclusively(store, |view| -> Result<_, StoreError> {
+    let copied = copy_trees(&copy, &sources, &mine, &watches, progress);
+    // The cut: every write up to a moment when none was in flight. What
+    // the drainer takes after it is left out.
+    let cut = copied.and_then(|()| {
+        exclusively(store, |view| -> Result<_, StoreError> {
             let mut cx = Context::from_waker(Waker::noop());
-            for watch in watches.iter() {
+            let mut writes = Vec::new();
+            for watch in listed(&watches) {
                 watch.take(&mut cx)?;
+                let target = watch.target.lock().expect("watch lock poisoned").take();
+                writes.push((watch.name.clone(), target, watch.taken()));
             }
-            Ok((view.generate_id()?, anxin_proto::now_ms()))
-        })??;
-        Ok((targets, id_floor, cut_ms))
+            Ok((writes, view.generate_id()?, anxin_proto::now_ms()))
+        })?
     });
     stop.store(true, Ordering::Release);
     draining.thread().unpark();
     let drained = draining.join().expect("the backup's watch thread panicked");
-    let (targets, id_floor, cut_ms) = cut?;
+    // Writers must not wait on watchers nobody drains any more.
+    drop(_unwatch);
+    watches.lock().expect("watch list poisoned").clear();
+    drop(mine);
+    let (writes, id_floor, cut_ms) = cut?;
     drained?;
-    for (watch, target) in watches.iter().zip(&targets) {
-        watch.apply_to(target)?;
+    for (name, target, events) in writes {
+        let target = match target {
+            Some(target) => target,
+            None => copy.open_tree(&name)?,
+        };
+        events
+            .into_iter()
+            .try_for_each(|event| apply(&target, event))?;
     }
-    drop(watches);
     copy.flush()?;
     let digests = digest_all(&copy)?;
     drop(copy);
@@ -225,11 +299,11 @@ pub(super) fn backup(
 fn copy_trees(
     copy: &sled::Db,
     sources: &[(IVec, sled::Tree)],
-    watches: &[Watch],
+    mine: &[Arc<Watch>],
+    watches: &Watches,
     progress: &mut dyn FnMut(&str, u64),
-) -> Result<Vec<sled::Tree>, StoreError> {
-    let mut targets: Vec<sled::Tree> = Vec::with_capacity(sources.len());
-    for (name, source) in sources {
+) -> Result<(), StoreError> {
+    for ((name, source), watch) in sources.iter().zip(mine) {
         let target = copy.open_tree(name)?;
         let name = String::from_utf8_lossy(name).into_owned();
         let mut batch = sled::Batch::default();
@@ -249,20 +323,16 @@ fn copy_trees(
             if in_batch == BATCH {
                 target.apply_batch(std::mem::take(&mut batch))?;
                 in_batch = 0;
-                for (watch, done) in watches.iter().zip(&targets) {
-                    watch.apply_to(done)?;
-                }
+                apply_copied(watches)?;
                 progress(&name, copied);
             }
         }
         target.apply_batch(batch)?;
         progress(&name, copied);
-        targets.push(target);
-        for (watch, done) in watches.iter().zip(&targets) {
-            watch.apply_to(done)?;
-        }
+        *watch.target.lock().expect("watch lock poisoned") = Some(target);
+        apply_copied(watches)?;
     }
-    Ok(targets)
+    Ok(())
 }
 
 fn digest_tree(tree: &sled::Tree) -> Result<TreeDigest, StoreError> {
@@ -418,11 +488,18 @@ mod tests {
     /// inserts fill a third tree, each followed by its own counter. The
     /// copy must be one moment: both trees hold exactly 1..=counter, the
     /// overwritten key the counter's value, the third tree every key up to
-    /// its counter.
+    /// its counter. Plain events are committed 50 ms of receipt time
+    /// apart into spans of a second, so spans are made during the backup:
+    /// every event up to its counter must be in the copy too.
     #[test]
     fn a_backup_taken_while_writers_run_is_one_consistent_moment() {
+        use anxin_proto::v1::{DeviceEvent, EventKind, UplinkEvent};
+
+        use crate::store::Storage;
+
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+        store.retain_events_for(Some(10_000));
         let pairs_a = store.db.open_tree("test_a").unwrap();
         let pairs_b = store.db.open_tree("test_b").unwrap();
         let plain = store.db.open_tree("test_plain").unwrap();
@@ -477,14 +554,44 @@ mod tests {
                 i
             })
         };
+        let event_writer = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let uplink = UplinkEvent {
+                        event: Some(DeviceEvent {
+                            device_id: "sensor".into(),
+                            seq,
+                            kind: EventKind::Telemetry as i32,
+                            ..Default::default()
+                        }),
+                        stored_ms: 1,
+                    };
+                    let received_ms = 1_000_000 + seq as i64 * 50;
+                    store
+                        .commit_plain_events("gw", &[uplink], received_ms)
+                        .unwrap();
+                    store
+                        .meta
+                        .insert(b"test_events", &seq.to_be_bytes())
+                        .unwrap();
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                seq
+            })
+        };
         while number(store.meta.get(b"test_plain").unwrap()) < 100 {
             std::thread::yield_now();
         }
         let backup_dir = dir.path().join("backup");
+        let events_before = number(store.meta.get(b"test_events").unwrap());
         let manifest = backup(&store, &backup_dir, &mut |_, _| {}).unwrap();
         stop.store(true, Ordering::Relaxed);
         let (pairs_written, plain_written) =
             (transactional.join().unwrap(), plain_writer.join().unwrap());
+        let events_written = event_writer.join().unwrap();
 
         // Trees keep their database open: all of them go at the block's end.
         let pairs = {
@@ -517,6 +624,30 @@ mod tests {
                     "plain {i}"
                 );
             }
+            let events = number(meta.get(b"test_events").unwrap());
+            assert!(events > 0 && events < events_written);
+            let spans: Vec<sled::Tree> = copy
+                .tree_names()
+                .iter()
+                .filter(|name| partitions::bounds(name).is_some())
+                .map(|name| copy.open_tree(name).unwrap())
+                .collect();
+            assert!(
+                events > events_before + 40,
+                "spans were made during the backup ({events_before} events before it, \
+                 {events} at its cut, {} spans)",
+                spans.len()
+            );
+            for seq in 1..=events {
+                let key = super::super::event_key("sensor", seq);
+                let holding = spans
+                    .iter()
+                    .filter(|s| s.contains_key(&key).unwrap())
+                    .count();
+                assert_eq!(holding, 1, "event {seq} is in one span of the copy");
+            }
+            let copied: usize = spans.iter().map(sled::Tree::len).sum();
+            assert!(copied as u64 <= events + 1, "nothing after the cut");
             pairs
         };
         assert!(

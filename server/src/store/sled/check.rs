@@ -124,6 +124,19 @@ pub(super) fn check(store: &SledStore) -> CheckReport {
         by_time,
     );
     agree(&mut report, "alert_events", &store.alert_events, of_alerts);
+    store.partitions.with_spans(|spans| {
+        for span in spans {
+            let name = String::from_utf8_lossy(&span.name()).into_owned();
+            let events = decode_all::<StoredEvent>(&mut report, "events", &span.tree);
+            if let Some((key, event)) = events.iter().find(|(_, e)| !e.alert_id.is_empty()) {
+                report.problem(format!(
+                    "{name}: event {} belongs to alert {}; a span holds only plain events",
+                    show(key),
+                    event.alert_id
+                ));
+            }
+        }
+    });
 
     let alerts = decode_all::<Alert>(&mut report, "alerts", &store.alerts);
     let mut open = BTreeSet::new();

@@ -2,9 +2,13 @@
 //! reading the rest, and the pruning batches (`crate::retention` decides
 //! when and how much).
 //!
+//! - plain events are in spans of receipt time (see `partitions`): a span
+//!   behind the cut-off is summarised in batches, then dropped whole.
 //! - `events_by_time`: `received ms (u64 BE) ‖ event key` → the event's
-//!   kind (i32 BE): every event that belongs to no alert, oldest first. A
-//!   batch is pruned and summarised from these keys alone.
+//!   kind (i32 BE): every event in `events` that belongs to no alert (a
+//!   cancel with nothing to cancel; plain events of stores written before
+//!   spans), oldest first. A batch is pruned and summarised from these
+//!   keys alone.
 //! - `alert_events`: `alert number (u64 BE) ‖ event key` → (): the events
 //!   of each alert, removed with it.
 //! - `event_days`: `device_id ‖ 0x00 ‖ day (u32 BE) ‖ kind (u32 BE)` →
@@ -15,9 +19,15 @@
 
 use anxin_proto::v1::Alert;
 use prost::Message;
-use sled::Transactional;
+use sled::{
+    Transactional,
+    transaction::{ConflictableTransactionError, TransactionalTree},
+};
 
-use super::{SledStore, StoreError, abort, decode};
+use super::{
+    SledStore, StoreError, abort, decode,
+    partitions::{Span, fold_key, fold_mark, read_fold_mark},
+};
 use crate::{
     lifecycle,
     store::{EventDay, StoredEvent, closed_ms},
@@ -114,12 +124,117 @@ pub(super) fn ensure_indexes(store: &SledStore) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Summarises and drops the spans that end by `before_ms`, then prunes
+/// `events` one by one; up to `limit` events in all.
 pub(super) fn prune_events(
     store: &SledStore,
     before_ms: i64,
     utc_offset_minutes: i32,
     limit: usize,
 ) -> Result<u64, StoreError> {
+    let mut pruned = 0;
+    for span in store.partitions.claim(&store.meta, before_ms)? {
+        if pruned >= limit {
+            return Ok(pruned as u64);
+        }
+        pruned += fold_span(store, &span, utc_offset_minutes, limit - pruned)?;
+    }
+    if pruned < limit {
+        pruned += prune_one_by_one(store, before_ms, utc_offset_minutes, limit - pruned)?;
+    }
+    Ok(pruned as u64)
+}
+
+/// Summarises up to `limit` more events of a claimed span; drops it once
+/// all are (unless a backup is copying it: a later run does). Returns how
+/// many it summarised.
+fn fold_span(
+    store: &SledStore,
+    span: &Span,
+    utc_offset_minutes: i32,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let mark_key = fold_key(span);
+    let mark = store.meta.get(&mark_key)?;
+    let (done, last) = mark.as_deref().map_or((false, &[][..]), read_fold_mark);
+    let mut folded = 0;
+    if !done {
+        let after = (
+            std::ops::Bound::Excluded(last),
+            std::ops::Bound::<&[u8]>::Unbounded,
+        );
+        let batch: Vec<(sled::IVec, sled::IVec)> = if last.is_empty() {
+            span.tree.iter().take(limit).collect::<Result<_, _>>()?
+        } else {
+            span.tree
+                .range::<&[u8], _>(after)
+                .take(limit)
+                .collect::<Result<_, _>>()?
+        };
+        folded = batch.len();
+        let days = batch
+            .iter()
+            .map(|(key, bytes)| {
+                let event: StoredEvent = decode("event", bytes)?;
+                let device = String::from_utf8_lossy(device_of(key));
+                Ok(EventDay::one(
+                    &device,
+                    event.received_ms,
+                    i32::from_be_bytes(kind_value(&event)),
+                    utc_offset_minutes,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let days = EventDay::fold(days);
+        let finished = folded < limit;
+        let mark = fold_mark(finished, batch.last().map_or(last, |(key, _)| key));
+        (&store.event_days, &store.event_days_by_day, &store.meta).transaction(
+            |(event_days, by_day, meta)| {
+                merge_days(event_days, by_day, &days)?;
+                meta.insert(mark_key.as_slice(), mark.as_slice())?;
+                Ok(())
+            },
+        )?;
+        if !finished {
+            return Ok(folded);
+        }
+    }
+    if store.partitions.forget(span) {
+        store.db.drop_tree(span.name())?;
+        store.meta.remove(&mark_key)?;
+    }
+    Ok(folded)
+}
+
+/// Adds each day to its device's summary, as one step of a transaction.
+fn merge_days(
+    event_days: &TransactionalTree,
+    by_day: &TransactionalTree,
+    days: &[EventDay],
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for day in days {
+        let key = day_key(day);
+        let mut merged = day.clone();
+        match event_days.get(&key)? {
+            Some(bytes) => {
+                let old: EventDay = decode("event day", &bytes).map_err(abort)?;
+                merged.merge(&old);
+            }
+            None => {
+                by_day.insert(by_day_key(day), &[])?;
+            }
+        }
+        event_days.insert(key, merged.encode_to_vec())?;
+    }
+    Ok(())
+}
+
+fn prune_one_by_one(
+    store: &SledStore,
+    before_ms: i64,
+    utc_offset_minutes: i32,
+    limit: usize,
+) -> Result<usize, StoreError> {
     let end = (before_ms.max(0) as u64).to_be_bytes();
     let gone: Vec<(sled::IVec, sled::IVec)> = store
         .events_by_time
@@ -146,23 +261,9 @@ pub(super) fn prune_events(
                 events.remove(&key[8..])?;
                 by_time.remove(key)?;
             }
-            for day in &days {
-                let key = day_key(day);
-                let mut merged = day.clone();
-                match event_days.get(&key)? {
-                    Some(bytes) => {
-                        let old: EventDay = decode("event day", &bytes).map_err(abort)?;
-                        merged.merge(&old);
-                    }
-                    None => {
-                        by_day.insert(by_day_key(day), &[])?;
-                    }
-                }
-                event_days.insert(key, merged.encode_to_vec())?;
-            }
-            Ok(())
+            merge_days(event_days, by_day, &days)
         })?;
-    Ok(gone.len() as u64)
+    Ok(gone.len())
 }
 
 pub(super) fn prune_event_days(

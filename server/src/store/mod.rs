@@ -364,8 +364,10 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     fn retry_notification(&self, item: &OutboxItem) -> Result<(), StoreError>;
 
     /// Removes up to `limit` events received before `before_ms` that
-    /// belong to no alert, folding each into its device's [`EventDay`] in
-    /// the same transaction. Returns how many were removed.
+    /// belong to no alert, folding each into its device's [`EventDay`]
+    /// first, exactly once. Returns how many were removed (sled: counted
+    /// as summarised; a span goes whole once all of it is before
+    /// `before_ms`, see [`Storage::retain_events_for`]).
     fn prune_events(
         &self,
         before_ms: i64,

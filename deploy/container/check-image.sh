@@ -80,7 +80,14 @@ id = "btn-0001"
 password = "$SECRET-device-btn-0001"
 TOML
 chown -R "$user:$user" "$root/stack"
-in_image() { chroot --userspec="$user:$user" "$root" env HOME=/stack "$@"; }
+# In the background (a subshell) it execs, so $! is the program itself and
+# the cleanup's kill reaches it.
+in_image() {
+  if [[ $BASHPID != "$$" ]]; then
+    exec chroot --userspec="$user:$user" "$root" env HOME=/stack "$@"
+  fi
+  chroot --userspec="$user:$user" "$root" env HOME=/stack "$@"
+}
 
 in_image /usr/local/bin/anxin-server --config /stack/server.toml --seed /stack/seed.toml \
   > "$root/stack/seed.log" 2>&1 || fail "seeding the directory"

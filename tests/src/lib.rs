@@ -326,6 +326,17 @@ impl Server {
         Self::start_full(dir, free_port(), &[], &[], None).await
     }
 
+    /// Starts a server on a store that is already there: sled's in
+    /// `dir/server-data` (`database` `None`) or the PostgreSQL database
+    /// `database`, with extra config lines (an upgrade, a changed policy).
+    pub async fn start_on_store(
+        dir: &Path,
+        database: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full(dir, free_port(), &[], extra, database).await
+    }
+
     /// The server's config file.
     pub fn config_path(&self) -> &Path {
         &self.config

@@ -10,4 +10,8 @@ cd "$(dirname "$0")/.."
 echo "== the suite on sled =="
 cargo test --workspace "$@"
 echo "== the end-to-end suite on PostgreSQL =="
-ANXIN_TEST_STORE=postgres cargo test -p anxin-tests "$@"
+# The integration tests of the whole workspace (tests/tests and two small
+# server ones): selected with --workspace, the packages resolve the same
+# features as above, so nothing is compiled again (-p anxin-tests cost a
+# rebuild of the test binaries and of the servers' binaries, ~2 minutes).
+ANXIN_TEST_STORE=postgres cargo test --workspace --test '*' "$@"

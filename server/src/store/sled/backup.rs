@@ -493,9 +493,7 @@ mod tests {
     /// every event up to its counter must be in the copy too.
     #[test]
     fn a_backup_taken_while_writers_run_is_one_consistent_moment() {
-        use anxin_proto::v1::{DeviceEvent, EventKind, UplinkEvent};
-
-        use crate::store::Storage;
+        use crate::store::{Storage, sled::partitions::tests::telemetry};
 
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
@@ -560,18 +558,9 @@ mod tests {
                 let mut seq = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     seq += 1;
-                    let uplink = UplinkEvent {
-                        event: Some(DeviceEvent {
-                            device_id: "sensor".into(),
-                            seq,
-                            kind: EventKind::Telemetry as i32,
-                            ..Default::default()
-                        }),
-                        stored_ms: 1,
-                    };
                     let received_ms = 1_000_000 + seq as i64 * 50;
                     store
-                        .commit_plain_events("gw", &[uplink], received_ms)
+                        .commit_plain_events("gw", &[telemetry(seq)], received_ms)
                         .unwrap();
                     store
                         .meta

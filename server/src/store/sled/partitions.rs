@@ -276,13 +276,14 @@ pub(super) fn read_fold_mark(mark: &[u8]) -> (bool, &[u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use anxin_proto::v1::{DeviceEvent, EventKind, UplinkEvent};
 
     use super::*;
     use crate::store::{EventDay, Storage, sled::SledStore};
 
-    fn telemetry(seq: u64) -> UplinkEvent {
+    /// Telemetry `seq` of the device `sensor` (a plain event).
+    pub(in crate::store::sled) fn telemetry(seq: u64) -> UplinkEvent {
         UplinkEvent {
             event: Some(DeviceEvent {
                 device_id: "sensor".into(),

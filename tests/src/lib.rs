@@ -72,6 +72,19 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `command` to its end and prints its status and output under
+/// `what` (shown when the test fails).
+pub fn logged(what: &str, command: &mut Command) -> std::process::Output {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    eprintln!(
+        "{what}: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// A port free right now on 127.0.0.1, and never one this test process
 /// handed out before: the kernel may give a just-released ephemeral port
 /// again, and two of a process's ports the same number (a gateway's MQTT

@@ -19,7 +19,7 @@ use std::{
 use anxin_proto::v1::{Alert, AuditEntry, AuditQuery, DeviceRecord, Resident, Staff};
 use anxin_server::{directory::TokenRecord, store::StoredEvent};
 use anxin_tests::{
-    Gateway, PATIENCE, Server, Sim, StoreEngine, binary, eventually, load_devices,
+    Gateway, PATIENCE, Server, Sim, StoreEngine, binary, eventually, load_devices, logged,
     scratch_database, store_engine,
 };
 
@@ -69,19 +69,13 @@ fn contents(store: &anxin_server::store::Store) -> Contents {
 }
 
 fn cli(config: &Path, args: &[&str]) -> Output {
-    let output = Command::new(binary("anxin-server"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    eprintln!(
-        "anxin-server {args:?}: {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
+    logged(
+        &format!("anxin-server {args:?}"),
+        Command::new(binary("anxin-server"))
+            .arg("--config")
+            .arg(config)
+            .args(args),
+    )
 }
 
 /// A config for restoring into a fresh store: a new directory (sled) or a

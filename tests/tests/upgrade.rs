@@ -11,11 +11,12 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
 use anxin_tests::{
-    Gateway, PATIENCE, Server, Sim, StoreEngine, binary, eventually, scratch_database, store_engine,
+    Gateway, PATIENCE, Server, Sim, StoreEngine, binary, eventually, logged, scratch_database,
+    store_engine,
 };
 use serde_json::Value;
 
@@ -23,17 +24,6 @@ const DISPATCHER: &str = "fixture-dispatcher-zhang";
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/upgrade")
-}
-
-fn run(what: &str, command: &mut Command) -> Output {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    eprintln!(
-        "{what}: {}\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 /// The queue as the fixture recorded it: the fields an upgrade must keep
@@ -72,7 +62,7 @@ async fn server_on_fixture(home: &Path) -> (Server, &'static str) {
         StoreEngine::Sled => {
             let data = home.join("server-data");
             std::fs::create_dir_all(&data).unwrap();
-            let untar = run(
+            let untar = logged(
                 "unpacking the sled fixture",
                 Command::new("tar")
                     .arg("-C")
@@ -85,7 +75,7 @@ async fn server_on_fixture(home: &Path) -> (Server, &'static str) {
         }
         StoreEngine::Postgres => {
             let url = scratch_database().await;
-            let load = run(
+            let load = logged(
                 "loading the PostgreSQL fixture",
                 Command::new("bash").arg("-c").arg(format!(
                     "set -o pipefail; gunzip -c '{}' | psql -q -v ON_ERROR_STOP=1 '{url}'",
@@ -174,7 +164,7 @@ async fn a_store_written_by_an_earlier_build_is_served_whole_and_pruned_by_polic
     let config = server.config_path().to_path_buf();
     drop(server);
     for args in [["store", "check"], ["audit", "verify"]] {
-        let output = run(
+        let output = logged(
             &args.join(" "),
             Command::new(binary("anxin-server"))
                 .arg("--config")

@@ -774,8 +774,11 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
 
 /// Seals the store every second, and once more when the server stops, so a
 /// store that later opens with less than it had made durable is refused.
-/// Not while the store has failed or is short of space (sled is left alone
-/// then; see `health.rs`).
+/// Not while the store has failed (sled is left alone then; see
+/// `health.rs`). While it is short of space nothing new is written, but the
+/// store is still flushed: dispatchers' actions go on then, and a write of
+/// theirs that met `ENOSPC` leaves sled failed without telling anyone; the
+/// flush finds it, and the restart in place follows once there is room.
 async fn seal_store(store: Store, health: Arc<health::Health>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -784,16 +787,20 @@ async fn seal_store(store: Store, health: Arc<health::Health>, cancel: Cancellat
             _ = cancel.cancelled() => true,
             _ = tick.tick() => false,
         };
-        if health.refuse_events().is_none() {
+        let outcome = if health.store_error().is_some() {
+            Ok(())
+        } else if health.refuse_events().is_none() {
             let sealing = store.clone();
-            let sealed = tokio::task::spawn_blocking(move || sealing.seal())
+            tokio::task::spawn_blocking(move || sealing.seal())
                 .await
-                .expect("seal task panicked");
-            if let Err(err) = sealed {
-                ::metrics::counter!(anxin_server::metrics::STORE_ERRORS).increment(1);
-                health.store_failed(&err);
-                tracing::warn!(error = %err, "sealing the store failed");
-            }
+                .expect("seal task panicked")
+        } else {
+            store.flush().await
+        };
+        if let Err(err) = outcome {
+            ::metrics::counter!(anxin_server::metrics::STORE_ERRORS).increment(1);
+            health.store_failed(&err);
+            tracing::warn!(error = %err, "sealing or flushing the store failed");
         }
         if stopping {
             return;

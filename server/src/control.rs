@@ -5,8 +5,11 @@
 //! whoever may use it may read the store's files anyway. One JSON line
 //! asks (`{"backup": "/abs/dir"}`); the server answers with progress lines
 //! and a last line, `{"done": manifest}` or `{"error": "..."}`. Each backup
-//! is audited (`store.backup`, the caller's uid as actor); one runs at a
-//! time.
+//! is audited (`store.backup`, or `store.backup.failed` with the reason;
+//! the caller's uid as actor); one runs at a time. A request refused (it
+//! does not parse, a relative path, one already running) is logged,
+//! counted (`anxin_server_control_refused_total{reason}`) and audited
+//! (`store.backup.refused`).
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -25,7 +28,13 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{Store, StoreError, backup::Manifest};
+use crate::{
+    metrics as m,
+    store::{
+        Store, StoreError,
+        backup::{Job, Manifest, audit_entry},
+    },
+};
 
 pub const SOCKET: &str = "anxin.control";
 
@@ -107,35 +116,41 @@ async fn answer(
     BufReader::new((&mut stream).take(MAX_REQUEST))
         .read_line(&mut line)
         .await?;
-    let request: Request = match serde_json::from_str(&line) {
-        Ok(request) => request,
-        Err(err) => {
-            tracing::warn!(error = %err, "control socket: a request that does not parse");
-            return send(
-                &mut stream,
-                &Reply::Error(format!("the request does not parse: {err}")),
-            )
-            .await;
-        }
-    };
-    if !request.backup.is_absolute() {
-        return send(
-            &mut stream,
-            &Reply::Error("the backup directory must be an absolute path".into()),
-        )
-        .await;
-    }
-    if busy.swap(true, Ordering::SeqCst) {
-        return send(
-            &mut stream,
-            &Reply::Error("a backup is running already; try again when it is done".into()),
-        )
-        .await;
-    }
     let actor = match uid {
         Some(uid) => format!("operator (uid {uid}, control socket)"),
         None => "operator (control socket)".into(),
     };
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(request) => request,
+        Err(err) => {
+            let why = format!("the request does not parse: {err}");
+            return refuse(&store, &mut stream, actor, "unparsed", None, why).await;
+        }
+    };
+    if !request.backup.is_absolute() {
+        let why = "the backup directory must be an absolute path".to_string();
+        return refuse(
+            &store,
+            &mut stream,
+            actor,
+            "relative_path",
+            Some(&request.backup),
+            why,
+        )
+        .await;
+    }
+    if busy.swap(true, Ordering::SeqCst) {
+        let why = "a backup is running already; try again when it is done".to_string();
+        return refuse(
+            &store,
+            &mut stream,
+            actor,
+            "busy",
+            Some(&request.backup),
+            why,
+        )
+        .await;
+    }
     tracing::info!(to = %request.backup.display(), %actor, "backup started");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let dir = request.backup.clone();
@@ -158,34 +173,62 @@ async fn answer(
         }
     };
     busy.store(false, Ordering::SeqCst);
-    let reply = match result {
+    let (entry, reply) = match result {
         Ok(manifest) => {
             let records: u64 = manifest.trees.iter().map(|t| t.records).sum();
             tracing::info!(to = %request.backup.display(), records, "backup done");
-            let audited = store.append(AuditEntry {
-                at_ms: now_ms(),
-                actor,
-                action: "store.backup".into(),
-                target: "store".into(),
-                detail: format!(
-                    "to {}: {records} records in {} trees, as of {}",
-                    request.backup.display(),
-                    manifest.trees.len(),
-                    manifest.cut_ms
-                ),
-                ..Default::default()
-            });
-            if let Err(err) = audited {
-                tracing::warn!(error = %err, "the backup's audit entry was not written");
-            }
-            Reply::Done(Box::new(manifest))
+            let entry = audit_entry(Job::Backup, actor, &request.backup, Ok(&manifest));
+            (entry, Reply::Done(Box::new(manifest)))
         }
         Err(err) => {
             tracing::warn!(to = %request.backup.display(), error = %err, "backup failed");
-            Reply::Error(err.to_string())
+            metrics::counter!(m::BACKUPS_FAILED).increment(1);
+            let why = err.to_string();
+            let entry = audit_entry(Job::Backup, actor, &request.backup, Err(&why));
+            (entry, Reply::Error(why))
         }
     };
+    audit(&store, entry).await;
     send(&mut stream, &reply).await
+}
+
+/// A request not carried out: logged, counted by reason, audited
+/// (`store.backup.refused`), and answered.
+async fn refuse(
+    store: &Store,
+    stream: &mut UnixStream,
+    actor: String,
+    reason: &'static str,
+    dir: Option<&Path>,
+    why: String,
+) -> std::io::Result<()> {
+    tracing::warn!(reason, %actor, "control socket: request refused: {why}");
+    metrics::counter!(m::CONTROL_REFUSED, "reason" => reason).increment(1);
+    let detail = match dir {
+        Some(dir) => format!("to {}: {why}", dir.display()),
+        None => why.clone(),
+    };
+    let entry = AuditEntry {
+        at_ms: now_ms(),
+        actor,
+        action: "store.backup.refused".into(),
+        target: "store".into(),
+        detail,
+        ..Default::default()
+    };
+    audit(store, entry).await;
+    send(stream, &Reply::Error(why)).await
+}
+
+async fn audit(store: &Store, entry: AuditEntry) {
+    let action = entry.action.clone();
+    let written = match store.append(entry) {
+        Ok(_) => store.flush().await,
+        Err(err) => Err(err),
+    };
+    if let Err(err) = written {
+        tracing::warn!(%action, error = %err, "the audit entry of a control request was not written");
+    }
 }
 
 /// Asks the server on the socket at `path` for a backup into `dir`. `None`

@@ -39,7 +39,7 @@ use anxin_server::{
     metrics,
     notifier::{Notifier, Webhook, WebhookHosts},
     replicas,
-    store::{self, Store},
+    store::{self, Store, backup::Job},
     uplink::UplinkService,
 };
 use anyhow::Context;
@@ -343,12 +343,14 @@ async fn backup(config: ServerConfig, to: &std::path::Path) -> anyhow::Result<()
                     let store = open_store(&config).await?;
                     let copying = store.clone();
                     let target = to.clone();
-                    let manifest = tokio::task::spawn_blocking(move || {
+                    let made = tokio::task::spawn_blocking(move || {
                         copying.backup(&target, &mut progress_printer())
                     })
-                    .await?
-                    .context("backing up")?;
-                    audit_store_job(&store, "store.backup", &to, &manifest).await?;
+                    .await?;
+                    // The backup's own error first; the audit's, if any, after.
+                    let audited = audit_store_job(&store, Job::Backup, &to, &made).await;
+                    let manifest = made.context("backing up")?;
+                    audited?;
                     manifest
                 }
             }
@@ -356,12 +358,15 @@ async fn backup(config: ServerConfig, to: &std::path::Path) -> anyhow::Result<()
         Backend::Postgres => {
             let url = config.store.url.clone();
             let target = to.clone();
-            let manifest =
+            let made =
                 tokio::task::spawn_blocking(move || store::backup::postgres_backup(&url, &target))
-                    .await?
-                    .context("backing up with pg_dump")?;
-            let store = open_store(&config).await?;
-            audit_store_job(&store, "store.backup", &to, &manifest).await?;
+                    .await?;
+            let audited = match open_store(&config).await {
+                Ok(store) => audit_store_job(&store, Job::Backup, &to, &made).await,
+                Err(err) => Err(err),
+            };
+            let manifest = made.context("backing up with pg_dump")?;
+            audited?;
             manifest
         }
     };
@@ -377,31 +382,19 @@ async fn backup(config: ServerConfig, to: &std::path::Path) -> anyhow::Result<()
     Ok(())
 }
 
+/// Audits a backup or restore made by this command, made or not.
 async fn audit_store_job(
     store: &Store,
-    action: &str,
+    job: Job,
     dir: &std::path::Path,
-    manifest: &store::backup::Manifest,
+    made: &Result<store::backup::Manifest, store::StoreError>,
 ) -> anyhow::Result<()> {
+    let why = made.as_ref().err().map(ToString::to_string);
+    let outcome = made
+        .as_ref()
+        .map_err(|_| why.as_deref().unwrap_or_default());
     store
-        .append(anxin_proto::v1::AuditEntry {
-            at_ms: anxin_proto::now_ms(),
-            actor: operator(),
-            action: action.into(),
-            target: "store".into(),
-            detail: format!(
-                "{} {}: backup of a {} store as of {}",
-                if action == "store.backup" {
-                    "to"
-                } else {
-                    "from"
-                },
-                dir.display(),
-                manifest.engine,
-                manifest.cut_ms
-            ),
-            ..Default::default()
-        })
+        .append(store::backup::audit_entry(job, operator(), dir, outcome))
         .context("writing the audit entry")?;
     store.flush().await.context("flushing the store")?;
     store.seal().context("sealing the store")?;
@@ -423,7 +416,7 @@ async fn restore(config: ServerConfig, from: &std::path::Path) -> anyhow::Result
             .with_context(|| format!("restoring into {}", store_location(&config)))?,
     };
     let store = open_store(&config).await?;
-    audit_store_job(&store, "store.restore", from, &manifest).await?;
+    audit_store_job(&store, Job::Restore, from, &Ok(manifest.clone())).await?;
     println!(
         "restored the {} store as of {} ms since the epoch into {}; checking it",
         manifest.engine,

@@ -30,6 +30,8 @@ pub const CHECKINS_JUDGED: &str = "anxin_server_checkins_judged_total";
 pub const VISITS_MISSED: &str = "anxin_server_visits_missed_total";
 pub const RETENTION_PRUNED: &str = "anxin_server_retention_pruned_total";
 pub const RETENTION_LAST_RUN: &str = "anxin_server_retention_last_run_seconds";
+pub const CONTROL_REFUSED: &str = "anxin_server_control_refused_total";
+pub const BACKUPS_FAILED: &str = "anxin_server_backups_failed_total";
 
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -57,6 +59,14 @@ pub fn install() -> PrometheusHandle {
         "Events received again and absorbed by deduplication."
     );
     describe_counter!(EVENTS_INVALID, "Uplink messages refused as invalid.");
+    describe_counter!(
+        CONTROL_REFUSED,
+        "Requests on the control socket refused, by reason (unparsed, relative_path, busy)."
+    );
+    describe_counter!(
+        BACKUPS_FAILED,
+        "Backups asked for over the control socket that failed."
+    );
     describe_counter!(ALERTS_CREATED, "Alerts raised.");
     describe_counter!(
         CHECKINS_JUDGED,

@@ -16,6 +16,8 @@ use std::{
     process::{Command, Output},
 };
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use anxin_proto::v1::{Alert, AuditEntry, AuditQuery, DeviceRecord, Resident, Staff};
 use anxin_server::{directory::TokenRecord, store::StoredEvent};
 use anxin_tests::{
@@ -169,6 +171,28 @@ async fn a_backup_under_load_restores_consistent_and_a_quiet_one_identical() {
     );
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    if store_engine() == StoreEngine::Sled {
+        assert_eq!(
+            server.metric("anxin_server_backups_failed_total").await,
+            1.0
+        );
+        // A request the control socket cannot take: refused, counted, audited.
+        let socket = home.join("server-data").join("anxin.control");
+        let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+        stream
+            .write_all(b"{\"backup\": \"relative/dir\"}\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.contains("absolute path"), "{answer}");
+        assert_eq!(
+            server
+                .metric("anxin_server_control_refused_total{reason=\"relative_path\"}")
+                .await,
+            1.0
+        );
+    }
 
     load.finish_load().await;
     gateway.wait_drained(PATIENCE).await;
@@ -191,6 +215,21 @@ async fn a_backup_under_load_restores_consistent_and_a_quiet_one_identical() {
     );
     let source = contents(&open(server.config_path()).await);
     assert_eq!(last_action(&source.audit), "store.backup");
+    let failed = source
+        .audit
+        .iter()
+        .find(|e| e.action == "store.backup.failed")
+        .expect("the refused second backup is audited");
+    assert!(failed.detail.contains("not empty"), "{failed:?}");
+    if store_engine() == StoreEngine::Sled {
+        let refused = source
+            .audit
+            .iter()
+            .find(|e| e.action == "store.backup.refused")
+            .expect("the control socket's refusal is audited");
+        assert!(refused.detail.contains("absolute path"), "{refused:?}");
+        assert!(refused.actor.contains("control socket"), "{refused:?}");
+    }
 
     // Under load: one consistent moment of the source.
     let (config, _) = fresh_store(&dir.path().join("restored-under-load")).await;

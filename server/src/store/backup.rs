@@ -115,6 +115,59 @@ impl Manifest {
     }
 }
 
+/// What an audit entry of a backup or a restore is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    Backup,
+    Restore,
+}
+
+/// The audit entry of a backup or a restore, however it was asked for (the
+/// control socket or the command line): `store.backup` / `store.restore`
+/// when it was made, `store.backup.failed` with the reason when not.
+pub fn audit_entry(
+    job: Job,
+    actor: String,
+    dir: &Path,
+    outcome: Result<&Manifest, &str>,
+) -> anxin_proto::v1::AuditEntry {
+    let (action, preposition) = match job {
+        Job::Backup => ("store.backup", "to"),
+        Job::Restore => ("store.restore", "from"),
+    };
+    let (action, detail) = match outcome {
+        Ok(manifest) => {
+            let records: u64 = manifest.trees.iter().map(|t| t.records).sum();
+            let counted = if manifest.trees.is_empty() {
+                String::new()
+            } else {
+                format!(", {records} records in {} trees", manifest.trees.len())
+            };
+            (
+                action.to_string(),
+                format!(
+                    "{preposition} {}: a {} store as of {}{counted}",
+                    dir.display(),
+                    manifest.engine,
+                    manifest.cut_ms
+                ),
+            )
+        }
+        Err(why) => (
+            format!("{action}.failed"),
+            format!("{preposition} {}: {why}", dir.display()),
+        ),
+    };
+    anxin_proto::v1::AuditEntry {
+        at_ms: anxin_proto::now_ms(),
+        actor,
+        action,
+        target: "store".into(),
+        detail,
+        ..Default::default()
+    }
+}
+
 /// Runs one of PostgreSQL's client tools; its own message on failure.
 fn run_tool(mut command: Command, tool: &str) -> Result<(), StoreError> {
     let output = command.output().map_err(|err| {

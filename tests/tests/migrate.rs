@@ -2,7 +2,109 @@
 //! a replica on the copy serves the same alerts, events and audit, and
 //! numbers new alerts after the old ones.
 
+use anxin_proto::v1::{
+    AuditEntry, CheckinDay, DeviceEvent, EventKind, SignOfLife, UplinkEvent, Visit, VisitPlan,
+};
+use anxin_server::store::{EventDay, Storage, postgres::PgStore};
 use anxin_tests::{Gateway, PATIENCE, Server, Sim, binary, eventually, require_postgres};
+
+/// A local day of the check-in and the visit below.
+const DAY: i32 = 20_000;
+
+/// What the welfare desk and retention leave in a store, written through
+/// the store's API on the stopped server's store: a sign of life, a judged
+/// check-in day, a visit plan and its visit, and a daily summary of a
+/// pruned telemetry event (received two hours ago: recent enough that no
+/// server prunes the summary).
+async fn add_welfare_and_summaries(store: &anxin_server::store::Store) {
+    let audit = |action: &str| AuditEntry {
+        at_ms: 1_000,
+        actor: "system".into(),
+        action: action.into(),
+        target: "resident/r-1".into(),
+        ..Default::default()
+    };
+    let sign = SignOfLife {
+        resident_id: "r-1".into(),
+        at_ms: 1_000,
+        how: "checkin".into(),
+        source: "btn-1".into(),
+    };
+    store.note_signs(std::slice::from_ref(&sign)).unwrap();
+    let day = CheckinDay {
+        resident_id: "r-1".into(),
+        day: DAY,
+        community_id: "c-a".into(),
+        outcome: "ok".into(),
+        sign: Some(sign),
+        judged_ms: 2_000,
+        ..Default::default()
+    };
+    store
+        .judge_checkin_day(&day, audit("checkin.judged"))
+        .unwrap();
+    let plan = VisitPlan {
+        id: "plan-1".into(),
+        resident_id: "r-1".into(),
+        community_id: "c-a".into(),
+        weekdays: vec![1, 4],
+        // Inactive: no server judges its days while the test runs.
+        active: false,
+        ..Default::default()
+    };
+    store
+        .put_visit_plans(&[plan], audit("visit_plan.put"))
+        .unwrap();
+    let visit = Visit {
+        plan_id: "plan-1".into(),
+        day: DAY,
+        resident_id: "r-1".into(),
+        community_id: "c-a".into(),
+        status: "done".into(),
+        arrived_ms: 3_000,
+        carer_id: "carer-1".into(),
+        ..Default::default()
+    };
+    store
+        .record_visit(&visit, audit("visit.done"), &[])
+        .unwrap();
+    let telemetry = UplinkEvent {
+        event: Some(DeviceEvent {
+            device_id: "room-1".into(),
+            seq: 7,
+            kind: EventKind::Telemetry as i32,
+            ..Default::default()
+        }),
+        stored_ms: 1,
+    };
+    store
+        .commit_plain_events("gw-test", &[telemetry], anxin_proto::now_ms() - 7_200_000)
+        .unwrap();
+    assert_eq!(
+        store.prune_events(anxin_proto::now_ms(), 0, 100).unwrap(),
+        1,
+        "the telemetry is folded into its daily summary"
+    );
+    store.flush().await.unwrap();
+}
+
+type Welfare = (
+    Option<SignOfLife>,
+    Vec<CheckinDay>,
+    Vec<VisitPlan>,
+    Vec<Visit>,
+    Vec<EventDay>,
+);
+
+fn welfare_of(store: &dyn Storage) -> Welfare {
+    (
+        store.sign_of_life("r-1").unwrap(),
+        store.checkin_days(DAY, DAY).unwrap(),
+        store.visit_plans().unwrap(),
+        store.visits(DAY, DAY).unwrap(),
+        store.event_days("room-1").unwrap(),
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sled_store_moves_to_postgres_with_every_record_and_the_same_report() {
@@ -39,13 +141,33 @@ async fn a_sled_store_moves_to_postgres_with_every_record_and_the_same_report() 
         .await;
     assert_eq!(status, 200);
     gateway.wait_drained(PATIENCE).await;
+    let lists = [
+        "/api/v1/residents?community=c-a",
+        "/api/v1/residents?q=r-1",
+        "/api/v1/devices?resident=r-1",
+        "/api/v1/devices?gateway=gw-test",
+        "/api/v1/staff?community=c-a",
+    ];
+    let mut lists_before = Vec::new();
+    for list in lists {
+        lists_before.push(server.get(list).await);
+    }
     let alerts_before = server.alerts().await;
     let events_before = server.events_for("btn-1").await;
     let audit_before = server.audit_of(&format!("alert/{first}")).await;
-    let report_before = server.get("/api/v1/reports").await;
     server.proc.terminate();
     server.proc.wait_exit(PATIENCE).await;
     drop(gateway);
+    let welfare_before = {
+        let store = server.open_store().await;
+        add_welfare_and_summaries(&store).await;
+        welfare_of(store.as_ref())
+    };
+    // The report, welfare included, as the sled server gives it.
+    server.restart().await;
+    let report_before = server.get("/api/v1/reports").await;
+    server.proc.terminate();
+    server.proc.wait_exit(PATIENCE).await;
 
     let migrate = |url: String| {
         let config = server.config_path().to_path_buf();
@@ -76,6 +198,11 @@ async fn a_sled_store_moves_to_postgres_with_every_record_and_the_same_report() 
         "alerts",
         "events",
         "audit",
+        "signs_of_life",
+        "checkin_days",
+        "visit_plans",
+        "visits",
+        "event_days",
     ] {
         let line = printed
             .lines()
@@ -94,10 +221,20 @@ async fn a_sled_store_moves_to_postgres_with_every_record_and_the_same_report() 
         String::from_utf8_lossy(&again.stderr)
     );
 
+    let copy = PgStore::connect(&database, 2).await.unwrap();
+    assert_eq!(welfare_of(&copy), welfare_before);
+
     let home = dir.path().join("replica");
     std::fs::create_dir_all(&home).unwrap();
     let replica = Server::start_replica(&home, &database, &[]).await;
     assert_eq!(replica.alerts().await, alerts_before);
+    // The directory's filtered lists read the same: their index columns and
+    // tables are filled on the copy too.
+    for (list, before) in lists.iter().zip(&lists_before) {
+        let after = replica.get(list).await;
+        eprintln!("{list}: {after}");
+        assert_eq!(&after, before, "{list}");
+    }
     assert_eq!(replica.events_for("btn-1").await, events_before);
     let audit_after = replica.audit_of(&format!("alert/{first}")).await;
     assert_eq!(audit_after, audit_before);

@@ -3,6 +3,10 @@
 //! same alert numbers, event commit order, audit and downlink ids), in one
 //! transaction: the target has all of it or none.
 //!
+//! The directory's index columns and side tables (filtered, paged lists)
+//! are built from the copied records in the same transaction, as schema
+//! version 5's backfill does.
+//!
 //! Checked twice: every kind of record is counted on both sides, and the
 //! report over all alerts (`reports::to_csv`) is computed from each store
 //! and must be the same text.
@@ -10,10 +14,10 @@
 use prost::Message;
 
 use super::{
-    OutboxItem, Storage, StoreError, StoredEvent, decode, offer_deadline, postgres::PgStore,
-    sled::SledStore,
+    EventDay, OutboxItem, Storage, StoreError, StoredEvent, decode, offer_deadline,
+    postgres::PgStore, sled::SledStore,
 };
-use anxin_proto::v1::{Alert, AuditEntry, Downlink};
+use anxin_proto::v1::{Alert, AuditEntry, CheckinDay, Downlink, SignOfLife, Visit, VisitPlan};
 
 /// Rows written per statement.
 const CHUNK: usize = 2_000;
@@ -54,7 +58,37 @@ const KINDS: &[&str] = &[
     "downlinks",
     "audit",
     "outbox",
+    "signs_of_life",
+    "checkin_days",
+    "visit_plans",
+    "visits",
+    "event_days",
 ];
+
+/// Walks `tree`, decoding each record as `M` (the copy keeps the stored
+/// bytes), and hands `insert` CHUNK of them at a time; how many there were.
+async fn copy_tree<M: Message + Default>(
+    tree: &sled::Tree,
+    what: &str,
+    mut insert: impl AsyncFnMut(&[(M, Vec<u8>)]) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut copied = 0u64;
+    for item in tree.iter() {
+        let (_, value) = item?;
+        chunk.push((decode(what, &value)?, value.to_vec()));
+        if chunk.len() == CHUNK {
+            insert(&chunk).await?;
+            copied += chunk.len() as u64;
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        insert(&chunk).await?;
+        copied += chunk.len() as u64;
+    }
+    Ok(copied)
+}
 
 fn split_key(key: &[u8]) -> Result<(String, u64), StoreError> {
     let bad = || StoreError::Refused(format!("a store key of {} bytes has no id", key.len()));
@@ -313,6 +347,103 @@ pub async fn sled_to_postgres(
         outbox += 1;
     }
     progress("outbox", outbox);
+
+    // Residents who live alone, and what retention keeps of pruned events.
+    let copied = copy_tree(
+        &from.signs,
+        "sign of life",
+        async |chunk: &[(SignOfLife, Vec<u8>)]| {
+            let ids: Vec<&str> = chunk.iter().map(|(s, _)| s.resident_id.as_str()).collect();
+            let at: Vec<i64> = chunk.iter().map(|(s, _)| s.at_ms).collect();
+            let bodies: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_slice()).collect();
+            tx.execute(
+                "insert into signs_of_life (resident_id, at_ms, body)
+             select * from unnest($1::text[], $2::bigint[], $3::bytea[])",
+                &[&ids, &at, &bodies],
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await?;
+    progress("signs_of_life", copied);
+    let copied = copy_tree(
+        &from.checkin_days,
+        "check-in day",
+        async |chunk: &[(CheckinDay, Vec<u8>)]| {
+            let days: Vec<i32> = chunk.iter().map(|(d, _)| d.day).collect();
+            let ids: Vec<&str> = chunk.iter().map(|(d, _)| d.resident_id.as_str()).collect();
+            let bodies: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_slice()).collect();
+            tx.execute(
+                "insert into checkin_days (day, resident_id, body)
+             select * from unnest($1::integer[], $2::text[], $3::bytea[])",
+                &[&days, &ids, &bodies],
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await?;
+    progress("checkin_days", copied);
+    let copied = copy_tree(
+        &from.visit_plans,
+        "visit plan",
+        async |chunk: &[(VisitPlan, Vec<u8>)]| {
+            let ids: Vec<&str> = chunk.iter().map(|(p, _)| p.id.as_str()).collect();
+            let bodies: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_slice()).collect();
+            tx.execute(
+                "insert into visit_plans (id, body) select * from unnest($1::text[], $2::bytea[])",
+                &[&ids, &bodies],
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await?;
+    progress("visit_plans", copied);
+    let copied = copy_tree(
+        &from.visits,
+        "visit",
+        async |chunk: &[(Visit, Vec<u8>)]| {
+            let days: Vec<i32> = chunk.iter().map(|(v, _)| v.day).collect();
+            let plans: Vec<&str> = chunk.iter().map(|(v, _)| v.plan_id.as_str()).collect();
+            let bodies: Vec<&[u8]> = chunk.iter().map(|(_, b)| b.as_slice()).collect();
+            tx.execute(
+                "insert into visits (day, plan_id, body)
+             select * from unnest($1::integer[], $2::text[], $3::bytea[])",
+                &[&days, &plans, &bodies],
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await?;
+    progress("visits", copied);
+    let copied = copy_tree(
+        &from.event_days,
+        "event day",
+        async |chunk: &[(EventDay, Vec<u8>)]| {
+            let devices: Vec<&str> = chunk.iter().map(|(d, _)| d.device_id.as_str()).collect();
+            let day: Vec<i32> = chunk.iter().map(|(d, _)| d.day).collect();
+            let kind: Vec<i32> = chunk.iter().map(|(d, _)| d.kind).collect();
+            let count: Vec<i64> = chunk.iter().map(|(d, _)| d.events as i64).collect();
+            let first: Vec<i64> = chunk.iter().map(|(d, _)| d.first_ms).collect();
+            let last: Vec<i64> = chunk.iter().map(|(d, _)| d.last_ms).collect();
+            tx.execute(
+                "insert into event_days (device_id, day, kind, events, first_ms, last_ms)
+             select * from unnest($1::text[], $2::int[], $3::int[], $4::bigint[],
+                                  $5::bigint[], $6::bigint[])",
+                &[&devices, &day, &kind, &count, &first, &last],
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await?;
+    progress("event_days", copied);
+
+    // The filtered lists' columns and side tables, from the records copied.
+    super::postgres::listing::backfill(&tx).await?;
     tx.commit().await?;
 
     let sled_counts = [
@@ -328,6 +459,11 @@ pub async fn sled_to_postgres(
         from.downlinks.len(),
         super::sled::audit_entries(&from.audit).count(),
         from.outbox.len(),
+        from.signs.len(),
+        from.checkin_days.len(),
+        from.visit_plans.len(),
+        from.visits.len(),
+        from.event_days.len(),
     ];
     let mut tallies = Vec::new();
     for (kind, sled) in KINDS.iter().zip(sled_counts) {

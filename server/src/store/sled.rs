@@ -192,13 +192,13 @@ pub struct SledStore {
     import_staging: sled::Tree,
     /// `delivery id` → [`OutboxItem`]: notifications not yet delivered.
     pub(super) outbox: sled::Tree,
-    signs: sled::Tree,
-    checkin_days: sled::Tree,
-    visit_plans: sled::Tree,
-    visits: sled::Tree,
+    pub(super) signs: sled::Tree,
+    pub(super) checkin_days: sled::Tree,
+    pub(super) visit_plans: sled::Tree,
+    pub(super) visits: sled::Tree,
     events_by_time: sled::Tree,
     alert_events: sled::Tree,
-    event_days: sled::Tree,
+    pub(super) event_days: sled::Tree,
     event_days_by_day: sled::Tree,
     /// Plain events by span of receipt time.
     partitions: std::sync::Arc<partitions::Partitions>,

@@ -198,7 +198,7 @@ pub(super) async fn upsert(
 
 /// Fills version 5's columns and side tables from the records' bodies, in
 /// batches, inside the migration's transaction.
-pub(super) async fn backfill(tx: &impl GenericClient) -> Result<(), StoreError> {
+pub(in crate::store) async fn backfill(tx: &impl GenericClient) -> Result<(), StoreError> {
     async fn each<M: Message + Default>(
         tx: &impl GenericClient,
         table: &str,

@@ -5,7 +5,10 @@
 //! everything once and keeps each index's expected keys in memory: minutes
 //! and a few hundred MB for a city-sized store.
 
-use std::collections::BTreeSet;
+use std::{
+    cmp::Reverse,
+    collections::{BTreeSet, BinaryHeap},
+};
 
 use anxin_proto::v1::{
     Alert, AuditEntry, CheckinDay, DeviceRecord, Downlink, GatewayRecord, Place, Resident,
@@ -104,6 +107,38 @@ fn agree(report: &mut CheckReport, name: &str, tree: &sled::Tree, mut expected: 
     }
 }
 
+/// Keys held by more than one of `trees`, and the first with the two trees
+/// holding it. A merge of the trees' key orders: one key per tree in memory.
+#[allow(clippy::type_complexity)]
+fn keys_in_several(
+    trees: &[(&str, &sled::Tree)],
+) -> Result<(u64, Option<(Vec<u8>, String, String)>), sled::Error> {
+    let mut walks: Vec<_> = trees.iter().map(|(_, tree)| tree.iter().keys()).collect();
+    let mut next = BinaryHeap::new();
+    for (i, walk) in walks.iter_mut().enumerate() {
+        if let Some(key) = walk.next() {
+            next.push(Reverse((key?.to_vec(), i)));
+        }
+    }
+    let (mut count, mut first) = (0, None);
+    let mut last: Option<(Vec<u8>, usize)> = None;
+    while let Some(Reverse((key, i))) = next.pop() {
+        if let Some((previous, j)) = &last
+            && *previous == key
+        {
+            count += 1;
+            first.get_or_insert_with(|| {
+                (key.clone(), trees[*j].0.to_string(), trees[i].0.to_string())
+            });
+        }
+        if let Some(key) = walks[i].next() {
+            next.push(Reverse((key?.to_vec(), i)));
+        }
+        last = Some((key, i));
+    }
+    Ok((count, first))
+}
+
 pub(super) fn check(store: &SledStore) -> CheckReport {
     let mut report = CheckReport::default();
     let d = &store.directory;
@@ -135,6 +170,29 @@ pub(super) fn check(store: &SledStore) -> CheckReport {
                     event.alert_id
                 ));
             }
+        }
+        let names: Vec<String> = spans
+            .iter()
+            .map(|s| String::from_utf8_lossy(&s.name()).into_owned())
+            .collect();
+        let mut trees: Vec<(&str, &sled::Tree)> = vec![("events", &store.events)];
+        trees.extend(
+            names
+                .iter()
+                .map(String::as_str)
+                .zip(spans.iter().map(|s| &s.tree)),
+        );
+        match keys_in_several(&trees) {
+            Ok((0, _)) => {}
+            Ok((n, first)) => {
+                let (key, a, b) = first.expect("a first key when some are found");
+                report.problem(format!(
+                    "{n} events are stored twice (first {} in {a} and {b}): \
+                     an event is kept in one place only",
+                    show(&key)
+                ));
+            }
+            Err(err) => report.problem(format!("events: reading stopped: {err}")),
         }
     });
 

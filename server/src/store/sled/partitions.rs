@@ -391,6 +391,31 @@ pub(super) mod tests {
         assert_eq!(days.len(), 1);
         assert_eq!((days[0].events, days[0].first_ms), (23, 1_000));
         assert!(store.check().is_ok());
+
+        // An event in two spans (only a bug could put it there) is named.
+        let span = |start: u64| {
+            let names = store.db.tree_names();
+            let name = names
+                .iter()
+                .find(|n| bounds(n).is_some_and(|(s, _)| s == start))
+                .expect("the span")
+                .clone();
+            store.db.open_tree(name).unwrap()
+        };
+        let (older, newer) = (span(24_000), span(30_000));
+        let (key, value) = older.first().unwrap().unwrap();
+        newer.insert(key, value).unwrap();
+        let report = store.check();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.starts_with("1 events are stored twice")
+                    && p.contains("events@00000000000000024000")
+                    && p.contains("events@00000000000000030000")),
+            "{:?}",
+            report.problems
+        );
     }
 
     #[test]

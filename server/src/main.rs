@@ -692,6 +692,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     tasks.spawn(anxin_server::retention::run(
         desk.store().clone(),
+        health.clone(),
         anxin_server::retention::Policy::new(&config.retention, config.routing.utc_offset_minutes),
         cancel.clone(),
     ));

@@ -150,7 +150,12 @@ pub async fn prune(store: &Store, policy: &Policy, now_ms: i64) -> Result<Pruned
     Ok(pruned)
 }
 
-pub async fn run(store: Store, policy: Policy, cancel: CancellationToken) {
+pub async fn run(
+    store: Store,
+    health: std::sync::Arc<crate::health::Health>,
+    policy: Policy,
+    cancel: CancellationToken,
+) {
     if policy.events_ms.is_none() && policy.event_days_ms.is_none() && policy.alerts_ms.is_none() {
         tracing::info!("retention: every record is kept (retention.* = \"keep\")");
         return;
@@ -161,6 +166,11 @@ pub async fn run(store: Store, policy: Policy, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if health.store_error().is_some() {
+            // Out of use until the restart in place (a failed sled can
+            // block its callers); the next run after it catches up.
+            continue;
         }
         let started = std::time::Instant::now();
         match prune(&store, &policy, now_ms()).await {
@@ -188,6 +198,7 @@ pub async fn run(store: Store, policy: Policy, cancel: CancellationToken) {
             }
             Err(err) => {
                 metrics::counter!(crate::metrics::STORE_ERRORS).increment(1);
+                health.store_failed(&err);
                 tracing::error!(error = %err, "retention: pruning failed; trying again next run");
             }
         }

@@ -757,7 +757,8 @@ impl AdminDesk {
     pub fn verify_audit(&self, caller: &Principal) -> Result<crate::store::ChainReport, DeskError> {
         guard(&self.store, caller, Need::Administer, None, "audit")?;
         let entries = self.store.query(&AuditQuery::default())?;
-        Ok(crate::store::verify_chain(entries))
+        let anchor = self.store.audit_anchor()?;
+        Ok(crate::store::verify_chain(anchor.as_ref(), entries))
     }
 
     pub fn report(

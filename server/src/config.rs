@@ -52,6 +52,9 @@ pub struct RetentionConfig {
     /// Closed alerts with the events that belong to them, from when they
     /// closed. An open alert is never pruned.
     pub alerts: Period,
+    /// Audit entries, from when they were written, oldest first; the chain
+    /// is then checked from the last entry removed (its anchor).
+    pub audit: Period,
     /// Seconds between pruning runs.
     pub interval_secs: u64,
     /// Records removed per batch (one transaction each); the pruner pauses
@@ -292,6 +295,7 @@ impl Default for ServerConfig {
                 events: Period::days(30),
                 event_days: Period::days(400),
                 alerts: Period::days(5 * 365),
+                audit: Period::days(5 * 365),
                 interval_secs: 60,
                 batch: 50,
                 pause_ms: 10,
@@ -383,6 +387,7 @@ impl ServerConfig {
             ("retention.events", self.retention.events),
             ("retention.event_days", self.retention.event_days),
             ("retention.alerts", self.retention.alerts),
+            ("retention.audit", self.retention.audit),
         ] {
             if period.0.is_some_and(|d| d.as_secs() < 60) {
                 return Err(ConfigError::Invalid {

@@ -237,7 +237,10 @@ async fn verify_audit(config: ServerConfig) -> anyhow::Result<()> {
     let entries = store
         .query(&Default::default())
         .context("reading the audit log")?;
-    let report = store::verify_chain(entries);
+    let anchor = store
+        .audit_anchor()
+        .context("reading the audit chain's anchor")?;
+    let report = store::verify_chain(anchor.as_ref(), entries);
     match (report.broken_at, &report.problem) {
         (Some(id), Some(problem)) => {
             println!(
@@ -252,6 +255,12 @@ async fn verify_audit(config: ServerConfig) -> anyhow::Result<()> {
                 "audit chain ok: {} entries ({} from before the chain), head {}",
                 report.entries, report.unchained, report.head
             );
+            if report.pruned_through > 0 {
+                println!(
+                    "entries up to {} were removed by retention; the chain was checked from the anchor they left",
+                    report.pruned_through
+                );
+            }
             Ok(())
         }
     }

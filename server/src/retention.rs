@@ -5,8 +5,10 @@
 //! pause between them) so the alarm path never waits behind it. Events
 //! that belong to no alert go first, each folded into its device's daily
 //! summary in the same transaction; then summaries past their own period;
-//! then closed alerts with their events. A run that removed anything
-//! leaves one audit entry saying what and up to when.
+//! then closed alerts with their events; then the oldest audit entries,
+//! the chain's anchor moved to the last one removed. A run that removed
+//! anything leaves one audit entry saying what and up to when (and where
+//! the chain now starts).
 
 use std::time::Duration;
 
@@ -25,6 +27,7 @@ pub struct Policy {
     pub events_ms: Option<i64>,
     pub event_days_ms: Option<i64>,
     pub alerts_ms: Option<i64>,
+    pub audit_ms: Option<i64>,
     pub batch: usize,
     pub pause: Duration,
     pub interval: Duration,
@@ -37,6 +40,7 @@ impl Policy {
             events_ms: config.events.ms(),
             event_days_ms: config.event_days.ms(),
             alerts_ms: config.alerts.ms(),
+            audit_ms: config.audit.ms(),
             batch: config.batch,
             pause: Duration::from_millis(config.pause_ms),
             interval: Duration::from_secs(config.interval_secs),
@@ -52,6 +56,7 @@ pub struct Pruned {
     pub event_days: u64,
     pub alerts: u64,
     pub alert_events: u64,
+    pub audit: u64,
 }
 
 impl Pruned {
@@ -136,6 +141,21 @@ pub async fn prune(store: &Store, policy: &Policy, now_ms: i64) -> Result<Pruned
             ));
         }
     }
+    if let Some(keep) = policy.audit_ms {
+        let before = now_ms - keep;
+        pruned.audit = drain(store, policy.batch, policy.pause, move |s, n| {
+            s.prune_audit(before, n)
+        })
+        .await?;
+        if pruned.audit > 0 {
+            let anchor = store.audit_anchor()?.unwrap_or_default();
+            detail.push(format!(
+                "{} audit entries written before {before}; the chain now starts after entry {} \
+                 (hash {})",
+                pruned.audit, anchor.id, anchor.hash
+            ));
+        }
+    }
     if !pruned.is_empty() {
         store.append(AuditEntry {
             at_ms: now_ms,
@@ -156,7 +176,11 @@ pub async fn run(
     policy: Policy,
     cancel: CancellationToken,
 ) {
-    if policy.events_ms.is_none() && policy.event_days_ms.is_none() && policy.alerts_ms.is_none() {
+    if policy.events_ms.is_none()
+        && policy.event_days_ms.is_none()
+        && policy.alerts_ms.is_none()
+        && policy.audit_ms.is_none()
+    {
         tracing::info!("retention: every record is kept (retention.* = \"keep\")");
         return;
     }
@@ -180,6 +204,7 @@ pub async fn run(
                     ("event_day", pruned.event_days),
                     ("alert", pruned.alerts),
                     ("alert_event", pruned.alert_events),
+                    ("audit", pruned.audit),
                 ] {
                     metrics::counter!(crate::metrics::RETENTION_PRUNED, "kind" => kind)
                         .increment(n);
@@ -191,6 +216,7 @@ pub async fn run(
                         event_days = pruned.event_days,
                         alerts = pruned.alerts,
                         alert_events = pruned.alert_events,
+                        audit = pruned.audit,
                         took_ms = started.elapsed().as_millis() as u64,
                         "retention: pruned"
                     );

@@ -327,9 +327,22 @@ pub async fn sled_to_postgres(
         &[&last_audit],
     )
     .await?;
-    // The chain goes on from the copied entries.
+    // The chain goes on from the copied entries, and starts where
+    // retention left it.
     tx.execute("update audit_head set hash = $1", &[&head])
         .await?;
+    if let Some(anchor) = Storage::audit_anchor(from)? {
+        if head.is_empty() {
+            head = anchor.hash.clone();
+            tx.execute("update audit_head set hash = $1", &[&head])
+                .await?;
+        }
+        tx.execute(
+            "insert into meta (key, value) values ('audit_anchor', $1)",
+            &[&anchor.encode()],
+        )
+        .await?;
+    }
 
     let mut outbox = 0u64;
     for item in from.outbox.iter() {

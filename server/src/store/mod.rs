@@ -384,6 +384,14 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     /// Removes up to `limit` alerts closed before `before_ms` (never an
     /// open one) with the events that belong to them: (alerts, events).
     fn prune_alerts(&self, before_ms: i64, limit: usize) -> Result<(u64, u64), StoreError>;
+    /// Removes up to `limit` of the oldest audit entries, in id order,
+    /// stopping at the first written at or after `before_ms`, and moves the
+    /// chain's [`AuditAnchor`] to the last one removed, in the same
+    /// transaction.
+    fn prune_audit(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError>;
+    /// Where the audit chain starts, once retention has removed its
+    /// beginning; `None` while it is whole.
+    fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError>;
     /// A device's daily summaries, oldest first.
     fn event_days(&self, device_id: &str) -> Result<Vec<EventDay>, StoreError>;
     /// Records, outside the store, how far the store has made its writes
@@ -487,6 +495,32 @@ pub fn chain_hash(previous: &str, entry: &AuditEntry) -> String {
     hex::encode(digest.finalize())
 }
 
+/// The last audit entry retention removed: the first entry kept must
+/// follow from its hash. Recorded with the removal, so the chain stays
+/// checkable from where it now starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditAnchor {
+    pub id: u64,
+    /// Empty when that entry was written before the chain existed.
+    pub hash: String,
+}
+
+impl AuditAnchor {
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}:{}", self.id, self.hash).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let damaged = || StoreError::Damaged("the audit chain's anchor does not parse".into());
+        let text = std::str::from_utf8(bytes).map_err(|_| damaged())?;
+        let (id, hash) = text.split_once(':').ok_or_else(damaged)?;
+        Ok(Self {
+            id: id.parse().map_err(|_| damaged())?,
+            hash: hash.to_string(),
+        })
+    }
+}
+
 /// What `audit verify` found.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -503,19 +537,36 @@ pub struct ChainReport {
     /// and why; `None`: the chain holds.
     pub broken_at: Option<u64>,
     pub problem: Option<String>,
+    /// Entries up to this id were removed by retention (0: none); the
+    /// chain was checked from the anchor they left.
+    pub pruned_through: u64,
 }
 
-/// Walks entries in id order and checks every link.
-pub fn verify_chain(entries: impl IntoIterator<Item = AuditEntry>) -> ChainReport {
+/// Walks entries in id order and checks every link, from `anchor` when
+/// retention has removed the chain's beginning.
+pub fn verify_chain(
+    anchor: Option<&AuditAnchor>,
+    entries: impl IntoIterator<Item = AuditEntry>,
+) -> ChainReport {
+    let anchor = anchor.cloned().unwrap_or_default();
     let mut report = ChainReport {
         entries: 0,
         unchained: 0,
-        head: String::new(),
+        head: anchor.hash,
         broken_at: None,
         problem: None,
+        pruned_through: anchor.id,
     };
     for entry in entries {
         report.entries += 1;
+        if entry.id <= anchor.id {
+            report.broken_at = Some(entry.id);
+            report.problem = Some(format!(
+                "the entry is still here, but retention removed every entry up to {}",
+                anchor.id
+            ));
+            return report;
+        }
         if entry.hash.is_empty() {
             if report.head.is_empty() {
                 report.unchained += 1;

@@ -125,6 +125,9 @@ pub(crate) fn append_audit(
 /// The audit tree's one key that is not an entry: the last entry's hash.
 /// Entry keys are 8 bytes, so it can never be mistaken for one.
 pub(super) const CHAIN_HEAD: &[u8] = b"chain-head";
+/// The audit tree's other key that is not an entry: the
+/// [`super::AuditAnchor`] retention left, once it removed entries.
+pub(super) const CHAIN_ANCHOR: &[u8] = b"chain-anchor";
 
 /// The audit tree's entries, in id order (the chain head left out).
 pub(super) fn audit_entries(
@@ -626,6 +629,17 @@ impl Storage for SledStore {
 
     fn prune_alerts(&self, before_ms: i64, limit: usize) -> Result<(u64, u64), StoreError> {
         retention::prune_alerts(self, before_ms, limit)
+    }
+
+    fn prune_audit(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        retention::prune_audit(self, before_ms, limit)
+    }
+
+    fn audit_anchor(&self) -> Result<Option<super::AuditAnchor>, StoreError> {
+        self.audit
+            .get(CHAIN_ANCHOR)?
+            .map(|bytes| super::AuditAnchor::decode(&bytes))
+            .transpose()
     }
 
     fn event_days(&self, device_id: &str) -> Result<Vec<super::EventDay>, StoreError> {

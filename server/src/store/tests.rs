@@ -493,7 +493,7 @@ async fn every_audit_entry_is_chained_and_an_edit_breaks_the_chain_there() {
             .unwrap();
         let entries = store.query(&AuditQuery::default()).unwrap();
         assert_eq!(entries.len(), 4);
-        let report = verify_chain(entries.clone());
+        let report = verify_chain(None, entries.clone());
         assert_eq!(report.broken_at, None, "{report:?}");
         assert_eq!(report.head, entries[3].hash);
         assert_eq!(report.unchained, 0);
@@ -501,16 +501,96 @@ async fn every_audit_entry_is_chained_and_an_edit_breaks_the_chain_there() {
         // Changed, removed, reordered: found at the first entry it touches.
         let mut edited = entries.clone();
         edited[1].detail = "nothing happened".into();
-        assert_eq!(verify_chain(edited).broken_at, Some(entries[1].id));
+        assert_eq!(verify_chain(None, edited).broken_at, Some(entries[1].id));
         let mut removed = entries.clone();
         removed.remove(1);
-        assert_eq!(verify_chain(removed).broken_at, Some(entries[2].id));
+        assert_eq!(verify_chain(None, removed).broken_at, Some(entries[2].id));
         let mut swapped = entries.clone();
         swapped.swap(1, 2);
-        assert_eq!(verify_chain(swapped).broken_at, Some(entries[2].id));
+        assert_eq!(verify_chain(None, swapped).broken_at, Some(entries[2].id));
         let mut unhashed = entries.clone();
         unhashed[3].hash.clear();
-        assert_eq!(verify_chain(unhashed).broken_at, Some(entries[3].id));
+        assert_eq!(verify_chain(None, unhashed).broken_at, Some(entries[3].id));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_retention_removes_the_oldest_entries_and_the_chain_holds_from_its_anchor() {
+    use crate::retention;
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        for second in 1..=6 {
+            store
+                .append(anxin_proto::v1::AuditEntry {
+                    at_ms: second * 1_000,
+                    action: "resident.read".into(),
+                    detail: format!("read at {second} s"),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let all = store.query(&AuditQuery::default()).unwrap();
+        assert_eq!(store.audit_anchor().unwrap(), None);
+
+        // Written before 3.5 s, two a batch: 2, then 1, then none.
+        assert_eq!(store.prune_audit(3_500, 2).unwrap(), 2);
+        assert_eq!(store.prune_audit(3_500, 2).unwrap(), 1);
+        assert_eq!(store.prune_audit(3_500, 2).unwrap(), 0);
+        let anchor = AuditAnchor {
+            id: all[2].id,
+            hash: all[2].hash.clone(),
+        };
+        drop(store);
+        let store = engine.open().await;
+        assert_eq!(store.audit_anchor().unwrap(), Some(anchor.clone()));
+        let kept = store.query(&AuditQuery::default()).unwrap();
+        assert_eq!(kept, all[3..]);
+        let report = verify_chain(Some(&anchor), kept.clone());
+        assert_eq!(report.broken_at, None, "{report:?}");
+        assert_eq!((report.entries, report.pruned_through), (3, all[2].id));
+        assert!(store.check().is_ok(), "{:?}", store.check().problems);
+        // Without its anchor the kept chain does not check: the anchor is
+        // what a removal of its start by anything but retention lacks.
+        assert_eq!(verify_chain(None, kept.clone()).broken_at, Some(all[3].id));
+        // An entry from before the anchor still present is named.
+        let mut stale = vec![all[1].clone()];
+        stale.extend(kept.clone());
+        assert_eq!(
+            verify_chain(Some(&anchor), stale).broken_at,
+            Some(all[1].id)
+        );
+
+        // The pruning run: audited, saying where the chain now starts; new
+        // entries chain on.
+        let policy = retention::Policy {
+            events_ms: None,
+            event_days_ms: None,
+            alerts_ms: None,
+            audit_ms: Some(1_000),
+            batch: 10,
+            pause: std::time::Duration::from_millis(1),
+            interval: std::time::Duration::from_secs(60),
+            utc_offset_minutes: 0,
+        };
+        let pruned = retention::prune(&store, &policy, 5_500).await.unwrap();
+        assert_eq!(pruned.audit, 1, "written at 4 s");
+        let kept = store.query(&AuditQuery::default()).unwrap();
+        let run = kept.last().unwrap();
+        assert_eq!(run.action, "retention.pruned");
+        assert!(
+            run.detail.contains(&format!(
+                "1 audit entries written before 4500; the chain now starts after entry {}",
+                all[3].id
+            )),
+            "{}",
+            run.detail
+        );
+        let anchor = store.audit_anchor().unwrap();
+        assert_eq!(anchor.as_ref().map(|a| a.id), Some(all[3].id));
+        let report = verify_chain(anchor.as_ref(), kept);
+        assert_eq!(report.broken_at, None, "{report:?}");
+        assert!(store.check().is_ok(), "{:?}", store.check().problems);
     })
     .await;
 }
@@ -560,6 +640,7 @@ async fn retention_prunes_old_plain_events_into_daily_summaries_and_never_an_ope
             events_ms: Some(5 * DAY_MS),
             event_days_ms: None,
             alerts_ms: Some(5 * DAY_MS),
+            audit_ms: None,
             // Several batches, the last one short.
             batch: 7,
             pause: std::time::Duration::from_millis(1),
@@ -574,7 +655,8 @@ async fn retention_prunes_old_plain_events_into_daily_summaries_and_never_an_ope
                 events: 31,
                 event_days: 0,
                 alerts: 1,
-                alert_events: 2
+                alert_events: 2,
+                audit: 0,
             }
         );
         drop(store);

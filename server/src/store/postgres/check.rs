@@ -87,7 +87,20 @@ pub(super) async fn check(pool: &Pool, report: &mut CheckReport) -> Result<(), S
         |_, _, entry: AuditEntry| entries.push(entry),
     )
     .await?;
-    let chain = crate::store::verify_chain(entries);
+    let anchor = pool
+        .get()
+        .await?
+        .query_opt("select value from meta where key = 'audit_anchor'", &[])
+        .await?
+        .map(|row| crate::store::AuditAnchor::decode(row.get(0)));
+    let anchor = match anchor.transpose() {
+        Ok(anchor) => anchor,
+        Err(err) => {
+            report.problem(format!("audit: {err}"));
+            None
+        }
+    };
+    let chain = crate::store::verify_chain(anchor.as_ref(), entries);
     if let (Some(id), Some(problem)) = (chain.broken_at, chain.problem) {
         report.problem(format!("audit chain broken at entry {id}: {problem}"));
     }

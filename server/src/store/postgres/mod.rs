@@ -951,6 +951,65 @@ impl Storage for PgStore {
         report
     }
 
+    /// Walks the oldest entries by id (the primary key), so the cut-off
+    /// needs no index on time. One pruner at a time across replicas (an
+    /// advisory lock for the transaction): the anchor moves in id order.
+    fn prune_audit(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
+        self.block(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            tx.execute(
+                "select pg_advisory_xact_lock(hashtext('anxin.audit.prune'))",
+                &[],
+            )
+            .await?;
+            let oldest = tx
+                .query(
+                    "select id, at_ms from audit order by id limit $1",
+                    &[&(limit as i64)],
+                )
+                .await?;
+            let ids: Vec<i64> = oldest
+                .iter()
+                .take_while(|row| row.get::<_, i64>(1) < before_ms)
+                .map(|row| row.get(0))
+                .collect();
+            let Some(&last) = ids.last() else {
+                return Ok(0);
+            };
+            let body: Vec<u8> = tx
+                .query_one("select body from audit where id = $1", &[&last])
+                .await?
+                .get(0);
+            let entry: AuditEntry = decode("audit entry", &body)?;
+            let anchor = super::AuditAnchor {
+                id: entry.id,
+                hash: entry.hash,
+            };
+            tx.execute("delete from audit where id = any($1)", &[&ids])
+                .await?;
+            tx.execute(
+                "insert into meta (key, value) values ('audit_anchor', $1)
+                 on conflict (key) do update set value = excluded.value",
+                &[&anchor.encode()],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(ids.len() as u64)
+        })
+    }
+
+    fn audit_anchor(&self) -> Result<Option<super::AuditAnchor>, StoreError> {
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .query_opt("select value from meta where key = 'audit_anchor'", &[])
+                .await?
+                .map(|row| super::AuditAnchor::decode(row.get(0)))
+                .transpose()
+        })
+    }
+
     fn event_days(&self, device_id: &str) -> Result<Vec<super::EventDay>, StoreError> {
         self.block(async {
             let client = self.pool.get().await?;

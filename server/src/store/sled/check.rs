@@ -239,13 +239,21 @@ pub(super) fn check(store: &SledStore) -> CheckReport {
         ));
     }
 
-    let audit =
-        decode_records::<AuditEntry>(&mut report, "audit", &store.audit, |k| k != CHAIN_HEAD);
-    let chain = crate::store::verify_chain(audit.into_iter().map(|(_, e)| e));
+    // Entry keys are 8 bytes; the head and the anchor are longer.
+    let audit = decode_records::<AuditEntry>(&mut report, "audit", &store.audit, |k| k.len() == 8);
+    let anchor = match crate::store::Storage::audit_anchor(store) {
+        Ok(anchor) => anchor,
+        Err(err) => {
+            report.problem(format!("audit: {err}"));
+            None
+        }
+    };
+    let chain = crate::store::verify_chain(anchor.as_ref(), audit.into_iter().map(|(_, e)| e));
     if let (Some(id), Some(problem)) = (chain.broken_at, chain.problem) {
         report.problem(format!("audit chain broken at entry {id}: {problem}"));
     } else {
         let head = store.audit.get(CHAIN_HEAD).ok().flatten();
+        // (A chain pruned to nothing has its anchor's hash as head.)
         if head.as_deref().unwrap_or_default() != chain.head.as_bytes() {
             report.problem(format!(
                 "audit: the recorded chain head is not the last entry's hash ({})",

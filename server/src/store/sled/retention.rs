@@ -14,6 +14,10 @@
 //! - `event_days`: `device_id ‖ 0x00 ‖ day (u32 BE) ‖ kind (u32 BE)` →
 //!   [`EventDay`]; `event_days_by_day`: `day ‖ device_id ‖ 0x00 ‖ kind` → ().
 //!
+//! - the audit log is pruned from its start, in id order; the last entry
+//!   removed becomes the chain's anchor (`chain-anchor` in `audit`), in the
+//!   same transaction.
+//!
 //! Each index entry is written in the transaction of its event, and each
 //! batch removes records with their index entries in one transaction.
 
@@ -25,12 +29,12 @@ use sled::{
 };
 
 use super::{
-    SledStore, StoreError, abort, decode,
+    CHAIN_ANCHOR, SledStore, StoreError, abort, audit_entries, decode,
     partitions::{Span, fold_key, fold_mark, read_fold_mark},
 };
 use crate::{
     lifecycle,
-    store::{EventDay, StoredEvent, closed_ms},
+    store::{AuditAnchor, EventDay, StoredEvent, closed_ms},
 };
 
 pub(super) fn by_time_key(received_ms: i64, event_key: &[u8]) -> Vec<u8> {
@@ -349,4 +353,39 @@ pub(super) fn event_days(store: &SledStore, device_id: &str) -> Result<Vec<Event
         .values()
         .map(|bytes| decode("event day", &bytes?))
         .collect()
+}
+
+/// Up to `limit` of the oldest audit entries written before `before_ms`,
+/// removed with the anchor moved to the last of them in one transaction.
+/// Appends only add at the end (ids grow), so reading the first entries
+/// outside the transaction is safe; one pruner runs at a time.
+pub(super) fn prune_audit(
+    store: &SledStore,
+    before_ms: i64,
+    limit: usize,
+) -> Result<u64, StoreError> {
+    let mut gone = Vec::new();
+    for entry in audit_entries(&store.audit) {
+        let entry = entry?;
+        if entry.at_ms >= before_ms || gone.len() == limit {
+            break;
+        }
+        gone.push(entry);
+    }
+    let Some(last) = gone.last() else {
+        return Ok(0);
+    };
+    let anchor = AuditAnchor {
+        id: last.id,
+        hash: last.hash.clone(),
+    }
+    .encode();
+    store.audit.transaction(|audit| {
+        for entry in &gone {
+            audit.remove(&entry.id.to_be_bytes())?;
+        }
+        audit.insert(CHAIN_ANCHOR, anchor.as_slice())?;
+        Ok::<_, ConflictableTransactionError<StoreError>>(())
+    })?;
+    Ok(gone.len() as u64)
 }

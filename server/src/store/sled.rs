@@ -212,6 +212,14 @@ pub struct SledStore {
     plain_commits: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
+/// The store's format, recorded in `meta` (`format`, u32 BE) so that a
+/// build older than the store refuses it instead of serving it without
+/// what it does not know of (an older build does not read spans, say).
+/// 1: no mark (stores from before it); 2: plain events in spans, the audit
+/// chain's anchor.
+pub const FORMAT: u32 = 2;
+const FORMAT_KEY: &str = "format";
+
 /// sled's page cache unless `store.cache_bytes` says otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -366,6 +374,20 @@ impl SledStore {
             .cache_capacity(cache_bytes)
             .open()?;
         let meta = db.open_tree("meta")?;
+        let format = match meta.get(FORMAT_KEY)? {
+            Some(bytes) => u32::from_be_bytes(bytes.as_ref().try_into().map_err(|_| {
+                StoreError::Damaged("the store's format mark is not 4 bytes".into())
+            })?),
+            None => 1,
+        };
+        if format > FORMAT {
+            return Err(StoreError::Refused(format!(
+                "the store at {} is of format {format}, written by a newer anxin-server; this \
+                 build reads formats up to {FORMAT}. Run the newer build, or restore a backup \
+                 made with this one into a fresh store (docs/operations.md, \"Upgrades\")",
+                path.display()
+            )));
+        }
         let store = Self {
             partitions: std::sync::Arc::new(partitions::Partitions::open(&db, &meta)?),
             events: db.open_tree("events")?,
@@ -397,6 +419,9 @@ impl SledStore {
         store.ensure_open_index()?;
         retention::ensure_indexes(&store)?;
         import::finish_staged(&store)?;
+        if format < FORMAT {
+            store.meta.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+        }
         Ok(store)
     }
 

@@ -515,6 +515,69 @@ async fn every_audit_entry_is_chained_and_an_edit_breaks_the_chain_there() {
     .await;
 }
 
+/// A store a newer build wrote (a format mark or schema version past this
+/// build's) is refused with what to do, never served without what this
+/// build cannot read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_written_by_a_newer_build_is_refused_by_name() {
+    on_every_engine(|engine| async move {
+        drop(engine.open().await);
+        let refused = match &engine {
+            Engine::Sled(dir) => {
+                let mark = || ::sled::Config::new().path(dir.path()).open();
+                let mut db = mark();
+                for _ in 0..50 {
+                    if db.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    db = mark();
+                }
+                let db = db.unwrap();
+                db.open_tree("meta")
+                    .unwrap()
+                    .insert("format", &(sled::FORMAT + 1).to_be_bytes())
+                    .unwrap();
+                db.flush().unwrap();
+                drop(db);
+                let mut opened = open_sled(dir.path());
+                for _ in 0..50 {
+                    if !matches!(opened, Err(StoreError::Storage(_))) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    opened = open_sled(dir.path());
+                }
+                opened.err().expect("a newer store is refused")
+            }
+            Engine::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                client
+                    .execute(
+                        "insert into schema_migrations (version, name, applied_ms)
+                         values (999, 'from the future', 0)",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                postgres::PgStore::connect(url, 2)
+                    .await
+                    .err()
+                    .expect("a newer database is refused")
+            }
+        };
+        let StoreError::Refused(why) = &refused else {
+            panic!("refused as {refused:?}")
+        };
+        assert!(why.contains("newer anxin-server"), "{why}");
+        assert!(why.contains("Upgrades"), "{why}");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_retention_removes_the_oldest_entries_and_the_chain_holds_from_its_anchor() {
     use crate::retention;

@@ -220,6 +220,21 @@ impl PgStore {
                     )
                     .await?;
             }
+            // A database a newer build migrated: this build does not know
+            // what those versions changed, and would serve it wrongly.
+            let newest: Option<i32> = client
+                .query_one("select max(version) from schema_migrations", &[])
+                .await?
+                .get(0);
+            let known = MIGRATIONS.last().map_or(0, |m| m.0);
+            if let Some(newest) = newest.filter(|&v| v > known) {
+                return Err(StoreError::Refused(format!(
+                    "the database's schema is at version {newest}, written by a newer \
+                     anxin-server; this build knows versions up to {known}. Run the newer \
+                     build, or restore a backup made with this one into an empty database \
+                     (docs/operations.md, \"Upgrades\")"
+                )));
+            }
             for (version, name, sql) in MIGRATIONS {
                 let applied = client
                     .query_opt(

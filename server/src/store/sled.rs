@@ -220,6 +220,31 @@ pub struct SledStore {
 pub const FORMAT: u32 = 2;
 const FORMAT_KEY: &str = "format";
 
+std::thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic without printing it. The panic hook is
+/// process-wide: swapping it around each call let two threads opening
+/// stores at once leave it silent for good (a test's failure then printed
+/// nothing), so one hook is installed once and stays quiet only for the
+/// thread inside this call.
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::thread::Result<T> {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|quiet| quiet.set(true));
+    let result = std::panic::catch_unwind(f);
+    QUIET.with(|quiet| quiet.set(false));
+    result
+}
+
 /// sled's page cache unless `store.cache_bytes` says otherwise.
 pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
@@ -333,12 +358,8 @@ impl SledStore {
     /// a crash of the process.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         // sled reports some damage by panicking; its default message on
-        // stderr would read like a bug of ours, so it is held back here
-        // (start-up, or a restart in place: nothing else is panicking).
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let opened = std::panic::catch_unwind(|| Self::open_unguarded(path, cache_bytes));
-        std::panic::set_hook(hook);
+        // stderr would read like a bug of ours, so it is held back here.
+        let opened = quietly(|| Self::open_unguarded(path, cache_bytes));
         match opened {
             Ok(Err(StoreError::Storage(sled::Error::Corruption { at, .. }))) => Err(
                 StoreError::Damaged(format!("sled found a damaged record at {at:?}")),

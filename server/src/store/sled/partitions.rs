@@ -307,6 +307,21 @@ pub(super) mod tests {
         starts
     }
 
+    /// sled's background threads let go of a dropped store's file lock a
+    /// moment after the drop (longer on a loaded machine): a reopen at once
+    /// may have to wait for it.
+    fn reopen(path: &std::path::Path) -> SledStore {
+        for _ in 0..100 {
+            match SledStore::open(path) {
+                Err(StoreError::Storage(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                opened => return opened.unwrap(),
+            }
+        }
+        SledStore::open(path).unwrap()
+    }
+
     fn prune_all(store: &SledStore, before_ms: i64) -> u64 {
         let mut pruned = 0;
         loop {
@@ -353,7 +368,7 @@ pub(super) mod tests {
         // batch, then a restart.
         assert_eq!(store.prune_events(20_000, 0, 4).unwrap(), 4);
         drop(store);
-        let store = SledStore::open(&path).unwrap();
+        let store = reopen(&path);
         store.retain_events_for(Some(60_000));
         assert_eq!(prune_all(&store, 20_000), 12);
         assert_eq!(span_starts(&store), vec![18_000, 24_000, 30_000]);

@@ -44,6 +44,30 @@ fn target_dir() -> PathBuf {
     }
 }
 
+/// Clears from `cmd` the variables cargo gives a test process about its
+/// package, for a command that runs cargo (a build script that reruns when
+/// one changes, ring's watches CARGO_MANIFEST_DIR, would rebuild there and
+/// again in the next plain `cargo test`: minutes of CI each time).
+pub fn without_test_package_env(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "OUT_DIR"
+            || name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_MANIFEST_LINKS"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
+            || name == "CARGO_RUSTC_CURRENT_DIR"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd
+}
+
 /// Path of a workspace binary, building all three on first use.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -64,25 +88,7 @@ pub fn binary(name: &str) -> PathBuf {
         if dir.file_name().is_some_and(|p| p == "release") {
             cmd.arg("--release");
         }
-        // Cargo gives a test process the variables of its package; a build
-        // script that reruns when one changes (ring's watches
-        // CARGO_MANIFEST_DIR) would rebuild here, and again in the next
-        // plain `cargo test`: minutes of CI each time.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if name == "OUT_DIR"
-                || name == "CARGO_MANIFEST_DIR"
-                || name == "CARGO_MANIFEST_PATH"
-                || name == "CARGO_CRATE_NAME"
-                || name == "CARGO_PRIMARY_PACKAGE"
-                || name == "CARGO_TARGET_TMPDIR"
-                || name == "CARGO_RUSTC_CURRENT_DIR"
-                || name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_BIN_")
-            {
-                cmd.env_remove(name.as_ref());
-            }
-        }
+        without_test_package_env(&mut cmd);
         let status = cmd.status().expect("running cargo build for the binaries");
         assert!(status.success(), "building the binaries failed");
     });

@@ -20,7 +20,9 @@ async fn the_dev_stack_starts_where_default_ports_are_taken_and_shows_an_sos() {
     // Hold the default MQTT port if nothing else does, as Mosquitto does.
     let _held = std::net::TcpListener::bind("127.0.0.1:1883").ok();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let mut child = Command::new("bash")
+    // The script runs `cargo build`: as a newcomer would, not with this
+    // test's package variables (which would rebuild ring and what uses it).
+    let mut child = anxin_tests::without_test_package_env(&mut Command::new("bash"))
         .arg(format!("{root}/deploy/dev-stack.sh"))
         .env("ANXIN_STACK_DIR", state.path())
         .stdout(Stdio::piped())

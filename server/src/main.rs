@@ -684,7 +684,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         cancel.clone(),
     ));
     health::watch(health.clone(), cancel.clone());
-    tasks.spawn(notifier.run(cancel.clone()));
+    tasks.spawn(notifier.run(health.clone(), cancel.clone()));
     // sled: the seal (store/sled/seal.rs), every second and at shutdown;
     // the control socket, for online backups.
     if desk.store().backend() == "sled" {
@@ -707,6 +707,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     ));
     tasks.spawn(anxin_server::welfare::visits::run(
         desk.clone(),
+        health.clone(),
         cancel.clone(),
     ));
     // Only a shared database can go away under a running server.

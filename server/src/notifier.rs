@@ -254,17 +254,29 @@ impl Notifier {
     }
 
     /// Delivers from the outbox until cancelled.
-    pub async fn run(self, cancel: tokio_util::sync::CancellationToken) {
+    pub async fn run(
+        self,
+        health: std::sync::Arc<crate::health::Health>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
         loop {
             let lease = self.lease.as_millis() as i64;
-            match self.store.claim_notifications(now_ms(), lease, CLAIM) {
-                Ok(items) => {
-                    for item in items {
-                        let this = self.clone();
-                        tokio::spawn(async move { this.attempt(item).await });
+            // A failed store is left alone until the restart in place (a
+            // failed sled can block its callers); the outbox keeps what is
+            // due and the next process delivers it.
+            if health.store_error().is_none() {
+                match self.store.claim_notifications(now_ms(), lease, CLAIM) {
+                    Ok(items) => {
+                        for item in items {
+                            let this = self.clone();
+                            tokio::spawn(async move { this.attempt(item).await });
+                        }
+                    }
+                    Err(err) => {
+                        health.store_failed(&err);
+                        tracing::warn!(error = %err, "reading the notification outbox failed")
                     }
                 }
-                Err(err) => tracing::warn!(error = %err, "reading the notification outbox failed"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}

@@ -271,7 +271,11 @@ pub fn day_visits(
 
 /// The welfare task: judges check-in windows as they close and flags
 /// missed visits, once a second, until cancelled.
-pub async fn run(desk: AlertDesk, cancel: tokio_util::sync::CancellationToken) {
+pub async fn run(
+    desk: AlertDesk,
+    health: std::sync::Arc<crate::health::Health>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     let mut checkins = super::checkins::CheckinJudge::new(desk.clone());
     let mut visits = VisitJudge::new(desk);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -281,13 +285,20 @@ pub async fn run(desk: AlertDesk, cancel: tokio_util::sync::CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // A failed store is left alone until the restart in place; the
+        // judges catch up on the days they missed after it.
+        if health.store_error().is_some() {
+            continue;
+        }
         let now = now_ms();
         if let Err(err) = checkins.tick(now).await {
             metrics::counter!(crate::metrics::STORE_ERRORS).increment(1);
+            health.store_failed(&err);
             tracing::error!(error = %err, "judging check-ins failed; trying again in a second");
         }
         if let Err(err) = visits.tick(now) {
             metrics::counter!(crate::metrics::STORE_ERRORS).increment(1);
+            health.store_failed(&err);
             tracing::error!(error = %err, "flagging missed visits failed; trying again in a second");
         }
     }

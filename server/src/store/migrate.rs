@@ -329,14 +329,14 @@ pub async fn sled_to_postgres(
     .await?;
     // The chain goes on from the copied entries, and starts where
     // retention left it.
+    let anchor = Storage::audit_anchor(from)?;
+    if let Some(anchor) = anchor.as_ref().filter(|_| head.is_empty()) {
+        // Every entry was pruned: the next one follows the anchor.
+        head = anchor.hash.clone();
+    }
     tx.execute("update audit_head set hash = $1", &[&head])
         .await?;
-    if let Some(anchor) = Storage::audit_anchor(from)? {
-        if head.is_empty() {
-            head = anchor.hash.clone();
-            tx.execute("update audit_head set hash = $1", &[&head])
-                .await?;
-        }
+    if let Some(anchor) = anchor {
         tx.execute(
             "insert into meta (key, value) values ('audit_anchor', $1)",
             &[&anchor.encode()],
@@ -436,20 +436,8 @@ pub async fn sled_to_postgres(
         &from.event_days,
         "event day",
         async |chunk: &[(EventDay, Vec<u8>)]| {
-            let devices: Vec<&str> = chunk.iter().map(|(d, _)| d.device_id.as_str()).collect();
-            let day: Vec<i32> = chunk.iter().map(|(d, _)| d.day).collect();
-            let kind: Vec<i32> = chunk.iter().map(|(d, _)| d.kind).collect();
-            let count: Vec<i64> = chunk.iter().map(|(d, _)| d.events as i64).collect();
-            let first: Vec<i64> = chunk.iter().map(|(d, _)| d.first_ms).collect();
-            let last: Vec<i64> = chunk.iter().map(|(d, _)| d.last_ms).collect();
-            tx.execute(
-                "insert into event_days (device_id, day, kind, events, first_ms, last_ms)
-             select * from unnest($1::text[], $2::int[], $3::int[], $4::bigint[],
-                                  $5::bigint[], $6::bigint[])",
-                &[&devices, &day, &kind, &count, &first, &last],
-            )
-            .await?;
-            Ok(())
+            let days: Vec<EventDay> = chunk.iter().map(|(d, _)| d.clone()).collect();
+            super::postgres::merge_event_days(&tx, &days).await
         },
     )
     .await?;

@@ -885,23 +885,7 @@ impl Storage for PgStore {
                     .iter()
                     .map(|e| super::EventDay::of(e, utc_offset_minutes)),
             );
-            let devices: Vec<&str> = days.iter().map(|d| d.device_id.as_str()).collect();
-            let day: Vec<i32> = days.iter().map(|d| d.day).collect();
-            let kind: Vec<i32> = days.iter().map(|d| d.kind).collect();
-            let count: Vec<i64> = days.iter().map(|d| d.events as i64).collect();
-            let first: Vec<i64> = days.iter().map(|d| d.first_ms).collect();
-            let last: Vec<i64> = days.iter().map(|d| d.last_ms).collect();
-            tx.execute(
-                "insert into event_days (device_id, day, kind, events, first_ms, last_ms)
-                 select * from unnest($1::text[], $2::int[], $3::int[], $4::bigint[],
-                                      $5::bigint[], $6::bigint[])
-                 on conflict (device_id, day, kind) do update set
-                     events = event_days.events + excluded.events,
-                     first_ms = least(event_days.first_ms, excluded.first_ms),
-                     last_ms = greatest(event_days.last_ms, excluded.last_ms)",
-                &[&devices, &day, &kind, &count, &first, &last],
-            )
-            .await?;
+            merge_event_days(&tx, &days).await?;
             tx.commit().await?;
             Ok(events.len() as u64)
         })
@@ -1753,6 +1737,33 @@ pub mod scratch {
                 .await;
         }
     }
+}
+
+/// Adds `days` into the daily summaries: a (device, day, kind) already
+/// there gains their count and widens its first and last.
+pub(in crate::store) async fn merge_event_days(
+    client: &impl deadpool_postgres::GenericClient,
+    days: &[super::EventDay],
+) -> Result<(), StoreError> {
+    let devices: Vec<&str> = days.iter().map(|d| d.device_id.as_str()).collect();
+    let day: Vec<i32> = days.iter().map(|d| d.day).collect();
+    let kind: Vec<i32> = days.iter().map(|d| d.kind).collect();
+    let count: Vec<i64> = days.iter().map(|d| d.events as i64).collect();
+    let first: Vec<i64> = days.iter().map(|d| d.first_ms).collect();
+    let last: Vec<i64> = days.iter().map(|d| d.last_ms).collect();
+    client
+        .execute(
+            "insert into event_days (device_id, day, kind, events, first_ms, last_ms)
+             select * from unnest($1::text[], $2::int[], $3::int[], $4::bigint[],
+                                  $5::bigint[], $6::bigint[])
+             on conflict (device_id, day, kind) do update set
+                 events = event_days.events + excluded.events,
+                 first_ms = least(event_days.first_ms, excluded.first_ms),
+                 last_ms = greatest(event_days.last_ms, excluded.last_ms)",
+            &[&devices, &day, &kind, &count, &first, &last],
+        )
+        .await?;
+    Ok(())
 }
 
 impl WelfareStore for PgStore {

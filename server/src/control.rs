@@ -20,7 +20,7 @@ use std::{
     },
 };
 
-use anxin_proto::{now_ms, v1::AuditEntry};
+use anxin_proto::v1::AuditEntry;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -32,7 +32,7 @@ use crate::{
     metrics as m,
     store::{
         Store, StoreError,
-        backup::{Job, Manifest, audit_entry},
+        backup::{Job, Manifest, Outcome, audit_entry},
     },
 };
 
@@ -177,14 +177,24 @@ async fn answer(
         Ok(manifest) => {
             let records: u64 = manifest.trees.iter().map(|t| t.records).sum();
             tracing::info!(to = %request.backup.display(), records, "backup done");
-            let entry = audit_entry(Job::Backup, actor, &request.backup, Ok(&manifest));
+            let entry = audit_entry(
+                Job::Backup,
+                actor,
+                Some(&request.backup),
+                Outcome::Made(&manifest),
+            );
             (entry, Reply::Done(Box::new(manifest)))
         }
         Err(err) => {
             tracing::warn!(to = %request.backup.display(), error = %err, "backup failed");
             metrics::counter!(m::BACKUPS_FAILED).increment(1);
             let why = err.to_string();
-            let entry = audit_entry(Job::Backup, actor, &request.backup, Err(&why));
+            let entry = audit_entry(
+                Job::Backup,
+                actor,
+                Some(&request.backup),
+                Outcome::Failed(&why),
+            );
             (entry, Reply::Error(why))
         }
     };
@@ -204,18 +214,7 @@ async fn refuse(
 ) -> std::io::Result<()> {
     tracing::warn!(reason, %actor, "control socket: request refused: {why}");
     metrics::counter!(m::CONTROL_REFUSED, "reason" => reason).increment(1);
-    let detail = match dir {
-        Some(dir) => format!("to {}: {why}", dir.display()),
-        None => why.clone(),
-    };
-    let entry = AuditEntry {
-        at_ms: now_ms(),
-        actor,
-        action: "store.backup.refused".into(),
-        target: "store".into(),
-        detail,
-        ..Default::default()
-    };
+    let entry = audit_entry(Job::Backup, actor, dir, Outcome::Refused(&why));
     audit(store, entry).await;
     send(stream, &Reply::Error(why)).await
 }

@@ -39,7 +39,10 @@ use anxin_server::{
     metrics,
     notifier::{Notifier, Webhook, WebhookHosts},
     replicas,
-    store::{self, Store, backup::Job},
+    store::{
+        self, Store,
+        backup::{Job, Outcome},
+    },
     uplink::UplinkService,
 };
 use anyhow::Context;
@@ -398,12 +401,21 @@ async fn audit_store_job(
     dir: &std::path::Path,
     made: &Result<store::backup::Manifest, store::StoreError>,
 ) -> anyhow::Result<()> {
-    let why = made.as_ref().err().map(ToString::to_string);
-    let outcome = made
-        .as_ref()
-        .map_err(|_| why.as_deref().unwrap_or_default());
+    let why;
+    let outcome = match made {
+        Ok(manifest) => Outcome::Made(manifest),
+        Err(err) => {
+            why = err.to_string();
+            Outcome::Failed(&why)
+        }
+    };
     store
-        .append(store::backup::audit_entry(job, operator(), dir, outcome))
+        .append(store::backup::audit_entry(
+            job,
+            operator(),
+            Some(dir),
+            outcome,
+        ))
         .context("writing the audit entry")?;
     store.flush().await.context("flushing the store")?;
     store.seal().context("sealing the store")?;

@@ -122,21 +122,31 @@ pub enum Job {
     Restore,
 }
 
+/// How a backup or restore ended, for its audit entry.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    Made(&'a Manifest),
+    /// Tried, and failed for this reason.
+    Failed(&'a str),
+    /// Not tried: the request could not be taken (control socket).
+    Refused(&'a str),
+}
+
 /// The audit entry of a backup or a restore, however it was asked for (the
 /// control socket or the command line): `store.backup` / `store.restore`
-/// when it was made, `store.backup.failed` with the reason when not.
+/// when it was made, `….failed` or `….refused` with the reason when not.
 pub fn audit_entry(
     job: Job,
     actor: String,
-    dir: &Path,
-    outcome: Result<&Manifest, &str>,
+    dir: Option<&Path>,
+    outcome: Outcome<'_>,
 ) -> anxin_proto::v1::AuditEntry {
     let (action, preposition) = match job {
         Job::Backup => ("store.backup", "to"),
         Job::Restore => ("store.restore", "from"),
     };
-    let (action, detail) = match outcome {
-        Ok(manifest) => {
+    let (action, what) = match outcome {
+        Outcome::Made(manifest) => {
             let records: u64 = manifest.trees.iter().map(|t| t.records).sum();
             let counted = if manifest.trees.is_empty() {
                 String::new()
@@ -146,17 +156,17 @@ pub fn audit_entry(
             (
                 action.to_string(),
                 format!(
-                    "{preposition} {}: a {} store as of {}{counted}",
-                    dir.display(),
-                    manifest.engine,
-                    manifest.cut_ms
+                    "a {} store as of {}{counted}",
+                    manifest.engine, manifest.cut_ms
                 ),
             )
         }
-        Err(why) => (
-            format!("{action}.failed"),
-            format!("{preposition} {}: {why}", dir.display()),
-        ),
+        Outcome::Failed(why) => (format!("{action}.failed"), why.to_string()),
+        Outcome::Refused(why) => (format!("{action}.refused"), why.to_string()),
+    };
+    let detail = match dir {
+        Some(dir) => format!("{preposition} {}: {what}", dir.display()),
+        None => what,
     };
     anxin_proto::v1::AuditEntry {
         at_ms: anxin_proto::now_ms(),

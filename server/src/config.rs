@@ -484,7 +484,7 @@ impl ServerConfig {
             return invalid("notify.emergency_webhook", "must be an http(s) URL");
         }
         if !self.notify.emergency_webhook.is_empty()
-            && let Err(why) = crate::notifier::WebhookHosts::new(&self.notify.webhook_hosts)
+            && let Err(why) = crate::tasks::outbox::WebhookHosts::new(&self.notify.webhook_hosts)
                 .check(&self.notify.emergency_webhook)
         {
             return Err(ConfigError::Invalid {

@@ -23,29 +23,27 @@ use anxin_proto::v1::{
     admin_server::AdminServer, dispatch_server::DispatchServer, uplink_server::UplinkServer,
 };
 use anxin_server::{
-    admin::AdminDesk,
-    alerts::{AlertDesk, DeskPolicy},
+    api::uplink::UplinkService,
     api::{
         grpc::{AdminService, DispatchService},
         rest::{self, RestState},
     },
-    auth::{self, Authenticator},
-    config::Backend,
     config::ServerConfig,
-    escalation,
-    gateways::ConnectedGateways,
-    health::{self, Health},
-    incidents::IncidentPolicy,
+    desks::admin::AdminDesk,
+    desks::alerts::{AlertDesk, DeskPolicy},
+    desks::auth::{self, Authenticator},
+    desks::gateways::ConnectedGateways,
+    domain::incidents::IncidentPolicy,
     metrics,
-    notifier::{Notifier, Webhook, WebhookHosts},
-    replicas,
-    store::{
-        self, Store,
-        backup::{Job, Outcome},
-    },
-    uplink::UplinkService,
+    store::Store,
+    tasks::escalation,
+    tasks::health::{self, Health},
+    tasks::outbox::{Notifier, Webhook, WebhookHosts},
+    tasks::replicas,
 };
 use anyhow::Context;
+
+mod commands;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -190,7 +188,7 @@ fn main() -> anyhow::Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match (&args.command, &args.seed) {
-        (Some(Command::Migrate { to }), _) => runtime.block_on(migrate(config, to)),
+        (Some(Command::Migrate { to }), _) => runtime.block_on(commands::migrate(config, to)),
         (
             Some(Command::Certs {
                 dir,
@@ -201,7 +199,7 @@ fn main() -> anyhow::Result<()> {
             }),
             _,
         ) => {
-            let written = anxin_server::certs::make(&anxin_server::certs::Request {
+            let written = commands::certs::make(&commands::certs::Request {
                 dir,
                 server_names,
                 gateways,
@@ -218,364 +216,21 @@ fn main() -> anyhow::Result<()> {
                 command: AuditCommand::Verify,
             }),
             _,
-        ) => runtime.block_on(verify_audit(config)),
+        ) => runtime.block_on(commands::verify_audit(config)),
         (
             Some(Command::Store {
                 command: StoreCommand::Check,
             }),
             _,
-        ) => runtime.block_on(check_store(config)),
-        (Some(Command::Backup { to }), _) => runtime.block_on(backup(config, to)),
-        (Some(Command::Restore { from }), _) => runtime.block_on(restore(config, from)),
+        ) => runtime.block_on(commands::check_store(config)),
+        (Some(Command::Backup { to }), _) => runtime.block_on(commands::backup(config, to)),
+        (Some(Command::Restore { from }), _) => runtime.block_on(commands::restore(config, from)),
         (Some(Command::Import { kind, file }), _) => {
-            runtime.block_on(import_file(config, kind, file))
+            runtime.block_on(commands::import_file(config, kind, file))
         }
-        (None, Some(seed)) => runtime.block_on(seed_directory(config, seed)),
+        (None, Some(seed)) => runtime.block_on(commands::seed_directory(config, seed)),
         (None, None) => runtime.block_on(run(config)),
     }
-}
-
-async fn verify_audit(config: ServerConfig) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
-    let entries = store
-        .query(&Default::default())
-        .context("reading the audit log")?;
-    let anchor = store
-        .audit_anchor()
-        .context("reading the audit chain's anchor")?;
-    let report = store::verify_chain(anchor.as_ref(), entries);
-    match (report.broken_at, &report.problem) {
-        (Some(id), Some(problem)) => {
-            println!(
-                "audit chain BROKEN at entry {id}: {problem} ({} entries read)",
-                report.entries
-            );
-            println!("last good head {}", report.head);
-            std::process::exit(1);
-        }
-        _ => {
-            println!(
-                "audit chain ok: {} entries ({} from before the chain), head {}",
-                report.entries, report.unchained, report.head
-            );
-            if report.pruned_through > 0 {
-                println!(
-                    "entries up to {} were removed by retention; the chain was checked from the anchor they left",
-                    report.pruned_through
-                );
-            }
-            Ok(())
-        }
-    }
-}
-
-async fn check_store(config: ServerConfig) -> anyhow::Result<()> {
-    let store = match store::open(&config.store).await {
-        Ok(store) => store,
-        Err(err @ store::StoreError::Damaged(_)) => {
-            println!(
-                "store check: {} cannot be opened: {err}",
-                store_location(&config)
-            );
-            std::process::exit(1);
-        }
-        Err(err) => {
-            return Err(err).with_context(|| {
-                format!(
-                    "opening {} (sled: is a server running on it? stop it first)",
-                    store_location(&config)
-                )
-            });
-        }
-    };
-    let report = tokio::task::spawn_blocking(move || store.check()).await?;
-    for (kind, records) in &report.counts {
-        println!("{kind:>24}  {records} records");
-    }
-    if report.is_ok() {
-        println!("store check: ok");
-        return Ok(());
-    }
-    for problem in &report.problems {
-        println!("PROBLEM {problem}");
-    }
-    if report.more_problems > 0 {
-        println!("… and {} more problems", report.more_problems);
-    }
-    println!(
-        "store check: {} problems; restore the last backup (docs/operations.md, \"A damaged store\")",
-        report.problems.len() as u64 + report.more_problems
-    );
-    std::process::exit(1);
-}
-
-/// Progress on stderr: each kind once it is done, and every 100,000
-/// records of a big one.
-fn progress_printer() -> impl FnMut(&str, u64) {
-    let mut last = (String::new(), 0u64);
-    move |kind: &str, records: u64| {
-        if kind != last.0 {
-            if !last.0.is_empty() {
-                eprintln!("  {:<20} {} records", last.0, last.1);
-            }
-            last = (kind.to_string(), 0);
-        } else if records / 100_000 > last.1 / 100_000 {
-            eprintln!("  {kind:<20} {records} records …");
-        }
-        last.1 = records;
-    }
-}
-
-/// Who ran this command, for the audit log: /proc/self belongs to the
-/// process's user (no libc call needed).
-fn operator() -> String {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata("/proc/self") {
-        Ok(meta) => format!("operator (uid {}, command line)", meta.uid()),
-        Err(_) => "operator (command line)".into(),
-    }
-}
-
-async fn backup(config: ServerConfig, to: &std::path::Path) -> anyhow::Result<()> {
-    let to = std::path::absolute(to).context("the backup directory")?;
-    let mut progress = progress_printer();
-    let manifest = match config.store.backend {
-        Backend::Sled => {
-            let socket = anxin_server::control::socket_path(&config.store.path);
-            match anxin_server::control::request_backup(&socket, &to, &mut progress)
-                .await
-                .context("backing up through the running server")?
-            {
-                Some(manifest) => {
-                    progress("", 0);
-                    eprintln!("made by the running server (its audit log has the entry)");
-                    manifest
-                }
-                None => {
-                    let store = open_store(&config).await?;
-                    let copying = store.clone();
-                    let target = to.clone();
-                    let made = tokio::task::spawn_blocking(move || {
-                        copying.backup(&target, &mut progress_printer())
-                    })
-                    .await?;
-                    // The backup's own error first; the audit's, if any, after.
-                    let audited = audit_store_job(&store, Job::Backup, &to, &made).await;
-                    let manifest = made.context("backing up")?;
-                    audited?;
-                    manifest
-                }
-            }
-        }
-        Backend::Postgres => {
-            let url = config.store.url.clone();
-            let target = to.clone();
-            let made =
-                tokio::task::spawn_blocking(move || store::backup::postgres_backup(&url, &target))
-                    .await?;
-            let audited = match open_store(&config).await {
-                Ok(store) => audit_store_job(&store, Job::Backup, &to, &made).await,
-                Err(err) => Err(err),
-            };
-            let manifest = made.context("backing up with pg_dump")?;
-            audited?;
-            manifest
-        }
-    };
-    for tree in &manifest.trees {
-        println!("{:>24}  {} records", tree.name, tree.records);
-    }
-    println!(
-        "backup complete: {} ({} store as of {} ms since the epoch)",
-        to.display(),
-        manifest.engine,
-        manifest.cut_ms
-    );
-    Ok(())
-}
-
-/// Audits a backup or restore made by this command, made or not.
-async fn audit_store_job(
-    store: &Store,
-    job: Job,
-    dir: &std::path::Path,
-    made: &Result<store::backup::Manifest, store::StoreError>,
-) -> anyhow::Result<()> {
-    let why;
-    let outcome = match made {
-        Ok(manifest) => Outcome::Made(manifest),
-        Err(err) => {
-            why = err.to_string();
-            Outcome::Failed(&why)
-        }
-    };
-    store
-        .append(store::backup::audit_entry(
-            job,
-            operator(),
-            Some(dir),
-            outcome,
-        ))
-        .context("writing the audit entry")?;
-    store.flush().await.context("flushing the store")?;
-    store.seal().context("sealing the store")?;
-    Ok(())
-}
-
-async fn restore(config: ServerConfig, from: &std::path::Path) -> anyhow::Result<()> {
-    let manifest = match config.store.backend {
-        Backend::Sled => {
-            let (from, to) = (from.to_path_buf(), config.store.path.clone());
-            tokio::task::spawn_blocking(move || {
-                store::sled::restore(&from, &to, &mut progress_printer())
-            })
-            .await?
-            .with_context(|| format!("restoring into {}", store_location(&config)))?
-        }
-        Backend::Postgres => store::backup::postgres_restore(&config.store.url, from)
-            .await
-            .with_context(|| format!("restoring into {}", store_location(&config)))?,
-    };
-    let store = open_store(&config).await?;
-    audit_store_job(&store, Job::Restore, from, &Ok(manifest.clone())).await?;
-    println!(
-        "restored the {} store as of {} ms since the epoch into {}; checking it",
-        manifest.engine,
-        manifest.cut_ms,
-        store_location(&config)
-    );
-    drop(store);
-    check_store(config).await
-}
-
-async fn migrate(config: ServerConfig, to: &str) -> anyhow::Result<()> {
-    let from = store::sled::SledStore::open(&config.store.path).with_context(|| {
-        format!(
-            "opening the sled store at store.path {}",
-            config.store.path.display()
-        )
-    })?;
-    let target = store::postgres::PgStore::connect(to, 2)
-        .await
-        .with_context(|| format!("connecting to {}", redact_url(to)))?;
-    println!(
-        "migrating {} -> {}",
-        config.store.path.display(),
-        redact_url(to)
-    );
-    let ack_target_ms = (config.reports.ack_target_secs * 1000) as i64;
-    let migration = store::migrate::sled_to_postgres(&from, &target, ack_target_ms, |kind, n| {
-        println!("copied {kind} {n}");
-    })
-    .await
-    .context("migrating")?;
-    for tally in &migration.tallies {
-        let mark = if tally.sled == tally.postgres {
-            "ok"
-        } else {
-            "MISMATCH"
-        };
-        println!(
-            "count {} sled={} postgres={} {mark}",
-            tally.kind, tally.sled, tally.postgres
-        );
-    }
-    let same = migration.report_before == migration.report_after;
-    println!(
-        "report {} ({} lines)",
-        if same { "identical" } else { "DIFFERS" },
-        migration.report_before.lines().count()
-    );
-    if !migration.checked() {
-        anyhow::bail!("the copy does not match the sled store; do not switch to it");
-    }
-    println!("migrated: set store.backend = \"postgres\" and store.url, then start the replicas");
-    Ok(())
-}
-
-/// Where the config says the store is, for error messages.
-fn store_location(config: &ServerConfig) -> String {
-    match config.store.backend {
-        Backend::Sled => format!("store.path {}", config.store.path.display()),
-        Backend::Postgres => format!("store.url {}", redact_url(&config.store.url)),
-    }
-}
-
-/// A connection URL without its password, for logs.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-async fn open_store(config: &ServerConfig) -> anyhow::Result<Store> {
-    store::open(&config.store)
-        .await
-        .with_context(|| format!("opening {}", store_location(config)))
-}
-
-async fn import_file(
-    config: ServerConfig,
-    kind: &str,
-    file: &std::path::Path,
-) -> anyhow::Result<()> {
-    std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
-    let store = open_store(&config).await.context(
-        "a running server holds a sled store: stop it first, or POST the file to its /api/v1/import/{kind}",
-    )?;
-    let admin = AdminDesk::new(store.clone(), 0, Arc::default());
-    let started = std::time::Instant::now();
-    let report = admin
-        .import(
-            &anxin_server::auth::Principal::Admin,
-            kind,
-            anxin_server::admin::ImportSource::File(file.to_path_buf()),
-            move |p| {
-                eprintln!(
-                    "{:>7.1} s  {} {} rows",
-                    started.elapsed().as_secs_f64(),
-                    p.phase,
-                    p.rows
-                )
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    store.flush().await.context("flushing the store")?;
-    store.seal().context("sealing the store")?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    if !report.rejected.is_empty() {
-        eprintln!(
-            "nothing imported: {} bad rows (the first {} listed by line)",
-            report.rejected.len() as u64 + report.more_rejected,
-            report.rejected.len()
-        );
-        std::process::exit(1);
-    }
-    eprintln!(
-        "imported {} {kind} rows in {:.1} s",
-        report.imported,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-async fn seed_directory(config: ServerConfig, seed: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(seed)
-        .with_context(|| format!("reading the seed file {}", seed.display()))?;
-    let store = open_store(&config).await?;
-    let admin = AdminDesk::new(store.clone(), 0, Arc::default());
-    let written = anxin_server::seed::apply(&admin, &text)
-        .with_context(|| format!("seeding from {}", seed.display()))?;
-    store.flush().await.context("flushing the store")?;
-    store.seal().context("sealing the store")?;
-    tracing::info!(written, seed = %seed.display(), "directory seeded");
-    Ok(())
 }
 
 async fn run(config: ServerConfig) -> anyhow::Result<()> {
@@ -598,8 +253,8 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     )
     .context("store.path")?;
     let health = Arc::new(Health::new(disk));
-    let store = open_store(&config).await?;
-    tracing::info!(backend = store.backend(), at = %store_location(&config), "store open");
+    let store = commands::open_store(&config).await?;
+    tracing::info!(backend = store.backend(), at = %commands::store_location(&config), "store open");
     store.retain_events_for(config.retention.events.ms());
     let admin_token = if config.auth.admin_token.is_empty() {
         let token = auth::new_token();
@@ -639,7 +294,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     )
     .with_webhook_hosts(WebhookHosts::new(&config.notify.webhook_hosts))
     .with_utc_offset(config.routing.utc_offset_minutes)
-    .with_token_policy(anxin_server::admin::TokenPolicy {
+    .with_token_policy(anxin_server::desks::admin::TokenPolicy {
         ttl_ms: secs(config.auth.token_ttl_secs),
         rotation_grace_ms: secs(config.auth.rotation_grace_secs),
         session_ms: secs(config.auth.console_session_secs),
@@ -700,9 +355,9 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // sled: the seal (store/sled/seal.rs), every second and at shutdown;
     // the control socket, for online backups.
     if desk.store().backend() == "sled" {
-        tasks.spawn(anxin_server::control::serve(
+        tasks.spawn(anxin_server::tasks::control::serve(
             desk.store().clone(),
-            anxin_server::control::socket_path(&config.store.path),
+            anxin_server::tasks::control::socket_path(&config.store.path),
             cancel.clone(),
         ));
         tasks.spawn(seal_store(
@@ -711,13 +366,16 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             cancel.clone(),
         ));
     }
-    tasks.spawn(anxin_server::retention::run(
+    tasks.spawn(anxin_server::tasks::retention::run(
         desk.store().clone(),
         health.clone(),
-        anxin_server::retention::Policy::new(&config.retention, config.routing.utc_offset_minutes),
+        anxin_server::tasks::retention::Policy::new(
+            &config.retention,
+            config.routing.utc_offset_minutes,
+        ),
         cancel.clone(),
     ));
-    tasks.spawn(anxin_server::welfare::visits::run(
+    tasks.spawn(anxin_server::desks::welfare::visits::run(
         desk.clone(),
         health.clone(),
         cancel.clone(),

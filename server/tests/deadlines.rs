@@ -9,13 +9,13 @@ use anxin_proto::{
     v1::{AlertState, Place, PlaceLevel, Priority, Resident, Staff, StaffRole, UplinkEvent},
 };
 use anxin_server::{
-    admin::AdminDesk,
-    alerts::{AlertDesk, DeskPolicy},
-    auth::Principal,
-    gateways::ConnectedGateways,
-    incidents::{Decision, IncidentPolicy, Origin},
-    notifier::{Notifier, Webhook},
+    desks::admin::AdminDesk,
+    desks::alerts::{AlertDesk, DeskPolicy},
+    desks::auth::Principal,
+    desks::gateways::ConnectedGateways,
+    domain::incidents::{Decision, IncidentPolicy, Origin},
     store::{self, Committed},
+    tasks::outbox::{Notifier, Webhook},
 };
 
 fn event(seq: u64, kind: EventKind) -> UplinkEvent {

@@ -19,7 +19,7 @@ use std::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use anxin_proto::v1::{Alert, AuditEntry, AuditQuery, DeviceRecord, Resident, Staff};
-use anxin_server::{directory::TokenRecord, store::StoredEvent};
+use anxin_server::{store::StoredEvent, store::directory::TokenRecord};
 use anxin_tests::{
     Gateway, PATIENCE, Server, Sim, StoreEngine, binary, eventually, load_devices, logged,
     scratch_database, store_engine,

@@ -18,7 +18,7 @@ use anxin_proto::{
     DeviceEvent, EventKind,
     v1::{AlertState, UplinkEvent},
 };
-use anxin_server::incidents::{IncidentPolicy, Origin};
+use anxin_server::domain::incidents::{IncidentPolicy, Origin};
 use anxin_tests::{TEST_ADMIN_TOKEN, binary, free_port};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 

@@ -17,9 +17,9 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use crate::{
-    admin::AdminDesk,
-    alerts::{Act, AlertDesk},
-    auth::{Authenticator, Principal},
+    desks::admin::AdminDesk,
+    desks::alerts::{Act, AlertDesk},
+    desks::auth::{Authenticator, Principal},
 };
 
 impl From<ApiError> for Status {
@@ -103,7 +103,7 @@ impl Dispatch for DispatchService {
                 next: String::new(),
             }));
         }
-        let query = crate::listing::ListQuery {
+        let query = crate::domain::listing::ListQuery {
             limit: req.limit as usize,
             after: req.after.clone(),
             community: req.community_id.clone(),
@@ -398,7 +398,7 @@ impl Admin for AdminService {
             .import(
                 &who,
                 &req.kind,
-                crate::admin::ImportSource::Text(req.csv),
+                crate::desks::admin::ImportSource::Text(req.csv),
                 |_| {},
             )
             .await
@@ -431,8 +431,8 @@ impl Admin for AdminService {
 
 /// A directory list request as the desks take it (the caller's scope is
 /// theirs to set).
-fn list_query(request: &ListRequest) -> crate::listing::ListQuery {
-    crate::listing::ListQuery {
+fn list_query(request: &ListRequest) -> crate::domain::listing::ListQuery {
+    crate::domain::listing::ListQuery {
         limit: request.limit as usize,
         after: request.after.clone(),
         community: request.community_id.clone(),

@@ -1,12 +1,13 @@
 //! The APIs: gRPC `Dispatch` and `Admin`, and REST/SSE, all thin layers over
-//! [`crate::alerts::AlertDesk`] and [`crate::admin::AdminDesk`].
+//! [`crate::desks::alerts::AlertDesk`] and [`crate::desks::admin::AdminDesk`].
 
 pub mod grpc;
 pub mod https;
 pub mod rest;
+pub mod uplink;
 pub mod welfare;
 
-use crate::{alerts::DeskError, auth::AuthError, store::StoreError};
+use crate::{desks::alerts::DeskError, desks::auth::AuthError, store::StoreError};
 
 /// How an error reads to an API client.
 pub enum ApiError {

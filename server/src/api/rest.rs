@@ -26,14 +26,14 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiError;
 use crate::{
-    admin::AdminDesk,
-    alerts::{Act, AlertDesk},
-    auth::{Authenticator, Need, Principal},
-    directory::Directory,
-    lifecycle,
-    listing::{ListQuery, Page},
-    reports,
-    welfare::PlaceNames,
+    desks::admin::AdminDesk,
+    desks::alerts::{Act, AlertDesk},
+    desks::auth::{Authenticator, Need, Principal},
+    desks::welfare::PlaceNames,
+    domain::lifecycle,
+    domain::listing::{ListQuery, Page},
+    domain::reports,
+    store::directory::Directory,
 };
 
 #[derive(Clone)]
@@ -42,7 +42,7 @@ pub struct RestState {
     pub admin: AdminDesk,
     pub auth: Authenticator,
     pub metrics: PrometheusHandle,
-    pub health: std::sync::Arc<crate::health::Health>,
+    pub health: std::sync::Arc<crate::tasks::health::Health>,
 }
 
 pub fn router(state: RestState) -> Router {
@@ -278,7 +278,7 @@ async fn me(Caller(caller): Caller) -> Json<serde_json::Value> {
             "admin".to_string(),
         ),
         Principal::Staff(s) => (
-            crate::directory::role_name(s.role()).to_string(),
+            crate::store::directory::role_name(s.role()).to_string(),
             s.communities.clone(),
             s.name.clone(),
         ),
@@ -498,7 +498,7 @@ async fn stream_alerts(
 // ---- directory ----
 
 /// `?limit=&after=` and the filters of a directory list
-/// ([`crate::listing`]); the answer carries `next` for the page after.
+/// ([`crate::domain::listing`]); the answer carries `next` for the page after.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct ListParams {
@@ -771,7 +771,7 @@ async fn issue_token(
     Caller(caller): Caller,
     Path(id): Path<String>,
     body: Option<Json<IssueRequest>>,
-) -> Result<Json<crate::admin::IssuedToken>, ApiError> {
+) -> Result<Json<crate::desks::admin::IssuedToken>, ApiError> {
     let ttl_ms = body
         .and_then(|Json(b)| b.ttl_secs)
         .map(|s| (s as i64).saturating_mul(1000));
@@ -823,7 +823,7 @@ async fn rotate_token(
 async fn open_session(
     State(state): State<RestState>,
     Caller(caller): Caller,
-) -> Result<Json<crate::admin::IssuedToken>, ApiError> {
+) -> Result<Json<crate::desks::admin::IssuedToken>, ApiError> {
     Ok(Json(state.admin.open_session(&caller)?))
 }
 
@@ -869,7 +869,7 @@ async fn import(
     file.flush()
         .await
         .map_err(|e| ApiError::Internal(format!("spooling the import: {e}")))?;
-    let source = crate::admin::ImportSource::File(spool.path().to_path_buf());
+    let source = crate::desks::admin::ImportSource::File(spool.path().to_path_buf());
     let wants_progress = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -12,7 +12,7 @@ use super::{
     ApiError,
     rest::{Caller, RestState},
 };
-use crate::welfare::desk::WelfareDesk;
+use crate::desks::welfare::desk::WelfareDesk;
 
 pub fn routes() -> Router<RestState> {
     Router::new()

@@ -123,7 +123,7 @@ pub async fn sled_to_postgres(
         ));
     }
     let report = |alerts: &[Alert]| {
-        crate::reports::to_csv(&crate::reports::compute(
+        crate::domain::reports::to_csv(&crate::domain::reports::compute(
             alerts,
             "",
             0,

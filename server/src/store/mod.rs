@@ -25,14 +25,15 @@ use futures::future::BoxFuture;
 use prost::Message;
 
 use crate::{
-    audit::AuditLog,
-    directory::Directory,
-    incidents::{Decision, IncidentPolicy, Origin},
-    lifecycle::IllegalTransition,
-    welfare::WelfareStore,
+    desks::audit::AuditLog,
+    desks::welfare::WelfareStore,
+    domain::incidents::{Decision, IncidentPolicy, Origin},
+    domain::lifecycle::IllegalTransition,
+    store::directory::Directory,
 };
 
 pub mod backup;
+pub mod directory;
 pub mod migrate;
 pub mod postgres;
 pub mod sled;
@@ -119,7 +120,7 @@ impl EventDay {
     pub fn one(device_id: &str, received_ms: i64, kind: i32, utc_offset_minutes: i32) -> Self {
         Self {
             device_id: device_id.to_string(),
-            day: crate::calendar::local_day(received_ms, utc_offset_minutes),
+            day: crate::domain::calendar::local_day(received_ms, utc_offset_minutes),
             kind,
             events: 1,
             first_ms: received_ms,
@@ -273,7 +274,7 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     /// Commits events that cannot touch an incident (see
-    /// [`crate::incidents::affects_incidents`]: telemetry, heartbeats,
+    /// [`crate::domain::incidents::affects_incidents`]: telemetry, heartbeats,
     /// battery and fault reports), skipping those already here, in one
     /// batch. Returns, per event, whether it was new. Durable after
     /// [`Storage::flush`].
@@ -307,13 +308,13 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     fn alert(&self, alert_id: &str) -> Result<Alert, StoreError>;
     /// Alerts in creation order, optionally only those in `states`.
     fn alerts(&self, states: &[anxin_proto::v1::AlertState]) -> Result<Vec<Alert>, StoreError>;
-    /// A page of alerts, newest first ([`crate::listing`]): states,
+    /// A page of alerts, newest first ([`crate::domain::listing`]): states,
     /// community, time raised and the caller's scope; a page looks at no
-    /// more than [`crate::listing::SCAN_BUDGET`] alerts.
+    /// more than [`crate::domain::listing::SCAN_BUDGET`] alerts.
     fn alerts_page(
         &self,
-        query: &crate::listing::ListQuery,
-    ) -> Result<crate::listing::Page<Alert>, StoreError>;
+        query: &crate::domain::listing::ListQuery,
+    ) -> Result<crate::domain::listing::Page<Alert>, StoreError>;
     /// Writes an alert as given, for migrating history from another system
     /// (and seeding report tests). Indexes are kept as for any update.
     fn import_alert(&self, alert: &Alert) -> Result<(), StoreError>;
@@ -622,7 +623,7 @@ pub(crate) fn decision_audit(
     AuditEntry {
         at_ms: received_ms,
         actor: "system".into(),
-        action: crate::incidents::action_name(decision).into(),
+        action: crate::domain::incidents::action_name(decision).into(),
         target: format!("alert/{}", alert.id),
         community_id: alert.community_id.clone(),
         detail: format!(
@@ -630,7 +631,7 @@ pub(crate) fn decision_audit(
             event.device_id,
             event.seq,
             event.kind().as_str_name(),
-            crate::incidents::priority_name(alert.priority)
+            crate::domain::incidents::priority_name(alert.priority)
         ),
         ..Default::default()
     }

@@ -8,7 +8,7 @@ use anxin_proto::{
     v1::{AlertState, AuditQuery, DeviceAck},
 };
 
-use crate::incidents::{Decision, IncidentPolicy, Origin};
+use crate::domain::incidents::{Decision, IncidentPolicy, Origin};
 
 /// One engine under test: opens (and reopens) the same store.
 enum Engine {
@@ -580,7 +580,7 @@ async fn a_store_written_by_a_newer_build_is_refused_by_name() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn audit_retention_removes_the_oldest_entries_and_the_chain_holds_from_its_anchor() {
-    use crate::retention;
+    use crate::tasks::retention;
     on_every_engine(|engine| async move {
         let store = engine.open().await;
         for second in 1..=6 {
@@ -660,7 +660,7 @@ async fn audit_retention_removes_the_oldest_entries_and_the_chain_holds_from_its
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_prunes_old_plain_events_into_daily_summaries_and_never_an_open_alert() {
-    use crate::{calendar::DAY_MS, retention};
+    use crate::{domain::calendar::DAY_MS, tasks::retention};
     on_every_engine(|engine| async move {
         let store = engine.open().await;
         // 25 heartbeats on day 0, 5 telemetry readings on day 1: old.
@@ -959,7 +959,7 @@ fn person(id: &str, name: &str, community: &str, phone: &str) -> anxin_proto::v1
 }
 
 fn put_residents(store: &Store, residents: Vec<anxin_proto::v1::Resident>) {
-    let batch = crate::directory::DirectoryBatch {
+    let batch = crate::store::directory::DirectoryBatch {
         residents,
         ..Default::default()
     };
@@ -970,7 +970,7 @@ fn put_residents(store: &Store, residents: Vec<anxin_proto::v1::Resident>) {
 /// page after the first.
 fn walk_residents(
     store: &Store,
-    mut query: crate::listing::ListQuery,
+    mut query: crate::domain::listing::ListQuery,
     mut between: impl FnMut(usize),
 ) -> Vec<anxin_proto::v1::Resident> {
     let mut seen = Vec::new();
@@ -992,7 +992,7 @@ fn walk_residents(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn paging_visits_every_row_once_while_rows_come_and_go() {
-    use crate::listing::ListQuery;
+    use crate::domain::listing::ListQuery;
     use std::collections::BTreeMap;
     on_every_engine(|engine| async move {
         let store = engine.open().await;
@@ -1072,7 +1072,7 @@ async fn paging_visits_every_row_once_while_rows_come_and_go() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lists_filter_by_index_and_never_leave_the_callers_communities() {
-    use crate::listing::ListQuery;
+    use crate::domain::listing::ListQuery;
     use anxin_proto::v1::{DeviceRecord, GatewayRecord, Place, Staff};
     on_every_engine(|engine| async move {
         let store = engine.open().await;
@@ -1143,7 +1143,7 @@ async fn lists_filter_by_index_and_never_leave_the_callers_communities() {
             gateway_id: gateway.into(),
             ..Default::default()
         };
-        let batch = crate::directory::DirectoryBatch {
+        let batch = crate::store::directory::DirectoryBatch {
             devices: vec![
                 device("d-1", "r-1", "gw-a"),
                 device("d-2", "r-1", "gw-b"),
@@ -1166,7 +1166,7 @@ async fn lists_filter_by_index_and_never_leave_the_callers_communities() {
             ..Default::default()
         };
         assert_eq!(devices(of_r1), ["d-1", "d-2"]);
-        let batch = crate::directory::DirectoryBatch {
+        let batch = crate::store::directory::DirectoryBatch {
             devices: vec![device("d-1", "r-1", "gw-b")],
             ..Default::default()
         };
@@ -1183,7 +1183,7 @@ async fn lists_filter_by_index_and_never_leave_the_callers_communities() {
             active: true,
             ..Default::default()
         };
-        let batch = crate::directory::DirectoryBatch {
+        let batch = crate::store::directory::DirectoryBatch {
             staff: vec![
                 member("s-1", "Zhou", &["c-1"]),
                 member("s-2", "Zhao", &["c-1", "c-2"]),
@@ -1260,7 +1260,7 @@ async fn lists_filter_by_index_and_never_leave_the_callers_communities() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn alert_history_pages_newest_first_within_the_callers_communities() {
-    use crate::listing::ListQuery;
+    use crate::domain::listing::ListQuery;
     on_every_engine(|engine| async move {
         let store = engine.open().await;
         // Ten alerts, raised at 100, 200, … in c-0 and c-1 in turn; the

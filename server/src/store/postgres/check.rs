@@ -12,7 +12,7 @@ use futures::{StreamExt, pin_mut};
 use prost::Message;
 
 use crate::{
-    directory::TokenRecord,
+    store::directory::TokenRecord,
     store::{CheckReport, OutboxItem, StoreError, StoredEvent},
 };
 

@@ -1,5 +1,5 @@
 //! The directory's index columns and side tables (schema version 5) and its
-//! paged lists, with the order and cursors of [`crate::listing`].
+//! paged lists, with the order and cursors of [`crate::domain::listing`].
 //!
 //! Every list is a keyset walk over a btree in byte order (`collate "C"`),
 //! so its cursors are the same index keys the sled engine issues.
@@ -10,7 +10,7 @@ use prost::Message;
 use tokio_postgres::types::ToSql;
 
 use super::{StoreError, Upsert, decode};
-use crate::listing::{self, ListQuery, Page, SCAN_BUDGET};
+use crate::domain::listing::{self, ListQuery, Page, SCAN_BUDGET};
 
 /// The statements of the pages, each served by an index (the EXPLAIN test
 /// in `store/tests.rs` checks that none needs a sequential scan).

@@ -40,12 +40,12 @@ use super::{
     alert_number, decision_audit, decode, incident_key, latest_signs, offer_deadline,
 };
 use crate::{
-    audit::AuditLog,
-    directory::{Directory, DirectoryBatch, TokenRecord},
-    incidents::{self, Decision, IncidentPolicy, Origin},
-    lifecycle,
-    listing::{ListQuery, Page},
-    welfare::WelfareStore,
+    desks::audit::AuditLog,
+    desks::welfare::WelfareStore,
+    domain::incidents::{self, Decision, IncidentPolicy, Origin},
+    domain::lifecycle,
+    domain::listing::{ListQuery, Page},
+    store::directory::{Directory, DirectoryBatch, TokenRecord},
 };
 
 mod check;
@@ -1089,7 +1089,7 @@ impl Storage for PgStore {
                             .unwrap_or(0);
                         return Ok(Page {
                             items,
-                            next: Some(crate::listing::cursor(&last.to_be_bytes())),
+                            next: Some(crate::domain::listing::cursor(&last.to_be_bytes())),
                         });
                     }
                     looked += 1;
@@ -1102,10 +1102,12 @@ impl Storage for PgStore {
                 if exhausted {
                     return Ok(Page { items, next: None });
                 }
-                if looked >= crate::listing::SCAN_BUDGET {
+                if looked >= crate::domain::listing::SCAN_BUDGET {
                     return Ok(Page {
                         items,
-                        next: Some(crate::listing::cursor(&(below as u64).to_be_bytes())),
+                        next: Some(crate::domain::listing::cursor(
+                            &(below as u64).to_be_bytes(),
+                        )),
                     });
                 }
             }

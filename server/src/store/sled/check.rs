@@ -18,8 +18,8 @@ use prost::Message;
 
 use super::{CHAIN_HEAD, SledStore, deadline_key, listing, retention};
 use crate::{
-    directory::TokenRecord,
-    lifecycle,
+    domain::lifecycle,
+    store::directory::TokenRecord,
     store::{CheckReport, EventDay, OutboxItem, StoredEvent, incident_key},
 };
 

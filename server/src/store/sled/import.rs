@@ -14,7 +14,7 @@ use prost::Message;
 use sled::Transactional;
 
 use super::{SledStore, StoreError, append_audit, decode};
-use crate::directory::DirectoryBatch;
+use crate::store::directory::DirectoryBatch;
 
 const PENDING: &str = "import_pending";
 

@@ -1,4 +1,4 @@
-//! The directory's index trees and its paged lists ([`crate::listing`]).
+//! The directory's index trees and its paged lists ([`crate::domain::listing`]).
 //!
 //! Index trees hold keys only (`part ‖ 0x00 ‖ id` → empty) and are written
 //! in the same transaction as the record they index, old keys removed:
@@ -17,7 +17,7 @@ use anxin_proto::v1::{DeviceRecord, GatewayRecord, Place, Resident, Staff};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::{StoreError, Trees, decode, get};
-use crate::listing::{self, ListQuery, Page, SCAN_BUDGET, key};
+use crate::domain::listing::{self, ListQuery, Page, SCAN_BUDGET, key};
 
 /// Bumped when an index's key layout changes: the trees are rebuilt.
 const INDEX_VERSION: &[u8] = b"1";
@@ -161,7 +161,7 @@ fn prefix(part: &str) -> Vec<u8> {
 
 /// One page of `tree`: walks the key ranges `prefixes` (in key order) from
 /// just after the cursor, turning each entry into a row with `row`
-/// (`None`: skipped). See [`crate::listing`] for the contract.
+/// (`None`: skipped). See [`crate::domain::listing`] for the contract.
 fn walk<T>(
     tree: &sled::Tree,
     prefixes: &[Vec<u8>],

@@ -1,5 +1,5 @@
 //! Retention on sled: the indexes that let old records be found without
-//! reading the rest, and the pruning batches (`crate::retention` decides
+//! reading the rest, and the pruning batches (`crate::tasks::retention` decides
 //! when and how much).
 //!
 //! - plain events are in spans of receipt time (see `partitions`): a span
@@ -33,7 +33,7 @@ use super::{
     partitions::{Span, fold_key, fold_mark, read_fold_mark},
 };
 use crate::{
-    lifecycle,
+    domain::lifecycle,
     store::{AuditAnchor, EventDay, StoredEvent, closed_ms},
 };
 

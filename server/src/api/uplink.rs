@@ -20,13 +20,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    alerts::AlertDesk,
-    auth::{Authenticator, Principal},
-    directory::Directory,
-    health::Health,
-    incidents::{Decision, Origin},
+    desks::alerts::AlertDesk,
+    desks::auth::{Authenticator, Principal},
+    domain::incidents::{Decision, Origin},
     metrics as m,
+    store::directory::Directory,
     store::{Committed, StoreError},
+    tasks::health::Health,
 };
 
 /// Who a device belongs to, as the directory says. A gateway reporting on
@@ -42,7 +42,7 @@ fn origin_of(
     if device_id == gateway_id && event.kind() == anxin_proto::EventKind::GatewayFault {
         let gateway = store.gateway(gateway_id)?.unwrap_or_default();
         return Ok(Origin {
-            community_name: crate::directory::place_name(store, &gateway.community_id)?,
+            community_name: crate::store::directory::place_name(store, &gateway.community_id)?,
             community_id: gateway.community_id,
             address: gateway.name,
             device_kind: "gateway".into(),
@@ -66,7 +66,7 @@ pub(crate) fn resident_origin(
     device_kind: String,
 ) -> Result<Origin, StoreError> {
     Ok(Origin {
-        community_name: crate::directory::place_name(store, &resident.community_id)?,
+        community_name: crate::store::directory::place_name(store, &resident.community_id)?,
         community_id: resident.community_id,
         resident_id: resident.id,
         resident_name: resident.name,
@@ -348,9 +348,9 @@ const ROSTER_PART: usize = 2000;
 /// The devices a gateway serves, with their credentials, as the directory
 /// has them.
 pub fn roster_of(desk: &AlertDesk, gateway_id: &str) -> Result<Vec<RosterDevice>, StoreError> {
-    let mut query = crate::listing::ListQuery {
+    let mut query = crate::domain::listing::ListQuery {
         gateway: gateway_id.into(),
-        limit: crate::listing::MAX_LIMIT,
+        limit: crate::domain::listing::MAX_LIMIT,
         ..Default::default()
     };
     let mut roster = Vec::new();
@@ -511,7 +511,7 @@ async fn serve_gateway(
                 let servers_own = event.kind == anxin_proto::EventKind::CheckinMissed as i32
                     || event
                         .device_id
-                        .starts_with(crate::welfare::CHECKIN_DEVICE_PREFIX);
+                        .starts_with(crate::desks::welfare::CHECKIN_DEVICE_PREFIX);
                 if servers_own || !owners.allowed(desk, gateway_id, &event.device_id)? {
                     foreign.push((event.device_id.clone(), event.seq));
                     continue;
@@ -519,7 +519,7 @@ async fn serve_gateway(
                 // Signs of life count resent events too: a kill between the
                 // commit and this write must not lose the resident's "I'm OK".
                 let resident = owners.resident(&event.device_id);
-                if let Some(how) = crate::welfare::sign_in(event)
+                if let Some(how) = crate::desks::welfare::sign_in(event)
                     && !resident.is_empty()
                 {
                     signs.push(SignOfLife {
@@ -539,7 +539,7 @@ async fn serve_gateway(
                     if uplink
                         .event
                         .as_ref()
-                        .is_some_and(|e| !crate::incidents::affects_incidents(e)) =>
+                        .is_some_and(|e| !crate::domain::incidents::affects_incidents(e)) =>
                 {
                     plain.push(uplink)
                 }
@@ -569,7 +569,7 @@ async fn serve_gateway(
                             note_commit(gateway_id, event, true);
                             if let Some(changed) = alert {
                                 let (alert, decision) = *changed;
-                                tracing::info!(gateway_id, %device_id, seq, alert_id = %alert.id, decision = crate::incidents::action_name(decision), "incident");
+                                tracing::info!(gateway_id, %device_id, seq, alert_id = %alert.id, decision = crate::domain::incidents::action_name(decision), "incident");
                                 if decision == Decision::Raise {
                                     metrics::counter!(m::ALERTS_CREATED).increment(1);
                                 }
@@ -666,7 +666,7 @@ async fn serve_gateway(
         {
             let desk = desk.clone();
             tokio::spawn(async move {
-                crate::welfare::checkins::tell_open_alerts(&desk, &sign).await;
+                crate::desks::welfare::checkins::tell_open_alerts(&desk, &sign).await;
             });
         }
         for (alert, decision) in changed_alerts {

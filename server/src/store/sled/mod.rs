@@ -1,6 +1,6 @@
 //! The server's durable state (sled): committed events, alerts, downlinks
 //! waiting for their gateway, offer deadlines, the audit log and the
-//! directory (see [`crate::directory`]).
+//! directory (see [`crate::store::directory`]).
 //!
 //! Keeps guarantee 2 (exactly-once effect): an event, the incident decision it
 //! causes (raise, attach, cancel) and its audit entry are written in one
@@ -60,12 +60,12 @@ mod seal;
 pub use backup::restore;
 
 use crate::{
-    audit::AuditLog,
-    directory::{Directory, DirectoryBatch, TokenRecord},
-    incidents::{self, Decision, IncidentPolicy, Origin},
-    lifecycle,
-    listing::{ListQuery, Page},
-    welfare::WelfareStore,
+    desks::audit::AuditLog,
+    desks::welfare::WelfareStore,
+    domain::incidents::{self, Decision, IncidentPolicy, Origin},
+    domain::lifecycle,
+    domain::listing::{ListQuery, Page},
+    store::directory::{Directory, DirectoryBatch, TokenRecord},
 };
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -764,7 +764,7 @@ impl Storage for SledStore {
                 let number = alert_number(&last.id).unwrap_or(0);
                 return Ok(Page {
                     items,
-                    next: Some(crate::listing::cursor(&number.to_be_bytes())),
+                    next: Some(crate::domain::listing::cursor(&number.to_be_bytes())),
                 });
             }
             looked += 1;
@@ -774,10 +774,10 @@ impl Storage for SledStore {
                     items.push(alert);
                 }
             }
-            if looked >= crate::listing::SCAN_BUDGET && items.len() < limit {
+            if looked >= crate::domain::listing::SCAN_BUDGET && items.len() < limit {
                 return Ok(Page {
                     items,
-                    next: Some(crate::listing::cursor(&key)),
+                    next: Some(crate::domain::listing::cursor(&key)),
                 });
             }
         }
@@ -1222,7 +1222,7 @@ impl AuditLog for SledStore {
         if query.limit == 0 {
             for entry in audit_entries(&self.audit) {
                 let entry = entry?;
-                if entry.id < before && crate::audit::matches(query, &entry) {
+                if entry.id < before && crate::desks::audit::matches(query, &entry) {
                     out.push(entry);
                 }
             }
@@ -1235,7 +1235,7 @@ impl AuditLog for SledStore {
                 continue;
             }
             let entry: AuditEntry = decode("audit entry", &bytes)?;
-            if crate::audit::matches(query, &entry) {
+            if crate::desks::audit::matches(query, &entry) {
                 out.push(entry);
                 if out.len() == query.limit as usize {
                     break;

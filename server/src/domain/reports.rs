@@ -114,7 +114,7 @@ pub fn add_welfare(
     let community = report.community_id.clone();
     let (from_ms, to_ms) = (report.from_ms, report.to_ms);
     let in_period = |day: i32| {
-        let start = crate::calendar::day_start_ms(day, utc_offset_minutes);
+        let start = crate::domain::calendar::day_start_ms(day, utc_offset_minutes);
         start >= from_ms && (to_ms == 0 || start < to_ms)
     };
     let ours = |c: &str| community.is_empty() || c == community;
@@ -152,7 +152,8 @@ pub fn add_welfare(
             .map(|a| a.resolved_ms - a.created_ms)
             .collect(),
     ));
-    let ended = |day: i32| crate::calendar::day_start_ms(day + 1, utc_offset_minutes) <= now_ms;
+    let ended =
+        |day: i32| crate::domain::calendar::day_start_ms(day + 1, utc_offset_minutes) <= now_ms;
     let planned: Vec<&Visit> = visits
         .iter()
         .filter(|v| ours(&v.community_id) && in_period(v.day) && ended(v.day))
@@ -263,7 +264,7 @@ mod tests {
 
     #[test]
     fn welfare_figures_match_a_hand_count() {
-        use crate::calendar::day_start_ms;
+        use crate::domain::calendar::day_start_ms;
         const OFFSET: i32 = 480;
         let day = |resident: &str, d: i32, community: &str, outcome: &str| CheckinDay {
             resident_id: resident.into(),

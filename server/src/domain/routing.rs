@@ -42,7 +42,7 @@ pub fn check_shift(shift: &Shift) -> Result<(), String> {
 
 /// Local weekday (1 = Monday) and minute of day at `now_ms`.
 fn local_time(now_ms: i64, utc_offset_minutes: i32) -> (u32, u32) {
-    use crate::calendar::{day_start_ms, local_day, weekday};
+    use crate::domain::calendar::{day_start_ms, local_day, weekday};
     let day = local_day(now_ms, utc_offset_minutes);
     let minute = ((now_ms - day_start_ms(day, utc_offset_minutes)) / 60_000) as u32;
     (weekday(day), minute)

@@ -7,7 +7,7 @@
 use anxin_proto::v1::{AuditEntry, AuditQuery};
 
 use crate::{
-    auth::{AuthError, Need, Principal},
+    desks::auth::{AuthError, Need, Principal},
     store::{Store, StoreError},
 };
 

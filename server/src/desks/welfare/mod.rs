@@ -25,7 +25,7 @@ use anxin_proto::{
 };
 
 use crate::{
-    calendar::{DAY_MS, date_of, day_start_ms, local_day, offset_ms, weekday},
+    domain::calendar::{DAY_MS, date_of, day_start_ms, local_day, offset_ms, weekday},
     store::{OutboxItem, StoreError},
 };
 
@@ -119,7 +119,7 @@ impl WelfareView {
     /// Residents with a valid check-in window.
     pub fn enrolled(
         &self,
-        desk: &crate::alerts::AlertDesk,
+        desk: &crate::desks::alerts::AlertDesk,
     ) -> Result<std::sync::Arc<Enrolled>, StoreError> {
         Self::get(&self.enrolled, desk.gateways().directory_epoch(), || {
             Ok(checkins::enrolled(&desk.store().enrolled_residents()?))
@@ -128,7 +128,7 @@ impl WelfareView {
 
     pub fn plans(
         &self,
-        desk: &crate::alerts::AlertDesk,
+        desk: &crate::desks::alerts::AlertDesk,
     ) -> Result<std::sync::Arc<Vec<VisitPlan>>, StoreError> {
         Self::get(&self.plans, desk.gateways().directory_epoch(), || {
             desk.store().visit_plans()
@@ -172,7 +172,7 @@ impl PlaceNames {
         if let Some(name) = self.0.get(id) {
             return Ok(name.clone());
         }
-        let name = crate::directory::place_name(store, id)?;
+        let name = crate::store::directory::place_name(store, id)?;
         self.0.insert(id.to_string(), name.clone());
         Ok(name)
     }

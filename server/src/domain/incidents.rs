@@ -15,7 +15,7 @@ use anxin_proto::{
     v1::{Alert, AlertEvent, AlertNote, AlertState},
 };
 
-use crate::lifecycle;
+use crate::domain::lifecycle;
 
 #[derive(Debug, Clone, Copy)]
 pub struct IncidentPolicy {

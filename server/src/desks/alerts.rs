@@ -16,15 +16,16 @@ use anxin_proto::{
 use tokio::sync::{Notify, broadcast};
 
 use crate::{
-    audit::guard,
-    auth::{AuthError, Need, Principal},
-    directory::Directory,
-    gateways::ConnectedGateways,
-    incidents::{self, IncidentPolicy},
-    lifecycle, metrics as m,
-    notifier::{Notification, Notifier},
-    routing::{self, Step},
+    desks::audit::guard,
+    desks::auth::{AuthError, Need, Principal},
+    desks::gateways::ConnectedGateways,
+    domain::incidents::{self, IncidentPolicy},
+    domain::lifecycle,
+    domain::routing::{self, Step},
+    metrics as m,
+    store::directory::Directory,
     store::{Change, Store, StoreError},
+    tasks::outbox::{Notification, Notifier},
 };
 
 /// What a device says when its alarm is acknowledged.
@@ -82,7 +83,7 @@ pub struct AlertDesk {
     deadlines_changed: Arc<Notify>,
     /// Enrolled residents and visit plans, read again after a directory
     /// change (shared by the welfare judges and the welfare API).
-    welfare: Arc<crate::welfare::WelfareView>,
+    welfare: Arc<crate::desks::welfare::WelfareView>,
 }
 
 /// One row of the staff board.
@@ -142,7 +143,7 @@ impl AlertDesk {
         }
     }
 
-    pub fn welfare(&self) -> &crate::welfare::WelfareView {
+    pub fn welfare(&self) -> &crate::desks::welfare::WelfareView {
         &self.welfare
     }
 
@@ -185,12 +186,12 @@ impl AlertDesk {
     }
 
     /// A page of the alerts the caller may see, newest first (history:
-    /// [`crate::listing`]).
+    /// [`crate::domain::listing`]).
     pub fn history(
         &self,
         caller: &Principal,
-        mut query: crate::listing::ListQuery,
-    ) -> Result<crate::listing::Page<Alert>, DeskError> {
+        mut query: crate::domain::listing::ListQuery,
+    ) -> Result<crate::domain::listing::Page<Alert>, DeskError> {
         guard(&self.store, caller, Need::ViewAlerts, None, "alerts")?;
         query.scope = caller.scope();
         Ok(self.store.alerts_page(&query)?)
@@ -263,7 +264,7 @@ impl AlertDesk {
     ) -> Result<(Vec<Alert>, broadcast::Receiver<Alert>), DeskError> {
         let receiver = self.changes.subscribe();
         let snapshot = if states.is_empty() {
-            self.list(caller, &crate::lifecycle::OPEN_STATES)?
+            self.list(caller, &crate::domain::lifecycle::OPEN_STATES)?
         } else {
             self.list(caller, states)?
         };

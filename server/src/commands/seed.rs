@@ -11,7 +11,7 @@
 use anxin_proto::v1::{DeviceRecord, GatewayRecord, Place, Resident, Staff, VisitPlan};
 use serde::Deserialize;
 
-use crate::{admin::AdminDesk, auth::Principal};
+use anxin_server::{desks::admin::AdminDesk, desks::auth::Principal};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -60,7 +60,7 @@ pub fn apply(admin: &AdminDesk, text: &str) -> Result<usize, SeedError> {
         problem: e.to_string(),
     })?;
     let fail = |what: String| {
-        move |e: crate::alerts::DeskError| SeedError {
+        move |e: anxin_server::desks::alerts::DeskError| SeedError {
             what,
             problem: e.to_string(),
         }
@@ -109,9 +109,10 @@ pub fn apply(admin: &AdminDesk, text: &str) -> Result<usize, SeedError> {
             what: what.clone(),
             problem,
         };
-        let plan = crate::welfare::prepare_plan(admin.store(), plan, anxin_proto::now_ms())
-            .map_err(problem)?;
-        crate::welfare::save_plan(admin.store(), "admin", &plan)
+        let plan =
+            anxin_server::desks::welfare::prepare_plan(admin.store(), plan, anxin_proto::now_ms())
+                .map_err(problem)?;
+        anxin_server::desks::welfare::save_plan(admin.store(), "admin", &plan)
             .map_err(|e| problem(e.to_string()))?;
         written += 1;
     }
@@ -132,7 +133,7 @@ mod tests {
     #[test]
     fn the_shipped_example_seeds_and_bad_records_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::open_sled(dir.path()).unwrap();
+        let store = anxin_server::store::open_sled(dir.path()).unwrap();
         let admin = AdminDesk::new(store, 60_000, Default::default());
         let example = include_str!("../../deploy/config/seed.example.toml");
         assert!(apply(&admin, example).unwrap() > 10);

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::{
-    alerts::{AlertDesk, DeskError},
-    health::Health,
+    desks::alerts::{AlertDesk, DeskError},
     store::StoreError,
+    tasks::health::Health,
 };
 
 /// Longest sleep: also how soon a wall-clock step is noticed.

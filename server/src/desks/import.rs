@@ -12,7 +12,7 @@ use anxin_proto::v1::{
     Staff, VisitPlan,
 };
 
-use crate::directory::{self, Directory, DirectoryBatch};
+use crate::store::directory::{self, Directory, DirectoryBatch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportKind {
@@ -205,7 +205,7 @@ pub fn shifts(text: &str) -> Result<Vec<Shift>, String> {
                 start: start.to_string(),
                 end: end.to_string(),
             };
-            crate::routing::check_shift(&shift)?;
+            crate::domain::routing::check_shift(&shift)?;
             Ok(shift)
         })
         .collect()
@@ -362,7 +362,7 @@ fn read_rows(
                             medical_notes: get("medical_notes"),
                             emergency_contacts: contacts(&get("emergency_contacts"))?,
                             access_notes: get("access_notes"),
-                            checkin: crate::welfare::enrol(
+                            checkin: crate::desks::welfare::enrol(
                                 Some(CheckinWindow {
                                     start,
                                     end,
@@ -399,7 +399,7 @@ fn read_rows(
                                     .as_ref()
                                     .map(|d| d.password_sha256.clone())
                                     .unwrap_or_default(),
-                                p => crate::auth::digest(&p),
+                                p => crate::desks::auth::digest(&p),
                             },
                             deactivated: existing.is_some_and(|d| d.deactivated),
                             id,
@@ -444,7 +444,7 @@ fn read_rows(
                             since_ms: before.map_or(now, |b| b.since_ms),
                             id,
                         };
-                        crate::welfare::check_plan(&plan)?;
+                        crate::desks::welfare::check_plan(&plan)?;
                         if !plan.carer_id.is_empty()
                             && dir.staff_member(&plan.carer_id).ok().flatten().is_none()
                         {

@@ -16,8 +16,8 @@ use anxin_proto::{now_ms, v1::AuditEntry};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    calendar,
     config::RetentionConfig,
+    domain::calendar,
     store::{Store, StoreError},
 };
 
@@ -172,7 +172,7 @@ pub async fn prune(store: &Store, policy: &Policy, now_ms: i64) -> Result<Pruned
 
 pub async fn run(
     store: Store,
-    health: std::sync::Arc<crate::health::Health>,
+    health: std::sync::Arc<crate::tasks::health::Health>,
     policy: Policy,
     cancel: CancellationToken,
 ) {

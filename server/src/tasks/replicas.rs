@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use anxin_proto::v1::{AlertState, ServerMessage, server_message};
 
-use crate::{alerts::AlertDesk, metrics as m, store::RemoteChange};
+use crate::{desks::alerts::AlertDesk, metrics as m, store::RemoteChange};
 
 pub async fn follow(
     desk: AlertDesk,

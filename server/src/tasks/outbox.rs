@@ -256,7 +256,7 @@ impl Notifier {
     /// Delivers from the outbox until cancelled.
     pub async fn run(
         self,
-        health: std::sync::Arc<crate::health::Health>,
+        health: std::sync::Arc<crate::tasks::health::Health>,
         cancel: tokio_util::sync::CancellationToken,
     ) {
         loop {

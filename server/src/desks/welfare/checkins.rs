@@ -11,8 +11,8 @@ use anxin_proto::{
 
 use super::{CHECKIN_DEVICE_PREFIX, Standing, Window, describe_sign, standing};
 use crate::{
-    alerts::AlertDesk,
-    incidents::Decision,
+    desks::alerts::AlertDesk,
+    domain::incidents::Decision,
     store::{Committed, StoreError},
 };
 
@@ -115,15 +115,19 @@ impl CheckinJudge {
         let detail = match (&sign, outcome) {
             (_, Standing::Missed) => format!(
                 "{}: no check-in by the window's end; alert {alert_id}",
-                crate::calendar::date_of(day)
+                crate::domain::calendar::date_of(day)
             ),
             (Some(sign), _) => format!(
                 "{}: {} — {}",
-                crate::calendar::date_of(day),
+                crate::domain::calendar::date_of(day),
                 outcome.name(),
                 describe_sign(sign, offset)
             ),
-            (None, _) => format!("{}: {}", crate::calendar::date_of(day), outcome.name()),
+            (None, _) => format!(
+                "{}: {}",
+                crate::domain::calendar::date_of(day),
+                outcome.name()
+            ),
         };
         store.judge_checkin_day(
             &record,
@@ -139,7 +143,7 @@ impl CheckinJudge {
         )?;
         metrics::counter!(crate::metrics::CHECKINS_JUDGED, "outcome" => outcome.name())
             .increment(1);
-        tracing::info!(resident_id = %resident.id, day = %crate::calendar::date_of(day), outcome = outcome.name(), alert_id, "check-in judged");
+        tracing::info!(resident_id = %resident.id, day = %crate::domain::calendar::date_of(day), outcome = outcome.name(), alert_id, "check-in judged");
         Ok(())
     }
 
@@ -170,13 +174,13 @@ impl CheckinJudge {
                     "No check-in between {} and {} on {}. Last sign of life: {last}.",
                     window.start,
                     window.end,
-                    crate::calendar::date_of(day)
+                    crate::domain::calendar::date_of(day)
                 ),
                 ..Default::default()
             }),
             stored_ms: now_ms,
         };
-        let origin = crate::uplink::resident_origin(store, resident.clone(), "server".into())?;
+        let origin = crate::api::uplink::resident_origin(store, resident.clone(), "server".into())?;
         let committed =
             store.commit_event("", &uplink, now_ms, &origin, &self.desk.policy().incidents)?;
         store.flush().await?;
@@ -264,7 +268,7 @@ pub fn day_status(
             resident_name: resident.name.clone(),
             community_name: names.of(store, &resident.community_id)?,
             community_id: resident.community_id.clone(),
-            day: crate::calendar::date_of(day),
+            day: crate::domain::calendar::date_of(day),
             window: format!("{}–{}", checkin.start, checkin.end),
             status,
             opens_ms: opens,

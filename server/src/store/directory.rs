@@ -6,7 +6,7 @@
 //! storage and shared by the admin APIs and the CSV import.
 
 use crate::{
-    listing::{ListQuery, Page},
+    domain::listing::{ListQuery, Page},
     store::StoreError,
 };
 use anxin_proto::v1::{
@@ -114,7 +114,7 @@ pub trait Directory {
     /// Residents, devices and staff (one record or a whole import) with
     /// their audit entry, in one transaction.
     fn put_batch(&self, batch: &DirectoryBatch, audit: AuditEntry) -> Result<(), StoreError>;
-    /// A large import, read chunk by chunk (see [`crate::import`]): all of
+    /// A large import, read chunk by chunk (see [`crate::desks::import`]): all of
     /// `expected` rows are written, with `audit`, or none (a count that is
     /// not `expected` — the file changed — writes nothing).
     /// `progress` hears how many rows are written so far.
@@ -127,7 +127,7 @@ pub trait Directory {
     ) -> Result<u64, StoreError>;
     /// Residents with a check-in window, through an index.
     fn enrolled_residents(&self) -> Result<Vec<Resident>, StoreError>;
-    /// Pages of the directory, in index order; [`crate::listing`] has the
+    /// Pages of the directory, in index order; [`crate::domain::listing`] has the
     /// contract both engines keep.
     fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError>;
     fn devices_page(&self, query: &ListQuery) -> Result<Page<DeviceRecord>, StoreError>;
@@ -231,7 +231,7 @@ pub fn check_resident_record(resident: &Resident) -> Result<(), String> {
     if resident.address.trim().is_empty() {
         return Err("resident address is empty".into());
     }
-    crate::welfare::check_window(resident.checkin.as_ref())
+    crate::desks::welfare::check_window(resident.checkin.as_ref())
 }
 
 /// Shortest device password accepted: a device's password is a machine
@@ -293,7 +293,7 @@ pub fn check_staff(dir: &impl Directory, staff: &Staff) -> Result<(), String> {
         }
     }
     for shift in &staff.shifts {
-        crate::routing::check_shift(shift)?;
+        crate::domain::routing::check_shift(shift)?;
     }
     let webhook = staff.contact.starts_with("http://") || staff.contact.starts_with("https://");
     if !staff.contact.is_empty() && !webhook {

@@ -12,15 +12,15 @@ use anxin_proto::{
 use std::sync::Arc;
 
 use crate::{
-    alerts::DeskError,
-    audit::guard,
-    auth::{self, Need, Principal},
-    directory::{self, Directory, DirectoryBatch, TokenRecord},
-    gateways::ConnectedGateways,
-    import::{self, ImportKind},
-    listing::{ListQuery, Page},
-    reports,
+    desks::alerts::DeskError,
+    desks::audit::guard,
+    desks::auth::{self, Need, Principal},
+    desks::gateways::ConnectedGateways,
+    desks::import::{self, ImportKind},
+    domain::listing::{ListQuery, Page},
+    domain::reports,
     store::Store,
+    store::directory::{self, Directory, DirectoryBatch, TokenRecord},
 };
 
 #[derive(Clone)]
@@ -31,7 +31,7 @@ pub struct AdminDesk {
     gateways: Arc<ConnectedGateways>,
     /// Staff contact webhooks must be on these hosts (`None`: not checked
     /// here; the deliverer still refuses any other host).
-    webhook_hosts: Option<crate::notifier::WebhookHosts>,
+    webhook_hosts: Option<crate::tasks::outbox::WebhookHosts>,
     tokens: TokenPolicy,
     /// The server's local time (`routing.utc_offset_minutes`): report days.
     utc_offset_minutes: i32,
@@ -132,7 +132,7 @@ impl AdminDesk {
 
     /// Refuses staff contacts outside `hosts` when they are written, so the
     /// administrator hears of it then, not when an offer fails.
-    pub fn with_webhook_hosts(mut self, hosts: crate::notifier::WebhookHosts) -> Self {
+    pub fn with_webhook_hosts(mut self, hosts: crate::tasks::outbox::WebhookHosts) -> Self {
         self.webhook_hosts = Some(hosts);
         self
     }
@@ -171,7 +171,7 @@ impl AdminDesk {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
         let before = self.store.resident(&resident.id)?.and_then(|r| r.checkin);
         resident.checkin =
-            crate::welfare::enrol(resident.checkin.take(), before.as_ref(), now_ms());
+            crate::desks::welfare::enrol(resident.checkin.take(), before.as_ref(), now_ms());
         directory::check_resident(&self.store, &resident).map_err(bad)?;
         let audit = entry(
             caller,
@@ -540,7 +540,7 @@ impl AdminDesk {
             Principal::Admin => ("admin", "admin".to_string()),
             Principal::Staff(s) => ("staff", s.id.clone()),
             Principal::Gateway(_) => {
-                return Err(crate::auth::AuthError::Forbidden(
+                return Err(crate::desks::auth::AuthError::Forbidden(
                     "a gateway has no console session".into(),
                 )
                 .into());
@@ -776,7 +776,7 @@ impl AdminDesk {
             "reports",
         )?;
         if community.is_empty() && !caller.sees("") {
-            return Err(crate::auth::AuthError::Forbidden(format!(
+            return Err(crate::desks::auth::AuthError::Forbidden(format!(
                 "{} must name a community they serve",
                 caller.name()
             ))
@@ -786,8 +786,9 @@ impl AdminDesk {
         let mut report = reports::compute(&alerts, community, from_ms, to_ms, self.ack_target_ms);
         let now = now_ms();
         let offset = self.utc_offset_minutes;
-        let first = crate::calendar::local_day(from_ms, offset);
-        let last = crate::calendar::local_day(if to_ms == 0 { now } else { to_ms }, offset) + 1;
+        let first = crate::domain::calendar::local_day(from_ms, offset);
+        let last =
+            crate::domain::calendar::local_day(if to_ms == 0 { now } else { to_ms }, offset) + 1;
         reports::add_welfare(
             &mut report,
             &self.store.checkin_days(first, last)?,

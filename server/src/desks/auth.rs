@@ -10,7 +10,7 @@ use anxin_proto::v1::{Staff, StaffRole};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    directory::Directory,
+    store::directory::Directory,
     store::{Store, StoreError},
 };
 

@@ -14,10 +14,10 @@ use super::{
     visits::{self, VisitStatus},
 };
 use crate::{
-    alerts::{AlertDesk, DeskError},
-    audit::guard,
-    auth::{Need, Principal},
-    calendar::{date_of, local_day, parse_date},
+    desks::alerts::{AlertDesk, DeskError},
+    desks::audit::guard,
+    desks::auth::{Need, Principal},
+    domain::calendar::{date_of, local_day, parse_date},
     store::StoreError,
 };
 

@@ -11,11 +11,11 @@ use anxin_proto::{
 
 use super::plan_due;
 use crate::{
-    alerts::AlertDesk,
-    calendar::{date_of, local_day},
-    notifier::{Notification, Notifier},
-    routing,
+    desks::alerts::AlertDesk,
+    domain::calendar::{date_of, local_day},
+    domain::routing,
     store::{OutboxItem, StoreError},
+    tasks::outbox::{Notification, Notifier},
 };
 
 /// Days back a restarted server still flags (a box that was down over a
@@ -273,7 +273,7 @@ pub fn day_visits(
 /// missed visits, once a second, until cancelled.
 pub async fn run(
     desk: AlertDesk,
-    health: std::sync::Arc<crate::health::Health>,
+    health: std::sync::Arc<crate::tasks::health::Health>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut checkins = super::checkins::CheckinJudge::new(desk.clone());

@@ -1,0 +1,13 @@
+//! The desks: the one place each kind of change is decided, with the
+//! caller's rights checked — alerts ([`alerts::AlertDesk`]), the directory
+//! ([`admin::AdminDesk`], [`import`]), a gateway's batch of events
+//! ([`intake::IntakeDesk`]) and the welfare of residents who live alone
+//! ([`welfare`]). Below the transports and the tasks, above the store.
+
+pub mod admin;
+pub mod alerts;
+pub mod audit;
+pub mod auth;
+pub mod gateways;
+pub mod import;
+pub mod welfare;

@@ -1,0 +1,9 @@
+//! The domain: pure rules and records, no I/O. Everything above may use
+//! it; it imports nothing of the server but the metric names.
+
+pub mod calendar;
+pub mod incidents;
+pub mod lifecycle;
+pub mod listing;
+pub mod reports;
+pub mod routing;

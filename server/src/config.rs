@@ -314,11 +314,19 @@ impl Default for HttpConfig {
         ServerConfig::default().http
     }
 }
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Sled,
-    Postgres,
+pub use crate::store::Backend;
+
+impl StoreConfig {
+    /// What the store needs of this section to open.
+    pub fn engine(&self) -> crate::store::EngineOptions<'_> {
+        crate::store::EngineOptions {
+            backend: self.backend,
+            path: &self.path,
+            cache_bytes: self.cache_bytes,
+            url: &self.url,
+            pool_size: self.pool_size,
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -484,8 +492,9 @@ impl ServerConfig {
             return invalid("notify.emergency_webhook", "must be an http(s) URL");
         }
         if !self.notify.emergency_webhook.is_empty()
-            && let Err(why) = crate::tasks::outbox::WebhookHosts::new(&self.notify.webhook_hosts)
-                .check(&self.notify.emergency_webhook)
+            && let Err(why) =
+                crate::domain::notification::WebhookHosts::new(&self.notify.webhook_hosts)
+                    .check(&self.notify.emergency_webhook)
         {
             return Err(ConfigError::Invalid {
                 field: "notify.emergency_webhook",

@@ -33,12 +33,14 @@ use anxin_server::{
     desks::alerts::{AlertDesk, DeskPolicy},
     desks::auth::{self, Authenticator},
     desks::gateways::ConnectedGateways,
+    desks::outbox::Notifier,
     domain::incidents::IncidentPolicy,
+    domain::notification::WebhookHosts,
     metrics,
     store::Store,
     tasks::escalation,
     tasks::health::{self, Health},
-    tasks::outbox::{Notifier, Webhook, WebhookHosts},
+    tasks::outbox::{Deliverer, Webhook},
     tasks::replicas,
 };
 use anyhow::Context;
@@ -264,12 +266,14 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.auth.admin_token.clone()
     };
     let authenticator = Authenticator::new(store.clone(), &admin_token);
-    let notifier = Notifier::new(
+    let notifier = Notifier::new(store.clone());
+    let deliverer = Deliverer::new(
         Arc::new(Webhook::new(
             &config.notify.secret,
             Duration::from_millis(config.notify.timeout_ms),
             WebhookHosts::new(&config.notify.webhook_hosts),
         )),
+        &notifier,
         store.clone(),
         config.notify.attempts,
         Duration::from_millis(config.notify.backoff_initial_ms),
@@ -351,7 +355,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         cancel.clone(),
     ));
     health::watch(health.clone(), cancel.clone());
-    tasks.spawn(notifier.run(health.clone(), cancel.clone()));
+    tasks.spawn(deliverer.run(health.clone(), cancel.clone()));
     // sled: the seal (store/sled/seal.rs), every second and at shutdown;
     // the control socket, for online backups.
     if desk.store().backend() == "sled" {

@@ -39,7 +39,7 @@ struct Contents {
 
 async fn open(config: &Path) -> anxin_server::store::Store {
     let config = anxin_server::config::ServerConfig::load(config).expect("config");
-    anxin_server::store::open(&config.store)
+    anxin_server::store::open(&config.store.engine())
         .await
         .expect("opening the store")
 }

@@ -29,7 +29,7 @@ use crate::{
     desks::admin::AdminDesk,
     desks::alerts::{Act, AlertDesk},
     desks::auth::{Authenticator, Need, Principal},
-    desks::welfare::PlaceNames,
+    desks::welfare::view::PlaceNames,
     domain::lifecycle,
     domain::listing::{ListQuery, Page},
     domain::reports,
@@ -411,7 +411,9 @@ async fn device_events(
             .unwrap_or_default(),
         None => String::new(),
     };
-    caller.require(Need::ViewAlerts, Some(&community))?;
+    caller
+        .require(Need::ViewAlerts, Some(&community))
+        .map_err(crate::desks::auth::AuthError::from)?;
     let mut events = store.device_events(&device_id)?;
     // `?limit=N`: the newest N only.
     if params.limit > 0 && events.len() > params.limit {

@@ -511,7 +511,7 @@ async fn serve_gateway(
                 let servers_own = event.kind == anxin_proto::EventKind::CheckinMissed as i32
                     || event
                         .device_id
-                        .starts_with(crate::desks::welfare::CHECKIN_DEVICE_PREFIX);
+                        .starts_with(crate::domain::welfare::CHECKIN_DEVICE_PREFIX);
                 if servers_own || !owners.allowed(desk, gateway_id, &event.device_id)? {
                     foreign.push((event.device_id.clone(), event.seq));
                     continue;
@@ -519,7 +519,7 @@ async fn serve_gateway(
                 // Signs of life count resent events too: a kill between the
                 // commit and this write must not lose the resident's "I'm OK".
                 let resident = owners.resident(&event.device_id);
-                if let Some(how) = crate::desks::welfare::sign_in(event)
+                if let Some(how) = crate::domain::welfare::sign_in(event)
                     && !resident.is_empty()
                 {
                     signs.push(SignOfLife {

@@ -55,7 +55,7 @@ pub async fn verify_audit(config: ServerConfig) -> anyhow::Result<()> {
 }
 
 pub async fn check_store(config: ServerConfig) -> anyhow::Result<()> {
-    let store = match store::open(&config.store).await {
+    let store = match store::open(&config.store.engine()).await {
         Ok(store) => store,
         Err(err @ store::StoreError::Damaged(_)) => {
             println!(
@@ -299,7 +299,7 @@ fn redact_url(url: &str) -> String {
 }
 
 pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Store> {
-    store::open(&config.store)
+    store::open(&config.store.engine())
         .await
         .with_context(|| format!("opening {}", store_location(config)))
 }

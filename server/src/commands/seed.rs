@@ -109,10 +109,13 @@ pub fn apply(admin: &AdminDesk, text: &str) -> Result<usize, SeedError> {
             what: what.clone(),
             problem,
         };
-        let plan =
-            anxin_server::desks::welfare::prepare_plan(admin.store(), plan, anxin_proto::now_ms())
-                .map_err(problem)?;
-        anxin_server::desks::welfare::save_plan(admin.store(), "admin", &plan)
+        let plan = anxin_server::desks::welfare::plans::prepare_plan(
+            admin.store(),
+            plan,
+            anxin_proto::now_ms(),
+        )
+        .map_err(problem)?;
+        anxin_server::desks::welfare::plans::save_plan(admin.store(), "admin", &plan)
             .map_err(|e| problem(e.to_string()))?;
         written += 1;
     }

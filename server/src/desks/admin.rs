@@ -31,7 +31,7 @@ pub struct AdminDesk {
     gateways: Arc<ConnectedGateways>,
     /// Staff contact webhooks must be on these hosts (`None`: not checked
     /// here; the deliverer still refuses any other host).
-    webhook_hosts: Option<crate::tasks::outbox::WebhookHosts>,
+    webhook_hosts: Option<crate::domain::notification::WebhookHosts>,
     tokens: TokenPolicy,
     /// The server's local time (`routing.utc_offset_minutes`): report days.
     utc_offset_minutes: i32,
@@ -132,7 +132,7 @@ impl AdminDesk {
 
     /// Refuses staff contacts outside `hosts` when they are written, so the
     /// administrator hears of it then, not when an offer fails.
-    pub fn with_webhook_hosts(mut self, hosts: crate::tasks::outbox::WebhookHosts) -> Self {
+    pub fn with_webhook_hosts(mut self, hosts: crate::domain::notification::WebhookHosts) -> Self {
         self.webhook_hosts = Some(hosts);
         self
     }
@@ -171,7 +171,7 @@ impl AdminDesk {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
         let before = self.store.resident(&resident.id)?.and_then(|r| r.checkin);
         resident.checkin =
-            crate::desks::welfare::enrol(resident.checkin.take(), before.as_ref(), now_ms());
+            crate::domain::welfare::enrol(resident.checkin.take(), before.as_ref(), now_ms());
         directory::check_resident(&self.store, &resident).map_err(bad)?;
         let audit = entry(
             caller,

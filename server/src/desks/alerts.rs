@@ -19,13 +19,14 @@ use crate::{
     desks::audit::guard,
     desks::auth::{AuthError, Need, Principal},
     desks::gateways::ConnectedGateways,
+    desks::outbox::Notifier,
     domain::incidents::{self, IncidentPolicy},
     domain::lifecycle,
+    domain::notification::Notification,
     domain::routing::{self, Step},
     metrics as m,
     store::directory::Directory,
     store::{Change, Store, StoreError},
-    tasks::outbox::{Notification, Notifier},
 };
 
 /// What a device says when its alarm is acknowledged.
@@ -83,7 +84,7 @@ pub struct AlertDesk {
     deadlines_changed: Arc<Notify>,
     /// Enrolled residents and visit plans, read again after a directory
     /// change (shared by the welfare judges and the welfare API).
-    welfare: Arc<crate::desks::welfare::WelfareView>,
+    welfare: Arc<crate::desks::welfare::view::WelfareView>,
 }
 
 /// One row of the staff board.
@@ -143,7 +144,7 @@ impl AlertDesk {
         }
     }
 
-    pub fn welfare(&self) -> &crate::desks::welfare::WelfareView {
+    pub fn welfare(&self) -> &crate::desks::welfare::view::WelfareView {
         &self.welfare
     }
 

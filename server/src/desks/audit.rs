@@ -1,14 +1,15 @@
-//! The audit log: append-only, one entry per transition, assignment, note,
-//! notification, directory change and read of a resident's sensitive fields,
-//! with who and when. Entries written with an alert change share its
-//! transaction (see [`crate::store::Store::update_alert`]); the rest go
-//! through [`AuditLog::append`].
+//! Refusals in the audit log: [`guard`] checks a caller's rights and writes
+//! every refusal (`access.denied`). The log itself (one entry per
+//! transition, assignment, note, notification, directory change and read of
+//! a resident's sensitive fields) is the store's
+//! ([`crate::store::audit::AuditLog`]); entries written with an alert change
+//! share its transaction.
 
-use anxin_proto::v1::{AuditEntry, AuditQuery};
+use anxin_proto::v1::AuditEntry;
 
 use crate::{
     desks::auth::{AuthError, Need, Principal},
-    store::{Store, StoreError},
+    store::Store,
 };
 
 /// [`Principal::require`], with every refusal written to the audit log
@@ -20,7 +21,7 @@ pub fn guard(
     community: Option<&str>,
     target: &str,
 ) -> Result<(), AuthError> {
-    let refused = caller.require(need, community);
+    let refused = caller.require(need, community).map_err(AuthError::from);
     if let Err(err) = &refused {
         let entry = AuditEntry {
             at_ms: anxin_proto::now_ms(),
@@ -37,21 +38,4 @@ pub fn guard(
         tracing::warn!(caller = %caller.name(), target, error = %err, "call refused");
     }
     refused
-}
-
-pub trait AuditLog {
-    fn append(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError>;
-    /// Matching entries, oldest first; at most `query.limit` (newest kept)
-    /// when it is set.
-    fn query(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
-}
-
-pub(crate) fn matches(q: &AuditQuery, e: &AuditEntry) -> bool {
-    (q.target.is_empty() || e.target == q.target)
-        && (q.actor.is_empty() || e.actor == q.actor)
-        && (q.action.is_empty()
-            || e.action == q.action
-            || e.action.starts_with(&format!("{}.", q.action)))
-        && (q.since_ms == 0 || e.at_ms >= q.since_ms)
-        && (q.until_ms == 0 || e.at_ms < q.until_ms)
 }

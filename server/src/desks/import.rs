@@ -362,7 +362,7 @@ fn read_rows(
                             medical_notes: get("medical_notes"),
                             emergency_contacts: contacts(&get("emergency_contacts"))?,
                             access_notes: get("access_notes"),
-                            checkin: crate::desks::welfare::enrol(
+                            checkin: crate::domain::welfare::enrol(
                                 Some(CheckinWindow {
                                     start,
                                     end,
@@ -444,7 +444,7 @@ fn read_rows(
                             since_ms: before.map_or(now, |b| b.since_ms),
                             id,
                         };
-                        crate::desks::welfare::check_plan(&plan)?;
+                        crate::domain::welfare::check_plan(&plan)?;
                         if !plan.carer_id.is_empty()
                             && dir.staff_member(&plan.carer_id).ok().flatten().is_none()
                         {

@@ -10,4 +10,5 @@ pub mod audit;
 pub mod auth;
 pub mod gateways;
 pub mod import;
+pub mod outbox;
 pub mod welfare;

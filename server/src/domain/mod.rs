@@ -5,5 +5,8 @@ pub mod calendar;
 pub mod incidents;
 pub mod lifecycle;
 pub mod listing;
+pub mod notification;
 pub mod reports;
+pub mod rights;
 pub mod routing;
+pub mod welfare;

@@ -231,7 +231,7 @@ pub fn check_resident_record(resident: &Resident) -> Result<(), String> {
     if resident.address.trim().is_empty() {
         return Err("resident address is empty".into());
     }
-    crate::desks::welfare::check_window(resident.checkin.as_ref())
+    crate::domain::welfare::check_window(resident.checkin.as_ref())
 }
 
 /// Shortest device password accepted: a device's password is a machine

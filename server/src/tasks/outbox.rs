@@ -17,33 +17,13 @@ use std::time::Duration;
 
 use anxin_proto::{now_ms, v1::AuditEntry};
 use hmac::{Hmac, Mac};
-use serde::Serialize;
 use sha2::Sha256;
 
-use crate::store::{OutboxItem, Store};
-
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Notification {
-    pub delivery_id: String,
-    /// `offer`, `emergency_services`, `stand_down`, `visit_missed`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub alert_id: String,
-    pub priority: String,
-    pub alert_kind: String,
-    pub community_id: String,
-    pub resident_id: String,
-    pub staff_id: String,
-    pub escalation_level: u32,
-    pub deadline_ms: i64,
-    pub sent_ms: i64,
-    /// `visit_missed`: the plan and the local day ("2026-11-26").
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub visit_plan_id: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub day: String,
-}
+pub use crate::domain::notification::{Notification, WebhookHosts};
+use crate::{
+    desks::outbox::Notifier,
+    store::{OutboxItem, Store},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -61,54 +41,6 @@ impl NotifyError {
             NotifyError::Status(code) => *code == 429 || *code >= 500,
             NotifyError::Transport(_) => true,
             NotifyError::NotAllowed(_) => false,
-        }
-    }
-}
-
-/// The hosts webhooks may go to (`notify.webhook_hosts`): an exact name or
-/// address, or `*.suffix` for a domain's hosts. Nothing else is called, so
-/// a contact URL typed into the directory cannot make the server reach
-/// into an internal network it was not meant to.
-#[derive(Debug, Clone, Default)]
-pub struct WebhookHosts {
-    allowed: Vec<String>,
-}
-
-impl WebhookHosts {
-    pub fn new(allowed: &[String]) -> Self {
-        Self {
-            allowed: allowed.iter().map(|h| h.to_ascii_lowercase()).collect(),
-        }
-    }
-
-    /// Whether `url` may be called; the reason when not.
-    pub fn check(&self, url: &str) -> Result<(), String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!("`{url}` is not an http(s) URL"));
-        }
-        let host = parsed
-            .host_str()
-            .ok_or_else(|| format!("`{url}` names no host"))?
-            .to_ascii_lowercase();
-        let allowed = self
-            .allowed
-            .iter()
-            .any(|pattern| match pattern.strip_prefix("*.") {
-                Some(suffix) => host.ends_with(&format!(".{suffix}")),
-                None => *pattern == host,
-            });
-        if allowed {
-            Ok(())
-        } else {
-            Err(format!(
-                "webhook host `{host}` is not in notify.webhook_hosts ({})",
-                if self.allowed.is_empty() {
-                    "empty: no webhooks allowed".to_string()
-                } else {
-                    self.allowed.join(", ")
-                }
-            ))
         }
     }
 }
@@ -188,13 +120,12 @@ const CLAIM: usize = 32;
 const POLL: Duration = Duration::from_millis(500);
 
 /// The deliverer of the durable outbox: every notification is stored
-/// before anyone tries to send it (in the transaction of the alert change
-/// that causes it, see [`crate::store::Change::notifications`]), tried
-/// until delivered or out of attempts across restarts and replicas, and
-/// leaves the outbox in the transaction that audits its outcome — so each
-/// is delivered at least once and recorded once.
+/// before anyone tries to send it (see [`Notifier`]), tried until
+/// delivered or out of attempts across restarts and replicas, and leaves
+/// the outbox in the transaction that audits its outcome — so each is
+/// delivered at least once and recorded once.
 #[derive(Clone)]
-pub struct Notifier {
+pub struct Deliverer {
     channel: std::sync::Arc<dyn Channel>,
     store: Store,
     attempts: u32,
@@ -204,9 +135,10 @@ pub struct Notifier {
     wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
-impl Notifier {
+impl Deliverer {
     pub fn new(
         channel: std::sync::Arc<dyn Channel>,
+        notifier: &Notifier,
         store: Store,
         attempts: u32,
         backoff_initial: Duration,
@@ -218,39 +150,8 @@ impl Notifier {
             attempts: attempts.max(1),
             backoff_initial,
             lease: attempt_timeout + Duration::from_secs(10),
-            wake: Default::default(),
+            wake: notifier.signal(),
         }
-    }
-
-    /// The outbox entry of a notification to `address`, due now.
-    pub fn item(address: &str, notification: &Notification) -> OutboxItem {
-        OutboxItem {
-            delivery_id: notification.delivery_id.clone(),
-            address: address.to_string(),
-            notification: serde_json::to_vec(notification).expect("notifications serialize"),
-            attempts: 0,
-            next_at_ms: now_ms(),
-            lease_until_ms: 0,
-            alert_id: notification.alert_id.clone(),
-            community_id: notification.community_id.clone(),
-            kind: notification.kind.clone(),
-        }
-    }
-
-    /// Puts a notification in the outbox on its own (one not written with
-    /// an alert change) and wakes the deliverer.
-    pub fn send(&self, address: String, notification: Notification) {
-        let item = Self::item(&address, &notification);
-        if let Err(err) = self.store.enqueue_notifications(&[item]) {
-            metrics::counter!(crate::metrics::NOTIFY_FAILED).increment(1);
-            tracing::error!(%address, error = %err, alert_id = %notification.alert_id, "putting a notification in the outbox failed");
-        }
-        self.wake();
-    }
-
-    /// Something was put in the outbox: look now rather than at the next poll.
-    pub fn wake(&self) {
-        self.wake.notify_one();
     }
 
     /// Delivers from the outbox until cancelled.

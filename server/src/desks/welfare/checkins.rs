@@ -9,7 +9,7 @@ use anxin_proto::{
     v1::{AuditEntry, CheckinDay, Resident, SignOfLife, UplinkEvent},
 };
 
-use super::{CHECKIN_DEVICE_PREFIX, Standing, Window, describe_sign, standing};
+use crate::domain::welfare::{CHECKIN_DEVICE_PREFIX, Standing, Window, describe_sign, standing};
 use crate::{
     desks::alerts::AlertDesk,
     domain::incidents::Decision,
@@ -55,7 +55,10 @@ impl CheckinJudge {
     /// Judges every enrolled resident's latest closed window not judged yet.
     /// Returns how many days were judged by this call.
     pub async fn tick(&mut self, now_ms: i64) -> Result<usize, StoreError> {
-        let enrolled = self.desk.welfare().enrolled(&self.desk)?;
+        let enrolled = self
+            .desk
+            .welfare()
+            .enrolled(self.desk.store(), self.desk.gateways().directory_epoch())?;
         if self.judged.len() > 1_000_000 {
             self.judged.clear();
         }
@@ -209,17 +212,6 @@ impl CheckinJudge {
     }
 }
 
-/// Residents with a valid check-in window.
-pub fn enrolled(residents: &[Resident]) -> Vec<(Resident, Window)> {
-    residents
-        .iter()
-        .filter_map(|r| {
-            let window = Window::of(r.checkin.as_ref()?).ok()?;
-            Some((r.clone(), window))
-        })
-        .collect()
-}
-
 /// Each enrolled resident's standing on a local day (today: live; a past
 /// day: as judged).
 pub fn day_status(
@@ -236,7 +228,7 @@ pub fn day_status(
         .map(|d| (d.resident_id.clone(), d))
         .collect();
     let mut out = Vec::new();
-    let mut names = super::PlaceNames::default();
+    let mut names = super::view::PlaceNames::default();
     for (resident, window) in enrolled {
         let window = *window;
         let (opens, closes) = window.on(day, offset);

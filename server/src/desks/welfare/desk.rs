@@ -101,7 +101,7 @@ impl WelfareDesk {
         let enrolled: Vec<_> = self
             .desk
             .welfare()
-            .enrolled(&self.desk)?
+            .enrolled(self.desk.store(), self.desk.gateways().directory_epoch())?
             .iter()
             .filter(|(r, _)| caller.sees(&r.community_id))
             .filter(|(r, _)| community.is_empty() || r.community_id == community)
@@ -142,7 +142,7 @@ impl WelfareDesk {
             "visit-plans",
         )?;
         let store = self.desk.store();
-        let mut names = super::PlaceNames::default();
+        let mut names = super::view::PlaceNames::default();
         let mut out = Vec::new();
         for plan in store
             .visit_plans()?
@@ -189,8 +189,8 @@ impl WelfareDesk {
             Some(&resident.community_id),
             &target,
         )?;
-        let plan = super::prepare_plan(self.desk.store(), plan, now_ms()).map_err(bad)?;
-        super::save_plan(self.desk.store(), &caller.name(), &plan)?;
+        let plan = super::plans::prepare_plan(self.desk.store(), plan, now_ms()).map_err(bad)?;
+        super::plans::save_plan(self.desk.store(), &caller.name(), &plan)?;
         self.desk.gateways().directory_changed();
         self.desk.store().flush().await?;
         Ok(plan)
@@ -209,7 +209,7 @@ impl WelfareDesk {
         let plans: Vec<VisitPlan> = self
             .desk
             .welfare()
-            .plans(&self.desk)?
+            .plans(self.desk.store(), self.desk.gateways().directory_epoch())?
             .iter()
             .filter(|p| caller.sees(&p.community_id))
             .filter(|p| community.is_empty() || p.community_id == community)

@@ -9,13 +9,14 @@ use anxin_proto::{
     v1::{AuditEntry, Resident, StaffRole, Visit, VisitPlan},
 };
 
-use super::plan_due;
+use crate::domain::welfare::plan_due;
 use crate::{
     desks::alerts::AlertDesk,
+    desks::outbox::Notifier,
     domain::calendar::{date_of, local_day},
+    domain::notification::Notification,
     domain::routing,
     store::{OutboxItem, StoreError},
-    tasks::outbox::{Notification, Notifier},
 };
 
 /// Days back a restarted server still flags (a box that was down over a
@@ -59,7 +60,10 @@ impl VisitJudge {
     /// Flags every planned visit of the last days that ended without one.
     /// Returns how many were flagged by this call.
     pub fn tick(&mut self, now_ms: i64) -> Result<usize, StoreError> {
-        let plans = self.desk.welfare().plans(&self.desk)?;
+        let plans = self
+            .desk
+            .welfare()
+            .plans(self.desk.store(), self.desk.gateways().directory_epoch())?;
         if self.checked.len() > 1_000_000 {
             self.checked.clear();
         }
@@ -229,7 +233,7 @@ pub fn day_visits(
         .into_iter()
         .map(|v| (v.plan_id.clone(), v))
         .collect();
-    let mut names = super::PlaceNames::default();
+    let mut names = super::view::PlaceNames::default();
     let mut out = Vec::new();
     for plan in plans
         .iter()

@@ -40,12 +40,12 @@ use super::{
     alert_number, decision_audit, decode, incident_key, latest_signs, offer_deadline,
 };
 use crate::{
-    desks::audit::AuditLog,
-    desks::welfare::WelfareStore,
     domain::incidents::{self, Decision, IncidentPolicy, Origin},
     domain::lifecycle,
     domain::listing::{ListQuery, Page},
+    store::audit::AuditLog,
     store::directory::{Directory, DirectoryBatch, TokenRecord},
+    store::welfare::WelfareStore,
 };
 
 mod check;

@@ -60,12 +60,12 @@ mod seal;
 pub use backup::restore;
 
 use crate::{
-    desks::audit::AuditLog,
-    desks::welfare::WelfareStore,
     domain::incidents::{self, Decision, IncidentPolicy, Origin},
     domain::lifecycle,
     domain::listing::{ListQuery, Page},
+    store::audit::AuditLog,
     store::directory::{Directory, DirectoryBatch, TokenRecord},
+    store::welfare::WelfareStore,
 };
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -1222,7 +1222,7 @@ impl AuditLog for SledStore {
         if query.limit == 0 {
             for entry in audit_entries(&self.audit) {
                 let entry = entry?;
-                if entry.id < before && crate::desks::audit::matches(query, &entry) {
+                if entry.id < before && crate::store::audit::matches(query, &entry) {
                     out.push(entry);
                 }
             }
@@ -1235,7 +1235,7 @@ impl AuditLog for SledStore {
                 continue;
             }
             let entry: AuditEntry = decode("audit entry", &bytes)?;
-            if crate::desks::audit::matches(query, &entry) {
+            if crate::store::audit::matches(query, &entry) {
                 out.push(entry);
                 if out.len() == query.limit as usize {
                     break;

@@ -379,7 +379,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         ),
         cancel.clone(),
     ));
-    tasks.spawn(anxin_server::desks::welfare::visits::run(
+    tasks.spawn(anxin_server::tasks::judges::run(
         desk.clone(),
         health.clone(),
         cancel.clone(),

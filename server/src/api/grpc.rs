@@ -242,7 +242,9 @@ impl Admin for AdminService {
             .admin
             .put_place(&who, request.into_inner())
             .map_err(status)?;
-        self.admin.store().flush().await.map_err(status)?;
+        super::durable(self.admin.store(), ())
+            .await
+            .map_err(status)?;
         Ok(Response::new(place))
     }
 
@@ -265,7 +267,9 @@ impl Admin for AdminService {
             .admin
             .put_resident(&who, request.into_inner())
             .map_err(status)?;
-        self.admin.store().flush().await.map_err(status)?;
+        super::durable(self.admin.store(), ())
+            .await
+            .map_err(status)?;
         Ok(Response::new(resident))
     }
 
@@ -304,7 +308,9 @@ impl Admin for AdminService {
             .admin
             .put_device(&who, request.into_inner())
             .map_err(status)?;
-        self.admin.store().flush().await.map_err(status)?;
+        super::durable(self.admin.store(), ())
+            .await
+            .map_err(status)?;
         Ok(Response::new(device))
     }
 
@@ -331,7 +337,9 @@ impl Admin for AdminService {
             .admin
             .put_gateway(&who, req.gateway.unwrap_or_default(), &req.token)
             .map_err(status)?;
-        self.admin.store().flush().await.map_err(status)?;
+        super::durable(self.admin.store(), ())
+            .await
+            .map_err(status)?;
         Ok(Response::new(PutGatewayResponse {
             gateway: Some(gateway),
             token,
@@ -357,7 +365,9 @@ impl Admin for AdminService {
             .admin
             .put_staff(&who, request.into_inner())
             .map_err(status)?;
-        self.admin.store().flush().await.map_err(status)?;
+        super::durable(self.admin.store(), ())
+            .await
+            .map_err(status)?;
         Ok(Response::new(staff))
     }
 
@@ -383,7 +393,9 @@ impl Admin for AdminService {
             .admin
             .issue_token(&who, &request.get_ref().staff_id, None)
             .map_err(status)?;
-        self.admin.store().flush().await.map_err(status)?;
+        super::durable(self.admin.store(), ())
+            .await
+            .map_err(status)?;
         Ok(Response::new(IssueTokenResponse { token: token.token }))
     }
 

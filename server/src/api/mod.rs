@@ -1,6 +1,7 @@
 //! The APIs: gRPC `Dispatch` and `Admin`, and REST/SSE, all thin layers over
 //! [`crate::desks::alerts::AlertDesk`] and [`crate::desks::admin::AdminDesk`].
 
+pub mod caller;
 pub mod grpc;
 pub mod https;
 pub mod rest;
@@ -65,4 +66,12 @@ impl From<DeskError> for ApiError {
             DeskError::BadRequest(m) => ApiError::BadRequest(m),
         }
     }
+}
+
+/// The one flush rule of REST and gRPC: a change is answered only once it
+/// is on disk, so a kill -9 right after the answer cannot take it back (a
+/// new token, a resident, a place).
+pub async fn durable<T>(store: &crate::store::Store, answer: T) -> Result<T, ApiError> {
+    store.flush().await?;
+    Ok(answer)
 }

@@ -11,8 +11,8 @@ use anxin_proto::v1::{
 };
 use axum::{
     Json, Router,
-    extract::{FromRequestParts, Path, Query, State},
-    http::{StatusCode, header, request::Parts},
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
     response::{
         Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -20,14 +20,13 @@ use axum::{
     routing::{get, post, put},
 };
 use futures::Stream;
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiError;
+pub use super::caller::{Caller, RestState};
 use crate::{
-    desks::admin::AdminDesk,
-    desks::alerts::{Act, AlertDesk},
+    desks::alerts::Act,
     desks::auth::{Authenticator, Need, Principal},
     desks::welfare::view::PlaceNames,
     domain::lifecycle,
@@ -35,15 +34,6 @@ use crate::{
     domain::reports,
     store::directory::Directory,
 };
-
-#[derive(Clone)]
-pub struct RestState {
-    pub desk: AlertDesk,
-    pub admin: AdminDesk,
-    pub auth: Authenticator,
-    pub metrics: PrometheusHandle,
-    pub health: std::sync::Arc<crate::tasks::health::Health>,
-}
 
 pub fn router(state: RestState) -> Router {
     Router::new()
@@ -142,9 +132,9 @@ async fn store_guard(
     let response = next.run(request).await;
     if change
         && response.status().is_success()
-        && let Err(err) = state.admin.store().flush().await
+        && let Err(err) = super::durable(state.admin.store(), ()).await
     {
-        return ApiError::from(err).into_response();
+        return err.into_response();
     }
     response
 }
@@ -162,35 +152,6 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
-    }
-}
-
-/// The authenticated caller of a request.
-pub struct Caller(pub Principal);
-
-impl FromRequestParts<RestState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let from_query = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("access_token="))
-                .map(str::to_string)
-        });
-        let token = Authenticator::bearer(header)
-            .map(str::to_string)
-            .or(from_query);
-        let principal = state.auth.authenticate(token.as_deref())?;
-        if matches!(principal, Principal::Gateway(_)) {
-            return Err(ApiError::Forbidden(
-                "gateway tokens are for the uplink only".into(),
-            ));
-        }
-        Ok(Caller(principal))
     }
 }
 

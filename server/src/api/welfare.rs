@@ -10,7 +10,7 @@ use axum::{
 
 use super::{
     ApiError,
-    rest::{Caller, RestState},
+    caller::{Caller, RestState},
 };
 use crate::desks::welfare::desk::WelfareDesk;
 

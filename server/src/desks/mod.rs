@@ -10,5 +10,6 @@ pub mod audit;
 pub mod auth;
 pub mod gateways;
 pub mod import;
+pub mod intake;
 pub mod outbox;
 pub mod welfare;

@@ -3,7 +3,7 @@
 
 use anxin_proto::v1::{AuditEntry, AuditQuery};
 
-use super::StoreError;
+use super::error::StoreError;
 
 pub trait AuditLog {
     fn append(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError>;

@@ -337,6 +337,22 @@ pub fn place_name(dir: &impl Directory, id: &str) -> Result<String, StoreError> 
     Ok(dir.place(id)?.map(|p| p.name).unwrap_or_default())
 }
 
+/// Who an alert of `resident` is about, as people read it.
+pub fn resident_origin(
+    store: &impl Directory,
+    resident: anxin_proto::v1::Resident,
+    device_kind: String,
+) -> Result<crate::domain::incidents::Origin, StoreError> {
+    Ok(crate::domain::incidents::Origin {
+        community_name: place_name(store, &resident.community_id)?,
+        community_id: resident.community_id,
+        resident_id: resident.id,
+        resident_name: resident.name,
+        address: resident.address,
+        device_kind,
+    })
+}
+
 /// A resident without the sensitive fields, for lists.
 pub fn redacted(resident: &Resident) -> Resident {
     Resident {

@@ -25,6 +25,7 @@ pub mod backup;
 pub mod directory;
 pub mod error;
 pub mod migrate;
+pub mod outbox;
 pub mod postgres;
 pub mod sled;
 pub mod storage;
@@ -33,9 +34,10 @@ mod tests;
 pub mod welfare;
 
 pub use error::StoreError;
+pub use outbox::OutboxItem;
 pub use storage::{
-    AlertChange, AuditAnchor, ChainReport, Change, CheckReport, Committed, EventDay, OutboxItem,
-    RemoteChange, Storage, Store, StoredEvent, chain_hash, verify_chain,
+    AlertChange, AuditAnchor, ChainReport, Change, CheckReport, Committed, EventDay, RemoteChange,
+    Storage, Store, StoredEvent, chain_hash, verify_chain,
 };
 pub(crate) use storage::{
     alert_number, closed_ms, decision_audit, decode, incident_key, latest_signs, offer_deadline,

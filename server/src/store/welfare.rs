@@ -4,7 +4,7 @@
 
 use anxin_proto::v1::{AuditEntry, CheckinDay, SignOfLife, Visit, VisitPlan};
 
-use super::{OutboxItem, StoreError};
+use super::{error::StoreError, outbox::OutboxItem};
 
 /// What the server stores for check-ins and visits; both engines implement
 /// it (the contract is in `store/tests.rs`).

@@ -6,6 +6,7 @@
 pub mod control;
 pub mod escalation;
 pub mod health;
+pub mod judges;
 pub mod outbox;
 pub mod replicas;
 pub mod retention;

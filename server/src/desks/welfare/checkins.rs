@@ -183,7 +183,8 @@ impl CheckinJudge {
             }),
             stored_ms: now_ms,
         };
-        let origin = crate::api::uplink::resident_origin(store, resident.clone(), "server".into())?;
+        let origin =
+            crate::store::directory::resident_origin(store, resident.clone(), "server".into())?;
         let committed =
             store.commit_event("", &uplink, now_ms, &origin, &self.desk.policy().incidents)?;
         store.flush().await?;

@@ -13,7 +13,9 @@ use anxin_proto::v1::AuditEntry;
 use prost::Message;
 use sled::Transactional;
 
-use super::{SledStore, StoreError, append_audit, decode};
+use super::{SledStore, append_audit};
+use crate::store::{StoreError, decode};
+
 use crate::store::directory::DirectoryBatch;
 
 const PENDING: &str = "import_pending";

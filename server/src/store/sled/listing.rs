@@ -16,7 +16,9 @@ use std::ops::Bound;
 use anxin_proto::v1::{DeviceRecord, GatewayRecord, Place, Resident, Staff};
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use super::{StoreError, Trees, decode, get};
+use super::{Trees, get};
+use crate::store::{StoreError, decode};
+
 use crate::domain::listing::{self, ListQuery, Page, SCAN_BUDGET, key};
 
 /// Bumped when an index's key layout changes: the trees are rebuilt.

@@ -31,7 +31,7 @@ use std::{
 
 use sled::IVec;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 pub(super) const PREFIX: &[u8] = b"events@";
 const HORIZON: &[u8] = b"events_horizon";

@@ -29,9 +29,11 @@ use sled::{
 };
 
 use super::{
-    CHAIN_ANCHOR, SledStore, StoreError, abort, audit_entries, decode,
+    CHAIN_ANCHOR, SledStore, abort, audit_entries,
     partitions::{Span, fold_key, fold_mark, read_fold_mark},
 };
+use crate::store::{StoreError, decode};
+
 use crate::{
     domain::lifecycle,
     store::{AuditAnchor, EventDay, StoredEvent, closed_ms},

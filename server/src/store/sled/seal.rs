@@ -14,7 +14,8 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{SledStore, StoreError};
+use super::SledStore;
+use crate::store::StoreError;
 
 const KEY: &str = "seal";
 pub const FILE: &str = "anxin.seal";

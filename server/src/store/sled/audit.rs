@@ -2,7 +2,6 @@
 //! transaction.
 
 use anxin_proto::v1::{AuditEntry, AuditQuery};
-use sled::Transactional;
 
 use super::trees::*;
 use crate::store::audit::AuditLog;

@@ -10,12 +10,10 @@ use sled::Transactional;
 
 use super::trees::*;
 use super::{import, listing, partitions, retention, seal};
-use crate::store::{OutboxItem, Storage, StoreError, decode};
+use crate::store::{OutboxItem, StoreError, decode};
 use crate::{
     domain::lifecycle,
-    store::audit::AuditLog,
-    store::directory::{Directory, DirectoryBatch},
-    store::welfare::WelfareStore,
+    store::directory::DirectoryBatch,
 };
 
 impl SledStore {

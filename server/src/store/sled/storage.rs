@@ -18,9 +18,6 @@ use crate::{
     domain::incidents::{self, Decision, IncidentPolicy, Origin},
     domain::lifecycle,
     domain::listing::{ListQuery, Page},
-    store::audit::AuditLog,
-    store::directory::Directory,
-    store::welfare::WelfareStore,
 };
 
 impl Storage for SledStore {

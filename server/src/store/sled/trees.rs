@@ -11,8 +11,8 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::partitions;
-use crate::store::{Storage, StoreError, alert_number, decode, incident_key, offer_deadline};
-use crate::{domain::lifecycle, store::directory::Directory, store::welfare::WelfareStore};
+use crate::store::{StoreError, alert_number, decode, incident_key, offer_deadline};
+use crate::domain::lifecycle;
 
 impl From<TransactionError<StoreError>> for StoreError {
     fn from(err: TransactionError<StoreError>) -> Self {
@@ -150,7 +150,7 @@ pub struct SledStore {
     pub(crate) event_days: sled::Tree,
     pub(crate) event_days_by_day: sled::Tree,
     /// Plain events by span of receipt time.
-    pub(crate) partitions: std::sync::Arc<partitions::Partitions>,
+    pub(super) partitions: std::sync::Arc<partitions::Partitions>,
     /// The store's directory (its seal file lives there).
     pub(crate) path: std::path::PathBuf,
     /// Serialises [`Storage::commit_plain_events`] so two gateways relaying

@@ -9,8 +9,8 @@ use deadpool_postgres::GenericClient;
 use prost::Message;
 use tokio_postgres::types::ToSql;
 
-use super::{StoreError, Upsert, decode};
 use crate::domain::listing::{self, ListQuery, Page, SCAN_BUDGET};
+use crate::store::{StoreError, decode, directory::TokenRecord};
 
 /// The statements of the pages, each served by an index (the EXPLAIN test
 /// in `store/tests.rs` checks that none needs a sequential scan).
@@ -493,4 +493,49 @@ pub(super) async fn enrolled(client: &impl GenericClient) -> Result<Vec<Resident
         .iter()
         .map(|row| decode("resident", row.get(0)))
         .collect()
+}
+
+/// Directory records of one table, written by [`PgStore::directory_write`]
+/// with the columns and side tables their lists are paged by.
+pub(crate) struct Upsert {
+    pub(crate) table: &'static str,
+    pub(crate) key: &'static str,
+    pub(crate) ids: Vec<String>,
+    pub(crate) bodies: Vec<Vec<u8>>,
+    /// Index columns beside `body`, one value per record.
+    pub(crate) columns: Vec<(&'static str, Vec<String>)>,
+    /// Multi-valued indexes, replaced whole for these records.
+    pub(super) sides: Vec<Side>,
+}
+
+impl Upsert {
+    pub(crate) fn of<M: Message>(
+        table: &'static str,
+        records: &[M],
+        id: impl Fn(&M) -> &str,
+    ) -> Self {
+        let (ids, bodies) = records
+            .iter()
+            .map(|r| (id(r).to_string(), r.encode_to_vec()))
+            .unzip();
+        Self {
+            table,
+            key: "id",
+            ids,
+            bodies,
+            columns: Vec::new(),
+            sides: Vec::new(),
+        }
+    }
+
+    pub(crate) fn token(digest: &str, record: &TokenRecord) -> Self {
+        Self {
+            table: "tokens",
+            key: "digest",
+            ids: vec![digest.to_string()],
+            bodies: vec![record.encode_to_vec()],
+            columns: Vec::new(),
+            sides: Vec::new(),
+        }
+    }
 }

@@ -11,10 +11,7 @@ use sled::Transactional;
 use super::trees::*;
 use super::{import, listing, partitions, retention, seal};
 use crate::store::{OutboxItem, StoreError, decode};
-use crate::{
-    domain::lifecycle,
-    store::directory::DirectoryBatch,
-};
+use crate::{domain::lifecycle, store::directory::DirectoryBatch};
 
 impl SledStore {
     /// Writes directory records with their indexes in one transaction, with

@@ -11,8 +11,8 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::partitions;
-use crate::store::{StoreError, alert_number, decode, incident_key, offer_deadline};
 use crate::domain::lifecycle;
+use crate::store::{StoreError, alert_number, decode, incident_key, offer_deadline};
 
 impl From<TransactionError<StoreError>> for StoreError {
     fn from(err: TransactionError<StoreError>) -> Self {

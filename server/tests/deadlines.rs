@@ -2,7 +2,7 @@
 //! gets P0's shorter deadline (real sled store, the desk as the server runs
 //! it).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anxin_proto::{
     DeviceEvent, EventKind, now_ms,
@@ -13,9 +13,9 @@ use anxin_server::{
     desks::alerts::{AlertDesk, DeskPolicy},
     desks::auth::Principal,
     desks::gateways::ConnectedGateways,
+    desks::outbox::Notifier,
     domain::incidents::{Decision, IncidentPolicy, Origin},
     store::{self, Committed},
-    tasks::outbox::{Notifier, Webhook},
 };
 
 fn event(seq: u64, kind: EventKind) -> UplinkEvent {
@@ -77,13 +77,7 @@ async fn a_fall_joining_an_offered_alert_shortens_its_deadline_to_p0s() {
         utc_offset_minutes: 480,
         emergency_hook: String::new(),
     };
-    let notifier = Notifier::new(
-        Arc::new(Webhook::new("", Duration::from_secs(1), Default::default())),
-        store.clone(),
-        1,
-        Duration::from_millis(10),
-        Duration::from_secs(1),
-    );
+    let notifier = Notifier::new(store.clone());
     let desk = AlertDesk::new(
         store.clone(),
         Arc::new(ConnectedGateways::default()),

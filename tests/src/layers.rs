@@ -155,6 +155,8 @@ impl<'a> Visit<'a> for Paths {
         syn::visit::visit_path(self, path);
     }
     fn visit_item_use(&mut self, _: &'a syn::ItemUse) {}
+    // `pub(in crate::store)` names a scope, not something imported.
+    fn visit_visibility(&mut self, _: &'a syn::Visibility) {}
     fn visit_item_mod(&mut self, m: &'a syn::ItemMod) {
         if !is_test(&m.attrs) {
             syn::visit::visit_item_mod(self, m);

@@ -138,7 +138,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = anxin_server::store::open_sled(dir.path()).unwrap();
         let admin = AdminDesk::new(store, 60_000, Default::default());
-        let example = include_str!("../../deploy/config/seed.example.toml");
+        let example = include_str!("../../../deploy/config/seed.example.toml");
         assert!(apply(&admin, example).unwrap() > 10);
         let err = apply(
             &admin,

@@ -2,10 +2,12 @@
 //! on a scratch database (SKIPPED with the reason where no server runs;
 //! a failure under `CI=true`).
 
+use super::storage::*;
 use super::*;
+use crate::store::directory::Directory;
 use anxin_proto::{
     DeviceEvent, EventKind,
-    v1::{AlertState, AuditQuery, DeviceAck},
+    v1::{Alert, AlertState, AuditEntry, AuditQuery, DeviceAck, UplinkEvent},
 };
 
 use crate::domain::incidents::{Decision, IncidentPolicy, Origin};

@@ -628,7 +628,7 @@ mod tests {
                 spans.len()
             );
             for seq in 1..=events {
-                let key = super::super::event_key("sensor", seq);
+                let key = crate::store::sled::trees::event_key("sensor", seq);
                 let holding = spans
                     .iter()
                     .filter(|s| s.contains_key(&key).unwrap())

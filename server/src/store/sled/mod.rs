@@ -44,7 +44,7 @@ mod partitions;
 mod retention;
 mod seal;
 mod storage;
-mod trees;
+pub(crate) mod trees;
 mod welfare;
 
 pub use backup::restore;

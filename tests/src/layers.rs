@@ -516,7 +516,8 @@ pub fn check(crate_dir: &Path, library: &str, layers: &[Layer]) -> Findings {
             .iter()
             .flat_map(|l| l.prefixes.iter().map(move |p| (l, *p)))
             .filter(|(_, p)| {
-                rel == *p
+                p.is_empty()
+                    || rel == *p
                     || rel.starts_with(&format!("{}/", p.trim_end_matches('/')))
                     || (p.ends_with('/') && rel.starts_with(p))
             })

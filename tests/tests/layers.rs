@@ -64,3 +64,17 @@ fn server_layers_point_down() {
         "\n{text}"
     );
 }
+
+/// The gateway is one layer today: the guard keeps its files free of
+/// import loops.
+const GATEWAY: &[Layer] = &[layer("gateway", 1, &[""])];
+
+#[test]
+fn gateway_files_import_no_loops() {
+    let findings = check(&workspace().join("gateway"), "anxin_gateway", GATEWAY);
+    let text = report("anxin-gateway", &findings);
+    assert!(
+        findings.upward.is_empty() && findings.cycles.is_empty() && findings.unplaced.is_empty(),
+        "\n{text}"
+    );
+}

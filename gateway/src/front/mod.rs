@@ -16,55 +16,16 @@ pub mod auth;
 pub mod codec;
 mod connection;
 pub mod session;
+mod state;
 pub mod tls;
+
+pub use state::Front;
 
 use std::sync::Arc;
 
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-
-use crate::{
-    config::{BROKER_MAX_PAYLOAD, GatewayConfig},
-    health::Health,
-    ingest::Admission,
-    supervisor::Sighting,
-};
-use auth::DeviceBook;
-use session::Sessions;
-
-/// What every connection task shares.
-pub struct Front {
-    pub book: Arc<DeviceBook>,
-    pub sessions: Arc<Sessions>,
-    pub admission: Admission,
-    pub sightings: tokio::sync::mpsc::Sender<Sighting>,
-    /// Largest MQTT packet accepted (the event limit plus topic and header).
-    pub max_packet: usize,
-    permits: Arc<Semaphore>,
-    health: Arc<Health>,
-}
-
-impl Front {
-    pub fn new(
-        config: &GatewayConfig,
-        book: Arc<DeviceBook>,
-        sessions: Arc<Sessions>,
-        admission: Admission,
-        sightings: tokio::sync::mpsc::Sender<Sighting>,
-        health: Arc<Health>,
-    ) -> Self {
-        Self {
-            book,
-            sessions,
-            admission,
-            sightings,
-            max_packet: BROKER_MAX_PAYLOAD,
-            permits: Arc::new(Semaphore::new(config.mqtt.max_connections)),
-            health,
-        }
-    }
-}
 
 /// Accepts device connections until cancelled; each gets its own task.
 /// With `tls`, each connection's handshake runs on its own task first.

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::GatewayConfig,
     fallback::LocalAlarm,
-    front::{auth::DeviceBook, session::Session},
+    front::{DeviceBook, Session},
     health::Health,
     journal::{Appended, JournalError, JournalWriter, Staging},
     metrics as m,

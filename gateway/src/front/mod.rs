@@ -19,6 +19,8 @@ pub mod session;
 mod state;
 pub mod tls;
 
+pub use auth::DeviceBook;
+pub use session::{Session, Sessions};
 pub use state::Front;
 
 use std::sync::Arc;

@@ -10,11 +10,8 @@ use super::core::*;
 
 impl AuditLog for PgStore {
     fn append(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError> {
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
-            let entry = Self::insert_audit(&tx, &entry).await?;
-            tx.commit().await?;
+        self.write(async |tx| {
+            let entry = Self::insert_audit(tx, &entry).await?;
             Ok(entry)
         })
     }

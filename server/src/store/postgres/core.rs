@@ -205,6 +205,58 @@ impl PgStore {
     }
 
     /// Runs the async driver to completion from synchronous domain code.
+    /// One transaction on a pooled connection: `work` runs in it, and it
+    /// commits when `work` returns `Ok` (an `Err` drops it: rolled back).
+    /// Every change of this engine that needs no retry on a conflict is
+    /// written through here.
+    pub(crate) fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.block(async {
+            let mut client = self.pool.get().await?;
+            let tx = client.transaction().await?;
+            let out = work(&tx).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    /// Inserts a record keyed by (local day, `key`) into `table` unless
+    /// one is there already; returns the stored record and whether it was
+    /// this one. Written-once records (a judged check-in day, a recorded
+    /// visit) go through here, so a second replica or a retry reads back
+    /// the first.
+    pub(crate) async fn insert_once<M: Message + Default + Clone>(
+        tx: &deadpool_postgres::Transaction<'_>,
+        what: &str,
+        table: &str,
+        key_column: &str,
+        day: i32,
+        key: &str,
+        record: &M,
+    ) -> Result<(M, bool), StoreError> {
+        let written = tx
+            .execute(
+                &format!(
+                    "insert into {table} (day, {key_column}, body) values ($1, $2, $3) \
+                     on conflict do nothing"
+                ),
+                &[&day, &key, &record.encode_to_vec()],
+            )
+            .await?;
+        if written == 1 {
+            return Ok((record.clone(), true));
+        }
+        let row = tx
+            .query_one(
+                &format!("select body from {table} where day = $1 and {key_column} = $2"),
+                &[&day, &key],
+            )
+            .await?;
+        Ok((decode(what, row.get(0))?, false))
+    }
+
     pub(crate) fn block<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -523,15 +575,12 @@ impl PgStore {
         audit: AuditEntry,
         writes: Vec<Upsert>,
     ) -> Result<(), StoreError> {
-        self.block(async move {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
+        self.write(async |tx| {
             for write in &writes {
-                listing::upsert(&tx, write).await?;
+                listing::upsert(tx, write).await?;
             }
-            Self::insert_audit(&tx, &audit).await?;
-            self.notify(&tx, Notice::Directory).await?;
-            tx.commit().await?;
+            Self::insert_audit(tx, &audit).await?;
+            self.notify(tx, Notice::Directory).await?;
             Ok(())
         })
     }

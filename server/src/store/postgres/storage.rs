@@ -139,9 +139,7 @@ impl Storage for PgStore {
         utc_offset_minutes: i32,
         limit: usize,
     ) -> Result<u64, StoreError> {
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
+        self.write(async |tx| {
             let gone = tx
                 .query(
                     "delete from events where ctid = any(array(
@@ -162,8 +160,7 @@ impl Storage for PgStore {
                     .iter()
                     .map(|e| crate::store::EventDay::of(e, utc_offset_minutes)),
             );
-            merge_event_days(&tx, &days).await?;
-            tx.commit().await?;
+            merge_event_days(tx, &days).await?;
             Ok(events.len() as u64)
         })
     }
@@ -184,9 +181,7 @@ impl Storage for PgStore {
     /// Oldest first by number (numbers follow creation), stopping at the
     /// first alert created after `before_ms`.
     fn prune_alerts(&self, before_ms: i64, limit: usize) -> Result<(u64, u64), StoreError> {
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
+        self.write(async |tx| {
             let rows = tx
                 .query(
                     "select number, body from alerts order by number limit $1",
@@ -215,7 +210,6 @@ impl Storage for PgStore {
             let alerts = tx
                 .execute("delete from alerts where number = any($1)", &[&doomed])
                 .await?;
-            tx.commit().await?;
             Ok((alerts, events))
         })
     }
@@ -232,9 +226,7 @@ impl Storage for PgStore {
     /// needs no index on time. One pruner at a time across replicas (an
     /// advisory lock for the transaction): the anchor moves in id order.
     fn prune_audit(&self, before_ms: i64, limit: usize) -> Result<u64, StoreError> {
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
+        self.write(async |tx| {
             tx.execute(
                 "select pg_advisory_xact_lock(hashtext('anxin.audit.prune'))",
                 &[],
@@ -271,7 +263,6 @@ impl Storage for PgStore {
                 &[&anchor.encode()],
             )
             .await?;
-            tx.commit().await?;
             Ok(ids.len() as u64)
         })
     }
@@ -440,9 +431,7 @@ impl Storage for PgStore {
                 closed_numbers.push(number);
             }
         }
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
+        self.write(async |tx| {
             tx.execute(
                 "insert into alerts (number, state, deadline_ms, body)
                  select * from unnest($1::bigint[], $2::int[], $3::bigint[], $4::bytea[])
@@ -463,7 +452,6 @@ impl Storage for PgStore {
                 &[&(highest as i64)],
             )
             .await?;
-            tx.commit().await?;
             Ok(())
         })
     }
@@ -508,9 +496,7 @@ impl Storage for PgStore {
     }
 
     fn rebase_deadlines(&self, step_ms: i64) -> Result<usize, StoreError> {
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
+        self.write(async |tx| {
             let rows = tx
                 .query(
                     "select body from alerts where deadline_ms is not null for update",
@@ -521,10 +507,9 @@ impl Storage for PgStore {
             for row in rows {
                 let mut alert: Alert = decode("alert", row.get(0))?;
                 alert.offer_deadline_ms = (alert.offer_deadline_ms + step_ms).max(1);
-                Self::write_alert(&tx, None, &alert).await?;
+                Self::write_alert(tx, None, &alert).await?;
                 moved += 1;
             }
-            tx.commit().await?;
             Ok(moved)
         })
     }
@@ -622,17 +607,14 @@ impl Storage for PgStore {
         delivery_id: &str,
         entry: AuditEntry,
     ) -> Result<bool, StoreError> {
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
+        self.write(async |tx| {
             let removed = tx
                 .execute("delete from outbox where delivery_id = $1", &[&delivery_id])
                 .await?;
             if removed == 0 {
                 return Ok(false);
             }
-            Self::insert_audit(&tx, &entry).await?;
-            tx.commit().await?;
+            Self::insert_audit(tx, &entry).await?;
             Ok(true)
         })
     }

@@ -48,28 +48,21 @@ impl WelfareStore for PgStore {
         day: &CheckinDay,
         audit: AuditEntry,
     ) -> Result<CheckinDay, StoreError> {
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
-            let written = tx
-                .execute(
-                    "insert into checkin_days (day, resident_id, body) values ($1, $2, $3)
-                     on conflict do nothing",
-                    &[&day.day, &day.resident_id, &day.encode_to_vec()],
-                )
-                .await?;
-            if written == 0 {
-                let row = tx
-                    .query_one(
-                        "select body from checkin_days where day = $1 and resident_id = $2",
-                        &[&day.day, &day.resident_id],
-                    )
-                    .await?;
-                return decode("check-in day", row.get(0));
+        self.write(async |tx| {
+            let (stored, new) = Self::insert_once(
+                tx,
+                "check-in day",
+                "checkin_days",
+                "resident_id",
+                day.day,
+                &day.resident_id,
+                day,
+            )
+            .await?;
+            if new {
+                Self::insert_audit(tx, &audit).await?;
             }
-            Self::insert_audit(&tx, &audit).await?;
-            tx.commit().await?;
-            Ok(day.clone())
+            Ok(stored)
         })
     }
 
@@ -102,9 +95,7 @@ impl WelfareStore for PgStore {
     fn put_visit_plans(&self, plans: &[VisitPlan], audit: AuditEntry) -> Result<(), StoreError> {
         let ids: Vec<&str> = plans.iter().map(|p| p.id.as_str()).collect();
         let bodies: Vec<Vec<u8>> = plans.iter().map(Message::encode_to_vec).collect();
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
+        self.write(async |tx| {
             tx.execute(
                 "insert into visit_plans (id, body)
                  select * from unnest($1::text[], $2::bytea[])
@@ -112,10 +103,9 @@ impl WelfareStore for PgStore {
                 &[&ids, &bodies],
             )
             .await?;
-            Self::insert_audit(&tx, &audit).await?;
+            Self::insert_audit(tx, &audit).await?;
             // Other replicas' visit judges read the plans again.
-            self.notify(&tx, Notice::Directory).await?;
-            tx.commit().await?;
+            self.notify(tx, Notice::Directory).await?;
             Ok(())
         })
     }
@@ -138,28 +128,22 @@ impl WelfareStore for PgStore {
         audit: AuditEntry,
         notifications: &[OutboxItem],
     ) -> Result<(Visit, bool), StoreError> {
-        self.block(async {
-            let mut client = self.pool.get().await?;
-            let tx = client.transaction().await?;
-            let written = tx
-                .execute(
-                    "insert into visits (day, plan_id, body) values ($1, $2, $3)
-                     on conflict do nothing",
-                    &[&visit.day, &visit.plan_id, &visit.encode_to_vec()],
-                )
-                .await?;
-            if written == 0 {
-                let row = tx
-                    .query_one(
-                        "select body from visits where day = $1 and plan_id = $2",
-                        &[&visit.day, &visit.plan_id],
-                    )
-                    .await?;
-                return Ok((decode("visit", row.get(0))?, false));
+        self.write(async |tx| {
+            let (stored, new) = Self::insert_once(
+                tx,
+                "visit",
+                "visits",
+                "plan_id",
+                visit.day,
+                &visit.plan_id,
+                visit,
+            )
+            .await?;
+            if !new {
+                return Ok((stored, false));
             }
-            Self::insert_audit(&tx, &audit).await?;
-            Self::insert_outbox(&*tx, notifications).await?;
-            tx.commit().await?;
+            Self::insert_audit(tx, &audit).await?;
+            Self::insert_outbox(&**tx, notifications).await?;
             Ok((visit.clone(), true))
         })
     }

@@ -37,7 +37,6 @@ use anxin_server::{
     domain::incidents::IncidentPolicy,
     domain::notification::WebhookHosts,
     metrics,
-    store::Store,
     tasks::escalation,
     tasks::health::{self, Health},
     tasks::outbox::{Deliverer, Webhook},
@@ -364,7 +363,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             anxin_server::tasks::control::socket_path(&config.store.path),
             cancel.clone(),
         ));
-        tasks.spawn(seal_store(
+        tasks.spawn(anxin_server::tasks::health::seal(
             desk.store().clone(),
             health.clone(),
             cancel.clone(),
@@ -448,42 +447,6 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     .await;
     tracing::info!("anxin-server stopped");
     Ok(())
-}
-
-/// Seals the store every second, and once more when the server stops, so a
-/// store that later opens with less than it had made durable is refused.
-/// Not while the store has failed (sled is left alone then; see
-/// `health.rs`). While it is short of space nothing new is written, but the
-/// store is still flushed: dispatchers' actions go on then, and a write of
-/// theirs that met `ENOSPC` leaves sled failed without telling anyone; the
-/// flush finds it, and the restart in place follows once there is room.
-async fn seal_store(store: Store, health: Arc<health::Health>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = cancel.cancelled() => true,
-            _ = tick.tick() => false,
-        };
-        let outcome = if health.store_error().is_some() {
-            Ok(())
-        } else if health.refuse_events().is_none() {
-            let sealing = store.clone();
-            tokio::task::spawn_blocking(move || sealing.seal())
-                .await
-                .expect("seal task panicked")
-        } else {
-            store.flush().await
-        };
-        if let Err(err) = outcome {
-            ::metrics::counter!(anxin_server::metrics::STORE_ERRORS).increment(1);
-            health.store_failed(&err);
-            tracing::warn!(error = %err, "sealing or flushing the store failed");
-        }
-        if stopping {
-            return;
-        }
-    }
 }
 
 /// The gRPC port's TLS: the server's identity, and the CA of gateways'

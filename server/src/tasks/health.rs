@@ -215,3 +215,94 @@ fn watch_loop(health: &Health, cancel: &CancellationToken) {
         }
     }
 }
+
+/// The rounds of a periodic task: [`Rounds::next`] waits for the next
+/// tick (or the wake signal) and skips rounds while the store has failed —
+/// a failed sled can block its callers, so it is left alone until the
+/// restart in place, and the next round after it catches up. The welfare
+/// judges, retention and the outbox's deliverer run this way; the
+/// escalation timer sleeps until the next deadline and the seal runs once
+/// more at shutdown, so they keep loops of their own.
+pub struct Rounds<'a> {
+    tick: tokio::time::Interval,
+    wake: Option<&'a tokio::sync::Notify>,
+    health: &'a Health,
+    cancel: &'a CancellationToken,
+}
+
+impl<'a> Rounds<'a> {
+    /// A round every `period` (a late one delays the next).
+    pub fn every(period: Duration, health: &'a Health, cancel: &'a CancellationToken) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            tick,
+            wake: None,
+            health,
+            cancel,
+        }
+    }
+
+    /// Also a round as soon as `wake` is signalled (new work was stored).
+    pub fn or_when(mut self, wake: &'a tokio::sync::Notify) -> Self {
+        self.wake = Some(wake);
+        self
+    }
+
+    /// Waits for the next round the store can take; `false` once
+    /// cancelled.
+    pub async fn next(&mut self) -> bool {
+        loop {
+            match self.wake {
+                None => tokio::select! {
+                    _ = self.cancel.cancelled() => return false,
+                    _ = self.tick.tick() => {}
+                },
+                Some(wake) => tokio::select! {
+                    _ = self.cancel.cancelled() => return false,
+                    _ = self.tick.tick() => {}
+                    _ = wake.notified() => {}
+                },
+            }
+            if self.health.store_error().is_none() {
+                return true;
+            }
+        }
+    }
+}
+
+/// Seals the store every second, and once more when the server stops, so a
+/// store that later opens with less than it had made durable is refused.
+/// Not while the store has failed (sled is left alone then; see
+/// `health.rs`). While it is short of space nothing new is written, but the
+/// store is still flushed: dispatchers' actions go on then, and a write of
+/// theirs that met `ENOSPC` leaves sled failed without telling anyone; the
+/// flush finds it, and the restart in place follows once there is room.
+pub async fn seal(store: Store, health: Arc<Health>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = cancel.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let outcome = if health.store_error().is_some() {
+            Ok(())
+        } else if health.refuse_events().is_none() {
+            let sealing = store.clone();
+            tokio::task::spawn_blocking(move || sealing.seal())
+                .await
+                .expect("seal task panicked")
+        } else {
+            store.flush().await
+        };
+        if let Err(err) = outcome {
+            metrics::counter!(m::STORE_ERRORS).increment(1);
+            health.store_failed(&err);
+            tracing::warn!(error = %err, "sealing or flushing the store failed");
+        }
+        if stopping {
+            return;
+        }
+    }
+}

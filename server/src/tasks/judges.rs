@@ -8,7 +8,7 @@ use crate::{
         alerts::AlertDesk,
         welfare::{checkins::CheckinJudge, visits::VisitJudge},
     },
-    tasks::health::Health,
+    tasks::health::{Health, Rounds},
 };
 
 /// The welfare task: judges check-in windows as they close and flags
@@ -20,18 +20,8 @@ pub async fn run(
 ) {
     let mut checkins = CheckinJudge::new(desk.clone());
     let mut visits = VisitJudge::new(desk);
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        // A failed store is left alone until the restart in place; the
-        // judges catch up on the days they missed after it.
-        if health.store_error().is_some() {
-            continue;
-        }
+    let mut rounds = Rounds::every(std::time::Duration::from_secs(1), &health, &cancel);
+    while rounds.next().await {
         let now = now_ms();
         if let Err(err) = checkins.tick(now).await {
             metrics::counter!(crate::metrics::STORE_ERRORS).increment(1);

@@ -23,6 +23,7 @@ pub use crate::domain::notification::{Notification, WebhookHosts};
 use crate::{
     desks::outbox::Notifier,
     store::{OutboxItem, Store},
+    tasks::health::Rounds,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -160,29 +161,24 @@ impl Deliverer {
         health: std::sync::Arc<crate::tasks::health::Health>,
         cancel: tokio_util::sync::CancellationToken,
     ) {
-        loop {
+        let wake = self.wake.clone();
+        // A failed store is left alone until the restart in place (a
+        // failed sled can block its callers); the outbox keeps what is due
+        // and the next process delivers it.
+        let mut rounds = Rounds::every(POLL, &health, &cancel).or_when(&wake);
+        while rounds.next().await {
             let lease = self.lease.as_millis() as i64;
-            // A failed store is left alone until the restart in place (a
-            // failed sled can block its callers); the outbox keeps what is
-            // due and the next process delivers it.
-            if health.store_error().is_none() {
-                match self.store.claim_notifications(now_ms(), lease, CLAIM) {
-                    Ok(items) => {
-                        for item in items {
-                            let this = self.clone();
-                            tokio::spawn(async move { this.attempt(item).await });
-                        }
-                    }
-                    Err(err) => {
-                        health.store_failed(&err);
-                        tracing::warn!(error = %err, "reading the notification outbox failed")
+            match self.store.claim_notifications(now_ms(), lease, CLAIM) {
+                Ok(items) => {
+                    for item in items {
+                        let this = self.clone();
+                        tokio::spawn(async move { this.attempt(item).await });
                     }
                 }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = self.wake.notified() => {}
-                _ = cancel.cancelled() => return,
+                Err(err) => {
+                    health.store_failed(&err);
+                    tracing::warn!(error = %err, "reading the notification outbox failed")
+                }
             }
         }
     }

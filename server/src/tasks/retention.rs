@@ -15,6 +15,7 @@ use std::time::Duration;
 use anxin_proto::{now_ms, v1::AuditEntry};
 use tokio_util::sync::CancellationToken;
 
+use crate::tasks::health::Rounds;
 use crate::{
     config::RetentionConfig,
     domain::calendar,
@@ -184,18 +185,8 @@ pub async fn run(
         tracing::info!("retention: every record is kept (retention.* = \"keep\")");
         return;
     }
-    let mut tick = tokio::time::interval(policy.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        if health.store_error().is_some() {
-            // Out of use until the restart in place (a failed sled can
-            // block its callers); the next run after it catches up.
-            continue;
-        }
+    let mut rounds = Rounds::every(policy.interval, &health, &cancel);
+    while rounds.next().await {
         let started = std::time::Instant::now();
         match prune(&store, &policy, now_ms()).await {
             Ok(pruned) => {

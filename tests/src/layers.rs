@@ -12,7 +12,8 @@ use std::{
 
 use syn::visit::Visit;
 
-/// A layer: the files under any of `prefixes` (relative to `src/`, the
+/// A layer: the files named by any of `prefixes` (relative to `src/`: a
+/// file, `config.rs`; a folder, `store/`; or "" for every file; the
 /// longest prefix wins) may import only from layers at or below `rank`.
 pub struct Layer {
     pub name: &'static str,
@@ -50,6 +51,9 @@ struct Module {
     /// local name → absolute path (segments from the crate root);
     /// a glob is kept under "*".
     uses: Vec<(String, Vec<String>)>,
+    /// Paths written in the module's code (outside `use` items), resolved
+    /// against its names once the whole tree is read.
+    code_paths: Vec<Vec<String>>,
 }
 
 struct Tree {
@@ -188,7 +192,7 @@ fn scan_tokens(tokens: &[proc_macro2::TokenTree], found: &mut Vec<Vec<String>>) 
         if let TokenTree::Ident(first) = &tokens[i] {
             let mut segments = vec![first.to_string()];
             let mut j = i + 1;
-            while j + 2 < tokens.len() + 1 {
+            loop {
                 match (&tokens.get(j), &tokens.get(j + 1), &tokens.get(j + 2)) {
                     (
                         Some(TokenTree::Punct(a)),
@@ -218,16 +222,11 @@ fn parse(file: &Path) -> syn::File {
 }
 
 /// Reads the module tree from `root_file` (lib.rs or main.rs).
-fn read_tree(
-    src: &Path,
-    root_file: &Path,
-    library: Option<String>,
-) -> (Tree, HashMap<String, Vec<Vec<String>>>) {
+fn read_tree(src: &Path, root_file: &Path, library: Option<String>) -> Tree {
     let mut tree = Tree {
         modules: HashMap::new(),
         library,
     };
-    let mut code_paths: HashMap<String, Vec<Vec<String>>> = HashMap::new();
     let mut pending: Vec<(Vec<String>, PathBuf, PathBuf)> =
         vec![(vec![], root_file.to_path_buf(), src.to_path_buf())];
     while let Some((module_path, file, dir)) = pending.pop() {
@@ -249,14 +248,12 @@ fn read_tree(
             &mut module,
             &mut tree,
             &mut pending,
-            &mut code_paths,
         );
         tree.modules.insert(module_path, module);
     }
-    (tree, code_paths)
+    tree
 }
 
-#[allow(clippy::too_many_arguments)]
 fn read_items(
     items: &[syn::Item],
     module_path: &[String],
@@ -265,7 +262,6 @@ fn read_items(
     module: &mut Module,
     tree: &mut Tree,
     pending: &mut Vec<(Vec<String>, PathBuf, PathBuf)>,
-    code_paths: &mut HashMap<String, Vec<Vec<String>>>,
 ) {
     let mut paths = Paths::default();
     for item in items {
@@ -299,7 +295,6 @@ fn read_items(
                             &mut inner_module,
                             tree,
                             pending,
-                            code_paths,
                         );
                         tree.modules.insert(child_path.clone(), inner_module);
                     }
@@ -373,11 +368,7 @@ fn read_items(
             other => paths.visit_item(other),
         }
     }
-    // Code paths are resolved against this module's names later.
-    let entry = code_paths
-        .entry(format!("{}\u{0}{}", rel, module_path.join("::")))
-        .or_default();
-    entry.extend(paths.found);
+    module.code_paths.extend(paths.found);
 }
 
 impl Tree {
@@ -444,11 +435,7 @@ impl Tree {
     }
 }
 
-fn imports_of(
-    tree: &Tree,
-    library: Option<&Tree>,
-    code_paths: &HashMap<String, Vec<Vec<String>>>,
-) -> Vec<Import> {
+fn imports_of(tree: &Tree, library: Option<&Tree>) -> Vec<Import> {
     let mut out = Vec::new();
     let mut by_module: Vec<(&Vec<String>, &Module)> = tree.modules.iter().collect();
     by_module.sort_by(|a, b| a.0.cmp(b.0));
@@ -458,11 +445,7 @@ fn imports_of(
             if let (Some(lib), Some(first)) = (library, segments.first())
                 && Some(first.as_str()) == lib_name
             {
-                let mut abs: Vec<String> = segments[1..].to_vec();
-                if abs.is_empty() {
-                    abs = vec![];
-                }
-                if let Some(to) = lib.resolve(&abs, 0) {
+                if let Some(to) = lib.resolve(&segments[1..], 0) {
                     out.push(Import {
                         from: module.file.clone(),
                         to,
@@ -485,10 +468,8 @@ fn imports_of(
         for (_, target) in &module.uses {
             add(target);
         }
-        if let Some(paths) = code_paths.get(&format!("{}\u{0}{}", module.file, here.join("::"))) {
-            for p in paths {
-                add(p);
-            }
+        for path in &module.code_paths {
+            add(path);
         }
     }
     out
@@ -498,13 +479,12 @@ fn imports_of(
 /// `src/main.rs`, which may reach the library as `library`).
 pub fn check(crate_dir: &Path, library: &str, layers: &[Layer]) -> Findings {
     let src = crate_dir.join("src");
-    let (lib_tree, lib_paths) = read_tree(&src, &src.join("lib.rs"), None);
-    let mut imports = imports_of(&lib_tree, None, &lib_paths);
+    let lib_tree = read_tree(&src, &src.join("lib.rs"), None);
+    let mut imports = imports_of(&lib_tree, None);
     let mut files: BTreeSet<String> = lib_tree.modules.values().map(|m| m.file.clone()).collect();
     if src.join("main.rs").exists() {
-        let (bin_tree, bin_paths) =
-            read_tree(&src, &src.join("main.rs"), Some(library.to_string()));
-        imports.extend(imports_of(&bin_tree, Some(&lib_tree), &bin_paths));
+        let bin_tree = read_tree(&src, &src.join("main.rs"), Some(library.to_string()));
+        imports.extend(imports_of(&bin_tree, Some(&lib_tree)));
         files.extend(bin_tree.modules.values().map(|m| m.file.clone()));
     }
     let mut seen = BTreeSet::new();
@@ -515,12 +495,7 @@ pub fn check(crate_dir: &Path, library: &str, layers: &[Layer]) -> Findings {
         layers
             .iter()
             .flat_map(|l| l.prefixes.iter().map(move |p| (l, *p)))
-            .filter(|(_, p)| {
-                p.is_empty()
-                    || rel == *p
-                    || rel.starts_with(&format!("{}/", p.trim_end_matches('/')))
-                    || (p.ends_with('/') && rel.starts_with(p))
-            })
+            .filter(|(_, p)| p.is_empty() || rel == *p || (p.ends_with('/') && rel.starts_with(p)))
             .max_by_key(|(_, p)| p.len())
             .map(|(l, _)| l)
     };

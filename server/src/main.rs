@@ -273,7 +273,6 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             WebhookHosts::new(&config.notify.webhook_hosts),
         )),
         &notifier,
-        store.clone(),
         config.notify.attempts,
         Duration::from_millis(config.notify.backoff_initial_ms),
         Duration::from_millis(config.notify.timeout_ms),

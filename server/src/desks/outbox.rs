@@ -27,6 +27,11 @@ impl Notifier {
         }
     }
 
+    /// The store the outbox is in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The signal the deliverer waits on.
     pub fn signal(&self) -> Arc<tokio::sync::Notify> {
         self.wake.clone()

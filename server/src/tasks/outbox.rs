@@ -140,14 +140,13 @@ impl Deliverer {
     pub fn new(
         channel: std::sync::Arc<dyn Channel>,
         notifier: &Notifier,
-        store: Store,
         attempts: u32,
         backoff_initial: Duration,
         attempt_timeout: Duration,
     ) -> Self {
         Self {
             channel,
-            store,
+            store: notifier.store().clone(),
             attempts: attempts.max(1),
             backoff_initial,
             lease: attempt_timeout + Duration::from_secs(10),
@@ -161,11 +160,10 @@ impl Deliverer {
         health: std::sync::Arc<crate::tasks::health::Health>,
         cancel: tokio_util::sync::CancellationToken,
     ) {
-        let wake = self.wake.clone();
         // A failed store is left alone until the restart in place (a
         // failed sled can block its callers); the outbox keeps what is due
         // and the next process delivers it.
-        let mut rounds = Rounds::every(POLL, &health, &cancel).or_when(&wake);
+        let mut rounds = Rounds::every(POLL, &health, &cancel).or_when(&self.wake);
         while rounds.next().await {
             let lease = self.lease.as_millis() as i64;
             match self.store.claim_notifications(now_ms(), lease, CLAIM) {

@@ -131,20 +131,27 @@ fn refuse_foreign(desk: &AlertDesk, gateway_id: &str, refused: &[(String, u64)])
         .map(|(device, seq)| format!("{device}#{seq}"))
         .collect();
     tracing::warn!(gateway_id, count = refused.len(), examples = %examples.join(","), "events for devices this gateway may not speak for refused (another gateway's, or the server's own)");
+    let detail = format!(
+        "{} event(s) for devices registered to another gateway, e.g. {}",
+        refused.len(),
+        examples.join(", ")
+    );
+    refuse_uplink(desk, gateway_id, &detail);
+}
+
+/// Audits what the uplink refused a gateway (`uplink.refused`): a stream at
+/// connect (`detail` says why), or events for devices it may not speak for.
+pub fn refuse_uplink(desk: &AlertDesk, gateway_id: &str, detail: &str) {
     let entry = anxin_proto::v1::AuditEntry {
         at_ms: now_ms(),
         actor: format!("gateway/{gateway_id}"),
         action: "uplink.refused".into(),
         target: format!("gateway/{gateway_id}"),
-        detail: format!(
-            "{} event(s) for devices registered to another gateway, e.g. {}",
-            refused.len(),
-            examples.join(", ")
-        ),
+        detail: detail.to_string(),
         ..Default::default()
     };
     if let Err(err) = desk.store().append(entry) {
-        tracing::error!(gateway_id, error = %err, "auditing refused events failed");
+        tracing::error!(gateway_id, error = %err, "auditing a refusal on the uplink failed");
     }
 }
 
@@ -467,20 +474,5 @@ impl GatewayIntake {
             }
         }
         taken.acks
-    }
-}
-
-/// Audits a stream refused at connect (`problem` says why).
-pub fn refuse_uplink(desk: &AlertDesk, gateway_id: &str, problem: &str) {
-    let entry = anxin_proto::v1::AuditEntry {
-        at_ms: now_ms(),
-        actor: format!("gateway/{gateway_id}"),
-        action: "uplink.refused".into(),
-        target: format!("gateway/{gateway_id}"),
-        detail: problem.to_string(),
-        ..Default::default()
-    };
-    if let Err(err) = desk.store().append(entry) {
-        tracing::error!(gateway_id, error = %err, "auditing a refused uplink failed");
     }
 }

@@ -31,11 +31,12 @@ use anxin_server::{
     config::ServerConfig,
     desks::admin::AdminDesk,
     desks::alerts::{AlertDesk, DeskPolicy},
-    desks::auth::{self, Authenticator},
+    desks::auth::Authenticator,
     desks::gateways::ConnectedGateways,
     desks::outbox::Notifier,
     domain::incidents::IncidentPolicy,
     domain::notification::WebhookHosts,
+    domain::rights,
     metrics,
     tasks::escalation,
     tasks::health::{self, Health},
@@ -258,7 +259,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     tracing::info!(backend = store.backend(), at = %commands::store_location(&config), "store open");
     store.retain_events_for(config.retention.events.ms());
     let admin_token = if config.auth.admin_token.is_empty() {
-        let token = auth::new_token();
+        let token = rights::new_token();
         tracing::warn!(admin_token = %token, "no auth.admin_token configured; made one for this run");
         token
     } else {

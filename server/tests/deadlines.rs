@@ -11,10 +11,10 @@ use anxin_proto::{
 use anxin_server::{
     desks::admin::AdminDesk,
     desks::alerts::{AlertDesk, DeskPolicy},
-    desks::auth::Principal,
     desks::gateways::ConnectedGateways,
     desks::outbox::Notifier,
     domain::incidents::{Decision, IncidentPolicy, Origin},
+    domain::rights::Principal,
     store::{self, Committed},
 };
 

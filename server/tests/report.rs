@@ -2,7 +2,7 @@
 //! worked out by hand below.
 
 use anxin_proto::v1::{Alert, AlertState, EventKind, Staff, StaffRole};
-use anxin_server::{desks::admin::AdminDesk, desks::auth::Principal, domain::reports, store};
+use anxin_server::{desks::admin::AdminDesk, domain::reports, domain::rights::Principal, store};
 
 const MIN: i64 = 60_000;
 

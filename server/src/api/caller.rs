@@ -5,11 +5,8 @@ use axum::{extract::FromRequestParts, http::header, http::request::Parts};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::ApiError;
-use crate::desks::{
-    admin::AdminDesk,
-    alerts::AlertDesk,
-    auth::{Authenticator, Principal},
-};
+use crate::desks::{admin::AdminDesk, alerts::AlertDesk, auth::Authenticator};
+use crate::domain::rights::Principal;
 
 #[derive(Clone)]
 pub struct RestState {

@@ -19,7 +19,8 @@ use super::ApiError;
 use crate::{
     desks::admin::AdminDesk,
     desks::alerts::{Act, AlertDesk},
-    desks::auth::{Authenticator, Principal},
+    desks::auth::Authenticator,
+    domain::rights::Principal,
 };
 
 impl From<ApiError> for Status {

@@ -27,11 +27,12 @@ use super::ApiError;
 pub use super::caller::{Caller, RestState};
 use crate::{
     desks::alerts::Act,
-    desks::auth::{Authenticator, Need, Principal},
+    desks::auth::Authenticator,
     desks::welfare::view::PlaceNames,
     domain::lifecycle,
     domain::listing::{ListQuery, Page},
     domain::reports,
+    domain::rights::{Need, Principal},
     store::directory::Directory,
 };
 

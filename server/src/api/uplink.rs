@@ -19,9 +19,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     desks::{
         alerts::AlertDesk,
-        auth::{Authenticator, Principal},
+        auth::Authenticator,
         intake::{GatewayIntake, refuse_uplink, roster_of},
     },
+    domain::rights::Principal,
     metrics as m,
     store::StoreError,
     tasks::health::Health,

@@ -317,7 +317,7 @@ pub async fn import_file(
     let started = std::time::Instant::now();
     let report = admin
         .import(
-            &anxin_server::desks::auth::Principal::Admin,
+            &anxin_server::domain::rights::Principal::Admin,
             kind,
             anxin_server::desks::admin::ImportSource::File(file.to_path_buf()),
             move |p| {

@@ -11,7 +11,7 @@
 use anxin_proto::v1::{DeviceRecord, GatewayRecord, Place, Resident, Staff, VisitPlan};
 use serde::Deserialize;
 
-use anxin_server::{desks::admin::AdminDesk, desks::auth::Principal};
+use anxin_server::{desks::admin::AdminDesk, domain::rights::Principal};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

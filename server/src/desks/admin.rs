@@ -14,11 +14,11 @@ use std::sync::Arc;
 use crate::{
     desks::alerts::DeskError,
     desks::audit::guard,
-    desks::auth::{self, Need, Principal},
     desks::gateways::ConnectedGateways,
     desks::import::{self, ImportKind},
     domain::listing::{ListQuery, Page},
     domain::reports,
+    domain::rights::{self, Need, Principal},
     store::Store,
     store::directory::{self, Directory, DirectoryBatch, TokenRecord},
 };
@@ -241,7 +241,7 @@ impl AdminDesk {
         let existing = self.store.device(&device.id)?;
         let rekeyed = !device.password.is_empty() || !device.password_sha256.is_empty();
         if !device.password.is_empty() {
-            device.password_sha256 = auth::digest(&device.password);
+            device.password_sha256 = rights::digest(&device.password);
             device.password.clear();
         } else if device.password_sha256.is_empty()
             && let Some(existing) = &existing
@@ -338,7 +338,7 @@ impl AdminDesk {
             directory::check_community(&self.store, &gateway.community_id).map_err(bad)?;
         }
         let token = match token {
-            "" => auth::new_token(),
+            "" => rights::new_token(),
             t if t.len() < 16 => {
                 return Err(bad("a gateway token needs at least 16 characters".into()));
             }
@@ -346,7 +346,7 @@ impl AdminDesk {
         };
         self.store.put_gateway(
             &gateway,
-            &auth::digest(&token),
+            &rights::digest(&token),
             entry(
                 caller,
                 "gateway.put",
@@ -471,8 +471,8 @@ impl AdminDesk {
         session: bool,
         action: &str,
     ) -> Result<IssuedToken, DeskError> {
-        let token = auth::new_token();
-        let digest = auth::digest(&token);
+        let token = rights::new_token();
+        let digest = rights::digest(&token);
         let now = now_ms();
         let record = TokenRecord {
             subject_kind: subject_kind.into(),
@@ -500,7 +500,7 @@ impl AdminDesk {
         caller: &Principal,
         presented: &str,
     ) -> Result<(IssuedToken, i64), DeskError> {
-        let digest = auth::digest(presented);
+        let digest = rights::digest(presented);
         let Some(mut old) = self.store.token(&digest)? else {
             return Err(bad(
                 "only a token from the directory can be rotated (not the bootstrap admin token)"
@@ -628,7 +628,7 @@ impl AdminDesk {
             return Err(bad("an API token needs at least 16 characters".into()));
         }
         self.store.put_token(
-            &auth::digest(token),
+            &rights::digest(token),
             &TokenRecord {
                 subject_kind: "staff".into(),
                 subject_id: staff_id.into(),

@@ -17,12 +17,13 @@ use tokio::sync::{Notify, broadcast};
 
 use crate::{
     desks::audit::guard,
-    desks::auth::{AuthError, Need, Principal},
+    desks::auth::AuthError,
     desks::gateways::ConnectedGateways,
     desks::outbox::Notifier,
     domain::incidents::{self, IncidentPolicy},
     domain::lifecycle,
     domain::notification::Notification,
+    domain::rights::{Need, Principal},
     domain::routing::{self, Step},
     metrics as m,
     store::directory::Directory,

@@ -8,7 +8,8 @@
 use anxin_proto::v1::AuditEntry;
 
 use crate::{
-    desks::auth::{AuthError, Need, Principal},
+    desks::auth::AuthError,
+    domain::rights::{Need, Principal},
     store::Store,
 };
 

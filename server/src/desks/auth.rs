@@ -6,7 +6,7 @@
 //! a person or moving them to another community takes effect at once. The
 //! bootstrap admin token comes from the config (`auth.admin_token`).
 
-pub use crate::domain::rights::{Forbidden, Need, Principal, digest, new_token};
+use crate::domain::rights::{Forbidden, Principal, digest};
 use crate::{
     store::directory::Directory,
     store::{Store, StoreError},

@@ -399,7 +399,7 @@ fn read_rows(
                                     .as_ref()
                                     .map(|d| d.password_sha256.clone())
                                     .unwrap_or_default(),
-                                p => crate::desks::auth::digest(&p),
+                                p => crate::domain::rights::digest(&p),
                             },
                             deactivated: existing.is_some_and(|d| d.deactivated),
                             id,

@@ -16,8 +16,8 @@ use super::{
 use crate::{
     desks::alerts::{AlertDesk, DeskError},
     desks::audit::guard,
-    desks::auth::{Need, Principal},
     domain::calendar::{date_of, local_day, parse_date},
+    domain::rights::{Need, Principal},
     store::StoreError,
 };
 

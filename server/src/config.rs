@@ -314,7 +314,7 @@ impl Default for HttpConfig {
         ServerConfig::default().http
     }
 }
-pub use crate::store::Backend;
+use crate::store::Backend;
 
 impl StoreConfig {
     /// What the store needs of this section to open.

@@ -25,8 +25,9 @@ use anxin_proto::v1::{
 use anxin_server::{
     api::uplink::UplinkService,
     api::{
+        caller::RestState,
         grpc::{AdminService, DispatchService},
-        rest::{self, RestState},
+        rest,
     },
     config::ServerConfig,
     desks::admin::AdminDesk,

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiError;
-pub use super::caller::{Caller, RestState};
+use super::caller::{Caller, RestState};
 use crate::{
     desks::alerts::Act,
     desks::auth::Authenticator,

@@ -10,9 +10,9 @@ pub mod seed;
 use std::sync::Arc;
 
 use anxin_server::{
-    config::Backend,
     config::ServerConfig,
     desks::admin::AdminDesk,
+    store::Backend,
     store::{
         self, Store,
         backup::{Job, Outcome},

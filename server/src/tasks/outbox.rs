@@ -19,7 +19,7 @@ use anxin_proto::{now_ms, v1::AuditEntry};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-pub use crate::domain::notification::{Notification, WebhookHosts};
+use crate::domain::notification::{Notification, WebhookHosts};
 use crate::{
     desks::outbox::Notifier,
     store::{OutboxItem, Store},

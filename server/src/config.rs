@@ -33,8 +33,52 @@ pub struct ServerConfig {
     pub incidents: IncidentsConfig,
     pub routing: RoutingConfig,
     pub notify: NotifyConfig,
+    pub family: FamilyConfig,
+    pub sms: SmsConfig,
     pub reports: ReportsConfig,
     pub retention: RetentionConfig,
+}
+
+/// The family call-out (docs/dispatch.md, "Family").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FamilyConfig {
+    /// Family first: how long each contact has to answer "I'm going"
+    /// before the next is called.
+    pub answer_secs: u64,
+    /// Family first: how many times the list is gone through.
+    pub rounds: u32,
+    /// Family first: the longest the staff chain waits for the family on a
+    /// P0 (a fall, an SOS), whatever the list's length.
+    pub p0_staff_limit_secs: u64,
+    /// The same for every other priority.
+    pub staff_limit_secs: u64,
+    /// Where the family view is reached from a phone: the console's public
+    /// address (`https://anxin.example.cn`); links in SMS start with it.
+    /// Empty: `http://` + `http.listen`, which suits only a test bench.
+    pub public_url: String,
+    /// How long a link in an SMS may be used (once).
+    pub link_ttl_secs: u64,
+    /// How long a family member stays signed in from a link.
+    pub session_secs: u64,
+}
+
+/// SMS through Kannel's smsbox (docs/deploy.md, "SMS"): `sendsms` over
+/// HTTP, delivery reports back to `dlr_url`. Empty `sendsms_url`: no SMS
+/// channel (messages to an `sms:` address fail and are audited).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsConfig {
+    /// smsbox's sendsms address, e.g. `http://127.0.0.1:13013/cgi-bin/sendsms`.
+    pub sendsms_url: String,
+    /// A `sendsms-user` of smsbox.
+    pub username: String,
+    pub password: String,
+    /// The sender shown on phones (a long number or the carrier's sender id).
+    pub from: String,
+    /// This server's address as Kannel reaches it, for delivery reports
+    /// (`http://10.0.0.5:8080`); empty: no delivery reports asked for.
+    pub dlr_base_url: String,
 }
 
 /// How long the server keeps each kind of record (docs/operations.md,
@@ -288,6 +332,22 @@ impl Default for ServerConfig {
                 backoff_initial_ms: 500,
                 timeout_ms: 5000,
             },
+            family: FamilyConfig {
+                answer_secs: 180,
+                rounds: 2,
+                p0_staff_limit_secs: 180,
+                staff_limit_secs: 900,
+                public_url: String::new(),
+                link_ttl_secs: 3600,
+                session_secs: 12 * 3600,
+            },
+            sms: SmsConfig {
+                sendsms_url: String::new(),
+                username: String::new(),
+                password: String::new(),
+                from: String::new(),
+                dlr_base_url: String::new(),
+            },
             reports: ReportsConfig {
                 ack_target_secs: 60,
             },
@@ -357,6 +417,16 @@ impl Default for RoutingConfig {
 impl Default for NotifyConfig {
     fn default() -> Self {
         ServerConfig::default().notify
+    }
+}
+impl Default for FamilyConfig {
+    fn default() -> Self {
+        ServerConfig::default().family
+    }
+}
+impl Default for SmsConfig {
+    fn default() -> Self {
+        ServerConfig::default().sms
     }
 }
 impl Default for ReportsConfig {
@@ -481,6 +551,32 @@ impl ServerConfig {
         }
         if self.incidents.window_secs == 0 {
             return invalid("incidents.window_secs", "must be at least 1");
+        }
+        if self.family.answer_secs == 0 {
+            return invalid("family.answer_secs", "must be at least 1");
+        }
+        if self.family.rounds == 0 {
+            return invalid("family.rounds", "must be at least 1");
+        }
+        if self.family.link_ttl_secs == 0 {
+            return invalid("family.link_ttl_secs", "must be at least 1");
+        }
+        for (field, url) in [
+            ("family.public_url", &self.family.public_url),
+            ("sms.sendsms_url", &self.sms.sendsms_url),
+            ("sms.dlr_base_url", &self.sms.dlr_base_url),
+        ] {
+            if !url.is_empty()
+                && !reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+            {
+                return invalid(field, "must be an http(s) URL");
+            }
+        }
+        if !self.sms.sendsms_url.is_empty() && self.sms.username.is_empty() {
+            return invalid(
+                "sms.username",
+                "a sendsms-user of smsbox is needed with sms.sendsms_url",
+            );
         }
         if self.notify.attempts == 0 {
             return invalid("notify.attempts", "must be at least 1");

@@ -268,17 +268,6 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     };
     let authenticator = Authenticator::new(store.clone(), &admin_token);
     let notifier = Notifier::new(store.clone());
-    let deliverer = Deliverer::new(
-        Arc::new(Webhook::new(
-            &config.notify.secret,
-            Duration::from_millis(config.notify.timeout_ms),
-            WebhookHosts::new(&config.notify.webhook_hosts),
-        )),
-        &notifier,
-        config.notify.attempts,
-        Duration::from_millis(config.notify.backoff_initial_ms),
-        Duration::from_millis(config.notify.timeout_ms),
-    );
     let secs = |s: u64| (s * 1000) as i64;
     let policy = DeskPolicy {
         incidents: IncidentPolicy {
@@ -289,6 +278,13 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         p1_deadline_ms: secs(config.routing.p1_deadline_secs),
         utc_offset_minutes: config.routing.utc_offset_minutes,
         emergency_hook: config.notify.emergency_webhook.clone(),
+        callout: anxin_server::domain::family::CalloutRules {
+            answer_ms: secs(config.family.answer_secs),
+            rounds: config.family.rounds,
+            p0_limit_ms: secs(config.family.p0_staff_limit_secs),
+            limit_ms: secs(config.family.staff_limit_secs),
+            utc_offset_minutes: config.routing.utc_offset_minutes,
+        },
     };
     let gateways = Arc::new(ConnectedGateways::default());
     let admin = AdminDesk::new(
@@ -305,6 +301,41 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     });
     let remote_changes = store.remote_changes();
     let desk = AlertDesk::new(store, gateways, policy, notifier.clone());
+    let family = anxin_server::desks::family::FamilyDesk::new(
+        desk.clone(),
+        anxin_server::desks::family::LinkPolicy {
+            public_url: if config.family.public_url.is_empty() {
+                let scheme = if config.http.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{}", http_listener.local_addr()?)
+            } else {
+                config.family.public_url.clone()
+            },
+            link_ttl_ms: secs(config.family.link_ttl_secs),
+            session_ms: secs(config.family.session_secs),
+        },
+    );
+    let deliverer = Deliverer::new(
+        Arc::new(anxin_server::tasks::outbox::Channels {
+            webhook: Webhook::new(
+                &config.notify.secret,
+                Duration::from_millis(config.notify.timeout_ms),
+                WebhookHosts::new(&config.notify.webhook_hosts),
+            ),
+            sms: anxin_server::tasks::outbox::Sms::new(
+                config.sms.clone(),
+                Duration::from_millis(config.notify.timeout_ms),
+                family.clone(),
+            ),
+        }),
+        &notifier,
+        config.notify.attempts,
+        Duration::from_millis(config.notify.backoff_initial_ms),
+        Duration::from_millis(config.notify.timeout_ms),
+    );
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -405,6 +436,8 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         auth: authenticator,
         metrics: prometheus,
         health,
+        family,
+        sms_report_key: config.sms.password.clone(),
     });
     let http_cancel = cancel.clone();
     match &config.http.tls {

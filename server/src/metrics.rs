@@ -32,6 +32,9 @@ pub const RETENTION_PRUNED: &str = "anxin_server_retention_pruned_total";
 pub const RETENTION_LAST_RUN: &str = "anxin_server_retention_last_run_seconds";
 pub const CONTROL_REFUSED: &str = "anxin_server_control_refused_total";
 pub const BACKUPS_FAILED: &str = "anxin_server_backups_failed_total";
+pub const ACCESS_DENIED: &str = "anxin_server_access_denied_total";
+pub const FAMILY_LINKS: &str = "anxin_server_family_links_total";
+pub const SMS_REPORTS: &str = "anxin_server_sms_reports_total";
 
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()

@@ -46,6 +46,7 @@ async fn a_fall_joining_an_offered_alert_shortens_its_deadline_to_p0s() {
             name: id.into(),
             level: level as i32,
             parent_id: parent.into(),
+            ..Default::default()
         };
         admin.put_place(&Principal::Admin, place).unwrap();
     }
@@ -76,6 +77,13 @@ async fn a_fall_joining_an_offered_alert_shortens_its_deadline_to_p0s() {
         p1_deadline_ms: 300_000,
         utc_offset_minutes: 480,
         emergency_hook: String::new(),
+        callout: anxin_server::domain::family::CalloutRules {
+            answer_ms: 180_000,
+            rounds: 2,
+            p0_limit_ms: 180_000,
+            limit_ms: 900_000,
+            utc_offset_minutes: 480,
+        },
     };
     let notifier = Notifier::new(store.clone());
     let desk = AlertDesk::new(

@@ -19,6 +19,7 @@ pub mod certs;
 pub mod grpc;
 pub mod host;
 pub mod https;
+pub mod kannel;
 pub mod layers;
 pub mod mqtt;
 pub mod paho;

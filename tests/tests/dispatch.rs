@@ -583,6 +583,7 @@ async fn the_grpc_admin_and_dispatch_services_check_the_same_rights() {
         name: "北京市".into(),
         level: PlaceLevel::City as i32,
         parent_id: String::new(),
+        ..Default::default()
     };
     admin.put_place(city.clone()).await.unwrap();
     let mut orphan = city.clone();

@@ -15,6 +15,9 @@ pub struct RestState {
     pub auth: Authenticator,
     pub metrics: PrometheusHandle,
     pub health: std::sync::Arc<crate::tasks::health::Health>,
+    pub family: crate::desks::family::FamilyDesk,
+    /// The key of the tags in Kannel's delivery-report URLs.
+    pub sms_report_key: String,
 }
 
 /// The authenticated caller of a request.
@@ -42,6 +45,42 @@ impl FromRequestParts<RestState> for Caller {
                 "gateway tokens are for the uplink only".into(),
             ));
         }
+        if matches!(principal, Principal::Family(_)) {
+            let why = "a family session opens the family view only";
+            crate::desks::audit::deny(state.desk.store(), &principal, "", parts.uri.path(), why);
+            return Err(ApiError::Forbidden(why.into()));
+        }
         Ok(Caller(principal))
+    }
+}
+
+/// A family member signed in from a link: the only caller the family
+/// view's endpoints take.
+pub struct FamilyCaller(pub crate::domain::rights::FamilyMember);
+
+impl FromRequestParts<RestState> for FamilyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let from_query = parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|pair| pair.strip_prefix("access_token="))
+                .map(str::to_string)
+        });
+        let token = Authenticator::bearer(header)
+            .map(str::to_string)
+            .or(from_query);
+        match state.auth.authenticate(token.as_deref())? {
+            Principal::Family(member) => Ok(FamilyCaller(member)),
+            other => {
+                let why = "the family view is for a family member signed in from their link";
+                crate::desks::audit::deny(state.desk.store(), &other, "", parts.uri.path(), why);
+                Err(ApiError::Forbidden(why.into()))
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! [`crate::desks::alerts::AlertDesk`] and [`crate::desks::admin::AdminDesk`].
 
 pub mod caller;
+pub mod family;
 pub mod grpc;
 pub mod https;
 pub mod rest;

@@ -79,6 +79,7 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/audit/verify", get(verify_audit))
         .route("/api/v1/reports", get(report))
         .merge(super::welfare::routes())
+        .merge(super::family::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             store_guard,
@@ -244,7 +245,7 @@ async fn me(Caller(caller): Caller) -> Json<serde_json::Value> {
             s.communities.clone(),
             s.name.clone(),
         ),
-        Principal::Gateway(_) => unreachable!("refused by the extractor"),
+        Principal::Gateway(_) | Principal::Family(_) => unreachable!("refused by the extractor"),
     };
     Json(serde_json::json!({
         "id": caller.name(), "name": name, "role": role, "communities": communities,

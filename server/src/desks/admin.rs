@@ -169,10 +169,18 @@ impl AdminDesk {
         mut resident: Resident,
     ) -> Result<Resident, DeskError> {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
-        let before = self.store.resident(&resident.id)?.and_then(|r| r.checkin);
+        let stored = self.store.resident(&resident.id)?;
+        let before = stored.as_ref().and_then(|r| r.checkin.clone());
         resident.checkin =
             crate::domain::welfare::enrol(resident.checkin.take(), before.as_ref(), now_ms());
         directory::check_resident(&self.store, &resident).map_err(bad)?;
+        crate::domain::family::check_resident(
+            &mut resident,
+            stored.as_ref(),
+            &caller.name(),
+            now_ms(),
+        )
+        .map_err(bad)?;
         let audit = entry(
             caller,
             "resident.put",
@@ -539,9 +547,9 @@ impl AdminDesk {
         let (kind, id) = match caller {
             Principal::Admin => ("admin", "admin".to_string()),
             Principal::Staff(s) => ("staff", s.id.clone()),
-            Principal::Gateway(_) => {
+            Principal::Gateway(_) | Principal::Family(_) => {
                 return Err(crate::desks::auth::AuthError::Forbidden(
-                    "a gateway has no console session".into(),
+                    "a gateway or a family member has no console session".into(),
                 )
                 .into());
             }

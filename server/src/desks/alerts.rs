@@ -18,6 +18,7 @@ use tokio::sync::{Notify, broadcast};
 use crate::{
     desks::audit::guard,
     desks::auth::AuthError,
+    desks::callout::{self, Callout},
     desks::gateways::ConnectedGateways,
     desks::outbox::Notifier,
     domain::incidents::{self, IncidentPolicy},
@@ -63,6 +64,8 @@ pub struct DeskPolicy {
     pub utc_offset_minutes: i32,
     /// Where the last step of the chain goes; empty: logged only.
     pub emergency_hook: String,
+    /// The family call-out (`[family]`).
+    pub callout: crate::domain::family::CalloutRules,
 }
 
 impl DeskPolicy {
@@ -86,6 +89,7 @@ pub struct AlertDesk {
     /// Enrolled residents and visit plans, read again after a directory
     /// change (shared by the welfare judges and the welfare API).
     welfare: Arc<crate::desks::welfare::view::WelfareView>,
+    callout: Callout,
 }
 
 /// One row of the staff board.
@@ -135,6 +139,7 @@ impl AlertDesk {
     ) -> Self {
         let (changes, _) = broadcast::channel(4096);
         Self {
+            callout: Callout::new(store.clone(), policy.callout.clone()),
             store,
             gateways,
             changes,
@@ -259,6 +264,12 @@ impl AlertDesk {
     /// open alerts (a city's history is years of alerts: it is read in
     /// pages, never sent whole down a stream), and changes of any state
     /// follow, so a watcher sees an alert close.
+    /// Every change from now on, unfiltered (the family view filters its
+    /// own resident's).
+    pub fn subscribe(&self) -> broadcast::Receiver<Alert> {
+        self.changes.subscribe()
+    }
+
     pub fn watch(
         &self,
         caller: &Principal,
@@ -359,25 +370,21 @@ impl AlertDesk {
             return Err(DeskError::BadRequest("a note needs text".into()));
         }
         let field_staff = caller.is_field_staff();
-        let help_is_coming = |alert: &Alert| -> Vec<DeviceAck> {
-            // Every device that called in this incident hears it.
-            let mut told = HashSet::new();
-            alert
-                .events
-                .iter()
-                .filter(|e| e.kind != EventKind::Cancel as i32)
-                // The server's own CHECKIN_MISSED has no device to tell.
-                .filter(|e| e.kind != EventKind::CheckinMissed as i32)
-                .filter(|e| told.insert(e.device_id.clone()))
-                .map(|e| DeviceAck {
-                    device_id: e.device_id.clone(),
-                    seq: e.seq,
-                    kind: AckKind::Acknowledged as i32,
-                    alert_id: alert.id.clone(),
-                    message: HELP_IS_COMING.into(),
-                    sent_ms: 0,
-                })
-                .collect()
+        let family = match action {
+            AlertAction::Acknowledge | AlertAction::Resolve | AlertAction::Cancel
+                if current.family.is_some() =>
+            {
+                self.callout.family_of(&current)?
+            }
+            _ => None,
+        };
+        // Who the family hears is coming: the person who took it.
+        let taker = if field_staff {
+            caller.display_name()
+        } else {
+            self.store
+                .staff_member(&current.offered_to)?
+                .map_or_else(|| actor.clone(), |s| s.name)
         };
         let (alert, downlinks) = self.store.update_alert(alert_id, |a| {
             let before = a.clone();
@@ -394,7 +401,7 @@ impl AlertDesk {
                     };
                     a.offered_to.clear();
                     a.offer_deadline_ms = 0;
-                    change.device_acks = help_is_coming(a);
+                    change.device_acks = device_acks_help_is_coming(a);
                     "acknowledge"
                 }
                 AlertAction::EnRoute => {
@@ -455,9 +462,26 @@ impl AlertDesk {
             change
                 .audit
                 .push(audit(&actor, &format!("alert.{name}"), a, detail));
+            if let Some(family) = &family {
+                let kind = if action == AlertAction::Acknowledge {
+                    "taken"
+                } else {
+                    "resolved"
+                };
+                // Family first: nobody else is called once it is taken.
+                if let Some(record) = a.family.as_mut() {
+                    record.deadline_ms = 0;
+                }
+                change
+                    .notifications
+                    .extend(self.callout.follow_up(a, family, kind, &taker, "", now));
+            }
             Ok(change)
         })?;
         self.store.flush().await?;
+        if alert.family.is_some() {
+            self.notifier.wake();
+        }
         tracing::info!(alert_id, by = %actor, action = action.as_str_name(), state = lifecycle::name(alert.state()), "alert changed");
         metrics::counter!(m::ALERT_TRANSITIONS, "to" => lifecycle::name(alert.state()))
             .increment(1);
@@ -771,6 +795,208 @@ impl AlertDesk {
         Ok(alert)
     }
 
+    /// Starts the family call-out of a new alert whose resident has
+    /// contacts to call (once: a routed-again alert keeps its record).
+    /// `true`: family first, the staff chain waits on its deadline.
+    async fn start_callout(&self, alert: &Alert) -> Result<bool, DeskError> {
+        if alert.family.is_some() {
+            return Ok(alert.offer_deadline_ms > 0);
+        }
+        let Some(family) = self.callout.family_of(alert)? else {
+            return Ok(false);
+        };
+        let now = now_ms();
+        let (alert, _) = self.store.update_alert(&alert.id, |a| {
+            if a.family.is_some() || a.state() != AlertState::New {
+                return Err(stale("the call-out already started"));
+            }
+            let notifications = self.callout.start(a, &family, now);
+            let detail = match family.policy {
+                "family_first" => format!(
+                    "family first: {} contact(s) called in turn; staff from {}",
+                    family.contacts().len(),
+                    a.offer_deadline_ms
+                ),
+                _ => format!("staff first: {} contact(s) told", notifications.len()),
+            };
+            Ok(Change {
+                audit: vec![audit("system", "alert.callout", a, detail)],
+                notifications,
+                ..Default::default()
+            })
+        })?;
+        self.store.flush().await?;
+        tracing::info!(alert_id = %alert.id, policy = family.policy, "family call-out started");
+        self.notifier.wake();
+        self.deadlines_changed.notify_one();
+        self.announce(alert.clone());
+        Ok(alert.offer_deadline_ms > 0)
+    }
+
+    /// The timer's call for an alert with a deadline due: the family's
+    /// next step, then the staff chain's.
+    pub async fn due(&self, alert_id: &str) -> Result<Alert, DeskError> {
+        let now = now_ms();
+        let current = self.store.alert(alert_id)?;
+        let family_due = current
+            .family
+            .as_ref()
+            .is_some_and(|f| f.deadline_ms > 0 && f.deadline_ms <= now)
+            && lifecycle::is_open(current.state());
+        if family_due && let Some(family) = self.callout.family_of(&current)? {
+            let (alert, _) = self.store.update_alert(alert_id, |a| {
+                let Some(record) = a.family.as_ref() else {
+                    return Err(stale("no call-out"));
+                };
+                if record.deadline_ms == 0 || record.deadline_ms > now {
+                    return Err(stale("the family step is no longer due"));
+                }
+                let notifications = self.callout.next(a, &family, now);
+                let detail = match notifications.len() {
+                    0 => "nobody in the family took it; the staff chain has it".to_string(),
+                    _ => "the contact called did not answer in time; the next is called".into(),
+                };
+                Ok(Change {
+                    audit: vec![audit("system", "alert.callout", a, detail)],
+                    notifications,
+                    ..Default::default()
+                })
+            })?;
+            self.store.flush().await?;
+            self.notifier.wake();
+            self.deadlines_changed.notify_one();
+            self.announce(alert);
+        }
+        let current = self.store.alert(alert_id)?;
+        if current.offer_deadline_ms > 0 && current.offer_deadline_ms <= now {
+            let reason = if current.state() == AlertState::New {
+                "the family did not take it in time"
+            } else {
+                "no acknowledgement before the deadline"
+            };
+            return self.advance(alert_id, "system", reason, true).await;
+        }
+        Ok(current)
+    }
+
+    /// A family member's answer to an alert of their resident: recorded on
+    /// the alert and audited; "going" on a family-first alert nobody has
+    /// taken yet takes it (the device hears "help is coming", the staff
+    /// chain does not start, the others are told). An answer to a closed
+    /// alert is recorded as late and changes nothing else.
+    pub async fn family_answer(
+        &self,
+        resident_id: &str,
+        phone: &str,
+        alert_id: &str,
+        answer: &str,
+    ) -> Result<Alert, DeskError> {
+        let current = self.store.alert(alert_id)?;
+        if current.resident_id != resident_id {
+            return Err(
+                AuthError::Forbidden(format!("alert {alert_id} is not your family's")).into(),
+            );
+        }
+        if !crate::domain::family::ANSWERS.contains(&answer) {
+            return Err(DeskError::BadRequest(format!(
+                "answer `{answer}` is not one of {}",
+                crate::domain::family::ANSWERS.join(", ")
+            )));
+        }
+        let family = self.callout.family_of(&current)?.unwrap_or_default();
+        let name = family
+            .resident
+            .emergency_contacts
+            .iter()
+            .find(|c| c.phone == phone)
+            .map_or_else(
+                || phone.to_string(),
+                |c| format!("{} ({})", c.name, c.relation),
+            );
+        let actor = format!("family/{phone}");
+        let now = now_ms();
+        let (alert, downlinks) = self.store.update_alert(alert_id, |a| {
+            callout::answer(a, phone, &name, answer, now);
+            let mut change = Change::default();
+            let late = !lifecycle::is_open(a.state());
+            let takes = answer == "going"
+                && !late
+                && a.state() == AlertState::New
+                && a.family
+                    .as_ref()
+                    .is_some_and(|f| f.policy == "family_first" && f.taken_by.is_empty());
+            if takes {
+                a.set_state(AlertState::Acknowledged);
+                a.acknowledged_ms = now;
+                a.acknowledged_by = format!("family: {name}");
+                a.offer_deadline_ms = 0;
+                if let Some(record) = a.family.as_mut() {
+                    record.taken_by = phone.to_string();
+                    record.deadline_ms = 0;
+                }
+                change.device_acks = device_acks_help_is_coming(a);
+                change.notifications = self
+                    .callout
+                    .follow_up(a, &family, "taken", &name, phone, now);
+            }
+            let detail = format!(
+                "{name}: {answer}{}{}",
+                if late {
+                    " (late: the alert was closed)"
+                } else {
+                    ""
+                },
+                if takes { "; taken by the family" } else { "" }
+            );
+            change
+                .audit
+                .push(audit(&actor, "alert.family_answer", a, detail));
+            Ok(change)
+        })?;
+        self.store.flush().await?;
+        tracing::info!(alert_id, %phone, answer, "family answered");
+        self.push_downlinks(&alert, downlinks);
+        self.notifier.wake();
+        self.deadlines_changed.notify_one();
+        self.announce(alert.clone());
+        Ok(alert)
+    }
+
+    /// A delivery report for a family message (Kannel's `dlr-url`):
+    /// written on the message and audited.
+    pub async fn record_delivery(
+        &self,
+        delivery_id: &str,
+        status: &str,
+    ) -> Result<Option<Alert>, DeskError> {
+        let Some(alert_id) = delivery_id.split('-').next().filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let result = self.store.update_alert(alert_id, |a| {
+            if !callout::record_delivery(a, delivery_id, status) {
+                return Err(stale("no such message"));
+            }
+            Ok(Change {
+                audit: vec![audit(
+                    "sms",
+                    "notify.report",
+                    a,
+                    format!("{delivery_id}: {status}"),
+                )],
+                ..Default::default()
+            })
+        });
+        match result {
+            Ok((alert, _)) => {
+                self.store.flush().await?;
+                self.announce(alert.clone());
+                Ok(Some(alert))
+            }
+            Err(StoreError::Stale(_) | StoreError::NotFound(_)) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Routes a new alert to its first person. Alerts of devices the
     /// directory does not know have no community to route in; they wait for
     /// a dispatcher.
@@ -784,10 +1010,20 @@ impl AlertDesk {
             Ok(alert) if alert.kind() == anxin_proto::EventKind::GatewayFault => {
                 tracing::warn!(alert_id, gateway_id = %alert.device_id, "gateway fault; left for the community's dispatchers, not routed");
             }
-            Ok(_) => match self.advance(alert_id, "system", "new alert", false).await {
-                Ok(_) | Err(DeskError::Store(StoreError::Stale(_))) => {}
-                Err(err) => tracing::error!(alert_id, error = %err, "routing failed"),
-            },
+            Ok(alert) => {
+                match self.start_callout(&alert).await {
+                    // Family first: the staff chain starts at its deadline.
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::error!(alert_id, error = %err, "starting the family call-out failed; the staff chain goes on")
+                    }
+                }
+                match self.advance(alert_id, "system", "new alert", false).await {
+                    Ok(_) | Err(DeskError::Store(StoreError::Stale(_))) => {}
+                    Err(err) => tracing::error!(alert_id, error = %err, "routing failed"),
+                }
+            }
             Err(err) => tracing::error!(alert_id, error = %err, "routing: alert unreadable"),
         }
     }
@@ -797,12 +1033,35 @@ impl AlertDesk {
     /// stored and the escalation timer picks them up.
     pub async fn recover(&self) -> Result<(), DeskError> {
         for alert in self.store.alerts(&[AlertState::New])? {
-            if !alert.community_id.is_empty() && alert.tried.is_empty() {
+            // Family first: waiting for the family, on a stored deadline.
+            let waiting = alert.offer_deadline_ms > 0;
+            if !alert.community_id.is_empty() && alert.tried.is_empty() && !waiting {
                 self.route(&alert.id).await;
             }
         }
         Ok(())
     }
+}
+
+/// "Help is coming" for every device that called in this incident.
+fn device_acks_help_is_coming(alert: &Alert) -> Vec<DeviceAck> {
+    let mut told = HashSet::new();
+    alert
+        .events
+        .iter()
+        .filter(|e| e.kind != EventKind::Cancel as i32)
+        // The server's own CHECKIN_MISSED has no device to tell.
+        .filter(|e| e.kind != EventKind::CheckinMissed as i32)
+        .filter(|e| told.insert(e.device_id.clone()))
+        .map(|e| DeviceAck {
+            device_id: e.device_id.clone(),
+            seq: e.seq,
+            kind: AckKind::Acknowledged as i32,
+            alert_id: alert.id.clone(),
+            message: HELP_IS_COMING.into(),
+            sent_ms: 0,
+        })
+        .collect()
 }
 
 fn step_of(staff: &anxin_proto::v1::Staff) -> EscalationStep {

@@ -24,19 +24,33 @@ pub fn guard(
 ) -> Result<(), AuthError> {
     let refused = caller.require(need, community).map_err(AuthError::from);
     if let Err(err) = &refused {
-        let entry = AuditEntry {
-            at_ms: anxin_proto::now_ms(),
-            actor: caller.name(),
-            action: "access.denied".into(),
-            target: target.to_string(),
-            community_id: community.unwrap_or_default().to_string(),
-            detail: err.to_string(),
-            ..Default::default()
-        };
-        if let Err(store_err) = store.append(entry) {
-            tracing::error!(error = %store_err, "auditing a refused call failed");
-        }
-        tracing::warn!(caller = %caller.name(), target, error = %err, "call refused");
+        deny(
+            store,
+            caller,
+            community.unwrap_or_default(),
+            target,
+            &err.to_string(),
+        );
     }
     refused
+}
+
+/// Writes one refusal to the audit log (`access.denied`), logs and counts
+/// it: for refusals decided elsewhere than [`guard`] (a family member
+/// asking for another resident, a family session on a staff endpoint).
+pub fn deny(store: &Store, caller: &Principal, community: &str, target: &str, why: &str) {
+    metrics::counter!(crate::metrics::ACCESS_DENIED).increment(1);
+    let entry = AuditEntry {
+        at_ms: anxin_proto::now_ms(),
+        actor: caller.name(),
+        action: "access.denied".into(),
+        target: target.to_string(),
+        community_id: community.to_string(),
+        detail: why.to_string(),
+        ..Default::default()
+    };
+    if let Err(store_err) = store.append(entry) {
+        tracing::error!(error = %store_err, "auditing a refused call failed");
+    }
+    tracing::warn!(caller = %caller.name(), target, error = %why, "call refused");
 }

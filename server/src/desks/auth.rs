@@ -74,6 +74,29 @@ impl Authenticator {
                 Some(_) => Ok(Principal::Gateway(record.subject_id)),
                 None => Err(AuthError::Invalid),
             },
+            // Only while the resident still lists them with the family view:
+            // taking a contact off ends their session at once.
+            "family" => {
+                let (resident_id, phone) = record
+                    .subject_id
+                    .split_once('|')
+                    .ok_or(AuthError::Invalid)?;
+                let resident = self
+                    .store
+                    .resident(resident_id)?
+                    .ok_or(AuthError::Invalid)?;
+                let contact = resident
+                    .emergency_contacts
+                    .iter()
+                    .find(|c| c.phone == phone && c.channels.iter().any(|ch| ch == "view"))
+                    .ok_or(AuthError::Invalid)?;
+                Ok(Principal::Family(crate::domain::rights::FamilyMember {
+                    resident_id: resident_id.to_string(),
+                    phone: phone.to_string(),
+                    name: contact.name.clone(),
+                    language: contact.language.clone(),
+                }))
+            }
             _ => Err(AuthError::Invalid),
         }
     }

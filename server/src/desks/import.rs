@@ -171,23 +171,52 @@ fn list(text: &str) -> impl Iterator<Item = &str> {
     text.split(';').map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// `Name|relation|phone;…`
+/// `Name|relation|phone[|channels|order|quiet hours|language|consent];…`,
+/// channels joined by `+` (`sms+view`), consent `yes` (docs/dispatch.md,
+/// "Family").
 fn contacts(text: &str) -> Result<Vec<EmergencyContact>, String> {
     list(text)
         .map(|entry| {
             let parts: Vec<&str> = entry.split('|').map(str::trim).collect();
-            match parts.as_slice() {
-                [name, relation, phone] if !name.is_empty() && !phone.is_empty() => {
-                    Ok(EmergencyContact {
-                        name: name.to_string(),
-                        relation: relation.to_string(),
-                        phone: phone.to_string(),
-                    })
-                }
-                _ => Err(format!(
-                    "emergency contact `{entry}` is not `name|relation|phone`"
-                )),
+            let bad = || {
+                format!(
+                    "emergency contact `{entry}` is not `name|relation|phone[|channels|order|quiet_hours|language|consent]`"
+                )
+            };
+            if parts.len() < 3 || parts.len() > 8 || parts[0].is_empty() || parts[2].is_empty() {
+                return Err(bad());
             }
+            let part = |i: usize| parts.get(i).copied().unwrap_or("");
+            Ok(EmergencyContact {
+                name: part(0).to_string(),
+                relation: part(1).to_string(),
+                phone: part(2).to_string(),
+                channels: part(3)
+                    .split('+')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(String::from)
+                    .collect(),
+                order: if part(4).is_empty() {
+                    0
+                } else {
+                    part(4)
+                        .parse()
+                        .map_err(|_| format!("emergency contact `{entry}`: order `{}` is not a number", part(4)))?
+                },
+                quiet_hours: part(5).to_string(),
+                language: part(6).to_string(),
+                consented: match part(7) {
+                    "" | "no" => false,
+                    "yes" => true,
+                    other => {
+                        return Err(format!(
+                            "emergency contact `{entry}`: consent `{other}` is not yes or no"
+                        ));
+                    }
+                },
+                ..Default::default()
+            })
         })
         .collect()
 }
@@ -354,7 +383,7 @@ fn read_rows(
                         } else {
                             known.residents.get(&id).and_then(|r| r.checkin.clone())
                         };
-                        let resident = Resident {
+                        let mut resident = Resident {
                             name: get("name"),
                             community_id: get("community_id"),
                             address: get("address"),
@@ -362,6 +391,7 @@ fn read_rows(
                             medical_notes: get("medical_notes"),
                             emergency_contacts: contacts(&get("emergency_contacts"))?,
                             access_notes: get("access_notes"),
+                            callout: optional("callout"),
                             checkin: crate::domain::welfare::enrol(
                                 Some(CheckinWindow {
                                     start,
@@ -374,6 +404,13 @@ fn read_rows(
                             id,
                         };
                         directory::check_resident_record(&resident)?;
+                        let stored = known.residents.get(&resident.id);
+                        crate::domain::family::check_resident(
+                            &mut resident,
+                            stored,
+                            "import",
+                            now,
+                        )?;
                         // A city's file names a few thousand communities for a
                         // million rows: each is looked up once.
                         communities
@@ -502,13 +539,16 @@ impl Known {
         };
         match kind {
             ImportKind::Residents => {
-                // Only rows that give a window read the stored one.
+                // Only rows that give a window, or contacts with channels
+                // (whose stored consent is kept), read the stored record.
                 let with_window = |row: &csv::StringRecord| {
                     ["checkin_start", "checkin_end"].iter().any(|c| {
                         column(c)
                             .and_then(|i| row.get(i))
                             .is_some_and(|v| !v.is_empty())
-                    })
+                    }) || column("emergency_contacts")
+                        .and_then(|i| row.get(i))
+                        .is_some_and(|v| v.split(';').any(|c| c.split('|').count() > 3))
                 };
                 known.residents = residents(values("id", &with_window))?;
             }

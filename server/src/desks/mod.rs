@@ -8,6 +8,8 @@ pub mod admin;
 pub mod alerts;
 pub mod audit;
 pub mod auth;
+pub mod callout;
+pub mod family;
 pub mod gateways;
 pub mod import;
 pub mod intake;

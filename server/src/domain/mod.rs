@@ -2,6 +2,7 @@
 //! it; it imports nothing of the server but the metric names.
 
 pub mod calendar;
+pub mod family;
 pub mod incidents;
 pub mod lifecycle;
 pub mod listing;

@@ -24,6 +24,15 @@ pub struct Notification {
     pub visit_plan_id: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub day: String,
+    /// Messages to a resident's family (`family_*` kinds, to an `sms:`
+    /// address): the text in the contact's language, and whether the
+    /// deliverer appends a fresh family-view link for that contact.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub text: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub language: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub link: bool,
 }
 
 /// The hosts webhooks may go to (`notify.webhook_hosts`): an exact name or

@@ -17,6 +17,19 @@ pub enum Principal {
     Admin,
     Staff(Staff),
     Gateway(String),
+    /// A resident's family member, signed in from a link: sees their own
+    /// resident's alerts through the family view and answers them, nothing
+    /// else (no staff need is ever allowed).
+    Family(FamilyMember),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FamilyMember {
+    pub resident_id: String,
+    /// Their phone (E.164): their identity among the resident's contacts.
+    pub phone: String,
+    pub name: String,
+    pub language: String,
 }
 
 /// What a call needs.
@@ -43,6 +56,16 @@ impl Principal {
             Principal::Admin => "admin".into(),
             Principal::Staff(s) => s.id.clone(),
             Principal::Gateway(id) => format!("gateway/{id}"),
+            Principal::Family(f) => format!("family/{}", f.phone),
+        }
+    }
+
+    /// How a person reading about this caller's action knows them.
+    pub fn display_name(&self) -> String {
+        match self {
+            Principal::Staff(s) if !s.name.is_empty() => s.name.clone(),
+            Principal::Family(f) if !f.name.is_empty() => f.name.clone(),
+            _ => self.name(),
         }
     }
 
@@ -50,7 +73,7 @@ impl Principal {
         match self {
             Principal::Admin => Some(StaffRole::Admin),
             Principal::Staff(s) => Some(s.role()),
-            Principal::Gateway(_) => None,
+            Principal::Gateway(_) | Principal::Family(_) => None,
         }
     }
 
@@ -68,7 +91,7 @@ impl Principal {
                 .communities
                 .iter()
                 .any(|c| c == "*" || (!community_id.is_empty() && c == community_id)),
-            Principal::Gateway(_) => false,
+            Principal::Gateway(_) | Principal::Family(_) => false,
         }
     }
 
@@ -79,7 +102,7 @@ impl Principal {
             Principal::Admin => None,
             Principal::Staff(s) if s.communities.iter().any(|c| c == "*") => None,
             Principal::Staff(s) => Some(s.communities.clone()),
-            Principal::Gateway(_) => Some(Vec::new()),
+            Principal::Gateway(_) | Principal::Family(_) => Some(Vec::new()),
         }
     }
 
@@ -180,6 +203,27 @@ mod tests {
         ] {
             assert!(gw.require(need, None).is_err());
         }
+    }
+
+    #[test]
+    fn family_members_get_no_staff_right_anywhere() {
+        let daughter = Principal::Family(FamilyMember {
+            resident_id: "r-1".into(),
+            phone: "+8613800000000".into(),
+            ..Default::default()
+        });
+        for need in [
+            Need::ViewAlerts,
+            Need::Act,
+            Need::ReadResidents,
+            Need::Reports,
+            Need::Audit,
+            Need::Administer,
+        ] {
+            assert!(daughter.require(need, None).is_err());
+        }
+        assert!(!daughter.sees(""));
+        assert_eq!(daughter.scope(), Some(Vec::new()));
     }
 
     #[test]

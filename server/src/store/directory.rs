@@ -177,6 +177,15 @@ pub fn check_place(place: &Place, parent: Option<&Place>) -> Result<(), String> 
     if place.name.trim().is_empty() {
         return Err("place name is empty".into());
     }
+    if !place.callout.is_empty()
+        && !crate::domain::family::POLICIES.contains(&place.callout.as_str())
+    {
+        return Err(format!(
+            "place callout `{}` is not one of {}",
+            place.callout,
+            crate::domain::family::POLICIES.join(", ")
+        ));
+    }
     let level = place.level();
     if level == PlaceLevel::Unspecified {
         return Err("place level must be city, district, street or community".into());

@@ -374,11 +374,34 @@ pub(crate) fn incident_key(alert: &Alert) -> String {
     .incident_key(&alert.device_id)
 }
 
-/// The deadline the timer must watch for this alert, if any: exactly the
-/// offered alerts with a deadline.
+/// The deadline the timer must watch for this alert, if any: the earliest
+/// of an offer's deadline, the start of the staff chain of a new alert
+/// waiting for the family (family first), and the family's next step.
 pub(crate) fn offer_deadline(alert: &Alert) -> Option<i64> {
-    (alert.state() == anxin_proto::v1::AlertState::Offered && alert.offer_deadline_ms > 0)
-        .then_some(alert.offer_deadline_ms)
+    use anxin_proto::v1::AlertState::{New, Offered};
+    let staff = (matches!(alert.state(), Offered | New) && alert.offer_deadline_ms > 0)
+        .then_some(alert.offer_deadline_ms);
+    let family = alert
+        .family
+        .as_ref()
+        .filter(|f| f.deadline_ms > 0 && crate::domain::lifecycle::is_open(alert.state()))
+        .map(|f| f.deadline_ms);
+    staff.into_iter().chain(family).min()
+}
+
+/// Moves an alert's pending deadlines by a wall-clock step (see
+/// [`Storage::rebase_deadlines`]); a deadline not set stays unset.
+pub(crate) fn rebase_alert(alert: &mut Alert, step_ms: i64) {
+    let moved = |at: &mut i64| {
+        if *at > 0 {
+            *at = (*at + step_ms).max(1);
+        }
+    };
+    moved(&mut alert.offer_deadline_ms);
+    if let Some(family) = alert.family.as_mut() {
+        moved(&mut family.deadline_ms);
+        moved(&mut family.staff_at_ms);
+    }
 }
 
 /// The chain hash of `entry` after an entry whose hash is `previous`

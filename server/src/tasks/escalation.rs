@@ -95,15 +95,7 @@ pub async fn run(desk: AlertDesk, health: Arc<Health>, cancel: CancellationToken
         };
         let mut failed = false;
         for alert_id in due {
-            match desk
-                .advance(
-                    &alert_id,
-                    "system",
-                    "no acknowledgement before the deadline",
-                    true,
-                )
-                .await
-            {
+            match desk.due(&alert_id).await {
                 Ok(alert) => {
                     tracing::warn!(alert_id, level = alert.escalation_level, offered_to = %alert.offered_to, "offer deadline passed; escalated")
                 }

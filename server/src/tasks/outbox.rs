@@ -114,6 +114,119 @@ impl Channel for Webhook {
     }
 }
 
+/// SMS through Kannel's smsbox: one `sendsms` request per message (smsbox
+/// splits a long one and the phone joins it again), UTF-8 in, UCS-2 to
+/// the carrier when the text is not plain ASCII, a delivery report asked
+/// for at a tagged URL of this server. A family message that carries a
+/// link gets a fresh single-use link, minted as it is sent.
+pub struct Sms {
+    client: reqwest::Client,
+    config: crate::config::SmsConfig,
+    family: crate::desks::family::FamilyDesk,
+}
+
+impl Sms {
+    pub fn new(
+        config: crate::config::SmsConfig,
+        timeout: Duration,
+        family: crate::desks::family::FamilyDesk,
+    ) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("building the SMS gateway's HTTP client"),
+            config,
+            family,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for Sms {
+    async fn deliver(&self, address: &str, notification: &Notification) -> Result<(), NotifyError> {
+        let phone = address.trim_start_matches("sms:");
+        if self.config.sendsms_url.is_empty() {
+            return Err(NotifyError::NotAllowed(
+                "no SMS gateway configured (sms.sendsms_url)".into(),
+            ));
+        }
+        let mut text = notification.text.clone();
+        if notification.link {
+            let link = self
+                .family
+                .mint_link(&notification.resident_id, phone, &notification.alert_id)
+                .map_err(|e| NotifyError::Transport(format!("making the family link: {e}")))?;
+            text = crate::domain::family::with_link(&text, &notification.language, &link);
+        }
+        let mut query: Vec<(&str, String)> = vec![
+            ("username", self.config.username.clone()),
+            ("password", self.config.password.clone()),
+            ("to", phone.to_string()),
+            ("text", text.clone()),
+            ("charset", "UTF-8".into()),
+            ("coding", if text.is_ascii() { "0" } else { "2" }.into()),
+        ];
+        if !self.config.from.is_empty() {
+            query.push(("from", self.config.from.clone()));
+        }
+        if !self.config.dlr_base_url.is_empty() {
+            let tag =
+                crate::domain::family::report_tag(&self.config.password, &notification.delivery_id);
+            query.push(("dlr-mask", "27".into()));
+            query.push((
+                "dlr-url",
+                format!(
+                    "{}/api/v1/sms/report?d={}&k={tag}&s=%d&r=%A",
+                    self.config.dlr_base_url.trim_end_matches('/'),
+                    notification.delivery_id
+                ),
+            ));
+        }
+        let response = self
+            .client
+            .get(&self.config.sendsms_url)
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| NotifyError::Transport(e.to_string()))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        // smsbox: 202 "0: Accepted for delivery" or "3: Queued for later
+        // delivery"; 4xx for a refused request (bad user, bad number).
+        if status.is_success() {
+            tracing::info!(%phone, delivery_id = %notification.delivery_id, answer = %body.trim(), "SMS handed to the SMS gateway");
+            Ok(())
+        } else {
+            tracing::warn!(%phone, status = status.as_u16(), answer = %body.trim(), "the SMS gateway refused an SMS");
+            Err(NotifyError::Status(status.as_u16()))
+        }
+    }
+}
+
+/// Where each notification goes by its address: `sms:+86…` to the SMS
+/// gateway, anything else to a webhook.
+pub struct Channels {
+    pub webhook: Webhook,
+    pub sms: Sms,
+}
+
+#[async_trait::async_trait]
+impl Channel for Channels {
+    async fn deliver(&self, address: &str, notification: &Notification) -> Result<(), NotifyError> {
+        if address.starts_with("sms:") {
+            self.sms.deliver(address, notification).await
+        } else {
+            self.webhook.deliver(address, notification).await
+        }
+    }
+}
+
+/// A family message keeps being tried for longer than a webhook: while the
+/// SMS gateway is down its backoff reaches 30 s, so this is ~10 minutes.
+const FAMILY_ATTEMPTS: u32 = 25;
+
 /// How many notifications one deliverer takes from the outbox at a time.
 const CLAIM: usize = 32;
 /// How often the outbox is looked at when nothing wakes the deliverer
@@ -202,7 +315,15 @@ impl Deliverer {
                 );
                 self.finish(&item, "notify.delivered", detail).await;
             }
-            Err(err) if err.retryable() && item.attempts < self.attempts => {
+            Err(err)
+                if err.retryable()
+                    && item.attempts
+                        < if item.kind.starts_with("family_") {
+                            self.attempts.max(FAMILY_ATTEMPTS)
+                        } else {
+                            self.attempts
+                        } =>
+            {
                 tracing::warn!(%address, attempt = item.attempts, error = %err, alert_id = %item.alert_id, "notification failed; retrying");
                 metrics::counter!(crate::metrics::NOTIFY_RETRIES).increment(1);
                 let backoff = (self.backoff_initial * 2u32.pow(item.attempts.min(16) - 1))

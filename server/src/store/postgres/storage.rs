@@ -506,7 +506,7 @@ impl Storage for PgStore {
             let mut moved = 0;
             for row in rows {
                 let mut alert: Alert = decode("alert", row.get(0))?;
-                alert.offer_deadline_ms = (alert.offer_deadline_ms + step_ms).max(1);
+                crate::store::storage::rebase_alert(&mut alert, step_ms);
                 Self::write_alert(tx, None, &alert).await?;
                 moved += 1;
             }

@@ -454,7 +454,7 @@ impl Storage for SledStore {
                     continue;
                 };
                 deadlines.remove(&old)?;
-                alert.offer_deadline_ms = (alert.offer_deadline_ms + step_ms).max(1);
+                crate::store::storage::rebase_alert(&mut alert, step_ms);
                 if let Some(new) = deadline_key(&alert) {
                     deadlines.insert(&new, &[])?;
                 }

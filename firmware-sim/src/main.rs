@@ -55,6 +55,10 @@ enum Command {
         seq: Option<u64>,
         #[arg(long, default_value_t = 87)]
         battery: u32,
+        /// Where the device is: `LAT,LON[,ACCURACY_M]` in WGS-84 degrees
+        /// (a wearable's GNSS fix, sent with the event).
+        #[arg(long, value_parser = parse_position)]
+        at: Option<(i32, i32, u32)>,
         /// Publish proto3 JSON on the …/event/json topic instead of protobuf.
         #[arg(long)]
         json: bool,
@@ -121,6 +125,33 @@ enum Command {
     },
 }
 
+/// `LAT,LON[,ACCURACY_M]` → degrees ×1e7 and metres.
+fn parse_position(text: &str) -> Result<(i32, i32, u32), String> {
+    let parts: Vec<&str> = text.split(',').map(str::trim).collect();
+    let degrees = |s: &str, limit: f64| -> Result<i32, String> {
+        let d: f64 = s
+            .parse()
+            .map_err(|_| format!("`{s}` is not a number of degrees"))?;
+        if d.abs() > limit {
+            return Err(format!("{d} is outside ±{limit}"));
+        }
+        Ok((d * 1e7).round() as i32)
+    };
+    match parts.as_slice() {
+        [lat, lon] | [lat, lon, _] => Ok((
+            degrees(lat, 90.0)?,
+            degrees(lon, 180.0)?,
+            match parts.get(2) {
+                Some(a) => a
+                    .parse()
+                    .map_err(|_| format!("accuracy `{a}` is not metres"))?,
+                None => 10,
+            },
+        )),
+        _ => Err("expected LAT,LON or LAT,LON,ACCURACY_M".into()),
+    }
+}
+
 fn parse_kind(text: &str) -> Result<anxin_device_core::Kind, String> {
     use anxin_device_core::Kind::*;
     const KINDS: [anxin_device_core::Kind; 15] = [
@@ -174,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
             kind,
             seq,
             battery,
+            at,
             json,
             until,
             timeout_secs,
@@ -185,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
                 kind,
                 seq,
                 battery_pct: battery,
+                at,
                 json,
                 until,
                 timeout: Duration::from_secs(timeout_secs),

@@ -23,6 +23,8 @@ pub struct Press {
     pub kind: Kind,
     pub seq: u64,
     pub battery_pct: u32,
+    /// A position fix sent with the event (degrees ×1e7, metres).
+    pub at: Option<(i32, i32, u32)>,
     pub json: bool,
     pub until: Until,
     pub timeout: Duration,
@@ -69,7 +71,14 @@ async fn wait_for_acks(
         kind: press.kind,
         device_time_ms: now_ms(),
         battery_pct: press.battery_pct,
-        detail: Detail::None,
+        detail: match press.at {
+            Some((lat_e7, lon_e7, accuracy_m)) => Detail::Location {
+                lat_e7,
+                lon_e7,
+                accuracy_m,
+            },
+            None => Detail::None,
+        },
         cancels_seq: 0,
     };
     println!(

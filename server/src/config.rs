@@ -35,6 +35,7 @@ pub struct ServerConfig {
     pub notify: NotifyConfig,
     pub family: FamilyConfig,
     pub sms: SmsConfig,
+    pub map: MapConfig,
     pub reports: ReportsConfig,
     pub retention: RetentionConfig,
 }
@@ -61,6 +62,35 @@ pub struct FamilyConfig {
     pub link_ttl_secs: u64,
     /// How long a family member stays signed in from a link.
     pub session_secs: u64,
+}
+
+/// The map on an alert and in the family view (docs/dispatch.md, "Where
+/// the resident is"). Leaflet is bundled with the console; the tiles come
+/// from this server, which the browser is allowed to load images from.
+/// Without tiles the map still shows the marker, the accuracy circle and
+/// the track on a blank ground, with the coordinates and an "open in
+/// maps" link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapConfig {
+    /// A tile URL template with `{z}`, `{x}`, `{y}` (and optionally `{s}`):
+    /// OpenStreetMap, Tianditu or AMap. Empty: no tiles.
+    pub tile_url: String,
+    /// The datum the tiles are drawn in: "wgs84" (OpenStreetMap, Tianditu)
+    /// or "gcj02" (AMap, Tencent): devices report WGS-84, converted for
+    /// GCJ-02 tiles so the marker lands on the right street.
+    pub datum: String,
+    /// Shown on the map, as the tiles' terms ask.
+    pub attribution: String,
+}
+
+impl MapConfig {
+    /// `scheme://host[:port]` of the tiles, for the console's policy.
+    pub fn tile_origin(&self) -> Option<String> {
+        let url = reqwest::Url::parse(&self.tile_url.replace(['{', '}'], "")).ok()?;
+        let origin = url.origin();
+        origin.is_tuple().then(|| origin.ascii_serialization())
+    }
 }
 
 /// SMS through Kannel's smsbox (docs/deploy.md, "SMS"): `sendsms` over
@@ -341,6 +371,11 @@ impl Default for ServerConfig {
                 link_ttl_secs: 3600,
                 session_secs: 12 * 3600,
             },
+            map: MapConfig {
+                tile_url: String::new(),
+                datum: "wgs84".into(),
+                attribution: String::new(),
+            },
             sms: SmsConfig {
                 sendsms_url: String::new(),
                 username: String::new(),
@@ -422,6 +457,11 @@ impl Default for NotifyConfig {
 impl Default for FamilyConfig {
     fn default() -> Self {
         ServerConfig::default().family
+    }
+}
+impl Default for MapConfig {
+    fn default() -> Self {
+        ServerConfig::default().map
     }
 }
 impl Default for SmsConfig {
@@ -571,6 +611,20 @@ impl ServerConfig {
             {
                 return invalid(field, "must be an http(s) URL");
             }
+        }
+        if !self.map.tile_url.is_empty()
+            && (!["{z}", "{x}", "{y}"]
+                .iter()
+                .all(|p| self.map.tile_url.contains(p))
+                || self.map.tile_origin().is_none())
+        {
+            return invalid(
+                "map.tile_url",
+                "must be an http(s) URL template with {z}, {x} and {y}",
+            );
+        }
+        if !["wgs84", "gcj02"].contains(&self.map.datum.as_str()) {
+            return invalid("map.datum", "must be wgs84 or gcj02");
         }
         if !self.sms.sendsms_url.is_empty() && self.sms.username.is_empty() {
             return invalid(

@@ -438,6 +438,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         health,
         family,
         sms_report_key: config.sms.password.clone(),
+        map: config.map.clone(),
     });
     let http_cancel = cancel.clone();
     match &config.http.tls {

@@ -18,6 +18,8 @@ pub struct RestState {
     pub family: crate::desks::family::FamilyDesk,
     /// The key of the tags in Kannel's delivery-report URLs.
     pub sms_report_key: String,
+    /// Tiles for the map on alerts and in the family view.
+    pub map: crate::config::MapConfig,
 }
 
 /// The authenticated caller of a request.

@@ -1,4 +1,5 @@
-//! The family view's REST/SSE endpoints and Kannel's delivery reports.
+//! The family view's REST/SSE endpoints, Kannel's delivery reports, and
+//! the emergency services' hand-off.
 //!
 //! `POST /api/v1/family/session` exchanges a link's token (once) for a
 //! session; every other family endpoint takes that session
@@ -20,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::ApiError;
-use super::caller::{FamilyCaller, RestState};
+use super::caller::{Caller, FamilyCaller, RestState};
 use crate::desks::family::{FamilyAlert, FamilyDesk, FamilySession, FamilyView};
 
 pub fn routes() -> Router<RestState> {
@@ -31,6 +32,35 @@ pub fn routes() -> Router<RestState> {
         .route("/api/v1/family/alerts/{id}", get(alert))
         .route("/api/v1/family/alerts/{id}/answer", post(answer))
         .route("/api/v1/sms/report", get(report).post(report))
+        .route("/api/v1/alerts/{id}/handoff", get(handoff))
+        .route("/api/v1/alerts/{id}/reference", post(reference))
+}
+
+/// The hand-off sheet (JSON and text); the read is audited.
+async fn handoff(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let result = crate::desks::handoff::read(&state.desk, &caller, &id);
+    let (sheet, text) = super::durable(state.desk.store(), result).await??;
+    Ok(Json(serde_json::json!({ "sheet": sheet, "text": text })))
+}
+
+#[derive(Deserialize)]
+struct Reference {
+    reference: String,
+}
+
+async fn reference(
+    State(state): State<RestState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Json(body): Json<Reference>,
+) -> Result<Json<anxin_proto::v1::Alert>, ApiError> {
+    Ok(Json(
+        crate::desks::handoff::record_reference(&state.desk, &caller, &id, &body.reference).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -136,7 +166,7 @@ async fn report(
     let status = crate::desks::callout::delivery_status(report.s, &report.r);
     metrics::counter!(crate::metrics::SMS_REPORTS, "outcome" => "recorded").increment(1);
     tracing::info!(delivery_id = %report.d, %status, "SMS delivery report");
-    state.desk.record_delivery(&report.d, &status).await?;
+    state.family.record_delivery(&report.d, &status).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

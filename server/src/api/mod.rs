@@ -1,6 +1,7 @@
 //! The APIs: gRPC `Dispatch` and `Admin`, and REST/SSE, all thin layers over
 //! [`crate::desks::alerts::AlertDesk`] and [`crate::desks::admin::AdminDesk`].
 
+pub mod assets;
 pub mod caller;
 pub mod family;
 pub mod grpc;

@@ -14,7 +14,7 @@ use axum::{
     extract::{Path, Query, State},
     http::{StatusCode, header},
     response::{
-        Html, IntoResponse, Response,
+        IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
     routing::{get, post, put},
@@ -37,10 +37,11 @@ use crate::{
 };
 
 pub fn router(state: RestState) -> Router {
+    let csp =
+        header::HeaderValue::from_str(&content_security_policy(state.map.tile_origin().as_deref()))
+            .expect("the policy is plain ASCII");
     Router::new()
-        .route("/", get(console))
-        .route("/console/{name}", get(console_asset))
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .merge(super::assets::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/me", get(me))
@@ -84,23 +85,32 @@ pub fn router(state: RestState) -> Router {
             state.clone(),
             store_guard,
         ))
-        .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::map_response(move |response: Response| {
+            let csp = csp.clone();
+            async move { security_headers(response, &csp) }
+        }))
         .with_state(state)
 }
 
 /// The console's policy: scripts, styles and connections from this origin
 /// only (no inline script or style, no eval), never framed, nothing sent
-/// as a referrer. On every response, API answers included: they are
+/// as a referrer; images from here and from the map's tile server, if one
+/// is configured. On every response, API answers included: they are
 /// cheap, and a JSON answer must not be sniffed into a page either.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-    style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self'; \
+pub fn content_security_policy(tile_origin: Option<&str>) -> String {
+    format!(
+        "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data:{}; font-src 'self'; connect-src 'self'; \
     media-src 'self' data:; manifest-src 'self'; base-uri 'none'; form-action 'none'; \
-    frame-ancestors 'none'";
+    frame-ancestors 'none'",
+        tile_origin.map(|o| format!(" {o}")).unwrap_or_default()
+    )
+}
 
-async fn security_headers(mut response: Response) -> Response {
+fn security_headers(mut response: Response, csp: &header::HeaderValue) -> Response {
     let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
     for (name, value) in [
-        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
@@ -155,35 +165,6 @@ impl IntoResponse for ApiError {
         };
         (status, Json(serde_json::json!({ "error": message }))).into_response()
     }
-}
-
-async fn console() -> Html<&'static str> {
-    Html(include_str!("console/index.html"))
-}
-
-/// The console's script and styles, embedded in the binary (no CDN: the
-/// machines have no internet).
-async fn console_asset(Path(name): Path<String>) -> Response {
-    let (body, kind) = match name.as_str() {
-        "app.js" => (
-            include_str!("console/app.js"),
-            "text/javascript; charset=utf-8",
-        ),
-        "app.css" => (include_str!("console/app.css"), "text/css; charset=utf-8"),
-        "i18n.js" => (
-            include_str!("console/i18n.js"),
-            "text/javascript; charset=utf-8",
-        ),
-        _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),
-    };
-    (
-        [
-            (header::CONTENT_TYPE, kind),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 #[derive(serde::Deserialize, Default)]

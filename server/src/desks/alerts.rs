@@ -18,7 +18,7 @@ use tokio::sync::{Notify, broadcast};
 use crate::{
     desks::audit::guard,
     desks::auth::AuthError,
-    desks::callout::{self, Callout},
+    desks::callout::Callout,
     desks::gateways::ConnectedGateways,
     desks::outbox::Notifier,
     domain::incidents::{self, IncidentPolicy},
@@ -30,6 +30,9 @@ use crate::{
     store::directory::Directory,
     store::{Change, Store, StoreError},
 };
+
+/// Positions kept on an alert's track.
+pub const TRACK_LIMIT: usize = 200;
 
 /// What a device says when its alarm is acknowledged.
 pub const HELP_IS_COMING: &str = "help is coming";
@@ -114,7 +117,7 @@ pub struct Act {
     pub staff_id: String,
 }
 
-fn audit(actor: &str, action: &str, alert: &Alert, detail: String) -> AuditEntry {
+pub fn audit(actor: &str, action: &str, alert: &Alert, detail: String) -> AuditEntry {
     AuditEntry {
         at_ms: now_ms(),
         actor: actor.to_string(),
@@ -126,7 +129,7 @@ fn audit(actor: &str, action: &str, alert: &Alert, detail: String) -> AuditEntry
     }
 }
 
-fn stale(text: impl Into<String>) -> StoreError {
+pub fn stale(text: impl Into<String>) -> StoreError {
     StoreError::Stale(text.into())
 }
 
@@ -164,6 +167,10 @@ impl AlertDesk {
 
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    pub fn callout(&self) -> &Callout {
+        &self.callout
     }
 
     pub fn policy(&self) -> &DeskPolicy {
@@ -493,7 +500,7 @@ impl AlertDesk {
         Ok(alert)
     }
 
-    fn push_downlinks(&self, alert: &Alert, downlinks: Vec<Downlink>) {
+    pub fn push_downlinks(&self, alert: &Alert, downlinks: Vec<Downlink>) {
         for downlink in downlinks {
             let message = ServerMessage {
                 body: Some(server_message::Body::Downlink(downlink)),
@@ -549,7 +556,7 @@ impl AlertDesk {
             Ok(Change {
                 audit: vec![audit(&actor, "alert.assign", a, detail)],
                 notifications: if a.state() == AlertState::Offered {
-                    self.offer_notifications(a, std::slice::from_ref(&staff))
+                    self.offer_notifications(a, std::slice::from_ref(&staff), None)
                 } else {
                     Vec::new()
                 },
@@ -580,6 +587,12 @@ impl AlertDesk {
         ])?;
         let load = routing::loads(open.iter().filter(|a| a.id != alert_id));
         let policy = &self.policy;
+        // For the hand-off, should this step reach the emergency services.
+        let resident = self
+            .store
+            .alert(alert_id)
+            .ok()
+            .and_then(|a| self.store.resident(&a.resident_id).ok().flatten());
         let (alert, _) = self.store.update_alert(alert_id, |a| {
             if !matches!(a.state(), AlertState::New | AlertState::Offered) {
                 return Err(stale(format!(
@@ -636,7 +649,7 @@ impl AlertDesk {
             };
             Ok(Change {
                 audit: vec![audit(actor, action, a, detail)],
-                notifications: self.offer_notifications(a, &staff),
+                notifications: self.offer_notifications(a, &staff, resident.as_ref()),
                 ..Default::default()
             })
         })?;
@@ -654,6 +667,7 @@ impl AlertDesk {
         &self,
         alert: &Alert,
         staff: &[anxin_proto::v1::Staff],
+        resident: Option<&anxin_proto::v1::Resident>,
     ) -> Vec<crate::store::OutboxItem> {
         let notification = |kind: &str, staff_id: &str| Notification {
             delivery_id: format!("{}-{}-{}", alert.id, alert.escalation_level, kind),
@@ -673,9 +687,18 @@ impl AlertDesk {
             if self.policy.emergency_hook.is_empty() {
                 return Vec::new();
             }
+            let handoff = crate::domain::handoff::sheet(
+                alert,
+                &resident.cloned().unwrap_or_default(),
+                now_ms(),
+                self.policy.utc_offset_minutes,
+            );
             return vec![Notifier::item(
                 &self.policy.emergency_hook,
-                &notification("emergency_services", ""),
+                &Notification {
+                    handoff: serde_json::to_value(handoff).ok(),
+                    ..notification("emergency_services", "")
+                },
             )];
         }
         staff
@@ -879,124 +902,6 @@ impl AlertDesk {
         Ok(current)
     }
 
-    /// A family member's answer to an alert of their resident: recorded on
-    /// the alert and audited; "going" on a family-first alert nobody has
-    /// taken yet takes it (the device hears "help is coming", the staff
-    /// chain does not start, the others are told). An answer to a closed
-    /// alert is recorded as late and changes nothing else.
-    pub async fn family_answer(
-        &self,
-        resident_id: &str,
-        phone: &str,
-        alert_id: &str,
-        answer: &str,
-    ) -> Result<Alert, DeskError> {
-        let current = self.store.alert(alert_id)?;
-        if current.resident_id != resident_id {
-            return Err(
-                AuthError::Forbidden(format!("alert {alert_id} is not your family's")).into(),
-            );
-        }
-        if !crate::domain::family::ANSWERS.contains(&answer) {
-            return Err(DeskError::BadRequest(format!(
-                "answer `{answer}` is not one of {}",
-                crate::domain::family::ANSWERS.join(", ")
-            )));
-        }
-        let family = self.callout.family_of(&current)?.unwrap_or_default();
-        let name = family
-            .resident
-            .emergency_contacts
-            .iter()
-            .find(|c| c.phone == phone)
-            .map_or_else(
-                || phone.to_string(),
-                |c| format!("{} ({})", c.name, c.relation),
-            );
-        let actor = format!("family/{phone}");
-        let now = now_ms();
-        let (alert, downlinks) = self.store.update_alert(alert_id, |a| {
-            callout::answer(a, phone, &name, answer, now);
-            let mut change = Change::default();
-            let late = !lifecycle::is_open(a.state());
-            let takes = answer == "going"
-                && !late
-                && a.state() == AlertState::New
-                && a.family
-                    .as_ref()
-                    .is_some_and(|f| f.policy == "family_first" && f.taken_by.is_empty());
-            if takes {
-                a.set_state(AlertState::Acknowledged);
-                a.acknowledged_ms = now;
-                a.acknowledged_by = format!("family: {name}");
-                a.offer_deadline_ms = 0;
-                if let Some(record) = a.family.as_mut() {
-                    record.taken_by = phone.to_string();
-                    record.deadline_ms = 0;
-                }
-                change.device_acks = device_acks_help_is_coming(a);
-                change.notifications = self
-                    .callout
-                    .follow_up(a, &family, "taken", &name, phone, now);
-            }
-            let detail = format!(
-                "{name}: {answer}{}{}",
-                if late {
-                    " (late: the alert was closed)"
-                } else {
-                    ""
-                },
-                if takes { "; taken by the family" } else { "" }
-            );
-            change
-                .audit
-                .push(audit(&actor, "alert.family_answer", a, detail));
-            Ok(change)
-        })?;
-        self.store.flush().await?;
-        tracing::info!(alert_id, %phone, answer, "family answered");
-        self.push_downlinks(&alert, downlinks);
-        self.notifier.wake();
-        self.deadlines_changed.notify_one();
-        self.announce(alert.clone());
-        Ok(alert)
-    }
-
-    /// A delivery report for a family message (Kannel's `dlr-url`):
-    /// written on the message and audited.
-    pub async fn record_delivery(
-        &self,
-        delivery_id: &str,
-        status: &str,
-    ) -> Result<Option<Alert>, DeskError> {
-        let Some(alert_id) = delivery_id.split('-').next().filter(|s| !s.is_empty()) else {
-            return Ok(None);
-        };
-        let result = self.store.update_alert(alert_id, |a| {
-            if !callout::record_delivery(a, delivery_id, status) {
-                return Err(stale("no such message"));
-            }
-            Ok(Change {
-                audit: vec![audit(
-                    "sms",
-                    "notify.report",
-                    a,
-                    format!("{delivery_id}: {status}"),
-                )],
-                ..Default::default()
-            })
-        });
-        match result {
-            Ok((alert, _)) => {
-                self.store.flush().await?;
-                self.announce(alert.clone());
-                Ok(Some(alert))
-            }
-            Err(StoreError::Stale(_) | StoreError::NotFound(_)) => Ok(None),
-            Err(err) => Err(err.into()),
-        }
-    }
-
     /// Routes a new alert to its first person. Alerts of devices the
     /// directory does not know have no community to route in; they wait for
     /// a dispatcher.
@@ -1044,7 +949,7 @@ impl AlertDesk {
 }
 
 /// "Help is coming" for every device that called in this incident.
-fn device_acks_help_is_coming(alert: &Alert) -> Vec<DeviceAck> {
+pub fn device_acks_help_is_coming(alert: &Alert) -> Vec<DeviceAck> {
     let mut told = HashSet::new();
     alert
         .events

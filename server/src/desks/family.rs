@@ -14,12 +14,14 @@ use anxin_proto::{
 };
 
 use crate::{
-    desks::alerts::{AlertDesk, DeskError},
+    desks::alerts::{AlertDesk, DeskError, audit, device_acks_help_is_coming, stale},
     desks::audit::deny,
     desks::auth::AuthError,
+    desks::callout,
     domain::calendar::local_day,
     domain::lifecycle,
     domain::rights::{FamilyMember, Principal, digest, new_token},
+    store::Change,
     store::{Store, StoreError, directory::Directory, directory::TokenRecord},
 };
 
@@ -353,8 +355,7 @@ impl FamilyDesk {
         answer: &str,
     ) -> Result<FamilyAlert, DeskError> {
         match self
-            .desk
-            .family_answer(&member.resident_id, &member.phone, alert_id, answer)
+            .take_answer(&member.resident_id, &member.phone, alert_id, answer)
             .await
         {
             Ok(alert) => Ok(self.family_alert(&alert)),
@@ -370,5 +371,166 @@ impl FamilyDesk {
             }
             Err(err) => Err(err),
         }
+    }
+
+    /// A family member's answer to an alert of their resident: recorded on
+    /// the alert and audited; "going" on a family-first alert nobody has
+    /// taken yet takes it (the device hears "help is coming", the staff
+    /// chain does not start, the others are told). An answer to a closed
+    /// alert is recorded as late and changes nothing else.
+    async fn take_answer(
+        &self,
+        resident_id: &str,
+        phone: &str,
+        alert_id: &str,
+        answer: &str,
+    ) -> Result<Alert, DeskError> {
+        let desk = &self.desk;
+        let current = desk.store().alert(alert_id)?;
+        if current.resident_id != resident_id {
+            return Err(
+                AuthError::Forbidden(format!("alert {alert_id} is not your family's")).into(),
+            );
+        }
+        if !crate::domain::family::ANSWERS.contains(&answer) {
+            return Err(DeskError::BadRequest(format!(
+                "answer `{answer}` is not one of {}",
+                crate::domain::family::ANSWERS.join(", ")
+            )));
+        }
+        let family = desk.callout().family_of(&current)?.unwrap_or_default();
+        let name = family
+            .resident
+            .emergency_contacts
+            .iter()
+            .find(|c| c.phone == phone)
+            .map_or_else(
+                || phone.to_string(),
+                |c| format!("{} ({})", c.name, c.relation),
+            );
+        let actor = format!("family/{phone}");
+        let now = now_ms();
+        let (alert, downlinks) = desk.store().update_alert(alert_id, |a| {
+            callout::answer(a, phone, &name, answer, now);
+            let mut change = Change::default();
+            let late = !lifecycle::is_open(a.state());
+            let takes = answer == "going"
+                && !late
+                && a.state() == AlertState::New
+                && a.family
+                    .as_ref()
+                    .is_some_and(|f| f.policy == "family_first" && f.taken_by.is_empty());
+            if takes {
+                a.set_state(AlertState::Acknowledged);
+                a.acknowledged_ms = now;
+                a.acknowledged_by = format!("family: {name}");
+                a.offer_deadline_ms = 0;
+                if let Some(record) = a.family.as_mut() {
+                    record.taken_by = phone.to_string();
+                    record.deadline_ms = 0;
+                }
+                change.device_acks = device_acks_help_is_coming(a);
+                change.notifications = desk
+                    .callout()
+                    .follow_up(a, &family, "taken", &name, phone, now);
+            }
+            let detail = format!(
+                "{name}: {answer}{}{}",
+                if late {
+                    " (late: the alert was closed)"
+                } else {
+                    ""
+                },
+                if takes { "; taken by the family" } else { "" }
+            );
+            change
+                .audit
+                .push(audit(&actor, "alert.family_answer", a, detail));
+            Ok(change)
+        })?;
+        desk.store().flush().await?;
+        tracing::info!(alert_id, %phone, answer, "family answered");
+        desk.push_downlinks(&alert, downlinks);
+        desk.notifier().wake();
+        desk.deadlines_changed().notify_one();
+        desk.announce(alert.clone());
+        Ok(alert)
+    }
+
+    /// A delivery report for a family message (Kannel's `dlr-url`):
+    /// written on the message and audited.
+    pub async fn record_delivery(
+        &self,
+        delivery_id: &str,
+        status: &str,
+    ) -> Result<Option<Alert>, DeskError> {
+        let desk = &self.desk;
+        let Some(alert_id) = delivery_id.split('-').next().filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let result = desk.store().update_alert(alert_id, |a| {
+            if !callout::record_delivery(a, delivery_id, status) {
+                return Err(stale("no such message"));
+            }
+            Ok(Change {
+                audit: vec![audit(
+                    "sms",
+                    "notify.report",
+                    a,
+                    format!("{delivery_id}: {status}"),
+                )],
+                ..Default::default()
+            })
+        });
+        match result {
+            Ok((alert, _)) => {
+                desk.store().flush().await?;
+                desk.announce(alert.clone());
+                Ok(Some(alert))
+            }
+            Err(StoreError::Stale(_) | StoreError::NotFound(_)) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+/// An alert the resident cancelled: the family told so far hears it is
+/// over.
+pub async fn tell_closed(desk: &AlertDesk, alert_id: &str) {
+    let Ok(current) = desk.store().alert(alert_id) else {
+        return;
+    };
+    if current.family.is_none() {
+        return;
+    }
+    let family = match desk.callout().family_of(&current) {
+        Ok(Some(family)) => family,
+        _ => return,
+    };
+    let now = now_ms();
+    let result = desk.store().update_alert(alert_id, |a| {
+        let told_closed = a
+            .family
+            .as_ref()
+            .is_some_and(|f| f.messages.iter().any(|m| m.kind == "resolved"));
+        if told_closed || lifecycle::is_open(a.state()) {
+            return Err(stale("nothing to tell"));
+        }
+        if let Some(record) = a.family.as_mut() {
+            record.deadline_ms = 0;
+        }
+        Ok(Change {
+            notifications: desk
+                .callout()
+                .follow_up(a, &family, "resolved", "", "", now),
+            ..Default::default()
+        })
+    });
+    if let Ok((alert, _)) = result {
+        if let Err(err) = desk.store().flush().await {
+            tracing::warn!(alert_id, error = %err, "flushing the family's stand-down failed");
+        }
+        desk.notifier().wake();
+        desk.announce(alert);
     }
 }

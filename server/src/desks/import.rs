@@ -392,6 +392,8 @@ fn read_rows(
                             emergency_contacts: contacts(&get("emergency_contacts"))?,
                             access_notes: get("access_notes"),
                             callout: optional("callout"),
+                            birth_date: optional("birth_date"),
+                            sex: optional("sex"),
                             checkin: crate::domain::welfare::enrol(
                                 Some(CheckinWindow {
                                     start,

@@ -14,7 +14,9 @@
 
 use anxin_proto::{
     now_ms,
-    v1::{GatewayMessage, Received, RosterDevice, SignOfLife, UplinkEvent, gateway_message},
+    v1::{
+        GatewayMessage, Position, Received, RosterDevice, SignOfLife, UplinkEvent, gateway_message,
+    },
 };
 
 use crate::{
@@ -51,14 +53,39 @@ fn origin_of(
             ..Default::default()
         });
     }
+    // Where the resident is: the event's own fix, else the device's last.
+    let position = match position_of(event, now_ms()) {
+        Some(position) => Some(position),
+        None => store.last_position(device_id)?.map(|p| Position {
+            source: "last_known".into(),
+            ..p
+        }),
+    };
     let Some(device) = store.device(device_id)? else {
-        return Ok(Origin::default());
+        return Ok(Origin {
+            position,
+            ..Default::default()
+        });
     };
     let resident = store.resident(&device.resident_id)?.unwrap_or_default();
     Ok(Origin {
         resident_id: device.resident_id,
+        position,
         ..resident_origin(store, resident, device.kind)?
     })
+}
+
+/// The position an event carries, if any.
+fn position_of(event: &anxin_proto::DeviceEvent, received_ms: i64) -> Option<Position> {
+    match &event.detail {
+        Some(anxin_proto::v1::device_event::Detail::Location(location)) => Some(Position {
+            location: Some(location.clone()),
+            at_ms: received_ms,
+            device_id: event.device_id.clone(),
+            source: "event".into(),
+        }),
+        _ => None,
+    }
 }
 
 /// Which devices a gateway may speak for: those registered to it, and
@@ -208,6 +235,9 @@ pub struct Taken {
     changed_alerts: Vec<(anxin_proto::v1::Alert, Decision)>,
     /// Residents' own "I'm OK", committed for the first time here.
     checkins: Vec<SignOfLife>,
+    /// Positions the batch carried, with their devices' residents: added
+    /// to the track of the residents' open alerts.
+    positions: Vec<(String, Position)>,
 }
 
 impl Taken {
@@ -279,6 +309,9 @@ impl GatewayIntake {
                 // Signs of life count resent events too: a kill between the
                 // commit and this write must not lose the resident's "I'm OK".
                 let resident = self.owners.resident(&event.device_id);
+                if let Some(position) = position_of(event, received_ms) {
+                    taken.positions.push((resident.to_string(), position));
+                }
                 if let Some(how) = sign_in(event)
                     && !resident.is_empty()
                 {
@@ -334,6 +367,14 @@ impl GatewayIntake {
             metrics::counter!(m::STORE_ERRORS).increment(1);
             tracing::error!(gateway_id, error = %err, "recording signs of life failed");
             return Err(err);
+        }
+        if !taken.positions.is_empty() {
+            let positions: Vec<Position> = taken.positions.iter().map(|(_, p)| p.clone()).collect();
+            if let Err(err) = desk.store().note_positions(&positions) {
+                metrics::counter!(m::STORE_ERRORS).increment(1);
+                tracing::error!(gateway_id, error = %err, "recording positions failed");
+                return Err(err);
+            }
         }
         taken.checkins = signs
             .into_iter()
@@ -463,7 +504,13 @@ impl GatewayIntake {
                     let desk = desk.clone();
                     tokio::spawn(async move { desk.route(&alert.id).await });
                 }
-                Decision::Cancel => desk.stand_down(&alert, &alert),
+                Decision::Cancel => {
+                    desk.stand_down(&alert, &alert);
+                    let desk = desk.clone();
+                    tokio::spawn(async move {
+                        crate::desks::family::tell_closed(&desk, &alert.id).await
+                    });
+                }
                 Decision::Attach {
                     priority_raised: true,
                 } => {
@@ -473,6 +520,60 @@ impl GatewayIntake {
                 _ => {}
             }
         }
+        let positions: Vec<(String, Position)> = taken
+            .positions
+            .into_iter()
+            .filter(|(resident, _)| !resident.is_empty())
+            .collect();
+        if !positions.is_empty() {
+            let desk = desk.clone();
+            tokio::spawn(async move { track(&desk, &positions).await });
+        }
         taken.acks
+    }
+}
+
+/// Positions reported after an alert was raised join its track (the
+/// last [`TRACK_LIMIT`]): a carer looking for a resident who wanders
+/// follows where they went.
+pub async fn track(desk: &AlertDesk, positions: &[(String, anxin_proto::v1::Position)]) {
+    let open = match desk.store().alerts(&crate::domain::lifecycle::OPEN_STATES) {
+        Ok(open) => open,
+        Err(err) => {
+            tracing::warn!(error = %err, "reading open alerts for their tracks failed");
+            return;
+        }
+    };
+    let mut changed = false;
+    for alert in open {
+        let fresh: Vec<&anxin_proto::v1::Position> = positions
+            .iter()
+            .filter(|(resident, p)| *resident == alert.resident_id && p.at_ms > alert.created_ms)
+            .map(|(_, p)| p)
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        let result = desk.store().update_alert(&alert.id, |a| {
+            a.track.extend(fresh.iter().map(|p| (*p).clone()));
+            let excess = a
+                .track
+                .len()
+                .saturating_sub(crate::desks::alerts::TRACK_LIMIT);
+            a.track.drain(..excess);
+            Ok(crate::store::Change::default())
+        });
+        match result {
+            Ok((alert, _)) => {
+                changed = true;
+                desk.announce(alert);
+            }
+            Err(err) => {
+                tracing::warn!(alert_id = %alert.id, error = %err, "adding to an alert's track failed")
+            }
+        }
+    }
+    if changed && let Err(err) = desk.store().flush().await {
+        tracing::warn!(error = %err, "flushing alert tracks failed");
     }
 }

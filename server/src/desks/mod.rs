@@ -11,6 +11,7 @@ pub mod auth;
 pub mod callout;
 pub mod family;
 pub mod gateways;
+pub mod handoff;
 pub mod import;
 pub mod intake;
 pub mod outbox;

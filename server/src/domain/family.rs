@@ -169,6 +169,17 @@ pub fn check_resident(
             POLICIES.join(", ")
         ));
     }
+    if !resident.birth_date.is_empty()
+        && crate::domain::calendar::parse_date(&resident.birth_date).is_none()
+    {
+        return Err(format!(
+            "birth_date `{}` is not YYYY-MM-DD",
+            resident.birth_date
+        ));
+    }
+    if !["", "female", "male"].contains(&resident.sex.as_str()) {
+        return Err(format!("sex `{}` is not female or male", resident.sex));
+    }
     let mut phones = std::collections::HashSet::new();
     for contact in &mut resident.emergency_contacts {
         let stored = normalize_phone(&contact.phone).ok().and_then(|phone| {
@@ -214,15 +225,19 @@ pub fn quiet_now(contact: &EmergencyContact, now_ms: i64, utc_offset_minutes: i3
     }
 }
 
-/// Quiet hours hold back messages about a P2/P3 (a missed check-in, a
-/// low battery); a P0/P1 (a fall, an SOS) wakes them.
+/// Quiet hours hold back messages about anything but a P0: a missed
+/// check-in, inactivity, a device offline (P1) and the household signals
+/// (P2) wait for the staff; an SOS, a fall, smoke, gas or critical vitals
+/// (P0) wakes them. A message held back is recorded on the alert, never
+/// sent later (by morning the staff have it in hand), and the contact is
+/// not told of its close either.
 pub fn held_back(
     contact: &EmergencyContact,
     priority: i32,
     now_ms: i64,
     utc_offset_minutes: i32,
 ) -> bool {
-    priority > Priority::P1 as i32 && quiet_now(contact, now_ms, utc_offset_minutes)
+    priority > Priority::P0 as i32 && quiet_now(contact, now_ms, utc_offset_minutes)
 }
 
 /// The policy that applies to a resident: theirs, else their community's,
@@ -330,7 +345,7 @@ pub fn start(
 }
 
 /// Family first: calls the next contact who may be called now (skipping
-/// those in quiet hours for a P2/P3), cycling the list up to `rounds`
+/// those in quiet hours for anything but a P0), cycling the list up to `rounds`
 /// times; sets the deadline of their answer. None once the list is done.
 pub fn next_call(
     alert: &Alert,
@@ -620,10 +635,16 @@ mod tests {
     }
 
     #[test]
-    fn quiet_hours_hold_back_p2_and_never_p0() {
+    fn quiet_hours_hold_back_p1_p2_and_never_p0() {
         let mut c = contact("A", "+8613900000001", 1);
         c.quiet_hours = "22:00-07:00".into();
         let (p0, p2) = (Priority::P0 as i32, Priority::P2 as i32);
+        assert!(held_back(
+            &c,
+            Priority::P1 as i32,
+            MONDAY_10AM + 13 * HOUR,
+            480
+        ));
         // 10:00 local: not quiet.
         assert!(!held_back(&c, p2, MONDAY_10AM, 480));
         // 23:00 and 06:00 local: quiet, across midnight.

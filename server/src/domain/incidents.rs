@@ -36,6 +36,8 @@ pub struct Origin {
     pub community_name: String,
     pub address: String,
     pub device_kind: String,
+    /// Where the device was: the raising event's fix, or its last known.
+    pub position: Option<anxin_proto::v1::Position>,
 }
 
 impl Origin {
@@ -158,6 +160,7 @@ pub fn raise(
         community_name: origin.community_name.clone(),
         address: origin.address.clone(),
         device_kind: origin.device_kind.clone(),
+        position: origin.position.clone(),
         events: vec![event_ref(event, now_ms)],
         last_event_ms: now_ms,
         notes: gateway_note(event, now_ms).into_iter().collect(),

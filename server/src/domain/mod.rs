@@ -3,6 +3,7 @@
 
 pub mod calendar;
 pub mod family;
+pub mod handoff;
 pub mod incidents;
 pub mod lifecycle;
 pub mod listing;

@@ -33,6 +33,9 @@ pub struct Notification {
     pub language: String,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub link: bool,
+    /// `emergency_services`: the hand-off sheet (`domain/handoff.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<serde_json::Value>,
 }
 
 /// The hosts webhooks may go to (`notify.webhook_hosts`): an exact name or

@@ -359,6 +359,7 @@ pub fn resident_origin(
         resident_name: resident.name,
         address: resident.address,
         device_kind,
+        position: None,
     })
 }
 
@@ -368,6 +369,8 @@ pub fn redacted(resident: &Resident) -> Resident {
         medical_notes: String::new(),
         emergency_contacts: Vec::new(),
         access_notes: String::new(),
+        birth_date: String::new(),
+        sex: String::new(),
         ..resident.clone()
     }
 }

@@ -40,7 +40,8 @@ pub use storage::{
     Storage, Store, StoredEvent, chain_hash, verify_chain,
 };
 pub(crate) use storage::{
-    alert_number, closed_ms, decision_audit, decode, incident_key, latest_signs, offer_deadline,
+    alert_number, closed_ms, decision_audit, decode, incident_key, latest_positions, latest_signs,
+    offer_deadline,
 };
 
 /// Opens the sled store at `path` (the embedded default).

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use anxin_proto::v1::{Alert, AuditEntry, DeviceAck, Downlink, UplinkEvent};
+use anxin_proto::v1::{Alert, AuditEntry, DeviceAck, Downlink, Position, UplinkEvent};
 use futures::future::BoxFuture;
 use prost::Message;
 
@@ -305,6 +305,12 @@ pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
     /// beginning; `None` while it is whole.
     fn audit_anchor(&self) -> Result<Option<AuditAnchor>, StoreError>;
     /// A device's daily summaries, oldest first.
+    /// Records devices' positions (the newest per device wins, whatever
+    /// order batches arrive in). Durable after [`Storage::flush`].
+    fn note_positions(&self, positions: &[Position]) -> Result<(), StoreError>;
+    /// A device's last known position.
+    fn last_position(&self, device_id: &str) -> Result<Option<Position>, StoreError>;
+
     fn event_days(&self, device_id: &str) -> Result<Vec<EventDay>, StoreError>;
     /// Records, outside the store, how far the store has made its writes
     /// durable, so that a store which later opens with less is refused
@@ -510,6 +516,18 @@ pub fn verify_chain(
         report.head = entry.hash;
     }
     report
+}
+
+/// The newest position per device among `positions`.
+pub(crate) fn latest_positions(positions: &[Position]) -> Vec<&Position> {
+    let mut latest: std::collections::HashMap<&str, &Position> = Default::default();
+    for p in positions {
+        let slot = latest.entry(p.device_id.as_str()).or_insert(p);
+        if p.at_ms > slot.at_ms {
+            *slot = p;
+        }
+    }
+    latest.into_values().collect()
 }
 
 /// The latest sign per resident among `signs` (a batch may carry several

@@ -2,6 +2,7 @@
 // reports, and a carer's phone view. Plain modules, no build step, no CDN;
 // it uses only the public REST/SSE API (docs/protocol.md, docs/dispatch.md).
 import { t, lang, setLang } from '/console/i18n.js';
+import { positionCard } from '/console/map.js';
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const h = (tag, attrs = {}, ...children) => {
@@ -330,6 +331,9 @@ function renderDetail(id) {
         h('h3', {}, t('detail.timeline')),
         h('ol', { class: 'timeline' }, timeline.map(([ms, text]) => h('li', {}, h('time', {}, clock(ms)), text)))),
       residentCard,
+      positionCard(h, t, a.position, a.track || []),
+      a.family ? familyCard(a) : '',
+      short(a.escalationStep, 'ESCALATION_STEP_') === 'EMERGENCY_SERVICES' ? handoffCard(a) : '',
       a.residentId ? welfareCard : '',
       h('div', { class: 'card' }, h('h3', {}, t('detail.device')),
         h('dl', {},
@@ -338,6 +342,43 @@ function renderDetail(id) {
           h('dt', {}, t('detail.gateway')), h('dd', {}, a.gatewayId),
           h('dt', {}, t('detail.kind')), h('dd', {}, a.deviceKind ? t('device.' + a.deviceKind) : '—'),
           h('dt', {}, t('col.community')), h('dd', {}, communityName(a))))));
+}
+
+// The family's side of an alert: every message sent to a contact (with
+// whether it has reached them) and every answer, as it happens.
+function familyCard(a) {
+  const f = a.family;
+  const takenBy = f.takenBy ? (f.messages || []).find(m => m.phone === f.takenBy)?.name || f.takenBy : '';
+  return h('div', { class: 'card', id: 'family-card' },
+    h('h3', {}, t('family.title'), ' ', h('span', { class: 'muted' }, t('family.policy.' + f.policy))),
+    takenBy ? h('p', { class: 'notice', 'data-role': 'family-taken' }, t('family.takenBy', { who: takenBy })) : '',
+    h('ol', { class: 'timeline' }, (f.messages || []).map(m => h('li', { 'data-kind': m.kind, 'data-status': m.status || '' },
+      h('time', {}, clock(m.atMs)),
+      `${m.name} · ${t('family.kind.' + m.kind)}`,
+      m.deliveryId ? h('span', { class: m.status === 'queued' ? 'late' : 'muted', 'data-role': 'delivery' },
+        ` · ${m.quiet ? t('family.quiet') : (m.status || '').startsWith('failed') ? m.status : t('family.status.' + m.status)}`) : '',
+      m.late ? h('span', { class: 'muted' }, ` · ${t('family.late')}`) : ''))));
+}
+
+// The hand-off to the emergency services: the sheet a 120 call-taker needs,
+// and their reference recorded back on the alert.
+function handoffCard(a) {
+  const input = h('input', { id: 'cad-reference', value: a.emergencyReference || '', 'aria-label': t('handoff.reference') });
+  const sheet = h('pre', { class: 'handoff', 'data-role': 'handoff-text' });
+  // Reading the sheet reads the resident's sensitive fields: audited.
+  const open = async () => {
+    try { sheet.textContent = (await api('GET', `/api/v1/alerts/${a.id}/handoff`)).text; }
+    catch (e) { toast(`${t('error')}: ${e.message}`); }
+  };
+  return h('div', { class: 'card', id: 'handoff-card' }, h('h3', {}, t('handoff.title')),
+    h('button', { class: 'act', 'data-action': 'handoff', onclick: open }, t('handoff.open')), sheet,
+    h('div', { class: 'actions' }, input, h('button', { class: 'act', 'data-action': 'reference', onclick: async () => {
+      try {
+        const alert = await api('POST', `/api/v1/alerts/${a.id}/reference`, { reference: input.value });
+        app.alerts.set(alert.id, alert);
+        render();
+      } catch (e) { toast(`${t('error')}: ${e.message}`); }
+    } }, t('handoff.save'))));
 }
 
 // Each view of the card reads the resident's record, and the server audits

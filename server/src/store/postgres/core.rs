@@ -38,6 +38,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("0005_directory_index.sql"),
     ),
     (6, "retention", include_str!("0006_retention.sql")),
+    (7, "positions", include_str!("0007_positions.sql")),
 ];
 
 /// Serialises schema migrations across replicas starting together.

@@ -278,6 +278,42 @@ impl Storage for PgStore {
         })
     }
 
+    fn note_positions(&self, positions: &[anxin_proto::v1::Position]) -> Result<(), StoreError> {
+        use prost::Message;
+        let latest = crate::store::latest_positions(positions);
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = latest.iter().map(|p| p.device_id.as_str()).collect();
+        let at: Vec<i64> = latest.iter().map(|p| p.at_ms).collect();
+        let bodies: Vec<Vec<u8>> = latest.iter().map(|p| p.encode_to_vec()).collect();
+        self.block(async {
+            let client = self.pool.get().await?;
+            client
+                .execute(
+                    "insert into positions (device_id, at_ms, body)
+                     select * from unnest($1::text[], $2::bigint[], $3::bytea[])
+                     on conflict (device_id) do update
+                       set at_ms = excluded.at_ms, body = excluded.body
+                       where positions.at_ms <= excluded.at_ms",
+                    &[&ids, &at, &bodies],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn last_position(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<anxin_proto::v1::Position>, StoreError> {
+        self.get_one(
+            "position",
+            "select body from positions where device_id = $1",
+            device_id,
+        )
+    }
+
     fn event_days(&self, device_id: &str) -> Result<Vec<crate::store::EventDay>, StoreError> {
         self.block(async {
             let client = self.pool.get().await?;

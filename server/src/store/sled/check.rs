@@ -264,6 +264,7 @@ pub(super) fn check(store: &SledStore) -> CheckReport {
     decode_all::<Downlink>(&mut report, "downlinks", &store.downlinks);
     decode_all::<OutboxItem>(&mut report, "outbox", &store.outbox);
     decode_all::<SignOfLife>(&mut report, "signs", &store.signs);
+    decode_all::<anxin_proto::v1::Position>(&mut report, "positions", &store.positions);
     decode_all::<CheckinDay>(&mut report, "checkin_days", &store.checkin_days);
     decode_all::<VisitPlan>(&mut report, "visit_plans", &store.visit_plans);
     decode_all::<Visit>(&mut report, "visits", &store.visits);

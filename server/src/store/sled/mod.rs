@@ -22,6 +22,7 @@
 //! - `downlinks`: `gateway_id ‖ 0x00 ‖ downlink id (u64 BE)` → `Downlink`
 //! - `audit`:     `entry id (u64 BE)` → `AuditEntry`, append-only.
 //! - `signs`:     `resident_id` → the latest `SignOfLife`.
+//! - `positions`: `device_id` → its last known `Position`.
 //! - `checkin_days`: `local day (u32 BE) ‖ resident_id` → `CheckinDay`,
 //!   written once.
 //! - `visit_plans`: `plan id` → `VisitPlan`; `visits`: `local day (u32 BE) ‖

@@ -188,6 +188,7 @@ impl SledStore {
             import_staging: db.open_tree("import_staging")?,
             outbox: db.open_tree("outbox")?,
             signs: db.open_tree("signs")?,
+            positions: db.open_tree("positions")?,
             checkin_days: db.open_tree("checkin_days")?,
             visit_plans: db.open_tree("visit_plans")?,
             visits: db.open_tree("visits")?,

@@ -244,6 +244,31 @@ impl Storage for SledStore {
         retention::event_days(self, device_id)
     }
 
+    fn note_positions(&self, positions: &[anxin_proto::v1::Position]) -> Result<(), StoreError> {
+        use prost::Message;
+        for position in crate::store::latest_positions(positions) {
+            self.positions
+                .fetch_and_update(position.device_id.as_bytes(), |old| {
+                    let newer = old
+                        .and_then(|b| anxin_proto::v1::Position::decode(b).ok())
+                        .is_none_or(|o| position.at_ms >= o.at_ms);
+                    if newer {
+                        Some(position.encode_to_vec())
+                    } else {
+                        old.map(<[u8]>::to_vec)
+                    }
+                })?;
+        }
+        Ok(())
+    }
+
+    fn last_position(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<anxin_proto::v1::Position>, StoreError> {
+        crate::store::sled::trees::get(&self.positions, "position", device_id)
+    }
+
     fn check(&self) -> crate::store::CheckReport {
         check::check(self)
     }

@@ -142,6 +142,8 @@ pub struct SledStore {
     /// `delivery id` → [`OutboxItem`]: notifications not yet delivered.
     pub(crate) outbox: sled::Tree,
     pub(crate) signs: sled::Tree,
+    /// `device_id` → its last known `Position`.
+    pub(crate) positions: sled::Tree,
     pub(crate) checkin_days: sled::Tree,
     pub(crate) visit_plans: sled::Tree,
     pub(crate) visits: sled::Tree,

@@ -1,0 +1,160 @@
+// The family view and the alert's map in Debian's Chromium (playwright-core),
+// run by tests/tests/family.rs once a family-first SOS has called the second
+// contact: the dispatcher watches the alert detail, the family member opens
+// the link from their SMS on a phone, sees the alarm and the map, presses
+// "I'm going", and the dispatcher's page shows it. The map's tiles come from
+// a local tile server in this script; with it stopped, the marker and the
+// coordinates still show. A used link gets the page that says so.
+import http from 'node:http';
+import zlib from 'node:zlib';
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const env = name => {
+  const value = process.env[name];
+  if (!value) throw new Error(`missing env ${name}`);
+  return value;
+};
+const SERVER = env('ANXIN_SERVER_HTTP');
+const LINK = env('ANXIN_FAMILY_LINK');             // the link as the SMS carried it
+const DISPATCHER = env('ANXIN_DISPATCHER_TOKEN');
+const ALERT = env('ANXIN_ALERT_ID');
+const TILE_PORT = Number(env('ANXIN_TILE_PORT'));
+const SHOTS = env('ANXIN_SCREENSHOTS');
+const CHROMIUM = process.env.ANXIN_CHROMIUM || '/usr/bin/chromium';
+const PATIENCE = 30_000;
+const log = (...args) => console.log('[family-test]', ...args);
+function check(condition, message) { if (!condition) throw new Error(`check failed: ${message}`); }
+
+// ---- a tile server: every tile a light ground with a grid, as PNG ----
+function crcTable() {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+}
+const CRC = crcTable();
+const crc32 = buf => { let c = 0xffffffff; for (const b of buf) c = CRC[(c ^ b) & 0xff] ^ (c >>> 8); return (c ^ 0xffffffff) >>> 0; };
+function chunk(type, data) {
+  const out = Buffer.alloc(12 + data.length);
+  out.writeUInt32BE(data.length, 0);
+  out.write(type, 4, 'ascii');
+  data.copy(out, 8);
+  out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
+  return out;
+}
+function tilePng() {
+  const size = 256;
+  const raw = Buffer.alloc((size * 3 + 1) * size);
+  for (let y = 0; y < size; y++) {
+    raw[y * (size * 3 + 1)] = 0;
+    for (let x = 0; x < size; x++) {
+      const line = x % 64 === 0 || y % 64 === 0;
+      const o = y * (size * 3 + 1) + 1 + x * 3;
+      raw[o] = line ? 190 : 236; raw[o + 1] = line ? 200 : 232; raw[o + 2] = line ? 180 : 214;
+    }
+  }
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(size, 0); header.writeUInt32BE(size, 4);
+  header[8] = 8; header[9] = 2; header[10] = 0; header[11] = 0; header[12] = 0;
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', header),
+    chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+}
+const TILE = tilePng();
+let tilesServed = 0;
+const tiles = http.createServer((req, res) => {
+  tilesServed++;
+  res.writeHead(200, { 'content-type': 'image/png', 'cache-control': 'no-store' });
+  res.end(TILE);
+});
+await new Promise(resolve => tiles.listen(TILE_PORT, '127.0.0.1', resolve));
+
+fs.mkdirSync(SHOTS, { recursive: true });
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-sync'],
+});
+const violations = [];
+async function page(options, language) {
+  const context = await browser.newContext({ ...options, locale: language });
+  await context.addInitScript(lang => localStorage.setItem('anxin-lang', lang), language);
+  const p = await context.newPage();
+  p.on('pageerror', e => log(`page error: ${e.message}`));
+  p.on('console', m => {
+    if (m.type() === 'error') log(`browser console: ${m.text()}`);
+    if (m.text().includes('Content Security Policy')) violations.push(m.text());
+  });
+  return p;
+}
+const phone = { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true };
+const desk = { viewport: { width: 1360, height: 900 } };
+
+// The dispatcher watches the alert.
+const dispatcher = await page(desk, 'en');
+await dispatcher.goto(`${SERVER}/#token=${DISPATCHER}`);
+await dispatcher.waitForSelector('#live.on', { timeout: PATIENCE });
+await dispatcher.goto(`${SERVER}/#/alert/${ALERT}`);
+await dispatcher.waitForSelector('#family-card', { timeout: PATIENCE });
+await dispatcher.waitForSelector('#map[data-ready="1"] .leaflet-marker-icon', { timeout: PATIENCE });
+
+// The family member opens the link on their phone.
+const family = await page(phone, 'en');
+await family.goto(LINK);
+await family.waitForSelector(`.fv-alert[data-alert-id="${ALERT}"]`, { timeout: PATIENCE });
+check(!family.url().includes('#'), 'the link is taken out of the address bar');
+await family.waitForSelector('#map[data-ready="1"] .leaflet-marker-icon', { timeout: PATIENCE });
+const coordinates = await family.textContent('[data-role=coordinates]');
+check(/^31\.23040, 121\.47370$/.test(coordinates), `the coordinates: ${coordinates}`);
+await family.waitForFunction(() => document.querySelectorAll('#map img.leaflet-tile-loaded').length > 0, null, { timeout: PATIENCE });
+check(tilesServed > 0, 'tiles came from the local tile server');
+const body = await family.textContent('body');
+check(!body.includes('diabetic') && !body.includes('4321'), 'no medical or access notes in the family view');
+await family.screenshot({ path: path.join(SHOTS, 'family-en.png'), fullPage: true });
+
+// "I'm going": the dispatcher's page shows it.
+const pressed = Date.now();
+await family.click('button[data-answer=going]');
+await dispatcher.waitForSelector('#family-card li[data-kind=going]', { timeout: PATIENCE });
+const shownAfter = Date.now() - pressed;
+log(`"I'm going" on the dispatcher's alert detail ${shownAfter} ms after the press`);
+console.log(`FAMILY_ANSWER_SHOWN_MS ${shownAfter}`);
+await dispatcher.waitForSelector('[data-role=family-taken]', { timeout: PATIENCE });
+await family.waitForFunction(() => document.querySelector('[data-role=coming]')?.textContent.includes('Li Ming'), null, { timeout: PATIENCE });
+await dispatcher.screenshot({ path: path.join(SHOTS, 'alert-family-map-en.png'), fullPage: true });
+
+// The same in Chinese, from the same session (the view follows the
+// contact's language; the dispatcher's console its own).
+const dispatcherZh = await page(desk, 'zh-CN');
+await dispatcherZh.goto(`${SERVER}/#token=${DISPATCHER}`);
+await dispatcherZh.waitForSelector('#live.on', { timeout: PATIENCE });
+await dispatcherZh.goto(`${SERVER}/#/alert/${ALERT}`);
+await dispatcherZh.waitForSelector('#map[data-ready="1"] .leaflet-marker-icon', { timeout: PATIENCE });
+await dispatcherZh.waitForFunction(() => document.querySelectorAll('#map img.leaflet-tile-loaded').length > 0, null, { timeout: PATIENCE });
+await dispatcherZh.screenshot({ path: path.join(SHOTS, 'alert-family-map-zh-CN.png'), fullPage: true });
+
+// The link again: used, so the page says so and shows nothing of the alarm.
+const again = await page(phone, 'zh-CN');
+await again.goto(LINK);
+await again.waitForSelector('#bad-link', { timeout: PATIENCE });
+check(!(await again.textContent('body')).includes('Wang Xiulan'), 'a used link shows nothing of the resident');
+await again.screenshot({ path: path.join(SHOTS, 'family-link-used-zh-CN.png') });
+
+// Without tiles: the marker, the accuracy circle and the coordinates.
+await new Promise(resolve => { tiles.close(resolve); tiles.closeAllConnections?.(); });
+const dark = await page(desk, 'en');
+await dark.goto(`${SERVER}/#token=${DISPATCHER}`);
+await dark.waitForSelector('#live.on', { timeout: PATIENCE });
+await dark.goto(`${SERVER}/#/alert/${ALERT}`);
+await dark.waitForSelector('#map[data-ready="1"] .leaflet-marker-icon', { timeout: PATIENCE });
+check((await dark.textContent('[data-role=coordinates]')).startsWith('31.23040'), 'coordinates without tiles');
+check(await dark.$('#map path.accuracy'), 'the accuracy circle without tiles');
+check((await dark.getAttribute('[data-role=open-in-maps]', 'href')).startsWith('geo:31.2304'), 'an open-in-maps link');
+await dark.locator('#position-card').screenshot({ path: path.join(SHOTS, 'map-no-tiles-en.png') });
+
+check(violations.length === 0, `no Content-Security-Policy violations: ${violations.join('; ')}`);
+await browser.close();
+log('family browser test passed');

@@ -10,7 +10,7 @@ use crate::{
     desks::audit::guard,
     domain::handoff::{Handoff, sheet, text},
     domain::rights::{Need, Principal},
-    store::{Change, StoreError, directory::Directory},
+    store::{Change, directory::Directory},
 };
 
 /// The sheet for an alert, as JSON and as text.
@@ -73,7 +73,7 @@ pub async fn record_reference(
             ..Default::default()
         })
     })?;
-    desk.store().flush().await.map_err(StoreError::from)?;
+    desk.store().flush().await?;
     desk.announce(alert.clone());
     Ok(alert)
 }

@@ -626,6 +626,12 @@ impl ServerConfig {
         if !["wgs84", "gcj02"].contains(&self.map.datum.as_str()) {
             return invalid("map.datum", "must be wgs84 or gcj02");
         }
+        if !self.sms.sendsms_url.is_empty() && self.sms.from.is_empty() {
+            return invalid(
+                "sms.from",
+                "the sender number or id is needed with sms.sendsms_url (smsbox refuses an SMS without one)",
+            );
+        }
         if !self.sms.sendsms_url.is_empty() && self.sms.username.is_empty() {
             return invalid(
                 "sms.username",

@@ -335,7 +335,8 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         config.notify.attempts,
         Duration::from_millis(config.notify.backoff_initial_ms),
         Duration::from_millis(config.notify.timeout_ms),
-    );
+    )
+    .with_family(family.clone());
 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

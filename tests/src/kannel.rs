@@ -41,6 +41,8 @@ pub struct Kannel {
     boxes: Vec<Child>,
     dir: tempfile::TempDir,
     stopped: Arc<AtomicBool>,
+    /// bearerbox's box port and smsbox's sendsms port.
+    ports: (u16, u16),
 }
 
 /// The bearerbox and smsbox binaries, if installed.
@@ -144,7 +146,6 @@ impl Kannel {
     /// Starts the carrier stand-in, bearerbox and smsbox; ready once
     /// smsbox answers on its sendsms port.
     pub async fn start() -> Kannel {
-        let (bearerbox, smsbox) = installed().expect("kannel is installed (checked by the caller)");
         let carrier: Arc<Mutex<Carrier>> = Default::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let carrier_port = listener.local_addr().unwrap().port();
@@ -199,47 +200,69 @@ status-permfail-regex = "REFUSED"
         );
         let conf = dir.path().join("kannel.conf");
         std::fs::write(&conf, config).unwrap();
+        let mut kannel = Kannel {
+            sendsms_url: format!("http://127.0.0.1:{sendsms}/cgi-bin/sendsms"),
+            username: "anxin".into(),
+            password: "sms-secret".into(),
+            carrier,
+            boxes: Vec::new(),
+            dir,
+            stopped: Default::default(),
+            ports: (boxes_port, sendsms),
+        };
+        kannel.start_boxes().await;
+        kannel
+    }
+
+    /// Starts bearerbox, then smsbox once bearerbox listens; returns when
+    /// smsbox answers on its sendsms port.
+    async fn start_boxes(&mut self) {
+        let (bearerbox, smsbox) = installed().expect("kannel is installed");
+        let dir = self.dir.path().to_path_buf();
+        let conf = dir.join("kannel.conf");
         let spawn = |binary: &PathBuf, name: &str| {
+            let output = |suffix: &str| {
+                Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join(format!("{name}.{suffix}")))
+                        .unwrap(),
+                )
+            };
             Command::new(binary)
                 .arg(&conf)
-                .stdout(Stdio::from(
-                    std::fs::File::create(dir.path().join(format!("{name}.out"))).unwrap(),
-                ))
-                .stderr(Stdio::from(
-                    std::fs::File::create(dir.path().join(format!("{name}.err"))).unwrap(),
-                ))
+                .stdout(output("out"))
+                .stderr(output("err"))
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {name}: {e}"))
         };
-        let mut boxes = vec![spawn(&bearerbox, "bearerbox")];
-        // smsbox connects to bearerbox: give bearerbox its port first.
+        let (boxes_port, sendsms) = self.ports;
+        self.boxes = vec![spawn(&bearerbox, "bearerbox")];
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", boxes_port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "bearerbox did not listen: {}",
-                std::fs::read_to_string(dir.path().join("bearerbox.log")).unwrap_or_default()
+                self.log("bearerbox.log")
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        boxes.push(spawn(&smsbox, "smsbox"));
+        self.boxes.push(spawn(&smsbox, "smsbox"));
         while std::net::TcpStream::connect(("127.0.0.1", sendsms)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "smsbox did not listen: {}",
-                std::fs::read_to_string(dir.path().join("smsbox.log")).unwrap_or_default()
+                self.log("smsbox.log")
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Kannel {
-            sendsms_url: format!("http://127.0.0.1:{sendsms}/cgi-bin/sendsms"),
-            username: "anxin".into(),
-            password: "sms-secret".into(),
-            carrier,
-            boxes,
-            dir,
-            stopped: Default::default(),
-        }
+        self.stopped.store(false, Ordering::SeqCst);
+    }
+
+    /// Starts both boxes again after [`Kannel::kill`], on the same ports.
+    pub async fn restart(&mut self) {
+        self.start_boxes().await;
     }
 
     /// Every message the carrier received so far, in order.

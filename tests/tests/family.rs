@@ -237,14 +237,22 @@ async fn family_first_sms_in_order_link_once_answer_seen_resolve_told_scoped() {
     );
 
     // The server dies between steps; nothing is lost or sent again.
-    eventually("both calls delivered", PATIENCE, || async {
+    // (Once the carrier's reports are in: Kannel calls a report URL once,
+    // and a report arriving while the server is down is lost.)
+    eventually("both calls delivered and reported", PATIENCE, || async {
         let audit = server.audit_of(&format!("alert/{id}")).await;
-        (audit
+        let alert = server.alert(&id).await;
+        let reported = alert["family"]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["status"] == "accepted")
+            .count();
+        let delivered = audit
             .iter()
             .filter(|e| e["action"] == "notify.delivered")
-            .count()
-            >= 2)
-            .then_some(())
+            .count();
+        (delivered >= 2 && reported >= 2).then_some(())
     })
     .await;
     server.restart().await;
@@ -446,6 +454,9 @@ async fn family_first_sms_in_order_link_once_answer_seen_resolve_told_scoped() {
     // Kannel's delivery reports reach the alert; nothing was sent twice.
     eventually("delivery reports recorded", PATIENCE, || async {
         let alert = server.alert(&id).await;
+        if std::env::var("FAMILY_DEBUG").is_ok() {
+            eprintln!("{:#}", alert["family"]["messages"]);
+        }
         alert["family"]["messages"]
             .as_array()
             .unwrap()
@@ -462,4 +473,196 @@ async fn family_first_sms_in_order_link_once_answer_seen_resolve_told_scoped() {
         .filter(|s| !s.text.contains("Resident r-other"))
         .collect();
     assert_eq!(for_this.len(), 5, "each message once: {received:#?}");
+}
+
+/// Family first with nobody answering and the SMS gateway down: the
+/// dispatcher sees every message "not yet delivered", the call-out moves
+/// on on time regardless, the staff chain takes a P0 at the limit (never
+/// later, though the list would take longer), and once Kannel is back
+/// every message is delivered. Staff first, on another resident: the staff
+/// chain starts at once and the family is told, except a contact in quiet
+/// hours for anything but a P0. A link not used in time has expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_answers_staff_take_over_at_the_limit_kannel_down_then_back_quiet_hours_links_expire()
+ {
+    const TEST: &str = "nobody_answers_staff_take_over_at_the_limit_kannel_down_then_back_quiet_hours_links_expire";
+    if kannel::installed().is_none() {
+        anxin_host::skip::skip(TEST, "Kannel is not installed (Debian package kannel)");
+        return;
+    }
+    const LIMIT_SECS: i64 = 4;
+    let mut kannel = Kannel::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sms = format!(
+        "sendsms_url = \"{}\"\nusername = \"{}\"\npassword = \"{}\"\nfrom = \"10690000\"",
+        kannel.sendsms_url, kannel.username, kannel.password
+    );
+    // The whole list would take 2 × 2 × 3 s = 12 s; a P0 waits 4 s.
+    let family = format!(
+        "answer_secs = 3\nrounds = 2\np0_staff_limit_secs = {LIMIT_SECS}\nstaff_limit_secs = 60\nlink_ttl_secs = 2"
+    );
+    let server = Server::start_configured(
+        dir.path(),
+        free_port(),
+        &[],
+        &[("sms", sms.as_str()), ("family", family.as_str())],
+    )
+    .await;
+    server.add_community("c-two").await;
+    // The community's default: family first.
+    server
+        .send(
+            "PUT",
+            "/api/v1/places/c-two",
+            serde_json::json!({ "name": "c-two", "level": "PLACE_LEVEL_COMMUNITY", "parentId": "street-test", "callout": "family_first" }),
+        )
+        .await;
+    for (id, device) in [("r-ff", "btn-ff"), ("r-sf", "btn-sf")] {
+        server.add_resident(id, "c-two", &[device]).await;
+    }
+    let mut ff = server.get("/api/v1/residents/r-ff").await;
+    ff["emergencyContacts"] = serde_json::json!([
+        contact("Chen Jing", "13900000011", 1, "zh-CN"),
+        contact("Chen Lei", "13900000012", 2, "zh-CN"),
+    ]);
+    server.send("PUT", "/api/v1/residents/r-ff", ff).await;
+    let mut sf = server.get("/api/v1/residents/r-sf").await;
+    let mut asleep = contact("Zhao Min", "13900000021", 1, "en");
+    asleep["quietHours"] = "00:00-23:59".into();
+    sf["callout"] = "staff_first".into();
+    sf["emergencyContacts"] =
+        serde_json::json!([asleep, contact("Zhao Hua", "13900000022", 2, "en")]);
+    server.send("PUT", "/api/v1/residents/r-sf", sf).await;
+    server
+        .add_staff("carer-x", "carer", &["c-two"], serde_json::json!({}))
+        .await;
+    let gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-ff", "btn-sf"]).await;
+
+    // The SMS gateway is down when the SOS comes.
+    kannel.kill();
+    Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-ff").await;
+    let raised = eventually("the family-first alert", PATIENCE, || async {
+        server
+            .alerts_for("btn-ff")
+            .await
+            .into_iter()
+            .find(|a| a["family"]["policy"] == "family_first")
+    })
+    .await;
+    let id = raised["id"].as_str().unwrap().to_string();
+    let created: i64 = raised["createdMs"].as_str().unwrap().parse().unwrap();
+    let staff_at: i64 = raised["family"]["staffAtMs"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        staff_at - created,
+        LIMIT_SECS * 1000,
+        "a P0 waits for the family at most the limit"
+    );
+
+    // Nobody answers: at the limit the staff chain has it, though the
+    // SMS gateway has taken nothing yet.
+    let offered = eventually("the staff chain takes over", PATIENCE, || async {
+        let a = server.alert(&id).await;
+        (a["state"] == "ALERT_STATE_OFFERED").then_some(a)
+    })
+    .await;
+    assert_eq!(offered["offeredTo"], "carer-x");
+    let offered_ms: i64 = offered["offeredMs"].as_str().unwrap().parse().unwrap();
+    assert!(
+        offered_ms >= staff_at,
+        "not before the family's time was up"
+    );
+    // The timer looks at least every 0.5 s: the limit holds within that
+    // and the commit's own time.
+    assert!(
+        offered_ms - staff_at < 2_000,
+        "the staff chain started {} ms after the limit",
+        offered_ms - staff_at
+    );
+    let messages = offered["family"]["messages"].as_array().unwrap().clone();
+    assert!(
+        messages.len() >= 2,
+        "both contacts called in turn: {messages:#?}"
+    );
+    assert!(
+        messages.iter().all(|m| m["status"] == "queued"),
+        "the dispatcher sees them not yet delivered: {messages:#?}"
+    );
+    assert!(kannel.received().is_empty());
+
+    // Kannel back: every message queued reaches the carrier, once.
+    kannel.restart().await;
+    let got = kannel
+        .wait_for(messages.len(), Duration::from_secs(90))
+        .await;
+    let to: Vec<&str> = got.iter().map(|s| s.to.as_str()).collect();
+    assert!(
+        to.contains(&"+8613900000011") && to.contains(&"+8613900000012"),
+        "{got:#?}"
+    );
+
+    // Staff first: an inactivity alert (P1) for a resident whose first
+    // contact sleeps: the staff chain starts at once, Zhao Hua is told,
+    // Zhao Min is held back.
+    let before = kannel.received().len();
+    Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "press",
+            "--device",
+            "btn-sf",
+            "--kind",
+            "inactivity",
+            "--until",
+            "stored",
+        ],
+    )
+    .line_starting("stored", PATIENCE)
+    .await;
+    let sf_alert =
+        eventually("the staff-first alert offered", PATIENCE, || async {
+            server.alerts_for("btn-sf").await.into_iter().find(|a| {
+                a["state"] == "ALERT_STATE_OFFERED" && a["family"]["policy"] == "staff_first"
+            })
+        })
+        .await;
+    let told = kannel.wait_for(before + 1, PATIENCE).await;
+    assert_eq!(told[before].to, "+8613900000022");
+    assert!(
+        told[before]
+            .text
+            .starts_with("[Anxin] Resident r-sf has not moved"),
+        "{}",
+        told[before].text
+    );
+    let held = sf_alert["family"]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["phone"] == "+8613900000021")
+        .cloned()
+        .expect("Zhao Min's message recorded");
+    assert_eq!(held["quiet"], true, "{held}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        kannel.received().len(),
+        before + 1,
+        "nothing to a contact in quiet hours"
+    );
+
+    // A link not used within link_ttl_secs (2 s) has expired.
+    let link = link_token(&told[before].text);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let late = reqwest::Client::new()
+        .post(format!("{}/api/v1/family/session", server.http()))
+        .json(&serde_json::json!({ "link": link }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 403);
+    assert!(late.text().await.unwrap().contains("expired"));
 }

@@ -612,6 +612,10 @@ impl AlertDesk {
             }
             let first = a.state() == AlertState::New && a.tried.is_empty();
             let previous = a.offered_to.clone();
+            // Family first: once the staff chain has it, no more family calls.
+            if let Some(family) = a.family.as_mut() {
+                family.deadline_ms = 0;
+            }
             a.set_state(AlertState::Offered);
             if !first {
                 a.escalation_level += 1;
@@ -865,7 +869,7 @@ impl AlertDesk {
             .family
             .as_ref()
             .is_some_and(|f| f.deadline_ms > 0 && f.deadline_ms <= now)
-            && lifecycle::is_open(current.state());
+            && current.state() == AlertState::New;
         if family_due && let Some(family) = self.callout.family_of(&current)? {
             let (alert, _) = self.store.update_alert(alert_id, |a| {
                 let Some(record) = a.family.as_ref() else {

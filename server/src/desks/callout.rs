@@ -196,8 +196,9 @@ pub fn delivery_status(dlr: u32, reply: &str) -> String {
     }
 }
 
-/// Writes a delivery report on the message it is about; `false` when the
-/// alert has no such message. A later report never goes back (a
+/// Writes a delivery state on the message it is about ("sent": the SMS
+/// gateway took it; then Kannel's reports); `false` when the alert has no
+/// such message. A later report never goes back (a
 /// "delivered" stays, whatever "accepted" arrives after it).
 pub fn record_delivery(a: &mut Alert, delivery_id: &str, status: &str) -> bool {
     let Some(message) = a
@@ -209,9 +210,10 @@ pub fn record_delivery(a: &mut Alert, delivery_id: &str, status: &str) -> bool {
     };
     let rank = |s: &str| match s {
         "queued" => 0,
-        "buffered" => 1,
-        "accepted" => 2,
-        _ => 3,
+        "sent" => 1,
+        "buffered" => 2,
+        "accepted" => 3,
+        _ => 4,
     };
     if rank(status) >= rank(&message.status) {
         message.status = status.to_string();

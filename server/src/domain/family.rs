@@ -336,8 +336,15 @@ pub fn start(
             .collect();
         return (family, sends);
     }
+    // Counted from the raise, not from this start: a restart between the
+    // two never stretches the staff chain's wait.
     let whole = rules.answer_ms * contacts.len() as i64 * rules.rounds.max(1) as i64;
-    family.staff_at_ms = now_ms + whole.min(rules.limit_ms(alert.priority));
+    let raised = if alert.created_ms > 0 {
+        alert.created_ms
+    } else {
+        now_ms
+    };
+    family.staff_at_ms = raised + whole.min(rules.limit_ms(alert.priority));
     let sends = next_call(alert, &mut family, contacts, rules, now_ms)
         .into_iter()
         .collect();

@@ -247,9 +247,18 @@ pub struct Deliverer {
     /// How long a claimed notification is held: longer than one attempt.
     lease: Duration,
     wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Family messages: the alert shows each one sent as the SMS gateway
+    /// takes it (Kannel's delivery reports follow).
+    family: Option<crate::desks::family::FamilyDesk>,
 }
 
 impl Deliverer {
+    /// Writes "sent" on each family message the SMS gateway takes.
+    pub fn with_family(mut self, family: crate::desks::family::FamilyDesk) -> Self {
+        self.family = Some(family);
+        self
+    }
+
     pub fn new(
         channel: std::sync::Arc<dyn Channel>,
         notifier: &Notifier,
@@ -264,6 +273,7 @@ impl Deliverer {
             backoff_initial,
             lease: attempt_timeout + Duration::from_secs(10),
             wake: notifier.signal(),
+            family: None,
         }
     }
 
@@ -314,6 +324,12 @@ impl Deliverer {
                     item.kind, item.attempts
                 );
                 self.finish(&item, "notify.delivered", detail).await;
+                if item.kind.starts_with("family_")
+                    && let Some(family) = &self.family
+                    && let Err(err) = family.record_delivery(&item.delivery_id, "sent").await
+                {
+                    tracing::warn!(delivery_id = %item.delivery_id, error = %err, "recording a family message as sent failed");
+                }
             }
             Err(err)
                 if err.retryable()

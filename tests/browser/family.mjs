@@ -125,6 +125,11 @@ console.log(`FAMILY_ANSWER_SHOWN_MS ${shownAfter}`);
 await dispatcher.waitForSelector('[data-role=family-taken]', { timeout: PATIENCE });
 await family.waitForFunction(() => document.querySelector('[data-role=coming]')?.textContent.includes('Li Ming'), null, { timeout: PATIENCE });
 await dispatcher.screenshot({ path: path.join(SHOTS, 'alert-family-map-en.png'), fullPage: true });
+await family.click('#fv-lang');
+await family.waitForFunction(() => document.documentElement.lang === 'zh-CN', null, { timeout: PATIENCE });
+await family.waitForSelector('#map[data-ready="1"] .leaflet-marker-icon', { timeout: PATIENCE });
+await family.evaluate(() => { document.querySelector('#toast').style.display = 'none'; });
+await family.screenshot({ path: path.join(SHOTS, 'family-zh-CN.png'), fullPage: true });
 
 // The same in Chinese, from the same session (the view follows the
 // contact's language; the dispatcher's console its own).

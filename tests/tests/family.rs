@@ -219,6 +219,36 @@ async fn family_first_sms_in_order_link_once_answer_seen_resolve_told_scoped() {
         alert["state"], "ALERT_STATE_NEW",
         "the staff chain waits: {alert}"
     );
+    // Where she is, from the alarm itself.
+    assert_eq!(
+        alert["position"]["location"]["latE7"], 312_304_000,
+        "{alert}"
+    );
+    assert_eq!(alert["position"]["location"]["accuracyM"], 15);
+    assert_eq!(alert["position"]["source"], "event");
+    // She moves: the wearable's next fix joins the alert's track.
+    Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "press",
+            "--device",
+            "btn-fam",
+            "--kind",
+            "telemetry",
+            "--at",
+            "31.2310,121.4745,20",
+            "--until",
+            "stored",
+        ],
+    )
+    .line_starting("stored", PATIENCE)
+    .await;
+    eventually("the fix on the alert's track", PATIENCE, || async {
+        let a = server.alert(&id).await;
+        (a["track"][0]["location"]["latE7"] == 312_310_000).then_some(())
+    })
+    .await;
 
     // Li Ming only once Wang Fang's minutes have passed.
     let both = kannel.wait_for(2, PATIENCE).await;
@@ -608,6 +638,25 @@ async fn nobody_answers_staff_take_over_at_the_limit_kannel_down_then_back_quiet
     // contact sleeps: the staff chain starts at once, Zhao Hua is told,
     // Zhao Min is held back.
     let before = kannel.received().len();
+    // Its last fix, then an alarm that carries none: the alert says where
+    // the device was last known to be.
+    Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "press",
+            "--device",
+            "btn-sf",
+            "--kind",
+            "telemetry",
+            "--at",
+            "39.9042,116.4074,30",
+            "--until",
+            "stored",
+        ],
+    )
+    .line_starting("stored", PATIENCE)
+    .await;
     Sim::run(
         dir.path(),
         &gateway.mqtt(),
@@ -630,6 +679,8 @@ async fn nobody_answers_staff_take_over_at_the_limit_kannel_down_then_back_quiet
             })
         })
         .await;
+    assert_eq!(sf_alert["position"]["source"], "last_known", "{sf_alert}");
+    assert_eq!(sf_alert["position"]["location"]["latE7"], 399_042_000);
     let told = kannel.wait_for(before + 1, PATIENCE).await;
     assert_eq!(told[before].to, "+8613900000022");
     assert!(

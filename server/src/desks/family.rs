@@ -52,6 +52,8 @@ pub struct FamilyAlert {
     pub created_ms: i64,
     pub address: String,
     pub position: Option<Position>,
+    /// Positions since the alert was raised.
+    pub track: Vec<Position>,
     /// Who took it: a carer's name, or a family member's.
     pub taken_by: String,
     pub en_route_ms: i64,
@@ -248,6 +250,7 @@ impl FamilyDesk {
             created_ms: alert.created_ms,
             address: alert.address.clone(),
             position: alert.position.clone(),
+            track: alert.track.clone(),
             taken_by,
             en_route_ms: alert.en_route_ms,
             on_scene_ms: alert.on_scene_ms,

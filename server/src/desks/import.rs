@@ -614,4 +614,27 @@ mod tests {
         assert_eq!(c[0].relation, "daughter");
         assert!(contacts("Wang Fang 13800000000").is_err());
     }
+
+    #[test]
+    fn contacts_carry_the_call_out_fields_as_rest_does() {
+        let c = contacts(
+            "Wang Fang|daughter|13800000000|sms+view|1|22:00-07:00|en|yes;Li Ming|son|+447700900123",
+        )
+        .unwrap();
+        assert_eq!(c[0].channels, ["sms", "view"]);
+        assert_eq!(
+            (
+                c[0].order,
+                c[0].quiet_hours.as_str(),
+                c[0].language.as_str()
+            ),
+            (1, "22:00-07:00", "en")
+        );
+        assert!(c[0].consented);
+        assert!(c[1].channels.is_empty() && !c[1].consented);
+        let err = contacts("Wang Fang|daughter|13800000000|sms|first").unwrap_err();
+        assert!(err.contains("order `first`"), "{err}");
+        let err = contacts("Wang Fang|daughter|13800000000|sms|1||zh-CN|maybe").unwrap_err();
+        assert!(err.contains("consent `maybe`"), "{err}");
+    }
 }

@@ -4,7 +4,7 @@
 // fine", "call me"). Phone-sized, zh-CN and en. The link is exchanged once
 // for a session bound to this contact and this resident; the server answers
 // nothing else with it.
-import { t, setLang } from '/console/i18n.js';
+import { t, lang, setLang } from '/console/i18n.js';
 import { positionCard } from '/console/map.js';
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -66,7 +66,7 @@ function alertCard(a) {
     h('p', {}, `${clock(a.createdMs)} · ${a.address}`),
     h('p', { class: 'state', 'data-role': 'state' }, t('state.' + a.state.toUpperCase())),
     h('p', { 'data-role': 'coming' }, a.takenBy ? t('fv.coming', { who: a.takenBy }) : t('fv.nobody')),
-    a.position ? positionCard(h, t, a.position, []) : '',
+    a.position ? positionCard(h, t, a.position, a.track || []) : '',
     mine.length ? h('ol', { class: 'timeline' }, mine.map(m => h('li', {}, h('time', {}, clock(m.atMs)), `${m.name} · ${t('family.kind.' + m.kind)}`))) : '',
     open ? h('div', { class: 'actions fv-answers' },
       h('button', { class: 'act primary', 'data-answer': 'going', onclick: answer('going') }, t('fv.going')),
@@ -81,7 +81,8 @@ function render() {
     ? (v.checkinToday ? `${v.checkinWindow} · ${v.checkinToday.outcome || ''}` : `${v.checkinWindow} · ${t('fv.checkinWaiting')}`)
     : t('fv.checkinNone');
   $('#view').replaceChildren(
-    h('header', { class: 'fv-head' }, h('h1', {}, v.residentName), h('p', { class: 'muted' }, `${t('fv.title')} · ${v.name}`)),
+    h('header', { class: 'fv-head' }, h('h1', {}, v.residentName), h('p', { class: 'muted' }, `${t('fv.title')} · ${v.name}`),
+      h('button', { id: 'fv-lang', onclick: () => { setLang(lang() === 'en' ? 'zh-CN' : 'en'); render(); } }, '中文 / EN')),
     ...(open.length ? open.map(alertCard) : [h('p', { class: 'card', id: 'calm' }, t('fv.noAlert'))]),
     h('section', { class: 'card' }, h('h3', {}, t('fv.checkin')), h('p', { 'data-role': 'checkin' }, checkin)),
     h('section', { class: 'card' }, h('h3', {}, t('fv.visits')),
@@ -116,7 +117,10 @@ async function load() {
     toast(e.message);
     return;
   }
-  setLang(family.view.language || 'zh-CN');
+  if (!family.languageSet) {
+    setLang(family.view.language || 'zh-CN');
+    family.languageSet = true;
+  }
   render();
   listen();
 }

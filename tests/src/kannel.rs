@@ -21,6 +21,8 @@ use axum::{Router, extract::State, http::StatusCode, routing::get};
 pub struct Sms {
     pub to: String,
     pub text: String,
+    /// When the carrier had the whole message.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -106,10 +108,18 @@ async fn receive(
             if entry.1.len() == total as usize {
                 let joined: String = entry.1.values().cloned().collect();
                 carrier.parts.remove(&(to.clone(), reference));
-                carrier.received.push(Sms { to, text: joined });
+                carrier.received.push(Sms {
+                    to,
+                    text: joined,
+                    at: std::time::Instant::now(),
+                });
             }
         }
-        None => carrier.received.push(Sms { to, text }),
+        None => carrier.received.push(Sms {
+            to,
+            text,
+            at: std::time::Instant::now(),
+        }),
     }
     (StatusCode::OK, "OK")
 }

@@ -10,11 +10,13 @@
 //! cargo run --release -p anxin-tests --bin anxin-bench -- many
 //! cargo run --release -p anxin-tests --bin anxin-bench -- presses
 //! cargo run --release -p anxin-tests --bin anxin-bench -- city
+//! cargo run --release -p anxin-tests --bin anxin-bench -- callout
 //! ```
 //!
 //! Every hop is durable, as in production: the gateway acks `stored` after
 //! its journal flush, the server acks `received` after its store flush.
 
+mod callout;
 mod city;
 mod mosquitto;
 mod procstat;
@@ -149,6 +151,14 @@ enum Scenario {
         #[arg(long, default_value_t = 20)]
         consoles: usize,
     },
+    /// The family call-out (issue 29): SOS → the first SMS at the carrier
+    /// through a real Kannel, and SOS → SSE with call-out on and off.
+    Callout {
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        #[arg(long, default_value_t = 50)]
+        pace_ms: u64,
+    },
     /// Binary sizes, idle RSS, and the server's memory per connected
     /// gateway stream.
     Footprint {
@@ -182,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
             duration,
         } => scenarios::steady(devices, rate, duration).await,
         Scenario::Footprint { gateways } => scenarios::footprint(gateways).await,
+        Scenario::Callout { samples, pace_ms } => callout::callout(samples, pace_ms).await,
         Scenario::Many {
             devices,
             rate,

@@ -86,10 +86,16 @@ pub struct MapConfig {
 
 impl MapConfig {
     /// `scheme://host[:port]` of the tiles, for the console's policy.
+    /// A `{s}` subdomain (a, b, c…) becomes `*.`.
     pub fn tile_origin(&self) -> Option<String> {
         let url = reqwest::Url::parse(&self.tile_url.replace(['{', '}'], "")).ok()?;
         let origin = url.origin();
-        origin.is_tuple().then(|| origin.ascii_serialization())
+        let text = origin.is_tuple().then(|| origin.ascii_serialization())?;
+        Some(if self.tile_url.contains("://{s}.") {
+            text.replacen("://s.", "://*.", 1)
+        } else {
+            text
+        })
     }
 }
 
@@ -735,6 +741,30 @@ mod tests {
         assert!(
             err.to_string().contains("routing.p0_deadline_secs"),
             "{err}"
+        );
+        for (text, field) in [
+            (
+                "[sms]\nsendsms_url = \"http://127.0.0.1:13013/cgi-bin/sendsms\"\nusername = \"a\"\n",
+                "sms.from",
+            ),
+            ("[sms]\nsendsms_url = \"smpp://x\"\n", "sms.sendsms_url"),
+            (
+                "[map]\ntile_url = \"https://tiles.example/{z}/{x}.png\"\n",
+                "map.tile_url",
+            ),
+            ("[map]\ndatum = \"bd09\"\n", "map.datum"),
+            ("[family]\nrounds = 0\n", "family.rounds"),
+        ] {
+            let err = ServerConfig::parse(text, "t").unwrap_err();
+            assert!(err.to_string().contains(field), "{text}: {err}");
+        }
+        let tiles = MapConfig {
+            tile_url: "https://{s}.tile.example.cn:8443/{z}/{x}/{y}.png".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            tiles.tile_origin().as_deref(),
+            Some("https://*.tile.example.cn:8443")
         );
     }
 }

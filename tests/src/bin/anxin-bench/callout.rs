@@ -11,7 +11,9 @@ use std::{
 
 use anxin_tests::{Gateway, Server, TEST_ADMIN_TOKEN, free_port, kannel::Kannel, sse::SseStream};
 
-use crate::scenarios::{LOAD_LIMITS, device_list, latency_histogram, print_latency, settle, watch_alerts};
+use crate::scenarios::{
+    LOAD_LIMITS, device_list, latency_histogram, print_latency, settle, watch_alerts,
+};
 use crate::traffic::{self, SentAt};
 
 fn phone(index: usize) -> String {

@@ -529,7 +529,7 @@ async fn nobody_answers_staff_take_over_at_the_limit_kannel_down_then_back_quiet
     );
     // The whole list would take 2 × 2 × 3 s = 12 s; a P0 waits 4 s.
     let family = format!(
-        "answer_secs = 3\nrounds = 2\np0_staff_limit_secs = {LIMIT_SECS}\nstaff_limit_secs = 60\nlink_ttl_secs = 2"
+        "answer_secs = 3\nrounds = 2\np0_staff_limit_secs = {LIMIT_SECS}\nstaff_limit_secs = 60\nlink_ttl_secs = 5"
     );
     let server = Server::start_configured(
         dir.path(),
@@ -547,9 +547,19 @@ async fn nobody_answers_staff_take_over_at_the_limit_kannel_down_then_back_quiet
             serde_json::json!({ "name": "c-two", "level": "PLACE_LEVEL_COMMUNITY", "parentId": "street-test", "callout": "family_first" }),
         )
         .await;
-    for (id, device) in [("r-ff", "btn-ff"), ("r-sf", "btn-sf")] {
+    for (id, device) in [
+        ("r-ff", "btn-ff"),
+        ("r-sf", "btn-sf"),
+        ("r-park", "wear-park:wearable"),
+    ] {
         server.add_resident(id, "c-two", &[device]).await;
     }
+    // Mr Zhou of firmware-sim/scenarios/park-fall.toml: his community's
+    // policy (family first), his daughter first.
+    let mut park = server.get("/api/v1/residents/r-park").await;
+    park["name"] = "Zhou Jianguo".into();
+    park["emergencyContacts"] = serde_json::json!([contact("Zhou Yan", "13900000031", 1, "zh-CN")]);
+    server.send("PUT", "/api/v1/residents/r-park", park).await;
     let mut ff = server.get("/api/v1/residents/r-ff").await;
     ff["emergencyContacts"] = serde_json::json!([
         contact("Chen Jing", "13900000011", 1, "zh-CN"),
@@ -566,7 +576,12 @@ async fn nobody_answers_staff_take_over_at_the_limit_kannel_down_then_back_quiet
     server
         .add_staff("carer-x", "carer", &["c-two"], serde_json::json!({}))
         .await;
-    let gateway = Gateway::start(dir.path(), server.grpc_port, &["btn-ff", "btn-sf"]).await;
+    let gateway = Gateway::start(
+        dir.path(),
+        server.grpc_port,
+        &["btn-ff", "btn-sf", "wear-park"],
+    )
+    .await;
 
     // The SMS gateway is down when the SOS comes.
     kannel.kill();
@@ -705,9 +720,73 @@ async fn nobody_answers_staff_take_over_at_the_limit_kannel_down_then_back_quiet
         "nothing to a contact in quiet hours"
     );
 
-    // A link not used within link_ttl_secs (2 s) has expired.
+    // A link not used within link_ttl_secs (5 s) has expired.
     let link = link_token(&told[before].text);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let minted = Instant::now();
+
+    // The park scenario: he falls by the pond; the wearable's fix right
+    // after the fall is where the alert says he is; his daughter is called
+    // first, opens her link and goes.
+    let before = kannel.received().len();
+    let (run, done) = Sim::scenario(dir.path(), &gateway.mqtt(), "park-fall.toml").await;
+    assert_eq!(
+        anxin_tests::field(&done, "stored"),
+        anxin_tests::field(&done, "raised"),
+        "{:?}",
+        run.seen
+    );
+    let fall = eventually("the fall in the park, placed", PATIENCE, || async {
+        server.alerts_for("wear-park").await.into_iter().find(|a| {
+            a["kind"] == "EVENT_KIND_FALL" && a["position"]["location"]["latE7"] == 312_198_000
+        })
+    })
+    .await;
+    assert_eq!(fall["position"]["source"], "after_alarm", "{fall}");
+    let fall_id = fall["id"].as_str().unwrap().to_string();
+    let called = kannel.wait_for(before + 1, PATIENCE).await;
+    assert_eq!(called[before].to, "+8613900000031");
+    assert!(
+        called[before]
+            .text
+            .starts_with("【安心】Zhou Jianguo可能跌倒了"),
+        "{}",
+        called[before].text
+    );
+    let session: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/v1/family/session", server.http()))
+        .json(&serde_json::json!({ "link": link_token(&called[before].text) }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let daughter = session["token"].as_str().expect("a session from her link");
+    let (status, seen) = server
+        .call(
+            "GET",
+            &format!("/api/v1/family/alerts/{fall_id}"),
+            daughter,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["position"]["location"]["latE7"], 312_198_000);
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/api/v1/family/alerts/{fall_id}/answer"),
+            daughter,
+            Some(serde_json::json!({ "answer": "going" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let taken = server.alert(&fall_id).await;
+    assert_eq!(taken["state"], "ALERT_STATE_ACKNOWLEDGED");
+    assert_eq!(taken["acknowledgedBy"], "family: Zhou Yan (daughter)");
+
+    let wait = Duration::from_millis(5_500).saturating_sub(minted.elapsed());
+    tokio::time::sleep(wait).await;
     let late = reqwest::Client::new()
         .post(format!("{}/api/v1/family/session", server.http()))
         .json(&serde_json::json!({ "link": link }))

@@ -546,16 +546,30 @@ pub async fn track(desk: &AlertDesk, positions: &[(String, anxin_proto::v1::Posi
     };
     let mut changed = false;
     for alert in open {
+        // The raising event's own fix is the alert's position already.
         let fresh: Vec<&anxin_proto::v1::Position> = positions
             .iter()
-            .filter(|(resident, p)| *resident == alert.resident_id && p.at_ms > alert.created_ms)
+            .filter(|(resident, p)| *resident == alert.resident_id && p.at_ms >= alert.created_ms)
             .map(|(_, p)| p)
+            .filter(|p| alert.position.as_ref() != Some(*p))
             .collect();
         if fresh.is_empty() {
             continue;
         }
         let result = desk.store().update_alert(&alert.id, |a| {
-            a.track.extend(fresh.iter().map(|p| (*p).clone()));
+            let mut fresh = fresh.iter().map(|p| (*p).clone());
+            // A wearable sends its fix just after the fall it detected: an
+            // alert with no position, or only the last known one, takes
+            // the first fix that follows it as its position.
+            if a.position.as_ref().is_none_or(|p| p.source == "last_known")
+                && let Some(first) = fresh.next()
+            {
+                a.position = Some(anxin_proto::v1::Position {
+                    source: "after_alarm".into(),
+                    ..first
+                });
+            }
+            a.track.extend(fresh);
             let excess = a
                 .track
                 .len()

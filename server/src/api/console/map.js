@@ -69,7 +69,8 @@ export const degrees = p => [Number(p.location?.latE7 || 0) / 1e7, Number(p.loca
 export function positionFacts(h, t, position) {
   const [lat, lon] = degrees(position);
   const age = Math.max(0, Math.round((Date.now() - Number(position.atMs || 0)) / 60000));
-  const source = position.source === 'last_known' ? t('map.lastKnown', { n: age }) : t('map.fromEvent');
+  const source = position.source === 'last_known' ? t('map.lastKnown', { n: age })
+    : position.source === 'after_alarm' ? t('map.afterAlarm') : t('map.fromEvent');
   return h('p', { class: 'position', 'data-role': 'position' },
     h('span', { 'data-role': 'coordinates' }, `${lat.toFixed(5)}, ${lon.toFixed(5)}`),
     ` ±${position.location?.accuracyM ?? 0} m`,

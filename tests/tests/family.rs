@@ -638,6 +638,57 @@ async fn nobody_answers_staff_take_over_at_the_limit_kannel_down_then_back_quiet
     );
     assert!(kannel.received().is_empty());
 
+    // The carer does not take it either: the chain reaches the emergency
+    // services, and the dispatcher reads the hand-off sheet and records
+    // 120's reference.
+    let (status, reply) = server
+        .call(
+            "POST",
+            &format!("/api/v1/alerts/{id}/escalate"),
+            TEST_ADMIN_TOKEN,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        reply["escalationStep"], "ESCALATION_STEP_EMERGENCY_SERVICES",
+        "{reply}"
+    );
+    let (status, handoff) = server
+        .call(
+            "GET",
+            &format!("/api/v1/alerts/{id}/handoff"),
+            TEST_ADMIN_TOKEN,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{handoff}");
+    assert_eq!(handoff["sheet"]["name"], "Resident r-ff");
+    assert_eq!(handoff["sheet"]["medicalNotes"], "diabetic; pacemaker");
+    assert_eq!(handoff["sheet"]["contacts"][0]["phone"], "+8613900000011");
+    let text = handoff["text"].as_str().unwrap();
+    assert!(
+        text.contains("Room 101, Building 3") && text.contains("key box code 4321"),
+        "{text}"
+    );
+    let (status, referenced) = server
+        .call(
+            "POST",
+            &format!("/api/v1/alerts/{id}/reference"),
+            TEST_ADMIN_TOKEN,
+            Some(serde_json::json!({ "reference": "120-2026-0042" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{referenced}");
+    assert_eq!(referenced["emergencyReference"], "120-2026-0042");
+    let audit = server.audit_of(&format!("alert/{id}")).await;
+    for action in ["alert.handoff", "alert.reference"] {
+        assert!(
+            audit.iter().any(|e| e["action"] == action),
+            "{action} audited"
+        );
+    }
+
     // Kannel back: every message queued reaches the carrier, once.
     kannel.restart().await;
     let got = kannel

@@ -161,14 +161,23 @@ impl FamilyDesk {
             tracing::warn!(why, "family link refused");
             AuthError::Forbidden(why.to_string()).into()
         };
-        let Some(mut link) = self
+        let now = now_ms();
+        let used = AuditEntry {
+            at_ms: now,
+            actor: "family".into(),
+            action: "family.sign_in".into(),
+            target: "family/link".into(),
+            detail: "a link used".into(),
+            ..Default::default()
+        };
+        // Spent in one transaction: of two racing openings one wins.
+        let Some(link) = self
             .store()
-            .token(&link_digest)?
+            .spend_token(&link_digest, "family_link", now, used)?
             .filter(|t| t.subject_kind == "family_link")
         else {
             return Err(refused("this link is not valid"));
         };
-        let now = now_ms();
         if link.revoked_ms > 0 {
             return Err(refused("this link was already used"));
         }
@@ -181,16 +190,6 @@ impl FamilyDesk {
             parts.next().unwrap_or_default().to_string(),
             parts.next().unwrap_or_default().to_string(),
         );
-        link.revoked_ms = now;
-        let used = AuditEntry {
-            at_ms: now,
-            actor: format!("family/{phone}"),
-            action: "family.sign_in".into(),
-            target: format!("resident/{resident_id}"),
-            detail: format!("link about alert {alert_id} used"),
-            ..Default::default()
-        };
-        self.store().put_token(&link_digest, &link, used)?;
         let token = new_token();
         let session = TokenRecord {
             subject_kind: "family".into(),

@@ -40,6 +40,7 @@ fn origin_of(
     desk: &AlertDesk,
     gateway_id: &str,
     event: &anxin_proto::DeviceEvent,
+    received_ms: i64,
 ) -> Result<Origin, StoreError> {
     let store = desk.store();
     let device_id = event.device_id.as_str();
@@ -54,7 +55,9 @@ fn origin_of(
         });
     }
     // Where the resident is: the event's own fix, else the device's last.
-    let position = match position_of(event, now_ms()) {
+    // Stamped as the batch's other positions are, so the raising event's
+    // own fix is recognised among them (and not added to the track).
+    let position = match position_of(event, received_ms) {
         Some(position) => Some(position),
         None => store.last_position(device_id)?.map(|p| Position {
             source: "last_known".into(),
@@ -404,7 +407,7 @@ impl GatewayIntake {
             return Ok(None);
         };
         let (device_id, seq) = (event.device_id.clone(), event.seq);
-        let committed = origin_of(desk, gateway_id, event).and_then(|origin| {
+        let committed = origin_of(desk, gateway_id, event, received_ms).and_then(|origin| {
             desk.store().commit_event(
                 gateway_id,
                 uplink,

@@ -149,6 +149,19 @@ pub trait Directory {
     ) -> Result<Vec<(String, TokenRecord)>, StoreError>;
     /// Records a token's use (no audit entry: it is not a change of rights).
     fn touch_token(&self, token_sha256: &str, at_ms: i64) -> Result<(), StoreError>;
+    /// Uses a single-use token of `subject_kind`: in one transaction,
+    /// revokes it at `now_ms` and appends `audit`, only if it is of that
+    /// kind and neither revoked nor expired.
+    /// Returns the record as it was before (`None`: no such token); a
+    /// caller that finds it already revoked or expired did not spend it —
+    /// of two racing callers exactly one does.
+    fn spend_token(
+        &self,
+        token_sha256: &str,
+        subject_kind: &str,
+        now_ms: i64,
+        audit: AuditEntry,
+    ) -> Result<Option<TokenRecord>, StoreError>;
 }
 
 // ---- validation, shared by the admin APIs and the CSV import ----
@@ -477,5 +490,14 @@ impl<T: Directory + ?Sized + Send + Sync> Directory for std::sync::Arc<T> {
     }
     fn touch_token(&self, token_sha256: &str, at_ms: i64) -> Result<(), StoreError> {
         (**self).touch_token(token_sha256, at_ms)
+    }
+    fn spend_token(
+        &self,
+        token_sha256: &str,
+        subject_kind: &str,
+        now_ms: i64,
+        audit: AuditEntry,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        (**self).spend_token(token_sha256, subject_kind, now_ms, audit)
     }
 }

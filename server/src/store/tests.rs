@@ -1495,3 +1495,83 @@ async fn store_check_passes_a_sound_store_and_names_what_is_broken() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_use_token_is_spent_once_of_its_kind_and_positions_keep_the_newest() {
+    use crate::store::directory::TokenRecord;
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let audit = || AuditEntry {
+            at_ms: 1,
+            actor: "t".into(),
+            action: "family.sign_in".into(),
+            ..Default::default()
+        };
+        let link = TokenRecord {
+            subject_kind: "family_link".into(),
+            subject_id: "r-1|+8613800000000|7".into(),
+            issued_ms: 1,
+            expires_ms: 1_000,
+            session: true,
+            ..Default::default()
+        };
+        store.put_token("d-link", &link, audit()).unwrap();
+        let staff = TokenRecord {
+            subject_kind: "staff".into(),
+            subject_id: "li".into(),
+            ..Default::default()
+        };
+        store.put_token("d-staff", &staff, audit()).unwrap();
+        // A token of another kind is never spent (nor revoked) by this.
+        let other = store
+            .spend_token("d-staff", "family_link", 10, audit())
+            .unwrap();
+        assert_eq!(other.map(|t| t.subject_kind).as_deref(), Some("staff"));
+        assert_eq!(store.token("d-staff").unwrap().unwrap().revoked_ms, 0);
+        // The first spends it; the second finds it spent.
+        let first = store
+            .spend_token("d-link", "family_link", 10, audit())
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.revoked_ms, 0);
+        let second = store
+            .spend_token("d-link", "family_link", 11, audit())
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.revoked_ms, 10);
+        assert!(
+            store
+                .spend_token("d-none", "family_link", 10, audit())
+                .unwrap()
+                .is_none()
+        );
+        // Expired: not spent.
+        let late = TokenRecord {
+            expires_ms: 5,
+            ..link.clone()
+        };
+        store.put_token("d-late", &late, audit()).unwrap();
+        store
+            .spend_token("d-late", "family_link", 10, audit())
+            .unwrap();
+        assert_eq!(store.token("d-late").unwrap().unwrap().revoked_ms, 0);
+
+        let at = |device: &str, at_ms: i64, lat_e7: i32| anxin_proto::v1::Position {
+            location: Some(anxin_proto::v1::Location {
+                lat_e7,
+                ..Default::default()
+            }),
+            at_ms,
+            device_id: device.into(),
+            source: "event".into(),
+        };
+        store
+            .note_positions(&[at("w-1", 100, 1), at("w-1", 300, 3), at("w-2", 50, 5)])
+            .unwrap();
+        store.note_positions(&[at("w-1", 200, 2)]).unwrap();
+        assert_eq!(store.last_position("w-1").unwrap(), Some(at("w-1", 300, 3)));
+        assert_eq!(store.last_position("w-2").unwrap().unwrap().at_ms, 50);
+        assert_eq!(store.last_position("w-3").unwrap(), None);
+    })
+    .await;
+}

@@ -96,6 +96,12 @@ pub async fn run(desk: AlertDesk, health: Arc<Health>, cancel: CancellationToken
         let mut failed = false;
         for alert_id in due {
             match desk.due(&alert_id).await {
+                Ok(alert) if alert.state() == anxin_proto::v1::AlertState::New => {
+                    tracing::info!(
+                        alert_id,
+                        "family call-out: the contact called had their minutes; the next step taken"
+                    )
+                }
                 Ok(alert) => {
                     tracing::warn!(alert_id, level = alert.escalation_level, offered_to = %alert.offered_to, "offer deadline passed; escalated")
                 }

@@ -173,6 +173,35 @@ impl Directory for PgStore {
         }
         self.directory_write(audit, vec![Upsert::token(token_sha256, record)])
     }
+    fn spend_token(
+        &self,
+        token_sha256: &str,
+        subject_kind: &str,
+        now_ms: i64,
+        audit: AuditEntry,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        self.write(async |tx| {
+            // The row lock makes a racing second caller wait, then see it
+            // revoked.
+            let Some(row) = tx
+                .query_opt(
+                    "select body from tokens where digest = $1 for update",
+                    &[&token_sha256],
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            let before: TokenRecord = decode("token", row.get(0))?;
+            if before.subject_kind == subject_kind && before.refusal(now_ms).is_none() {
+                let mut spent = before.clone();
+                spent.revoked_ms = now_ms;
+                super::listing::upsert(tx, &Upsert::token(token_sha256, &spent)).await?;
+                Self::insert_audit(tx, &audit).await?;
+            }
+            Ok(Some(before))
+        })
+    }
     fn token(&self, token_sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
         self.get_one(
             "token",

@@ -139,6 +139,29 @@ impl Directory for SledStore {
         }
         Ok(out)
     }
+    fn spend_token(
+        &self,
+        token_sha256: &str,
+        subject_kind: &str,
+        now_ms: i64,
+        audit: AuditEntry,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        Ok(
+            (&self.directory.tokens, &self.audit).transaction(|(tokens, log)| {
+                let Some(bytes) = tokens.get(token_sha256.as_bytes())? else {
+                    return Ok(None);
+                };
+                let before: TokenRecord = decode("token", &bytes).map_err(abort)?;
+                if before.subject_kind == subject_kind && before.refusal(now_ms).is_none() {
+                    let mut spent = before.clone();
+                    spent.revoked_ms = now_ms;
+                    tokens.insert(token_sha256.as_bytes(), spent.encode_to_vec())?;
+                    append_audit(log, audit.clone())?;
+                }
+                Ok(Some(before))
+            })?,
+        )
+    }
     fn touch_token(&self, token_sha256: &str, at_ms: i64) -> Result<(), StoreError> {
         self.directory
             .tokens

@@ -329,6 +329,10 @@ async fn family_first_sms_in_order_link_once_answer_seen_resolve_told_scoped() {
         while let Ok(Some(event)) =
             tokio::time::timeout(Duration::from_secs(90), stream.next()).await
         {
+            if event.event == "snapshot_end" {
+                // What the view showed when the stream opened: her alert.
+                assert_eq!(ids.len(), 1, "the snapshot: {ids:?}");
+            }
             if event.event == "alert" {
                 let alert: serde_json::Value = serde_json::from_str(&event.data).unwrap();
                 let id = alert["id"].as_str().unwrap().to_string();

@@ -110,16 +110,35 @@ async fn answer(
     Ok(Json(super::durable(state.desk.store(), result).await??))
 }
 
-/// The member's resident's alerts as they change (`alert` events, the
-/// family's shape of an alert); other residents' never.
+/// The member's resident's alerts: first those the view shows now, then
+/// `snapshot_end`, then every change (`alert` events, the family's shape
+/// of an alert); other residents' never. Subscribed before the snapshot is
+/// read, so no change between the two is missed.
 async fn stream(
     State(state): State<RestState>,
     FamilyCaller(member): FamilyCaller,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let mut changes = state.desk.subscribe();
+    let snapshot = state.family.view(&member)?.alerts;
+    state.desk.store().flush().await?;
     let family: FamilyDesk = state.family.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
+        for alert in &snapshot {
+            let event = Event::default()
+                .event("alert")
+                .data(serde_json::to_string(alert).unwrap_or_default());
+            if tx.send(event).await.is_err() {
+                return;
+            }
+        }
+        if tx
+            .send(Event::default().event("snapshot_end").data("{}"))
+            .await
+            .is_err()
+        {
+            return;
+        }
         loop {
             let event = match changes.recv().await {
                 Ok(alert) if FamilyDesk::is_theirs(&member, &alert) => Event::default()

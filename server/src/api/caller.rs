@@ -22,6 +22,23 @@ pub struct RestState {
     pub map: crate::config::MapConfig,
 }
 
+/// The request's token: `Authorization: Bearer`, or `?access_token=` for
+/// EventSource, which cannot set headers.
+fn token_of(parts: &Parts) -> Option<String> {
+    let header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let from_query = parts.uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|pair| pair.strip_prefix("access_token="))
+            .map(str::to_string)
+    });
+    Authenticator::bearer(header)
+        .map(str::to_string)
+        .or(from_query)
+}
+
 /// The authenticated caller of a request.
 pub struct Caller(pub Principal);
 
@@ -29,19 +46,7 @@ impl FromRequestParts<RestState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let from_query = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("access_token="))
-                .map(str::to_string)
-        });
-        let token = Authenticator::bearer(header)
-            .map(str::to_string)
-            .or(from_query);
-        let principal = state.auth.authenticate(token.as_deref())?;
+        let principal = state.auth.authenticate(token_of(parts).as_deref())?;
         if matches!(principal, Principal::Gateway(_)) {
             return Err(ApiError::Forbidden(
                 "gateway tokens are for the uplink only".into(),
@@ -64,19 +69,7 @@ impl FromRequestParts<RestState> for FamilyCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &RestState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let from_query = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|pair| pair.strip_prefix("access_token="))
-                .map(str::to_string)
-        });
-        let token = Authenticator::bearer(header)
-            .map(str::to_string)
-            .or(from_query);
-        match state.auth.authenticate(token.as_deref())? {
+        match state.auth.authenticate(token_of(parts).as_deref())? {
             Principal::Family(member) => Ok(FamilyCaller(member)),
             other => {
                 let why = "the family view is for a family member signed in from their link";

@@ -175,7 +175,9 @@ async fn report(
     Query(report): Query<Report>,
 ) -> Result<StatusCode, ApiError> {
     let expected = crate::domain::family::report_tag(&state.sms_report_key, &report.d);
-    if state.sms_report_key.is_empty() || !subtle_eq(expected.as_bytes(), report.k.as_bytes()) {
+    if state.sms_report_key.is_empty()
+        || !crate::desks::auth::constant_time_eq(expected.as_bytes(), report.k.as_bytes())
+    {
         metrics::counter!(crate::metrics::SMS_REPORTS, "outcome" => "refused").increment(1);
         tracing::warn!(delivery_id = %report.d, "delivery report with a wrong tag refused");
         return Err(ApiError::Forbidden(
@@ -187,8 +189,4 @@ async fn report(
     tracing::info!(delivery_id = %report.d, %status, "SMS delivery report");
     state.family.record_delivery(&report.d, &status).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn subtle_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -27,7 +27,8 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Equal, in a time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

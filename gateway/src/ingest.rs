@@ -364,8 +364,17 @@ impl Ingest {
         }
         // Everything appended was flushed before its ack; a last flush makes
         // shutdown leave a clean journal.
-        if let Err(err) = self.journal.flush().await {
+        if let Err(err) = self.flush().await {
             tracing::error!(lane = self.lane.label(), error = %err, "final journal flush failed");
+        }
+    }
+
+    /// Flushes this lane's database only: an alarm round never waits for
+    /// a telemetry batch's fsync.
+    async fn flush(&self) -> Result<(), JournalError> {
+        match self.lane {
+            Lane::Alarm => self.journal.flush_alarms().await,
+            Lane::Bulk => self.journal.flush_bulk().await,
         }
     }
 
@@ -412,7 +421,7 @@ impl Ingest {
             false
         } else if needs_flush {
             metrics::counter!(m::JOURNAL_FLUSHES, "lane" => self.lane.label()).increment(1);
-            match self.journal.flush().await {
+            match self.flush().await {
                 Ok(()) => true,
                 Err(err) => {
                     self.round_failed(&err, "flush");

@@ -268,6 +268,8 @@ async fn report_damage(
     tracing::error!(gateway_id = %config.gateway_id, salvaged = recovery.salvaged, kept_at = %recovery.kept_at.display(), "{summary}");
     ::metrics::counter!(metrics::JOURNAL_DAMAGED).increment(1);
     ::metrics::gauge!(metrics::JOURNAL_SALVAGED).set(recovery.salvaged as f64);
+    ::metrics::gauge!(metrics::JOURNAL_SALVAGED_BATCHES).set(recovery.salvaged_batches as f64);
+    ::metrics::gauge!(metrics::JOURNAL_SKIPPED).set(recovery.skipped as f64);
     let event = |seq| anxin_proto::DeviceEvent {
         device_id: config.gateway_id.clone(),
         seq,

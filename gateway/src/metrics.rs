@@ -29,6 +29,9 @@ pub const DISK_LEVEL: &str = "anxin_gateway_disk_level";
 pub const EVENTS_DEFERRED: &str = "anxin_gateway_events_deferred_total";
 pub const JOURNAL_DAMAGED: &str = "anxin_gateway_journal_damaged_total";
 pub const JOURNAL_SALVAGED: &str = "anxin_gateway_journal_salvaged_entries";
+pub const JOURNAL_SALVAGED_BATCHES: &str = "anxin_gateway_journal_salvaged_batches";
+pub const JOURNAL_SKIPPED: &str = "anxin_gateway_journal_damaged_records_skipped";
+pub const JOURNAL_UNREADABLE: &str = "anxin_gateway_journal_unreadable_batches";
 pub const RESTARTS_IN_PLACE: &str = "anxin_gateway_restarts_in_place";
 pub const MQTT_REFUSED: &str = "anxin_gateway_mqtt_refused_total";
 pub const MQTT_CONNECTIONS: &str = "anxin_gateway_mqtt_connections";
@@ -81,6 +84,18 @@ pub fn install() -> PrometheusHandle {
     describe_gauge!(
         JOURNAL_SALVAGED,
         "Entries salvaged from a damaged journal at the last start."
+    );
+    describe_gauge!(
+        JOURNAL_SALVAGED_BATCHES,
+        "Intact batch records salvaged from a damaged journal at the last start."
+    );
+    describe_gauge!(
+        JOURNAL_SKIPPED,
+        "Damaged batch records found and skipped by the salvage at the last start."
+    );
+    describe_gauge!(
+        JOURNAL_UNREADABLE,
+        "Batch records found unreadable since start: skipped by the uplink, salvaged at the next start."
     );
     describe_gauge!(
         RESTARTS_IN_PLACE,
@@ -184,6 +199,7 @@ pub fn refresh_journal_gauges(journal: &crate::journal::JournalReader) {
     for (priority, bytes) in journal.bytes().iter().enumerate() {
         metrics::gauge!(JOURNAL_BYTES, "priority" => PRIORITY_LABELS[priority]).set(*bytes as f64);
     }
+    metrics::gauge!(JOURNAL_UNREADABLE).set(journal.corrupt_seen() as f64);
     if let Ok(size) = journal.size_on_disk() {
         metrics::gauge!(JOURNAL_DISK_BYTES).set(size as f64);
     }

@@ -45,6 +45,7 @@ pub(super) fn files_digest(dir: &Path) -> std::io::Result<Option<String>> {
             let name = name.to_string_lossy();
             if top
                 && (name.starts_with(DAMAGED_PREFIX)
+                    || name == PRE_OPEN_COPY
                     || name == CLEAN_MARKER
                     || name == anxin_host::disk::RESERVE_FILE
                     || name.starts_with(ROSTER_FILE))

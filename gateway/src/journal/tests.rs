@@ -159,14 +159,15 @@ async fn one_staged_batch_dedupes_within_itself_and_removes_in_bulk() {
 async fn quota_evicts_p3_then_p2_oldest_first_and_never_p0_or_p1() {
     let dir = tempfile::tempdir().unwrap();
     // Room for about ten records of this size.
-    let one = record_bytes(
-        1 + UplinkEvent {
-            event: Some(event("d", 1, EventKind::Telemetry)),
-            stored_ms: 0,
-        }
-        .encoded_len(),
-        "d",
-    );
+    // Each append is its own batch record.
+    let one = RECORD_OVERHEAD
+        + event_bytes(
+            UplinkEvent {
+                event: Some(event("d", 1, EventKind::Telemetry)),
+                stored_ms: 0,
+            }
+            .encoded_len(),
+        );
     let (writer, reader) = open(dir.path(), Quota::bytes(one * 10)).unwrap();
     for seq in 1..=8 {
         writer
@@ -268,7 +269,7 @@ async fn a_clean_journal_reopens_as_is_and_a_changed_one_is_moved_aside_and_salv
     }
     // One byte changed after the clean stop: damage, even if sled would
     // not notice.
-    let db = dir.path().join("db");
+    let db = dir.path().join("bulk").join("db");
     let mut bytes = std::fs::read(&db).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -277,7 +278,7 @@ async fn a_clean_journal_reopens_as_is_and_a_changed_one_is_moved_aside_and_salv
     let recovery = recovery.expect("the change is found");
     assert_eq!(recovery.expected, Some(50));
     assert!(
-        recovery.kept_at.join("db").exists(),
+        recovery.kept_at.join("bulk").join("db").exists(),
         "the damaged log is kept"
     );
     assert_eq!(reader.depth()[3], recovery.salvaged);
@@ -307,4 +308,197 @@ async fn a_p0_behind_100k_queued_telemetry_events_goes_out_first() {
         })
         .collect();
     assert_eq!(ids, vec![("btn", 1), ("meter", 1)]);
+}
+
+#[tokio::test]
+async fn a_batch_is_deleted_when_every_event_in_it_is_received_and_resent_whole_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (writer, reader) = open(dir.path(), Quota::unlimited()).unwrap();
+        let mut staging = writer.stage();
+        for seq in 1..=3 {
+            staging
+                .add(&event("m", seq, EventKind::Telemetry), 0)
+                .unwrap();
+        }
+        staging.commit().unwrap();
+        writer.flush().await.unwrap();
+        let bytes = reader.bytes()[3];
+        assert!(bytes > 0);
+        assert!(reader.remove("m", 2).unwrap().is_some());
+        assert_eq!(reader.depth()[3], 2);
+        assert_eq!(
+            reader.bytes()[3],
+            bytes,
+            "the record stays while any of it is pending"
+        );
+        assert!(!reader.contains("m", 2).unwrap());
+        let ids: Vec<u64> = pending_ids(&reader).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(ids, vec![1, 3], "a received event is not sent again");
+    }
+    // Partial progress is memory only: after a restart the batch is whole
+    // again (the server deduplicates what it had).
+    let (_, reader) = open(dir.path(), Quota::unlimited()).unwrap();
+    assert_eq!(reader.depth()[3], 3);
+    let gone = reader.remove_many(&[("m", 1), ("m", 2), ("m", 3)]).unwrap();
+    assert!(gone.iter().all(Option::is_some));
+    assert_eq!(reader.bytes(), [0, 0, 0, 0]);
+    drop(reader);
+    let (_, reader) = open(dir.path(), Quota::unlimited()).unwrap();
+    assert_eq!(
+        reader.depth(),
+        [0, 0, 0, 0],
+        "the emptied record was deleted"
+    );
+}
+
+#[tokio::test]
+async fn a_journal_of_the_previous_format_is_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal-v1");
+    for file in ["anxin-clean", "conf", "db"] {
+        std::fs::copy(fixture.join(file), dir.path().join(file)).unwrap();
+    }
+    let (writer, reader, recovery) = open_or_recover(dir.path(), Quota::unlimited()).unwrap();
+    assert_eq!(recovery, None);
+    // The fixture held seven events, one of them received since.
+    let mut ids = pending_ids(&reader);
+    assert_eq!(ids.len(), 6);
+    assert_eq!(ids[0], ("btn-1".into(), 7), "the SOS first");
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            ("btn-1".into(), 7),
+            ("meter-1".into(), 1),
+            ("meter-1".into(), 3),
+            ("meter-1".into(), 4),
+            ("meter-2".into(), 1),
+            ("pendant-1".into(), 3),
+        ]
+    );
+    let stored: Vec<i64> = reader
+        .next_unsent(&mut Cursor::default(), 10)
+        .unwrap()
+        .iter()
+        .map(|e| e.event.stored_ms)
+        .collect();
+    assert!(
+        stored.iter().all(|ms| (1_000..=1_006).contains(ms)),
+        "{stored:?}"
+    );
+    assert_eq!(
+        writer
+            .aux_tree("supervision")
+            .unwrap()
+            .get("btn-1")
+            .unwrap()
+            .as_deref(),
+        Some(&[1u8][..])
+    );
+    assert_eq!(
+        reader
+            .aux_tree("fallback_fired")
+            .unwrap()
+            .get("pendant-1")
+            .unwrap()
+            .as_deref(),
+        Some(&[2u8][..])
+    );
+    // The fixture's journal had handed out gateway seq ...815.
+    assert!(writer.gateway_seq().unwrap() > 9_223_372_036_854_775_815);
+    assert!(!dir.path().join("db").exists(), "the old files are gone");
+    assert!(!dir.path().join(CLEAN_MARKER).exists());
+    writer.flush().await.unwrap();
+    writer.mark_clean(dir.path()).unwrap();
+    drop((writer, reader));
+    let (_, reader, recovery) = open_or_recover(dir.path(), Quota::unlimited()).unwrap();
+    assert_eq!(recovery, None);
+    assert_eq!(reader.depth().iter().sum::<u64>(), 6);
+}
+
+/// Waits for the seal to record what was flushed.
+async fn sealed(writer: &super::JournalWriter) {
+    let want = super::seal::written_marks(&writer.0);
+    for _ in 0..300 {
+        if writer.0.seal.written() == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the seal never caught up with {want:?}");
+}
+
+#[tokio::test]
+async fn a_lane_that_opens_behind_its_seal_is_damaged_not_shorter() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (writer, _) = open(dir.path(), Quota::unlimited()).unwrap();
+        for seq in 1..=20 {
+            writer
+                .append(&event("m", seq, EventKind::Telemetry), 0)
+                .unwrap();
+        }
+        writer.append(&event("b", 1, EventKind::Sos), 0).unwrap();
+        writer.flush().await.unwrap();
+        sealed(&writer).await;
+    }
+    // What a crash-damaged log does: sled opens it without its last
+    // batches. Here the lane is replaced by an older copy of itself.
+    let marks = super::seal::read(dir.path()).unwrap().unwrap();
+    assert!(marks[1] > 0 && marks[0] > 0);
+    super::seal::write(dir.path(), [marks[0], marks[1] + 5]).unwrap();
+    let (_, reader, recovery) = open_or_recover(dir.path(), Quota::unlimited()).unwrap();
+    let recovery = recovery.expect("behind its seal is damage");
+    assert!(
+        recovery.reason.contains("behind its seal"),
+        "{}",
+        recovery.reason
+    );
+    assert_eq!(recovery.salvaged, 21);
+    assert_eq!(reader.depth(), [1, 0, 0, 20]);
+    // A damaged seal is damage too (it can no longer vouch for the lanes).
+    drop(reader);
+    std::fs::write(dir.path().join(SEAL_FILE), b"anxin-seal-v1 1 2 00000000\n").unwrap();
+    let (_, reader, recovery) = open_or_recover(dir.path(), Quota::unlimited()).unwrap();
+    assert!(recovery.unwrap().reason.contains("seal"));
+    assert_eq!(reader.depth(), [1, 0, 0, 20]);
+}
+
+#[tokio::test]
+async fn salvage_reads_every_intact_batch_past_a_damaged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (writer, _) = open(dir.path(), Quota::unlimited()).unwrap();
+        for seq in 1..=100 {
+            let mut staging = writer.stage();
+            for n in 0..3 {
+                staging
+                    .add(&event("m", seq * 10 + n, EventKind::Telemetry), 0)
+                    .unwrap();
+            }
+            staging.commit().unwrap();
+            writer.flush().await.unwrap();
+        }
+        sealed(&writer).await;
+    }
+    let (spans, bad) = scan_records(&dir.path().join("bulk")).unwrap();
+    assert_eq!(bad, 0);
+    let mut keys: Vec<u64> = spans.iter().map(|s| s.seq).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 100, "every batch found in the raw files");
+    // Damage every copy of one batch in the middle of the log.
+    let victim = keys[40];
+    for span in spans.iter().filter(|s| s.seq == victim) {
+        let mut bytes = std::fs::read(&span.file).unwrap();
+        bytes[(span.offset + span.len / 2) as usize] ^= 0x5a;
+        std::fs::write(&span.file, bytes).unwrap();
+    }
+    let (_, reader, recovery) = open_or_recover(dir.path(), Quota::unlimited()).unwrap();
+    let recovery = recovery.expect("the damage is found");
+    assert_eq!(recovery.salvaged_batches, 99, "{}", recovery.summary());
+    assert!(recovery.skipped >= 1);
+    assert_eq!(reader.depth()[3], 297);
 }

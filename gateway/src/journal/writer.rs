@@ -1,7 +1,9 @@
-//! The writer (ingest's side): appends in lanes, staged batches, the
-//! flush before `stored`, quota eviction of P3 then P2.
+//! The writer (ingest's side): appends in lanes, one batch record per
+//! priority per ingest round, the flush before `stored`, quota eviction of
+//! whole P3 then P2 batches.
 
 use std::{
+    collections::HashMap,
     path::Path,
     sync::{Arc, atomic::Ordering},
 };
@@ -25,12 +27,11 @@ impl JournalWriter {
         Ok(appended)
     }
 
-    /// Starts a group of appends written as one sled batch by
-    /// [`Staging::commit`]. sled takes a process-wide exclusive lock and
-    /// seals a log manifest per batch, so one batch per ingest round instead
-    /// of one per event is what lets ingest keep up with tens of thousands
-    /// of events a second (BENCHMARKS.md).
-    /// This one may stage any priority (it holds both lane groups' locks).
+    /// Starts a group of appends written by [`Staging::commit`] as one
+    /// record per priority: one sled insert per ingest round instead of two
+    /// per event is what lets ingest keep up with tens of thousands of
+    /// events a second (BENCHMARKS.md).
+    /// This one may stage any priority (it holds both lanes' locks).
     pub fn stage(&self) -> Staging<'_> {
         self.stage_lanes(true, true)
     }
@@ -47,9 +48,9 @@ impl JournalWriter {
     }
 
     pub(super) fn stage_lanes(&self, alarms: bool, bulk: bool) -> Staging<'_> {
-        // Always alarm group first, then bulk: one lock order, no deadlock.
-        let lock = |group: usize| {
-            self.0.append_order[group]
+        // Always alarm lane first, then bulk: one lock order, no deadlock.
+        let lock = |lane: usize| {
+            self.0.append_order[lane]
                 .lock()
                 .expect("append lock poisoned")
         };
@@ -57,16 +58,33 @@ impl JournalWriter {
             shared: &self.0,
             alarm_order: alarms.then(|| lock(0)),
             bulk_order: bulk.then(|| lock(1)),
-            batch: sled::Batch::default(),
-            staged: std::collections::HashMap::new(),
-            added: [(0, 0); 4],
+            batches: Default::default(),
+            staged: HashMap::new(),
+            staged_bytes: 0,
         }
     }
 
-    /// Makes every earlier append durable, then wakes the uplink. One flush
-    /// covers all appends before it (group commit).
+    /// Makes every earlier append durable (both lanes), then wakes the
+    /// uplink.
     pub async fn flush(&self) -> Result<(), JournalError> {
-        self.0.flush().await?;
+        let (alarms, bulk) = tokio::join!(self.0.flush_lane(0), self.0.flush_lane(1));
+        alarms?;
+        bulk?;
+        self.0.appended.notify_one();
+        Ok(())
+    }
+
+    /// Makes every earlier P0/P1 append durable without waiting for the
+    /// bulk lane (group commit: one flush covers all appends before it).
+    pub async fn flush_alarms(&self) -> Result<(), JournalError> {
+        self.0.flush_lane(0).await?;
+        self.0.appended.notify_one();
+        Ok(())
+    }
+
+    /// Makes every earlier P2/P3 append durable.
+    pub async fn flush_bulk(&self) -> Result<(), JournalError> {
+        self.0.flush_lane(1).await?;
         self.0.appended.notify_one();
         Ok(())
     }
@@ -85,11 +103,15 @@ impl JournalWriter {
         self.0.disk_low.store(low, Ordering::Relaxed);
     }
 
-    /// After a clean shutdown's final flush: records how many entries the
-    /// journal holds, so the next start can tell a log that sled opened
-    /// shorter than it was.
+    /// After a clean shutdown's final flush: seals what was written, and
+    /// records how many events the journal holds and a digest of its
+    /// files, so the next start can tell files changed while it was down.
     pub fn mark_clean(&self, dir: &Path) -> Result<(), JournalError> {
-        self.0.db.flush()?;
+        for lane in &self.0.lanes {
+            lane.db.flush()?;
+        }
+        self.0.seal.close();
+        super::seal::write(dir, super::seal::written_marks(&self.0))?;
         let depth = self.0.depth();
         let digest = files_digest(dir)?.unwrap_or_default();
         let text = format!(
@@ -105,45 +127,53 @@ impl JournalWriter {
     /// A fresh seq from the range reserved for events the gateway raises on
     /// a device's behalf; crash-safe and increasing.
     pub fn gateway_seq(&self) -> Result<u64, JournalError> {
-        let offset = match self.0.db.open_tree(META)?.get(SEQ_OFFSET)? {
+        let db = &self.0.lanes[0].db;
+        let offset = match db.open_tree(META)?.get(SEQ_OFFSET)? {
             Some(bytes) => u64::from_be_bytes(bytes.as_ref().try_into().unwrap_or_default()),
             None => 0,
         };
-        Ok(anxin_proto::GATEWAY_SEQ_BASE | (offset + self.0.db.generate_id()?))
+        Ok(anxin_proto::GATEWAY_SEQ_BASE | (offset + db.generate_id()?))
     }
 
-    /// A side tree in the journal's database, for small state that must
-    /// survive restarts with the journal (supervision flags).
+    /// A side tree in the journal's (alarm lane's) database, for small
+    /// state that must survive restarts with the journal (supervision
+    /// flags).
     pub fn aux_tree(&self, name: &str) -> Result<sled::Tree, JournalError> {
-        Ok(self.0.db.open_tree(name)?)
+        Ok(self.0.lanes[0].db.open_tree(name)?)
     }
 }
 
-/// Appends not yet written; see [`JournalWriter::stage`]. Holds the append
-/// order lock until committed or dropped, so journal seqs become visible in
-/// order. Dropping it without `commit` writes nothing.
+/// One priority's batch being staged.
+struct StagedBatch {
+    seq: u64,
+    events: Vec<Vec<u8>>,
+    identities: Vec<(String, u64)>,
+}
+
+/// Appends not yet written; see [`JournalWriter::stage`]. Holds the lanes'
+/// append locks until committed or dropped, so batch seqs become visible
+/// in order. Dropping it without `commit` writes nothing.
 pub struct Staging<'a> {
     pub(super) shared: &'a Shared,
     pub(super) alarm_order: Option<std::sync::MutexGuard<'a, ()>>,
     pub(super) bulk_order: Option<std::sync::MutexGuard<'a, ()>>,
-    pub(super) batch: sled::Batch,
-    /// Index keys staged here, for duplicates within one batch.
-    pub(super) staged: std::collections::HashMap<Vec<u8>, EntryKey>,
-    /// (events, bytes) staged per priority.
-    pub(super) added: [(u64, u64); 4],
+    batches: [Option<StagedBatch>; 4],
+    /// Identities staged here, for duplicates within one round.
+    staged: HashMap<(String, u64), EntryKey>,
+    staged_bytes: u64,
 }
 
 impl Staging<'_> {
-    /// Stages the event unless the journal (or this batch) already holds
+    /// Stages the event unless the journal (or this round) already holds
     /// `(device_id, seq)`.
     pub fn add(&mut self, event: &DeviceEvent, stored_ms: i64) -> Result<Appended, JournalError> {
         let shared = self.shared;
-        let index = index_key(&event.device_id, event.seq);
-        if let Some(key) = self.staged.get(&index) {
+        let identity = (event.device_id.clone(), event.seq);
+        if let Some(key) = self.staged.get(&identity) {
             return Ok(Appended::Duplicate(*key));
         }
-        if let Some(existing) = shared.tree.get(&index)? {
-            return Ok(Appended::Duplicate(EntryKey::parse(&existing)?));
+        if let Some(key) = shared.index().find(&event.device_id, event.seq) {
+            return Ok(Appended::Duplicate(key));
         }
         let priority = event.priority();
         let holds = match priority {
@@ -160,21 +190,25 @@ impl Staging<'_> {
             event: Some(event.clone()),
             stored_ms,
         };
-        let mut value = Vec::with_capacity(1 + record.encoded_len());
-        value.push(FORMAT_V1);
-        record.encode(&mut value).expect("Vec has capacity");
-        let size = record_bytes(value.len(), &event.device_id);
+        let encoded = record.encode_to_vec();
+        let p = priority as u8;
+        let size = event_bytes(encoded.len())
+            + if self.batches[p as usize].is_none() {
+                RECORD_OVERHEAD
+            } else {
+                0
+            };
 
         let mut evicted = Vec::new();
         let mut over_quota = false;
         if let Some(max) = shared.quota.max_bytes {
-            let staged: u64 = self.added.iter().map(|(_, bytes)| bytes).sum();
+            let staged = self.staged_bytes;
             let fits = |shared: &Shared| shared.bytes().iter().sum::<u64>() + staged + size <= max;
-            // P3 first, then P2, oldest first; never P0/P1.
+            // Whole batches, P3 first, then P2, oldest first; never P0/P1.
             for lane in [Priority::P3 as u8, Priority::P2 as u8] {
                 while !fits(shared) {
                     match shared.evict_oldest(lane)? {
-                        Some(gone) => evicted.push(gone),
+                        Some(gone) => evicted.extend(gone),
                         None => break,
                     }
                 }
@@ -187,13 +221,24 @@ impl Staging<'_> {
             }
         }
 
-        let key = EntryKey::new(priority, shared.db.generate_id()?);
-        self.batch.insert(&key.0[..], value);
-        self.batch.insert(&index[..], &key.0[..]);
-        self.staged.insert(index, key);
-        let lane = &mut self.added[priority as usize];
-        lane.0 += 1;
-        lane.1 += size;
+        let batch = match &mut self.batches[p as usize] {
+            Some(batch) => batch,
+            slot => slot.insert(StagedBatch {
+                // From 1: a high-water mark of 0 means "nothing written".
+                seq: shared.tree(p).generate_id()? + 1,
+                events: Vec::new(),
+                identities: Vec::new(),
+            }),
+        };
+        let key = EntryKey {
+            priority: p,
+            batch: batch.seq,
+            index: batch.events.len() as u32,
+        };
+        batch.events.push(encoded);
+        batch.identities.push(identity.clone());
+        self.staged.insert(identity, key);
+        self.staged_bytes += size;
         Ok(Appended::New {
             key,
             evicted,
@@ -201,22 +246,75 @@ impl Staging<'_> {
         })
     }
 
-    /// Writes everything staged in one batch (not yet durable: flush).
+    /// Writes what is staged, one record per priority, one sled batch per
+    /// lane (not yet durable: flush).
     pub fn commit(self) -> Result<(), JournalError> {
         let Staging {
             shared,
             alarm_order,
             bulk_order,
-            batch,
-            added,
+            batches,
             ..
         } = self;
-        shared.tree.apply_batch(batch)?;
-        drop((bulk_order, alarm_order));
-        for (lane, (events, bytes)) in added.iter().enumerate() {
-            shared.depth[lane].fetch_add(*events, Ordering::Relaxed);
-            shared.bytes[lane].fetch_add(*bytes, Ordering::Relaxed);
+        let mut writes: [Option<(sled::Batch, u64)>; 2] = Default::default();
+        let mut indexed = Vec::new();
+        for (priority, staged) in batches.into_iter().enumerate() {
+            let Some(staged) = staged else { continue };
+            let priority = priority as u8;
+            let record = encode_record(priority, staged.seq, &staged.events);
+            let bytes = 9 + record.len() as u64;
+            let (batch, hwm) = writes[lane_of(priority)].get_or_insert_with(Default::default);
+            batch.insert(&batch_key(priority, staged.seq)[..], record);
+            *hwm = (*hwm).max(staged.seq);
+            indexed.push((priority, staged.seq, staged.identities, bytes));
         }
+        // Indexed before written: the uplink reads a batch's events only
+        // if the index calls them pending, so it must never see the record
+        // first.
+        let mut emptied = Vec::new();
+        {
+            let mut index = shared.index();
+            for (priority, seq, identities, bytes) in &indexed {
+                shared.index_batch(
+                    &mut index,
+                    *priority,
+                    *seq,
+                    identities.iter().cloned(),
+                    *bytes,
+                    &mut emptied,
+                );
+            }
+        }
+        for (lane, write) in writes.into_iter().enumerate() {
+            let Some((mut batch, hwm)) = write else {
+                continue;
+            };
+            batch.insert(HWM_KEY, &hwm.to_be_bytes()[..]);
+            if let Err(err) = shared.lanes[lane].db.apply_batch(batch) {
+                // Not written: out of the index again (the journal is
+                // restarted in place after a failed write anyway).
+                let mut index = shared.index();
+                for (priority, seq, identities, _) in &indexed {
+                    if lane_of(*priority) != lane {
+                        continue;
+                    }
+                    for (device_id, event_seq) in identities {
+                        if let Some(device) = index.device(device_id) {
+                            index.pending.remove(&(device, *event_seq));
+                        }
+                    }
+                    if let Some(info) = index.batches.remove(&(*priority, *seq)) {
+                        shared.depth[*priority as usize]
+                            .fetch_sub(u64::from(info.pending), Ordering::Relaxed);
+                        shared.bytes[*priority as usize].fetch_sub(info.bytes, Ordering::Relaxed);
+                    }
+                }
+                return Err(err.into());
+            }
+            shared.lanes[lane].written.fetch_max(hwm, Ordering::AcqRel);
+        }
+        drop((bulk_order, alarm_order));
+        shared.delete_batches(&emptied)?;
         Ok(())
     }
 }

@@ -11,11 +11,11 @@ use anxin_proto::v1::UplinkEvent;
 use prost::Message;
 
 use super::{
+    damage::{Recovery, Salvage, SideTree, fresh, is_damage, set_aside, side_trees, unpanicked},
     format::*,
     marker::{files_digest, read_clean_marker},
     open::open_db,
     reader::JournalReader,
-    recovery::{Recovery, Salvage, SideTree, fresh, is_damage, set_aside, side_trees, unpanicked},
     writer::JournalWriter,
 };
 
@@ -151,7 +151,7 @@ pub(super) fn convert(
 fn salvage_v1(damaged: &Path) -> Salvage {
     let copy = damaged.join("salvage-copy");
     let mut salvage = Salvage::default();
-    if let Err(err) = super::recovery::copy_dir(damaged, &copy, "salvage-copy") {
+    if let Err(err) = super::damage::copy_dir(damaged, &copy, "salvage-copy") {
         tracing::error!(error = %err, "no room to copy the damaged journal for salvage; nothing salvaged");
     } else if let Ok(v1) = unpanicked(|| read_v1(&copy)) {
         salvage.events = v1.events;

@@ -70,6 +70,7 @@
 //! counted; the next start salvages it.
 
 mod convert;
+mod damage;
 mod format;
 mod marker;
 mod open;
@@ -81,11 +82,12 @@ mod shared;
 mod tests;
 mod writer;
 
+pub use damage::Recovery;
 pub use format::{
     Appended, CLEAN_MARKER, Cursor, DAMAGED_PREFIX, Entry, EntryKey, Evicted, JournalError,
     LANE_DIRS, Quota, ROSTER_FILE, RecordSpan, SEAL_FILE, scan_records,
 };
 pub use open::open;
 pub use reader::JournalReader;
-pub use recovery::{Recovery, open_or_recover};
+pub use recovery::open_or_recover;
 pub use writer::{JournalWriter, Staging};

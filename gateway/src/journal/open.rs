@@ -55,7 +55,7 @@ pub(super) fn open_marked(
         appended: Notify::new(),
         disk_low: Default::default(),
         append_order: Default::default(),
-        seal: Seal::new(path, marks),
+        seal: Arc::new(Seal::new(path, marks)),
         corrupt_seen: AtomicU64::new(0),
     });
     rebuild(&shared)?;

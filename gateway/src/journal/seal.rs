@@ -7,11 +7,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, atomic::Ordering},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use super::{format::*, shared::Shared};
+use super::format::*;
 
 /// How often the seal is written at most.
 pub(super) const SEAL_EVERY: Duration = Duration::from_secs(1);
@@ -59,15 +59,11 @@ fn parse(bytes: &[u8]) -> Option<[u64; 2]> {
     Some([alarm, bulk])
 }
 
-/// Writes the seal durably: a temporary file, fsynced, renamed over.
+/// Writes the seal durably (a crash leaves the old one or the new one).
 pub(super) fn write(dir: &Path, marks: [u64; 2]) -> std::io::Result<()> {
     let body = format!("anxin-seal-v1 {} {}", marks[0], marks[1]);
     let text = format!("{body} {:08x}\n", crc32c::crc32c(body.as_bytes()));
-    let tmp = dir.join(format!("{SEAL_FILE}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, dir.join(SEAL_FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    anxin_host::disk::replace_file(&dir.join(SEAL_FILE), text.as_bytes())
 }
 
 impl Seal {
@@ -90,7 +86,7 @@ impl Seal {
 
     /// A lane's flush made everything up to `seq` durable: writes the seal
     /// now if the last write is a second old, or schedules it.
-    pub(super) fn flushed(&self, shared: &Arc<Shared>, lane: usize, seq: u64) {
+    pub(super) fn flushed(self: &Arc<Self>, lane: usize, seq: u64) {
         let mut state = self.lock();
         if seq <= state.flushed[lane] {
             return;
@@ -105,14 +101,14 @@ impl Seal {
             .map(|at| SEAL_EVERY.saturating_sub(at.elapsed()))
             .unwrap_or_default();
         drop(state);
-        // Weak: a journal dropped meanwhile (a restart in place, a test
-        // reopening it) must not be kept open by its seal's timer.
-        let shared = Arc::downgrade(shared);
+        // Weak: a journal dropped meanwhile (a restart in place, a damaged
+        // one replaced) must not have its seal written after it.
+        let seal = Arc::downgrade(self);
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             let _ = tokio::task::spawn_blocking(move || {
-                if let Some(shared) = shared.upgrade() {
-                    let _ = shared.seal.write_now();
+                if let Some(seal) = seal.upgrade() {
+                    let _ = seal.write_now();
                 }
             })
             .await;
@@ -167,8 +163,4 @@ pub(super) fn behind(marks: [u64; 2], opened: [u64; 2]) -> Option<String> {
             LANE_DIRS[lane], opened[lane], marks[lane]
         )
     })
-}
-
-pub(super) fn written_marks(shared: &Shared) -> [u64; 2] {
-    std::array::from_fn(|lane| shared.lanes[lane].written.load(Ordering::Acquire))
 }

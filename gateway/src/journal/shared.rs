@@ -83,7 +83,7 @@ pub(super) struct Shared {
     /// batch still being written (ingest and supervision both append).
     /// One per lane: an alarm never waits for a telemetry batch's lock.
     pub(super) append_order: [std::sync::Mutex<()>; 2],
-    pub(super) seal: Seal,
+    pub(super) seal: Arc<Seal>,
     /// Corrupt records met after open (skipped by the reader).
     pub(super) corrupt_seen: AtomicU64,
 }
@@ -107,8 +107,13 @@ impl Shared {
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .expect("journal flush task panicked")?;
-        self.seal.flushed(self, lane, written);
+        self.seal.flushed(lane, written);
         Ok(())
+    }
+
+    /// Each lane's highest batch seq written.
+    pub(super) fn written_marks(&self) -> [u64; 2] {
+        std::array::from_fn(|lane| self.lanes[lane].written.load(Ordering::Acquire))
     }
 
     pub(super) fn depth(&self) -> [u64; 4] {

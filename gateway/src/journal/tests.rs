@@ -420,7 +420,7 @@ async fn a_journal_of_the_previous_format_is_converted() {
 
 /// Waits for the seal to record what was flushed.
 async fn sealed(writer: &super::JournalWriter) {
-    let want = super::seal::written_marks(&writer.0);
+    let want = writer.0.written_marks();
     for _ in 0..300 {
         if writer.0.seal.written() == want {
             return;

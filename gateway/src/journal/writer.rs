@@ -111,7 +111,7 @@ impl JournalWriter {
             lane.db.flush()?;
         }
         self.0.seal.close();
-        super::seal::write(dir, super::seal::written_marks(&self.0))?;
+        super::seal::write(dir, self.0.written_marks())?;
         let depth = self.0.depth();
         let digest = files_digest(dir)?.unwrap_or_default();
         let text = format!(

@@ -76,6 +76,11 @@ enum Scenario {
     Drain {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// Events per ingest round as the outage wrote them (the journal
+        /// holds one record per round): 1 is the worst case, a trickle;
+        /// ~10 a 10-minute outage of 1,000,000 (1,700/s, a round per fsync).
+        #[arg(long, default_value_t = 10)]
+        round: u64,
     },
     /// The gateway's memory under a steady load from many devices, sampled
     /// every 15 s: it must level off, not climb.
@@ -185,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
             load_devices,
             replicas,
         } => scenarios::latency(samples, pace_ms, load, load_devices, replicas).await,
-        Scenario::Drain { events } => scenarios::drain(events).await,
+        Scenario::Drain { events, round } => scenarios::drain(events, round).await,
         Scenario::Steady {
             devices,
             rate,

@@ -433,11 +433,13 @@ async fn mosquitto_latency(
 
 // --------------------------------------------------------------------- drain
 
-pub async fn drain(events: u64) -> anyhow::Result<()> {
-    println!("== drain: {events} P3 events and then one P0 queued during an outage");
+pub async fn drain(events: u64, round: u64) -> anyhow::Result<()> {
+    println!(
+        "== drain: {events} P3 events ({round} per ingest round) and then one P0 queued during an outage"
+    );
     let dir = tempfile::tempdir()?;
     let prefill = Instant::now();
-    anxin_gateway_journal_prefill(&dir.path().join("journal"), events)?;
+    anxin_gateway_journal_prefill(&dir.path().join("journal"), events, round.max(1))?;
     println!(
         "  journal prefilled in {:.1} s",
         prefill.elapsed().as_secs_f64()
@@ -486,13 +488,18 @@ pub async fn drain(events: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Queues `events` P3 telemetry events from 1,000 devices and then one SOS
-/// in a journal, as an outage would leave it.
-fn anxin_gateway_journal_prefill(path: &std::path::Path, events: u64) -> anyhow::Result<()> {
+/// Queues `events` P3 telemetry events from 1,000 devices, `round` per
+/// ingest round, and then one SOS in a journal, as an outage would leave it.
+fn anxin_gateway_journal_prefill(
+    path: &std::path::Path,
+    events: u64,
+    round: u64,
+) -> anyhow::Result<()> {
     use anxin_gateway::journal;
     let (writer, _reader) = journal::open(path, journal::Quota::unlimited())?;
     let runtime = tokio::runtime::Handle::current();
     let stored_ms = now_ms();
+    let mut staging = writer.stage();
     for n in 0..events {
         let device = traffic::device_id("l-", (n % 1000) as usize);
         let event = anxin_proto::DeviceEvent {
@@ -503,7 +510,11 @@ fn anxin_gateway_journal_prefill(path: &std::path::Path, events: u64) -> anyhow:
             device_time_ms: stored_ms,
             ..Default::default()
         };
-        writer.append(&event, stored_ms)?;
+        staging.add(&event, stored_ms)?;
+        if n % round == round - 1 {
+            staging.commit()?;
+            staging = writer.stage();
+        }
         if n % 10_000 == 9_999 {
             tokio::task::block_in_place(|| runtime.block_on(writer.flush()))?;
         }
@@ -516,6 +527,7 @@ fn anxin_gateway_journal_prefill(path: &std::path::Path, events: u64) -> anyhow:
         device_time_ms: stored_ms,
         ..Default::default()
     };
+    staging.commit()?;
     writer.append(&sos, stored_ms)?;
     tokio::task::block_in_place(|| runtime.block_on(writer.flush()))?;
     Ok(())

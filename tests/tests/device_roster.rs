@@ -102,7 +102,7 @@ async fn devices_registered_changed_and_deactivated_on_the_server_take_effect_at
     // Still down, and now the journal is found damaged and moved aside:
     // the roster is kept beside it, so the device is still admitted.
     gateway.proc.kill9();
-    let db = dir.path().join("journal").join("db");
+    let db = dir.path().join("journal").join("alarm").join("db");
     let len = std::fs::metadata(&db).unwrap().len() as usize;
     std::fs::write(&db, vec![0xA5; len.max(4096)]).unwrap();
     gateway.restart().await;

@@ -119,7 +119,7 @@ async fn a_gateway_fault_reaches_its_communitys_dispatchers_and_is_not_routed() 
     gateway.proc.terminate();
     assert_eq!(gateway.proc.wait_exit(PATIENCE).await, Some(0));
     // One byte of the stopped journal changes.
-    let db = dir.path().join("journal").join("db");
+    let db = dir.path().join("journal").join("alarm").join("db");
     let mut bytes = std::fs::read(&db).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;

@@ -648,6 +648,7 @@ mod tests {
 
         // The restore checks every tree against the manifest; one changed
         // record is refused, and nothing is left at the target.
+        wait_unlocked(&backup_dir.join(Manifest::SLED_DIR));
         let restored = dir.path().join("restored");
         restore(&backup_dir, &restored, &mut |_, _| {}).unwrap();
         let db = sled::open(&restored).unwrap();
@@ -661,10 +662,26 @@ mod tests {
             .unwrap();
         copy.flush().unwrap();
         drop(copy);
+        wait_unlocked(&backup_dir.join(Manifest::SLED_DIR));
         let elsewhere = dir.path().join("restored-again");
         let refused = restore(&backup_dir, &elsewhere, &mut |_, _| {}).unwrap_err();
         assert!(matches!(refused, StoreError::Damaged(_)), "{refused}");
         assert!(refused.to_string().contains("test_b"), "{refused}");
         assert!(!elsewhere.exists() && !assembling(&elsewhere).exists());
+    }
+
+    /// sled gives its file lock back when its last background thread lets
+    /// go of the database, a moment after `drop` (CI once opened the copy
+    /// again before that, and the restore met the lock).
+    fn wait_unlocked(dir: &Path) {
+        let file = std::fs::File::open(dir.join("db")).unwrap();
+        for _ in 0..500 {
+            if file.try_lock().is_ok() {
+                file.unlock().unwrap();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("sled never gave back the lock of {}", dir.display());
     }
 }

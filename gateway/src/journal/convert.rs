@@ -11,7 +11,10 @@ use anxin_proto::v1::UplinkEvent;
 use prost::Message;
 
 use super::{
-    damage::{Recovery, Salvage, SideTree, fresh, is_damage, set_aside, side_trees, unpanicked},
+    damage::{
+        Recovery, Salvage, SideTree, fresh, is_damage, replace_damaged, set_aside, side_trees,
+        unpanicked,
+    },
     format::*,
     marker::{files_digest, read_clean_marker},
     open::open_db,
@@ -129,19 +132,7 @@ pub(super) fn convert(
             // sled reads a damaged old log up to its damage; whatever reads
             // is salvaged.
             let salvage = salvage_v1(&kept_at);
-            let (writer, reader, salvaged) = fresh(path, quota, &salvage)?;
-            Ok((
-                writer,
-                reader,
-                Some(Recovery {
-                    reason,
-                    salvaged,
-                    salvaged_batches: 0,
-                    skipped: 0,
-                    expected,
-                    kept_at,
-                }),
-            ))
+            replace_damaged(path, quota, &salvage, reason, expected, kept_at)
         }
     }
 }

@@ -165,6 +165,31 @@ pub(super) fn fresh(
     Ok((writer, reader, salvaged))
 }
 
+/// A damaged journal, already set aside at `kept_at`, replaced by a fresh
+/// one holding `salvage`; with the report of what happened.
+pub(super) fn replace_damaged(
+    path: &Path,
+    quota: Quota,
+    salvage: &Salvage,
+    reason: String,
+    expected: Option<u64>,
+    kept_at: std::path::PathBuf,
+) -> Result<(JournalWriter, JournalReader, Option<Recovery>), JournalError> {
+    let (writer, reader, salvaged) = fresh(path, quota, salvage)?;
+    Ok((
+        writer,
+        reader,
+        Some(Recovery {
+            reason,
+            salvaged,
+            salvaged_batches: salvage.batches,
+            skipped: salvage.skipped,
+            expected,
+            kept_at,
+        }),
+    ))
+}
+
 /// Appends events (in send order) as batches of at most 10,000; how many
 /// were new (copies of one event are kept once).
 pub(super) fn restage<'a>(

@@ -271,9 +271,9 @@ pub struct RecordSpan {
 }
 
 /// Every intact record in `bytes` (found by its magic, kept if its CRC
-/// holds), with its offset and the record's bytes; `bad` counts places
-/// where a record header was found but its record did not check.
-pub(super) fn scan_bytes<'a>(bytes: &'a [u8], bad: &mut u64) -> Vec<(usize, &'a [u8])> {
+/// holds), checked, with its offset and length; `bad` counts places where
+/// a record header was found but its record did not check.
+pub(super) fn scan_bytes<'a>(bytes: &'a [u8], bad: &mut u64) -> Vec<(usize, usize, Record<'a>)> {
     let mut found = Vec::new();
     let mut at = 0;
     while let Some(pos) = find(&bytes[at..], &MAGIC) {
@@ -282,17 +282,15 @@ pub(super) fn scan_bytes<'a>(bytes: &'a [u8], bad: &mut u64) -> Vec<(usize, &'a 
         let total = header
             .get(9..13)
             .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize + HEADER_LEN);
-        match total {
-            Some(total)
-                if total <= MAX_RECORD_BYTES
-                    && header.len() >= total
-                    && header.get(4) == Some(&FORMAT_V2)
-                    && check_record(&header[..total]).is_ok() =>
-            {
-                found.push((start, &header[..total]));
+        let checked = total
+            .filter(|total| *total <= MAX_RECORD_BYTES && header.len() >= *total)
+            .and_then(|total| Some((total, check_record(&header[..total]).ok()?)));
+        match checked {
+            Some((total, record)) => {
+                found.push((start, total, record));
                 at = start + total;
             }
-            _ => {
+            None => {
                 if header.get(4) == Some(&FORMAT_V2) {
                     *bad += 1;
                 }
@@ -316,15 +314,14 @@ pub fn scan_records(dir: &std::path::Path) -> std::io::Result<(Vec<RecordSpan>, 
     let mut bad = 0;
     for file in files {
         let bytes = std::fs::read(&file)?;
-        for (offset, record) in scan_bytes(&bytes, &mut bad) {
-            let checked = check_record(record).expect("scan_bytes checked it");
+        for (offset, len, record) in scan_bytes(&bytes, &mut bad) {
             spans.push(RecordSpan {
                 file: file.clone(),
                 offset: offset as u64,
-                len: record.len() as u64,
-                priority: checked.priority,
-                seq: checked.seq,
-                events: checked.events.len() as u32,
+                len: len as u64,
+                priority: record.priority,
+                seq: record.seq,
+                events: record.events.len() as u32,
             });
         }
     }

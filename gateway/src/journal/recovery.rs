@@ -10,7 +10,8 @@ use prost::Message;
 
 use super::{
     damage::{
-        Recovery, Salvage, SideTree, copy_dir, fresh, is_damage, set_aside, side_trees, unpanicked,
+        Recovery, Salvage, SideTree, copy_dir, is_damage, replace_damaged, set_aside, side_trees,
+        unpanicked,
     },
     format::*,
     marker::{CleanMarker, files_digest, read_clean_marker},
@@ -103,19 +104,7 @@ pub fn open_or_recover(
         let _ = std::fs::remove_dir_all(&copy);
     }
     let salvage = salvage(&kept_at);
-    let (writer, reader, salvaged) = fresh(path, quota, &salvage)?;
-    Ok((
-        writer,
-        reader,
-        Some(Recovery {
-            reason,
-            salvaged,
-            salvaged_batches: salvage.batches,
-            skipped: salvage.skipped,
-            expected,
-            kept_at,
-        }),
-    ))
+    replace_damaged(path, quota, &salvage, reason, expected, kept_at)
 }
 
 /// Journals bigger than this are not copied before opening after a crash
@@ -258,10 +247,7 @@ fn raw_records(dir: &Path) -> std::io::Result<(Batches, u64)> {
     let mut bad = 0;
     for file in files {
         let bytes = std::fs::read(&file)?;
-        for (_, record) in scan_bytes(&bytes, &mut bad) {
-            let Ok(checked) = check_record(record) else {
-                continue;
-            };
+        for (_, _, checked) in scan_bytes(&bytes, &mut bad) {
             let events: Result<Vec<_>, _> = checked
                 .events
                 .iter()

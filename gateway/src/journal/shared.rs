@@ -143,22 +143,29 @@ impl Shared {
                     keys.push(None);
                     continue;
                 };
-                self.depth[key.priority()].fetch_sub(1, Ordering::Relaxed);
-                let id = (key.priority, key.batch);
-                if let Some(batch) = index.batches.get_mut(&id) {
-                    batch.pending -= 1;
-                    if batch.pending == 0 {
-                        let bytes = batch.bytes;
-                        index.batches.remove(&id);
-                        self.bytes[key.priority()].fetch_sub(bytes, Ordering::Relaxed);
-                        emptied.push(id);
-                    }
-                }
+                self.unpend(&mut index, key, &mut emptied);
                 keys.push(Some(key));
             }
         }
         self.delete_batches(&emptied)?;
         Ok(keys)
+    }
+
+    /// The event at `key` (already out of `pending`) is pending no more:
+    /// counted off, and its batch, if that left it empty, out of the index
+    /// and into `emptied` to be deleted.
+    fn unpend(&self, index: &mut Index, key: EntryKey, emptied: &mut Vec<(u8, u64)>) {
+        self.depth[key.priority()].fetch_sub(1, Ordering::Relaxed);
+        let id = (key.priority, key.batch);
+        if let Some(batch) = index.batches.get_mut(&id) {
+            batch.pending -= 1;
+            if batch.pending == 0 {
+                let bytes = batch.bytes;
+                index.batches.remove(&id);
+                self.bytes[key.priority()].fetch_sub(bytes, Ordering::Relaxed);
+                emptied.push(id);
+            }
+        }
     }
 
     /// Deletes batch records (already out of the index), one sled batch per
@@ -221,18 +228,18 @@ impl Shared {
     /// Indexes a batch's events (at open, and after a commit): each becomes
     /// the pending copy of its identity; an older copy elsewhere stops
     /// being pending (and its batch is deleted once nothing in it is).
-    pub(super) fn index_batch(
+    pub(super) fn index_batch<'b>(
         &self,
         index: &mut Index,
         priority: u8,
         seq: u64,
-        identities: impl Iterator<Item = (String, u64)>,
+        identities: impl Iterator<Item = (&'b str, u64)>,
         bytes: u64,
         emptied: &mut Vec<(u8, u64)>,
     ) {
         let mut pending = 0;
         for (n, (device_id, event_seq)) in identities.enumerate() {
-            let device = index.device_or_new(&device_id);
+            let device = index.device_or_new(device_id);
             let key = EntryKey {
                 priority,
                 batch: seq,
@@ -242,17 +249,7 @@ impl Shared {
                 Some(older) if older != key => {
                     // A retransmission journaled again after its first copy
                     // was read: the newer copy is the one sent.
-                    let id = (older.priority, older.batch);
-                    if let Some(batch) = index.batches.get_mut(&id) {
-                        batch.pending -= 1;
-                        if batch.pending == 0 {
-                            let freed = batch.bytes;
-                            index.batches.remove(&id);
-                            self.bytes[older.priority()].fetch_sub(freed, Ordering::Relaxed);
-                            emptied.push(id);
-                        }
-                    }
-                    self.depth[older.priority()].fetch_sub(1, Ordering::Relaxed);
+                    self.unpend(index, older, emptied);
                 }
                 _ => {}
             }
@@ -267,9 +264,6 @@ impl Shared {
 }
 
 /// The identities of a batch's decoded events.
-pub(super) fn identities(events: &[UplinkEvent]) -> impl Iterator<Item = (String, u64)> + '_ {
-    events.iter().map(|e| {
-        let (device_id, seq) = identity(e);
-        (device_id.to_string(), seq)
-    })
+pub(super) fn identities(events: &[UplinkEvent]) -> impl Iterator<Item = (&str, u64)> + '_ {
+    events.iter().map(identity)
 }

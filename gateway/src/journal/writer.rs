@@ -279,7 +279,9 @@ impl Staging<'_> {
                     &mut index,
                     *priority,
                     *seq,
-                    identities.iter().cloned(),
+                    identities
+                        .iter()
+                        .map(|(device_id, seq)| (device_id.as_str(), *seq)),
                     *bytes,
                     &mut emptied,
                 );

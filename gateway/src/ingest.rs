@@ -113,12 +113,14 @@ pub fn check(
         Some(EventKind::Unspecified) => {
             return Err(Rejection::Malformed("kind is missing".into()));
         }
-        // The server raises it when a resident's check-in window passes in
-        // silence; a device saying so would be a forged welfare alert.
-        Some(EventKind::CheckinMissed) => {
-            return Err(Rejection::Malformed(
-                "CHECKIN_MISSED is raised by the dispatch server, never by a device".into(),
-            ));
+        // The server raises these from what it knows of a resident (a
+        // check-in window passing in silence, a safe zone, a meter); a
+        // device saying so would be a forged welfare alert.
+        Some(kind) if anxin_proto::raised_by_server(kind) => {
+            return Err(Rejection::Malformed(format!(
+                "{} is raised by the dispatch server, never by a device",
+                kind.as_str_name().trim_start_matches("EVENT_KIND_")
+            )));
         }
         Some(_) => {}
     }

@@ -17,12 +17,31 @@ pub use v1::{AckKind, DeviceAck, DeviceEvent, EventKind, Priority};
 pub fn priority_of(kind: EventKind) -> Priority {
     use EventKind::*;
     match kind {
-        Sos | Fall | Smoke | Gas | VitalsCritical => Priority::P0,
+        Sos | Fall | Smoke | Gas | VitalsCritical | LeftSafeZone => Priority::P0,
         Inactivity | VitalsWarning | DeviceOffline | DeviceOnline | Tamper | Cancel
         | GatewayFault | CheckinMissed => Priority::P1,
-        LowBattery | DeviceFault | CheckinOk => Priority::P2,
+        LowBattery | DeviceFault | CheckinOk | HouseholdSilent | HouseholdUnusual => Priority::P2,
         Telemetry | Heartbeat | TestCall | Unspecified => Priority::P3,
     }
+}
+
+/// Kinds only the dispatch server raises, from what it knows of a
+/// resident (a check-in window, a safe zone, a household meter): a device
+/// or gateway sending one is refused.
+pub fn raised_by_server(kind: EventKind) -> bool {
+    use EventKind::*;
+    matches!(
+        kind,
+        CheckinMissed | LeftSafeZone | HouseholdSilent | HouseholdUnusual
+    )
+}
+
+/// Whether a device id names one of the server's own sources
+/// (`checkin/{resident}`, `vitals/{resident}/{sign}`, `zone/{resident}`,
+/// `meter/{resident}/{kind}`): a real device's id never holds a `/` (it is
+/// a level of its MQTT topic), so these can never be a device's.
+pub fn is_server_source(device_id: &str) -> bool {
+    device_id.contains('/')
 }
 
 impl DeviceEvent {
@@ -68,6 +87,11 @@ mod tests {
         assert_eq!(priority_of(EventKind::GatewayFault), Priority::P1);
         assert_eq!(priority_of(EventKind::CheckinMissed), Priority::P1);
         assert_eq!(priority_of(EventKind::CheckinOk), Priority::P2);
+        assert_eq!(priority_of(EventKind::LeftSafeZone), Priority::P0);
+        assert_eq!(priority_of(EventKind::HouseholdSilent), Priority::P2);
+        assert!(raised_by_server(EventKind::HouseholdUnusual));
+        assert!(!raised_by_server(EventKind::VitalsWarning));
+        assert!(is_server_source("vitals/r-1/spo2") && !is_server_source("wear-1"));
     }
 
     #[test]

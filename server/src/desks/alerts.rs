@@ -959,8 +959,9 @@ pub fn device_acks_help_is_coming(alert: &Alert) -> Vec<DeviceAck> {
         .events
         .iter()
         .filter(|e| e.kind != EventKind::Cancel as i32)
-        // The server's own CHECKIN_MISSED has no device to tell.
-        .filter(|e| e.kind != EventKind::CheckinMissed as i32)
+        // The server's own sources (a missed check-in, a rule on
+        // readings) have no device to tell.
+        .filter(|e| !anxin_proto::is_server_source(&e.device_id))
         .filter(|e| told.insert(e.device_id.clone()))
         .map(|e| DeviceAck {
             device_id: e.device_id.clone(),

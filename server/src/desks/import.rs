@@ -394,6 +394,15 @@ fn read_rows(
                             callout: optional("callout"),
                             birth_date: optional("birth_date"),
                             sex: optional("sex"),
+                            conditions: optional("conditions")
+                                .split('+')
+                                .map(str::trim)
+                                .filter(|c| !c.is_empty())
+                                .map(String::from)
+                                .collect(),
+                            vital_limits: Vec::new(),
+                            safe_zones: Vec::new(),
+                            meter_rules: Vec::new(),
                             checkin: crate::domain::welfare::enrol(
                                 Some(CheckinWindow {
                                     start,
@@ -405,8 +414,13 @@ fn read_rows(
                             ),
                             id,
                         };
-                        directory::check_resident_record(&resident)?;
                         let stored = known.residents.get(&resident.id);
+                        if let Some(stored) = stored {
+                            resident.vital_limits = stored.vital_limits.clone();
+                            resident.safe_zones = stored.safe_zones.clone();
+                            resident.meter_rules = stored.meter_rules.clone();
+                        }
+                        directory::check_resident_record(&resident)?;
                         crate::domain::family::check_resident(
                             &mut resident,
                             stored,
@@ -541,18 +555,11 @@ impl Known {
         };
         match kind {
             ImportKind::Residents => {
-                // Only rows that give a window, or contacts with channels
-                // (whose stored consent is kept), read the stored record.
-                let with_window = |row: &csv::StringRecord| {
-                    ["checkin_start", "checkin_end"].iter().any(|c| {
-                        column(c)
-                            .and_then(|i| row.get(i))
-                            .is_some_and(|v| !v.is_empty())
-                    }) || column("emergency_contacts")
-                        .and_then(|i| row.get(i))
-                        .is_some_and(|v| v.split(';').any(|c| c.split('|').count() > 3))
-                };
-                known.residents = residents(values("id", &with_window))?;
+                // Every row reads the stored record: what a CSV does not
+                // carry (the check-in's start day, contacts' consent, the
+                // limits, zones and meter rules drawn in the console) is
+                // kept, not wiped by a re-import.
+                known.residents = residents(values("id", &|_| true))?;
             }
             ImportKind::Devices => {
                 known.residents = residents(values("resident_id", &|_| true))?;

@@ -24,7 +24,7 @@ use crate::{
     domain::{
         incidents::{Decision, Origin},
         listing::{ListQuery, MAX_LIMIT},
-        welfare::{CHECKIN_DEVICE_PREFIX, sign_in},
+        welfare::sign_in,
     },
     metrics as m,
     store::{
@@ -301,10 +301,13 @@ impl GatewayIntake {
             if let Some(gateway_message::Body::Event(uplink)) = &message.body
                 && let Some(event) = &uplink.event
             {
-                // Only the server raises CHECKIN_MISSED (and owns its device
-                // ids): from a gateway it is refused like a foreign device's.
-                let servers_own = event.kind == anxin_proto::EventKind::CheckinMissed as i32
-                    || event.device_id.starts_with(CHECKIN_DEVICE_PREFIX);
+                // Only the server raises its own kinds (a missed check-in, a
+                // left zone, a silent meter) and owns its sources' ids: from
+                // a gateway they are refused like a foreign device's.
+                let servers_own = event
+                    .known_kind()
+                    .is_some_and(anxin_proto::raised_by_server)
+                    || anxin_proto::is_server_source(&event.device_id);
                 if servers_own || !self.owners.allowed(desk, gateway_id, &event.device_id)? {
                     foreign.push((event.device_id.clone(), event.seq));
                     continue;

@@ -43,6 +43,31 @@ pub fn parse_date(text: &str) -> Option<i32> {
     Some(date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY)
 }
 
+fn parse_hhmm(text: &str) -> Option<u32> {
+    let (h, m) = text.split_once(':')?;
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60 && text.len() == 5).then_some(h * 60 + m)
+}
+
+/// `"HH:MM-HH:MM"` (local time; may wrap past midnight, "22:00-07:00") as
+/// (start, end) minutes of the day.
+pub fn span(text: &str) -> Option<(u32, u32)> {
+    let (start, end) = text.split_once('-')?;
+    let (start, end) = (parse_hhmm(start.trim())?, parse_hhmm(end.trim())?);
+    (start != end).then_some((start, end))
+}
+
+/// Whether `now_ms` falls in a [`span`] of local time.
+pub fn in_span((start, end): (u32, u32), now_ms: i64, utc_offset_minutes: i32) -> bool {
+    let day = local_day(now_ms, utc_offset_minutes);
+    let minute = ((now_ms - day_start_ms(day, utc_offset_minutes)) / 60_000) as u32;
+    if start < end {
+        (start..end).contains(&minute)
+    } else {
+        minute >= start || minute < end
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 
 use anxin_proto::v1::{Alert, EmergencyContact, FamilyCallout, FamilyMessage, Priority, Resident};
 
-use crate::domain::calendar::{day_start_ms, local_day};
+use crate::domain::calendar::{in_span, span};
 
 /// Channels a contact may be reached by.
 pub const CHANNELS: &[&str] = &["sms", "view"];
@@ -85,19 +85,6 @@ fn mainland_mobile(digits: &str) -> bool {
         && ('3'..='9').contains(&digits.chars().nth(1).unwrap_or('0'))
 }
 
-fn parse_hhmm(text: &str) -> Option<u32> {
-    let (h, m) = text.split_once(':')?;
-    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-    (h < 24 && m < 60 && text.len() == 5).then_some(h * 60 + m)
-}
-
-/// `"HH:MM-HH:MM"` as (start, end) minutes of the day.
-fn quiet_span(text: &str) -> Option<(u32, u32)> {
-    let (start, end) = text.split_once('-')?;
-    let (start, end) = (parse_hhmm(start.trim())?, parse_hhmm(end.trim())?);
-    (start != end).then_some((start, end))
-}
-
 /// Checks a contact as written, and fills what the server records: the
 /// phone in E.164, the default language, and consent (who entered it, when)
 /// for a contact given channels with `consented`.
@@ -129,7 +116,7 @@ pub fn check_contact(
             LANGUAGES.join(", ")
         ));
     }
-    if !contact.quiet_hours.is_empty() && quiet_span(&contact.quiet_hours).is_none() {
+    if !contact.quiet_hours.is_empty() && span(&contact.quiet_hours).is_none() {
         return Err(format!(
             "contact {who}: quiet_hours `{}` is not HH:MM-HH:MM",
             contact.quiet_hours
@@ -213,16 +200,7 @@ pub fn callable(resident: &Resident) -> Vec<&EmergencyContact> {
 
 /// Whether `contact` is in their quiet hours at `now_ms` (local time).
 pub fn quiet_now(contact: &EmergencyContact, now_ms: i64, utc_offset_minutes: i32) -> bool {
-    let Some((start, end)) = quiet_span(&contact.quiet_hours) else {
-        return false;
-    };
-    let day = local_day(now_ms, utc_offset_minutes);
-    let minute = ((now_ms - day_start_ms(day, utc_offset_minutes)) / 60_000) as u32;
-    if start < end {
-        (start..end).contains(&minute)
-    } else {
-        minute >= start || minute < end
-    }
+    span(&contact.quiet_hours).is_some_and(|span| in_span(span, now_ms, utc_offset_minutes))
 }
 
 /// Quiet hours hold back messages about anything but a P0: a missed
@@ -439,6 +417,12 @@ fn what(kind: anxin_proto::EventKind, zh: bool) -> &'static str {
         (K::Inactivity, false) => "has not moved for a long time",
         (K::CheckinMissed, true) => "今天没有报平安",
         (K::CheckinMissed, false) => "has not checked in today",
+        (K::LeftSafeZone, true) => "离开了安全区域",
+        (K::LeftSafeZone, false) => "has left their safe area",
+        (K::HouseholdSilent, true) => "家中长时间没有用水用电",
+        (K::HouseholdSilent, false) => "shows no water or power use at home for a long time",
+        (K::HouseholdUnusual, true) => "家中用水用电异常",
+        (K::HouseholdUnusual, false) => "shows unusual water or power use at home",
         (_, true) => "发出了求助信号",
         (_, false) => "raised an alarm",
     }

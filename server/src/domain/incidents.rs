@@ -68,6 +68,9 @@ pub fn raises_alert(kind: EventKind) -> bool {
             | Tamper
             | GatewayFault
             | CheckinMissed
+            | LeftSafeZone
+            | HouseholdSilent
+            | HouseholdUnusual
     )
 }
 
@@ -119,11 +122,27 @@ pub fn decide(
         return Decision::Nothing;
     }
     match open {
-        Some(alert) if now_ms - alert.last_event_ms <= policy.window_ms => Decision::Attach {
-            priority_raised: (event.priority() as i32) < alert.priority,
-        },
+        Some(alert)
+            if now_ms - alert.last_event_ms <= policy.window_ms || same_episode(event, alert) =>
+        {
+            Decision::Attach {
+                priority_raised: (event.priority() as i32) < alert.priority,
+            }
+        }
         _ => Decision::Raise,
     }
+}
+
+/// A server rule's later step of an episode already on the alert (a
+/// reading that stayed low for an hour and then crossed the critical
+/// limit): it joins the alert however long the episode took. The rule
+/// numbers its raises `episode << 2 | level`.
+fn same_episode(event: &DeviceEvent, alert: &Alert) -> bool {
+    anxin_proto::is_server_source(&event.device_id)
+        && alert
+            .events
+            .iter()
+            .any(|e| e.device_id == event.device_id && e.seq >> 2 == event.seq >> 2)
 }
 
 fn event_ref(event: &DeviceEvent, now_ms: i64) -> AlertEvent {
@@ -173,9 +192,9 @@ pub fn raise(
 fn gateway_note(event: &DeviceEvent, now_ms: i64) -> Option<AlertNote> {
     (!event.note.is_empty()).then(|| AlertNote {
         at_ms: now_ms,
-        // The server's own CHECKIN_MISSED speaks as the system, a gateway
-        // about itself under its id.
-        by: if event.kind() == EventKind::CheckinMissed {
+        // The server's own events (a missed check-in, a rule on readings)
+        // speak as the system, a gateway about itself under its id.
+        by: if anxin_proto::is_server_source(&event.device_id) {
             "system".into()
         } else {
             event.device_id.clone()

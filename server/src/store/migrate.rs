@@ -17,7 +17,9 @@ use super::{
     EventDay, OutboxItem, Storage, StoreError, StoredEvent, decode, offer_deadline,
     postgres::PgStore, sled::SledStore,
 };
-use anxin_proto::v1::{Alert, AuditEntry, CheckinDay, Downlink, SignOfLife, Visit, VisitPlan};
+use anxin_proto::v1::{
+    Alert, AuditEntry, CheckinDay, Downlink, SignOfLife, Visit, VisitPlan, VitalDay,
+};
 
 /// Rows written per statement.
 const CHUNK: usize = 2_000;
@@ -63,6 +65,8 @@ const KINDS: &[&str] = &[
     "visit_plans",
     "visits",
     "event_days",
+    "signal_states",
+    "vital_days",
 ];
 
 /// Walks `tree`, decoding each record as `M` (the copy keeps the stored
@@ -442,6 +446,41 @@ pub async fn sled_to_postgres(
     )
     .await?;
     progress("event_days", copied);
+    let copied = copy_tree(
+        &from.vital_days,
+        "vital day",
+        async |chunk: &[(VitalDay, Vec<u8>)]| {
+            let residents: Vec<&str> = chunk.iter().map(|(d, _)| d.resident_id.as_str()).collect();
+            let signs: Vec<&str> = chunk.iter().map(|(d, _)| d.sign.as_str()).collect();
+            let days: Vec<i32> = chunk.iter().map(|(d, _)| d.day).collect();
+            let mins: Vec<f64> = chunk.iter().map(|(d, _)| d.min).collect();
+            let maxes: Vec<f64> = chunk.iter().map(|(d, _)| d.max).collect();
+            let sums: Vec<f64> = chunk.iter().map(|(d, _)| d.sum).collect();
+            let counts: Vec<i64> = chunk.iter().map(|(d, _)| d.count as i64).collect();
+            tx.execute(
+                "insert into vital_days (resident_id, sign, day, min, max, sum, count)
+             select * from unnest($1::text[], $2::text[], $3::int[], $4::float8[],
+                                  $5::float8[], $6::float8[], $7::bigint[])",
+                &[&residents, &signs, &days, &mins, &maxes, &sums, &counts],
+            )
+            .await?;
+            Ok(())
+        },
+    )
+    .await?;
+    progress("vital_days", copied);
+    // Rule states are the rules' own bytes (not protobuf): copied as they are.
+    let mut copied = 0u64;
+    for item in from.signal_states.iter() {
+        let (key, body) = item?;
+        tx.execute(
+            "insert into signal_states (key, body) values ($1, $2)",
+            &[&String::from_utf8_lossy(&key).as_ref(), &body.as_ref()],
+        )
+        .await?;
+        copied += 1;
+    }
+    progress("signal_states", copied);
 
     // The filtered lists' columns and side tables, from the records copied.
     super::postgres::listing::backfill(&tx).await?;
@@ -465,6 +504,8 @@ pub async fn sled_to_postgres(
         from.visit_plans.len(),
         from.visits.len(),
         from.event_days.len(),
+        from.signal_states.len(),
+        from.vital_days.len(),
     ];
     let mut tallies = Vec::new();
     for (kind, sled) in KINDS.iter().zip(sled_counts) {

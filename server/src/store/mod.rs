@@ -27,6 +27,7 @@ pub mod error;
 pub mod migrate;
 pub mod outbox;
 pub mod postgres;
+pub mod signals;
 pub mod sled;
 pub mod storage;
 #[cfg(test)]

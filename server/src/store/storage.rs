@@ -12,7 +12,7 @@ use prost::Message;
 
 use super::{
     audit::AuditLog, backup, directory::Directory, error::StoreError, outbox::OutboxItem,
-    welfare::WelfareStore,
+    signals::SignalStore, welfare::WelfareStore,
 };
 use crate::domain::incidents::{Decision, IncidentPolicy, Origin};
 
@@ -180,7 +180,9 @@ pub enum RemoteChange {
 /// The change function of [`Storage::update_alert_dyn`].
 pub type AlertChange<'a> = &'a (dyn Fn(&mut Alert) -> Result<Change, StoreError> + Sync);
 
-pub trait Storage: Directory + AuditLog + WelfareStore + Send + Sync + 'static {
+pub trait Storage:
+    Directory + AuditLog + WelfareStore + SignalStore + Send + Sync + 'static
+{
     /// "sled" or "postgres", for logs and `/healthz`.
     fn backend(&self) -> &'static str;
 

@@ -1575,3 +1575,77 @@ async fn a_single_use_token_is_spent_once_of_its_kind_and_positions_keep_the_new
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signal_states_and_vital_days_fold_and_prune_on_both_engines() {
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let day = |resident: &str, sign: &str, day: i32, values: &[f64]| {
+            let mut d = anxin_proto::v1::VitalDay {
+                resident_id: resident.into(),
+                sign: sign.into(),
+                day,
+                ..Default::default()
+            };
+            for v in values {
+                crate::domain::vitals::fold_day(&mut d, *v);
+            }
+            d
+        };
+        let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+        store
+            .save_signals(
+                &[
+                    ("vitals/r-1/spo2".into(), Some(b"one".to_vec())),
+                    ("meter/r-1/water".into(), Some(b"m1".to_vec())),
+                    ("meter/r_2/water".into(), Some(b"m2".to_vec())),
+                ],
+                // The same day twice in one call folds into one row.
+                &[
+                    day("r-1", "spo2", 100, &[95.0, 91.0]),
+                    day("r-1", "spo2", 100, &[97.0]),
+                    day("r-1", "spo2", 101, &[93.0]),
+                    day("r-1", "heart_rate", 90, &[70.0]),
+                ],
+            )
+            .unwrap();
+        store
+            .save_signals(
+                &[
+                    ("vitals/r-1/spo2".into(), Some(b"two".to_vec())),
+                    ("meter/r-1/water".into(), None),
+                ],
+                &[day("r-1", "spo2", 100, &[89.0])],
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .signal_states(&keys(&["meter/r-1/water", "vitals/r-1/spo2", "zone/r-9"]))
+                .unwrap(),
+            vec![None, Some(b"two".to_vec()), None]
+        );
+        // A prefix is a prefix: `_` matches only itself.
+        let under = store.signal_states_under("meter/r_").unwrap();
+        assert_eq!(under, vec![("meter/r_2/water".to_string(), b"m2".to_vec())]);
+
+        let days = store.vital_days("r-1", 95, 102).unwrap();
+        let spo2: Vec<_> = days.iter().filter(|d| d.sign == "spo2").collect();
+        assert_eq!(spo2.len(), 2, "{days:?}");
+        assert_eq!(
+            (spo2[0].day, spo2[0].min, spo2[0].max, spo2[0].count),
+            (100, 89.0, 97.0, 4)
+        );
+        assert_eq!(spo2[0].sum, 95.0 + 91.0 + 97.0 + 89.0);
+        assert!(
+            days.iter().all(|d| d.sign != "heart_rate"),
+            "day 90 is before the range"
+        );
+
+        assert_eq!(store.prune_vital_days(101, 10).unwrap(), 2);
+        assert_eq!(store.prune_vital_days(101, 10).unwrap(), 0);
+        let left = store.vital_days("r-1", 0, 1_000).unwrap();
+        assert_eq!(left.iter().map(|d| d.day).collect::<Vec<_>>(), vec![101]);
+        assert!(store.check().is_ok(), "{:?}", store.check());
+    })
+    .await;
+}

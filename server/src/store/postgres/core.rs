@@ -39,6 +39,7 @@ pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (6, "retention", include_str!("0006_retention.sql")),
     (7, "positions", include_str!("0007_positions.sql")),
+    (8, "signals", include_str!("0008_signals.sql")),
 ];
 
 /// Serialises schema migrations across replicas starting together.

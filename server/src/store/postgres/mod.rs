@@ -25,6 +25,7 @@ mod core;
 mod directory;
 pub(crate) mod listing;
 pub mod scratch;
+mod signals;
 mod storage;
 mod welfare;
 

@@ -278,6 +278,22 @@ pub(super) fn check(store: &SledStore) -> CheckReport {
             .collect(),
     );
     drop(days);
+    let vital =
+        decode_all::<anxin_proto::v1::VitalDay>(&mut report, "vital_days", &store.vital_days);
+    agree(
+        &mut report,
+        "vital_days_by_day",
+        &store.vital_days_by_day,
+        vital
+            .iter()
+            .map(|(key, day)| {
+                let mut index = (day.day.max(0) as u32).to_be_bytes().to_vec();
+                index.extend_from_slice(key);
+                index
+            })
+            .collect(),
+    );
+    drop(vital);
 
     decode_all::<Place>(&mut report, "places", &d.places);
     decode_all::<GatewayRecord>(&mut report, "gateways", &d.gateways);

@@ -27,6 +27,9 @@
 //!   written once.
 //! - `visit_plans`: `plan id` → `VisitPlan`; `visits`: `local day (u32 BE) ‖
 //!   plan id` → `Visit`, written once.
+//! - `signal_states`: a rule's source (`vitals/{resident}/{sign}`, …) →
+//!   its state between readings; `vital_days` and `vital_days_by_day`: a
+//!   resident's vital signs per sign and local day (see `signals`).
 //! - `events@{start}-{end}`: plain events by span of receipt time (see
 //!   `partitions`), keyed like `events`; an event key is in one of these
 //!   or in `events`, never two.
@@ -44,6 +47,7 @@ mod open;
 mod partitions;
 mod retention;
 mod seal;
+mod signals;
 mod storage;
 pub(crate) mod trees;
 mod welfare;

@@ -151,6 +151,9 @@ pub struct SledStore {
     pub(crate) alert_events: sled::Tree,
     pub(crate) event_days: sled::Tree,
     pub(crate) event_days_by_day: sled::Tree,
+    pub(crate) signal_states: sled::Tree,
+    pub(crate) vital_days: sled::Tree,
+    pub(crate) vital_days_by_day: sled::Tree,
     /// Plain events by span of receipt time.
     pub(super) partitions: std::sync::Arc<partitions::Partitions>,
     /// The store's directory (its seal file lives there).

@@ -34,6 +34,7 @@ pub struct ServerConfig {
     pub routing: RoutingConfig,
     pub notify: NotifyConfig,
     pub family: FamilyConfig,
+    pub signals: SignalsConfig,
     pub sms: SmsConfig,
     pub map: MapConfig,
     pub reports: ReportsConfig,
@@ -41,6 +42,38 @@ pub struct ServerConfig {
 }
 
 /// The family call-out (docs/dispatch.md, "Family").
+/// Health and safety signals (docs/dispatch.md): vital-sign limits, safe
+/// zones, household meters, judged on the server as readings arrive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalsConfig {
+    /// Off: readings are stored as plain telemetry and no rule is judged.
+    pub enabled: bool,
+    /// Consecutive readings outside a limit that raise an alert…
+    pub readings: u32,
+    /// …or this long outside (with readings still coming).
+    pub minutes: u32,
+    /// Consecutive readings back inside that end an episode.
+    pub clear_readings: u32,
+    /// Consecutive fixes surely outside every safe zone that raise.
+    pub zone_fixes: u32,
+    /// How often the household meters' silence is judged.
+    pub meter_check_secs: u64,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            readings: 3,
+            minutes: 5,
+            clear_readings: 3,
+            zone_fixes: 3,
+            meter_check_secs: 60,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FamilyConfig {
@@ -368,6 +401,7 @@ impl Default for ServerConfig {
                 backoff_initial_ms: 500,
                 timeout_ms: 5000,
             },
+            signals: SignalsConfig::default(),
             family: FamilyConfig {
                 answer_secs: 180,
                 rounds: 2,
@@ -598,6 +632,17 @@ impl ServerConfig {
         if self.incidents.window_secs == 0 {
             return invalid("incidents.window_secs", "must be at least 1");
         }
+        for (field, value) in [
+            ("signals.readings", u64::from(self.signals.readings)),
+            ("signals.minutes", u64::from(self.signals.minutes)),
+            ("signals.clear_readings", u64::from(self.signals.clear_readings)),
+            ("signals.zone_fixes", u64::from(self.signals.zone_fixes)),
+            ("signals.meter_check_secs", self.signals.meter_check_secs),
+        ] {
+            if value == 0 {
+                return invalid(field, "must be at least 1");
+            }
+        }
         if self.family.answer_secs == 0 {
             return invalid("family.answer_secs", "must be at least 1");
         }
@@ -754,6 +799,7 @@ mod tests {
             ),
             ("[map]\ndatum = \"bd09\"\n", "map.datum"),
             ("[family]\nrounds = 0\n", "family.rounds"),
+            ("[signals]\nzone_fixes = 0\n", "signals.zone_fixes"),
         ] {
             let err = ServerConfig::parse(text, "t").unwrap_err();
             assert!(err.to_string().contains(field), "{text}: {err}");

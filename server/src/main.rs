@@ -285,6 +285,16 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             limit_ms: secs(config.family.staff_limit_secs),
             utc_offset_minutes: config.routing.utc_offset_minutes,
         },
+        signals: anxin_server::domain::signals::SignalRules {
+            enabled: config.signals.enabled,
+            episode: anxin_server::domain::vitals::EpisodeRules {
+                readings: config.signals.readings,
+                out_ms: i64::from(config.signals.minutes) * 60_000,
+                clear_readings: config.signals.clear_readings,
+            },
+            zone_fixes: config.signals.zone_fixes,
+            meter_check: std::time::Duration::from_secs(config.signals.meter_check_secs),
+        },
     };
     let gateways = Arc::new(ConnectedGateways::default());
     let admin = AdminDesk::new(

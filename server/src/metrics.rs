@@ -35,6 +35,9 @@ pub const BACKUPS_FAILED: &str = "anxin_server_backups_failed_total";
 pub const ACCESS_DENIED: &str = "anxin_server_access_denied_total";
 pub const FAMILY_LINKS: &str = "anxin_server_family_links_total";
 pub const SMS_REPORTS: &str = "anxin_server_sms_reports_total";
+pub const SIGNAL_READINGS: &str = "anxin_server_signal_readings_total";
+pub const SIGNAL_RAISES: &str = "anxin_server_signal_raises_total";
+pub const SIGNAL_CLEARS: &str = "anxin_server_signal_clears_total";
 
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -53,6 +56,18 @@ pub fn install() -> PrometheusHandle {
             }
         })
         .expect("spawning the metrics upkeep thread");
+    describe_counter!(
+        SIGNAL_READINGS,
+        "Readings judged by the health and safety rules, by kind (vitals, fix, meter); resent ones are not counted."
+    );
+    describe_counter!(
+        SIGNAL_RAISES,
+        "Alerts the health and safety rules raised or stepped up, by rule (vitals_warning, vitals_critical, zone, meter_silent, meter_unusual)."
+    );
+    describe_counter!(
+        SIGNAL_CLEARS,
+        "Episodes that ended with readings back inside their limits or a resident back in a safe zone, by rule."
+    );
     describe_counter!(
         EVENTS_COMMITTED,
         "Events committed for the first time, by priority."

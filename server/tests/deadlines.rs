@@ -84,6 +84,7 @@ async fn a_fall_joining_an_offered_alert_shortens_its_deadline_to_p0s() {
             limit_ms: 900_000,
             utc_offset_minutes: 480,
         },
+        signals: Default::default(),
     };
     let notifier = Notifier::new(store.clone());
     let desk = AlertDesk::new(

@@ -21,6 +21,7 @@ use crate::{
         alerts::AlertDesk,
         auth::Authenticator,
         intake::{GatewayIntake, refuse_uplink, roster_of},
+        signals::Signals,
     },
     domain::rights::Principal,
     metrics as m,
@@ -40,6 +41,8 @@ fn crash_after_commit() -> bool {
 
 pub struct UplinkService {
     desk: AlertDesk,
+    /// The health and safety rules, shared by every gateway's stream.
+    signals: Arc<Signals>,
     auth: Authenticator,
     health: Arc<Health>,
     /// A gateway must present a client certificate naming it (grpc.tls
@@ -50,6 +53,7 @@ pub struct UplinkService {
 impl UplinkService {
     pub fn new(desk: AlertDesk, auth: Authenticator, health: Arc<Health>) -> Self {
         Self {
+            signals: Arc::new(Signals::new(desk.clone())),
             desk,
             auth,
             health,
@@ -161,6 +165,7 @@ impl Uplink for UplinkService {
             outbound.clone(),
         ));
         let desk = self.desk.clone();
+        let signals = self.signals.clone();
         let health = self.health.clone();
         // When this side gives up on the stream (a commit failed: the
         // database went away, say), the gateway must hear it and connect
@@ -169,7 +174,7 @@ impl Uplink for UplinkService {
         let ended = tokio_util::sync::CancellationToken::new();
         let end_stream = ended.clone();
         tokio::spawn(async move {
-            let mut intake = GatewayIntake::new(desk, &gateway_id);
+            let mut intake = GatewayIntake::new(desk, signals, &gateway_id);
             let result = serve_gateway(&mut intake, &health, &mut inbound, &outbound).await;
             if let Err(GatewayStreamError::Store(err)) = &result {
                 health.store_failed(err);

@@ -69,6 +69,8 @@ pub struct DeskPolicy {
     pub emergency_hook: String,
     /// The family call-out (`[family]`).
     pub callout: crate::domain::family::CalloutRules,
+    /// Health and safety signals (`[signals]`).
+    pub signals: crate::domain::signals::SignalRules,
 }
 
 impl DeskPolicy {
@@ -186,6 +188,24 @@ impl AlertDesk {
     pub fn announce(&self, alert: Alert) {
         // No receivers is fine: nobody is watching.
         let _ = self.changes.send(alert);
+    }
+
+    /// What follows an alarm the server raised itself (a missed check-in,
+    /// a rule on readings) once its commit is durable: watchers told, a new
+    /// alert routed, a raised priority's offer deadline tightened.
+    pub async fn raised(&self, alert: Alert, decision: crate::domain::incidents::Decision) {
+        use crate::domain::incidents::Decision;
+        self.announce(alert.clone());
+        match decision {
+            Decision::Raise => {
+                metrics::counter!(crate::metrics::ALERTS_CREATED).increment(1);
+                self.route(&alert.id).await
+            }
+            Decision::Attach {
+                priority_raised: true,
+            } => self.tighten_deadline(&alert.id).await,
+            _ => {}
+        }
     }
 
     /// Alerts the caller may see.

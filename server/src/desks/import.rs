@@ -83,7 +83,7 @@ pub const CHUNK_ROWS: usize = 5000;
 
 /// One checked row.
 pub enum Row {
-    Resident(Resident),
+    Resident(Box<Resident>),
     Device(DeviceRecord),
     Staff(Staff),
     Plan(VisitPlan),
@@ -150,7 +150,7 @@ pub fn chunks(
     let mut held = 0;
     read_rows(dir, kind, source, None, |_, row| {
         match row {
-            Ok(Row::Resident(r)) => batch.residents.push(r),
+            Ok(Row::Resident(r)) => batch.residents.push(*r),
             Ok(Row::Device(d)) => batch.devices.push(d),
             Ok(Row::Staff(s)) => batch.staff.push(s),
             Ok(Row::Plan(p)) => plans.push(p),
@@ -435,7 +435,7 @@ fn read_rows(
                                 directory::check_community(dir, &resident.community_id)
                             })
                             .clone()?;
-                        Ok(Row::Resident(resident))
+                        Ok(Row::Resident(Box::new(resident)))
                     }
                     ImportKind::Devices => {
                         // A row without a password keeps the stored credential,

@@ -20,7 +20,10 @@ use anxin_proto::{
 };
 
 use crate::{
-    desks::alerts::AlertDesk,
+    desks::{
+        alerts::AlertDesk,
+        signals::{Reading, Signals},
+    },
     domain::{
         incidents::{Decision, Origin},
         listing::{ListQuery, MAX_LIMIT},
@@ -241,6 +244,8 @@ pub struct Taken {
     /// Positions the batch carried, with their devices' residents: added
     /// to the track of the residents' open alerts.
     positions: Vec<(String, Position)>,
+    /// Episodes of the health and safety rules the batch ended.
+    returned: Vec<crate::desks::signals::Returned>,
 }
 
 impl Taken {
@@ -256,14 +261,16 @@ pub struct GatewayIntake {
     desk: AlertDesk,
     gateway_id: String,
     owners: DeviceOwners,
+    signals: std::sync::Arc<Signals>,
 }
 
 impl GatewayIntake {
-    pub fn new(desk: AlertDesk, gateway_id: &str) -> Self {
+    pub fn new(desk: AlertDesk, signals: std::sync::Arc<Signals>, gateway_id: &str) -> Self {
         Self {
             desk,
             gateway_id: gateway_id.to_string(),
             owners: DeviceOwners::new(),
+            signals,
         }
     }
 
@@ -366,6 +373,22 @@ impl GatewayIntake {
         // After the alarms: the gateway sends by priority, and commits keep
         // that order (a P0 is committed before telemetry that queued ahead).
         let fresh_checkins = self.commit_plain(&plain, received_ms, &mut taken)?;
+        // The rules judge every reading, resent ones too: a reading whose
+        // judgement was lost to a crash is judged now, and one judged
+        // already is known by its seq.
+        let readings: Vec<Reading> = plain
+            .iter()
+            .filter_map(|uplink| {
+                let device = uplink.event.as_ref().map_or("", |e| e.device_id.as_str());
+                Reading::of(self.owners.resident(device), uplink, received_ms)
+            })
+            .collect();
+        let (raised, returned) = self.signals.take(readings, received_ms).inspect_err(|err| {
+            metrics::counter!(m::STORE_ERRORS).increment(1);
+            tracing::error!(gateway_id, error = %err, "judging the batch's readings failed");
+        })?;
+        taken.changed_alerts.extend(raised);
+        taken.returned = returned;
         if !signs.is_empty()
             && let Err(err) = desk.store().note_signs(&signs)
         {
@@ -525,6 +548,13 @@ impl GatewayIntake {
                 }
                 _ => {}
             }
+        }
+        if !taken.returned.is_empty() {
+            let desk = desk.clone();
+            let returned = taken.returned;
+            tokio::spawn(async move {
+                crate::desks::signals::note_returned(&desk, &returned).await
+            });
         }
         let positions: Vec<(String, Position)> = taken
             .positions

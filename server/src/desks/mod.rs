@@ -1,7 +1,8 @@
 //! The desks: the one place each kind of change is decided, with the
 //! caller's rights checked — alerts ([`alerts::AlertDesk`]), the directory
 //! ([`admin::AdminDesk`], [`import`]), a gateway's batch of events
-//! ([`intake::IntakeDesk`]) and the welfare of residents who live alone
+//! ([`intake::GatewayIntake`]), the health and safety rules on its readings
+//! ([`signals::Signals`]) and the welfare of residents who live alone
 //! ([`welfare`]). Below the transports and the tasks, above the store.
 
 pub mod admin;
@@ -15,4 +16,5 @@ pub mod handoff;
 pub mod import;
 pub mod intake;
 pub mod outbox;
+pub mod signals;
 pub mod welfare;

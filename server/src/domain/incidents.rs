@@ -38,6 +38,9 @@ pub struct Origin {
     pub device_kind: String,
     /// Where the device was: the raising event's fix, or its last known.
     pub position: Option<anxin_proto::v1::Position>,
+    /// Fixes that led up to the alarm (a resident who left their safe
+    /// zone): the alert's track from its start.
+    pub track: Vec<anxin_proto::v1::Position>,
 }
 
 impl Origin {
@@ -180,6 +183,7 @@ pub fn raise(
         address: origin.address.clone(),
         device_kind: origin.device_kind.clone(),
         position: origin.position.clone(),
+        track: origin.track.clone(),
         events: vec![event_ref(event, now_ms)],
         last_event_ms: now_ms,
         notes: gateway_note(event, now_ms).into_iter().collect(),

@@ -12,6 +12,7 @@ pub mod notification;
 pub mod reports;
 pub mod rights;
 pub mod routing;
+pub mod signals;
 pub mod vitals;
 pub mod welfare;
 pub mod zones;

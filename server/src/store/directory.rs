@@ -199,6 +199,7 @@ pub fn check_place(place: &Place, parent: Option<&Place>) -> Result<(), String> 
             crate::domain::family::POLICIES.join(", ")
         ));
     }
+    crate::domain::vitals::check_limits(&place.vital_limits)?;
     let level = place.level();
     if level == PlaceLevel::Unspecified {
         return Err("place level must be city, district, street or community".into());
@@ -253,7 +254,11 @@ pub fn check_resident_record(resident: &Resident) -> Result<(), String> {
     if resident.address.trim().is_empty() {
         return Err("resident address is empty".into());
     }
-    crate::domain::welfare::check_window(resident.checkin.as_ref())
+    crate::domain::welfare::check_window(resident.checkin.as_ref())?;
+    crate::domain::vitals::check_conditions(&resident.conditions)?;
+    crate::domain::vitals::check_limits(&resident.vital_limits)?;
+    crate::domain::zones::check_zones(&resident.safe_zones)?;
+    crate::domain::meters::check_rules(&resident.meter_rules)
 }
 
 /// Shortest device password accepted: a device's password is a machine
@@ -373,6 +378,7 @@ pub fn resident_origin(
         address: resident.address,
         device_kind,
         position: None,
+        track: Vec::new(),
     })
 }
 

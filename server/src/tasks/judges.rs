@@ -1,11 +1,13 @@
 //! The welfare judges' task: check-in windows judged as they close, missed
-//! visits flagged, once a second while the store is healthy.
+//! visits flagged, once a second while the store is healthy; household
+//! meters' silence every `signals.meter_check_secs`.
 
 use anxin_proto::now_ms;
 
 use crate::{
     desks::{
         alerts::AlertDesk,
+        signals::Signals,
         welfare::{checkins::CheckinJudge, visits::VisitJudge},
     },
     tasks::health::{Health, Rounds},
@@ -19,10 +21,25 @@ pub async fn run(
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let mut checkins = CheckinJudge::new(desk.clone());
+    let meter_every = desk.policy().signals.meter_check;
+    let signals = Signals::new(desk.clone());
     let mut visits = VisitJudge::new(desk);
     let mut rounds = Rounds::every(std::time::Duration::from_secs(1), &health, &cancel);
+    let mut meters_judged = std::time::Instant::now();
     while rounds.next().await {
         let now = now_ms();
+        if meters_judged.elapsed() >= meter_every {
+            meters_judged = std::time::Instant::now();
+            match signals.judge_silence(now).await {
+                Ok(0) => {}
+                Ok(raised) => tracing::info!(raised, "household meters' silence raised"),
+                Err(err) => {
+                    metrics::counter!(crate::metrics::STORE_ERRORS).increment(1);
+                    health.store_failed(&err);
+                    tracing::error!(error = %err, "judging household meters failed; trying again next round");
+                }
+            }
+        }
         if let Err(err) = checkins.tick(now).await {
             metrics::counter!(crate::metrics::STORE_ERRORS).increment(1);
             health.store_failed(&err);

@@ -12,7 +12,6 @@ use anxin_proto::{
 use crate::domain::welfare::{CHECKIN_DEVICE_PREFIX, Standing, Window, describe_sign, standing};
 use crate::{
     desks::alerts::AlertDesk,
-    domain::incidents::Decision,
     store::{Committed, StoreError},
 };
 
@@ -193,16 +192,9 @@ impl CheckinJudge {
                 alert: Some(changed),
             } => {
                 let (alert, decision) = *changed;
-                self.desk.announce(alert.clone());
-                metrics::counter!(crate::metrics::ALERTS_CREATED).increment(1);
-                match decision {
-                    Decision::Raise => self.desk.route(&alert.id).await,
-                    Decision::Attach {
-                        priority_raised: true,
-                    } => self.desk.tighten_deadline(&alert.id).await,
-                    _ => {}
-                }
-                Ok(alert.id)
+                let id = alert.id.clone();
+                self.desk.raised(alert, decision).await;
+                Ok(id)
             }
             Committed::New { alert: None } => Ok(String::new()),
             Committed::Duplicate => Ok(store

@@ -196,6 +196,7 @@ pub fn to_proto(event: &Event) -> anxin_proto::DeviceEvent {
             heart_rate_bpm,
             spo2_pct,
             body_temp_dc,
+            ..Default::default()
         })),
         Detail::Location {
             lat_e7,
@@ -213,6 +214,10 @@ pub fn to_proto(event: &Event) -> anxin_proto::DeviceEvent {
         } => Some(P::Fall(Fall {
             confidence_pct,
             peak_accel_mg,
+        })),
+        Detail::Meter { kind, total } => Some(P::Meter(anxin_proto::v1::Meter {
+            kind: kind.name().into(),
+            total,
         })),
     };
     anxin_proto::DeviceEvent {

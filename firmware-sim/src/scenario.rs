@@ -9,6 +9,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 use anxin_device_core::{
     Detail, DeviceCore, Kind,
     button::{ButtonConfig, ButtonEvent, CallButton},
+    event::MeterKind,
     room_sensor::RoomSensor,
     seq::RamSeqStore,
     wearable::{FALL_TRACE_MG, SIT_DOWN_TRACE_MG, Wearable},
@@ -56,6 +57,9 @@ pub struct ScenarioDevice {
     /// Room sensors: movement is reported as activity at most this often.
     #[serde(default = "default_activity_report")]
     pub activity_report_ms: u64,
+    /// Meters: what it counts ("water", "electricity", "door").
+    #[serde(default)]
+    pub meter: Option<String>,
 }
 
 fn default_activity_report() -> u64 {
@@ -75,6 +79,8 @@ pub enum DeviceType {
     CallButton,
     Wearable,
     RoomSensor,
+    /// A household water or electricity meter, or a door sensor.
+    Meter,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +93,10 @@ pub struct Step {
     pub spo2: Option<u32>,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
+    /// `fix`: the fix's accuracy in metres (default 10).
+    pub accuracy: Option<u32>,
+    /// `meter`: the meter's running total.
+    pub total: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -106,6 +116,14 @@ pub enum Action {
     Vitals,
     /// Wearable: a location fix (`lat`, `lon`), sent along with a fall.
     Locate,
+    /// Wearable: a periodic reading (`hr`, `spo2`) sent as telemetry,
+    /// judged by the server against the wearer's limits.
+    Reading,
+    /// Wearable: a periodic position report (`lat`, `lon`, `accuracy`)
+    /// sent as telemetry, judged against the wearer's safe zones.
+    Fix,
+    /// Meter: its running total (`total`).
+    Meter,
     /// Room sensor: movement.
     Motion,
     /// Call button's green key, or the wearable's gesture: "I'm OK".
@@ -140,9 +158,13 @@ impl Scenario {
                 Action::Press | Action::LongPress | Action::TestCall => {
                     device.device_type == DeviceType::CallButton
                 }
-                Action::Fall | Action::SitDown | Action::Vitals | Action::Locate => {
-                    device.device_type == DeviceType::Wearable
-                }
+                Action::Fall
+                | Action::SitDown
+                | Action::Vitals
+                | Action::Locate
+                | Action::Reading
+                | Action::Fix => device.device_type == DeviceType::Wearable,
+                Action::Meter => device.device_type == DeviceType::Meter,
                 Action::Motion => device.device_type == DeviceType::RoomSensor,
                 Action::Checkin => matches!(
                     device.device_type,
@@ -156,14 +178,42 @@ impl Scenario {
                     step.action, device.device_type
                 )));
             }
-            if step.action == Action::Vitals && (step.hr.is_none() || step.spo2.is_none()) {
-                return Err(invalid("vitals needs hr and spo2".into()));
+            if matches!(step.action, Action::Vitals | Action::Reading)
+                && (step.hr.is_none() || step.spo2.is_none())
+            {
+                return Err(invalid(format!("{:?} needs hr and spo2", step.action)));
             }
-            if step.action == Action::Locate && (step.lat.is_none() || step.lon.is_none()) {
-                return Err(invalid("locate needs lat and lon".into()));
+            if matches!(step.action, Action::Locate | Action::Fix)
+                && (step.lat.is_none() || step.lon.is_none())
+            {
+                return Err(invalid(format!("{:?} needs lat and lon", step.action)));
+            }
+            if step.action == Action::Meter && step.total.is_none() {
+                return Err(invalid("meter needs total".into()));
+            }
+        }
+        for device in &scenario.devices {
+            if device.device_type == DeviceType::Meter && meter_kind(device).is_none() {
+                return Err(ScenarioError::Invalid(
+                    name.clone(),
+                    0,
+                    format!(
+                        "meter `{}` needs meter = \"water\", \"electricity\" or \"door\"",
+                        device.id
+                    ),
+                ));
             }
         }
         Ok(scenario)
+    }
+}
+
+fn meter_kind(device: &ScenarioDevice) -> Option<MeterKind> {
+    match device.meter.as_deref() {
+        Some("water") => Some(MeterKind::Water),
+        Some("electricity") => Some(MeterKind::Electricity),
+        Some("door") => Some(MeterKind::Door),
+        _ => None,
     }
 }
 
@@ -171,6 +221,7 @@ enum Machine {
     Button(CallButton),
     Wearable(Wearable),
     Room(RoomSensor),
+    Meter(MeterKind),
 }
 
 struct SimDevice {
@@ -229,6 +280,7 @@ pub async fn run(config: &SimConfig, scenario: Scenario) -> anyhow::Result<Outco
                 RoomSensor::new(spec.inactivity_window_ms, 0)
                     .with_activity_reports(spec.activity_report_ms),
             ),
+            DeviceType::Meter => Machine::Meter(meter_kind(spec).expect("checked at load")),
         };
         let transport = device::spawn(config, &spec.id, false, heard_tx.clone())?;
         devices.insert(
@@ -312,7 +364,7 @@ pub async fn run(config: &SimConfig, scenario: Scenario) -> anyhow::Result<Outco
                             None => None,
                         },
                         Machine::Room(room) => room.tick(now).map(|kind| (kind, 0)),
-                        Machine::Wearable(_) => None,
+                        Machine::Wearable(_) | Machine::Meter(_) => None,
                     };
                     if let Some((kind, cancels)) = raised {
                         raise(device, kind, Detail::None, cancels, now, &mut outcome);
@@ -376,6 +428,27 @@ fn apply(device: &mut SimDevice, step: &Step) -> Vec<(Kind, Detail, u64)> {
                 raised.push((kind, detail, 0));
             }
         }
+        (Machine::Wearable(wearable), Action::Reading) => {
+            raised.push(with_none(
+                wearable.reading(step.hr.unwrap_or(0), step.spo2.unwrap_or(0)),
+            ));
+        }
+        (Machine::Wearable(wearable), Action::Fix) => {
+            let e7 = |deg: f64| (deg * 1e7).round() as i32;
+            raised.push(with_none(wearable.fix(
+                e7(step.lat.unwrap_or(0.0)),
+                e7(step.lon.unwrap_or(0.0)),
+                step.accuracy.unwrap_or(10),
+            )));
+        }
+        (Machine::Meter(kind), Action::Meter) => raised.push((
+            Kind::Telemetry,
+            Detail::Meter {
+                kind: *kind,
+                total: step.total.unwrap_or(0),
+            },
+            0,
+        )),
         (Machine::Wearable(wearable), Action::Locate) => {
             let e7 = |deg: f64| (deg * 1e7).round() as i32;
             wearable.locate(e7(step.lat.unwrap_or(0.0)), e7(step.lon.unwrap_or(0.0)), 10);
@@ -397,6 +470,10 @@ fn apply(device: &mut SimDevice, step: &Step) -> Vec<(Kind, Detail, u64)> {
         _ => {}
     }
     raised
+}
+
+fn with_none((kind, detail): (Kind, Detail)) -> (Kind, Detail, u64) {
+    (kind, detail, 0)
 }
 
 fn raise(
@@ -424,4 +501,41 @@ fn raise(
         }
     );
     let _ = device.transport.submit.send(event);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_scenario_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!scenario.steps.is_empty(), "{}", path.display());
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 6, "{loaded} scenarios");
+    }
+
+    #[test]
+    fn a_meter_needs_its_kind_and_a_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(
+            &path,
+            "name = \"m\"\n[[devices]]\nid = \"m-1\"\ntype = \"meter\"\n[[steps]]\nat_ms = 0\ndevice = \"m-1\"\naction = \"meter\"\ntotal = 5\n",
+        )
+        .unwrap();
+        assert!(
+            Scenario::load(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("water")
+        );
+    }
 }

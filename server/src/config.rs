@@ -635,7 +635,10 @@ impl ServerConfig {
         for (field, value) in [
             ("signals.readings", u64::from(self.signals.readings)),
             ("signals.minutes", u64::from(self.signals.minutes)),
-            ("signals.clear_readings", u64::from(self.signals.clear_readings)),
+            (
+                "signals.clear_readings",
+                u64::from(self.signals.clear_readings),
+            ),
             ("signals.zone_fixes", u64::from(self.signals.zone_fixes)),
             ("signals.meter_check_secs", self.signals.meter_check_secs),
         ] {

@@ -65,6 +65,27 @@ pub enum Detail {
         confidence_pct: u32,
         peak_accel_mg: u32,
     },
+    /// A household meter's running total (litres, Wh, openings).
+    Meter { kind: MeterKind, total: u64 },
+}
+
+/// What a household meter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeterKind {
+    Water,
+    Electricity,
+    Door,
+}
+
+impl MeterKind {
+    /// The name on the wire (`Meter.kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MeterKind::Water => "water",
+            MeterKind::Electricity => "electricity",
+            MeterKind::Door => "door",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -148,6 +148,33 @@ impl Wearable {
         }
     }
 
+    /// A periodic reading, sent as telemetry whatever its level: the
+    /// dispatch server judges it against the wearer's own limits.
+    pub fn reading(&self, heart_rate_bpm: u32, spo2_pct: u32) -> (Kind, Detail) {
+        (
+            Kind::Telemetry,
+            Detail::Vitals {
+                heart_rate_bpm,
+                spo2_pct,
+                body_temp_dc: 0,
+            },
+        )
+    }
+
+    /// A periodic position report: remembered for a fall, and sent as
+    /// telemetry (the server judges it against the wearer's safe zones).
+    pub fn fix(&mut self, lat_e7: i32, lon_e7: i32, accuracy_m: u32) -> (Kind, Detail) {
+        self.locate(lat_e7, lon_e7, accuracy_m);
+        (
+            Kind::Telemetry,
+            Detail::Location {
+                lat_e7,
+                lon_e7,
+                accuracy_m,
+            },
+        )
+    }
+
     pub fn locate(&mut self, lat_e7: i32, lon_e7: i32, accuracy_m: u32) {
         self.location = Some((lat_e7, lon_e7, accuracy_m));
     }

@@ -135,6 +135,12 @@ pub fn encode_event(event: &Event, buf: &mut [u8]) -> Result<usize, WireError> {
             m.uint(1, u64::from(confidence_pct))?;
             m.uint(2, u64::from(peak_accel_mg))
         })?,
+        // The detail is one `oneof`, written where prost writes it
+        // (before `cancels_seq`) whatever its field number.
+        Detail::Meter { kind, total } => w.message(15, |m| {
+            m.bytes(1, kind.name().as_bytes())?;
+            m.uint(2, total)
+        })?,
     }
     w.uint(13, event.cancels_seq)?;
     Ok(w.len)
@@ -241,6 +247,7 @@ mod tests {
                 heart_rate_bpm,
                 spo2_pct,
                 body_temp_dc,
+                ..Default::default()
             })),
             Detail::Location {
                 lat_e7,
@@ -258,6 +265,10 @@ mod tests {
             } => Some(P::Fall(Fall {
                 confidence_pct,
                 peak_accel_mg,
+            })),
+            Detail::Meter { kind, total } => Some(P::Meter(anxin_proto::v1::Meter {
+                kind: kind.name().into(),
+                total,
             })),
         };
         anxin_proto::DeviceEvent {
@@ -296,6 +307,14 @@ mod tests {
                 spo2_pct: 0,
                 body_temp_dc: 0,
             }),
+            Event {
+                kind: Kind::Telemetry,
+                cancels_seq: 9,
+                ..sample(Detail::Meter {
+                    kind: crate::event::MeterKind::Water,
+                    total: 1_234_567,
+                })
+            },
             Event {
                 kind: Kind::Cancel,
                 cancels_seq: 41,

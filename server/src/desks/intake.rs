@@ -383,10 +383,13 @@ impl GatewayIntake {
                 Reading::of(self.owners.resident(device), uplink, received_ms)
             })
             .collect();
-        let (raised, returned) = self.signals.take(readings, received_ms).inspect_err(|err| {
-            metrics::counter!(m::STORE_ERRORS).increment(1);
-            tracing::error!(gateway_id, error = %err, "judging the batch's readings failed");
-        })?;
+        let (raised, returned) = self
+            .signals
+            .take(readings, received_ms)
+            .inspect_err(|err| {
+                metrics::counter!(m::STORE_ERRORS).increment(1);
+                tracing::error!(gateway_id, error = %err, "judging the batch's readings failed");
+            })?;
         taken.changed_alerts.extend(raised);
         taken.returned = returned;
         if !signs.is_empty()
@@ -552,9 +555,9 @@ impl GatewayIntake {
         if !taken.returned.is_empty() {
             let desk = desk.clone();
             let returned = taken.returned;
-            tokio::spawn(async move {
-                crate::desks::signals::note_returned(&desk, &returned).await
-            });
+            tokio::spawn(
+                async move { crate::desks::signals::note_returned(&desk, &returned).await },
+            );
         }
         let positions: Vec<(String, Position)> = taken
             .positions

@@ -180,11 +180,7 @@ impl Signals {
     /// Judges a batch's readings: raises committed (not yet durable; the
     /// caller flushes), states and daily summaries saved. Returns the
     /// alerts changed and the episodes that ended.
-    pub fn take(
-        &self,
-        mut readings: Vec<Reading>,
-        received_ms: i64,
-    ) -> Result<Taken, StoreError> {
+    pub fn take(&self, mut readings: Vec<Reading>, received_ms: i64) -> Result<Taken, StoreError> {
         let rules = self.desk.policy().signals;
         if !rules.enabled || readings.is_empty() {
             return Ok(Default::default());
@@ -269,9 +265,9 @@ impl Signals {
                             rules.episode,
                         ) {
                             Step::Nothing => {}
-                            Step::Raise { level, seq, note } => raises.push(self.raise_vitals(
-                                ctx, r, key, level, seq, note, sign,
-                            )?),
+                            Step::Raise { level, seq, note } => {
+                                raises.push(self.raise_vitals(ctx, r, key, level, seq, note, sign)?)
+                            }
                             Step::Cleared { note } => returned.push(Returned {
                                 resident_id: resident.id.clone(),
                                 source: key,
@@ -333,7 +329,13 @@ impl Signals {
                         rule,
                     ) {
                         raises.push(Raise {
-                            uplink: server_event(&key, seq, EventKind::HouseholdUnusual, r.at_ms, note),
+                            uplink: server_event(
+                                &key,
+                                seq,
+                                EventKind::HouseholdUnusual,
+                                r.at_ms,
+                                note,
+                            ),
                             resident: ctx.clone(),
                             rule: "meter_unusual",
                             device_kind: "meter".into(),
@@ -346,9 +348,24 @@ impl Signals {
         }
         let changed = self.commit(raises, received_ms)?;
         let mut save: Vec<(String, Option<Vec<u8>>)> = Vec::new();
-        save.extend(states.vitals.iter().map(|(k, s)| (k.clone(), Some(s.encode()))));
-        save.extend(states.zones.iter().map(|(k, s)| (k.clone(), Some(s.encode()))));
-        save.extend(states.meters.iter().map(|(k, s)| (k.clone(), Some(s.encode()))));
+        save.extend(
+            states
+                .vitals
+                .iter()
+                .map(|(k, s)| (k.clone(), Some(s.encode()))),
+        );
+        save.extend(
+            states
+                .zones
+                .iter()
+                .map(|(k, s)| (k.clone(), Some(s.encode()))),
+        );
+        save.extend(
+            states
+                .meters
+                .iter()
+                .map(|(k, s)| (k.clone(), Some(s.encode()))),
+        );
         let days: Vec<VitalDay> = days.into_values().collect();
         self.desk.store().save_signals(&save, &days)?;
         for r in &returned {

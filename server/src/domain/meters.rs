@@ -29,9 +29,12 @@ pub fn check_rules(rules: &[MeterRule]) -> Result<(), String> {
                 KINDS.join(", ")
             ));
         }
-        if rule.silent_hours > 24 * 14 {
+        if !rule.silent_hours.is_finite()
+            || rule.silent_hours < 0.0
+            || rule.silent_hours > 24.0 * 14.0
+        {
             return Err(format!(
-                "meter rule {}: silent_hours {} is more than two weeks",
+                "meter rule {}: silent_hours {} must be between 0 and two weeks (336)",
                 rule.kind, rule.silent_hours
             ));
         }
@@ -41,7 +44,7 @@ pub fn check_rules(rules: &[MeterRule]) -> Result<(), String> {
                 rule.kind
             ));
         }
-        if rule.silent_hours == 0 && rule.daily_max == 0.0 {
+        if rule.silent_hours == 0.0 && rule.daily_max == 0.0 {
             return Err(format!(
                 "meter rule {}: set silent_hours, daily_max or both",
                 rule.kind
@@ -66,7 +69,7 @@ pub struct MeterWatch {
     pub day_start_total: u64,
     /// The rule as of the latest reading (the timer judges silence
     /// without reading the directory).
-    pub silent_hours: u32,
+    pub silent_hours: f64,
     pub daily_max: f64,
     /// The use a silence alert was raised after, and the day an unusual
     /// use alert was raised on: one each.
@@ -123,7 +126,7 @@ pub fn reading(
     }
     w.total = total;
     w.last_report_ms = at_ms;
-    w.silent_hours = rule.map_or(0, |r| r.silent_hours);
+    w.silent_hours = rule.map_or(0.0, |r| r.silent_hours);
     w.daily_max = rule.map_or(0.0, |r| r.daily_max);
     let used = total.saturating_sub(w.day_start_total) as f64;
     if w.daily_max > 0.0 && used > w.daily_max && w.unusual_raised_day != day {
@@ -145,18 +148,18 @@ pub fn reading(
 /// Whether a watch's silence is due at `now_ms` (seq, note); the caller
 /// records `silent_raised_for` once the alert is committed.
 pub fn silence_due(w: &MeterWatch, now_ms: i64) -> Option<(u64, String)> {
-    let hours = i64::from(w.silent_hours);
-    if hours == 0 || w.silent_raised_for == w.last_use_ms {
+    let hours = w.silent_hours;
+    if hours <= 0.0 || w.silent_raised_for == w.last_use_ms {
         return None;
     }
     let quiet_ms = now_ms - w.last_use_ms;
-    (quiet_ms >= hours * 3_600_000).then(|| {
+    (quiet_ms as f64 >= hours * 3_600_000.0).then(|| {
         (
             silent_seq(w.last_use_ms),
             format!(
-                "{} meter: no use for {} h (rule: {} h); the last reading came {} min ago.",
+                "{} meter: no use for {:.1} h (rule: {} h); the last reading came {} min ago.",
                 w.kind,
-                quiet_ms / 3_600_000,
+                quiet_ms as f64 / 3_600_000.0,
                 hours,
                 (now_ms - w.last_report_ms).max(0) / 60_000
             ),
@@ -170,7 +173,7 @@ mod tests {
 
     const H: i64 = 3_600_000;
 
-    fn rule(silent_hours: u32, daily_max: f64) -> MeterRule {
+    fn rule(silent_hours: f64, daily_max: f64) -> MeterRule {
         MeterRule {
             kind: "water".into(),
             silent_hours,
@@ -180,7 +183,7 @@ mod tests {
 
     #[test]
     fn silence_counts_from_the_last_use_and_is_raised_once() {
-        let r = rule(12, 0.0);
+        let r = rule(12.0, 0.0);
         let mut watch = None;
         assert_eq!(
             reading(&mut watch, "r-1", "water", 100, 0, 0, Some(&r)),
@@ -196,7 +199,7 @@ mod tests {
         assert_eq!(silence_due(&w, 12 * H), None);
         let (seq, note) = silence_due(&w, 13 * H).expect("12 h after the last use");
         assert_eq!(seq, silent_seq(H));
-        assert!(note.contains("no use for 12 h"), "{note}");
+        assert!(note.contains("no use for 12.0 h"), "{note}");
         let mut raised = w.clone();
         raised.silent_raised_for = raised.last_use_ms;
         assert_eq!(silence_due(&raised, 20 * H), None, "once per silence");
@@ -211,7 +214,7 @@ mod tests {
 
     #[test]
     fn a_day_over_its_maximum_is_raised_once_and_days_start_at_the_last_total() {
-        let r = rule(0, 500.0);
+        let r = rule(0.0, 500.0);
         let mut watch = None;
         assert_eq!(
             reading(&mut watch, "r-1", "water", 1_000, 0, 7, Some(&r)),
@@ -234,11 +237,12 @@ mod tests {
             None
         );
         assert!(reading(&mut watch, "r-1", "water", 2_300, 27 * H, 8, Some(&r)).is_some());
-        assert!(check_rules(&[rule(0, 0.0)]).is_err());
+        assert!(check_rules(&[rule(0.0, 0.0)]).is_err());
+        assert!(check_rules(&[rule(-1.0, 0.0)]).is_err());
         assert!(
             check_rules(&[MeterRule {
                 kind: "gas".into(),
-                ..rule(12, 0.0)
+                ..rule(12.0, 0.0)
             }])
             .unwrap_err()
             .contains("water")

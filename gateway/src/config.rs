@@ -301,6 +301,9 @@ impl Default for SupervisionConfig {
                 ("smoke_detector".to_string(), 2 * 3600 + 300),
                 ("wearable".to_string(), 2 * 300 + 60),
                 ("room_sensor".to_string(), 2 * 600 + 60),
+                // Household meters and door sensors report hourly.
+                ("meter".to_string(), 2 * 3600 + 300),
+                ("door_sensor".to_string(), 2 * 3600 + 300),
             ]),
             last_will_grace_secs: 120,
             low_battery_pct: 20,

@@ -7,6 +7,7 @@ pub mod family;
 pub mod grpc;
 pub mod https;
 pub mod rest;
+pub mod signals;
 pub mod uplink;
 pub mod welfare;
 

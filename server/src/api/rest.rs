@@ -80,6 +80,7 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/audit/verify", get(verify_audit))
         .route("/api/v1/reports", get(report))
         .merge(super::welfare::routes())
+        .merge(super::signals::routes())
         .merge(super::family::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

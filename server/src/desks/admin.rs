@@ -68,6 +68,34 @@ pub struct TokenInfo {
     pub session: bool,
 }
 
+/// What a resident write changed of the health and safety rules, for its
+/// audit entry ("" when nothing): a rule change is read back in the log.
+fn signal_changes(before: Option<&Resident>, after: &Resident) -> String {
+    let empty = Resident::default();
+    let before = before.unwrap_or(&empty);
+    let mut changed = Vec::new();
+    if before.conditions != after.conditions {
+        changed.push(format!("conditions: {}", after.conditions.join("+")));
+    }
+    if before.vital_limits != after.vital_limits {
+        let signs: Vec<&str> = after.vital_limits.iter().map(|l| l.sign.as_str()).collect();
+        changed.push(format!("vital limits: {}", signs.join(", ")));
+    }
+    if before.safe_zones != after.safe_zones {
+        let zones: Vec<&str> = after.safe_zones.iter().map(|z| z.name.as_str()).collect();
+        changed.push(format!("safe zones: {}", zones.join(", ")));
+    }
+    if before.meter_rules != after.meter_rules {
+        let meters: Vec<&str> = after.meter_rules.iter().map(|m| m.kind.as_str()).collect();
+        changed.push(format!("meter rules: {}", meters.join(", ")));
+    }
+    if changed.is_empty() {
+        String::new()
+    } else {
+        format!("signals changed — {}", changed.join("; "))
+    }
+}
+
 fn entry(
     caller: &Principal,
     action: &str,
@@ -144,7 +172,12 @@ impl AdminDesk {
             id => self.store.place(id)?,
         };
         directory::check_place(&place, parent.as_ref()).map_err(bad)?;
-        let detail = format!("{} `{}`", directory::level_name(place.level()), place.name);
+        let mut detail = format!("{} `{}`", directory::level_name(place.level()), place.name);
+        let before = self.store.place(&place.id)?.map(|p| p.vital_limits);
+        if before.as_ref().unwrap_or(&Vec::new()) != &place.vital_limits {
+            let signs: Vec<&str> = place.vital_limits.iter().map(|l| l.sign.as_str()).collect();
+            detail.push_str(&format!("; vital limits changed: {}", signs.join(", ")));
+        }
         self.store.put_place(
             &place,
             entry(
@@ -186,7 +219,7 @@ impl AdminDesk {
             "resident.put",
             format!("resident/{}", resident.id),
             &resident.community_id,
-            String::new(),
+            signal_changes(stored.as_ref(), &resident),
         );
         self.store.put_batch(
             &DirectoryBatch {

@@ -17,4 +17,5 @@ pub mod import;
 pub mod intake;
 pub mod outbox;
 pub mod signals;
+pub mod trends;
 pub mod welfare;

@@ -167,7 +167,15 @@ pub trait Directory {
 // ---- validation, shared by the admin APIs and the CSV import ----
 
 /// Device kinds a gateway knows how to supervise.
-pub const DEVICE_KINDS: &[&str] = &["call_button", "wearable", "room_sensor"];
+/// What devices the directory knows: household meters (water, electricity)
+/// and door sensors report their totals for the household signals.
+pub const DEVICE_KINDS: &[&str] = &[
+    "call_button",
+    "wearable",
+    "room_sensor",
+    "meter",
+    "door_sensor",
+];
 
 fn check_id(what: &str, id: &str) -> Result<(), String> {
     if id.is_empty() {

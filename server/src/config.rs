@@ -160,7 +160,8 @@ pub struct RetentionConfig {
     /// fault reports), from when they reached the server. Each is folded
     /// into its device's daily summary when it goes.
     pub events: Period,
-    /// Daily per-device summaries of pruned events, from their day.
+    /// Daily per-device summaries of pruned events, and residents' vital
+    /// signs by day (the trends), from their day.
     pub event_days: Period,
     /// Closed alerts with the events that belong to them, from when they
     /// closed. An open alert is never pruned.

@@ -55,6 +55,7 @@ impl Policy {
 pub struct Pruned {
     pub events: u64,
     pub event_days: u64,
+    pub vital_days: u64,
     pub alerts: u64,
     pub alert_events: u64,
     pub audit: u64,
@@ -120,6 +121,18 @@ pub async fn prune(store: &Store, policy: &Policy, now_ms: i64) -> Result<Pruned
             detail.push(format!(
                 "{} daily summaries of days before {}",
                 pruned.event_days,
+                calendar::date_of(before)
+            ));
+        }
+        // Residents' vital signs by day are daily summaries too.
+        pruned.vital_days = drain(store, policy.batch, policy.pause, move |s, n| {
+            s.prune_vital_days(before, n)
+        })
+        .await?;
+        if pruned.vital_days > 0 {
+            detail.push(format!(
+                "{} vital-sign days before {}",
+                pruned.vital_days,
                 calendar::date_of(before)
             ));
         }
@@ -193,6 +206,7 @@ pub async fn run(
                 for (kind, n) in [
                     ("event", pruned.events),
                     ("event_day", pruned.event_days),
+                    ("vital_day", pruned.vital_days),
                     ("alert", pruned.alerts),
                     ("alert_event", pruned.alert_events),
                     ("audit", pruned.audit),
@@ -205,6 +219,7 @@ pub async fn run(
                     tracing::info!(
                         events = pruned.events,
                         event_days = pruned.event_days,
+                        vital_days = pruned.vital_days,
                         alerts = pruned.alerts,
                         alert_events = pruned.alert_events,
                         audit = pruned.audit,

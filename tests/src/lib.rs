@@ -116,6 +116,27 @@ pub fn logged(what: &str, command: &mut Command) -> std::process::Output {
 /// handed out before: the kernel may give a just-released ephemeral port
 /// again, and two of a process's ports the same number (a gateway's MQTT
 /// and HTTP, say) is a start-up error, which CI met.
+/// A server offset (`routing.utc_offset_minutes`) that puts its local
+/// time at `minute_of_day` now (the seconds are UTC's): a test's window
+/// never crosses midnight, or its day ends, or its night falls, when the
+/// test wants.
+pub fn offset_for(minute_of_day: i64) -> i32 {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let utc_minute = (now_ms / 60_000).rem_euclid(1440);
+    let offset = minute_of_day - utc_minute;
+    // Keep within ±12 h (the config allows ±14 h).
+    (if offset > 720 {
+        offset - 1440
+    } else if offset < -720 {
+        offset + 1440
+    } else {
+        offset
+    }) as i32
+}
+
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
@@ -989,14 +1010,33 @@ impl Sim {
         }
     }
 
-    /// `anxin-sim run --scenario firmware-sim/scenarios/{file}` to its end:
-    /// the sim and its `scenario done …` line (it exited 0).
-    pub async fn scenario(dir: &Path, gateway_mqtt: &str, file: &str) -> (Self, String) {
+    /// `anxin-sim run --scenario firmware-sim/scenarios/{file}`, started
+    /// (several may run at once; [`Sim::finish_scenario`] waits for one).
+    pub fn start_scenario(dir: &Path, gateway_mqtt: &str, file: &str) -> Self {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../firmware-sim/scenarios")
             .join(file);
         let path = path.to_str().expect("a UTF-8 path");
-        let mut run = Self::run(dir, gateway_mqtt, &["run", "--scenario", path]);
+        Self::run(dir, gateway_mqtt, &["run", "--scenario", path])
+    }
+
+    /// A started scenario to its end: its `scenario done …` line (it
+    /// exited 0).
+    pub async fn finish_scenario(&mut self) -> String {
+        let done = self.line_starting("scenario done", PATIENCE).await;
+        assert_eq!(
+            self.proc.wait_exit(PATIENCE).await,
+            Some(0),
+            "{:?}",
+            self.seen
+        );
+        done
+    }
+
+    /// `anxin-sim run --scenario firmware-sim/scenarios/{file}` to its end:
+    /// the sim and its `scenario done …` line (it exited 0).
+    pub async fn scenario(dir: &Path, gateway_mqtt: &str, file: &str) -> (Self, String) {
+        let mut run = Self::start_scenario(dir, gateway_mqtt, file);
         let done = run.line_starting("scenario done", PATIENCE).await;
         assert_eq!(
             run.proc.wait_exit(PATIENCE).await,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anxin_tests::webhook::WebhookReceiver;
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field, free_port};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, field, free_port, offset_for};
 
 const MIN: i64 = 60_000;
 const DAY: i64 = 86_400_000;
@@ -22,22 +22,6 @@ fn now_ms() -> i64 {
 fn local_clock(ms: i64, offset_minutes: i32) -> String {
     let secs = (ms + i64::from(offset_minutes) * MIN).rem_euclid(DAY) / 1000;
     format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
-}
-
-/// A server offset that puts its local time at `minute_of_day` now (the
-/// seconds are UTC's): a test's window never crosses midnight, or its day
-/// ends when the test wants.
-fn offset_for(minute_of_day: i64) -> i32 {
-    let utc_minute = (now_ms() / MIN).rem_euclid(1440);
-    let offset = minute_of_day - utc_minute;
-    // Keep within ±12 h (the config allows ±14 h).
-    (if offset > 720 {
-        offset - 1440
-    } else if offset < -720 {
-        offset + 1440
-    } else {
-        offset
-    }) as i32
 }
 
 async fn enrol(server: &Server, id: &str, name: &str, start: &str, end: &str) {

@@ -298,7 +298,19 @@ impl Signals {
                         ZoneStep::Nothing => {}
                         ZoneStep::Raise { seq, note } => {
                             let fixes = st.state.as_ref().map(|w| w.fixes.clone());
-                            raises.push(self.raise_zone(ctx, r, key, seq, note, fix, fixes)?);
+                            let raise = self.raise_zone(ctx, r, key, (seq, note), fix, fixes)?;
+                            raises.push(Raise {
+                                // Stamped as the intake stamps the batch's
+                                // positions: the raising fix is the alert's
+                                // position, not added to its track again.
+                                position: Some(Position {
+                                    location: Some(fix.clone()),
+                                    at_ms: received_ms,
+                                    device_id: r.device_id.clone(),
+                                    source: "event".into(),
+                                }),
+                                ..raise
+                            });
                         }
                         ZoneStep::Returned { note } => returned.push(Returned {
                             resident_id: resident.id.clone(),
@@ -404,14 +416,12 @@ impl Signals {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn raise_zone(
         &self,
         ctx: &Arc<Context>,
         r: &Reading,
         key: String,
-        seq: u64,
-        note: String,
+        (seq, note): (u64, String),
         fix: &Location,
         fixes: Option<Vec<(i64, i32, i32, u32)>>,
     ) -> Result<Raise, StoreError> {

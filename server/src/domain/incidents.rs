@@ -309,6 +309,52 @@ mod tests {
     }
 
     #[test]
+    fn a_rules_later_step_joins_its_episode_however_long_it_took() {
+        let rule = |seq: u64, kind: EventKind| DeviceEvent {
+            device_id: "vitals/r-1/spo2".into(),
+            seq,
+            kind: kind as i32,
+            ..Default::default()
+        };
+        let episode = 1_000u64 << 2;
+        let alert = raise(
+            1,
+            &rule(episode | 1, EventKind::VitalsWarning),
+            "",
+            &Origin::default(),
+            0,
+        );
+        // Two hours later, far past the window: the same episode's step up.
+        let later = 2 * 3_600_000;
+        assert_eq!(
+            decide(
+                &rule(episode | 2, EventKind::VitalsCritical),
+                Some(&alert),
+                later,
+                &POLICY
+            ),
+            Decision::Attach {
+                priority_raised: true
+            }
+        );
+        // Another episode of the same rule, or a device, that late: a new one.
+        let next = (5_000u64 << 2) | 1;
+        assert_eq!(
+            decide(
+                &rule(next, EventKind::VitalsWarning),
+                Some(&alert),
+                later,
+                &POLICY
+            ),
+            Decision::Raise
+        );
+        assert_eq!(
+            decide(&event(EventKind::Fall), Some(&alert), later, &POLICY),
+            Decision::Raise
+        );
+    }
+
+    #[test]
     fn outside_the_window_or_after_closing_a_new_incident_opens() {
         let alert = open_alert(EventKind::Sos, 0);
         let late = POLICY.window_ms + 1;

@@ -718,6 +718,7 @@ async fn retention_prunes_old_plain_events_into_daily_summaries_and_never_an_ope
             retention::Pruned {
                 events: 31,
                 event_days: 0,
+                vital_days: 0,
                 alerts: 1,
                 alert_events: 2,
                 audit: 0,

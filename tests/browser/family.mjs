@@ -5,11 +5,10 @@
 // "I'm going", and the dispatcher's page shows it. The map's tiles come from
 // a local tile server in this script; with it stopped, the marker and the
 // coordinates still show. A used link gets the page that says so.
-import http from 'node:http';
-import zlib from 'node:zlib';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { startTiles } from './tiles.mjs';
 
 const env = name => {
   const value = process.env[name];
@@ -27,51 +26,8 @@ const PATIENCE = 30_000;
 const log = (...args) => console.log('[family-test]', ...args);
 function check(condition, message) { if (!condition) throw new Error(`check failed: ${message}`); }
 
-// ---- a tile server: every tile a light ground with a grid, as PNG ----
-function crcTable() {
-  const table = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    table[n] = c >>> 0;
-  }
-  return table;
-}
-const CRC = crcTable();
-const crc32 = buf => { let c = 0xffffffff; for (const b of buf) c = CRC[(c ^ b) & 0xff] ^ (c >>> 8); return (c ^ 0xffffffff) >>> 0; };
-function chunk(type, data) {
-  const out = Buffer.alloc(12 + data.length);
-  out.writeUInt32BE(data.length, 0);
-  out.write(type, 4, 'ascii');
-  data.copy(out, 8);
-  out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
-  return out;
-}
-function tilePng() {
-  const size = 256;
-  const raw = Buffer.alloc((size * 3 + 1) * size);
-  for (let y = 0; y < size; y++) {
-    raw[y * (size * 3 + 1)] = 0;
-    for (let x = 0; x < size; x++) {
-      const line = x % 64 === 0 || y % 64 === 0;
-      const o = y * (size * 3 + 1) + 1 + x * 3;
-      raw[o] = line ? 190 : 236; raw[o + 1] = line ? 200 : 232; raw[o + 2] = line ? 180 : 214;
-    }
-  }
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(size, 0); header.writeUInt32BE(size, 4);
-  header[8] = 8; header[9] = 2; header[10] = 0; header[11] = 0; header[12] = 0;
-  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', header),
-    chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
-}
-const TILE = tilePng();
-let tilesServed = 0;
-const tiles = http.createServer((req, res) => {
-  tilesServed++;
-  res.writeHead(200, { 'content-type': 'image/png', 'cache-control': 'no-store' });
-  res.end(TILE);
-});
-await new Promise(resolve => tiles.listen(TILE_PORT, '127.0.0.1', resolve));
+const tiles = await startTiles(TILE_PORT);
+
 
 fs.mkdirSync(SHOTS, { recursive: true });
 const browser = await chromium.launch({
@@ -110,7 +66,7 @@ await family.waitForSelector('#map[data-ready="1"] .leaflet-marker-icon', { time
 const coordinates = await family.textContent('[data-role=coordinates]');
 check(/^31\.23040, 121\.47370$/.test(coordinates), `the coordinates: ${coordinates}`);
 await family.waitForFunction(() => document.querySelectorAll('#map img.leaflet-tile-loaded').length > 0, null, { timeout: PATIENCE });
-check(tilesServed > 0, 'tiles came from the local tile server');
+check(tiles.served() > 0, 'tiles came from the local tile server');
 const body = await family.textContent('body');
 check(!body.includes('diabetic') && !body.includes('4321'), 'no medical or access notes in the family view');
 await family.screenshot({ path: path.join(SHOTS, 'family-en.png'), fullPage: true });
@@ -149,7 +105,7 @@ check(!(await again.textContent('body')).includes('Wang Xiulan'), 'a used link s
 await again.screenshot({ path: path.join(SHOTS, 'family-link-used-zh-CN.png') });
 
 // Without tiles: the marker, the accuracy circle and the coordinates.
-await new Promise(resolve => { tiles.close(resolve); tiles.closeAllConnections?.(); });
+await tiles.close();
 const dark = await page(desk, 'en');
 await dark.goto(`${SERVER}/#token=${DISPATCHER}`);
 await dark.waitForSelector('#live.on', { timeout: PATIENCE });

@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod browser;
 pub mod certs;
 pub mod grpc;
 pub mod host;
@@ -497,6 +498,14 @@ impl Server {
     pub async fn restart_after(&mut self, pause: Duration) {
         self.proc.kill9();
         tokio::time::sleep(pause).await;
+        let dir = self.config.parent().unwrap().to_path_buf();
+        self.proc = Self::spawn(&self.config, &self.env, &dir);
+        self.wait_ready().await;
+    }
+
+    /// Starts the server again on the same ports, data and environment
+    /// after a test stopped it (`proc.kill9()`) to work on its store.
+    pub async fn respawn(&mut self) {
         let dir = self.config.parent().unwrap().to_path_buf();
         self.proc = Self::spawn(&self.config, &self.env, &dir);
         self.wait_ready().await;

@@ -11,26 +11,11 @@ use std::{path::Path, process::Stdio, time::Duration};
 use anxin_tests::{Gateway, Server, binary};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-fn missing_tools(browser_dir: &Path) -> Option<String> {
-    let node = std::process::Command::new("node").arg("--version").output();
-    if node.map(|o| !o.status.success()).unwrap_or(true) {
-        return Some("node is not installed".into());
-    }
-    if !browser_dir.join("node_modules/playwright-core").is_dir() {
-        return Some(format!("run `npm ci` in {}", browser_dir.display()));
-    }
-    let chromium = std::env::var("ANXIN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    if !Path::new(&chromium).exists() {
-        return Some(format!("{chromium} is missing (apt-get install chromium)"));
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_alerts_live_acts_on_them_and_survives_a_dropped_stream() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let browser_dir = root.join("tests/browser");
-    if let Some(why) = missing_tools(&browser_dir) {
+    if let Some(why) = anxin_tests::browser::missing() {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must run the browser test: {why}"

@@ -6,74 +6,12 @@
 //! between steps and nothing is sent twice; a family session sees only its
 //! own resident, a link works once, and refusals are audited.
 
-use std::{
-    path::Path,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anxin_tests::{
     Gateway, PATIENCE, Server, Sim, TEST_ADMIN_TOKEN, eventually, free_port,
     kannel::{self, Kannel},
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// What the browser half needs that this machine may lack.
-fn missing_browser(browser_dir: &Path) -> Option<String> {
-    let node = std::process::Command::new("node").arg("--version").output();
-    if node.map(|o| !o.status.success()).unwrap_or(true) {
-        return Some("node is not installed".into());
-    }
-    if !browser_dir.join("node_modules/playwright-core").is_dir() {
-        return Some(format!("run `npm ci` in {}", browser_dir.display()));
-    }
-    let chromium = std::env::var("ANXIN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    (!Path::new(&chromium).exists())
-        .then(|| format!("{chromium} is missing (apt-get install chromium)"))
-}
-
-/// Runs tests/browser/family.mjs; its output lines.
-async fn browser(vars: &[(&str, String)]) -> Vec<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut node = tokio::process::Command::new("node");
-    node.arg(root.join("tests/browser/family.mjs"))
-        .env("ANXIN_SCREENSHOTS", root.join("docs/screenshots"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in vars {
-        node.env(k, v);
-    }
-    let mut node = node.spawn().expect("starting node");
-    let mut out = BufReader::new(node.stdout.take().unwrap()).lines();
-    let mut err = BufReader::new(node.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let status = tokio::time::timeout(Duration::from_secs(180), async {
-        loop {
-            tokio::select! {
-                line = out.next_line() => match line {
-                    Ok(Some(line)) => { println!("{line}"); seen.push(line); }
-                    _ => break,
-                },
-                line = err.next_line() => if let Ok(Some(line)) = line { eprintln!("{line}"); seen.push(line); },
-            }
-        }
-        node.wait().await
-    })
-    .await
-    .expect("the browser test finished in time")
-    .expect("node ran");
-    assert!(
-        status.success(),
-        "browser test failed:\n{}",
-        seen.join("\n")
-    );
-    assert!(
-        seen.iter()
-            .any(|l| l.contains("family browser test passed"))
-    );
-    seen
-}
 
 /// Long enough for the second contact to open the link in a browser and
 /// answer within their minutes on a loaded CI machine; one round, so the
@@ -388,22 +326,25 @@ async fn family_first_sms_in_order_link_once_answer_seen_resolve_told_scoped() {
     // "I'm going" from Li Ming, in Chromium from the link in his SMS: the
     // alert is taken, the dispatcher sees who, Wang Fang is told, the staff
     // chain never starts.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let li_link = both[1]
         .text
         .split_whitespace()
         .find(|w| w.contains("/family#"))
         .expect("a link in Li Ming's SMS")
         .to_string();
-    match missing_browser(&root.join("tests/browser")) {
+    match anxin_tests::browser::missing() {
         None => {
-            let lines = browser(&[
-                ("ANXIN_SERVER_HTTP", server.http()),
-                ("ANXIN_FAMILY_LINK", li_link),
-                ("ANXIN_DISPATCHER_TOKEN", TEST_ADMIN_TOKEN.to_string()),
-                ("ANXIN_ALERT_ID", id.clone()),
-                ("ANXIN_TILE_PORT", tile_port.to_string()),
-            ])
+            let lines = anxin_tests::browser::run(
+                "family.mjs",
+                &[
+                    ("ANXIN_SERVER_HTTP", server.http()),
+                    ("ANXIN_FAMILY_LINK", li_link),
+                    ("ANXIN_DISPATCHER_TOKEN", TEST_ADMIN_TOKEN.to_string()),
+                    ("ANXIN_ALERT_ID", id.clone()),
+                    ("ANXIN_TILE_PORT", tile_port.to_string()),
+                ],
+                "family browser test passed",
+            )
             .await;
             let shown = lines
                 .iter()

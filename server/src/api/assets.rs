@@ -1,7 +1,7 @@
 //! The console's files, embedded in the binary with `include_str!` (no
 //! build step, no CDN: the machines have no internet): the dispatchers'
-//! console at `/`, the family view at `/family`, Leaflet for maps, and the
-//! map's settings for both.
+//! console at `/`, the family view at `/family`, Leaflet for maps, uPlot
+//! for the vital-sign charts, and the map's settings for both.
 
 use axum::{
     Json, Router,
@@ -52,6 +52,9 @@ async fn asset(Path(name): Path<String>) -> Response {
         "i18n.js" => (include_str!("console/i18n.js"), JS),
         "map.js" => (include_str!("console/map.js"), JS),
         "family.js" => (include_str!("console/family.js"), JS),
+        "signals.js" => (include_str!("console/signals.js"), JS),
+        "uPlot.iife.min.js" => (include_str!("console/vendor/uplot/uPlot.iife.min.js"), JS),
+        "uPlot.min.css" => (include_str!("console/vendor/uplot/uPlot.min.css"), CSS),
         "leaflet.js" => (include_str!("console/vendor/leaflet/leaflet.js"), JS),
         "leaflet.css" => (include_str!("console/vendor/leaflet/leaflet.css"), CSS),
         _ => return (StatusCode::NOT_FOUND, "no such asset").into_response(),

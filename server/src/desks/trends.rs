@@ -32,6 +32,8 @@ pub struct TrendAlert {
     pub kind: String,
     pub priority: String,
     pub created_ms: i64,
+    /// The local day it was raised on (the days' axis).
+    pub day: i32,
     pub state: String,
 }
 
@@ -129,6 +131,7 @@ pub async fn vitals_trend(
             kind: a.kind().as_str_name().to_string(),
             priority: a.priority().as_str_name().to_string(),
             state: a.state().as_str_name().to_string(),
+            day: local_day(a.created_ms, offset),
             id: a.id,
             created_ms: a.created_ms,
         })

@@ -2,7 +2,8 @@
 // reports, and a carer's phone view. Plain modules, no build step, no CDN;
 // it uses only the public REST/SSE API (docs/protocol.md, docs/dispatch.md).
 import { t, lang, setLang } from '/console/i18n.js';
-import { positionCard } from '/console/map.js';
+import { positionCard, drawZones } from '/console/map.js';
+import { vitalsCard, printView, zonesCard } from '/console/signals.js';
 
 const $ = (selector, root = document) => root.querySelector(selector);
 const h = (tag, attrs = {}, ...children) => {
@@ -198,7 +199,18 @@ const routes = {
   carer: renderCarer,
   welfare: renderWelfare,
   residents: renderResidents,
+  'vitals-print': renderPrint,
 };
+// Built once per opening (live re-renders must not read and audit again).
+function renderPrint(arg) {
+  const id = decodeURIComponent((arg || '').split('?')[0]);
+  if (app.printing?.id !== id || !document.contains(app.printing.node)) {
+    app.printing = { id, node: printView(signalsContext(), id) };
+  }
+  return app.printing.node;
+}
+const signalsContext = () => ({ h, t, api, toast });
+const VITALS_KINDS = ['EVENT_KIND_VITALS_WARNING', 'EVENT_KIND_VITALS_CRITICAL'];
 function route() {
   const [name, arg] = location.hash.replace(/^#\/?/, '').split('/');
   return routes[name] ? { name, arg } : { name: isCarer() ? 'carer' : 'queue' };
@@ -288,8 +300,13 @@ function renderDetail(id) {
   }
   app.selected = id;
   const residentCard = h('div', { class: 'card', id: 'resident-card' }, h('h3', {}, t('detail.resident')));
-  if (a.residentId) loadResident(a.residentId, residentCard);
-  else residentCard.append(h('p', { class: 'muted' }, t('detail.noResident')));
+  const where = positionCard(h, t, a.position, a.track || []);
+  // The resident's safe zones on the alert's map (where they should be).
+  if (a.residentId) {
+    loadResident(a.residentId, residentCard).then(r => {
+      if (r?.safeZones?.length && where.map) where.map.then(map => map && drawZones(map, r.safeZones));
+    });
+  } else residentCard.append(h('p', { class: 'muted' }, t('detail.noResident')));
   const welfareCard = h('div', { class: 'card', id: 'welfare-card' }, h('h3', {}, t('detail.welfare')));
   if (a.residentId) loadWelfare(a.residentId, a.id, welfareCard);
 
@@ -331,7 +348,8 @@ function renderDetail(id) {
         h('h3', {}, t('detail.timeline')),
         h('ol', { class: 'timeline' }, timeline.map(([ms, text]) => h('li', {}, h('time', {}, clock(ms)), text)))),
       residentCard,
-      positionCard(h, t, a.position, a.track || []),
+      where,
+      a.residentId && (a.events || []).some(e => VITALS_KINDS.includes(e.kind)) ? alertVitals(a) : '',
       a.family ? familyCard(a) : '',
       short(a.escalationStep, 'ESCALATION_STEP_') === 'EMERGENCY_SERVICES' ? handoffCard(a) : '',
       a.residentId ? welfareCard : '',
@@ -342,6 +360,13 @@ function renderDetail(id) {
           h('dt', {}, t('detail.gateway')), h('dd', {}, a.gatewayId),
           h('dt', {}, t('detail.kind')), h('dd', {}, a.deviceKind ? t('device.' + a.deviceKind) : '—'),
           h('dt', {}, t('col.community')), h('dd', {}, communityName(a))))));
+}
+
+// An alert about vital signs shows the resident's trend; kept across the
+// detail's live re-renders (each read of it is audited).
+function alertVitals(a) {
+  if (app.alertVitals?.id !== a.id) app.alertVitals = { id: a.id, node: vitalsCard(signalsContext(), a.residentId) };
+  return app.alertVitals.node;
 }
 
 // The family's side of an alert: every message sent to a contact (with
@@ -394,8 +419,10 @@ async function loadResident(id, card) {
       h('dt', {}, t('detail.contacts')), h('dd', {}, (r.emergencyContacts || []).map(c => `${c.name} (${c.relation}) ${c.phone}`).join('; ') || '—'),
       h('dt', {}, t('detail.access')), h('dd', {}, r.accessNotes || '—')),
       h('p', { class: 'notice' }, t('detail.audited')));
+    return r;
   } catch (e) {
     card.append(h('p', { class: 'error' }, e.message));
+    return null;
   }
 }
 
@@ -478,14 +505,16 @@ function renderResidents(id) {
 function renderResident(id) {
   if (app.dir.open?.id === id) return app.dir.open.node;
   const card = h('div', { class: 'card', id: 'resident-card' }, h('h3', {}, t('detail.resident')));
-  loadResident(id, card);
+  const zones = h('div', { id: 'zones-slot' });
+  // One read of the record (audited) serves the card and the zone editor.
+  loadResident(id, card).then(r => { if (r) zones.replaceWith(zonesCard(signalsContext(), r)); });
   const welfare = h('div', { class: 'card', id: 'welfare-card' }, h('h3', {}, t('detail.welfare')));
   loadWelfare(id, '', welfare);
   const devices = h('div', { class: 'card', id: 'resident-devices' }, h('h3', {}, t('dir.devices')));
   loadResidentDevices(id, devices);
   const node = h('section', { id: 'resident-page', 'data-resident-id': id },
     h('p', {}, h('a', { href: '#/residents', onclick: () => { app.dir.open = null; } }, t('dir.back'))),
-    h('div', { class: 'grid' }, card, welfare, devices));
+    h('div', { class: 'grid' }, card, welfare, devices, vitalsCard(signalsContext(), id), zones));
   app.dir.open = { id, node };
   return node;
 }

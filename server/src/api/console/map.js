@@ -79,20 +79,58 @@ export function positionFacts(h, t, position) {
     h('a', { href: `geo:${lat},${lon}`, 'data-role': 'open-in-maps' }, t('map.open')));
 }
 
-// Draws the map into `box` (a fresh element); returns at once, the map
-// comes when Leaflet has loaded.
-export async function drawMap(box, position, track = []) {
+// A map in `box` centred on [lat, lon] (WGS-84), with the configured tiles;
+// its `shift` draws a WGS-84 point in the tiles' datum. Null without
+// Leaflet.
+export async function baseMap(box, center, zoom) {
   const s = await mapSettings();
   const L = await loadLeaflet().catch(() => null);
-  if (!L) return;
+  if (!L) return null;
   const shift = s.datum === 'gcj02' ? ([lat, lon]) => toGcj02(lat, lon) : x => x;
-  const here = shift(degrees(position));
-  const map = L.map(box, { zoomControl: true, attributionControl: Boolean(s.tileUrl) }).setView(here, 17);
+  const map = L.map(box, { zoomControl: true, attributionControl: Boolean(s.tileUrl) }).setView(shift(center), zoom);
   if (s.tileUrl) {
     L.tileLayer(s.tileUrl, { maxZoom: 19, attribution: s.attribution || '' }).addTo(map);
   } else {
     box.classList.add('no-tiles');
   }
+  map.shift = shift;
+  map.unshift = s.datum === 'gcj02'
+    // One step of the inverse is within a metre: enough for a zone's edge.
+    ? ([lat, lon]) => { const [a, b] = toGcj02(lat, lon); return [2 * lat - a, 2 * lon - b]; }
+    : x => x;
+  return map;
+}
+
+const e7 = p => [Number(p?.latE7 || 0) / 1e7, Number(p?.lonE7 || 0) / 1e7];
+
+// A resident's safe zones on a map: circles and polygons, named.
+export function drawZones(map, zones, fit = true) {
+  const L = window.L;
+  const layers = (zones || []).map(z => {
+    const style = { weight: 2, className: 'safe-zone', dashArray: '6 4' };
+    const layer = (z.polygon || []).length >= 3
+      ? L.polygon(z.polygon.map(p => map.shift(e7(p))), style)
+      : L.circle(map.shift(e7(z.center)), { ...style, radius: Number(z.radiusM || 0) });
+    layer.bindTooltip(z.hours ? `${z.name} · ${z.hours}` : z.name);
+    return layer.addTo(map);
+  });
+  map.getContainer().dataset.zones = String(layers.length);
+  // The zones in view with what was shown (where the resident is now).
+  if (layers.length && fit) {
+    const bounds = L.featureGroup(layers).getBounds().extend(map.getBounds());
+    map.fitBounds(bounds, { padding: [8, 8] });
+  }
+  return layers;
+}
+
+// Draws the map into `box` (a fresh element); returns at once, the map
+// comes when Leaflet has loaded.
+export async function drawMap(box, position, track = []) {
+  const map = await baseMap(box, degrees(position), 17);
+  if (!map) return;
+  const L = window.L;
+  const shift = map.shift;
+  const here = shift(degrees(position));
   const accuracy = Number(position.location?.accuracyM || 0);
   if (accuracy > 0) L.circle(here, { radius: accuracy, weight: 1, className: 'accuracy' }).addTo(map);
   if (track.length) {
@@ -114,7 +152,8 @@ export function positionCard(h, t, position, track) {
   }
   const box = h('div', { class: 'map', id: 'map' });
   card.append(box, positionFacts(h, t, position));
-  // After the card is in the page (Leaflet measures its box).
-  requestAnimationFrame(() => drawMap(box, position, track));
+  // After the card is in the page (Leaflet measures its box); others may
+  // draw on the map once it is there (a resident's safe zones).
+  card.map = new Promise(resolve => requestAnimationFrame(() => drawMap(box, position, track).then(resolve)));
   return card;
 }

@@ -41,7 +41,6 @@ pub struct ServerConfig {
     pub retention: RetentionConfig,
 }
 
-/// The family call-out (docs/dispatch.md, "Family").
 /// Health and safety signals (docs/dispatch.md): vital-sign limits, safe
 /// zones, household meters, judged on the server as readings arrive.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +73,7 @@ impl Default for SignalsConfig {
     }
 }
 
+/// The family call-out (docs/dispatch.md, "Family").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FamilyConfig {

@@ -305,10 +305,18 @@ async fn serve_gateway(
         if let Some(status) = refusal(health, intake.gateway_id()) {
             return Err(status.into());
         }
-        let taken = intake.take(batch)?;
+        let mut taken = intake.take(batch)?;
         if taken.is_empty() {
             continue;
         }
+        // An alarm never waits for the rules to judge the telemetry that
+        // came with it: flushed and announced first, at the cost of a
+        // second flush for that batch.
+        if taken.alarm_before_readings() {
+            intake.flush().await?;
+            intake.announce_alarms(&mut taken);
+        }
+        intake.judge(&mut taken)?;
         // Nothing acked if this fails: the gateway resends after reconnecting.
         intake.flush().await?;
         if crash_after_commit() {

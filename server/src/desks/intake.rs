@@ -246,12 +246,21 @@ pub struct Taken {
     positions: Vec<(String, Position)>,
     /// Episodes of the health and safety rules the batch ended.
     returned: Vec<crate::desks::signals::Returned>,
+    /// The batch's readings, for the rules ([`GatewayIntake::judge`]).
+    readings: Vec<Reading>,
+    received_ms: i64,
 }
 
 impl Taken {
     /// Nothing to flush and nothing to answer.
     pub fn is_empty(&self) -> bool {
         self.acks.is_empty() && self.changed_alerts.is_empty()
+    }
+
+    /// An alarm that would otherwise wait for the rules to judge the
+    /// batch's readings: flush and announce it first.
+    pub fn alarm_before_readings(&self) -> bool {
+        !self.changed_alerts.is_empty() && !self.readings.is_empty()
     }
 }
 
@@ -297,7 +306,10 @@ impl GatewayIntake {
         let desk = &self.desk;
         let gateway_id = self.gateway_id.as_str();
         let received_ms = now_ms();
-        let mut taken = Taken::default();
+        let mut taken = Taken {
+            received_ms,
+            ..Taken::default()
+        };
         // Telemetry and the like go to the store in one write; alarms and
         // cancels one by one, each with its incident decision.
         let mut plain = Vec::new();
@@ -376,22 +388,13 @@ impl GatewayIntake {
         // The rules judge every reading, resent ones too: a reading whose
         // judgement was lost to a crash is judged now, and one judged
         // already is known by its seq.
-        let readings: Vec<Reading> = plain
+        taken.readings = plain
             .iter()
             .filter_map(|uplink| {
                 let device = uplink.event.as_ref().map_or("", |e| e.device_id.as_str());
                 Reading::of(self.owners.resident(device), uplink, received_ms)
             })
             .collect();
-        let (raised, returned) = self
-            .signals
-            .take(readings, received_ms)
-            .inspect_err(|err| {
-                metrics::counter!(m::STORE_ERRORS).increment(1);
-                tracing::error!(gateway_id, error = %err, "judging the batch's readings failed");
-            })?;
-        taken.changed_alerts.extend(raised);
-        taken.returned = returned;
         if !signs.is_empty()
             && let Err(err) = desk.store().note_signs(&signs)
         {
@@ -517,6 +520,33 @@ impl GatewayIntake {
         }
     }
 
+    /// The batch's readings judged against their residents' rules
+    /// (`desks/signals.rs`): a rule's raise is committed like an alarm and
+    /// settled with the batch. Before the last flush: a reading's judgement
+    /// is durable before the gateway hears `received`.
+    pub fn judge(&self, taken: &mut Taken) -> Result<(), StoreError> {
+        if taken.readings.is_empty() {
+            return Ok(());
+        }
+        let readings = std::mem::take(&mut taken.readings);
+        let (raised, returned) = self
+            .signals
+            .take(readings, taken.received_ms)
+            .inspect_err(|err| {
+                metrics::counter!(m::STORE_ERRORS).increment(1);
+                tracing::error!(gateway_id = %self.gateway_id, error = %err, "judging the batch's readings failed");
+            })?;
+        taken.changed_alerts.extend(raised);
+        taken.returned.extend(returned);
+        Ok(())
+    }
+
+    /// After a flush: the alarms taken so far told and routed now, not
+    /// after the rules have judged the batch's readings.
+    pub fn announce_alarms(&self, taken: &mut Taken) {
+        self.settle_alerts(std::mem::take(&mut taken.changed_alerts));
+    }
+
     /// After the flush: watchers told, new alerts routed, cancels stood
     /// down, a tightened deadline for a raised priority, a resident's own
     /// "I'm OK" brought to an open missed check-in. Returns the acks to
@@ -529,7 +559,29 @@ impl GatewayIntake {
                 crate::desks::welfare::checkins::tell_open_alerts(&desk, &sign).await;
             });
         }
-        for (alert, decision) in taken.changed_alerts {
+        self.settle_alerts(taken.changed_alerts);
+        if !taken.returned.is_empty() {
+            let desk = desk.clone();
+            let returned = taken.returned;
+            tokio::spawn(
+                async move { crate::desks::signals::note_returned(&desk, &returned).await },
+            );
+        }
+        let positions: Vec<(String, Position)> = taken
+            .positions
+            .into_iter()
+            .filter(|(resident, _)| !resident.is_empty())
+            .collect();
+        if !positions.is_empty() {
+            let desk = desk.clone();
+            tokio::spawn(async move { track(&desk, &positions).await });
+        }
+        taken.acks
+    }
+
+    fn settle_alerts(&self, changed: Vec<(anxin_proto::v1::Alert, Decision)>) {
+        let desk = &self.desk;
+        for (alert, decision) in changed {
             desk.announce(alert.clone());
             match decision {
                 Decision::Raise => {
@@ -552,23 +604,6 @@ impl GatewayIntake {
                 _ => {}
             }
         }
-        if !taken.returned.is_empty() {
-            let desk = desk.clone();
-            let returned = taken.returned;
-            tokio::spawn(
-                async move { crate::desks::signals::note_returned(&desk, &returned).await },
-            );
-        }
-        let positions: Vec<(String, Position)> = taken
-            .positions
-            .into_iter()
-            .filter(|(resident, _)| !resident.is_empty())
-            .collect();
-        if !positions.is_empty() {
-            let desk = desk.clone();
-            tokio::spawn(async move { track(&desk, &positions).await });
-        }
-        taken.acks
     }
 }
 

@@ -84,6 +84,34 @@ pub struct Load {
     /// Misbehave: duplicate publishes, malformed and oversize payloads,
     /// dropped connections, skewed device clocks.
     pub chaos: bool,
+    /// Telemetry carries a wearable's readings: vitals and a position fix
+    /// in turn (see [`reading`]).
+    pub readings: bool,
+}
+
+/// Where `--readings` fixes fall: within 100 m of this point (Jing'an,
+/// Shanghai), as a resident walking about their building.
+pub const READINGS_HOME: (i32, i32) = (312_290_000, 1_214_550_000);
+
+/// A healthy older adult's reading: vitals (heart rate 60–89, SpO2 94–98 %,
+/// 36.0–36.9 °C) on even turns, a fix within 100 m of [`READINGS_HOME`]
+/// (±10–29 m) on odd ones.
+pub fn reading(rng: &mut impl Rng, turn: usize) -> Detail {
+    if turn % 2 == 0 {
+        Detail::Vitals {
+            heart_rate_bpm: rng.random_range(60..90),
+            spo2_pct: rng.random_range(94..99),
+            body_temp_dc: rng.random_range(360..370),
+        }
+    } else {
+        // 1e-7 degrees of latitude is about 1.1 cm: ±6,000 is about ±67 m
+        // north and ±57 m east, within 100 m of home.
+        Detail::Location {
+            lat_e7: READINGS_HOME.0 + rng.random_range(-6_000..6_000),
+            lon_e7: READINGS_HOME.1 + rng.random_range(-6_000..6_000),
+            accuracy_m: rng.random_range(10..30),
+        }
+    }
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -272,9 +300,15 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
                     budget -= 1.0;
                     let index = cursor % devices.len();
                     cursor += 1;
+                    let turn = (cursor - 1) / devices.len();
                     let kind = load.mix.pick(rng.random::<f64>());
+                    let detail = if load.readings && kind == Kind::Telemetry {
+                        reading(&mut rng, turn)
+                    } else {
+                        Detail::None
+                    };
                     let (core, handle) = &mut devices[index];
-                    let event = core.raise(kind, Detail::None, 0, started.elapsed().as_millis() as u64);
+                    let event = core.raise(kind, detail, 0, started.elapsed().as_millis() as u64);
                     if let Some(ledger) = &ledger {
                         ledger.record("sent", &event.device_id, event.seq, device::kind_name(kind));
                     }
@@ -343,6 +377,39 @@ pub async fn run(config: &SimConfig, load: Load) -> anyhow::Result<Summary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readings_alternate_and_stay_healthy_and_near_home() {
+        let mut rng = rand::rng();
+        for turn in 0..200 {
+            match reading(&mut rng, turn) {
+                Detail::Vitals {
+                    heart_rate_bpm,
+                    spo2_pct,
+                    body_temp_dc,
+                } => {
+                    assert_eq!(turn % 2, 0);
+                    assert!((60..90).contains(&heart_rate_bpm));
+                    assert!((94..99).contains(&spo2_pct));
+                    assert!((360..370).contains(&body_temp_dc));
+                }
+                Detail::Location {
+                    lat_e7,
+                    lon_e7,
+                    accuracy_m,
+                } => {
+                    assert_eq!(turn % 2, 1);
+                    // Degrees ×1e7 → metres (latitude ~1.11 cm, longitude
+                    // ~0.95 cm at 31° N).
+                    let north = f64::from(lat_e7 - READINGS_HOME.0) * 0.0111;
+                    let east = f64::from(lon_e7 - READINGS_HOME.1) * 0.0095;
+                    assert!((north * north + east * east).sqrt() < 100.0);
+                    assert!((10..30).contains(&accuracy_m));
+                }
+                other => panic!("turn {turn}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn mix_parses_and_normalises() {

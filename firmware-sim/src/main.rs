@@ -103,6 +103,11 @@ enum Command {
         /// and oversize payloads, dropped connections, skewed clocks.
         #[arg(long)]
         chaos: bool,
+        /// Telemetry carries a wearable's readings: vitals and a position
+        /// fix in turn (normal vitals; fixes within 100 m of 31.2290 N,
+        /// 121.4550 E), for the server's signal rules to judge.
+        #[arg(long)]
+        readings: bool,
     },
     /// Play a household's story from a scenario file (see
     /// firmware-sim/scenarios/): device state machines on a timeline.
@@ -236,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
             drain,
             json,
             chaos,
+            readings,
         } => {
             let summary = load::run(
                 &config,
@@ -249,6 +255,7 @@ async fn main() -> anyhow::Result<()> {
                     drain: Duration::from_secs(drain),
                     json,
                     chaos,
+                    readings,
                 },
             )
             .await?;

@@ -11,6 +11,7 @@
 //! cargo run --release -p anxin-tests --bin anxin-bench -- presses
 //! cargo run --release -p anxin-tests --bin anxin-bench -- city
 //! cargo run --release -p anxin-tests --bin anxin-bench -- callout
+//! cargo run --release -p anxin-tests --bin anxin-bench -- signals
 //! ```
 //!
 //! Every hop is durable, as in production: the gateway acks `stored` after
@@ -22,6 +23,7 @@ mod mosquitto;
 mod procstat;
 mod retention;
 mod scenarios;
+mod signals;
 mod traffic;
 
 use clap::{Parser, Subcommand};
@@ -170,6 +172,24 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         gateways: usize,
     },
+    /// Wearables reporting vitals and fixes against the signal rules, the
+    /// rules on and then off.
+    Signals {
+        #[arg(long, default_value_t = 10_000)]
+        wearables: usize,
+        /// Seconds between one wearable's vitals readings (and its fixes).
+        #[arg(long, default_value_t = 30)]
+        period: u64,
+        #[arg(long, default_value_t = 45)]
+        warmup: u64,
+        #[arg(long, default_value_t = 180)]
+        measure: u64,
+        #[arg(long, default_value_t = 300)]
+        presses: usize,
+        /// Pairs of runs (rules on, then off) on fresh stacks.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
 }
 
 #[tokio::main]
@@ -205,6 +225,14 @@ async fn main() -> anyhow::Result<()> {
             presses,
         } => scenarios::many(devices, rate, duration, presses).await,
         Scenario::Presses { samples, pace_ms } => scenarios::presses(samples, pace_ms).await,
+        Scenario::Signals {
+            wearables,
+            period,
+            warmup,
+            measure,
+            presses,
+            rounds,
+        } => signals::signals(wearables, period, warmup, measure, presses, rounds).await,
         Scenario::Retention {
             devices,
             rate,

@@ -119,7 +119,11 @@ pub(crate) fn telemetry_load(
     Sim::run(dir, &gateway.mqtt(), &args)
 }
 
-async fn wait_for(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+pub(crate) async fn wait_for(
+    what: &str,
+    within: Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if done().await {

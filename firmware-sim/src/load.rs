@@ -97,7 +97,7 @@ pub const READINGS_HOME: (i32, i32) = (312_290_000, 1_214_550_000);
 /// 36.0–36.9 °C) on even turns, a fix within 100 m of [`READINGS_HOME`]
 /// (±10–29 m) on odd ones.
 pub fn reading(rng: &mut impl Rng, turn: usize) -> Detail {
-    if turn % 2 == 0 {
+    if turn.is_multiple_of(2) {
         Detail::Vitals {
             heart_rate_bpm: rng.random_range(60..90),
             spo2_pct: rng.random_range(94..99),

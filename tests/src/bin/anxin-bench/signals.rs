@@ -238,10 +238,11 @@ async fn run(
     let secs = started.elapsed().as_secs_f64();
     let mut usage = watch.finish().await.into_iter();
     let (server_usage, gateway_usage) = (usage.next().unwrap(), usage.next().unwrap());
+    let latency = seen.lock().unwrap().clone();
     let run = Run {
         server: server_usage,
         gateway: gateway_usage,
-        latency: seen.lock().unwrap().clone(),
+        latency,
         readings: (readings_judged(&server).await - readings_before) / secs,
         raises: server
             .metric("anxin_server_signal_raises_total{rule=\"vitals\"}")

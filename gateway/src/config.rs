@@ -57,6 +57,11 @@ pub struct MqttConfig {
     pub listen: SocketAddr,
     /// Device connections at most; one more is answered "server busy".
     pub max_connections: usize,
+    /// Live connections one device may hold at once, each with its own
+    /// client id (a wearable's firmware and its app; `mosquitto_sub` beside
+    /// `mosquitto_pub`). One more: the oldest gives way. The same client id
+    /// always takes its own session over.
+    pub connections_per_device: usize,
     /// Devices log in with username = device id and their password (on by
     /// default). Off: the username, or else the client id, is trusted as
     /// the device id — for a closed test bench only. Either way a
@@ -235,6 +240,7 @@ impl Default for MqttConfig {
         Self {
             listen: ([127, 0, 0, 1], 1883).into(),
             max_connections: 10_010,
+            connections_per_device: 4,
             require_auth: true,
             observers: Vec::new(),
             plaintext: true,
@@ -519,6 +525,12 @@ impl GatewayConfig {
         }
         if self.mqtt.max_connections == 0 {
             return Err(invalid("mqtt.max_connections", "must be at least 1"));
+        }
+        if !(1..=64).contains(&self.mqtt.connections_per_device) {
+            return Err(invalid(
+                "mqtt.connections_per_device",
+                "must be between 1 and 64",
+            ));
         }
         for (i, observer) in self.mqtt.observers.iter().enumerate() {
             if observer.username.is_empty() || observer.username.contains(['/', '+', '#']) {

@@ -104,7 +104,7 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     }
 
     let book = Arc::new(DeviceBook::from_config(&config));
-    let sessions = Arc::new(Sessions::default());
+    let sessions = Arc::new(Sessions::new(config.mqtt.connections_per_device));
     let acks = MqttOut::new(sessions.clone());
 
     let cancel = CancellationToken::new();

@@ -37,6 +37,8 @@ pub const MQTT_REFUSED: &str = "anxin_gateway_mqtt_refused_total";
 pub const MQTT_CONNECTIONS: &str = "anxin_gateway_mqtt_connections";
 pub const MQTT_DROPPED: &str = "anxin_gateway_mqtt_dropped_total";
 pub const MQTT_TAKEOVERS: &str = "anxin_gateway_mqtt_session_takeovers_total";
+pub const MQTT_PARALLEL: &str = "anxin_gateway_mqtt_parallel_connections_total";
+pub const MQTT_SESSIONS_EVICTED: &str = "anxin_gateway_mqtt_sessions_evicted_total";
 pub const MQTT_KEEPALIVE_EXPIRED: &str = "anxin_gateway_mqtt_keepalive_expired_total";
 
 /// Installs the global recorder and returns the handle `/metrics` renders.
@@ -112,7 +114,15 @@ pub fn install() -> PrometheusHandle {
     );
     describe_counter!(
         MQTT_TAKEOVERS,
-        "Connections replaced by a newer one of the same device."
+        "Connections replaced by a newer one of the same device and client id."
+    );
+    describe_counter!(
+        MQTT_PARALLEL,
+        "Connections opened beside another live one of the same device (another client id)."
+    );
+    describe_counter!(
+        MQTT_SESSIONS_EVICTED,
+        "Sessions of a device closed to make room for a new client id (mqtt.connections_per_device reached: the oldest gives way)."
     );
     describe_counter!(
         MQTT_KEEPALIVE_EXPIRED,

@@ -17,16 +17,23 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// What the browser half needs that this machine may lack (`None`: all
-/// there): node, `npm ci` in tests/browser, Chromium.
-pub fn missing() -> Option<String> {
+/// What a node script needs that this machine may lack (`None`: all
+/// there): node, and `module` installed by `npm ci` in tests/browser.
+pub fn missing_module(module: &str) -> Option<String> {
     let node = std::process::Command::new("node").arg("--version").output();
     if node.map(|o| !o.status.success()).unwrap_or(true) {
         return Some("node is not installed".into());
     }
     let browser_dir = root().join("tests/browser");
-    if !browser_dir.join("node_modules/playwright-core").is_dir() {
-        return Some(format!("run `npm ci` in {}", browser_dir.display()));
+    (!browser_dir.join("node_modules").join(module).is_dir())
+        .then(|| format!("run `npm ci` in {}", browser_dir.display()))
+}
+
+/// What the browser half needs that this machine may lack (`None`: all
+/// there): node, `npm ci` in tests/browser, Chromium.
+pub fn missing() -> Option<String> {
+    if let Some(why) = missing_module("playwright-core") {
+        return Some(why);
     }
     let chromium = std::env::var("ANXIN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     (!Path::new(&chromium).exists())

@@ -219,7 +219,15 @@ impl Codec {
         }
     }
 
-    pub fn connack(&self, out: &mut BytesMut, answer: ConnAnswer, session_present: bool) {
+    /// `assigned`: the client id the front gave a client that sent none
+    /// (MQTT 5 tells it in the CONNACK; 3.1.1 has no way to).
+    pub fn connack(
+        &self,
+        out: &mut BytesMut,
+        answer: ConnAnswer,
+        session_present: bool,
+        assigned: Option<&str>,
+    ) {
         match self.version {
             Version::V311 => {
                 let code = match answer {
@@ -251,7 +259,7 @@ impl Codec {
                     max_qos: Some(1),
                     retain_available: Some(0),
                     max_packet_size: Some(self.max_packet as u32),
-                    assigned_client_identifier: None,
+                    assigned_client_identifier: assigned.map(str::to_string),
                     topic_alias_max: Some(0),
                     reason_string: None,
                     user_properties: Vec::new(),

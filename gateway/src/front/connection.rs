@@ -66,11 +66,21 @@ pub async fn serve<S>(
         }
     };
     let mut out = BytesMut::new();
-    let client_id = connect.client_id.clone();
+    // A client that sent no client id (only with a clean session, checked
+    // in `admit`) gets one of its own, so two such connections of a device
+    // (`mosquitto_sub` beside `mosquitto_pub`) are two sessions, not one
+    // taking the other over.
+    let assigned = connect
+        .client_id
+        .is_empty()
+        .then(|| front.sessions.assign_client_id());
+    let client_id = assigned
+        .clone()
+        .unwrap_or_else(|| connect.client_id.clone());
     let Some(_permit) = permit else {
         refused("too_many_connections");
         tracing::warn!(%peer, client_id, "refused a connection: mqtt.max_connections reached");
-        codec.connack(&mut out, ConnAnswer::Busy, false);
+        codec.connack(&mut out, ConnAnswer::Busy, false, None);
         let _ = stream.write_all(&out).await;
         return;
     };
@@ -79,7 +89,7 @@ pub async fn serve<S>(
         Err((answer, reason, why)) => {
             refused(reason);
             tracing::warn!(%peer, client_id, username = connect.username.as_deref().unwrap_or(""), reason, "refused a connection: {why}");
-            codec.connack(&mut out, answer, false);
+            codec.connack(&mut out, answer, false, None);
             let _ = stream.write_all(&out).await;
             return;
         }
@@ -92,19 +102,26 @@ pub async fn serve<S>(
         .session_expiry_secs
         .filter(|s| *s > 0 && *s != u32::MAX)
         .map(|s| Duration::from_secs(u64::from(s)));
-    // Devices have one session each; observers one per client id.
+    // A device's sessions are keyed by client id under its identity (a
+    // few at once); observers' are apart from devices', one per client id.
     let key = match &identity {
         Identity::Device(id) => id.clone(),
         Identity::Observer { name, .. } => format!("observer:{name}:{client_id}"),
     };
     let mut attachment = front.sessions.attach(
         &key,
+        &client_id,
         connect.clean_start,
         persistent && identity.device().is_some(),
         expiry,
         front.admission.burst(),
     );
-    codec.connack(&mut out, ConnAnswer::Accepted, attachment.session_present);
+    codec.connack(
+        &mut out,
+        ConnAnswer::Accepted,
+        attachment.session_present,
+        assigned.as_deref(),
+    );
     metrics::gauge!(m::MQTT_CONNECTIONS).increment(1.0);
     tracing::debug!(%peer, client_id, identity = identity.name(), session_present = attachment.session_present, "device connected");
 

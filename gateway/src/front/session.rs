@@ -1,9 +1,14 @@
-//! MQTT sessions of the device front: which connection serves an identity
-//! now, what it subscribed to, and what waits for it while it is away
-//! (persistent sessions). Everything the gateway sends a device — `stored`
-//! and `rejected` acks, "help is coming" — is addressed to one identity
-//! here and reaches exactly that device's connection; nothing is matched
-//! against topic filters.
+//! MQTT sessions of the device front, keyed as brokers key them: by client
+//! id, under the identity that logged in. One device may hold a few live
+//! connections at once (a wearable's app and its firmware, an integrator's
+//! `mosquitto_sub` beside `mosquitto_pub`), up to
+//! `mqtt.connections_per_device`; the same client id still takes its own
+//! session over. Each session has what it subscribed to and what waits
+//! for it while it is away (persistent sessions). Everything the gateway
+//! sends a device — `stored` and `rejected` acks, "help is coming" — is
+//! addressed to one identity here and reaches each of that device's
+//! sessions that subscribed to it; nothing is matched against topic
+//! filters, and no connection ever gets another device's messages.
 //!
 //! Memory is bounded: a connection's outgoing channel and a session's
 //! waiting queue have fixed capacities. What does not fit is dropped and
@@ -65,20 +70,29 @@ struct State {
     /// v5: when a detached session ends; `None`: never (3.1.1).
     expiry: Option<Duration>,
     detached_at: Option<Instant>,
-    /// Token bucket of the device's event rate.
+}
+
+/// Token bucket of a device's event rate, shared by all its connections
+/// (a second connection does not double what a device may send).
+struct Budget {
     tokens: f64,
     refilled: Instant,
 }
 
 pub struct Session {
+    /// The identity: a device id (or an observer's key).
     pub key: String,
+    pub client_id: String,
+    budget: Arc<Mutex<Budget>>,
     state: Mutex<State>,
 }
 
 impl Session {
-    fn new(key: &str, burst: f64) -> Self {
+    fn new(key: &str, client_id: &str, budget: Arc<Mutex<Budget>>) -> Self {
         Self {
             key: key.to_string(),
+            client_id: client_id.to_string(),
+            budget,
             state: Mutex::new(State {
                 attached: None,
                 feeds: HashMap::new(),
@@ -86,8 +100,6 @@ impl Session {
                 persistent: false,
                 expiry: None,
                 detached_at: None,
-                tokens: burst,
-                refilled: Instant::now(),
             }),
         }
     }
@@ -106,7 +118,7 @@ impl Session {
 
     /// Takes one event from the device's rate budget; `false`: over it.
     pub fn allow_event(&self, rate_per_sec: f64, burst: f64) -> bool {
-        let mut state = self.lock();
+        let mut state = self.budget.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         state.tokens = (state.tokens
             + now.duration_since(state.refilled).as_secs_f64() * rate_per_sec)
@@ -125,6 +137,17 @@ impl Session {
             (false, Some(expiry), Some(at)) => now.duration_since(at) >= expiry,
             _ => false,
         }
+    }
+
+    /// Closes the live connection, if any, and drops what waits.
+    fn end(&self, reason: DisconnectReason) {
+        let mut state = self.lock();
+        if let Some(attached) = state.attached.take() {
+            let _ = attached.tx.try_send(Outbound::Kick(reason));
+            attached.kick.cancel();
+        }
+        state.persistent = false;
+        state.waiting.clear();
     }
 
     /// Hands a message to the live connection, or keeps it for a
@@ -168,22 +191,59 @@ pub struct Attachment {
 /// subscribed, at most, per device.
 pub const HELD_DOWNLINKS: usize = 16;
 
-#[derive(Default)]
+/// Live sessions of one device at once, unless configured
+/// (`mqtt.connections_per_device`).
+pub const CONNECTIONS_PER_DEVICE: usize = 4;
+
 pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<Session>>>,
+    /// Each identity's sessions, one per client id, oldest first.
+    map: Mutex<HashMap<String, Vec<Arc<Session>>>>,
+    per_identity: usize,
     next_conn: AtomicU64,
+    next_assigned: AtomicU64,
     /// Downlinks that reached no connection, by device: handed over when
     /// the device next subscribes to its acks. A resident whose button
     /// dropped off the network for a moment still hears "help is coming".
     held: Mutex<HashMap<String, VecDeque<DeviceAck>>>,
 }
 
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new(CONNECTIONS_PER_DEVICE)
+    }
+}
+
 impl Sessions {
-    /// Binds a new connection to the session of `key`, taking it over from
-    /// an older connection of the same identity (which is told and closed).
+    /// `per_identity`: sessions one identity may hold at once (at least 1).
+    pub fn new(per_identity: usize) -> Self {
+        Self {
+            map: Mutex::default(),
+            per_identity: per_identity.max(1),
+            next_conn: AtomicU64::new(0),
+            next_assigned: AtomicU64::new(1),
+            held: Mutex::default(),
+        }
+    }
+
+    /// A client id for a client that sent none: unique in this process
+    /// (such a session is clean, so it never outlives it).
+    pub fn assign_client_id(&self) -> String {
+        format!(
+            "anxin-assigned-{}",
+            self.next_assigned.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Binds a new connection to the session of `key` and `client_id`,
+    /// taking it over from an older connection with the same client id
+    /// (which is told and closed). Another client id gets a session of its
+    /// own beside the others; past the limit per identity, the oldest
+    /// session gives way (one away first), so a device that comes back with
+    /// a new client id is never locked out.
     pub fn attach(
         &self,
         key: &str,
+        client_id: &str,
         clean_start: bool,
         persistent: bool,
         expiry: Option<Duration>,
@@ -193,9 +253,43 @@ impl Sessions {
         let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
         let kick = CancellationToken::new();
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let existing = map.get(key).cloned();
         let now = Instant::now();
+        let list = map.entry(key.to_string()).or_default();
+        // Sessions that ended while away are forgotten here.
+        list.retain(|s| {
+            let state = s.lock();
+            state.attached.is_some() || (state.persistent && !Session::expired(&state, now))
+        });
+        let existing = list.iter().find(|s| s.client_id == client_id).cloned();
         let (session, session_present) = match existing {
+            None => {
+                if list.len() >= self.per_identity {
+                    let victim = list.remove(oldest(list));
+                    victim.end(DisconnectReason::SessionTakenOver);
+                    metrics::counter!(m::MQTT_SESSIONS_EVICTED).increment(1);
+                    tracing::info!(
+                        identity = key,
+                        client_id,
+                        gave_way = victim.client_id,
+                        "connections per device reached: the oldest session gave way"
+                    );
+                }
+                if list.iter().any(|s| s.lock().attached.is_some()) {
+                    metrics::counter!(m::MQTT_PARALLEL).increment(1);
+                }
+                let budget = list.first().map_or_else(
+                    || {
+                        Arc::new(Mutex::new(Budget {
+                            tokens: burst,
+                            refilled: now,
+                        }))
+                    },
+                    |s| s.budget.clone(),
+                );
+                let session = Arc::new(Session::new(key, client_id, budget));
+                list.push(session.clone());
+                (session, false)
+            }
             Some(session) => {
                 let mut state = session.lock();
                 if let Some(old) = state.attached.take() {
@@ -212,11 +306,6 @@ impl Sessions {
                 }
                 drop(state);
                 (session, resumable)
-            }
-            None => {
-                let session = Arc::new(Session::new(key, burst));
-                map.insert(key.to_string(), session.clone());
-                (session, false)
             }
         };
         drop(map);
@@ -278,57 +367,66 @@ impl Sessions {
         }
         drop(state);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map
-            .get(&session.key)
-            .is_some_and(|s| Arc::ptr_eq(s, session))
-        {
-            map.remove(&session.key);
+        if let Some(list) = map.get_mut(&session.key) {
+            list.retain(|s| !Arc::ptr_eq(s, session));
+            if list.is_empty() {
+                map.remove(&session.key);
+            }
         }
     }
 
-    fn get(&self, key: &str) -> Option<Arc<Session>> {
+    fn sessions_of(&self, key: &str) -> Vec<Arc<Session>> {
         self.map
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .cloned()
+            .unwrap_or_default()
     }
 
     /// Sends an ack to its device, on each ack topic it subscribed to.
     /// `false`: it reached no connection or session (the device is away
     /// without a persistent session, or never subscribed).
     pub fn deliver_ack(&self, mut ack: DeviceAck) -> bool {
-        let Some(session) = self.get(&ack.device_id) else {
+        let sessions = self.sessions_of(&ack.device_id);
+        if sessions.is_empty() {
             metrics::counter!(m::MQTT_DROPPED, "reason" => "device_away").increment(1);
             return false;
-        };
-        ack.sent_ms = anxin_proto::now_ms();
-        let feeds: Vec<(Feed, u8)> = session
-            .lock()
-            .feeds
-            .iter()
-            .filter(|(f, _)| matches!(f, Feed::Ack(_)))
-            .map(|(f, q)| (f.clone(), *q))
-            .collect();
-        if feeds.is_empty() {
-            metrics::counter!(m::MQTT_DROPPED, "reason" => "not_subscribed").increment(1);
-            return false;
         }
-        let mut delivered = false;
-        for (feed, qos) in feeds {
-            let payload = match feed {
-                Feed::Ack(Encoding::Protobuf) => Bytes::from(ack.encode_to_vec()),
-                Feed::Ack(Encoding::Json) => {
-                    Bytes::from(serde_json::to_vec(&ack).expect("acks serialize"))
-                }
-                Feed::Local(_) => continue,
-            };
-            delivered |= session.offer(Message {
-                topic: feed.topic(&ack.device_id),
-                payload,
-                qos,
-                dup: false,
-            });
+        ack.sent_ms = anxin_proto::now_ms();
+        let (mut subscribed, mut delivered) = (false, false);
+        let (mut protobuf, mut json) = (None, None);
+        for session in sessions {
+            let feeds: Vec<(Feed, u8)> = session
+                .lock()
+                .feeds
+                .iter()
+                .filter(|(f, _)| matches!(f, Feed::Ack(_)))
+                .map(|(f, q)| (f.clone(), *q))
+                .collect();
+            for (feed, qos) in feeds {
+                let payload = match feed {
+                    Feed::Ack(Encoding::Protobuf) => protobuf
+                        .get_or_insert_with(|| Bytes::from(ack.encode_to_vec()))
+                        .clone(),
+                    Feed::Ack(Encoding::Json) => json
+                        .get_or_insert_with(|| {
+                            Bytes::from(serde_json::to_vec(&ack).expect("acks serialize"))
+                        })
+                        .clone(),
+                    Feed::Local(_) => continue,
+                };
+                subscribed = true;
+                delivered |= session.offer(Message {
+                    topic: feed.topic(&ack.device_id),
+                    payload,
+                    qos,
+                    dup: false,
+                });
+            }
+        }
+        if !subscribed {
+            metrics::counter!(m::MQTT_DROPPED, "reason" => "not_subscribed").increment(1);
         }
         delivered
     }
@@ -375,6 +473,7 @@ impl Sessions {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
+            .flatten()
             .cloned()
             .collect();
         let feed = Feed::Local(topic.to_string());
@@ -395,23 +494,33 @@ impl Sessions {
         reached
     }
 
-    /// Closes the live connection of an identity (deactivated, re-keyed).
+    /// Closes every connection of an identity (deactivated, re-keyed) and
+    /// forgets its sessions.
     pub fn kick(&self, key: &str, reason: DisconnectReason) {
-        if let Some(session) = self.get(key) {
-            let mut state = session.lock();
-            if let Some(attached) = state.attached.take() {
-                let _ = attached.tx.try_send(Outbound::Kick(reason));
-                attached.kick.cancel();
-            }
-            state.persistent = false;
-            state.waiting.clear();
-            drop(state);
-            self.map
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
+        let removed = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        for session in removed.into_iter().flatten() {
+            session.end(reason);
         }
     }
+}
+
+/// Which of an identity's sessions gives way to a new one: the one away
+/// the longest, else the oldest connection.
+fn oldest(list: &[Arc<Session>]) -> usize {
+    list.iter()
+        .enumerate()
+        .min_by_key(|(_, s)| {
+            let state = s.lock();
+            match &state.attached {
+                None => (false, state.detached_at, 0),
+                Some(a) => (true, None, a.conn_id),
+            }
+        })
+        .map_or(0, |(i, _)| i)
 }
 
 #[cfg(test)]
@@ -430,8 +539,8 @@ mod tests {
     #[test]
     fn an_ack_reaches_only_its_device() {
         let sessions = Sessions::default();
-        let mut one = sessions.attach("btn-1", true, false, None, 20.0);
-        let mut two = sessions.attach("btn-2", true, false, None, 20.0);
+        let mut one = sessions.attach("btn-1", "c-btn-1", true, false, None, 20.0);
+        let mut two = sessions.attach("btn-2", "c-btn-2", true, false, None, 20.0);
         one.session.subscribe(Feed::Ack(Encoding::Protobuf), 1);
         two.session.subscribe(Feed::Ack(Encoding::Json), 1);
         assert!(sessions.deliver_ack(ack("btn-1", 7)));
@@ -447,18 +556,18 @@ mod tests {
     #[test]
     fn a_persistent_session_keeps_what_came_while_away_and_a_clean_one_does_not() {
         let sessions = Sessions::default();
-        let mut first = sessions.attach("btn-1", false, true, None, 20.0);
+        let mut first = sessions.attach("btn-1", "c-btn-1", false, true, None, 20.0);
         first.session.subscribe(Feed::Ack(Encoding::Protobuf), 1);
         sessions.detach(&first.session, first.conn_id, Vec::new(), &mut first.rx);
         assert!(sessions.deliver_ack(ack("btn-1", 1)));
         assert!(sessions.deliver_ack(ack("btn-1", 2)));
-        let back = sessions.attach("btn-1", false, true, None, 20.0);
+        let back = sessions.attach("btn-1", "c-btn-1", false, true, None, 20.0);
         assert!(back.session_present);
         assert_eq!(back.backlog.len(), 2);
         let mut again = back;
         sessions.detach(&again.session, again.conn_id, Vec::new(), &mut again.rx);
         assert!(sessions.deliver_ack(ack("btn-1", 3)));
-        let clean = sessions.attach("btn-1", true, false, None, 20.0);
+        let clean = sessions.attach("btn-1", "c-btn-1", true, false, None, 20.0);
         assert!(!clean.session_present);
         assert!(clean.backlog.is_empty());
     }
@@ -466,8 +575,8 @@ mod tests {
     #[test]
     fn a_second_connection_takes_the_session_over() {
         let sessions = Sessions::default();
-        let mut old = sessions.attach("btn-1", true, false, None, 20.0);
-        let new = sessions.attach("btn-1", true, false, None, 20.0);
+        let mut old = sessions.attach("btn-1", "c-btn-1", true, false, None, 20.0);
+        let new = sessions.attach("btn-1", "c-btn-1", true, false, None, 20.0);
         assert!(old.kick.is_cancelled());
         assert!(matches!(
             old.rx.try_recv(),
@@ -480,10 +589,82 @@ mod tests {
     }
 
     #[test]
+    fn two_client_ids_of_one_device_each_get_its_acks_and_nothing_else() {
+        let sessions = Sessions::default();
+        // mosquitto_sub listening, mosquitto_pub sending: one device, two
+        // client ids.
+        let mut listener = sessions.attach("btn-1", "sub-1", true, false, None, 20.0);
+        let mut publisher = sessions.attach("btn-1", "pub-1", true, false, None, 20.0);
+        assert!(!listener.kick.is_cancelled(), "the listener stays");
+        let mut other = sessions.attach("btn-2", "sub-2", true, false, None, 20.0);
+        listener.session.subscribe(Feed::Ack(Encoding::Json), 1);
+        publisher
+            .session
+            .subscribe(Feed::Ack(Encoding::Protobuf), 1);
+        other.session.subscribe(Feed::Ack(Encoding::Json), 1);
+        assert!(sessions.deliver_ack(ack("btn-1", 5)));
+        let Ok(Outbound::Publish(json)) = listener.rx.try_recv() else {
+            panic!("the listener got nothing");
+        };
+        assert_eq!(json.topic, "anxin/v1/dev/btn-1/ack/json");
+        let Ok(Outbound::Publish(proto)) = publisher.rx.try_recv() else {
+            panic!("the publisher got nothing");
+        };
+        assert_eq!(DeviceAck::decode(proto.payload).unwrap().seq, 5);
+        assert!(other.rx.try_recv().is_err(), "btn-2 got btn-1's ack");
+        // One ends; the other keeps getting its acks.
+        sessions.detach(
+            &publisher.session,
+            publisher.conn_id,
+            Vec::new(),
+            &mut publisher.rx,
+        );
+        assert!(sessions.deliver_ack(ack("btn-1", 6)));
+        assert!(matches!(listener.rx.try_recv(), Ok(Outbound::Publish(_))));
+        // A revoked device loses every connection.
+        sessions.kick("btn-1", DisconnectReason::Revoked);
+        assert!(listener.kick.is_cancelled());
+        assert!(!sessions.deliver_ack(ack("btn-1", 7)));
+    }
+
+    #[test]
+    fn past_the_limit_the_oldest_gives_way_away_ones_first() {
+        let sessions = Sessions::new(2);
+        let mut a = sessions.attach("btn-1", "a", false, true, None, 20.0);
+        let b = sessions.attach("btn-1", "b", true, false, None, 20.0);
+        // a goes away, keeping a persistent session.
+        sessions.detach(&a.session, a.conn_id, Vec::new(), &mut a.rx);
+        let c = sessions.attach("btn-1", "c", true, false, None, 20.0);
+        assert!(!b.kick.is_cancelled(), "the away session gives way, not b");
+        let back = sessions.attach("btn-1", "a", false, true, None, 20.0);
+        assert!(!back.session_present, "a's session was given up");
+        assert!(b.kick.is_cancelled(), "then the oldest live connection");
+        assert!(!c.kick.is_cancelled());
+    }
+
+    #[test]
+    fn connections_of_one_device_share_its_event_budget() {
+        let sessions = Sessions::default();
+        let one = sessions.attach("btn-1", "a", true, false, None, 3.0);
+        let two = sessions.attach("btn-1", "b", true, false, None, 3.0);
+        let allowed = (0..6)
+            .filter(|i| {
+                let session = if i % 2 == 0 {
+                    &one.session
+                } else {
+                    &two.session
+                };
+                session.allow_event(0.0, 3.0)
+            })
+            .count();
+        assert_eq!(allowed, 3);
+    }
+
+    #[test]
     fn a_downlink_for_an_absent_device_waits_for_its_return() {
         let sessions = Sessions::default();
         assert!(!sessions.deliver_downlink(ack("btn-1", 9)));
-        let mut back = sessions.attach("btn-1", true, false, None, 20.0);
+        let mut back = sessions.attach("btn-1", "c-btn-1", true, false, None, 20.0);
         back.session.subscribe(Feed::Ack(Encoding::Protobuf), 1);
         sessions.release_held("btn-1");
         let Ok(Outbound::Publish(message)) = back.rx.try_recv() else {
@@ -498,13 +679,13 @@ mod tests {
     #[test]
     fn waiting_messages_are_bounded() {
         let sessions = Sessions::default();
-        let mut first = sessions.attach("btn-1", false, true, None, 20.0);
+        let mut first = sessions.attach("btn-1", "c-btn-1", false, true, None, 20.0);
         first.session.subscribe(Feed::Ack(Encoding::Protobuf), 1);
         sessions.detach(&first.session, first.conn_id, Vec::new(), &mut first.rx);
         for seq in 0..(SESSION_QUEUE as u64 + 10) {
             sessions.deliver_ack(ack("btn-1", seq));
         }
-        let back = sessions.attach("btn-1", false, true, None, 20.0);
+        let back = sessions.attach("btn-1", "c-btn-1", false, true, None, 20.0);
         assert_eq!(back.backlog.len(), SESSION_QUEUE);
         // The newest are kept.
         let last = back.backlog.last().unwrap().payload.clone();

@@ -16,6 +16,7 @@ pub mod handoff;
 pub mod import;
 pub mod intake;
 pub mod outbox;
+pub mod policy;
 pub mod signals;
 pub mod trends;
 pub mod welfare;

@@ -35,6 +35,8 @@ STATE=${ANXIN_STACK_DIR:-.stack}
 DEVICES=(btn-0001 btn-0002 btn-0003 wear-0001 wear-0002)
 # Registered for `anxin-sim load --prefix load-` (README).
 LOAD_DEVICES=(load-00000 load-00001 load-00002 load-00003 load-00004 load-00005 load-00006 load-00007 load-00008 load-00009)
+# Registered for the README's scenario (firmware-sim/scenarios/household-12.toml).
+SCENARIO_DEVICES=(btn-0012:call_button wear-0012:wearable room-0012:room_sensor)
 
 echo "building (first run takes a few minutes)..."
 cargo build --quiet --bins -p anxin-server -p anxin-gateway -p anxin-sim
@@ -82,6 +84,10 @@ TOML
   # "<secret>-device-<id>", which anxin-sim derives from ANXIN_SIM_PASSWORD.
   for d in "${DEVICES[@]}" "${LOAD_DEVICES[@]}"; do
     printf '[[devices]]\nid = "%s"\npassword = "%s"\n' "$d" "$(token "device-$d")"
+  done
+  for entry in "${SCENARIO_DEVICES[@]}"; do
+    d=${entry%%:*}
+    printf '[[devices]]\nid = "%s"\nkind = "%s"\npassword = "%s"\n' "$d" "${entry#*:}" "$(token "device-$d")"
   done
 } > "$STATE/gateway.toml"
 

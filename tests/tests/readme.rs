@@ -6,7 +6,9 @@
 //! Every output line a block shows (`# …` on a line of its own) must be
 //! printed by that block: a number other than 0 and `…` stand for what
 //! varies, a 0 is a claim ("missing=0"). A dispatcher acknowledges the
-//! alerts the blocks wait for, as the README says one will.
+//! alerts the blocks wait for, as the README says one will; after a
+//! command left in the background the next waits a second, as a reader
+//! would before typing it.
 //!
 //! `ANXIN_README=path` runs another copy (to see the test fail on a broken
 //! command).
@@ -257,8 +259,16 @@ async fn the_readme_commands_run_as_written_and_print_what_it_shows() {
     let mut script = String::from("cd \"$1\"\n");
     for (i, block) in blocks.iter().enumerate() {
         script.push_str(&format!("echo '=== block {i}'\n"));
-        script.push_str(&substituted(block, &stack));
-        script.push('\n');
+        for line in substituted(block, &stack).lines() {
+            script.push_str(line);
+            script.push('\n');
+            // A reader types the next command a moment after one left in
+            // the background (mosquitto_sub) has subscribed; a script
+            // would race it.
+            if line.trim_end().ends_with('&') {
+                script.push_str("sleep 1\n");
+            }
+        }
         // A listener the block left in the background prints within it.
         if block.lines().any(|l| l.trim_end().ends_with('&')) {
             script.push_str("sleep 2\n");

@@ -123,12 +123,28 @@ pub struct JournalConfig {
     pub quota_bytes: u64,
     /// Free space on the journal's filesystem under which P2/P3 events are
     /// deferred (no ack; devices keep them and retry) — long before the disk
-    /// is full. See docs/operations.md, "Running out of disk".
-    pub min_free_bytes: u64,
+    /// is full. See docs/operations.md, "Running out of disk". Unset: 1/8
+    /// of the filesystem, at most 64 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free_bytes: Option<u64>,
     /// Disk reserve held as a file in the journal directory and given back
     /// when the disk fills, so P0/P1 events are still stored and delivered
-    /// entries can still be deleted. 0 disables it.
-    pub reserve_bytes: u64,
+    /// entries can still be deleted. 0 disables it. Unset: 1/32 of the
+    /// filesystem (at least 1 MiB), at most 16 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_bytes: Option<u64>,
+}
+
+impl JournalConfig {
+    /// The disk guard's thresholds: as set, else fitted to the filesystem.
+    pub fn disk_thresholds(&self) -> anxin_host::disk::Thresholds {
+        anxin_host::disk::Thresholds {
+            reserve_bytes: self.reserve_bytes,
+            min_free_bytes: self.min_free_bytes,
+            default_reserve_bytes: 16 * 1024 * 1024,
+            default_min_free_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,8 +278,8 @@ impl Default for JournalConfig {
         Self {
             path: PathBuf::from("anxin-gateway-journal"),
             quota_bytes: 256 * 1024 * 1024,
-            min_free_bytes: 64 * 1024 * 1024,
-            reserve_bytes: 16 * 1024 * 1024,
+            min_free_bytes: None,
+            reserve_bytes: None,
         }
     }
 }
@@ -442,13 +458,19 @@ impl GatewayConfig {
         if self.journal.quota_bytes < 64 * 1024 {
             return Err(invalid("journal.quota_bytes", "must be at least 65536"));
         }
-        if self.journal.reserve_bytes > 0 && self.journal.reserve_bytes < 1024 * 1024 {
+        if let Some(reserve) = self.journal.reserve_bytes
+            && reserve > 0
+            && reserve < 1024 * 1024
+        {
             return Err(invalid(
                 "journal.reserve_bytes",
                 "must be 0 (no reserve) or at least 1048576: the reserve is what alarms are written into when the disk is full",
             ));
         }
-        if self.journal.min_free_bytes < self.journal.reserve_bytes {
+        if let (Some(min_free), Some(reserve)) =
+            (self.journal.min_free_bytes, self.journal.reserve_bytes)
+            && min_free < reserve
+        {
             return Err(invalid(
                 "journal.min_free_bytes",
                 "must be at least journal.reserve_bytes",

@@ -87,12 +87,8 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let restarts = anxin_host::restart::restarts();
     ::metrics::gauge!(metrics::RESTARTS_IN_PLACE).set(restarts as f64);
     let disk = Arc::new(
-        anxin_host::disk::DiskGuard::new(
-            &config.journal.path,
-            config.journal.reserve_bytes,
-            config.journal.min_free_bytes,
-        )
-        .context("journal.path")?,
+        anxin_host::disk::DiskGuard::fitted(&config.journal.path, config.journal.disk_thresholds())
+            .context("journal.path")?,
     );
     let health = Arc::new(Health::new(disk.clone()));
     let quota = journal::Quota::bytes(config.journal.quota_bytes);

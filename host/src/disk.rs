@@ -115,6 +115,34 @@ pub enum GuardError {
     Statvfs { path: PathBuf, source: io::Error },
 }
 
+/// The reserve and low-water mark: what the operator set, else fitted to
+/// the filesystem (a 48 MB disk must not refuse everything while 47 MB are
+/// free because the defaults were made for a real one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Thresholds {
+    pub reserve_bytes: Option<u64>,
+    pub min_free_bytes: Option<u64>,
+    /// What a disk of a real size gets: the caps of the fitted values.
+    pub default_reserve_bytes: u64,
+    pub default_min_free_bytes: u64,
+}
+
+impl Thresholds {
+    /// `(reserve, min_free)` for a filesystem of `total` bytes: a set value
+    /// as it is; an unset reserve 1/32 of the filesystem (at least 1 MiB),
+    /// an unset mark 1/8 (at least the reserve), each capped by its default.
+    pub fn fit(&self, total: u64) -> (u64, u64) {
+        let reserve = self.reserve_bytes.unwrap_or_else(|| {
+            self.default_reserve_bytes
+                .min((total / 32).max(1024 * 1024))
+        });
+        let min_free = self
+            .min_free_bytes
+            .unwrap_or_else(|| self.default_min_free_bytes.min((total / 8).max(reserve)));
+        (reserve, min_free)
+    }
+}
+
 /// Watches one directory's filesystem and holds its reserve.
 pub struct DiskGuard {
     dir: PathBuf,
@@ -170,6 +198,37 @@ impl DiskGuard {
         }
         guard.check()?;
         Ok(guard)
+    }
+
+    /// Guards `dir` with `thresholds` fitted to its filesystem (and says
+    /// so when a value was fitted rather than set).
+    pub fn fitted(dir: &Path, thresholds: Thresholds) -> Result<Self, GuardError> {
+        std::fs::create_dir_all(dir).map_err(|source| GuardError::Create {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let total = total_bytes(dir).map_err(|source| GuardError::Statvfs {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let (reserve_bytes, min_free_bytes) = thresholds.fit(total);
+        if (thresholds.reserve_bytes, thresholds.min_free_bytes)
+            != (Some(reserve_bytes), Some(min_free_bytes))
+            && (reserve_bytes, min_free_bytes)
+                != (
+                    thresholds.default_reserve_bytes,
+                    thresholds.default_min_free_bytes,
+                )
+        {
+            tracing::info!(
+                dir = %dir.display(),
+                total,
+                reserve_bytes,
+                min_free_bytes,
+                "disk reserve and low-water mark fitted to a small filesystem (set them to choose)"
+            );
+        }
+        Self::new(dir, reserve_bytes, min_free_bytes)
     }
 
     /// Margin under which the reserve is given back before anything fails.
@@ -308,6 +367,35 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.pb")]);
+    }
+
+    #[test]
+    fn unset_thresholds_fit_a_small_disk_and_set_ones_win() {
+        const MIB: u64 = 1024 * 1024;
+        let unset = Thresholds {
+            reserve_bytes: None,
+            min_free_bytes: None,
+            default_reserve_bytes: 64 * MIB,
+            default_min_free_bytes: 256 * MIB,
+        };
+        // A 48 MB disk: 1.5 MB reserve, 6 MB mark — events accepted while
+        // more than 6 MB are free, not refused at 47 MB free.
+        assert_eq!(unset.fit(48 * MIB), (48 * MIB / 32, 6 * MIB));
+        // A tiny one: the reserve never under 1 MiB, the mark never under it.
+        assert_eq!(unset.fit(4 * MIB), (MIB, MIB));
+        // A real disk: the defaults.
+        assert_eq!(unset.fit(100 * 1024 * MIB), (64 * MIB, 256 * MIB));
+        let set = Thresholds {
+            reserve_bytes: Some(8 * MIB),
+            min_free_bytes: Some(32 * MIB),
+            ..unset
+        };
+        assert_eq!(set.fit(48 * MIB), (8 * MIB, 32 * MIB));
+        let half = Thresholds {
+            min_free_bytes: Some(20 * MIB),
+            ..unset
+        };
+        assert_eq!(half.fit(48 * MIB), (48 * MIB / 32, 20 * MIB));
     }
 
     #[test]

@@ -60,6 +60,18 @@ pub struct SignalsConfig {
     pub meter_check_secs: u64,
 }
 
+impl StoreConfig {
+    /// The disk guard's thresholds: as set, else fitted to the filesystem.
+    pub fn disk_thresholds(&self) -> anxin_host::disk::Thresholds {
+        anxin_host::disk::Thresholds {
+            reserve_bytes: self.reserve_bytes,
+            min_free_bytes: self.min_free_bytes,
+            default_reserve_bytes: 64 * 1024 * 1024,
+            default_min_free_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 impl Default for SignalsConfig {
     fn default() -> Self {
         Self {
@@ -345,12 +357,16 @@ pub struct StoreConfig {
     pub pool_size: usize,
     /// Free space on the store's filesystem under which new events are
     /// refused (gateways keep them and retry), long before the disk is
-    /// full. See docs/operations.md, "Running out of disk".
-    pub min_free_bytes: u64,
+    /// full. See docs/operations.md, "Running out of disk". Unset: 1/8 of
+    /// the filesystem, at most 256 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free_bytes: Option<u64>,
     /// Disk reserve held as a file in the store directory and given back
     /// when the disk fills, so the store can still write its way out
-    /// (dispatchers' actions, deletes). 0 disables it.
-    pub reserve_bytes: u64,
+    /// (dispatchers' actions, deletes). 0 disables it. Unset: 1/32 of the
+    /// filesystem (at least 1 MiB), at most 64 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_bytes: Option<u64>,
     /// sled's page cache (sled's own default is 1 GiB). sled counts pages
     /// as stored, and holds them in memory at a few times that size: with
     /// the default 32 MiB and a million residents, the server rests near
@@ -375,8 +391,8 @@ impl Default for ServerConfig {
                 path: PathBuf::from("anxin-server-data"),
                 url: String::new(),
                 pool_size: 16,
-                min_free_bytes: 256 * 1024 * 1024,
-                reserve_bytes: 64 * 1024 * 1024,
+                min_free_bytes: None,
+                reserve_bytes: None,
                 cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
             },
             auth: AuthConfig {
@@ -573,7 +589,10 @@ impl ServerConfig {
                 problem: "must be between 1 and 60000".into(),
             });
         }
-        if self.store.min_free_bytes < self.store.reserve_bytes {
+        if let (Some(min_free), Some(reserve)) =
+            (self.store.min_free_bytes, self.store.reserve_bytes)
+            && min_free < reserve
+        {
             return Err(ConfigError::Invalid {
                 field: "store.min_free_bytes",
                 problem: "must be at least store.reserve_bytes".into(),

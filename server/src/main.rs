@@ -249,12 +249,9 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let prometheus = metrics::install();
     let restarts = anxin_host::restart::restarts();
     ::metrics::gauge!(metrics::RESTARTS_IN_PLACE).set(restarts as f64);
-    let disk = anxin_host::disk::DiskGuard::new(
-        &config.store.path,
-        config.store.reserve_bytes,
-        config.store.min_free_bytes,
-    )
-    .context("store.path")?;
+    let disk =
+        anxin_host::disk::DiskGuard::fitted(&config.store.path, config.store.disk_thresholds())
+            .context("store.path")?;
     let health = Arc::new(Health::new(disk));
     let store = commands::open_store(&config).await?;
     tracing::info!(backend = store.backend(), at = %commands::store_location(&config), "store open");

@@ -231,3 +231,41 @@ async fn full_store_disk(reserve: &str, must_restart: bool, load: bool) {
         );
     }
 }
+
+/// Left unset, the disk thresholds fit the disk: on a 48 MB store disk the
+/// server is ready and an SOS reaches the queue (with the defaults made for
+/// a real disk, 256 MiB of low-water mark, it refused every event while
+/// 47 MB were free), and it says what it fitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unset_thresholds_fit_a_small_store_disk() {
+    if !sled_only("server_disk", "sled's own files on a small disk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let _disk = match SmallDisk::mount(&dir.path().join("server-data"), 48) {
+        Ok(disk) => disk,
+        Err(why) => return skip("server_disk", &why),
+    };
+    let server = Server::start_configured(dir.path(), free_port(), &[], &[]).await;
+    let health = eventually("the server's health", PATIENCE, || server_health(&server)).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    let gdir = dir.path().join("gw");
+    std::fs::create_dir_all(&gdir).unwrap();
+    let gateway = Gateway::start_with(&gdir, server.grpc_port, &["btn-small"], &[]).await;
+    Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &["press", "--device", "btn-small"],
+    )
+    .line_starting("stored", PATIENCE)
+    .await;
+    eventually("the SOS in the queue", PATIENCE, || async {
+        (alerts_of(&server, "btn-small").await? == 1).then_some(())
+    })
+    .await;
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+    assert!(
+        log.contains("fitted to a small filesystem"),
+        "the server must say which thresholds it fitted:\n{log}"
+    );
+}

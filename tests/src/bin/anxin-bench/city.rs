@@ -43,7 +43,11 @@ fn secs(started: Instant) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-async fn post_csv(server: &Server, kind: &str, csv: String) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn post_csv(
+    server: &Server,
+    kind: &str,
+    csv: String,
+) -> anyhow::Result<serde_json::Value> {
     let response = reqwest::Client::new()
         .post(format!("{}/api/v1/import/{kind}", server.http()))
         .bearer_auth(TEST_ADMIN_TOKEN)

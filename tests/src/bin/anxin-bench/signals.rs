@@ -19,6 +19,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 
 use crate::{
+    city::post_csv,
     procstat::{Usage, Watch},
     scenarios::{
         LOAD_LIMITS, latency_histogram, pid, print_latency, settle, wait_for, watch_alerts,
@@ -35,20 +36,6 @@ struct Run {
     readings: f64,
     raises: f64,
     p3_per_sec: f64,
-}
-
-async fn post_csv(server: &Server, kind: &str, csv: String) -> anyhow::Result<()> {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/v1/import/{kind}", server.http()))
-        .bearer_auth(TEST_ADMIN_TOKEN)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await?;
-    let status = response.status();
-    let report: serde_json::Value = response.json().await?;
-    anyhow::ensure!(status.is_success(), "import {kind}: {status} {report}");
-    Ok(())
 }
 
 fn wearer(i: usize) -> String {

@@ -1188,3 +1188,60 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()
         .find_map(|part| part.strip_prefix(key)?.strip_prefix('='))
 }
+
+/// `deploy/dev-stack.sh` as a newcomer starts it (without this test's
+/// package variables, which would rebuild ring and what uses it), its
+/// state in `state`, with `env` (ports); its stdout and stderr lines as
+/// they come.
+pub fn spawn_dev_stack(state: &Path, env: &[(&str, String)]) -> (Child, mpsc::Receiver<String>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut bash = Command::new("bash");
+    without_test_package_env(&mut bash)
+        .arg(root.join("deploy/dev-stack.sh"))
+        .current_dir(&root)
+        .env("ANXIN_STACK_DIR", state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        bash.env(k, v);
+    }
+    let mut child = bash.spawn().expect("running deploy/dev-stack.sh");
+    let (tx, lines) = mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    (child, lines)
+}
+
+/// Reads the dev stack's lines into `seen` until one satisfies `done`;
+/// fails with what it printed if the stack exits or 300 s pass.
+pub fn dev_stack_until(
+    child: &mut Child,
+    lines: &mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let started = Instant::now();
+    loop {
+        if let Some(line) = seen.iter().find(|l| done(l)) {
+            return line.clone();
+        }
+        match lines.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => seen.push(line),
+            Err(_) => assert!(
+                started.elapsed() < Duration::from_secs(300) && child.try_wait().unwrap().is_none(),
+                "the stack did not come up; it printed:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}

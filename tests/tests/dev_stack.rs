@@ -4,9 +4,7 @@
 //! queue the banner points at. Then Ctrl-C (SIGINT) stops it all.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -19,41 +17,9 @@ async fn the_dev_stack_starts_where_default_ports_are_taken_and_shows_an_sos() {
     let state = tempfile::tempdir().unwrap();
     // Hold the default MQTT port if nothing else does, as Mosquitto does.
     let _held = std::net::TcpListener::bind("127.0.0.1:1883").ok();
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    // The script runs `cargo build`: as a newcomer would, not with this
-    // test's package variables (which would rebuild ring and what uses it).
-    let mut child = anxin_tests::without_test_package_env(&mut Command::new("bash"))
-        .arg(format!("{root}/deploy/dev-stack.sh"))
-        .env("ANXIN_STACK_DIR", state.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("running deploy/dev-stack.sh");
-    let (tx, lines) = mpsc::channel();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
+    let (mut child, lines) = anxin_tests::spawn_dev_stack(state.path(), &[]);
     let mut seen = Vec::new();
-    let started = Instant::now();
-    while !seen.iter().any(|l: &String| l.contains("Alerts API:")) {
-        match lines.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) => seen.push(line),
-            Err(_) => assert!(
-                started.elapsed() < Duration::from_secs(300) && child.try_wait().unwrap().is_none(),
-                "the stack did not come up; it printed:\n{}",
-                seen.join("\n")
-            ),
-        }
-    }
+    anxin_tests::dev_stack_until(&mut child, &lines, &mut seen, |l| l.contains("Alerts API:"));
     let banner = seen.join("\n");
     assert!(
         banner.contains("port 1883 (gateway mqtt) is taken; using"),

@@ -14,11 +14,9 @@
 //! command).
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::mpsc,
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use anxin_tests::{PATIENCE, binary, eventually, free_port};
@@ -107,49 +105,21 @@ fn start_stack() -> Stack {
     binary("anxin-server");
     let state = tempfile::tempdir().unwrap();
     let (http, grpc, mqtt, gw_http) = (free_port(), free_port(), free_port(), free_port());
-    let mut child = anxin_tests::without_test_package_env(&mut Command::new("bash"))
-        .arg(root().join("deploy/dev-stack.sh"))
-        .current_dir(root())
-        .env("ANXIN_STACK_DIR", state.path())
-        .env("ANXIN_HTTP_PORT", http.to_string())
-        .env("ANXIN_GRPC_PORT", grpc.to_string())
-        .env("ANXIN_MQTT_PORT", mqtt.to_string())
-        .env("ANXIN_GATEWAY_HTTP_PORT", gw_http.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("running deploy/dev-stack.sh");
-    let (tx, lines) = mpsc::channel();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let started = Instant::now();
-    let mut seen: Vec<String> = Vec::new();
-    let token = loop {
-        if let Some(token) = seen
-            .iter()
-            .find_map(|l| l.split_once("#token=").map(|(_, t)| t.trim().to_string()))
-        {
-            break token;
-        }
-        match lines.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) => seen.push(line),
-            Err(_) => assert!(
-                started.elapsed() < Duration::from_secs(300) && child.try_wait().unwrap().is_none(),
-                "the stack did not come up; it printed:\n{}",
-                seen.join("\n")
-            ),
-        }
-    };
+    let (mut child, lines) = anxin_tests::spawn_dev_stack(
+        state.path(),
+        &[
+            ("ANXIN_HTTP_PORT", http.to_string()),
+            ("ANXIN_GRPC_PORT", grpc.to_string()),
+            ("ANXIN_MQTT_PORT", mqtt.to_string()),
+            ("ANXIN_GATEWAY_HTTP_PORT", gw_http.to_string()),
+        ],
+    );
+    let mut seen = Vec::new();
+    let token =
+        anxin_tests::dev_stack_until(&mut child, &lines, &mut seen, |l| l.contains("#token="))
+            .split_once("#token=")
+            .map(|(_, t)| t.trim().to_string())
+            .unwrap();
     Stack {
         child,
         http,

@@ -753,6 +753,26 @@ impl Server {
         body["events"].as_array().cloned().unwrap_or_default()
     }
 
+    /// A dispatcher (`token`) acknowledges `device`'s first alert once it
+    /// is there (200 asserted).
+    pub async fn acknowledge_alert_of(&self, token: &str, device: &str) {
+        let alert_id = eventually(&format!("the alert of {device}"), PATIENCE, || async {
+            self.alerts_for(device).await.first()?["id"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .await;
+        let (status, body) = self
+            .call(
+                "POST",
+                &format!("/api/v1/alerts/{alert_id}/ack"),
+                token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     pub async fn alerts_for(&self, device_id: &str) -> Vec<serde_json::Value> {
         self.alerts()
             .await

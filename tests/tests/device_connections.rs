@@ -17,25 +17,6 @@ use anxin_tests::{
 
 const DEVICES: [&str; 4] = ["btn-mosq", "btn-paho", "btn-mqttjs", "btn-other"];
 
-/// A dispatcher acknowledges `device`'s alert once it is there.
-async fn acknowledge(server: &Server, dispatcher: &str, device: &str) {
-    let alert_id = eventually(&format!("the alert of {device}"), PATIENCE, || async {
-        server.alerts_for(device).await.first()?["id"]
-            .as_str()
-            .map(str::to_string)
-    })
-    .await;
-    let (status, body) = server
-        .call(
-            "POST",
-            &format!("/api/v1/alerts/{alert_id}/ack"),
-            dispatcher,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 /// `mosquitto_sub` for `device`'s JSON acks until `count` came (or 60 s).
 fn listen(port: u16, device: &str, count: u32) -> std::process::Child {
     Command::new("mosquitto_sub")
@@ -114,7 +95,7 @@ async fn each_connection_of_a_device_hears_its_acks_with_mosquitto_paho_and_mqtt
         "btn-mosq",
         r#"{"seq": 1, "kind": "EVENT_KIND_SOS", "batteryPct": 80}"#,
     );
-    acknowledge(&server, &dispatcher, "btn-mosq").await;
+    server.acknowledge_alert_of(&dispatcher, "btn-mosq").await;
     for heard in [finished(first).await, finished(second).await] {
         let lines: Vec<&str> = heard.lines().collect();
         assert_eq!(lines.len(), 2, "{heard}");
@@ -144,7 +125,7 @@ async fn each_connection_of_a_device_hears_its_acks_with_mosquitto_paho_and_mqtt
     ];
     let (found, ()) = tokio::join!(
         paho::run("connections.py", &args, Duration::from_secs(120)),
-        acknowledge(&server, &dispatcher, "btn-paho"),
+        server.acknowledge_alert_of(&dispatcher, "btn-paho"),
     );
     assert_eq!(found["connack"], serde_json::json!([0, 0]), "{found}");
     assert_eq!(
@@ -176,7 +157,7 @@ async fn each_connection_of_a_device_hears_its_acks_with_mosquitto_paho_and_mqtt
         ];
         let (lines, ()) = tokio::join!(
             browser::run("mqttjs_connections.mjs", &vars, "passed"),
-            acknowledge(&server, &dispatcher, "btn-mqttjs"),
+            server.acknowledge_alert_of(&dispatcher, "btn-mqttjs"),
         );
         assert!(
             lines

@@ -31,21 +31,7 @@ async fn acknowledge_while_away(
     device: &str,
     downlinks: f64,
 ) {
-    let alert_id = eventually(&format!("the alert of {device}"), PATIENCE, || async {
-        server.alerts_for(device).await.first()?["id"]
-            .as_str()
-            .map(str::to_string)
-    })
-    .await;
-    let (status, _) = server
-        .call(
-            "POST",
-            &format!("/api/v1/alerts/{alert_id}/ack"),
-            dispatcher,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    server.acknowledge_alert_of(dispatcher, device).await;
     eventually("the downlink at the gateway", PATIENCE, || async {
         (gateway.metric("anxin_gateway_downlinks_total").await >= downlinks).then_some(())
     })

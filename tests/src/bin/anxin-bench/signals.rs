@@ -42,6 +42,16 @@ fn wearer(i: usize) -> String {
     format!("r-w{i:05}")
 }
 
+/// A fifth of the wearers have COPD, a seventh diabetes (other limits).
+fn conditions(i: usize) -> &'static [&'static str] {
+    match (i % 5, i % 7) {
+        (0, 0) => &["copd", "diabetes"],
+        (0, _) => &["copd"],
+        (_, 0) => &["diabetes"],
+        _ => &[],
+    }
+}
+
 fn presser(i: usize) -> String {
     format!("r-p{i:05}")
 }
@@ -54,12 +64,7 @@ async fn register(server: &Server, wearables: usize, presses: usize) -> anyhow::
         "id,name,community_id,address,phone,medical_notes,emergency_contacts,access_notes,conditions\n",
     );
     for i in 0..wearables {
-        let conditions = match (i % 5, i % 7) {
-            (0, 0) => "copd+diabetes",
-            (0, _) => "copd",
-            (_, 0) => "diabetes",
-            _ => "",
-        };
+        let conditions = conditions(i).join("+");
         let _ = writeln!(
             csv,
             "{},Wearer {i},c-1,Building {} Room {},,,,,{conditions}",
@@ -104,12 +109,7 @@ async fn register(server: &Server, wearables: usize, presses: usize) -> anyhow::
                         "name": format!("Wearer {i}"),
                         "communityId": "c-1",
                         "address": format!("Building {} Room {}", i / 100, i % 100),
-                        "conditions": match (i % 5, i % 7) {
-                            (0, 0) => vec!["copd", "diabetes"],
-                            (0, _) => vec!["copd"],
-                            (_, 0) => vec!["diabetes"],
-                            _ => vec![],
-                        },
+                        "conditions": conditions(i),
                         "safeZones": [{
                             "name": "home",
                             "center": { "latE7": HOME.0, "lonE7": HOME.1 },

@@ -708,6 +708,10 @@ function renderWelfare() {
     } catch (e) { checkins.replaceChildren(h('p', { class: 'error' }, e.message)); }
   };
   day.onchange = load;
+  // A live re-render shows what was last read at once (no empty tables
+  // between renders while the queue changes), then reads again if stale.
+  const last = app.welfareData;
+  if (last && last.day === day.value) fill(last);
   setTimeout(load);
   return h('section', { id: 'welfare', class: 'stack' }, title,
     h('div', { class: 'actions' }, t('welfare.day'), day, h('span', { class: 'muted' }, t('welfare.dayHint'))),

@@ -355,6 +355,13 @@ pub struct StoreConfig {
     pub url: String,
     /// Connections each replica keeps to PostgreSQL.
     pub pool_size: usize,
+    /// PostgreSQL: how long a write on the event path (an event's commit,
+    /// a dispatcher's action) may take before this replica reports
+    /// `database_stalled` and ends gateways' streams (they keep their
+    /// events). A commit waiting for a synchronous standby that is gone
+    /// never returns on its own. See docs/operations.md, "A database that
+    /// stops committing".
+    pub write_timeout_ms: u64,
     /// Free space on the store's filesystem under which new events are
     /// refused (gateways keep them and retry), long before the disk is
     /// full. See docs/operations.md, "Running out of disk". Unset: 1/8 of
@@ -391,6 +398,7 @@ impl Default for ServerConfig {
                 path: PathBuf::from("anxin-server-data"),
                 url: String::new(),
                 pool_size: 16,
+                write_timeout_ms: crate::store::postgres::DEFAULT_WRITE_BOUND.as_millis() as u64,
                 min_free_bytes: None,
                 reserve_bytes: None,
                 cache_bytes: crate::store::sled::DEFAULT_CACHE_BYTES,
@@ -477,6 +485,7 @@ impl StoreConfig {
             cache_bytes: self.cache_bytes,
             url: &self.url,
             pool_size: self.pool_size,
+            write_bound: std::time::Duration::from_millis(self.write_timeout_ms),
         }
     }
 }
@@ -615,6 +624,16 @@ impl ServerConfig {
                 return Err(ConfigError::Invalid {
                     field: "store.pool_size",
                     problem: "must be at least 1".into(),
+                });
+            }
+            if !(100..=600_000).contains(&self.store.write_timeout_ms) {
+                return Err(ConfigError::Invalid {
+                    field: "store.write_timeout_ms",
+                    problem: format!(
+                        "is {}; it must be between 100 (0.1 s) and 600000 (10 min). A few seconds \
+                         (the default is 5000) tells a stalled database from a busy one",
+                        self.store.write_timeout_ms
+                    ),
                 });
             }
         }
@@ -801,6 +820,12 @@ mod tests {
         assert!(err.to_string().contains("pth"), "{err}");
         let err = ServerConfig::parse("[store]\nbackend = \"postgres\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("store.url"), "{err}");
+        let err = ServerConfig::parse(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://a@b/c\"\nwrite_timeout_ms = 0\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("store.write_timeout_ms"), "{err}");
         let err = ServerConfig::parse("[store]\nbackend = \"mysql\"\n", "t").unwrap_err();
         assert!(err.to_string().contains("backend"), "{err}");
         let err = ServerConfig::parse("[auth]\nadmin_token = \"short\"\n", "t").unwrap_err();

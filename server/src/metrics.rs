@@ -25,6 +25,8 @@ pub const NOTIFY_FAILED: &str = "anxin_server_notifications_failed_total";
 pub const REMOTE_CHANGES: &str = "anxin_server_remote_changes_total";
 pub const EVENTS_FOREIGN: &str = "anxin_server_events_foreign_device_total";
 pub const DATABASE_UP: &str = "anxin_server_database_up";
+pub const DATABASE_STALLED: &str = "anxin_server_database_stalled";
+pub const DATABASE_STALLS: &str = "anxin_server_database_stalls_total";
 pub const HTTPS_HANDSHAKES_FAILED: &str = "anxin_server_https_handshakes_failed_total";
 pub const CHECKINS_JUDGED: &str = "anxin_server_checkins_judged_total";
 pub const VISITS_MISSED: &str = "anxin_server_visits_missed_total";
@@ -113,6 +115,14 @@ pub fn install() -> PrometheusHandle {
     describe_gauge!(
         DATABASE_UP,
         "1 while the shared database answers this replica, 0 while it does not."
+    );
+    describe_gauge!(
+        DATABASE_STALLED,
+        "1 while the shared database answers but does not finish writes within store.write_timeout_ms."
+    );
+    describe_counter!(
+        DATABASE_STALLS,
+        "Times this replica found the database not finishing writes (a commit held for a synchronous standby, a lock)."
     );
     describe_counter!(
         ALERT_TRANSITIONS,

@@ -134,16 +134,21 @@ impl PgInstance {
 
     /// Creates a database and returns its URL.
     pub async fn create_database(&self, name: &str) -> String {
+        self.execute(&format!("create database {name}")).await;
+        self.url(name)
+    }
+
+    /// Runs one statement as the superuser, on the `postgres` database.
+    pub async fn execute(&self, sql: &str) {
         let (client, connection) =
             tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
                 .await
                 .expect("connecting to the test's PostgreSQL");
         tokio::spawn(connection);
         client
-            .batch_execute(&format!("create database {name}"))
+            .batch_execute(sql)
             .await
-            .expect("create database");
-        self.url(name)
+            .unwrap_or_else(|err| panic!("{sql}: {err}"));
     }
 }
 

@@ -41,6 +41,14 @@ impl From<StoreError> for ApiError {
                     "the database cannot be reached now; nothing was changed, retry shortly".into(),
                 )
             }
+            StoreError::Stalled(_) => {
+                tracing::error!(error = %err, "database write stalled in API call");
+                ApiError::Unavailable(
+                    "the database did not finish the change in time (see /healthz); it may still \
+                     apply when the database recovers: reload before retrying"
+                        .into(),
+                )
+            }
             other => {
                 tracing::error!(error = %other, "store error in API call");
                 ApiError::Internal("storage error; see the server log".into())

@@ -108,7 +108,13 @@ fn refusal(health: &Health, gateway_id: &str) -> Option<Status> {
     let why = health.refuse_events()?;
     metrics::counter!(m::UPLINK_REFUSED_DISK).increment(1);
     tracing::warn!(gateway_id, "uplink refused: {why}");
-    Some(Status::resource_exhausted(why))
+    // The database's trouble may be this replica's alone: UNAVAILABLE
+    // says "another server may take it"; the disk's is this host's.
+    Some(if health.database_trouble() {
+        Status::unavailable(why)
+    } else {
+        Status::resource_exhausted(why)
+    })
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;

@@ -25,6 +25,13 @@ pub enum StoreError {
     /// deadline fired, say); nothing was written.
     #[error("{0}")]
     Stale(String),
+    /// A write to the database did not finish within `store.write_timeout_ms`
+    /// (a commit held for a synchronous standby that is gone, a lock held
+    /// that long). It may still commit later; nothing was acknowledged.
+    #[error(
+        "the database did not finish a write within {0} ms; it may be waiting for a synchronous standby or a lock"
+    )]
+    Stalled(u64),
     /// A request that breaks a rule of the domain; nothing was written.
     #[error("{0}")]
     Refused(String),

@@ -78,6 +78,8 @@ pub struct EngineOptions<'a> {
     /// PostgreSQL: the connection URL and the pool's size.
     pub url: &'a str,
     pub pool_size: usize,
+    /// PostgreSQL: the bound on a write of the event path.
+    pub write_bound: std::time::Duration,
 }
 
 /// Opens the store the options name: sled at `path`, or PostgreSQL at
@@ -86,7 +88,9 @@ pub async fn open(options: &EngineOptions<'_>) -> Result<Store, StoreError> {
     match options.backend {
         Backend::Sled => open_sled_with_cache(options.path, options.cache_bytes),
         Backend::Postgres => Ok(Arc::new(
-            postgres::PgStore::connect(options.url, options.pool_size).await?,
+            postgres::PgStore::connect(options.url, options.pool_size)
+                .await?
+                .with_write_bound(options.write_bound),
         )),
     }
 }

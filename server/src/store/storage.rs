@@ -350,6 +350,12 @@ pub trait Storage:
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Whether a commit returns within the engine's write bound (a
+    /// database that answers reads while every commit hangs is deaf).
+    fn probe_commit(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl dyn Storage {

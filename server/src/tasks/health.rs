@@ -6,6 +6,11 @@
 //!   refused with `RESOURCE_EXHAUSTED` (the gateways keep them and back
 //!   off); reads and dispatchers' actions go on.
 //! - `disk_full`: the store's disk reserve was given back; same refusals.
+//! - `database_stalled`: the database answers but a write on the event
+//!   path did not finish within `store.write_timeout_ms` (a commit held
+//!   for a synchronous standby that is gone). Gateways' streams end with
+//!   `UNAVAILABLE` and new ones are refused; they keep their events. It
+//!   clears by itself once a probe commit returns.
 //! - `store_error`: a store write failed. sled keeps its page cache failed
 //!   until reopened, so once there is room again the server restarts
 //!   itself in place (same PID, same arguments) and reopens the store.
@@ -29,6 +34,9 @@ pub struct Health {
     store_error: Mutex<Option<(String, Instant, bool)>>,
     /// Why the database does not answer, while it does not (PostgreSQL).
     database_error: Mutex<Option<String>>,
+    /// Why writes do not finish although the database answers, while they
+    /// do not (PostgreSQL).
+    database_stalled: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -37,6 +45,7 @@ impl Health {
             disk,
             store_error: Mutex::new(None),
             database_error: Mutex::new(None),
+            database_stalled: Mutex::new(None),
         }
     }
 
@@ -52,6 +61,9 @@ impl Health {
         }
         if self.database_error().is_some() {
             reasons.push("database_unreachable");
+        }
+        if self.database_stalled().is_some() {
+            reasons.push("database_stalled");
         }
         reasons
     }
@@ -77,6 +89,37 @@ impl Health {
         self.database_error.lock().expect("health lock").clone()
     }
 
+    pub fn database_stalled(&self) -> Option<String> {
+        self.database_stalled.lock().expect("health lock").clone()
+    }
+
+    /// Whether the refusal is the database's (a gateway should try another
+    /// replica: `UNAVAILABLE`) rather than this host's disk.
+    pub fn database_trouble(&self) -> bool {
+        self.database_error().is_some() || self.database_stalled().is_some()
+    }
+
+    /// Notes whether writes finish (`None`) or not (why), logging and
+    /// counting each change.
+    pub fn set_stalled(&self, stalled: Option<String>) {
+        let mut slot = self.database_stalled.lock().expect("health lock");
+        match (&*slot, &stalled) {
+            (None, Some(why)) => {
+                metrics::counter!(m::DATABASE_STALLS).increment(1);
+                tracing::error!(
+                    error = %why,
+                    "the database answers but does not finish writes; gateways' streams are ended \
+                     (they keep their events) until a commit returns. Look for a synchronous standby \
+                     that is gone (synchronous_standby_names) or a long-held lock"
+                );
+            }
+            (Some(_), None) => tracing::info!("the database finishes writes again; taking events"),
+            _ => {}
+        }
+        metrics::gauge!(m::DATABASE_STALLED).set(if stalled.is_some() { 1.0 } else { 0.0 });
+        *slot = stalled;
+    }
+
     /// Why new events must be refused now, if they must.
     pub fn refuse_events(&self) -> Option<String> {
         if let Some(why) = self.store_failure() {
@@ -85,6 +128,11 @@ impl Health {
         if let Some(why) = self.database_error() {
             return Some(format!(
                 "this replica cannot reach the database ({why}); keep the events and retry"
+            ));
+        }
+        if let Some(why) = self.database_stalled() {
+            return Some(format!(
+                "the database does not finish writes ({why}); keep the events and retry"
             ));
         }
         match self.disk.level() {
@@ -100,6 +148,10 @@ impl Health {
     /// A store operation failed. A storage (I/O) error leaves sled failed
     /// for good in this process; note it for the restart in place.
     pub fn store_failed(&self, err: &StoreError) {
+        if let StoreError::Stalled(_) = err {
+            self.set_stalled(Some(err.to_string()));
+            return;
+        }
         let StoreError::Storage(storage) = err else {
             return;
         };
@@ -135,11 +187,16 @@ pub fn refuse_while_failed(
 /// it waits for the answer.
 const PING_EVERY: Duration = Duration::from_millis(500);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a replica commits a probe (each takes a transaction id); the
+/// probe's own bound is the store's write bound, so a stall shows within
+/// this plus `store.write_timeout_ms`.
+const PROBE_COMMIT_EVERY: Duration = Duration::from_secs(2);
 
 /// Readiness of a shared store: `/healthz` reports `database_unreachable`
 /// and uplinks are refused (gateways keep their events and fail over)
 /// while the database does not answer.
 pub async fn watch_database(health: Arc<Health>, store: Store, cancel: CancellationToken) {
+    let mut last_probe: Option<Instant> = None;
     loop {
         let answer = match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
             Ok(Ok(())) => None,
@@ -157,6 +214,19 @@ pub async fn watch_database(health: Arc<Health>, store: Store, cancel: Cancellat
                 _ => {}
             }
             *slot = answer;
+        }
+        // Reads can answer while every commit hangs: a commit of its own,
+        // now and then, tells this replica which. While the database does
+        // not answer at all, that is the reason already.
+        if health.database_error().is_none()
+            && last_probe.is_none_or(|at| at.elapsed() >= PROBE_COMMIT_EVERY)
+        {
+            last_probe = Some(Instant::now());
+            match store.probe_commit().await {
+                Ok(()) => health.set_stalled(None),
+                Err(err @ StoreError::Stalled(_)) => health.set_stalled(Some(err.to_string())),
+                Err(err) => tracing::warn!(error = %err, "the probe commit failed"),
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(PING_EVERY) => {}

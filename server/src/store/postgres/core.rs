@@ -92,7 +92,12 @@ pub struct PgStore {
     /// not news to it.
     pub(crate) replica: u64,
     pub(crate) feed: Arc<Mutex<Option<mpsc::UnboundedReceiver<RemoteChange>>>>,
+    /// How long a write on the event path may take (`store.write_timeout_ms`).
+    pub(crate) write_bound: Duration,
 }
+
+/// `store.write_timeout_ms` unless the config says otherwise.
+pub const DEFAULT_WRITE_BOUND: Duration = Duration::from_secs(5);
 
 impl PgStore {
     /// Connects, applies pending migrations and starts listening for other
@@ -121,6 +126,7 @@ impl PgStore {
             url: url.to_string(),
             replica: rand::random(),
             feed: Default::default(),
+            write_bound: DEFAULT_WRITE_BOUND,
         };
         store.migrate().await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -197,6 +203,63 @@ impl PgStore {
         result
     }
 
+    /// Bounds this replica's writes on the event path (see [`Self::bounded`]).
+    pub fn with_write_bound(mut self, bound: Duration) -> Self {
+        self.write_bound = bound;
+        self
+    }
+
+    /// Runs `work` (a write on the event path) within the write bound. A
+    /// commit that waits for a synchronous standby that is gone never
+    /// returns, and PostgreSQL still answers reads meanwhile: without a
+    /// bound the gateway's stream would hang while `/healthz` said ready.
+    /// Past the bound the work is dropped and [`StoreError::Stalled`]
+    /// returned; its connection went back to the pool with its backend
+    /// still waiting, so the pool's idle connections are closed (fresh ones
+    /// are made on demand) and none of them serves the next caller. The
+    /// write may still commit later: everything on this path is idempotent
+    /// (events by device and seq), and nothing was acknowledged.
+    pub(crate) async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.write_bound, work).await {
+            Ok(out) => out,
+            Err(_) => {
+                self.pool.retain(|_, _| false);
+                Err(StoreError::Stalled(self.write_bound.as_millis() as u64))
+            }
+        }
+    }
+
+    /// [`Self::block`] within the write bound.
+    pub(crate) fn block_bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.block(self.bounded(work))
+    }
+
+    /// A write that must wait for the commit to be durable where the
+    /// database says it is (synchronous standbys included), within the
+    /// write bound: the replica's health watch asks this every few seconds.
+    pub(crate) async fn probe_commit(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let client = self.pool.get().await?;
+            // A transactional WAL record with no table behind it: its
+            // commit waits for synchronous replication as an event's does
+            // (a transaction that only takes an xid would not wait).
+            client
+                .execute(
+                    "select pg_logical_emit_message(true, 'anxin-commit-probe', '')",
+                    &[],
+                )
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The newest schema version applied to the database.
     pub async fn schema_version(&self) -> Result<i32, StoreError> {
         let client = self.pool.get().await?;
@@ -215,7 +278,7 @@ impl PgStore {
         &self,
         work: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.block(async {
+        self.block_bounded(async {
             let mut client = self.pool.get().await?;
             let tx = client.transaction().await?;
             let out = work(&tx).await?;

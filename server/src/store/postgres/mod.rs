@@ -29,5 +29,5 @@ mod signals;
 mod storage;
 mod welfare;
 
-pub use core::PgStore;
 pub(crate) use core::merge_event_days;
+pub use core::{DEFAULT_WRITE_BOUND, PgStore};

@@ -52,7 +52,7 @@ impl Storage for PgStore {
                 .encode_to_vec(),
             );
         }
-        let inserted: HashSet<(String, i64)> = self.block(async {
+        let inserted: HashSet<(String, i64)> = self.block_bounded(async {
             let client = self.pool.get().await?;
             let statement = client
                 .prepare_cached(
@@ -85,7 +85,7 @@ impl Storage for PgStore {
         origin: &Origin,
         policy: &IncidentPolicy,
     ) -> Result<Committed, StoreError> {
-        self.block(retried(|| {
+        self.block_bounded(retried(|| {
             self.try_commit_event(gateway_id, uplink, received_ms, origin, policy)
         }))
     }
@@ -287,7 +287,7 @@ impl Storage for PgStore {
         let ids: Vec<&str> = latest.iter().map(|p| p.device_id.as_str()).collect();
         let at: Vec<i64> = latest.iter().map(|p| p.at_ms).collect();
         let bodies: Vec<Vec<u8>> = latest.iter().map(|p| p.encode_to_vec()).collect();
-        self.block(async {
+        self.block_bounded(async {
             let client = self.pool.get().await?;
             client
                 .execute(
@@ -499,7 +499,7 @@ impl Storage for PgStore {
     ) -> Result<(Alert, Vec<Downlink>), StoreError> {
         let number =
             alert_number(alert_id).ok_or_else(|| StoreError::NoSuchAlert(alert_id.into()))?;
-        self.block(retried(|| self.try_update_alert(number, alert_id, change)))
+        self.block_bounded(retried(|| self.try_update_alert(number, alert_id, change)))
     }
 
     fn due_offers(&self, now_ms: i64) -> Result<(Vec<String>, Option<i64>), StoreError> {
@@ -580,7 +580,7 @@ impl Storage for PgStore {
     }
 
     fn pending_downlinks(&self, gateway_id: &str) -> Result<Vec<Downlink>, StoreError> {
-        self.block(async {
+        self.block_bounded(async {
             let client = self.pool.get().await?;
             client
                 .query(
@@ -600,7 +600,7 @@ impl Storage for PgStore {
     }
 
     fn enqueue_notifications(&self, items: &[OutboxItem]) -> Result<(), StoreError> {
-        self.block(async {
+        self.block_bounded(async {
             let client = self.pool.get().await?;
             Self::insert_outbox(&**client, items).await
         })
@@ -675,7 +675,7 @@ impl Storage for PgStore {
     }
 
     fn downlink_done(&self, gateway_id: &str, downlink_id: u64) -> Result<(), StoreError> {
-        self.block(async {
+        self.block_bounded(async {
             let client = self.pool.get().await?;
             client
                 .execute(
@@ -697,5 +697,9 @@ impl Storage for PgStore {
             client.execute("select 1", &[]).await?;
             Ok(())
         })
+    }
+
+    fn probe_commit(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(PgStore::probe_commit(self))
     }
 }

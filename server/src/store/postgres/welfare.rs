@@ -17,7 +17,7 @@ impl WelfareStore for PgStore {
         let ids: Vec<&str> = latest.iter().map(|s| s.resident_id.as_str()).collect();
         let at: Vec<i64> = latest.iter().map(|s| s.at_ms).collect();
         let bodies: Vec<Vec<u8>> = latest.iter().map(Message::encode_to_vec).collect();
-        self.block(async {
+        self.block_bounded(async {
             let client = self.pool.get().await?;
             // An older sign (a resend, another replica's slower batch)
             // leaves the newer one.

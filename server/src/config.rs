@@ -246,6 +246,11 @@ pub struct AuthConfig {
     pub admin_token: String,
     /// Lifetime of a staff token issued through the API; 0: no expiry.
     pub token_ttl_secs: u64,
+    /// Lifetime of a gateway's uplink token issued through the API
+    /// (`POST /api/v1/gateways/{id}/tokens`); 0 (the default): no expiry.
+    /// A gateway whose token expires stops delivering alarms, so where a
+    /// lifetime is set, rotate well before it ends (docs/security.md).
+    pub gateway_token_ttl_secs: u64,
     /// After a rotation, the old token still works this long.
     pub rotation_grace_secs: u64,
     /// Lifetime of a console session (made from a person's token at
@@ -406,6 +411,7 @@ impl Default for ServerConfig {
             auth: AuthConfig {
                 admin_token: String::new(),
                 token_ttl_secs: 90 * 24 * 3600,
+                gateway_token_ttl_secs: 0,
                 rotation_grace_secs: 24 * 3600,
                 console_session_secs: 12 * 3600,
             },

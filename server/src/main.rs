@@ -303,6 +303,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     .with_utc_offset(config.routing.utc_offset_minutes)
     .with_token_policy(anxin_server::desks::admin::TokenPolicy {
         ttl_ms: secs(config.auth.token_ttl_secs),
+        gateway_ttl_ms: secs(config.auth.gateway_token_ttl_secs),
         rotation_grace_ms: secs(config.auth.rotation_grace_secs),
         session_ms: secs(config.auth.console_session_secs),
     });

@@ -18,6 +18,7 @@ pub const UPLINK_REFUSED_DISK: &str = "anxin_server_uplink_refused_store_total";
 pub const CLOCK_STEPS: &str = "anxin_server_clock_steps_total";
 pub const RESTARTS_IN_PLACE: &str = "anxin_server_restarts_in_place";
 pub const UPLINK_REFUSED: &str = "anxin_server_uplink_refused_total";
+pub const UPLINK_TOKEN_CLOSED: &str = "anxin_server_uplink_closed_token_total";
 pub const ESCALATIONS: &str = "anxin_server_escalations_total";
 pub const NOTIFY_DELIVERED: &str = "anxin_server_notifications_delivered_total";
 pub const NOTIFY_RETRIES: &str = "anxin_server_notification_retries_total";
@@ -158,6 +159,10 @@ pub fn install() -> PrometheusHandle {
     describe_counter!(
         UPLINK_REFUSED,
         "Uplink streams refused: no token, or another gateway's."
+    );
+    describe_counter!(
+        UPLINK_TOKEN_CLOSED,
+        "Open uplink streams closed because their token was revoked or expired."
     );
     describe_counter!(
         ESCALATIONS,

@@ -1,11 +1,14 @@
 //! Token lifecycle: an expired token, a revoked token and a rotated-out
 //! token past its grace are refused over REST and gRPC; the rotated-in one
-//! works; a console session expires; last use is recorded.
+//! works; a console session expires; last use is recorded. A gateway's
+//! tokens are rotated, revoked and expire on its live uplink.
 
 use std::time::Duration;
 
 use anxin_proto::v1::ListAlertsRequest;
-use anxin_tests::{Server, free_port};
+use anxin_tests::{
+    Gateway, PATIENCE, Server, Sim, TEST_ADMIN_TOKEN, TEST_GATEWAY_TOKEN, eventually, free_port,
+};
 
 async fn rest_status(server: &Server, token: &str) -> u16 {
     server.call("GET", "/api/v1/alerts", token, None).await.0
@@ -149,4 +152,186 @@ async fn expired_revoked_and_rotated_out_tokens_are_refused_everywhere() {
             "no {action} in {audit:?}"
         );
     }
+}
+
+/// Points the test gateway at another token and restarts it.
+async fn use_token(gateway: &mut Gateway, dir: &std::path::Path, token: &str) {
+    let path = dir.join("gateway.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    let config: String = config
+        .lines()
+        .map(|line| {
+            if line.starts_with("token = ") {
+                format!("token = \"{token}\"\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&path, config).unwrap();
+    gateway.restart().await;
+}
+
+async fn uplink_up(gateway: &Gateway) -> bool {
+    gateway.metric("anxin_gateway_uplink_connected").await == 1.0
+}
+
+async fn press(dir: &std::path::Path, gateway: &Gateway, device: &str) {
+    let mut sim = Sim::run(
+        dir,
+        &gateway.mqtt(),
+        &["press", "--device", device, "--until", "stored"],
+    );
+    sim.line_starting("stored", PATIENCE).await;
+}
+
+/// A gateway's tokens over its live gRPC uplink: a rotation keeps the
+/// earlier token working for the grace period, then the open uplink made
+/// with it is closed; a revoked token's open uplink is closed within
+/// seconds; a token with a lifetime closes its uplink when it ends. Events
+/// pressed meanwhile wait at the gateway and arrive with the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_tokens_rotate_expire_and_revoke_on_a_live_uplink() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_configured(
+        dir.path(),
+        free_port(),
+        &[],
+        &[("auth", "rotation_grace_secs = 3")],
+    )
+    .await;
+    let mut gateway =
+        Gateway::start(dir.path(), server.grpc_port, &["btn-1", "btn-2", "btn-3"]).await;
+    eventually("the uplink", PATIENCE, || async {
+        uplink_up(&gateway).await.then_some(())
+    })
+    .await;
+    let closed = async || {
+        server
+            .metric("anxin_server_uplink_closed_token_total")
+            .await
+    };
+
+    // The provisioned token, listed by id only.
+    let listed = server.get("/api/v1/gateways/gw-test/tokens").await;
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 1, "{listed}");
+    assert!(!listed.to_string().contains(TEST_GATEWAY_TOKEN));
+    let (status, _) = server
+        .call(
+            "GET",
+            "/api/v1/gateways/gw-nobody/tokens",
+            TEST_ADMIN_TOKEN,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Rotation: a new token; the earlier one holds for the grace (3 s).
+    let rotated = server
+        .send(
+            "POST",
+            "/api/v1/gateways/gw-test/tokens",
+            serde_json::json!({}),
+        )
+        .await;
+    let second = rotated["token"].as_str().unwrap().to_string();
+    let grace_end = rotated["earlierValidUntilMs"].as_i64().unwrap();
+    assert!(grace_end > anxin_proto::now_ms(), "{rotated}");
+    press(dir.path(), &gateway, "btn-1").await;
+    eventually("btn-1's alert, within the grace", PATIENCE, || async {
+        (!server.alerts_for("btn-1").await.is_empty()).then_some(())
+    })
+    .await;
+    // Past it, the open uplink is closed (UNAUTHENTICATED), audited.
+    eventually("the uplink closed after the grace", PATIENCE, || async {
+        (closed().await >= 1.0 && !uplink_up(&gateway).await).then_some(())
+    })
+    .await;
+    let late_by = anxin_proto::now_ms() - grace_end;
+    press(dir.path(), &gateway, "btn-2").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        server.alerts_for("btn-2").await.is_empty(),
+        "taken with an expired token"
+    );
+    assert!(gateway.journal_depth().await >= 1);
+    let audit = server.audit_of("gateway/gw-test").await;
+    assert!(
+        audit.iter().any(|e| e["action"] == "uplink.refused"
+            && e["detail"].as_str().unwrap().contains("expired")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|e| e["action"] == "token.rotate"),
+        "{audit:?}"
+    );
+
+    // The gateway given the new token delivers what it kept.
+    use_token(&mut gateway, dir.path(), &second).await;
+    eventually("btn-2's alert with the new token", PATIENCE, || async {
+        (!server.alerts_for("btn-2").await.is_empty()).then_some(())
+    })
+    .await;
+
+    // Revocation by id closes the open uplink within seconds.
+    let second_id = rotated["tokenId"].as_str().unwrap();
+    let before = closed().await;
+    let revoked_at = std::time::Instant::now();
+    server
+        .send(
+            "DELETE",
+            &format!("/api/v1/gateways/gw-test/tokens/{second_id}"),
+            serde_json::json!({}),
+        )
+        .await;
+    eventually(
+        "the uplink closed after the revocation",
+        PATIENCE,
+        || async { (closed().await > before && !uplink_up(&gateway).await).then_some(()) },
+    )
+    .await;
+    let revoked_after = revoked_at.elapsed();
+    assert!(
+        revoked_after < Duration::from_secs(5),
+        "an open uplink outlived its revoked token by {revoked_after:?}"
+    );
+
+    // A token with a lifetime: its uplink closes when it ends.
+    let short = server
+        .send(
+            "POST",
+            "/api/v1/gateways/gw-test/tokens",
+            serde_json::json!({ "ttlSecs": 3 }),
+        )
+        .await;
+    assert_eq!(
+        short["earlierValidUntilMs"], 0,
+        "no earlier token was valid"
+    );
+    use_token(&mut gateway, dir.path(), short["token"].as_str().unwrap()).await;
+    press(dir.path(), &gateway, "btn-3").await;
+    eventually("btn-3's alert", PATIENCE, || async {
+        (!server.alerts_for("btn-3").await.is_empty()).then_some(())
+    })
+    .await;
+    let before = closed().await;
+    eventually(
+        "the uplink closed at the token's expiry",
+        PATIENCE,
+        || async { (closed().await > before && !uplink_up(&gateway).await).then_some(()) },
+    )
+    .await;
+
+    let listed = server.get("/api/v1/gateways/gw-test/tokens").await;
+    let tokens = listed["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 3, "{listed}");
+    assert!(tokens.iter().any(|t| t["revokedMs"].as_i64().unwrap() > 0));
+    assert!(
+        tokens
+            .iter()
+            .all(|t| t["expiresMs"].as_i64().unwrap() > 0 || t["revokedMs"].as_i64().unwrap() > 0)
+    );
+    eprintln!(
+        "uplink closed {late_by} ms after the grace ended and {revoked_after:?} after the revocation"
+    );
 }

@@ -392,6 +392,7 @@ impl Admin for AdminService {
         let who = staff_caller(&self.auth, &request)?;
         let token = self
             .admin
+            .tokens()
             .issue_token(&who, &request.get_ref().staff_id, None)
             .map_err(status)?;
         super::durable(self.admin.store(), ())

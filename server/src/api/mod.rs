@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod https;
 pub mod rest;
 pub mod signals;
+pub mod tokens;
 pub mod uplink;
 pub mod welfare;
 

@@ -27,7 +27,6 @@ use super::ApiError;
 use super::caller::{Caller, RestState};
 use crate::{
     desks::alerts::Act,
-    desks::auth::Authenticator,
     desks::welfare::view::PlaceNames,
     domain::lifecycle,
     domain::listing::{ListQuery, Page},
@@ -65,20 +64,11 @@ pub fn router(state: RestState) -> Router {
         .route("/api/v1/staff", get(list_staff))
         .route("/api/v1/staff/board", get(staff_board))
         .route("/api/v1/staff/{id}", put(put_staff))
-        .route(
-            "/api/v1/staff/{id}/tokens",
-            post(issue_token).get(list_tokens),
-        )
-        .route(
-            "/api/v1/staff/{id}/tokens/{token_id}",
-            axum::routing::delete(revoke_token),
-        )
-        .route("/api/v1/tokens/rotate", post(rotate_token))
-        .route("/api/v1/sessions", post(open_session))
         .route("/api/v1/import/{kind}", post(import))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(verify_audit))
         .route("/api/v1/reports", get(report))
+        .merge(super::tokens::routes())
         .merge(super::welfare::routes())
         .merge(super::signals::routes())
         .merge(super::family::routes())
@@ -702,76 +692,6 @@ async fn put_staff(
 ) -> Result<Json<Staff>, ApiError> {
     staff.id = id;
     Ok(Json(state.admin.put_staff(&caller, staff)?))
-}
-
-#[derive(serde::Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct IssueRequest {
-    /// Lifetime in seconds; absent: `auth.token_ttl_secs`; 0: no expiry.
-    ttl_secs: Option<u64>,
-}
-
-/// `POST /api/v1/staff/{id}/tokens` (`{"ttlSecs": …}` optional): a new
-/// token, shown once, with its id and expiry.
-async fn issue_token(
-    State(state): State<RestState>,
-    Caller(caller): Caller,
-    Path(id): Path<String>,
-    body: Option<Json<IssueRequest>>,
-) -> Result<Json<crate::desks::admin::IssuedToken>, ApiError> {
-    let ttl_ms = body
-        .and_then(|Json(b)| b.ttl_secs)
-        .map(|s| (s as i64).saturating_mul(1000));
-    Ok(Json(state.admin.issue_token(&caller, &id, ttl_ms)?))
-}
-
-/// `GET /api/v1/staff/{id}/tokens`: ids, issue, expiry, revocation, last use.
-async fn list_tokens(
-    State(state): State<RestState>,
-    Caller(caller): Caller,
-    Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let tokens = state.admin.tokens(&caller, &id)?;
-    Ok(Json(serde_json::json!({ "tokens": tokens })))
-}
-
-/// `DELETE /api/v1/staff/{id}/tokens/{token_id}`: that one token stops
-/// working at once.
-async fn revoke_token(
-    State(state): State<RestState>,
-    Caller(caller): Caller,
-    Path((id, token_id)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    state.admin.revoke_token(&caller, &id, &token_id)?;
-    Ok(Json(serde_json::json!({ "revoked": token_id })))
-}
-
-/// `POST /api/v1/tokens/rotate`: the token sent is replaced; it keeps
-/// working for the grace period (`oldExpiresMs`).
-async fn rotate_token(
-    State(state): State<RestState>,
-    Caller(caller): Caller,
-    headers: axum::http::HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let presented = Authenticator::bearer(
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-    )
-    .unwrap_or_default();
-    let (issued, old_expires_ms) = state.admin.rotate_token(&caller, presented)?;
-    let mut body = serde_json::to_value(issued).expect("serializes");
-    body["oldExpiresMs"] = old_expires_ms.into();
-    Ok(Json(body))
-}
-
-/// `POST /api/v1/sessions`: a short-lived console session for whoever
-/// signs in; the console keeps only this, never the person's token.
-async fn open_session(
-    State(state): State<RestState>,
-    Caller(caller): Caller,
-) -> Result<Json<crate::desks::admin::IssuedToken>, ApiError> {
-    Ok(Json(state.admin.open_session(&caller)?))
 }
 
 /// `POST /api/v1/import/{residents|devices|staff}` with the CSV as the body.

@@ -5,7 +5,11 @@
 //! that arrive together share one flush. New alerts are announced to
 //! watchers only after that flush.
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anxin_proto::v1::{
     DeviceRoster, GatewayMessage, RosterDevice, ServerMessage, gateway_message, server_message,
@@ -19,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     desks::{
         alerts::AlertDesk,
-        auth::Authenticator,
+        auth::{AuthError, Authenticator},
         intake::{GatewayIntake, refuse_uplink, roster_of},
         signals::Signals,
     },
@@ -131,6 +135,14 @@ impl Uplink for UplinkService {
             metrics::counter!(m::UPLINK_REFUSED).increment(1);
             tracing::warn!(error = %status.message(), "uplink refused: no valid gateway token");
         })?;
+        let token = Authenticator::bearer(
+            request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        )
+        .unwrap_or_default()
+        .to_string();
         let certs = request.peer_certs();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
@@ -179,9 +191,21 @@ impl Uplink for UplinkService {
         // (the roster task, the registry) would otherwise keep it open.
         let ended = tokio_util::sync::CancellationToken::new();
         let end_stream = ended.clone();
+        // Why the server ended the stream, when it was not a failure of
+        // the stream itself (the token revoked, say).
+        let closing: Arc<Mutex<Option<Status>>> = Default::default();
+        tokio::spawn(guard_token(
+            self.auth.clone(),
+            desk.clone(),
+            token,
+            gateway_id.clone(),
+            ended.clone(),
+            closing.clone(),
+        ));
         tokio::spawn(async move {
             let mut intake = GatewayIntake::new(desk, signals, &gateway_id);
-            let result = serve_gateway(&mut intake, &health, &mut inbound, &outbound).await;
+            let result =
+                serve_gateway(&mut intake, &health, &mut inbound, &outbound, &end_stream).await;
             if let Err(GatewayStreamError::Store(err)) = &result {
                 health.store_failed(err);
             }
@@ -196,10 +220,16 @@ impl Uplink for UplinkService {
             ReceiverStream::new(outbound_rx).map(Ok),
             ended.cancelled_owned(),
         );
-        let ended = futures::stream::once(async {
-            Err(Status::unavailable(
-                "this server stopped taking events on this stream; connect again",
-            ))
+        let ended = futures::stream::once(async move {
+            Err(closing
+                .lock()
+                .expect("closing lock")
+                .take()
+                .unwrap_or_else(|| {
+                    Status::unavailable(
+                        "this server stopped taking events on this stream; connect again",
+                    )
+                }))
         });
         Ok(Response::new(Box::pin(futures::StreamExt::chain(
             stream, ended,
@@ -208,6 +238,63 @@ impl Uplink for UplinkService {
 }
 
 use tokio_stream::StreamExt as _;
+
+/// How often an open uplink looks whether its token still holds: an
+/// atomic read; the store is read only when a token (or anything in the
+/// directory) changed, here or at another replica, or the token's expiry
+/// has passed.
+const TOKEN_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Closes a gateway's open uplink once its token is revoked or expires
+/// (within [`TOKEN_CHECK_EVERY`] of the change reaching this replica):
+/// logged, counted and audited, and the gateway told `UNAUTHENTICATED`.
+async fn guard_token(
+    auth: Authenticator,
+    desk: AlertDesk,
+    token: String,
+    gateway_id: String,
+    ended: tokio_util::sync::CancellationToken,
+    closing: Arc<Mutex<Option<Status>>>,
+) {
+    let gateways = desk.gateways().clone();
+    let mut seen = gateways.directory_epoch();
+    let mut expires_ms = auth.expiry_of(&token).ok().flatten();
+    loop {
+        tokio::select! {
+            _ = ended.cancelled() => return,
+            _ = tokio::time::sleep(TOKEN_CHECK_EVERY) => {}
+        }
+        let epoch = gateways.directory_epoch();
+        let expired = expires_ms.is_some_and(|at| anxin_proto::now_ms() >= at);
+        if epoch == seen && !expired {
+            continue;
+        }
+        seen = epoch;
+        let why = match auth.authenticate(Some(&token)) {
+            Ok(Principal::Gateway(id)) if id == gateway_id => {
+                // A rotation gives an earlier token an expiry.
+                expires_ms = auth.expiry_of(&token).ok().flatten();
+                continue;
+            }
+            // A store that cannot answer now does not end an uplink; the
+            // next change or tick asks again.
+            Err(AuthError::Store(err)) => {
+                tracing::warn!(%gateway_id, error = %err, "checking an open uplink's token failed");
+                continue;
+            }
+            Ok(_) => "the token is no longer this gateway's".to_string(),
+            Err(err) => err.to_string(),
+        };
+        metrics::counter!(m::UPLINK_TOKEN_CLOSED).increment(1);
+        tracing::warn!(%gateway_id, error = %why, "open uplink closed: its token no longer holds");
+        refuse_uplink(&desk, &gateway_id, &format!("open uplink closed: {why}"));
+        *closing.lock().expect("closing lock") = Some(Status::unauthenticated(format!(
+            "{why}; the gateway needs a new token (docs/security.md, \"Gateway tokens\")"
+        )));
+        ended.cancel();
+        return;
+    }
+}
 
 /// Devices per roster message: 2,000 devices are ~200 KB, well under
 /// gRPC's 4 MB message limit.
@@ -283,6 +370,7 @@ async fn serve_gateway(
     health: &Health,
     inbound: &mut Streaming<GatewayMessage>,
     outbound: &mpsc::Sender<ServerMessage>,
+    closed: &tokio_util::sync::CancellationToken,
 ) -> Result<(), GatewayStreamError> {
     let send = |body: server_message::Body| async move {
         outbound
@@ -294,7 +382,13 @@ async fn serve_gateway(
         send(server_message::Body::Downlink(downlink)).await?;
     }
     loop {
-        let Some(first) = inbound.message().await? else {
+        // Closed by the server (the token revoked): nothing more is taken
+        // from this stream, even if the gateway keeps sending.
+        let first = tokio::select! {
+            _ = closed.cancelled() => return Ok(()),
+            message = inbound.message() => message?,
+        };
+        let Some(first) = first else {
             return Ok(());
         };
         let mut batch = vec![first];

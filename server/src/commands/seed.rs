@@ -122,6 +122,7 @@ pub fn apply(admin: &AdminDesk, text: &str) -> Result<usize, SeedError> {
     for token in seed.tokens {
         let what = format!("token of `{}`", token.staff);
         admin
+            .tokens()
             .set_staff_token(&admin_caller, &token.staff, &token.token)
             .map_err(fail(what))?;
         written += 1;

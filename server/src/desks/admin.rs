@@ -1,4 +1,4 @@
-//! The admin desk: directory changes, tokens, CSV import, audit queries and
+//! The admin desk: directory changes, CSV import, audit queries and
 //! reports, with the caller's rights checked, shared by REST and gRPC.
 
 use anxin_proto::{
@@ -13,15 +13,17 @@ use std::sync::Arc;
 
 use crate::{
     desks::alerts::DeskError,
-    desks::audit::guard,
+    desks::audit::{entry, guard},
     desks::gateways::ConnectedGateways,
     desks::import::{self, ImportKind},
     domain::listing::{ListQuery, Page},
     domain::reports,
     domain::rights::{self, Need, Principal},
     store::Store,
-    store::directory::{self, Directory, DirectoryBatch, TokenRecord},
+    store::directory::{self, Directory, DirectoryBatch},
 };
+
+pub use super::tokens::{IssuedToken, TokenDesk, TokenInfo, TokenPolicy};
 
 #[derive(Clone)]
 pub struct AdminDesk {
@@ -32,40 +34,9 @@ pub struct AdminDesk {
     /// Staff contact webhooks must be on these hosts (`None`: not checked
     /// here; the deliverer still refuses any other host).
     webhook_hosts: Option<crate::domain::notification::WebhookHosts>,
-    tokens: TokenPolicy,
+    tokens: TokenDesk,
     /// The server's local time (`routing.utc_offset_minutes`): report days.
     utc_offset_minutes: i32,
-}
-
-/// How long tokens live, from `auth.*` in the config.
-#[derive(Debug, Clone, Default)]
-pub struct TokenPolicy {
-    /// A staff token issued through the API; 0: no expiry.
-    pub ttl_ms: i64,
-    pub rotation_grace_ms: i64,
-    pub session_ms: i64,
-}
-
-/// A token as issued: shown once.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IssuedToken {
-    pub token: String,
-    pub token_id: String,
-    /// 0: never.
-    pub expires_ms: i64,
-}
-
-/// A token as listed: never the token itself.
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenInfo {
-    pub token_id: String,
-    pub issued_ms: i64,
-    pub expires_ms: i64,
-    pub revoked_ms: i64,
-    pub last_used_ms: i64,
-    pub session: bool,
 }
 
 /// What a resident write changed of the health and safety rules, for its
@@ -96,24 +67,6 @@ fn signal_changes(before: Option<&Resident>, after: &Resident) -> String {
     }
 }
 
-fn entry(
-    caller: &Principal,
-    action: &str,
-    target: String,
-    community: &str,
-    detail: String,
-) -> AuditEntry {
-    AuditEntry {
-        at_ms: now_ms(),
-        actor: caller.name(),
-        action: action.into(),
-        target,
-        community_id: community.into(),
-        detail,
-        ..Default::default()
-    }
-}
-
 /// Where an import's CSV comes from. It is read twice (checked, then
 /// written), so a request body is first spooled to a file.
 pub enum ImportSource {
@@ -140,17 +93,28 @@ fn bad(text: String) -> DeskError {
 impl AdminDesk {
     pub fn new(store: Store, ack_target_ms: i64, gateways: Arc<ConnectedGateways>) -> Self {
         Self {
+            tokens: TokenDesk::new(store.clone(), gateways.clone(), TokenPolicy::default()),
             store,
             ack_target_ms,
             gateways,
             webhook_hosts: None,
-            tokens: TokenPolicy::default(),
             utc_offset_minutes: 0,
         }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// How long tokens live (`auth.*` in the config).
+    pub fn with_token_policy(mut self, policy: TokenPolicy) -> Self {
+        self.tokens = TokenDesk::new(self.store.clone(), self.gateways.clone(), policy);
+        self
+    }
+
+    /// Tokens and sessions, for staff and gateways.
+    pub fn tokens(&self) -> &TokenDesk {
+        &self.tokens
     }
 
     pub fn with_utc_offset(mut self, minutes: i32) -> Self {
@@ -463,228 +427,6 @@ impl AdminDesk {
         guard(&self.store, caller, Need::ViewAlerts, None, "directory")?;
         query.scope = caller.scope();
         Ok(self.store.staff_page(&query)?)
-    }
-
-    /// How long tokens live (`auth.*` in the config).
-    pub fn with_token_policy(mut self, policy: TokenPolicy) -> Self {
-        self.tokens = policy;
-        self
-    }
-
-    fn write_token(
-        &self,
-        caller: &Principal,
-        digest: &str,
-        record: &TokenRecord,
-        action: &str,
-        detail: String,
-    ) -> Result<(), DeskError> {
-        let target = format!("{}/{}", record.subject_kind, record.subject_id);
-        self.store
-            .put_token(digest, record, entry(caller, action, target, "", detail))?;
-        Ok(())
-    }
-
-    /// A new random API token for a staff member, expiring after `ttl_ms`
-    /// (`None`: `auth.token_ttl_secs`; 0: never).
-    pub fn issue_token(
-        &self,
-        caller: &Principal,
-        staff_id: &str,
-        ttl_ms: Option<i64>,
-    ) -> Result<IssuedToken, DeskError> {
-        guard(&self.store, caller, Need::Administer, None, "directory")?;
-        if self.store.staff_member(staff_id)?.is_none() {
-            return Err(
-                crate::store::StoreError::NotFound(format!("no staff member {staff_id}")).into(),
-            );
-        }
-        let ttl = ttl_ms.unwrap_or(self.tokens.ttl_ms);
-        self.new_token(caller, "staff", staff_id, ttl, false, "token.issue")
-    }
-
-    fn new_token(
-        &self,
-        caller: &Principal,
-        subject_kind: &str,
-        subject_id: &str,
-        ttl_ms: i64,
-        session: bool,
-        action: &str,
-    ) -> Result<IssuedToken, DeskError> {
-        let token = rights::new_token();
-        let digest = rights::digest(&token);
-        let now = now_ms();
-        let record = TokenRecord {
-            subject_kind: subject_kind.into(),
-            subject_id: subject_id.into(),
-            issued_ms: now,
-            expires_ms: if ttl_ms > 0 { now + ttl_ms } else { 0 },
-            session,
-            ..Default::default()
-        };
-        let id = directory::token_id(&digest);
-        let detail = format!("token {id}, expires {}", record.expires_ms);
-        self.write_token(caller, &digest, &record, action, detail)?;
-        Ok(IssuedToken {
-            token,
-            token_id: id,
-            expires_ms: record.expires_ms,
-        })
-    }
-
-    /// The caller's own token replaced by a new one; the old one keeps
-    /// working for `auth.rotation_grace_secs`, so a device or script can
-    /// switch over without a gap.
-    pub fn rotate_token(
-        &self,
-        caller: &Principal,
-        presented: &str,
-    ) -> Result<(IssuedToken, i64), DeskError> {
-        let digest = rights::digest(presented);
-        let Some(mut old) = self.store.token(&digest)? else {
-            return Err(bad(
-                "only a token from the directory can be rotated (not the bootstrap admin token)"
-                    .into(),
-            ));
-        };
-        if old.session {
-            return Err(bad("a console session is not rotated; sign in again".into()));
-        }
-        let now = now_ms();
-        let grace_end = now + self.tokens.rotation_grace_ms;
-        if old.expires_ms == 0 || old.expires_ms > grace_end {
-            old.expires_ms = grace_end;
-        }
-        let ttl = self.tokens.ttl_ms;
-        let issued = self.new_token(
-            caller,
-            &old.subject_kind.clone(),
-            &old.subject_id.clone(),
-            ttl,
-            false,
-            "token.rotate",
-        )?;
-        let detail = format!(
-            "token {} replaced by {}; valid until {grace_end}",
-            directory::token_id(&digest),
-            issued.token_id
-        );
-        self.write_token(caller, &digest, &old, "token.rotate", detail)?;
-        Ok((issued, old.expires_ms))
-    }
-
-    /// A short-lived console session for the caller, made from the token
-    /// they signed in with.
-    pub fn open_session(&self, caller: &Principal) -> Result<IssuedToken, DeskError> {
-        let (kind, id) = match caller {
-            Principal::Admin => ("admin", "admin".to_string()),
-            Principal::Staff(s) => ("staff", s.id.clone()),
-            Principal::Gateway(_) | Principal::Family(_) => {
-                return Err(crate::desks::auth::AuthError::Forbidden(
-                    "a gateway or a family member has no console session".into(),
-                )
-                .into());
-            }
-        };
-        self.new_token(
-            caller,
-            kind,
-            &id,
-            self.tokens.session_ms,
-            true,
-            "session.open",
-        )
-    }
-
-    /// A person's tokens (never the tokens themselves): the administrator,
-    /// or the person.
-    pub fn tokens(&self, caller: &Principal, staff_id: &str) -> Result<Vec<TokenInfo>, DeskError> {
-        if !matches!(caller, Principal::Staff(s) if s.id == staff_id) {
-            guard(&self.store, caller, Need::Administer, None, "directory")?;
-        }
-        Ok(self
-            .store
-            .tokens_of("staff", staff_id)?
-            .into_iter()
-            .map(|(digest, r)| TokenInfo {
-                token_id: directory::token_id(&digest),
-                issued_ms: r.issued_ms,
-                expires_ms: r.expires_ms,
-                revoked_ms: r.revoked_ms,
-                last_used_ms: r.last_used_ms,
-                session: r.session,
-            })
-            .collect())
-    }
-
-    /// Revokes one token by its id: the administrator any, a person their own.
-    pub fn revoke_token(
-        &self,
-        caller: &Principal,
-        staff_id: &str,
-        token_id: &str,
-    ) -> Result<(), DeskError> {
-        if !matches!(caller, Principal::Staff(s) if s.id == staff_id) {
-            guard(&self.store, caller, Need::Administer, None, "directory")?;
-        }
-        let found = self
-            .store
-            .tokens_of("staff", staff_id)?
-            .into_iter()
-            .find(|(digest, _)| directory::token_id(digest) == token_id);
-        let Some((digest, mut record)) = found else {
-            return Err(crate::store::StoreError::NotFound(format!(
-                "no token {token_id} of staff/{staff_id}"
-            ))
-            .into());
-        };
-        if record.revoked_ms == 0 {
-            record.revoked_ms = now_ms();
-            self.write_token(
-                caller,
-                &digest,
-                &record,
-                "token.revoke",
-                format!("token {token_id}"),
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Registers a token chosen elsewhere (seed files, provisioning tools).
-    pub fn set_staff_token(
-        &self,
-        caller: &Principal,
-        staff_id: &str,
-        token: &str,
-    ) -> Result<(), DeskError> {
-        guard(&self.store, caller, Need::Administer, None, "directory")?;
-        if self.store.staff_member(staff_id)?.is_none() {
-            return Err(
-                crate::store::StoreError::NotFound(format!("no staff member {staff_id}")).into(),
-            );
-        }
-        if token.len() < 16 {
-            return Err(bad("an API token needs at least 16 characters".into()));
-        }
-        self.store.put_token(
-            &rights::digest(token),
-            &TokenRecord {
-                subject_kind: "staff".into(),
-                subject_id: staff_id.into(),
-                issued_ms: now_ms(),
-                ..Default::default()
-            },
-            entry(
-                caller,
-                "token.issue",
-                format!("staff/{staff_id}"),
-                "",
-                String::new(),
-            ),
-        )?;
-        Ok(())
     }
 
     /// Refuses (and audits) a caller who may not import, before a file is

@@ -5,7 +5,7 @@
 //! ([`crate::store::audit::AuditLog`]); entries written with an alert change
 //! share its transaction.
 
-use anxin_proto::v1::AuditEntry;
+use anxin_proto::{now_ms, v1::AuditEntry};
 
 use crate::{
     desks::auth::AuthError,
@@ -53,4 +53,23 @@ pub fn deny(store: &Store, caller: &Principal, community: &str, target: &str, wh
         tracing::error!(error = %store_err, "auditing a refused call failed");
     }
     tracing::warn!(caller = %caller.name(), target, error = %why, "call refused");
+}
+
+/// An audit entry by `caller`, now.
+pub fn entry(
+    caller: &Principal,
+    action: &str,
+    target: String,
+    community: &str,
+    detail: String,
+) -> AuditEntry {
+    AuditEntry {
+        at_ms: now_ms(),
+        actor: caller.name(),
+        action: action.into(),
+        target,
+        community_id: community.into(),
+        detail,
+        ..Default::default()
+    }
 }

@@ -102,6 +102,16 @@ impl Authenticator {
         }
     }
 
+    /// When a directory token expires (`None`: never, or not a directory
+    /// token), for a caller that holds a connection open with it.
+    pub fn expiry_of(&self, token: &str) -> Result<Option<i64>, AuthError> {
+        Ok(self
+            .store
+            .token(&digest(token))?
+            .map(|r| r.expires_ms)
+            .filter(|&at| at > 0))
+    }
+
     /// Token from an `authorization: Bearer …` header value.
     pub fn bearer(header: Option<&str>) -> Option<&str> {
         header.and_then(|h| {

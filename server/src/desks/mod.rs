@@ -18,5 +18,6 @@ pub mod intake;
 pub mod outbox;
 pub mod policy;
 pub mod signals;
+pub mod tokens;
 pub mod trends;
 pub mod welfare;

@@ -27,6 +27,7 @@ pub const DISK_FREE_BYTES: &str = "anxin_gateway_disk_free_bytes";
 pub const DISK_RESERVE_BYTES: &str = "anxin_gateway_disk_reserve_bytes";
 pub const DISK_LEVEL: &str = "anxin_gateway_disk_level";
 pub const EVENTS_DEFERRED: &str = "anxin_gateway_events_deferred_total";
+pub const UPLINK_DEFERRED: &str = "anxin_gateway_uplink_deferred_total";
 pub const JOURNAL_DAMAGED: &str = "anxin_gateway_journal_damaged_total";
 pub const JOURNAL_SALVAGED: &str = "anxin_gateway_journal_salvaged_entries";
 pub const JOURNAL_SALVAGED_BATCHES: &str = "anxin_gateway_journal_salvaged_batches";
@@ -78,6 +79,10 @@ pub fn install() -> PrometheusHandle {
     describe_counter!(
         EVENTS_DEFERRED,
         "Events not taken (no ack, the device retries), by reason: disk_low (P2/P3), ingest_busy (a journal lane full), shutting_down."
+    );
+    describe_counter!(
+        UPLINK_DEFERRED,
+        "Events the server deferred (its store's disk is low: it takes alarms only), by priority; they wait in the journal and are sent again."
     );
     describe_counter!(
         JOURNAL_DAMAGED,

@@ -9,14 +9,14 @@
 //! the server's downlinks ("help is coming") to devices.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
 use std::sync::Arc;
 
 use anxin_proto::v1::{
-    DownlinkDone, GatewayMessage, GatewayStatus, Hello, ServerMessage, gateway_message,
+    Deferred, DownlinkDone, GatewayMessage, GatewayStatus, Hello, ServerMessage, gateway_message,
     server_message, uplink_client::UplinkClient,
 };
 use futures::FutureExt;
@@ -40,6 +40,91 @@ pub enum UplinkState {
     Connecting { server: String },
     Connected { server: String },
     Disconnected { last_error: String },
+}
+
+/// What one connection has out at the server and not yet heard `received`
+/// for, and the lanes the server deferred (its store's disk is low: it
+/// takes alarms only). A deferred lane is held back until its time, then
+/// read again from its start; the other lanes go on meanwhile, so an
+/// alarm is never behind deferred telemetry.
+#[derive(Default)]
+struct InFlight {
+    sent_at: HashMap<EntryKey, Instant>,
+    by_event: HashMap<(String, u64), EntryKey>,
+    held_until: [Option<Instant>; 4],
+}
+
+/// Bounds on a deferral's pause, whatever the server asks.
+const DEFER_MIN: Duration = Duration::from_millis(100);
+const DEFER_MAX: Duration = Duration::from_secs(60);
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.sent_at.len()
+    }
+
+    /// Records an entry as sent; `false` if it is out already.
+    fn sent(&mut self, entry: &crate::journal::Entry) -> bool {
+        if self.sent_at.contains_key(&entry.key) {
+            return false;
+        }
+        self.sent_at.insert(entry.key, Instant::now());
+        if let Some(event) = &entry.event.event {
+            self.by_event
+                .insert((event.device_id.clone(), event.seq), entry.key);
+        }
+        true
+    }
+
+    /// The server has it: when it was sent, if it was sent on this connection.
+    fn received(&mut self, key: EntryKey, device_id: &str, seq: u64) -> Option<Instant> {
+        self.by_event.remove(&(device_id.to_string(), seq));
+        self.sent_at.remove(&key)
+    }
+
+    /// The server deferred one event: it stays in the journal, and its lane
+    /// waits.
+    fn deferred(&mut self, deferred: &Deferred) {
+        let Some(key) = self
+            .by_event
+            .remove(&(deferred.device_id.clone(), deferred.seq))
+        else {
+            return;
+        };
+        self.sent_at.remove(&key);
+        let lane = key.priority();
+        let pause =
+            Duration::from_millis(deferred.retry_after_ms.into()).clamp(DEFER_MIN, DEFER_MAX);
+        if self.held_until[lane].is_none() {
+            tracing::warn!(
+                priority = m::PRIORITY_LABELS[lane],
+                reason = %deferred.reason,
+                pause_ms = pause.as_millis() as u64,
+                "the server defers routine events (its disk is low); they wait here, alarms go on"
+            );
+        }
+        self.held_until[lane] = Some(Instant::now() + pause);
+        metrics::counter!(m::UPLINK_DEFERRED, "priority" => m::PRIORITY_LABELS[lane]).increment(1);
+    }
+
+    /// Lanes whose pause is over are opened and read again from the start.
+    fn release_due(&mut self, cursor: &mut Cursor) {
+        let now = Instant::now();
+        for (lane, held) in self.held_until.iter_mut().enumerate() {
+            if held.is_some_and(|until| now >= until) {
+                *held = None;
+                cursor.rewind(lane);
+            }
+        }
+    }
+
+    fn open_lanes(&self) -> [bool; 4] {
+        self.held_until.map(|held| held.is_none())
+    }
+
+    fn next_release(&self) -> Option<Instant> {
+        self.held_until.iter().flatten().min().copied()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +287,7 @@ impl Uplink {
             body: Some(gateway_message::Body::Hello(Hello {
                 gateway_id: self.gateway_id.clone(),
                 software_version: env!("CARGO_PKG_VERSION").into(),
+                takes_deferrals: true,
             })),
         };
         outbound
@@ -224,19 +310,23 @@ impl Uplink {
         metrics::counter!(m::UPLINK_CONNECTS).increment(1);
         *backoff = self.backoff_initial;
 
-        let mut in_flight: HashSet<EntryKey> = HashSet::new();
-        let mut sent_at: HashMap<EntryKey, Instant> = HashMap::new();
+        let mut out = InFlight::default();
         let mut cursor = Cursor::default();
         let mut status_tick = tokio::time::interval(STATUS_CHECK);
         let mut last_status: Option<(GatewayStatus, Instant)> = None;
         loop {
-            if in_flight.len() < self.window {
-                for entry in self
-                    .journal
-                    .next_unsent(&mut cursor, self.window - in_flight.len())?
-                {
-                    in_flight.insert(entry.key);
-                    sent_at.insert(entry.key, Instant::now());
+            out.release_due(&mut cursor);
+            if out.len() < self.window {
+                for entry in self.journal.next_unsent_in(
+                    &mut cursor,
+                    self.window - out.len(),
+                    out.open_lanes(),
+                )? {
+                    // Read again after a deferred lane was rewound, but
+                    // still out at the server: not sent twice.
+                    if !out.sent(&entry) {
+                        continue;
+                    }
                     let message = GatewayMessage {
                         body: Some(gateway_message::Body::Event(entry.event)),
                     };
@@ -257,10 +347,11 @@ impl Uplink {
                     while let Some(next) = inbound.message().now_or_never() {
                         burst.push(next?.ok_or(SessionError::Closed)?);
                     }
-                    self.on_server_messages(burst, &mut in_flight, &mut sent_at, &outbound).await?;
+                    self.on_server_messages(burst, &mut out, &outbound).await?;
                     m::set_journal_depth(self.journal.depth());
                 }
-                _ = self.journal.appended(), if in_flight.len() < self.window => {}
+                _ = self.journal.appended(), if out.len() < self.window => {}
+                _ = tokio::time::sleep_until(out.next_release().unwrap_or_else(Instant::now).into()), if out.next_release().is_some() => {}
                 _ = status_tick.tick() => {
                     let status = self.status();
                     let due = last_status.as_ref().is_none_or(|(last, at)| {
@@ -301,14 +392,14 @@ impl Uplink {
     async fn on_server_messages(
         &self,
         burst: Vec<ServerMessage>,
-        in_flight: &mut HashSet<EntryKey>,
-        sent_at: &mut HashMap<EntryKey, Instant>,
+        out: &mut InFlight,
         outbound: &mpsc::Sender<GatewayMessage>,
     ) -> Result<(), SessionError> {
         let mut received = Vec::new();
         for message in burst {
             match message.body {
                 Some(server_message::Body::Received(r)) => received.push(r),
+                Some(server_message::Body::Deferred(d)) => out.deferred(&d),
                 other => self.on_server_message(other, outbound).await?,
             }
         }
@@ -323,8 +414,7 @@ impl Uplink {
             .zip(&received)
         {
             let Some(key) = deleted else { continue };
-            in_flight.remove(&key);
-            if let Some(at) = sent_at.remove(&key) {
+            if let Some(at) = out.received(key, &r.device_id, r.seq) {
                 metrics::histogram!(m::UPLINK_ACK_SECONDS).record(at.elapsed().as_secs_f64());
             }
             metrics::counter!(m::EVENTS_DELIVERED).increment(1);
@@ -339,7 +429,7 @@ impl Uplink {
         outbound: &mpsc::Sender<GatewayMessage>,
     ) -> Result<(), SessionError> {
         match body {
-            Some(server_message::Body::Received(_)) => {}
+            Some(server_message::Body::Received(_) | server_message::Body::Deferred(_)) => {}
             Some(server_message::Body::Roster(roster)) => {
                 if let Err(err) = self.roster.receive(roster).await {
                     // The old roster stays in force; the server sends the

@@ -18,6 +18,7 @@ pub const UPLINK_REFUSED_DISK: &str = "anxin_server_uplink_refused_store_total";
 pub const CLOCK_STEPS: &str = "anxin_server_clock_steps_total";
 pub const RESTARTS_IN_PLACE: &str = "anxin_server_restarts_in_place";
 pub const UPLINK_REFUSED: &str = "anxin_server_uplink_refused_total";
+pub const EVENTS_DEFERRED: &str = "anxin_server_events_deferred_total";
 pub const UPLINK_TOKEN_CLOSED: &str = "anxin_server_uplink_closed_token_total";
 pub const ESCALATIONS: &str = "anxin_server_escalations_total";
 pub const NOTIFY_DELIVERED: &str = "anxin_server_notifications_delivered_total";
@@ -159,6 +160,10 @@ pub fn install() -> PrometheusHandle {
     describe_counter!(
         UPLINK_REFUSED,
         "Uplink streams refused: no token, or another gateway's."
+    );
+    describe_counter!(
+        EVENTS_DEFERRED,
+        "Routine events (P2/P3) deferred back to their gateway while the store's disk is low (alarms are still taken), by reason."
     );
     describe_counter!(
         UPLINK_TOKEN_CLOSED,

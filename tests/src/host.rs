@@ -46,6 +46,19 @@ impl SmallDisk {
         (filler, written)
     }
 
+    /// Fills this filesystem with `filler.bin` until about `leave` bytes
+    /// are free (a disk held low, not full); returns the filler's path.
+    pub fn fill_leaving(&self, leave: u64) -> PathBuf {
+        let filler = self.path.join("filler.bin");
+        let mut file = std::fs::File::create(&filler).expect("creating the filler");
+        let chunk = vec![0x5a_u8; 1024 * 1024];
+        while self.free() > leave + chunk.len() as u64 {
+            file.write_all(&chunk).expect("writing the filler");
+            file.sync_data().expect("syncing the filler");
+        }
+        filler
+    }
+
     /// Free bytes now.
     pub fn free(&self) -> u64 {
         let out = Command::new("df")

@@ -269,3 +269,129 @@ async fn unset_thresholds_fit_a_small_store_disk() {
         "the server must say which thresholds it fitted:\n{log}"
     );
 }
+
+/// The store's disk held low by a filler (not full) under a flood: the
+/// server goes on taking alarms on the gateway's stream and defers the
+/// routine events one by one, so an SOS reaches the dispatcher's queue at
+/// once while the telemetry waits at the gateway; once the filler is gone
+/// everything arrives, each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_reach_the_queue_while_the_store_disk_is_low() {
+    if !sled_only("server_disk", "sled's own files on a low disk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let disk = match SmallDisk::mount(&dir.path().join("server-data"), 32) {
+        Ok(disk) => disk,
+        Err(why) => return skip("server_disk", &why),
+    };
+    let server = Server::start_configured(
+        dir.path(),
+        free_port(),
+        &[],
+        &[
+            ("store", "min_free_bytes = 8388608"),
+            ("store", "reserve_bytes = 2097152"),
+        ],
+    )
+    .await;
+    let mut devices: Vec<String> = (0..10).map(|i| format!("meter-{i:05}")).collect();
+    devices.push("btn-0".into());
+    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let gdir = dir.path().join("gw");
+    std::fs::create_dir_all(&gdir).unwrap();
+    let gateway = Gateway::start_with(
+        &gdir,
+        server.grpc_port,
+        &refs,
+        &[
+            ("limits", "device_rate_per_sec = 1000.0"),
+            ("limits", "device_burst = 1000"),
+        ],
+    )
+    .await;
+    let ledger = dir.path().join("flood.jsonl");
+    let mut flood = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "load",
+            "--devices",
+            "10",
+            "--prefix",
+            "meter-",
+            "--rate",
+            "200",
+            "--duration",
+            "20",
+            "--drain",
+            "2",
+            "--mix",
+            "p2=0.1,p3=0.9",
+            "--ledger",
+            ledger.to_str().unwrap(),
+        ],
+    );
+    eventually("the flood to reach the server", PATIENCE, || async {
+        (server.event_count().await > 100).then_some(())
+    })
+    .await;
+
+    let filler = disk.fill_leaving(4 << 20);
+    eventually("the server to report its disk low", PATIENCE, || async {
+        let health = server_health(&server).await?;
+        let low = health["reasons"]
+            .as_array()?
+            .iter()
+            .any(|r| r == "disk_low");
+        low.then_some(())
+    })
+    .await;
+    let deferred = "anxin_server_events_deferred_total{reason=\"disk_low\"}";
+    eventually("routine events deferred", PATIENCE, || async {
+        (server.metric(deferred).await > 0.0).then_some(())
+    })
+    .await;
+
+    // The SOS: stored at the gateway, then in the queue at once, on the
+    // same stream (the gateway never lost its uplink).
+    let connects = gateway.metric("anxin_gateway_uplink_connects_total").await;
+    Sim::press_until_stored(&gdir, &gateway.mqtt(), "btn-0").await;
+    let stored = Instant::now();
+    eventually("the SOS in the queue", PATIENCE, || async {
+        (alerts_of(&server, "btn-0").await? == 1).then_some(())
+    })
+    .await;
+    let queued_after = stored.elapsed();
+    assert!(
+        queued_after < Duration::from_secs(3),
+        "an SOS waited {queued_after:?} behind a low disk"
+    );
+    assert!(
+        gateway.journal_depth().await > 0,
+        "the telemetry waits at the gateway"
+    );
+    assert!(
+        gateway
+            .metric("anxin_gateway_uplink_deferred_total{priority=\"P3\"}")
+            .await
+            > 0.0
+    );
+    assert_eq!(
+        gateway.metric("anxin_gateway_uplink_connects_total").await,
+        connects,
+        "the stream was kept, not ended"
+    );
+    let health = server_health(&server).await.unwrap();
+    assert!(health["store_error"].is_null(), "{health}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let summary = flood.line_starting("load ", Duration::from_secs(90)).await;
+    gateway.wait_drained(Duration::from_secs(60)).await;
+    let verdict = verify_clean(dir.path(), &ledger, &server.http()).await;
+    assert_eq!(server.alerts_for("btn-0").await.len(), 1);
+    eprintln!(
+        "SOS in the queue {queued_after:?} after the gateway stored it on a low disk; flood: {summary}; {}",
+        verdict.report
+    );
+}

@@ -96,6 +96,14 @@ impl EntryKey {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Cursor(pub(super) [(u64, u32); 4]);
 
+impl Cursor {
+    /// Back to the start of one lane: what the server deferred is sent
+    /// again (it is still in the journal).
+    pub fn rewind(&mut self, priority: usize) {
+        self.0[priority] = (0, 0);
+    }
+}
+
 /// The journal's size limit, in logical bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct Quota {

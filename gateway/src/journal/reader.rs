@@ -21,10 +21,24 @@ impl JournalReader {
         cursor: &mut Cursor,
         limit: usize,
     ) -> Result<Vec<Entry>, JournalError> {
+        self.next_unsent_in(cursor, limit, [true; 4])
+    }
+
+    /// [`Self::next_unsent`] from the lanes marked open only (a lane the
+    /// server deferred waits, the others go on).
+    pub fn next_unsent_in(
+        &self,
+        cursor: &mut Cursor,
+        limit: usize,
+        open: [bool; 4],
+    ) -> Result<Vec<Entry>, JournalError> {
         let mut entries = Vec::new();
         for priority in 0..4u8 {
             if entries.len() >= limit {
                 break;
+            }
+            if !open[priority as usize] {
+                continue;
             }
             let at = &mut cursor.0[priority as usize];
             self.read_lane(priority, at, limit, &mut entries)?;

@@ -12,8 +12,8 @@ use std::{
 };
 
 use anxin_proto::v1::{
-    DeviceRoster, GatewayMessage, RosterDevice, ServerMessage, gateway_message, server_message,
-    uplink_server::Uplink,
+    Deferred, DeviceRoster, GatewayMessage, RosterDevice, ServerMessage, gateway_message,
+    server_message, uplink_server::Uplink,
 };
 use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
@@ -107,8 +107,13 @@ fn certificate_cn(der: &[u8]) -> Option<String> {
 }
 
 /// The status a gateway gets while the store cannot take events: it keeps
-/// them in its journal and retries with backoff.
-fn refusal(health: &Health, gateway_id: &str) -> Option<Status> {
+/// them in its journal and retries with backoff. A gateway that takes
+/// deferrals is not refused for a low disk: its alarms still go in, and its
+/// routine events are deferred one by one ([`defer_routine`]).
+fn refusal(health: &Health, gateway_id: &str, takes_deferrals: bool) -> Option<Status> {
+    if takes_deferrals && health.alarms_only().is_some() {
+        return None;
+    }
     let why = health.refuse_events()?;
     metrics::counter!(m::UPLINK_REFUSED_DISK).increment(1);
     tracing::warn!(gateway_id, "uplink refused: {why}");
@@ -157,6 +162,7 @@ impl Uplink for UplinkService {
             }
         };
         let gateway_id = hello.gateway_id;
+        let takes_deferrals = hello.takes_deferrals;
         match &principal {
             Principal::Gateway(id) if *id == gateway_id => {}
             _ => {
@@ -168,7 +174,7 @@ impl Uplink for UplinkService {
             }
         }
         self.check_certificate(certs, &gateway_id)?;
-        if let Some(status) = refusal(&self.health, &gateway_id) {
+        if let Some(status) = refusal(&self.health, &gateway_id, takes_deferrals) {
             return Err(status);
         }
         let (outbound, outbound_rx) = mpsc::channel::<ServerMessage>(4 * MAX_BATCH);
@@ -204,8 +210,15 @@ impl Uplink for UplinkService {
         ));
         tokio::spawn(async move {
             let mut intake = GatewayIntake::new(desk, signals, &gateway_id);
-            let result =
-                serve_gateway(&mut intake, &health, &mut inbound, &outbound, &end_stream).await;
+            let result = serve_gateway(
+                &mut intake,
+                &health,
+                &mut inbound,
+                &outbound,
+                &end_stream,
+                takes_deferrals,
+            )
+            .await;
             if let Err(GatewayStreamError::Store(err)) = &result {
                 health.store_failed(err);
             }
@@ -363,6 +376,52 @@ enum GatewayStreamError {
     ResponseClosed,
 }
 
+/// How long a gateway holds back a lane the server deferred before trying
+/// it again: the disk's state is checked every 250 ms, and a low disk is
+/// rarely freed in less than seconds.
+const DEFER_FOR_MS: u32 = 5_000;
+
+/// While the store's disk is low, takes a batch's alarms (P0/P1) and
+/// answers each routine event (P2/P3) with `Deferred`: the gateway keeps
+/// it and holds that lane back, and the alarm lane goes on. Messages that
+/// are not events pass.
+async fn defer_routine(
+    batch: Vec<GatewayMessage>,
+    reason: &str,
+    outbound: &mpsc::Sender<ServerMessage>,
+) -> Result<Vec<GatewayMessage>, GatewayStreamError> {
+    let mut kept = Vec::with_capacity(batch.len());
+    for message in batch {
+        let routine = match &message.body {
+            Some(gateway_message::Body::Event(uplink)) => uplink
+                .event
+                .as_ref()
+                .filter(|e| e.priority() > anxin_proto::Priority::P1),
+            _ => None,
+        };
+        let Some(event) = routine else {
+            kept.push(message);
+            continue;
+        };
+        metrics::counter!(m::EVENTS_DEFERRED, "reason" => reason.to_string()).increment(1);
+        tracing::debug!(device_id = %event.device_id, seq = event.seq, reason, "routine event deferred");
+        let deferred = server_message::Body::Deferred(Deferred {
+            device_id: event.device_id.clone(),
+            seq: event.seq,
+            priority: event.priority() as u32,
+            retry_after_ms: DEFER_FOR_MS,
+            reason: reason.to_string(),
+        });
+        outbound
+            .send(ServerMessage {
+                body: Some(deferred),
+            })
+            .await
+            .map_err(|_| GatewayStreamError::ResponseClosed)?;
+    }
+    Ok(kept)
+}
+
 /// The stream of one gateway: receive a batch, hand it to the intake desk,
 /// flush, then answer `Received` for each event (never before the flush).
 async fn serve_gateway(
@@ -371,6 +430,7 @@ async fn serve_gateway(
     inbound: &mut Streaming<GatewayMessage>,
     outbound: &mpsc::Sender<ServerMessage>,
     closed: &tokio_util::sync::CancellationToken,
+    takes_deferrals: bool,
 ) -> Result<(), GatewayStreamError> {
     let send = |body: server_message::Body| async move {
         outbound
@@ -402,8 +462,14 @@ async fn serve_gateway(
         // The store cannot take events now: end the stream. The gateway
         // keeps everything unacknowledged, reconnects with backoff and is
         // told why at connect.
-        if let Some(status) = refusal(health, intake.gateway_id()) {
+        if let Some(status) = refusal(health, intake.gateway_id(), takes_deferrals) {
             return Err(status.into());
+        }
+        if takes_deferrals && let Some(reason) = health.alarms_only() {
+            batch = defer_routine(batch, reason, outbound).await?;
+            if batch.is_empty() {
+                continue;
+            }
         }
         let mut taken = intake.take(batch)?;
         if taken.is_empty() {

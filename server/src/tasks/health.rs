@@ -2,10 +2,14 @@
 //! filesystem and the store's own state, for `/healthz`, the uplink's
 //! refusals and the restart in place.
 //!
-//! - `disk_low`: free space under `store.min_free_bytes`. New events are
-//!   refused with `RESOURCE_EXHAUSTED` (the gateways keep them and back
-//!   off); reads and dispatchers' actions go on.
-//! - `disk_full`: the store's disk reserve was given back; same refusals.
+//! - `disk_low`: free space under `store.min_free_bytes`. Alarms (P0/P1)
+//!   are still taken; routine events (P2/P3) are deferred one by one
+//!   (`Deferred`: the gateway keeps them and holds that lane back) — or,
+//!   for a gateway that does not understand `Deferred`, the stream is
+//!   refused with `RESOURCE_EXHAUSTED`. Reads and dispatchers' actions go
+//!   on.
+//! - `disk_full`: the store's disk reserve was given back; the same, alarms
+//!   written into the reserve's space.
 //! - `database_stalled`: the database answers but a write on the event
 //!   path did not finish within `store.write_timeout_ms` (a commit held
 //!   for a synchronous standby that is gone). Gateways' streams end with
@@ -118,6 +122,18 @@ impl Health {
         }
         metrics::gauge!(m::DATABASE_STALLED).set(if stalled.is_some() { 1.0 } else { 0.0 });
         *slot = stalled;
+    }
+
+    /// Whether the refusal of [`Self::refuse_events`] is for the store's
+    /// disk alone: then alarms (a few hundred bytes each) are still taken,
+    /// per event, and only routine events wait at the gateway. Not when
+    /// the store has failed or the database is in trouble: nothing is
+    /// taken then.
+    pub fn alarms_only(&self) -> Option<&'static str> {
+        if self.store_error().is_some() || self.database_trouble() {
+            return None;
+        }
+        self.disk.level().reason()
     }
 
     /// Why new events must be refused now, if they must.

@@ -630,6 +630,7 @@ pub async fn footprint(gateways: usize) -> anyhow::Result<()> {
             body: Some(gateway_message::Body::Hello(Hello {
                 gateway_id: format!("gw-bench-{n:05}"),
                 software_version: "bench".into(),
+                takes_deferrals: false,
             })),
         })
         .await?;

@@ -29,6 +29,7 @@ pub const EVENTS_FOREIGN: &str = "anxin_server_events_foreign_device_total";
 pub const DATABASE_UP: &str = "anxin_server_database_up";
 pub const DATABASE_STALLED: &str = "anxin_server_database_stalled";
 pub const DATABASE_STALLS: &str = "anxin_server_database_stalls_total";
+pub const DATABASE_FULL: &str = "anxin_server_database_full_total";
 pub const HTTPS_HANDSHAKES_FAILED: &str = "anxin_server_https_handshakes_failed_total";
 pub const CHECKINS_JUDGED: &str = "anxin_server_checkins_judged_total";
 pub const VISITS_MISSED: &str = "anxin_server_visits_missed_total";
@@ -121,6 +122,10 @@ pub fn install() -> PrometheusHandle {
     describe_gauge!(
         DATABASE_STALLED,
         "1 while the shared database answers but does not finish writes within store.write_timeout_ms."
+    );
+    describe_counter!(
+        DATABASE_FULL,
+        "Times the database refused a write for want of space (SQLSTATE 53100): routine events deferred, alarms first."
     );
     describe_counter!(
         DATABASE_STALLS,

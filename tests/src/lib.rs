@@ -321,6 +321,17 @@ pub fn sled_only(test: &str, why: &str) -> bool {
     sled
 }
 
+/// For a test that runs a PostgreSQL server of its own (whatever the
+/// matrix says): it runs once, in the PostgreSQL pass, saying so in the
+/// other.
+pub fn postgres_pass(test: &str) -> bool {
+    let postgres = store_engine() == StoreEngine::Postgres;
+    if !postgres {
+        eprintln!("not run on sled: {test} runs a PostgreSQL of its own, in the PostgreSQL pass");
+    }
+    postgres
+}
+
 /// A scratch database for a server or a group of replicas.
 pub async fn scratch_database() -> String {
     anxin_server::store::postgres::scratch::create()

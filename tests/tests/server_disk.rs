@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anxin_tests::{
     Gateway, PATIENCE, Server, Sim, eventually, free_port,
     host::{SmallDisk, skip},
+    pg::PgInstance,
     sled_only, verify_clean,
 };
 
@@ -392,6 +393,132 @@ async fn alarms_reach_the_queue_while_the_store_disk_is_low() {
     assert_eq!(server.alerts_for("btn-0").await.len(), 1);
     eprintln!(
         "SOS in the queue {queued_after:?} after the gateway stored it on a low disk; flood: {summary}; {}",
+        verdict.report
+    );
+}
+
+/// PostgreSQL out of space (the database on a small tablespace, filled by
+/// another program) under a flood: the refusal (SQLSTATE 53100) is
+/// recognised, `/healthz` says `database_full`, routine events wait at the
+/// gateway, and when a little room comes back the SOS takes it first; once
+/// the filler is gone everything arrives, each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_go_first_when_the_database_is_out_of_space() {
+    if !anxin_tests::postgres_pass("alarms_go_first_when_the_database_is_out_of_space") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pg = match PgInstance::start(&dir.path().join("pg")).await {
+        Ok(pg) => pg,
+        Err(why) => return skip("server_disk", &why),
+    };
+    let space = match SmallDisk::mount(&dir.path().join("pgspace"), 48) {
+        Ok(disk) => disk,
+        Err(why) => return skip("server_disk", &why),
+    };
+    let chown = std::process::Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&space.path)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    pg.execute(&format!(
+        "create tablespace small location '{}'",
+        space.path.display()
+    ))
+    .await;
+    pg.execute("create database anxin tablespace small").await;
+    let home = dir.path().join("server");
+    std::fs::create_dir_all(&home).unwrap();
+    let server = Server::start_replica(&home, &pg.url("anxin"), &[]).await;
+    let mut devices: Vec<String> = (0..10).map(|i| format!("meter-{i:05}")).collect();
+    devices.push("btn-0".into());
+    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let gdir = dir.path().join("gw");
+    std::fs::create_dir_all(&gdir).unwrap();
+    let gateway = Gateway::start_with(
+        &gdir,
+        server.grpc_port,
+        &refs,
+        &[
+            ("limits", "device_rate_per_sec = 1000.0"),
+            ("limits", "device_burst = 1000"),
+        ],
+    )
+    .await;
+    let ledger = dir.path().join("flood.jsonl");
+    let mut flood = Sim::run(
+        dir.path(),
+        &gateway.mqtt(),
+        &[
+            "load",
+            "--devices",
+            "10",
+            "--prefix",
+            "meter-",
+            "--rate",
+            "200",
+            "--duration",
+            "20",
+            "--drain",
+            "2",
+            "--mix",
+            "p2=0.1,p3=0.9",
+            "--ledger",
+            ledger.to_str().unwrap(),
+        ],
+    );
+    eventually("the flood to reach the server", PATIENCE, || async {
+        (server.event_count().await > 100).then_some(())
+    })
+    .await;
+
+    let (filler, filled) = space.fill().await;
+    eventually(
+        "the server to report the database full",
+        PATIENCE,
+        || async {
+            let health = server_health(&server).await?;
+            let full = health["reasons"]
+                .as_array()?
+                .iter()
+                .any(|r| r == "database_full");
+            full.then_some(())
+        },
+    )
+    .await;
+    eventually("routine events deferred", PATIENCE, || async {
+        let deferred = "anxin_server_events_deferred_total{reason=\"database_full\"}";
+        (server.metric(deferred).await > 0.0).then_some(())
+    })
+    .await;
+    // A little room comes back (autovacuum, an operator): the SOS has it.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    file.set_len(filled - (4 << 20)).unwrap();
+    drop(file);
+    Sim::press_until_stored(&gdir, &gateway.mqtt(), "btn-0").await;
+    let stored = Instant::now();
+    eventually("the SOS in the queue", PATIENCE, || async {
+        (alerts_of(&server, "btn-0").await? == 1).then_some(())
+    })
+    .await;
+    let queued_after = stored.elapsed();
+    assert!(
+        gateway.journal_depth().await > 0,
+        "the telemetry waits at the gateway"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let summary = flood.line_starting("load ", Duration::from_secs(90)).await;
+    gateway.wait_drained(Duration::from_secs(90)).await;
+    let verdict = verify_clean(dir.path(), &ledger, &server.http()).await;
+    assert_eq!(server.alerts_for("btn-0").await.len(), 1);
+    assert!(server.metric("anxin_server_database_full_total").await >= 1.0);
+    eprintln!(
+        "database full: SOS in the queue {queued_after:?} after the gateway stored it; flood: {summary}; {}",
         verdict.report
     );
 }

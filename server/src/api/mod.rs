@@ -42,6 +42,14 @@ impl From<StoreError> for ApiError {
                     "the database cannot be reached now; nothing was changed, retry shortly".into(),
                 )
             }
+            StoreError::DatabaseFull(_) => {
+                tracing::error!(error = %err, "database out of space in API call");
+                ApiError::Unavailable(
+                    "the database is out of disk space; nothing was changed. Alarms are taken first; \
+                     retry shortly"
+                        .into(),
+                )
+            }
             StoreError::Stalled(_) => {
                 tracing::error!(error = %err, "database write stalled in API call");
                 ApiError::Unavailable(

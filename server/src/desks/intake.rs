@@ -462,7 +462,10 @@ impl GatewayIntake {
             }
             Ok(Committed::Duplicate) => note_commit(gateway_id, event, false),
             Err(
-                err @ (StoreError::Storage(_) | StoreError::Database(_) | StoreError::Stalled(_)),
+                err @ (StoreError::Storage(_)
+                | StoreError::Database(_)
+                | StoreError::DatabaseFull(_)
+                | StoreError::Stalled(_)),
             ) => {
                 // The store is out of use: end the stream; the gateway
                 // keeps the event and resends.

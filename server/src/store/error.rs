@@ -32,6 +32,11 @@ pub enum StoreError {
         "the database did not finish a write within {0} ms; it may be waiting for a synchronous standby or a lock"
     )]
     Stalled(u64),
+    /// The database refused a write for want of space (SQLSTATE 53100);
+    /// nothing was written. Routine events wait at the gateways until it
+    /// has room; alarms are tried first.
+    #[error("the database is out of disk space: {0}")]
+    DatabaseFull(String),
     /// A request that breaks a rule of the domain; nothing was written.
     #[error("{0}")]
     Refused(String),

@@ -41,7 +41,14 @@ pub struct Health {
     /// Why writes do not finish although the database answers, while they
     /// do not (PostgreSQL).
     database_stalled: Mutex<Option<String>>,
+    /// Until when routine events are deferred because the database refused
+    /// a write for want of space (PostgreSQL). Tried again after it.
+    database_full_until: Mutex<Option<Instant>>,
 }
+
+/// How long routine events wait after the database said it was full,
+/// before one is tried again (alarms are tried at once, always).
+const DATABASE_FULL_HOLD: Duration = Duration::from_secs(15);
 
 impl Health {
     pub fn new(disk: DiskGuard) -> Self {
@@ -50,6 +57,7 @@ impl Health {
             store_error: Mutex::new(None),
             database_error: Mutex::new(None),
             database_stalled: Mutex::new(None),
+            database_full_until: Mutex::new(None),
         }
     }
 
@@ -68,6 +76,9 @@ impl Health {
         }
         if self.database_stalled().is_some() {
             reasons.push("database_stalled");
+        }
+        if self.database_full() {
+            reasons.push("database_full");
         }
         reasons
     }
@@ -133,7 +144,19 @@ impl Health {
         if self.store_error().is_some() || self.database_trouble() {
             return None;
         }
-        self.disk.level().reason()
+        self.disk
+            .level()
+            .reason()
+            .or_else(|| self.database_full().then_some("database_full"))
+    }
+
+    /// Whether the database refused a write for space lately (within
+    /// [`DATABASE_FULL_HOLD`]).
+    pub fn database_full(&self) -> bool {
+        self.database_full_until
+            .lock()
+            .expect("health lock")
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Why new events must be refused now, if they must.
@@ -151,6 +174,11 @@ impl Health {
                 "the database does not finish writes ({why}); keep the events and retry"
             ));
         }
+        if self.database_full() {
+            return Some(
+                "the database is out of disk space; keep the events and retry".to_string(),
+            );
+        }
         match self.disk.level() {
             DiskLevel::Ok => None,
             level => Some(format!(
@@ -166,6 +194,21 @@ impl Health {
     pub fn store_failed(&self, err: &StoreError) {
         if let StoreError::Stalled(_) = err {
             self.set_stalled(Some(err.to_string()));
+            return;
+        }
+        if let StoreError::DatabaseFull(_) = err {
+            let mut until = self.database_full_until.lock().expect("health lock");
+            if !until.is_some_and(|u| Instant::now() < u) {
+                metrics::counter!(m::DATABASE_FULL).increment(1);
+                tracing::error!(
+                    error = %err,
+                    "the database refused a write for want of space: alarms are taken first, routine \
+                     events wait at the gateways and are tried again every {} s. Free space on the \
+                     database's disk",
+                    DATABASE_FULL_HOLD.as_secs()
+                );
+            }
+            *until = Some(Instant::now() + DATABASE_FULL_HOLD);
             return;
         }
         let StoreError::Storage(storage) = err else {

@@ -49,6 +49,12 @@ pub(crate) const CHANNEL: &str = "anxin";
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(err: tokio_postgres::Error) -> Self {
+        if err.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL) {
+            let what = err
+                .as_db_error()
+                .map_or_else(|| err.to_string(), |db| db.message().to_string());
+            return StoreError::DatabaseFull(what);
+        }
         StoreError::Database(match err.as_db_error() {
             Some(db) => format!("{} ({})", db.message(), db.code().code()),
             None => err.to_string(),

@@ -620,10 +620,11 @@ impl ServerConfig {
                     problem: "is needed with store.backend = \"postgres\" (e.g. postgres://anxin@db/anxin)".into(),
                 });
             }
-            if let Err(err) = self.store.url.parse::<tokio_postgres::Config>() {
+            // Parsed as the engine will (sslmode, sslrootcert read too).
+            if let Err(err) = crate::store::postgres::tls::target(&self.store.url) {
                 return Err(ConfigError::Invalid {
                     field: "store.url",
-                    problem: format!("is not a PostgreSQL connection URL: {err}"),
+                    problem: format!("is not a usable PostgreSQL connection URL: {err}"),
                 });
             }
             if self.store.pool_size == 0 {

@@ -93,7 +93,10 @@ impl PgInstance {
         let url = self.url("postgres");
         eventually("the test's PostgreSQL to answer", PATIENCE, || async {
             match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                // Refused by pg_hba.conf (a server that takes TLS only)
+                // is answering too.
                 Ok(_) => Some(()),
+                Err(err) if err.as_db_error().is_some() => Some(()),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     None
@@ -126,6 +129,29 @@ impl PgInstance {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Makes the server take TLS only: `cert` and `key` (PEM) installed in
+    /// its data directory, `ssl = on`, and pg_hba.conf refusing every TCP
+    /// connection without TLS. Reloaded, not restarted.
+    pub async fn require_tls(&self, cert: &Path, key: &Path) {
+        for (from, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let to = self.data.join(name);
+            std::fs::copy(from, &to).unwrap();
+            std::os::unix::fs::chown(&to, Some(self.uid), None).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::write(
+            self.data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        self.execute("alter system set ssl = on").await;
+        self.execute("select pg_reload_conf()").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     pub fn url(&self, database: &str) -> String {

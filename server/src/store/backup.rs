@@ -226,9 +226,9 @@ pub fn postgres_backup(url: &str, dir: &Path) -> Result<Manifest, StoreError> {
 /// all or nothing.
 pub async fn postgres_restore(url: &str, from: &Path) -> Result<Manifest, StoreError> {
     let manifest = Manifest::read(from, "postgres")?;
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, connection) = crate::store::postgres::tls::connect(url)
         .await
-        .map_err(|err| StoreError::Database(err.to_string()))?;
+        .map_err(StoreError::Database)?;
     let connection = tokio::spawn(connection);
     let tables: i64 = client
         .query_one(

@@ -13,7 +13,7 @@ use anxin_proto::v1::{Alert, AuditEntry, Downlink, UplinkEvent};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_postgres::{NoTls, Transaction};
+use tokio_postgres::Transaction;
 
 use crate::store::{
     AlertChange, Change, Committed, OutboxItem, RemoteChange, StoreError, StoredEvent,
@@ -50,22 +50,36 @@ pub(crate) const CHANNEL: &str = "anxin";
 impl From<tokio_postgres::Error> for StoreError {
     fn from(err: tokio_postgres::Error) -> Self {
         if err.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL) {
-            let what = err
-                .as_db_error()
-                .map_or_else(|| err.to_string(), |db| db.message().to_string());
-            return StoreError::DatabaseFull(what);
+            return StoreError::DatabaseFull(describe(&err));
         }
-        StoreError::Database(match err.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => err.to_string(),
-        })
+        StoreError::Database(describe(&err))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        StoreError::Database(format!("no database connection: {err}"))
+        let detail = match &err {
+            deadpool_postgres::PoolError::Backend(err) => describe(err),
+            other => other.to_string(),
+        };
+        StoreError::Database(format!("no database connection: {detail}"))
     }
+}
+
+/// What went wrong, in full: the server's message and code for a database
+/// error, else the error and its causes (a TLS handshake's reason is two
+/// levels down).
+fn describe(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether a failed transaction may simply be run again (a concurrent
@@ -93,7 +107,6 @@ pub(crate) fn hostname() -> String {
 #[derive(Clone)]
 pub struct PgStore {
     pub(crate) pool: Pool,
-    pub(crate) url: String,
     /// This process among the replicas: notifications it sent itself are
     /// not news to it.
     pub(crate) replica: u64,
@@ -109,12 +122,11 @@ impl PgStore {
     /// Connects, applies pending migrations and starts listening for other
     /// replicas' changes.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Database(format!("store.url does not parse: {e}")))?;
+        let target = super::tls::target(url)?;
+        target.log();
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            target.config.clone(),
+            target.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -129,7 +141,6 @@ impl PgStore {
             .map_err(|e| StoreError::Database(format!("building the pool: {e}")))?;
         let store = Self {
             pool,
-            url: url.to_string(),
             replica: rand::random(),
             feed: Default::default(),
             write_bound: DEFAULT_WRITE_BOUND,
@@ -137,7 +148,7 @@ impl PgStore {
         store.migrate().await?;
         let (tx, rx) = mpsc::unbounded_channel();
         *store.feed.lock().expect("feed lock") = Some(rx);
-        tokio::spawn(listen(store.url.clone(), store.replica, tx));
+        tokio::spawn(listen(target, store.replica, tx));
         Ok(store)
     }
 
@@ -728,14 +739,18 @@ where
 /// Follows the `anxin` channel on a connection of its own, reconnecting
 /// after a loss (and then reporting [`RemoteChange::Resync`]: notifications
 /// sent meanwhile are gone).
-pub(crate) async fn listen(url: String, replica: u64, feed: mpsc::UnboundedSender<RemoteChange>) {
+pub(crate) async fn listen(
+    target: super::tls::Target,
+    replica: u64,
+    feed: mpsc::UnboundedSender<RemoteChange>,
+) {
     use futures::StreamExt;
     let mut lost = false;
     loop {
         if feed.is_closed() {
             return;
         }
-        match tokio_postgres::connect(&url, NoTls).await {
+        match target.config.connect(target.tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (messages_tx, mut messages) = mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {

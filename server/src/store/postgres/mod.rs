@@ -27,6 +27,7 @@ pub(crate) mod listing;
 pub mod scratch;
 mod signals;
 mod storage;
+pub mod tls;
 mod welfare;
 
 pub(crate) use core::merge_event_days;

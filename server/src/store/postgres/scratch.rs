@@ -1,8 +1,6 @@
 //! Scratch databases for tests: `anxin_t_{pid}_{n}` beside the database
 //! of `admin_url`, so that a test run cleans up after runs that died.
 
-use tokio_postgres::NoTls;
-
 /// Where tests find a PostgreSQL server they may create databases on.
 pub fn admin_url() -> String {
     std::env::var("ANXIN_TEST_PG")
@@ -15,7 +13,7 @@ pub async fn create() -> Result<String, String> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let admin = admin_url();
-    let (client, connection) = tokio_postgres::connect(&admin, NoTls)
+    let (client, connection) = super::tls::connect(&admin)
         .await
         .map_err(|e| format!("PostgreSQL at {admin} (ANXIN_TEST_PG): {e}"))?;
     tokio::spawn(connection);
@@ -45,18 +43,24 @@ pub async fn create() -> Result<String, String> {
         .batch_execute(&format!("create database {name}"))
         .await
         .map_err(|e| e.to_string())?;
-    let base = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(base, _)| base);
-    Ok(format!("{base}/{name}"))
+    // The admin URL's query (sslmode, sslrootcert) holds for the new one.
+    let (path, query) = admin.split_once('?').unwrap_or((admin.as_str(), ""));
+    let base = path.rsplit_once('/').map_or(path, |(base, _)| base);
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    Ok(format!("{base}/{name}{query}"))
 }
 
 /// Drops a database [`create`] made.
 pub async fn drop(url: &str) {
-    let Some((_, name)) = url.rsplit_once('/') else {
+    let path = url.split_once('?').map_or(url, |(path, _)| path);
+    let Some((_, name)) = path.rsplit_once('/') else {
         return;
     };
-    if let Ok((client, connection)) = tokio_postgres::connect(&admin_url(), NoTls).await {
+    if let Ok((client, connection)) = super::tls::connect(&admin_url()).await {
         tokio::spawn(connection);
         let _ = client
             .batch_execute(&format!("drop database if exists {name} with (force)"))

@@ -335,3 +335,52 @@ async fn gateway_tokens_rotate_expire_and_revoke_on_a_live_uplink() {
         "uplink closed {late_by} ms after the grace ended and {revoked_after:?} after the revocation"
     );
 }
+
+/// Revoked at one replica, the token's uplink open at another is closed
+/// within seconds (the revocation reaches it as a directory change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_at_one_replica_closes_the_uplink_at_another() {
+    if !anxin_tests::postgres_pass("a_token_revoked_at_one_replica_closes_the_uplink_at_another") {
+        return;
+    }
+    let Some(url) = anxin_tests::require_postgres("tokens").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir, gw_dir) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("gw"),
+    );
+    for d in [&a_dir, &b_dir, &gw_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let a = Server::start_replica(&a_dir, &url, &[]).await;
+    let b = Server::start_replica(&b_dir, &url, &[]).await;
+    let gateway = Gateway::start(&gw_dir, b.grpc_port, &["btn-1"]).await;
+    eventually("the uplink to b", PATIENCE, || async {
+        uplink_up(&gateway).await.then_some(())
+    })
+    .await;
+    let listed = a.get("/api/v1/gateways/gw-test/tokens").await;
+    let id = listed["tokens"][0]["tokenId"].as_str().unwrap().to_string();
+    let revoked_at = std::time::Instant::now();
+    a.send(
+        "DELETE",
+        &format!("/api/v1/gateways/gw-test/tokens/{id}"),
+        serde_json::json!({}),
+    )
+    .await;
+    eventually("b to close the uplink", PATIENCE, || async {
+        (b.metric("anxin_server_uplink_closed_token_total").await >= 1.0
+            && !uplink_up(&gateway).await)
+            .then_some(())
+    })
+    .await;
+    let after = revoked_at.elapsed();
+    assert!(
+        after < Duration::from_secs(5),
+        "the uplink at b outlived the revocation at a by {after:?}"
+    );
+    eprintln!("revoked at replica a, closed at replica b after {after:?}");
+}

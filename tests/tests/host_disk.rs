@@ -207,3 +207,50 @@ async fn another_program_fills_the_disk_and_p0_keeps_flowing() {
     })
     .await;
 }
+
+/// Left unset, the journal's disk thresholds fit the disk: on a 24 MB
+/// journal disk the gateway is healthy and acks telemetry (with the
+/// defaults made for a real disk, a 64 MiB low-water mark, it deferred every
+/// routine event while 23 MB were free), and says what it fitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unset_thresholds_fit_a_small_journal_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let _disk = match SmallDisk::mount(&dir.path().join("journal"), 24) {
+        Ok(disk) => disk,
+        Err(why) => return skip("host_disk", &why),
+    };
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let server = Server::start(&server_dir).await;
+    let devices = meters(20);
+    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let gateway = Gateway::start_with(
+        dir.path(),
+        server.grpc_port,
+        &refs,
+        &[
+            ("limits", "device_rate_per_sec = 5000.0"),
+            ("limits", "device_burst = 5000"),
+        ],
+    )
+    .await;
+    assert!(
+        gateway.proc.log().contains("fitted to a small filesystem"),
+        "the gateway says what it fitted"
+    );
+    assert!(
+        reasons(&gateway).await.is_empty(),
+        "healthy on a 24 MB disk"
+    );
+    let ledger = dir.path().join("telemetry.jsonl");
+    let mut telemetry = load(dir.path(), &gateway.mqtt(), &ledger, "200", "3");
+    let summary = telemetry.line_starting("load ", PATIENCE).await;
+    assert_eq!(field(&summary, "rejected"), Some("0"), "{summary}");
+    assert_eq!(
+        field(&summary, "stored"),
+        field(&summary, "sent"),
+        "{summary}"
+    );
+    gateway.wait_drained(PATIENCE).await;
+    verify_clean(dir.path(), &ledger, &server.http()).await;
+}

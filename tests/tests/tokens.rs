@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use anxin_proto::v1::ListAlertsRequest;
+use anxin_proto::v1::{
+    ListAlertsRequest, ListTokensRequest, RevokeTokenRequest, RotateGatewayTokenRequest,
+};
 use anxin_tests::{
     Gateway, PATIENCE, Server, Sim, TEST_ADMIN_TOKEN, TEST_GATEWAY_TOKEN, eventually, free_port,
 };
@@ -273,17 +275,20 @@ async fn gateway_tokens_rotate_expire_and_revoke_on_a_live_uplink() {
     })
     .await;
 
-    // Revocation by id closes the open uplink within seconds.
+    // Revocation by id (over the Admin gRPC service here) closes the open
+    // uplink within seconds.
     let second_id = rotated["tokenId"].as_str().unwrap();
     let before = closed().await;
     let revoked_at = std::time::Instant::now();
-    server
-        .send(
-            "DELETE",
-            &format!("/api/v1/gateways/gw-test/tokens/{second_id}"),
-            serde_json::json!({}),
-        )
-        .await;
+    let mut admin = anxin_tests::grpc::admin(&server.grpc(), TEST_ADMIN_TOKEN).await;
+    admin
+        .revoke_token(RevokeTokenRequest {
+            subject_kind: "gateway".into(),
+            subject_id: "gw-test".into(),
+            token_id: second_id.into(),
+        })
+        .await
+        .unwrap();
     eventually(
         "the uplink closed after the revocation",
         PATIENCE,
@@ -297,18 +302,20 @@ async fn gateway_tokens_rotate_expire_and_revoke_on_a_live_uplink() {
     );
 
     // A token with a lifetime: its uplink closes when it ends.
-    let short = server
-        .send(
-            "POST",
-            "/api/v1/gateways/gw-test/tokens",
-            serde_json::json!({ "ttlSecs": 3 }),
-        )
-        .await;
+    let short = admin
+        .rotate_gateway_token(RotateGatewayTokenRequest {
+            gateway_id: "gw-test".into(),
+            ttl_secs: Some(3),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
-        short["earlierValidUntilMs"], 0,
+        short.earlier_valid_until_ms, 0,
         "no earlier token was valid"
     );
-    use_token(&mut gateway, dir.path(), short["token"].as_str().unwrap()).await;
+    assert!(short.expires_ms > 0);
+    use_token(&mut gateway, dir.path(), &short.token).await;
     press(dir.path(), &gateway, "btn-3").await;
     eventually("btn-3's alert", PATIENCE, || async {
         (!server.alerts_for("btn-3").await.is_empty()).then_some(())
@@ -322,15 +329,26 @@ async fn gateway_tokens_rotate_expire_and_revoke_on_a_live_uplink() {
     )
     .await;
 
-    let listed = server.get("/api/v1/gateways/gw-test/tokens").await;
-    let tokens = listed["tokens"].as_array().unwrap();
-    assert_eq!(tokens.len(), 3, "{listed}");
-    assert!(tokens.iter().any(|t| t["revokedMs"].as_i64().unwrap() > 0));
-    assert!(
-        tokens
-            .iter()
-            .all(|t| t["expiresMs"].as_i64().unwrap() > 0 || t["revokedMs"].as_i64().unwrap() > 0)
-    );
+    let tokens = admin
+        .list_tokens(ListTokensRequest {
+            subject_kind: "gateway".into(),
+            subject_id: "gw-test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert_eq!(tokens.len(), 3, "{tokens:?}");
+    assert!(tokens.iter().any(|t| t.revoked_ms > 0));
+    assert!(tokens.iter().all(|t| t.expires_ms > 0 || t.revoked_ms > 0));
+    let refused = admin
+        .list_tokens(ListTokensRequest {
+            subject_kind: "device".into(),
+            subject_id: "btn-1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     eprintln!(
         "uplink closed {late_by} ms after the grace ended and {revoked_after:?} after the revocation"
     );

@@ -7,9 +7,10 @@ use anxin_proto::v1::{
     AcknowledgeRequest, ActRequest, Alert, AlertAction, AlertState, AlertUpdate, AuditList,
     AuditQuery, DeviceList, DeviceRecord, GatewayList, GetRequest, ImportReport, ImportRequest,
     IssueTokenRequest, IssueTokenResponse, ListAlertsRequest, ListAlertsResponse, ListRequest,
-    Place, PlaceList, PutGatewayRequest, PutGatewayResponse, Report, ReportRequest, Resident,
-    ResidentList, ResolveRequest, Staff, StaffList, WatchAlertsRequest, admin_server::Admin,
-    dispatch_server::Dispatch,
+    ListTokensRequest, Place, PlaceList, PutGatewayRequest, PutGatewayResponse, Report,
+    ReportRequest, Resident, ResidentList, ResolveRequest, RevokeTokenRequest, RevokeTokenResponse,
+    RotateGatewayTokenRequest, RotateGatewayTokenResponse, Staff, StaffList, TokenList,
+    WatchAlertsRequest, admin_server::Admin, dispatch_server::Dispatch,
 };
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -59,6 +60,12 @@ fn staff_caller<T>(auth: &Authenticator, request: &Request<T>) -> Result<Princip
         )),
         principal => Ok(principal),
     }
+}
+
+fn unknown_kind(kind: &str) -> Status {
+    Status::invalid_argument(format!(
+        "subject_kind {kind:?} is not \"staff\" or \"gateway\""
+    ))
 }
 
 fn states(raw: &[i32]) -> Result<Vec<AlertState>, Status> {
@@ -399,6 +406,85 @@ impl Admin for AdminService {
             .await
             .map_err(status)?;
         Ok(Response::new(IssueTokenResponse { token: token.token }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<ListTokensRequest>,
+    ) -> Result<Response<TokenList>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let ListTokensRequest {
+            subject_kind,
+            subject_id,
+        } = request.get_ref();
+        let tokens = self.admin.tokens();
+        let listed = match subject_kind.as_str() {
+            "staff" => tokens.staff_tokens(&who, subject_id),
+            "gateway" => tokens.gateway_tokens(&who, subject_id),
+            other => return Err(unknown_kind(other)),
+        }
+        .map_err(status)?;
+        Ok(Response::new(TokenList {
+            tokens: listed
+                .into_iter()
+                .map(|t| anxin_proto::v1::TokenInfo {
+                    token_id: t.token_id,
+                    issued_ms: t.issued_ms,
+                    expires_ms: t.expires_ms,
+                    revoked_ms: t.revoked_ms,
+                    last_used_ms: t.last_used_ms,
+                    session: t.session,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let RevokeTokenRequest {
+            subject_kind,
+            subject_id,
+            token_id,
+        } = request.get_ref();
+        let tokens = self.admin.tokens();
+        match subject_kind.as_str() {
+            "staff" => tokens.revoke_token(&who, subject_id, token_id),
+            "gateway" => tokens.revoke_gateway_token(&who, subject_id, token_id),
+            other => return Err(unknown_kind(other)),
+        }
+        .map_err(status)?;
+        super::durable(self.admin.store(), ())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn rotate_gateway_token(
+        &self,
+        request: Request<RotateGatewayTokenRequest>,
+    ) -> Result<Response<RotateGatewayTokenResponse>, Status> {
+        let who = staff_caller(&self.auth, &request)?;
+        let ttl_ms = request
+            .get_ref()
+            .ttl_secs
+            .map(|s| (s as i64).saturating_mul(1000));
+        let (issued, earlier_valid_until_ms) = self
+            .admin
+            .tokens()
+            .rotate_gateway_token(&who, &request.get_ref().gateway_id, ttl_ms)
+            .map_err(status)?;
+        super::durable(self.admin.store(), ())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(RotateGatewayTokenResponse {
+            token: issued.token,
+            token_id: issued.token_id,
+            expires_ms: issued.expires_ms,
+            earlier_valid_until_ms,
+        }))
     }
 
     async fn import(

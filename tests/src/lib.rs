@@ -321,6 +321,22 @@ pub fn sled_only(test: &str, why: &str) -> bool {
     sled
 }
 
+/// The operator's helper, `anxin-server certs --dir <dir> <args…>`: a CA
+/// and the certificates `args` ask for (`--server-name`, `--gateway`, …).
+pub fn anxin_server_certs(dir: &Path, args: &[&str]) {
+    let made = Command::new(binary("anxin-server"))
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
 /// For a test that runs a PostgreSQL server of its own (whatever the
 /// matrix says): it runs once, in the PostgreSQL pass, saying so in the
 /// other.

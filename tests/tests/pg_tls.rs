@@ -8,23 +8,9 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use anxin_tests::{
-    Gateway, PATIENCE, Server, Sim, TEST_ADMIN_TOKEN, binary, eventually, free_port, host::skip,
-    pg::PgInstance, postgres_pass,
+    Gateway, PATIENCE, Server, Sim, TEST_ADMIN_TOKEN, anxin_server_certs, binary, eventually,
+    free_port, host::skip, pg::PgInstance, postgres_pass,
 };
-
-fn certs(dir: &Path, name: &str) {
-    let made = Command::new(binary("anxin-server"))
-        .args(["certs", "--dir"])
-        .arg(dir)
-        .args(["--server-name", name])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-}
 
 /// Runs a server on `url` and expects it to refuse to start; its output.
 fn refused_start(dir: &Path, url: &str) -> String {
@@ -82,9 +68,9 @@ async fn replicas_reach_postgresql_over_verified_tls_and_nothing_else() {
         Err(why) => return skip("pg_tls", &why),
     };
     let pki = dir.path().join("pki");
-    certs(&pki, "localhost");
+    anxin_server_certs(&pki, &["--server-name", "localhost"]);
     let other = dir.path().join("other-pki");
-    certs(&other, "localhost");
+    anxin_server_certs(&other, &["--server-name", "localhost"]);
     pg.execute("create database anxin").await;
     pg.require_tls(&pki.join("server.pem"), &pki.join("server.key"))
         .await;

@@ -271,6 +271,66 @@ async fn unset_thresholds_fit_a_small_store_disk() {
     );
 }
 
+/// A gateway with ten meters and a button (`btn-0`) on `server`, the
+/// meters flooding it with 200 routine events/s for 20 s (ledger kept), and
+/// the flood already reaching the server.
+struct Flood {
+    gdir: std::path::PathBuf,
+    gateway: Gateway,
+    flood: Sim,
+    ledger: std::path::PathBuf,
+}
+
+async fn flood(dir: &std::path::Path, server: &Server) -> Flood {
+    let mut devices: Vec<String> = (0..10).map(|i| format!("meter-{i:05}")).collect();
+    devices.push("btn-0".into());
+    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let gdir = dir.join("gw");
+    std::fs::create_dir_all(&gdir).unwrap();
+    let gateway = Gateway::start_with(
+        &gdir,
+        server.grpc_port,
+        &refs,
+        &[
+            ("limits", "device_rate_per_sec = 1000.0"),
+            ("limits", "device_burst = 1000"),
+        ],
+    )
+    .await;
+    let ledger = dir.join("flood.jsonl");
+    let flood = Sim::run(
+        dir,
+        &gateway.mqtt(),
+        &[
+            "load",
+            "--devices",
+            "10",
+            "--prefix",
+            "meter-",
+            "--rate",
+            "200",
+            "--duration",
+            "20",
+            "--drain",
+            "2",
+            "--mix",
+            "p2=0.1,p3=0.9",
+            "--ledger",
+            ledger.to_str().unwrap(),
+        ],
+    );
+    eventually("the flood to reach the server", PATIENCE, || async {
+        (server.event_count().await > 100).then_some(())
+    })
+    .await;
+    Flood {
+        gdir,
+        gateway,
+        flood,
+        ledger,
+    }
+}
+
 /// The store's disk held low by a filler (not full) under a flood: the
 /// server goes on taking alarms on the gateway's stream and defers the
 /// routine events one by one, so an SOS reaches the dispatcher's queue at
@@ -296,47 +356,12 @@ async fn alarms_reach_the_queue_while_the_store_disk_is_low() {
         ],
     )
     .await;
-    let mut devices: Vec<String> = (0..10).map(|i| format!("meter-{i:05}")).collect();
-    devices.push("btn-0".into());
-    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let gdir = dir.path().join("gw");
-    std::fs::create_dir_all(&gdir).unwrap();
-    let gateway = Gateway::start_with(
-        &gdir,
-        server.grpc_port,
-        &refs,
-        &[
-            ("limits", "device_rate_per_sec = 1000.0"),
-            ("limits", "device_burst = 1000"),
-        ],
-    )
-    .await;
-    let ledger = dir.path().join("flood.jsonl");
-    let mut flood = Sim::run(
-        dir.path(),
-        &gateway.mqtt(),
-        &[
-            "load",
-            "--devices",
-            "10",
-            "--prefix",
-            "meter-",
-            "--rate",
-            "200",
-            "--duration",
-            "20",
-            "--drain",
-            "2",
-            "--mix",
-            "p2=0.1,p3=0.9",
-            "--ledger",
-            ledger.to_str().unwrap(),
-        ],
-    );
-    eventually("the flood to reach the server", PATIENCE, || async {
-        (server.event_count().await > 100).then_some(())
-    })
-    .await;
+    let Flood {
+        gdir,
+        gateway,
+        mut flood,
+        ledger,
+    } = flood(dir.path(), &server).await;
 
     let filler = disk.fill_leaving(4 << 20);
     eventually("the server to report its disk low", PATIENCE, || async {
@@ -431,47 +456,12 @@ async fn alarms_go_first_when_the_database_is_out_of_space() {
     let home = dir.path().join("server");
     std::fs::create_dir_all(&home).unwrap();
     let server = Server::start_replica(&home, &pg.url("anxin"), &[]).await;
-    let mut devices: Vec<String> = (0..10).map(|i| format!("meter-{i:05}")).collect();
-    devices.push("btn-0".into());
-    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let gdir = dir.path().join("gw");
-    std::fs::create_dir_all(&gdir).unwrap();
-    let gateway = Gateway::start_with(
-        &gdir,
-        server.grpc_port,
-        &refs,
-        &[
-            ("limits", "device_rate_per_sec = 1000.0"),
-            ("limits", "device_burst = 1000"),
-        ],
-    )
-    .await;
-    let ledger = dir.path().join("flood.jsonl");
-    let mut flood = Sim::run(
-        dir.path(),
-        &gateway.mqtt(),
-        &[
-            "load",
-            "--devices",
-            "10",
-            "--prefix",
-            "meter-",
-            "--rate",
-            "200",
-            "--duration",
-            "20",
-            "--drain",
-            "2",
-            "--mix",
-            "p2=0.1,p3=0.9",
-            "--ledger",
-            ledger.to_str().unwrap(),
-        ],
-    );
-    eventually("the flood to reach the server", PATIENCE, || async {
-        (server.event_count().await > 100).then_some(())
-    })
-    .await;
+    let Flood {
+        gdir,
+        gateway,
+        mut flood,
+        ledger,
+    } = flood(dir.path(), &server).await;
 
     let (filler, filled) = space.fill().await;
     eventually(

@@ -6,24 +6,25 @@
 
 use std::time::Duration;
 
-use anxin_tests::{Gateway, PATIENCE, Server, Sim, binary, eventually, free_port};
+use anxin_tests::{Gateway, PATIENCE, Server, Sim, eventually, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_gateway_with_its_own_certificate_gets_through() {
     let dir = tempfile::tempdir().unwrap();
     // The operator's helper makes the deployment's certificates.
     let pki = dir.path().join("pki");
-    let made = std::process::Command::new(binary("anxin-server"))
-        .args(["certs", "--dir"])
-        .arg(&pki)
-        .args(["--server-name", "localhost", "--server-name", "127.0.0.1"])
-        .args(["--gateway", "gw-test", "--gateway", "gw-x"])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    anxin_tests::anxin_server_certs(
+        &pki,
+        &[
+            "--server-name",
+            "localhost",
+            "--server-name",
+            "127.0.0.1",
+            "--gateway",
+            "gw-test",
+            "--gateway",
+            "gw-x",
+        ],
     );
     let file = |name: &str| pki.join(name);
     let tls = |field: &str, path: &std::path::Path| format!("{field} = \"{}\"", path.display());

@@ -301,11 +301,12 @@ async fn gateway_tokens_rotate_expire_and_revoke_on_a_live_uplink() {
         "an open uplink outlived its revoked token by {revoked_after:?}"
     );
 
-    // A token with a lifetime: its uplink closes when it ends.
+    // A token with a lifetime: flagged on the gateway board, and its
+    // uplink closes when it ends.
     let short = admin
         .rotate_gateway_token(RotateGatewayTokenRequest {
             gateway_id: "gw-test".into(),
-            ttl_secs: Some(3),
+            ttl_secs: Some(6),
         })
         .await
         .unwrap()
@@ -316,6 +317,23 @@ async fn gateway_tokens_rotate_expire_and_revoke_on_a_live_uplink() {
     );
     assert!(short.expires_ms > 0);
     use_token(&mut gateway, dir.path(), &short.token).await;
+    // The board tells the dispatchers before it ends.
+    let row = eventually("the board to flag the token", PATIENCE, || async {
+        let board = server.get("/api/v1/gateways/board").await;
+        board["gateways"]
+            .as_array()?
+            .iter()
+            .find(|g| {
+                g["id"] == "gw-test"
+                    && g["reasons"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r == "token_expiring"))
+            })
+            .cloned()
+    })
+    .await;
+    assert_eq!(row["state"], "degraded", "{row}");
+    assert_eq!(row["tokenExpiresMs"], short.expires_ms.to_string(), "{row}");
     press(dir.path(), &gateway, "btn-3").await;
     eventually("btn-3's alert", PATIENCE, || async {
         (!server.alerts_for("btn-3").await.is_empty()).then_some(())

@@ -585,10 +585,19 @@ async fn gateway_board(
                 .unwrap_or_else(|_| gateway.community_id.clone());
             let seen = state.desk.gateways().seen(&gateway.id);
             let status = seen.as_ref().and_then(|s| s.status.clone());
-            let reasons = status
+            let mut reasons = status
                 .as_ref()
                 .map(|s| s.reasons.clone())
                 .unwrap_or_default();
+            let token_expires_ms = seen
+                .as_ref()
+                .filter(|s| s.connected)
+                .and_then(|s| s.token_expires_ms);
+            if token_expires_ms.is_some_and(|at| {
+                at - anxin_proto::now_ms() < super::uplink::TOKEN_EXPIRY_WARNING_MS
+            }) {
+                reasons.push("token_expiring".into());
+            }
             let board_state = match &seen {
                 None => "unknown",
                 Some(seen) if !seen.connected => "offline",
@@ -608,6 +617,7 @@ async fn gateway_board(
                 "journalDepth": status.as_ref().map(|s| s.journal_depth.to_string()),
                 "restartsInPlace": status.as_ref().map(|s| s.restarts_in_place),
                 "softwareVersion": status.as_ref().map(|s| s.software_version.clone()),
+                "tokenExpiresMs": token_expires_ms.map(|at| at.to_string()),
             })
         })
         .collect();

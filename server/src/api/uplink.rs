@@ -258,6 +258,10 @@ use tokio_stream::StreamExt as _;
 /// has passed.
 const TOKEN_CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// A gateway whose token ends sooner than this shows on the gateway board
+/// (`token_expiring`): an expired token stops its alarms.
+pub const TOKEN_EXPIRY_WARNING_MS: i64 = 14 * 24 * 3600 * 1000;
+
 /// Closes a gateway's open uplink once its token is revoked or expires
 /// (within [`TOKEN_CHECK_EVERY`] of the change reaching this replica):
 /// logged, counted and audited, and the gateway told `UNAUTHENTICATED`.
@@ -272,6 +276,11 @@ async fn guard_token(
     let gateways = desk.gateways().clone();
     let mut seen = gateways.directory_epoch();
     let mut expires_ms = auth.expiry_of(&token).ok().flatten();
+    gateways.token_expiry(&gateway_id, expires_ms);
+    if let Some(at) = expires_ms.filter(|&at| at - anxin_proto::now_ms() < TOKEN_EXPIRY_WARNING_MS)
+    {
+        tracing::warn!(%gateway_id, expires_ms = at, "the gateway's uplink token expires soon; rotate it (POST /api/v1/gateways/{{id}}/tokens)");
+    }
     loop {
         tokio::select! {
             _ = ended.cancelled() => return,
@@ -287,6 +296,7 @@ async fn guard_token(
             Ok(Principal::Gateway(id)) if id == gateway_id => {
                 // A rotation gives an earlier token an expiry.
                 expires_ms = auth.expiry_of(&token).ok().flatten();
+                gateways.token_expiry(&gateway_id, expires_ms);
                 continue;
             }
             // A store that cannot answer now does not end an uplink; the

@@ -41,6 +41,9 @@ pub struct Seen {
     /// Server clock: when the gateway last reported its status.
     pub reported_ms: i64,
     pub status: Option<GatewayStatus>,
+    /// When the token its open stream was made with expires (`None`:
+    /// never, or not connected here).
+    pub token_expires_ms: Option<i64>,
 }
 
 impl ConnectedGateways {
@@ -113,6 +116,14 @@ impl ConnectedGateways {
     pub fn try_send(&self, gateway_id: &str, message: ServerMessage) -> bool {
         let sender = self.lock().get(gateway_id).map(|(_, s)| s.clone());
         sender.is_some_and(|s| s.try_send(message).is_ok())
+    }
+
+    /// Records when the token of a gateway's open stream expires.
+    pub fn token_expiry(&self, gateway_id: &str, expires_ms: Option<i64>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.entry(gateway_id.to_string())
+            .or_default()
+            .token_expires_ms = expires_ms;
     }
 
     /// Records a gateway's report of its own health.

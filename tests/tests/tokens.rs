@@ -214,6 +214,15 @@ async fn gateway_tokens_rotate_expire_and_revoke_on_a_live_uplink() {
             .await
     };
 
+    // Updating the gateway's record leaves its tokens as they are.
+    let updated = server
+        .send(
+            "PUT",
+            "/api/v1/gateways/gw-test",
+            serde_json::json!({ "name": "Home 1" }),
+        )
+        .await;
+    assert_eq!(updated["token"], "", "{updated}");
     // The provisioned token, listed by id only.
     let listed = server.get("/api/v1/gateways/gw-test/tokens").await;
     assert_eq!(listed["tokens"].as_array().unwrap().len(), 1, "{listed}");
@@ -299,6 +308,21 @@ async fn gateway_tokens_rotate_expire_and_revoke_on_a_live_uplink() {
     assert!(
         revoked_after < Duration::from_secs(5),
         "an open uplink outlived its revoked token by {revoked_after:?}"
+    );
+
+    // A revoked token cannot be given back through the gateway's record.
+    let (status, body) = server
+        .call(
+            "PUT",
+            "/api/v1/gateways/gw-test",
+            TEST_ADMIN_TOKEN,
+            Some(serde_json::json!({ "token": second })),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("revoked"),
+        "{body}"
     );
 
     // A token with a lifetime: flagged on the gateway board, and its

@@ -342,25 +342,59 @@ impl AdminDesk {
         if !gateway.community_id.is_empty() {
             directory::check_community(&self.store, &gateway.community_id).map_err(bad)?;
         }
+        let exists = self.store.gateway(&gateway.id)?.is_some();
+        // The token to write, if any: a new gateway gets one (chosen or
+        // made); an existing one keeps its tokens unless one is named
+        // (rotation is POST /api/v1/gateways/{id}/tokens).
         let token = match token {
-            "" => rights::new_token(),
+            "" if exists => None,
+            "" => Some(rights::new_token()),
             t if t.len() < 16 => {
                 return Err(bad("a gateway token needs at least 16 characters".into()));
             }
-            t => t.to_string(),
+            t => match self.store.token(&rights::digest(t))? {
+                // Named again (a provisioning script run twice): as it is,
+                // its expiry kept.
+                Some(known)
+                    if known.subject_kind == "gateway"
+                        && known.subject_id == gateway.id
+                        && known.revoked_ms == 0 =>
+                {
+                    None
+                }
+                Some(known) if known.revoked_ms > 0 => {
+                    return Err(bad(
+                        "this token was revoked and cannot be given again; choose a new one".into(),
+                    ));
+                }
+                Some(_) => {
+                    return Err(bad(
+                        "this token belongs to someone else; choose a new one".into()
+                    ));
+                }
+                None => Some(t.to_string()),
+            },
+        };
+        let digest = token.as_deref().map(rights::digest).unwrap_or_default();
+        let detail = match &token {
+            Some(_) => format!("token {} issued", directory::token_id(&digest)),
+            None => "record updated; tokens unchanged".to_string(),
         };
         self.store.put_gateway(
             &gateway,
-            &rights::digest(&token),
+            &digest,
             entry(
                 caller,
                 "gateway.put",
                 format!("gateway/{}", gateway.id),
                 &gateway.community_id,
-                "token issued".into(),
+                detail,
             ),
         )?;
-        Ok((gateway, token))
+        if token.is_some() {
+            self.gateways.directory_changed();
+        }
+        Ok((gateway, token.unwrap_or_default()))
     }
 
     pub fn gateways(

@@ -1240,6 +1240,29 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 /// package variables, which would rebuild ring and what uses it), its
 /// state in `state`, with `env` (ports); its stdout and stderr lines as
 /// they come.
+/// The first alert of `device` that `GET alerts_url` lists for `token`;
+/// `None` while there is none or the server cannot answer.
+pub async fn listed_alert(
+    alerts_url: &str,
+    token: &str,
+    device: &str,
+) -> Option<serde_json::Value> {
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(alerts_url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["deviceId"] == device)
+        .cloned()
+}
+
 pub fn spawn_dev_stack(state: &Path, env: &[(&str, String)]) -> (Child, mpsc::Receiver<String>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut bash = Command::new("bash");

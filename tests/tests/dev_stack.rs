@@ -36,21 +36,8 @@ async fn the_dev_stack_starts_where_default_ports_are_taken_and_shows_an_sos() {
         .unwrap();
     let url = api.split_whitespace().last().unwrap().to_string();
     let client = reqwest::Client::new();
-    let alert = eventually("btn-0001's SOS in the queue", PATIENCE, || async {
-        let body: serde_json::Value = client
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        body["alerts"]
-            .as_array()?
-            .iter()
-            .find(|a| a["deviceId"] == "btn-0001")
-            .cloned()
+    let alert = eventually("btn-0001's SOS in the queue", PATIENCE, || {
+        anxin_tests::listed_alert(&url, token, "btn-0001")
     })
     .await;
     assert_eq!(alert["kind"], "EVENT_KIND_SOS", "{alert}");

@@ -202,23 +202,13 @@ async fn the_readme_commands_run_as_written_and_print_what_it_shows() {
         "btn-0001's alert offered, as the README says",
         PATIENCE,
         || async {
-            let listed: serde_json::Value = reqwest::Client::new()
-                .get(format!(
-                    "http://127.0.0.1:{}/api/v1/alerts?state=offered",
-                    stack.http
-                ))
-                .bearer_auth(&stack.token)
-                .send()
+            let offered = format!(
+                "http://127.0.0.1:{}/api/v1/alerts?state=offered",
+                stack.http
+            );
+            anxin_tests::listed_alert(&offered, &stack.token, "btn-0001")
                 .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            listed["alerts"]
-                .as_array()?
-                .iter()
-                .any(|a| a["deviceId"] == "btn-0001")
-                .then_some(())
+                .map(|_| ())
         },
     )
     .await;

@@ -102,47 +102,10 @@ async fn full_store_disk(reserve: &str, must_restart: bool, load: bool) {
     )
     .await;
     let pid = server.proc.pid();
-    let mut devices: Vec<String> = (0..10).map(|i| format!("meter-{i:05}")).collect();
-    devices.push("btn-0".into());
-    devices.push("btn-1".into());
-    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
-    let gdir = dir.path().join("gw");
-    std::fs::create_dir_all(&gdir).unwrap();
-    let gateway = Gateway::start_with(
-        &gdir,
-        server.grpc_port,
-        &refs,
-        &[
-            ("limits", "device_rate_per_sec = 1000.0"),
-            ("limits", "device_burst = 1000"),
-        ],
-    )
-    .await;
+    let (gdir, gateway) = meter_gateway(dir.path(), &server, &["btn-0", "btn-1"]).await;
 
     let ledger = dir.path().join("steady.jsonl");
-    let mut steady = load.then(|| {
-        Sim::run(
-            dir.path(),
-            &gateway.mqtt(),
-            &[
-                "load",
-                "--devices",
-                "10",
-                "--prefix",
-                "meter-",
-                "--rate",
-                "200",
-                "--duration",
-                "20",
-                "--drain",
-                "2",
-                "--mix",
-                "p1=0.05,p3=0.95",
-                "--ledger",
-                ledger.to_str().unwrap(),
-            ],
-        )
-    });
+    let mut steady = load.then(|| meter_load(dir.path(), &gateway, "p1=0.05,p3=0.95", &ledger));
     // An alert for a dispatcher to work on while the disk is full.
     Sim::press_until_stored(&gdir, &gateway.mqtt(), "btn-0").await;
     eventually("btn-0's alert", PATIENCE, || async {
@@ -282,9 +245,31 @@ struct Flood {
 }
 
 async fn flood(dir: &std::path::Path, server: &Server) -> Flood {
-    let mut devices: Vec<String> = (0..10).map(|i| format!("meter-{i:05}")).collect();
-    devices.push("btn-0".into());
-    let refs: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let (gdir, gateway) = meter_gateway(dir, server, &["btn-0"]).await;
+    let ledger = dir.join("flood.jsonl");
+    let flood = meter_load(dir, &gateway, "p2=0.1,p3=0.9", &ledger);
+    eventually("the flood to reach the server", PATIENCE, || async {
+        (server.event_count().await > 100).then_some(())
+    })
+    .await;
+    Flood {
+        gdir,
+        gateway,
+        flood,
+        ledger,
+    }
+}
+
+/// A gateway (in `dir/gw`) on `server` with ten meters (`meter-00000` …)
+/// and the given buttons, the meters allowed 1,000 events/s each.
+async fn meter_gateway(
+    dir: &std::path::Path,
+    server: &Server,
+    buttons: &[&str],
+) -> (std::path::PathBuf, Gateway) {
+    let meters: Vec<String> = (0..10).map(|i| format!("meter-{i:05}")).collect();
+    let mut refs: Vec<&str> = meters.iter().map(String::as_str).collect();
+    refs.extend_from_slice(buttons);
     let gdir = dir.join("gw");
     std::fs::create_dir_all(&gdir).unwrap();
     let gateway = Gateway::start_with(
@@ -297,8 +282,17 @@ async fn flood(dir: &std::path::Path, server: &Server) -> Flood {
         ],
     )
     .await;
-    let ledger = dir.join("flood.jsonl");
-    let flood = Sim::run(
+    (gdir, gateway)
+}
+
+/// The ten meters offering 200 events/s of `mix` for 20 s, into `ledger`.
+fn meter_load(
+    dir: &std::path::Path,
+    gateway: &Gateway,
+    mix: &str,
+    ledger: &std::path::Path,
+) -> Sim {
+    Sim::run(
         dir,
         &gateway.mqtt(),
         &[
@@ -314,21 +308,11 @@ async fn flood(dir: &std::path::Path, server: &Server) -> Flood {
             "--drain",
             "2",
             "--mix",
-            "p2=0.1,p3=0.9",
+            mix,
             "--ledger",
             ledger.to_str().unwrap(),
         ],
-    );
-    eventually("the flood to reach the server", PATIENCE, || async {
-        (server.event_count().await > 100).then_some(())
-    })
-    .await;
-    Flood {
-        gdir,
-        gateway,
-        flood,
-        ledger,
-    }
+    )
 }
 
 /// The store's disk held low by a filler (not full) under a flood: the

@@ -43,14 +43,24 @@ fn status(err: impl Into<ApiError>) -> Status {
     err.into().into()
 }
 
+/// The bearer token of a gRPC request's `authorization` metadata.
+pub fn token_of<T>(request: &Request<T>) -> Option<&str> {
+    Authenticator::bearer(
+        request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
 /// The caller of a gRPC request, from its `authorization` metadata.
 pub fn caller<T>(auth: &Authenticator, request: &Request<T>) -> Result<Principal, Status> {
-    let header = request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    auth.authenticate(Authenticator::bearer(header))
-        .map_err(status)
+    authenticated(auth, token_of(request))
+}
+
+/// Who `token` is, or the status that refuses it.
+pub fn authenticated(auth: &Authenticator, token: Option<&str>) -> Result<Principal, Status> {
+    auth.authenticate(token).map_err(status)
 }
 
 fn staff_caller<T>(auth: &Authenticator, request: &Request<T>) -> Result<Principal, Status> {

@@ -136,18 +136,15 @@ impl Uplink for UplinkService {
         &self,
         request: Request<Streaming<GatewayMessage>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
-        let principal = crate::api::grpc::caller(&self.auth, &request).inspect_err(|status| {
-            metrics::counter!(m::UPLINK_REFUSED).increment(1);
-            tracing::warn!(error = %status.message(), "uplink refused: no valid gateway token");
-        })?;
-        let token = Authenticator::bearer(
-            request
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        )
-        .unwrap_or_default()
-        .to_string();
+        // Kept: the open stream checks it again (`guard_token`).
+        let token = crate::api::grpc::token_of(&request)
+            .unwrap_or_default()
+            .to_string();
+        let principal =
+            crate::api::grpc::authenticated(&self.auth, Some(&token)).inspect_err(|status| {
+                metrics::counter!(m::UPLINK_REFUSED).increment(1);
+                tracing::warn!(error = %status.message(), "uplink refused: no valid gateway token");
+            })?;
         let certs = request.peer_certs();
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {

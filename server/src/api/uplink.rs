@@ -24,7 +24,7 @@ use crate::{
     desks::{
         alerts::AlertDesk,
         auth::{AuthError, Authenticator},
-        intake::{GatewayIntake, refuse_uplink, roster_of},
+        intake::{GatewayIntake, Settler, Taken, refuse_uplink, roster_of},
         signals::Signals,
     },
     domain::rights::Principal,
@@ -39,8 +39,11 @@ const MAX_BATCH: usize = 512;
 /// Test-only fault injection: with `ANXIN_FAULT=crash_after_commit` the
 /// process dies right after a flush and before sending `received`, the
 /// moment a kill -9 hurts most.
-fn crash_after_commit() -> bool {
-    std::env::var("ANXIN_FAULT").is_ok_and(|v| v == "crash_after_commit")
+fn crash_if_asked() {
+    if std::env::var("ANXIN_FAULT").is_ok_and(|v| v == "crash_after_commit") {
+        tracing::error!("ANXIN_FAULT=crash_after_commit: dying before the received ack");
+        std::process::abort();
+    }
 }
 
 pub struct UplinkService {
@@ -429,8 +432,16 @@ async fn defer_routine(
     Ok(kept)
 }
 
+/// Batches with readings waiting for the stream's judge: past this the
+/// stream waits too, so a judge that falls behind slows the gateway
+/// rather than growing memory.
+const JUDGE_QUEUE: usize = 4;
+
 /// The stream of one gateway: receive a batch, hand it to the intake desk,
 /// flush, then answer `Received` for each event (never before the flush).
+/// A batch with readings goes on to the stream's judge, which judges them
+/// by the rules, flushes and answers; the next batch's alarm does not wait
+/// for that.
 async fn serve_gateway(
     intake: &mut GatewayIntake,
     health: &Health,
@@ -439,6 +450,74 @@ async fn serve_gateway(
     closed: &tokio_util::sync::CancellationToken,
     takes_deferrals: bool,
 ) -> Result<(), GatewayStreamError> {
+    let (to_judge, queue) = mpsc::channel(JUDGE_QUEUE);
+    let judge_failed = closed.child_token();
+    let judge = tokio::spawn(judge_readings(
+        intake.settler().clone(),
+        queue,
+        outbound.clone(),
+        judge_failed.clone(),
+    ));
+    let received = receive_batches(
+        intake,
+        health,
+        inbound,
+        outbound,
+        &judge_failed,
+        takes_deferrals,
+        to_judge,
+    )
+    .await;
+    // The judge finishes what it was given (its judgement is durable even
+    // when the gateway is gone) before the stream counts as ended.
+    let judged = match judge.await {
+        Ok(judged) => judged,
+        Err(panicked) => std::panic::resume_unwind(panicked.into_panic()),
+    };
+    match (received, judged) {
+        (_, Err(err)) => Err(err.into()),
+        (received, Ok(())) => received,
+    }
+}
+
+/// The stream's judge: each batch's readings judged by the health and
+/// safety rules in the order taken, flushed, then the batch answered. An
+/// answer that cannot be sent (the stream ended) is resent by the gateway
+/// and known by its seq.
+async fn judge_readings(
+    settler: Settler,
+    mut queue: mpsc::Receiver<Taken>,
+    outbound: mpsc::Sender<ServerMessage>,
+    failed: tokio_util::sync::CancellationToken,
+) -> Result<(), StoreError> {
+    while let Some(mut taken) = queue.recv().await {
+        let judged = match settler.judge(&mut taken) {
+            Ok(()) => settler.flush().await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = judged {
+            failed.cancel();
+            return Err(err);
+        }
+        crash_if_asked();
+        for received in settler.settle(taken) {
+            let body = Some(server_message::Body::Received(received));
+            let _ = outbound.send(ServerMessage { body }).await;
+        }
+    }
+    Ok(())
+}
+
+async fn receive_batches(
+    intake: &mut GatewayIntake,
+    health: &Health,
+    inbound: &mut Streaming<GatewayMessage>,
+    outbound: &mpsc::Sender<ServerMessage>,
+    closed: &tokio_util::sync::CancellationToken,
+    takes_deferrals: bool,
+    to_judge: mpsc::Sender<Taken>,
+) -> Result<(), GatewayStreamError> {
+    let settler = intake.settler().clone();
     let send = |body: server_message::Body| async move {
         outbound
             .send(ServerMessage { body: Some(body) })
@@ -482,21 +561,22 @@ async fn serve_gateway(
         if taken.is_empty() {
             continue;
         }
-        // An alarm never waits for the rules to judge the telemetry that
-        // came with it: flushed and announced first, at the cost of a
-        // second flush for that batch.
-        if taken.alarm_before_readings() {
-            intake.flush().await?;
-            intake.announce_alarms(&mut taken);
+        if taken.has_readings() {
+            // Its alarms flushed and announced now; its readings judged,
+            // flushed and answered by the judge while the stream goes on.
+            if taken.has_alarms() {
+                settler.flush().await?;
+                settler.announce_alarms(&mut taken);
+            }
+            if to_judge.send(taken).await.is_err() {
+                return Ok(());
+            }
+            continue;
         }
-        intake.judge(&mut taken)?;
         // Nothing acked if this fails: the gateway resends after reconnecting.
-        intake.flush().await?;
-        if crash_after_commit() {
-            tracing::error!("ANXIN_FAULT=crash_after_commit: dying before the received ack");
-            std::process::abort();
-        }
-        for received in intake.settle(taken) {
+        settler.flush().await?;
+        crash_if_asked();
+        for received in settler.settle(taken) {
             send(server_message::Body::Received(received)).await?;
         }
     }

@@ -9,7 +9,7 @@
 //! events for other gateways' devices acknowledged, never stored, counted
 //! and audited. What follows a commit — watchers told, new alerts routed,
 //! a resident's "I'm OK" reaching an open missed check-in — happens in
-//! [`GatewayIntake::settle`], after the store's flush made the batch
+//! [`Settler::settle`], after the store's flush made the batch
 //! durable (guarantees 2 and 3).
 
 use anxin_proto::{
@@ -246,7 +246,7 @@ pub struct Taken {
     positions: Vec<(String, Position)>,
     /// Episodes of the health and safety rules the batch ended.
     returned: Vec<crate::desks::signals::Returned>,
-    /// The batch's readings, for the rules ([`GatewayIntake::judge`]).
+    /// The batch's readings, for the rules ([`Settler::judge`]).
     readings: Vec<Reading>,
     received_ms: i64,
 }
@@ -257,54 +257,70 @@ impl Taken {
         self.acks.is_empty() && self.changed_alerts.is_empty()
     }
 
-    /// An alarm that would otherwise wait for the rules to judge the
-    /// batch's readings: flush and announce it first.
-    pub fn alarm_before_readings(&self) -> bool {
-        !self.changed_alerts.is_empty() && !self.readings.is_empty()
+    /// Readings for the rules to judge ([`Settler::judge`]).
+    pub fn has_readings(&self) -> bool {
+        !self.readings.is_empty()
+    }
+
+    /// Alarms (or cancels) to announce once flushed.
+    pub fn has_alarms(&self) -> bool {
+        !self.changed_alerts.is_empty()
     }
 }
 
 /// The intake of one gateway's stream: who it may speak for is learnt as
 /// it goes.
 pub struct GatewayIntake {
+    settler: Settler,
+    owners: DeviceOwners,
+}
+
+/// What follows a batch's take, shared with the stream's judge: the rules'
+/// judgement of its readings, the flush, and the settling. Cloned into a
+/// task of its own so that an alarm taken on the stream never waits for
+/// the readings of the batch before it.
+#[derive(Clone)]
+pub struct Settler {
     desk: AlertDesk,
     gateway_id: String,
-    owners: DeviceOwners,
     signals: std::sync::Arc<Signals>,
 }
 
 impl GatewayIntake {
     pub fn new(desk: AlertDesk, signals: std::sync::Arc<Signals>, gateway_id: &str) -> Self {
         Self {
-            desk,
-            gateway_id: gateway_id.to_string(),
+            settler: Settler {
+                desk,
+                gateway_id: gateway_id.to_string(),
+                signals,
+            },
             owners: DeviceOwners::new(),
-            signals,
         }
     }
 
     pub fn gateway_id(&self) -> &str {
-        &self.gateway_id
+        &self.settler.gateway_id
+    }
+
+    /// The flush, the rules and the settling of what this intake took.
+    pub fn settler(&self) -> &Settler {
+        &self.settler
     }
 
     /// "Help is coming" messages queued while the gateway was away.
     pub fn pending_downlinks(&self) -> Result<Vec<anxin_proto::v1::Downlink>, StoreError> {
-        self.desk.store().pending_downlinks(&self.gateway_id)
+        self.settler
+            .desk
+            .store()
+            .pending_downlinks(&self.settler.gateway_id)
     }
 
-    /// Makes everything taken so far durable.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.desk.store().flush().await.inspect_err(|_| {
-            metrics::counter!(m::STORE_ERRORS).increment(1);
-        })
-    }
-
-    /// Commits a batch (not yet durable: [`Self::flush`], then
-    /// [`Self::settle`]). An error means the store is out of use: the
+    /// Commits a batch (not yet durable: [`Settler::flush`], then
+    /// [`Settler::settle`]). An error means the store is out of use: the
     /// stream ends and the gateway resends what it did not hear back.
     pub fn take(&mut self, batch: Vec<GatewayMessage>) -> Result<Taken, StoreError> {
-        let desk = &self.desk;
-        let gateway_id = self.gateway_id.as_str();
+        let desk = &self.settler.desk;
+        let gateway_id = self.settler.gateway_id.as_str();
         let received_ms = now_ms();
         let mut taken = Taken {
             received_ms,
@@ -432,7 +448,7 @@ impl GatewayIntake {
         received_ms: i64,
         taken: &mut Taken,
     ) -> Result<Option<Received>, StoreError> {
-        let (desk, gateway_id) = (&self.desk, self.gateway_id.as_str());
+        let (desk, gateway_id) = (&self.settler.desk, self.settler.gateway_id.as_str());
         let Some(event) = uplink.event.as_ref() else {
             metrics::counter!(m::EVENTS_INVALID).increment(1);
             tracing::warn!(gateway_id, "uplink event without a body ignored");
@@ -491,12 +507,13 @@ impl GatewayIntake {
         received_ms: i64,
         taken: &mut Taken,
     ) -> Result<Vec<String>, StoreError> {
-        let gateway_id = self.gateway_id.as_str();
+        let gateway_id = self.settler.gateway_id.as_str();
         let mut fresh_checkins = Vec::new();
         if plain.is_empty() {
             return Ok(fresh_checkins);
         }
         match self
+            .settler
             .desk
             .store()
             .commit_plain_events(gateway_id, plain, received_ms)
@@ -523,6 +540,15 @@ impl GatewayIntake {
                 Err(err)
             }
         }
+    }
+}
+
+impl Settler {
+    /// Makes everything taken so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.desk.store().flush().await.inspect_err(|_| {
+            metrics::counter!(m::STORE_ERRORS).increment(1);
+        })
     }
 
     /// The batch's readings judged against their residents' rules

@@ -225,10 +225,15 @@ pub struct DeviceConfig {
     /// required with `mqtt.require_auth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
-    /// Hex SHA-256 of the password (what the server stores), so the
+    /// Hex SHA-256 of the password (what earlier servers stored), so the
     /// gateway's config need not hold the password itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_sha256: Option<String>,
+    /// A sealed credential (`$pbkdf2-sha256$…`, as the server stores and
+    /// `anxin-gateway --seal-password` prints): neither the password nor a fast
+    /// digest of it in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 fn default_device_kind() -> String {
@@ -346,30 +351,53 @@ impl Default for FallbackConfig {
 /// The largest payload the embedded broker lets through at all.
 pub const BROKER_MAX_PAYLOAD: usize = 64 * 1024;
 
-/// A credential is a password or the hex SHA-256 of one, not both.
+/// A credential is a password, the hex SHA-256 of one, or a sealed
+/// credential: one of them.
 fn check_credential(
     at: &str,
     password: Option<&str>,
     sha256: Option<&str>,
+    sealed: Option<&str>,
     required: bool,
 ) -> Result<(), ConfigError> {
-    match (password.filter(|p| !p.is_empty()), sha256) {
-        (Some(_), Some(_)) => Err(invalid(
-            format!("{at}.password_sha256"),
-            "give either password or password_sha256, not both",
-        )),
-        (None, Some(hash)) if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) => {
-            Err(invalid(
-                format!("{at}.password_sha256"),
-                "must be 64 hex digits (sha256sum of the password)",
-            ))
-        }
-        (None, None) if required => Err(invalid(
-            format!("{at}.password"),
-            "is required when mqtt.require_auth = true (or give password_sha256)",
-        )),
-        _ => Ok(()),
+    let password = password.filter(|p| !p.is_empty());
+    let given = [password.is_some(), sha256.is_some(), sealed.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        let field = if sealed.is_some() {
+            "credential"
+        } else {
+            "password_sha256"
+        };
+        return Err(invalid(
+            format!("{at}.{field}"),
+            "give one of password, password_sha256 and credential",
+        ));
     }
+    if let Some(hash) = sha256
+        && !anxin_credentials::is_legacy_digest(hash)
+    {
+        return Err(invalid(
+            format!("{at}.password_sha256"),
+            "must be 64 hex digits (sha256sum of the password)",
+        ));
+    }
+    if let Some(sealed) = sealed {
+        if !anxin_credentials::is_sealed(sealed) {
+            return Err(invalid(
+                format!("{at}.credential"),
+                "must be a sealed credential ($pbkdf2-sha256$…, from `anxin-gateway --seal-password`)",
+            ));
+        }
+        anxin_credentials::check_stored(sealed)
+            .map_err(|why| invalid(format!("{at}.credential"), why))?;
+    }
+    if required && given == [false, false, false] {
+        return Err(invalid(
+            format!("{at}.password"),
+            "is required when mqtt.require_auth = true (or give password_sha256 or credential)",
+        ));
+    }
+    Ok(())
 }
 
 impl GatewayConfig {
@@ -571,6 +599,7 @@ impl GatewayConfig {
                 &format!("mqtt.observers[{i}]"),
                 observer.password.as_deref(),
                 observer.password_sha256.as_deref(),
+                None,
                 true,
             )?;
         }
@@ -606,6 +635,7 @@ impl GatewayConfig {
                 &format!("devices[{i}]"),
                 device.password.as_deref(),
                 device.password_sha256.as_deref(),
+                device.credential.as_deref(),
                 self.mqtt.require_auth,
             )?;
             if !seen.insert(id) {
@@ -642,6 +672,7 @@ impl GatewayConfig {
                 kind: "call_button".into(),
                 password: Some("change-me-to-a-long-random-secret".into()),
                 password_sha256: None,
+                credential: None,
             }],
             ..Self::default()
         };

@@ -38,12 +38,27 @@ struct Args {
     /// Print the default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Read a device password from stdin and print it sealed, for a
+    /// `[[devices]]` entry's `credential` (the file then holds neither the
+    /// password nor a fast digest of it), and exit.
+    #[arg(long)]
+    seal_password: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.print_default_config {
         print!("{}", GatewayConfig::default_toml());
+        return Ok(());
+    }
+    if args.seal_password {
+        let mut password = String::new();
+        std::io::stdin()
+            .read_line(&mut password)
+            .context("reading the password from stdin")?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        anyhow::ensure!(!password.is_empty(), "no password on stdin");
+        println!("{}", anxin_credentials::seal(password));
         return Ok(());
     }
     tracing_subscriber::fmt()

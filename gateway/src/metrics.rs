@@ -41,6 +41,7 @@ pub const MQTT_TAKEOVERS: &str = "anxin_gateway_mqtt_session_takeovers_total";
 pub const MQTT_PARALLEL: &str = "anxin_gateway_mqtt_parallel_connections_total";
 pub const MQTT_SESSIONS_EVICTED: &str = "anxin_gateway_mqtt_sessions_evicted_total";
 pub const MQTT_KEEPALIVE_EXPIRED: &str = "anxin_gateway_mqtt_keepalive_expired_total";
+pub const CREDENTIAL_CHECKS: &str = "anxin_gateway_credential_checks_total";
 
 /// Installs the global recorder and returns the handle `/metrics` renders.
 pub fn install() -> PrometheusHandle {
@@ -132,6 +133,10 @@ pub fn install() -> PrometheusHandle {
     describe_counter!(
         MQTT_KEEPALIVE_EXPIRED,
         "Connections closed for a missed keep-alive (their last will is published)."
+    );
+    describe_counter!(
+        CREDENTIAL_CHECKS,
+        "Passwords checked at CONNECT, by how: derived (a sealed credential, PBKDF2 on the blocking pool), cached (a login this process verified before), digest (a legacy SHA-256 from the gateway's own config)."
     );
     describe_counter!(
         EVENTS_DUPLICATE,

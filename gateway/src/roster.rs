@@ -40,8 +40,12 @@ fn entries(devices: &[RosterDevice]) -> HashMap<String, DeviceEntry> {
                 d.device_id.clone(),
                 DeviceEntry {
                     kind: d.kind.clone(),
-                    password_sha256: (!d.password_sha256.is_empty())
-                        .then(|| d.password_sha256.to_ascii_lowercase()),
+                    credential: if !d.credential.is_empty() {
+                        Some(d.credential.clone())
+                    } else {
+                        (!d.password_sha256.is_empty())
+                            .then(|| d.password_sha256.to_ascii_lowercase())
+                    },
                     active: !d.deactivated,
                 },
             )
@@ -121,7 +125,12 @@ impl Roster {
         tokio::task::spawn_blocking(move || anxin_host::disk::replace_file(&file, &bytes))
             .await
             .map_err(|e| JournalError::Panicked(e.to_string()))??;
-        let revoked = self.book.set_roster(entries(&stored.devices));
+        // A sealed legacy digest is checked by a derivation: off the
+        // async workers.
+        let (book, devices) = (self.book.clone(), entries(&stored.devices));
+        let revoked = tokio::task::spawn_blocking(move || book.set_roster(devices))
+            .await
+            .map_err(|e| JournalError::Panicked(e.to_string()))?;
         for device_id in &revoked {
             tracing::info!(%device_id, "device deactivated, removed or re-keyed on the server; its connection is closed");
             self.sessions.kick(device_id, DisconnectReason::Revoked);

@@ -1,23 +1,30 @@
 //! The device book: who may connect, with which credential. A device logs
-//! in with username = device id and its password; the book keeps only the
-//! password's SHA-256 (the server stores the same digest, so it can hand
-//! a device's credential to its gateway without the password ever
-//! leaving the admin's request). Device passwords are machine-generated
-//! secrets, not words a person chose, so one fast hash is enough and a
-//! gateway restart with 10,000 devices reconnecting costs milliseconds.
+//! in with username = device id and its password. The server hands each
+//! device's credential to its gateway sealed (`anxin-credentials`:
+//! PBKDF2 over the password's SHA-256, salted per device); a gateway's own
+//! `[[devices]]` list may still give a password or its bare SHA-256.
+//!
+//! A sealed credential costs about half a millisecond to verify, so the
+//! book verifies on the blocking pool, one at a time per spare core (a
+//! reconnect storm never takes the cores the alarm path runs on), and keeps
+//! the logins it verified: a device that reconnects with the same password
+//! costs one HMAC (a key of this process's own, so the cache is worth
+//! nothing outside it). Only a gateway restart pays the KDF for every
+//! device (BENCHMARKS.md, "Device secrets").
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
 
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use super::acl::Identity;
-use crate::config::GatewayConfig;
+use crate::{config::GatewayConfig, metrics as m};
 
 /// Why a CONNECT was refused. The label is the `reason` on the refusal
 /// counter.
@@ -48,9 +55,10 @@ impl LoginRefusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceEntry {
     pub kind: String,
-    /// Hex SHA-256 of the password; `None`: the device has no credential
-    /// and can only connect while `mqtt.require_auth = false`.
-    pub password_sha256: Option<String>,
+    /// A sealed credential or a legacy hex SHA-256 (lowercase); `None`: the
+    /// device has no credential and can only connect while
+    /// `mqtt.require_auth = false`.
+    pub credential: Option<String>,
     pub active: bool,
 }
 
@@ -58,6 +66,10 @@ struct Observer {
     password_sha256: String,
     topics: Arc<[String]>,
 }
+
+/// A login this process verified: the credential it was verified against
+/// and the HMAC of the password under [`DeviceBook::cache_key`].
+type Verified = (String, [u8; 32]);
 
 /// Devices from two sources: the gateway's TOML `[[devices]]` (a static
 /// list, for a gateway without a server) and the server's roster (the
@@ -69,11 +81,15 @@ pub struct DeviceBook {
     observers: HashMap<String, Observer>,
     /// Bumped on every roster change, so supervision can follow.
     generation: AtomicU64,
+    verified: Mutex<HashMap<String, Verified>>,
+    cache_key: [u8; 32],
+    /// Sealed credentials verified at once: the cores less one.
+    deriving: Arc<tokio::sync::Semaphore>,
 }
 
-/// Hex SHA-256, as the server stores device passwords.
+/// Hex SHA-256, the legacy stored form of a password.
 pub fn digest(password: &str) -> String {
-    hex::encode(Sha256::digest(password.as_bytes()))
+    anxin_credentials::legacy_digest(password)
 }
 
 fn same(a: &str, b: &str) -> bool {
@@ -84,22 +100,36 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
+/// Whether a roster's new credential for a device is its old one: equal,
+/// or the old legacy digest sealed where it lay (the server upgrades
+/// stored digests; that must not end the device's connection).
+fn same_credential(old: Option<&str>, new: Option<&str>) -> bool {
+    match (old, new) {
+        (Some(old), Some(new)) if old != new => {
+            anxin_credentials::is_legacy_digest(old)
+                && anxin_credentials::is_sealed(new)
+                && anxin_credentials::verify_digest(old, new)
+        }
+        (old, new) => old == new,
+    }
+}
+
 impl DeviceBook {
     pub fn from_config(config: &GatewayConfig) -> Self {
         let configured: HashMap<String, DeviceEntry> = config
             .devices
             .iter()
             .map(|d| {
-                let password_sha256 = d
-                    .password_sha256
+                let credential = d
+                    .credential
                     .clone()
-                    .map(|h| h.to_ascii_lowercase())
+                    .or_else(|| d.password_sha256.as_ref().map(|h| h.to_ascii_lowercase()))
                     .or_else(|| d.password.as_deref().map(digest));
                 (
                     d.id.clone(),
                     DeviceEntry {
                         kind: d.kind.clone(),
-                        password_sha256,
+                        credential,
                         active: true,
                     },
                 )
@@ -125,41 +155,60 @@ impl DeviceBook {
                 )
             })
             .collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             require_auth: config.mqtt.require_auth,
             devices: RwLock::new(configured.clone()),
             configured,
             observers,
             generation: AtomicU64::new(0),
+            verified: Mutex::new(HashMap::new()),
+            cache_key: rand::random(),
+            deriving: Arc::new(tokio::sync::Semaphore::new(cores.saturating_sub(1).max(1))),
         }
     }
 
     /// Takes the server's roster (the whole of it) over the configured
     /// list. Returns the devices whose connections must end now: those
-    /// deactivated, removed or given a new credential.
+    /// deactivated, removed or given a new credential. A legacy digest the
+    /// server sealed is the same credential (checked by one derivation per
+    /// such device: call this where blocking is fine).
     pub fn set_roster(&self, roster: HashMap<String, DeviceEntry>) -> Vec<String> {
         let mut next = self.configured.clone();
         for (id, mut entry) in roster {
             // A device the server lists without a credential keeps the one
             // configured here, if any.
-            if entry.password_sha256.is_none()
+            if entry.credential.is_none()
                 && let Some(configured) = self.configured.get(&id)
             {
-                entry.password_sha256 = configured.password_sha256.clone();
+                entry.credential = configured.credential.clone();
             }
             next.insert(id, entry);
         }
-        let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
-        let revoked = devices
+        let current = self
+            .devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let revoked = current
             .iter()
             .filter(|(id, old)| match next.get(*id) {
                 None => true,
-                Some(new) => !new.active || new.password_sha256 != old.password_sha256,
+                Some(new) => {
+                    !new.active
+                        || !same_credential(old.credential.as_deref(), new.credential.as_deref())
+                }
             })
             .map(|(id, _)| id.clone())
             .collect();
-        *devices = next;
-        drop(devices);
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, (credential, _)| {
+                next.get(id)
+                    .is_some_and(|d| d.credential.as_deref() == Some(credential.as_str()))
+            });
+        *self.devices.write().unwrap_or_else(|p| p.into_inner()) = next;
         self.generation.fetch_add(1, Ordering::Relaxed);
         revoked
     }
@@ -182,7 +231,7 @@ impl DeviceBook {
     /// Checks a CONNECT's credentials and names who connected. Without
     /// `require_auth`, the username (or else the client id) is taken on
     /// trust; the topic rules still bind the connection to that one name.
-    pub fn login(
+    pub async fn login(
         &self,
         client_id: &str,
         username: Option<&str>,
@@ -193,33 +242,80 @@ impl DeviceBook {
             None if !self.require_auth && !client_id.is_empty() => client_id,
             None => return Err(LoginRefusal::NoCredentials),
         };
-        let password_ok = |stored: Option<&str>| -> Result<(), LoginRefusal> {
-            if !self.require_auth {
-                return Ok(());
-            }
-            let (Some(stored), Some(given)) = (stored, password) else {
-                return Err(LoginRefusal::NoCredentials);
-            };
-            if same(stored, &digest(given)) {
-                Ok(())
-            } else {
-                Err(LoginRefusal::BadPassword)
+        let (identity, stored) = match self.observers.get(name) {
+            Some(observer) => (
+                Identity::Observer {
+                    name: name.to_string(),
+                    topics: observer.topics.clone(),
+                },
+                Some(observer.password_sha256.clone()),
+            ),
+            None => {
+                let devices = self.devices.read().unwrap_or_else(|p| p.into_inner());
+                let entry = devices.get(name).ok_or(LoginRefusal::UnknownDevice)?;
+                if !entry.active {
+                    return Err(LoginRefusal::Deactivated);
+                }
+                (Identity::Device(name.to_string()), entry.credential.clone())
             }
         };
-        if let Some(observer) = self.observers.get(name) {
-            password_ok(Some(&observer.password_sha256))?;
-            return Ok(Identity::Observer {
-                name: name.to_string(),
-                topics: observer.topics.clone(),
-            });
+        if !self.require_auth {
+            return Ok(identity);
         }
-        let devices = self.devices.read().unwrap_or_else(|p| p.into_inner());
-        let entry = devices.get(name).ok_or(LoginRefusal::UnknownDevice)?;
-        if !entry.active {
-            return Err(LoginRefusal::Deactivated);
+        let (Some(stored), Some(given)) = (stored, password) else {
+            return Err(LoginRefusal::NoCredentials);
+        };
+        if self.verify(name, stored, given).await {
+            Ok(identity)
+        } else {
+            Err(LoginRefusal::BadPassword)
         }
-        password_ok(entry.password_sha256.as_deref())?;
-        Ok(Identity::Device(name.to_string()))
+    }
+
+    /// A password against a stored credential: a legacy digest at once, a
+    /// sealed credential from the cache of verified logins, else derived
+    /// on the blocking pool.
+    async fn verify(&self, name: &str, stored: String, given: &str) -> bool {
+        if !anxin_credentials::is_sealed(&stored) {
+            metrics::counter!(m::CREDENTIAL_CHECKS, "how" => "digest").increment(1);
+            return same(&stored, &digest(given));
+        }
+        let tag = self.tag(name, given);
+        let known = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|(credential, known)| *credential == stored && same_tag(known, &tag));
+        if known {
+            metrics::counter!(m::CREDENTIAL_CHECKS, "how" => "cached").increment(1);
+            return true;
+        }
+        metrics::counter!(m::CREDENTIAL_CHECKS, "how" => "derived").increment(1);
+        let Ok(_permit) = self.deriving.clone().acquire_owned().await else {
+            return false;
+        };
+        let (password, credential) = (given.to_string(), stored.clone());
+        let matches =
+            tokio::task::spawn_blocking(move || anxin_credentials::verify(&password, &credential))
+                .await
+                .unwrap_or(false);
+        if matches {
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string(), (stored, tag));
+        }
+        matches
+    }
+
+    fn tag(&self, name: &str, password: &str) -> [u8; 32] {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.cache_key).expect("HMAC takes any key length");
+        mac.update(name.as_bytes());
+        mac.update(&[0]);
+        mac.update(password.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// A device that presented a client certificate the TLS layer verified
@@ -252,6 +348,10 @@ impl DeviceBook {
     }
 }
 
+fn same_tag(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,18 +359,25 @@ mod tests {
     fn book(require_auth: bool) -> DeviceBook {
         let mut config = GatewayConfig::default();
         config.mqtt.require_auth = require_auth;
+        let device = |id: &str| crate::config::DeviceConfig {
+            id: id.into(),
+            kind: "call_button".into(),
+            password: None,
+            password_sha256: None,
+            credential: None,
+        };
         config.devices = vec![
             crate::config::DeviceConfig {
-                id: "btn-1".into(),
-                kind: "call_button".into(),
                 password: Some("s3cret-1".into()),
-                password_sha256: None,
+                ..device("btn-1")
             },
             crate::config::DeviceConfig {
-                id: "btn-2".into(),
-                kind: "call_button".into(),
-                password: None,
                 password_sha256: Some(digest("s3cret-2").to_uppercase()),
+                ..device("btn-2")
+            },
+            crate::config::DeviceConfig {
+                credential: Some(anxin_credentials::seal("s3cret-4")),
+                ..device("btn-4")
             },
         ];
         config.mqtt.observers = vec![crate::config::ObserverConfig {
@@ -281,92 +388,196 @@ mod tests {
         DeviceBook::from_config(&config)
     }
 
-    #[test]
-    fn a_device_logs_in_with_its_own_password_only() {
+    fn entry(credential: String, active: bool) -> DeviceEntry {
+        DeviceEntry {
+            kind: "call_button".into(),
+            credential: Some(credential),
+            active,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_logs_in_with_its_own_password_only() {
         let book = book(true);
+        let login = |user: &'static str, password: Option<&'static str>| {
+            let book = &book;
+            async move { book.login("c", Some(user), password).await }
+        };
         assert_eq!(
-            book.login("c", Some("btn-1"), Some("s3cret-1")),
+            login("btn-1", Some("s3cret-1")).await,
             Ok(Identity::Device("btn-1".into()))
         );
         assert_eq!(
-            book.login("c", Some("btn-2"), Some("s3cret-2")),
+            login("btn-2", Some("s3cret-2")).await,
             Ok(Identity::Device("btn-2".into()))
         );
         assert_eq!(
-            book.login("c", Some("btn-1"), Some("s3cret-2")),
+            login("btn-4", Some("s3cret-4")).await,
+            Ok(Identity::Device("btn-4".into()))
+        );
+        assert_eq!(
+            login("btn-1", Some("s3cret-2")).await,
             Err(LoginRefusal::BadPassword)
         );
         assert_eq!(
-            book.login("c", Some("btn-9"), Some("s3cret-1")),
+            login("btn-4", Some("s3cret-1")).await,
+            Err(LoginRefusal::BadPassword)
+        );
+        assert_eq!(
+            login("btn-9", Some("s3cret-1")).await,
             Err(LoginRefusal::UnknownDevice)
         );
         assert_eq!(
-            book.login("btn-1", None, None),
+            book.login("btn-1", None, None).await,
             Err(LoginRefusal::NoCredentials)
         );
-        assert_eq!(
-            book.login("c", Some("btn-1"), None),
-            Err(LoginRefusal::NoCredentials)
-        );
+        assert_eq!(login("btn-1", None).await, Err(LoginRefusal::NoCredentials));
         assert!(matches!(
-            book.login("c", Some("siren"), Some("loud")),
+            login("siren", Some("loud")).await,
             Ok(Identity::Observer { .. })
         ));
         assert_eq!(
-            book.login("c", Some("siren"), Some("quiet")),
+            login("siren", Some("quiet")).await,
             Err(LoginRefusal::BadPassword)
         );
     }
 
-    #[test]
-    fn the_servers_roster_wins_and_revokes_what_it_changes() {
+    #[tokio::test]
+    async fn a_verified_login_is_kept_for_that_password_and_that_credential_only() {
         let book = book(true);
-        let entry = |password: &str, active| DeviceEntry {
-            kind: "call_button".into(),
-            password_sha256: Some(digest(password)),
-            active,
+        assert!(
+            book.login("c", Some("btn-4"), Some("s3cret-4"))
+                .await
+                .is_ok()
+        );
+        let cached = |book: &DeviceBook| {
+            book.verified
+                .lock()
+                .unwrap()
+                .get("btn-4")
+                .map(|(credential, _)| credential.clone())
         };
+        let sealed = cached(&book).expect("the verified login is kept");
+        // A wrong password is not taken from the cache, nor does it spoil it.
+        assert_eq!(
+            book.login("c", Some("btn-4"), Some("s3cret-x")).await,
+            Err(LoginRefusal::BadPassword)
+        );
+        assert!(
+            book.login("c", Some("btn-4"), Some("s3cret-4"))
+                .await
+                .is_ok()
+        );
+        // Re-keyed by the server: the kept login is forgotten with the
+        // credential it was verified against.
+        book.set_roster(HashMap::from([(
+            "btn-4".to_string(),
+            entry(anxin_credentials::seal("new-secret-4"), true),
+        )]));
+        assert_eq!(cached(&book), None);
+        assert_eq!(
+            book.login("c", Some("btn-4"), Some("s3cret-4")).await,
+            Err(LoginRefusal::BadPassword)
+        );
+        assert!(
+            book.login("c", Some("btn-4"), Some("new-secret-4"))
+                .await
+                .is_ok()
+        );
+        assert_ne!(cached(&book), Some(sealed));
+    }
+
+    #[tokio::test]
+    async fn a_legacy_digest_sealed_by_the_server_keeps_the_connection() {
+        let book = book(true);
+        let legacy = digest("s3cret-3");
+        book.set_roster(HashMap::from([(
+            "btn-3".to_string(),
+            entry(legacy.clone(), true),
+        )]));
+        assert!(
+            book.login("c", Some("btn-3"), Some("s3cret-3"))
+                .await
+                .is_ok()
+        );
+        // The same digest, sealed where it lay: not a re-key.
+        let revoked = book.set_roster(HashMap::from([(
+            "btn-3".to_string(),
+            entry(anxin_credentials::seal_digest(&legacy), true),
+        )]));
+        assert!(revoked.is_empty(), "{revoked:?}");
+        assert!(
+            book.login("c", Some("btn-3"), Some("s3cret-3"))
+                .await
+                .is_ok()
+        );
+        // Sealed from another password: a re-key, the connection ends.
+        let revoked = book.set_roster(HashMap::from([(
+            "btn-3".to_string(),
+            entry(anxin_credentials::seal("other-secret-3"), true),
+        )]));
+        assert_eq!(revoked, ["btn-3"]);
+    }
+
+    #[tokio::test]
+    async fn the_servers_roster_wins_and_revokes_what_it_changes() {
+        let book = book(true);
         let revoked = book.set_roster(HashMap::from([
             // re-keyed by the server
-            ("btn-1".to_string(), entry("new-secret-1", true)),
+            ("btn-1".to_string(), entry(digest("new-secret-1"), true)),
             // deactivated
-            ("btn-2".to_string(), entry("s3cret-2", false)),
+            ("btn-2".to_string(), entry(digest("s3cret-2"), false)),
             // new
-            ("btn-3".to_string(), entry("s3cret-3", true)),
+            (
+                "btn-3".to_string(),
+                entry(anxin_credentials::seal("s3cret-3"), true),
+            ),
         ]));
         let mut revoked = revoked;
         revoked.sort();
         assert_eq!(revoked, ["btn-1", "btn-2"]);
         assert_eq!(
-            book.login("c", Some("btn-1"), Some("s3cret-1")),
+            book.login("c", Some("btn-1"), Some("s3cret-1")).await,
             Err(LoginRefusal::BadPassword)
         );
-        assert!(book.login("c", Some("btn-1"), Some("new-secret-1")).is_ok());
+        assert!(
+            book.login("c", Some("btn-1"), Some("new-secret-1"))
+                .await
+                .is_ok()
+        );
         assert_eq!(
-            book.login("c", Some("btn-2"), Some("s3cret-2")),
+            book.login("c", Some("btn-2"), Some("s3cret-2")).await,
             Err(LoginRefusal::Deactivated)
         );
-        assert!(book.login("c", Some("btn-3"), Some("s3cret-3")).is_ok());
+        assert!(
+            book.login("c", Some("btn-3"), Some("s3cret-3"))
+                .await
+                .is_ok()
+        );
         assert!(!book.is_active("btn-2"));
         // A later roster without btn-3 removes it; the configured list stays.
         let revoked = book.set_roster(HashMap::new());
         assert!(revoked.contains(&"btn-3".to_string()));
-        assert!(book.login("c", Some("btn-1"), Some("s3cret-1")).is_ok());
+        assert!(
+            book.login("c", Some("btn-1"), Some("s3cret-1"))
+                .await
+                .is_ok()
+        );
         assert_eq!(
-            book.login("c", Some("btn-3"), Some("s3cret-3")),
+            book.login("c", Some("btn-3"), Some("s3cret-3")).await,
             Err(LoginRefusal::UnknownDevice)
         );
     }
 
-    #[test]
-    fn without_require_auth_the_name_is_trusted_but_must_be_registered() {
+    #[tokio::test]
+    async fn without_require_auth_the_name_is_trusted_but_must_be_registered() {
         let book = book(false);
         assert_eq!(
-            book.login("btn-1", None, None),
+            book.login("btn-1", None, None).await,
             Ok(Identity::Device("btn-1".into()))
         );
         assert_eq!(
-            book.login("ghost", None, None),
+            book.login("ghost", None, None).await,
             Err(LoginRefusal::UnknownDevice)
         );
     }

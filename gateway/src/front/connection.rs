@@ -84,7 +84,7 @@ pub async fn serve<S>(
         let _ = stream.write_all(&out).await;
         return;
     };
-    let identity = match admit(&front, &connect, certified.as_deref()) {
+    let identity = match admit(&front, &connect, certified.as_deref()).await {
         Ok(identity) => identity,
         Err((answer, reason, why)) => {
             refused(reason);
@@ -190,7 +190,11 @@ type Refusal = (ConnAnswer, &'static str, String);
 
 /// Authenticates a CONNECT (by the client certificate's device, if one was
 /// verified, else by username and password) and checks its will.
-fn admit(front: &Front, connect: &Connect, certified: Option<&str>) -> Result<Identity, Refusal> {
+async fn admit(
+    front: &Front,
+    connect: &Connect,
+    certified: Option<&str>,
+) -> Result<Identity, Refusal> {
     if connect.client_id.is_empty() && !connect.clean_start {
         return Err((
             ConnAnswer::BadClientId,
@@ -210,11 +214,16 @@ fn admit(front: &Front, connect: &Connect, certified: Option<&str>) -> Result<Id
     }
     let login = match certified {
         Some(device) => front.book.login_certified(device),
-        None => front.book.login(
-            &connect.client_id,
-            connect.username.as_deref(),
-            connect.password.as_deref(),
-        ),
+        None => {
+            front
+                .book
+                .login(
+                    &connect.client_id,
+                    connect.username.as_deref(),
+                    connect.password.as_deref(),
+                )
+                .await
+        }
     };
     let identity = login.map_err(|refusal| {
         let answer = match refusal {

@@ -435,6 +435,22 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     if let Some(changes) = remote_changes {
         tasks.spawn(replicas::follow(desk.clone(), changes, cancel.clone()));
     }
+    // Device records an earlier version kept with a bare password digest
+    // are sealed where they lie (desks/credentials.rs), beside serving.
+    {
+        let (store, gateways) = (desk.store().clone(), desk.gateways().clone());
+        tasks.spawn(async move {
+            let sealing = tokio::task::spawn_blocking(move || {
+                anxin_server::desks::credentials::seal_legacy(&store, &gateways)
+            });
+            match sealing.await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(sealed)) => tracing::info!(sealed, "legacy device password digests sealed"),
+                Ok(Err(err)) => tracing::error!(error = %err, "sealing legacy device password digests failed; the next start tries again"),
+                Err(err) => tracing::error!(error = %err, "sealing legacy device password digests panicked"),
+            }
+        });
+    }
     if let Err(err) = desk.recover().await {
         tracing::error!(error = %err, "routing unrouted alerts after start-up failed");
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::{
     desks::alerts::DeskError,
     desks::audit::{entry, guard},
+    desks::credentials,
     desks::gateways::ConnectedGateways,
     desks::import::{self, ImportKind},
     domain::listing::{ListQuery, Page},
@@ -244,26 +245,7 @@ impl AdminDesk {
         guard(&self.store, caller, Need::Administer, None, "directory")?;
         directory::check_device_password(&device.password).map_err(bad)?;
         let existing = self.store.device(&device.id)?;
-        let rekeyed = !device.password.is_empty() || !device.password_sha256.is_empty();
-        if !device.password.is_empty() {
-            device.password_sha256 = rights::digest(&device.password);
-            device.password.clear();
-        } else if device.password_sha256.is_empty()
-            && let Some(existing) = &existing
-        {
-            // An update without a password keeps the device's credential.
-            device.password_sha256 = existing.password_sha256.clone();
-        }
-        device.password_sha256 = device.password_sha256.to_ascii_lowercase();
-        if !device.password_sha256.is_empty()
-            && (device.password_sha256.len() != 64
-                || !device
-                    .password_sha256
-                    .chars()
-                    .all(|c| c.is_ascii_hexdigit()))
-        {
-            return Err(bad("password_sha256 must be 64 hex digits".into()));
-        }
+        let rekeyed = credentials::seal_given(&mut device, existing.as_ref()).map_err(bad)?;
         directory::check_device(&device, |r| self.store.resident(r).ok().flatten().is_some())
             .map_err(bad)?;
         let mut detail = format!("{} of {}", device.kind, device.resident_id);
@@ -290,7 +272,7 @@ impl AdminDesk {
         let old_gateway = existing.map(|d| d.gateway_id).unwrap_or_default();
         self.gateways
             .roster_changed([device.gateway_id.as_str(), old_gateway.as_str()]);
-        Ok(device)
+        Ok(credentials::redacted(device))
     }
 
     /// A page of devices. Administrators list any; staff who may read a
@@ -321,10 +303,7 @@ impl AdminDesk {
             gateway: String::new(),
             ..query
         };
-        Ok(self.store.devices_page(&query)?.map(|mut d| {
-            d.password_sha256.clear();
-            d
-        }))
+        Ok(self.store.devices_page(&query)?.map(credentials::redacted))
     }
 
     /// Creates or updates a gateway; with a token (given or made here) its

@@ -446,16 +446,16 @@ fn read_rows(
                             kind: get("kind"),
                             resident_id: get("resident_id"),
                             gateway_id: get("gateway_id"),
-                            password: String::new(),
-                            password_sha256: match get("password") {
+                            credential: match get("password") {
                                 p if p.is_empty() => existing
                                     .as_ref()
-                                    .map(|d| d.password_sha256.clone())
+                                    .map(|d| crate::desks::credentials::stored_credential(d))
                                     .unwrap_or_default(),
-                                p => crate::domain::rights::digest(&p),
+                                p => anxin_credentials::seal(&p),
                             },
                             deactivated: existing.is_some_and(|d| d.deactivated),
                             id,
+                            ..Default::default()
                         };
                         directory::check_device(&device, |r| known.residents.contains_key(r))?;
                         Ok(Row::Device(device))

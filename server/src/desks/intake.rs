@@ -223,6 +223,7 @@ pub fn roster_of(desk: &AlertDesk, gateway_id: &str) -> Result<Vec<RosterDevice>
             kind: d.kind,
             password_sha256: d.password_sha256,
             deactivated: d.deactivated,
+            credential: d.credential,
         }));
         match page.next {
             Some(next) => query.after = next,

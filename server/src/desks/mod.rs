@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod callout;
+pub mod credentials;
 pub mod family;
 pub mod gateways;
 pub mod handoff;

@@ -1650,3 +1650,67 @@ async fn signal_states_and_vital_days_fold_and_prune_on_both_engines() {
     })
     .await;
 }
+
+/// Device records an earlier version kept with a bare password digest are
+/// sealed where they lie at start (`desks/credentials.rs`): the sealed
+/// credential takes the same password, the digest is gone from the store,
+/// the sealing is audited, and a sealed record is left as it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_password_digests_are_sealed_where_they_lie() {
+    on_every_engine(|engine| async move {
+        let store = engine.open().await;
+        let legacy = |id: &str| anxin_proto::v1::DeviceRecord {
+            id: id.into(),
+            kind: "call_button".into(),
+            resident_id: "r-1".into(),
+            gateway_id: "gw-a".into(),
+            password_sha256: anxin_credentials::legacy_digest(&format!("secret-of-{id}-0123")),
+            ..Default::default()
+        };
+        let already = anxin_proto::v1::DeviceRecord {
+            credential: anxin_credentials::seal("secret-of-d-3-0123"),
+            password_sha256: String::new(),
+            ..legacy("d-3")
+        };
+        let batch = crate::store::directory::DirectoryBatch {
+            devices: vec![legacy("d-1"), legacy("d-2"), already.clone()],
+            ..Default::default()
+        };
+        store.put_batch(&batch, AuditEntry::default()).unwrap();
+        let gateways = crate::desks::gateways::ConnectedGateways::default();
+        let sealed = crate::desks::credentials::seal_legacy(&store, &gateways).unwrap();
+        assert_eq!(sealed, 2);
+        for id in ["d-1", "d-2", "d-3"] {
+            let device = store.device(id).unwrap().unwrap();
+            assert!(device.password_sha256.is_empty(), "{id}: {device:?}");
+            assert!(anxin_credentials::is_sealed(&device.credential), "{id}");
+            assert!(anxin_credentials::verify(
+                &format!("secret-of-{id}-0123"),
+                &device.credential
+            ));
+            assert!(!anxin_credentials::verify(
+                "secret-of-d-9-0123",
+                &device.credential
+            ));
+        }
+        assert_eq!(store.device("d-3").unwrap().unwrap(), already);
+        let audited = store
+            .query(&AuditQuery {
+                action: "device.credentials_sealed".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(audited.len(), 1);
+        assert!(
+            audited[0].detail.starts_with("2 legacy"),
+            "{:?}",
+            audited[0]
+        );
+        // Nothing left to seal: a second start writes nothing.
+        assert_eq!(
+            crate::desks::credentials::seal_legacy(&store, &gateways).unwrap(),
+            0
+        );
+    })
+    .await;
+}

@@ -59,7 +59,7 @@ async fn devices_registered_changed_and_deactivated_on_the_server_take_effect_at
         }
         body
     };
-    server
+    let answer = server
         .send(
             "PUT",
             "/api/v1/devices/btn-new",
@@ -68,6 +68,43 @@ async fn devices_registered_changed_and_deactivated_on_the_server_take_effect_at
         .await;
     let took = until_login(&gateway, "btn-new", "first-secret-0123", Ok(())).await;
     eprintln!("registration reached the gateway in {took:?}");
+
+    // Kept and handed to the gateway sealed (salted PBKDF2): not the
+    // password, no bare digest, and no form of it in the API's answer.
+    for field in ["password", "passwordSha256", "credential"] {
+        let shown = answer.get(field).and_then(|v| v.as_str()).unwrap_or("");
+        assert!(shown.is_empty(), "{field} shown: {answer}");
+    }
+    let roster = std::fs::read(dir.path().join("journal").join("anxin-roster.pb")).unwrap();
+    let roster =
+        <anxin_proto::v1::DeviceRoster as prost::Message>::decode(roster.as_slice()).unwrap();
+    let held = roster
+        .devices
+        .iter()
+        .find(|d| d.device_id == "btn-new")
+        .unwrap();
+    assert!(anxin_credentials::is_sealed(&held.credential), "{held:?}");
+    assert!(held.password_sha256.is_empty(), "{held:?}");
+    assert!(anxin_credentials::verify(
+        "first-secret-0123",
+        &held.credential
+    ));
+    // A login the gateway verified once is not derived again.
+    let checks = |how: &'static str| {
+        let gateway = &gateway;
+        async move {
+            let series = format!("anxin_gateway_credential_checks_total{{how=\"{how}\"}}");
+            gateway.metric(&series).await
+        }
+    };
+    let derived = checks("derived").await;
+    assert!(derived >= 1.0);
+    assert_eq!(
+        login(gateway.mqtt_port, "btn-new", "first-secret-0123").await,
+        Ok(())
+    );
+    assert_eq!(checks("derived").await, derived);
+    assert!(checks("cached").await >= 1.0);
 
     // Its events are accepted, not rejected as an unknown device.
     let mut press = anxin_tests::Sim::run(

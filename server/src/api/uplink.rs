@@ -452,11 +452,13 @@ async fn serve_gateway(
 ) -> Result<(), GatewayStreamError> {
     let (to_judge, queue) = mpsc::channel(JUDGE_QUEUE);
     let judge_failed = closed.child_token();
+    let receiving_over = tokio_util::sync::CancellationToken::new();
     let judge = tokio::spawn(judge_readings(
         intake.settler().clone(),
         queue,
         outbound.clone(),
         judge_failed.clone(),
+        receiving_over.clone(),
     ));
     let received = receive_batches(
         intake,
@@ -468,6 +470,7 @@ async fn serve_gateway(
         to_judge,
     )
     .await;
+    receiving_over.cancel();
     // The judge finishes what it was given (its judgement is durable even
     // when the gateway is gone) before the stream counts as ended.
     let judged = match judge.await {
@@ -482,13 +485,15 @@ async fn serve_gateway(
 
 /// The stream's judge: each batch's readings judged by the health and
 /// safety rules in the order taken, flushed, then the batch answered. An
-/// answer that cannot be sent (the stream ended) is resent by the gateway
-/// and known by its seq.
+/// answer that cannot be sent (the stream ended, or stopped being read
+/// once receiving is over) is not waited for: the gateway resends the
+/// event and it is known by its seq.
 async fn judge_readings(
     settler: Settler,
     mut queue: mpsc::Receiver<Taken>,
     outbound: mpsc::Sender<ServerMessage>,
     failed: tokio_util::sync::CancellationToken,
+    receiving_over: tokio_util::sync::CancellationToken,
 ) -> Result<(), StoreError> {
     while let Some(mut taken) = queue.recv().await {
         let judged = match settler.judge(&mut taken) {
@@ -502,7 +507,11 @@ async fn judge_readings(
         crash_if_asked();
         for received in settler.settle(taken) {
             let body = Some(server_message::Body::Received(received));
-            let _ = outbound.send(ServerMessage { body }).await;
+            tokio::select! {
+                biased;
+                _ = outbound.send(ServerMessage { body }) => {}
+                _ = receiving_over.cancelled() => {}
+            }
         }
     }
     Ok(())

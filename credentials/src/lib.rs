@@ -18,8 +18,11 @@ use password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, 
 use pbkdf2::{Algorithm, Params, Pbkdf2};
 use sha2::{Digest, Sha256};
 
-/// PBKDF2 rounds for a newly sealed credential.
-pub const ITERATIONS: u32 = 4_096;
+/// PBKDF2 rounds for a newly sealed credential: ~0.11 ms a verification
+/// here, so a gateway restarted under 10,000 devices has them all back in
+/// ~3.3 s (1.9 s with bare digests; 7.7 s at 4,096 rounds) while one core
+/// stays with the alarm path.
+pub const ITERATIONS: u32 = 1_024;
 
 const SEALED_PREFIX: &str = "$pbkdf2-sha256$";
 
@@ -123,10 +126,8 @@ mod tests {
     fn a_sealed_credential_takes_its_own_password_only() {
         let sealed = seal("a-generated-secret-0001");
         assert!(is_sealed(&sealed), "{sealed}");
-        assert!(
-            sealed.starts_with("$pbkdf2-sha256$i=4096,l=32$"),
-            "{sealed}"
-        );
+        let head = format!("$pbkdf2-sha256$i={ITERATIONS},l=32$");
+        assert!(sealed.starts_with(&head), "{sealed}");
         assert_eq!(check_stored(&sealed), Ok(()));
         assert!(verify("a-generated-secret-0001", &sealed));
         assert!(!verify("a-generated-secret-0002", &sealed));

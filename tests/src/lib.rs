@@ -835,7 +835,8 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with extra config lines per section, e.g.
     /// `("journal", "quota_bytes = 65536")`. Devices are `id[:kind[:password]]`,
-    /// call buttons by default.
+    /// call buttons by default; the password may be given sealed or as its
+    /// SHA-256.
     pub async fn start_with(
         dir: &Path,
         server_grpc_port: u16,
@@ -891,8 +892,16 @@ impl Gateway {
                 .next()
                 .map(str::to_string)
                 .unwrap_or_else(|| device_password(id));
+            // A sealed credential or a bare digest may stand for the password.
+            let key = if anxin_credentials::is_sealed(&password) {
+                "credential"
+            } else if anxin_credentials::is_legacy_digest(&password) {
+                "password_sha256"
+            } else {
+                "password"
+            };
             text.push_str(&format!(
-                "[[devices]]\nid = \"{id}\"\nkind = \"{kind}\"\npassword = \"{password}\"\n"
+                "[[devices]]\nid = \"{id}\"\nkind = \"{kind}\"\n{key} = \"{password}\"\n"
             ));
         }
         // The on-site siren of the fallback tests.

@@ -12,6 +12,7 @@
 //! cargo run --release -p anxin-tests --bin anxin-bench -- city
 //! cargo run --release -p anxin-tests --bin anxin-bench -- callout
 //! cargo run --release -p anxin-tests --bin anxin-bench -- signals
+//! cargo run --release -p anxin-tests --bin anxin-bench -- storm
 //! ```
 //!
 //! Every hop is durable, as in production: the gateway acks `stored` after
@@ -24,6 +25,7 @@ mod procstat;
 mod retention;
 mod scenarios;
 mod signals;
+mod storm;
 mod traffic;
 
 use clap::{Parser, Subcommand};
@@ -106,6 +108,20 @@ enum Scenario {
         duration: u64,
         #[arg(long, default_value_t = 200)]
         presses: usize,
+    },
+    /// A reconnect storm: every device of a gateway killed with SIGKILL
+    /// reconnecting at once; time to all reconnected and the gateway's
+    /// CPU, with legacy digests and with sealed credentials.
+    Storm {
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// digest, sealed or both.
+        #[arg(long, default_value = "both")]
+        credentials: String,
+        /// PBKDF2 rounds of the sealed credentials (the server's default
+        /// unless given).
+        #[arg(long, default_value_t = anxin_credentials::ITERATIONS)]
+        iterations: u32,
     },
     /// Repeated presses on one long-lived connection, idle gateway:
     /// press → stored ack.
@@ -225,6 +241,11 @@ async fn main() -> anyhow::Result<()> {
             presses,
         } => scenarios::many(devices, rate, duration, presses).await,
         Scenario::Presses { samples, pace_ms } => scenarios::presses(samples, pace_ms).await,
+        Scenario::Storm {
+            devices,
+            credentials,
+            iterations,
+        } => storm::storm(devices, &credentials, iterations).await,
         Scenario::Signals {
             wearables,
             period,

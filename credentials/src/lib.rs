@@ -103,13 +103,12 @@ pub fn verify_digest(digest: &str, stored: &str) -> bool {
         return PasswordHash::new(stored)
             .is_ok_and(|hash| Pbkdf2.verify_password(digest.as_bytes(), &hash).is_ok());
     }
-    let stored = stored.to_ascii_lowercase();
-    stored.len() == digest.len()
-        && stored
-            .bytes()
-            .zip(digest.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    constant_time_eq(stored.to_ascii_lowercase().as_bytes(), digest.as_bytes())
+}
+
+/// Equal, in a time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The PBKDF2 rounds of a sealed credential.

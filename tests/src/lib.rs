@@ -960,6 +960,13 @@ impl Gateway {
         metric(&format!("{}/metrics", self.http()), series).await
     }
 
+    /// Passwords the gateway checked at CONNECT, by how: `derived` (a
+    /// sealed credential), `cached` (a login it verified before), `digest`.
+    pub async fn credential_checks(&self, how: &str) -> f64 {
+        let series = format!("anxin_gateway_credential_checks_total{{how=\"{how}\"}}");
+        self.metric(&series).await
+    }
+
     /// Waits until the journal is empty: everything reached the server.
     pub async fn wait_drained(&self, within: Duration) {
         eventually("the gateway's journal to drain", within, || async {

@@ -90,21 +90,14 @@ async fn devices_registered_changed_and_deactivated_on_the_server_take_effect_at
         &held.credential
     ));
     // A login the gateway verified once is not derived again.
-    let checks = |how: &'static str| {
-        let gateway = &gateway;
-        async move {
-            let series = format!("anxin_gateway_credential_checks_total{{how=\"{how}\"}}");
-            gateway.metric(&series).await
-        }
-    };
-    let derived = checks("derived").await;
+    let derived = gateway.credential_checks("derived").await;
     assert!(derived >= 1.0);
     assert_eq!(
         login(gateway.mqtt_port, "btn-new", "first-secret-0123").await,
         Ok(())
     );
-    assert_eq!(checks("derived").await, derived);
-    assert!(checks("cached").await >= 1.0);
+    assert_eq!(gateway.credential_checks("derived").await, derived);
+    assert!(gateway.credential_checks("cached").await >= 1.0);
 
     // Its events are accepted, not rejected as an unknown device.
     let mut press = anxin_tests::Sim::run(

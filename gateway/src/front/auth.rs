@@ -69,7 +69,10 @@ struct Observer {
 
 /// A login this process verified: the credential it was verified against
 /// and the HMAC of the password under [`DeviceBook::cache_key`].
-type Verified = (String, [u8; 32]);
+type Verified = (String, Tag);
+
+/// An HMAC-SHA256 output; `==` on it runs in constant time.
+type Tag = hmac::digest::CtOutput<Hmac<Sha256>>;
 
 /// Devices from two sources: the gateway's TOML `[[devices]]` (a static
 /// list, for a gateway without a server) and the server's roster (the
@@ -90,14 +93,6 @@ pub struct DeviceBook {
 /// Hex SHA-256, the legacy stored form of a password.
 pub fn digest(password: &str) -> String {
     anxin_credentials::legacy_digest(password)
-}
-
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// Whether a roster's new credential for a device is its old one: equal,
@@ -278,7 +273,7 @@ impl DeviceBook {
     async fn verify(&self, name: &str, stored: String, given: &str) -> bool {
         if !anxin_credentials::is_sealed(&stored) {
             metrics::counter!(m::CREDENTIAL_CHECKS, "how" => "digest").increment(1);
-            return same(&stored, &digest(given));
+            return anxin_credentials::verify(given, &stored);
         }
         let tag = self.tag(name, given);
         let known = self
@@ -286,7 +281,7 @@ impl DeviceBook {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .is_some_and(|(credential, known)| *credential == stored && same_tag(known, &tag));
+            .is_some_and(|(credential, known)| *credential == stored && *known == tag);
         if known {
             metrics::counter!(m::CREDENTIAL_CHECKS, "how" => "cached").increment(1);
             return true;
@@ -309,13 +304,13 @@ impl DeviceBook {
         matches
     }
 
-    fn tag(&self, name: &str, password: &str) -> [u8; 32] {
+    fn tag(&self, name: &str, password: &str) -> Tag {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.cache_key).expect("HMAC takes any key length");
         mac.update(name.as_bytes());
         mac.update(&[0]);
         mac.update(password.as_bytes());
-        mac.finalize().into_bytes().into()
+        mac.finalize()
     }
 
     /// A device that presented a client certificate the TLS layer verified
@@ -346,10 +341,6 @@ impl DeviceBook {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn same_tag(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

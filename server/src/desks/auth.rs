@@ -27,10 +27,7 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
-/// Equal, in a time that does not depend on where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use anxin_credentials::constant_time_eq;
 
 /// A token's last use is written at most this often.
 const TOUCH_EVERY_MS: i64 = 60_000;

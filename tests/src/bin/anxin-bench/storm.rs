@@ -105,11 +105,6 @@ async fn run(devices: usize, kind: &str, iterations: u32) -> anyhow::Result<()> 
             gateway.metric(CONNECTIONS).await
         );
     }
-    let checks = |how: &str| {
-        let gateway = &gateway;
-        let name = format!("anxin_gateway_credential_checks_total{{how=\"{how}\"}}");
-        async move { gateway.metric(&name).await }
-    };
     let cpu = usage.first().map_or(0.0, |u| u.cpu_pct);
     println!(
         "  storm: gateway ready {:.1} s after the kill; half reconnected at {:.1} s, all {devices} at {:.1} s",
@@ -122,9 +117,9 @@ async fn run(devices: usize, kind: &str, iterations: u32) -> anyhow::Result<()> 
         cpu,
         busy.as_secs_f64(),
         cpu / 100.0 * busy.as_secs_f64(),
-        checks("derived").await,
-        checks("cached").await,
-        checks("digest").await,
+        gateway.credential_checks("derived").await,
+        gateway.credential_checks("cached").await,
+        gateway.credential_checks("digest").await,
     );
     for u in &usage {
         println!("  {u}");

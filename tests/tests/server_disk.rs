@@ -28,12 +28,16 @@ async fn alerts_of(server: &Server, device: &str) -> Option<usize> {
 
 /// A dispatcher notes an alert over and over (each note rewrites the alert
 /// with all its notes) until a write fails for want of space; the health
-/// the server then reports.
-async fn note_until_the_store_fails(server: &Server) -> serde_json::Value {
-    let alert = server.alerts_for("btn-0").await[0]["id"]
-        .as_str()
-        .expect("btn-0's alert")
-        .to_string();
+/// the server then reports. The alert's id is read before the disk fills:
+/// the store may fail at any moment after, and a failed store answers no
+/// reads.
+async fn note_until_the_store_fails(server: &Server, alert: &str) -> serde_json::Value {
+    if let Some(health) = server_health(server).await
+        && health["store_error"].is_string()
+    {
+        eprintln!("the store had already met ENOSPC before any note");
+        return health;
+    }
     let note = serde_json::json!({ "note": "x".repeat(16 * 1024) });
     for attempt in 1..=300 {
         let (status, _) = server
@@ -112,6 +116,10 @@ async fn full_store_disk(reserve: &str, must_restart: bool, load: bool) {
         (alerts_of(&server, "btn-0").await? == 1).then_some(())
     })
     .await;
+    let alert = server.alerts_for("btn-0").await[0]["id"]
+        .as_str()
+        .expect("btn-0's alert")
+        .to_string();
 
     let (filler, filled) = disk.fill().await;
     eprintln!("filler wrote {filled} bytes");
@@ -130,7 +138,7 @@ async fn full_store_disk(reserve: &str, must_restart: bool, load: bool) {
         // The disk monitor saw the disk low before sled's next write, so the
         // uplink is refused and nothing has written yet. Dispatchers'
         // actions go on while the disk is low; one of them meets ENOSPC.
-        note_until_the_store_fails(&server).await
+        note_until_the_store_fails(&server, &alert).await
     } else {
         reported
     };

@@ -98,6 +98,16 @@ async fn devices_registered_changed_and_deactivated_on_the_server_take_effect_at
     );
     assert_eq!(gateway.credential_checks("derived").await, derived);
     assert!(gateway.credential_checks("cached").await >= 1.0);
+    // Nor is a wrong password a device keeps retrying: the first costs a
+    // derivation, the retries one HMAC each, and all are refused.
+    for _ in 0..3 {
+        assert_eq!(
+            login(gateway.mqtt_port, "btn-new", "an-old-secret-000").await,
+            Err(ConnectReturnCode::BadUserNamePassword)
+        );
+    }
+    assert_eq!(gateway.credential_checks("derived").await, derived + 1.0);
+    assert_eq!(gateway.credential_checks("refused_again").await, 2.0);
 
     // Its events are accepted, not rejected as an unknown device.
     let mut press = anxin_tests::Sim::run(

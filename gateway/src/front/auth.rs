@@ -10,7 +10,9 @@
 //! the logins it verified: a device that reconnects with the same password
 //! costs one HMAC (a key of this process's own, so the cache is worth
 //! nothing outside it). Only a gateway restart pays the KDF for every
-//! device (BENCHMARKS.md, "Device secrets").
+//! device (BENCHMARKS.md, "Device secrets"). The last wrong password each
+//! device gave is kept the same way: a device misconfigured with an old
+//! password retries for ever, and each retry must not cost a derivation.
 
 use std::{
     collections::HashMap,
@@ -67,9 +69,34 @@ struct Observer {
     topics: Arc<[String]>,
 }
 
-/// A login this process verified: the credential it was verified against
-/// and the HMAC of the password under [`DeviceBook::cache_key`].
-type Verified = (String, Tag);
+/// A password this process checked against a sealed credential: the
+/// credential and the HMAC of the password under [`DeviceBook::cache_key`].
+type Checked = (String, Tag);
+
+/// How a password was checked: the `how` on
+/// `anxin_gateway_credential_checks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Against a legacy bare digest.
+    Digest,
+    /// A login this process verified before.
+    Cached,
+    /// The wrong password this device gave last, refused again.
+    RefusedAgain,
+    /// The KDF, on the blocking pool.
+    Derived,
+}
+
+impl Check {
+    pub fn label(self) -> &'static str {
+        match self {
+            Check::Digest => "digest",
+            Check::Cached => "cached",
+            Check::RefusedAgain => "refused_again",
+            Check::Derived => "derived",
+        }
+    }
+}
 
 /// An HMAC-SHA256 output; `==` on it runs in constant time.
 type Tag = hmac::digest::CtOutput<Hmac<Sha256>>;
@@ -84,7 +111,9 @@ pub struct DeviceBook {
     observers: HashMap<String, Observer>,
     /// Bumped on every roster change, so supervision can follow.
     generation: AtomicU64,
-    verified: Mutex<HashMap<String, Verified>>,
+    /// Per device, the last password verified and the last refused.
+    verified: Mutex<HashMap<String, Checked>>,
+    refused: Mutex<HashMap<String, Checked>>,
     cache_key: [u8; 32],
     /// Sealed credentials verified at once: the cores less one.
     deriving: Arc<tokio::sync::Semaphore>,
@@ -158,6 +187,7 @@ impl DeviceBook {
             observers,
             generation: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
             cache_key: rand::random(),
             deriving: Arc::new(tokio::sync::Semaphore::new(cores.saturating_sub(1).max(1))),
         }
@@ -196,13 +226,14 @@ impl DeviceBook {
             })
             .map(|(id, _)| id.clone())
             .collect();
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|id, (credential, _)| {
-                next.get(id)
-                    .is_some_and(|d| d.credential.as_deref() == Some(credential.as_str()))
-            });
+        for kept in [&self.verified, &self.refused] {
+            kept.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|id, (credential, _)| {
+                    next.get(id)
+                        .is_some_and(|d| d.credential.as_deref() == Some(credential.as_str()))
+                });
+        }
         *self.devices.write().unwrap_or_else(|p| p.into_inner()) = next;
         self.generation.fetch_add(1, Ordering::Relaxed);
         revoked
@@ -267,41 +298,51 @@ impl DeviceBook {
         }
     }
 
-    /// A password against a stored credential: a legacy digest at once, a
-    /// sealed credential from the cache of verified logins, else derived
-    /// on the blocking pool.
+    /// A password against a stored credential, counted by how it was
+    /// checked.
     async fn verify(&self, name: &str, stored: String, given: &str) -> bool {
+        let (matches, how) = self.check(name, stored, given).await;
+        metrics::counter!(m::CREDENTIAL_CHECKS, "how" => how.label()).increment(1);
+        matches
+    }
+
+    /// A legacy digest at once; a sealed credential from what this process
+    /// checked before (the last password verified, the last refused), else
+    /// derived on the blocking pool.
+    async fn check(&self, name: &str, stored: String, given: &str) -> (bool, Check) {
         if !anxin_credentials::is_sealed(&stored) {
-            metrics::counter!(m::CREDENTIAL_CHECKS, "how" => "digest").increment(1);
-            return anxin_credentials::verify(given, &stored);
+            return (anxin_credentials::verify(given, &stored), Check::Digest);
         }
         let tag = self.tag(name, given);
-        let known = self
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .is_some_and(|(credential, known)| *credential == stored && *known == tag);
-        if known {
-            metrics::counter!(m::CREDENTIAL_CHECKS, "how" => "cached").increment(1);
-            return true;
+        let seen = |kept: &Mutex<HashMap<String, Checked>>| {
+            kept.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(name)
+                .is_some_and(|(credential, known)| *credential == stored && *known == tag)
+        };
+        if seen(&self.verified) {
+            return (true, Check::Cached);
         }
-        metrics::counter!(m::CREDENTIAL_CHECKS, "how" => "derived").increment(1);
+        if seen(&self.refused) {
+            return (false, Check::RefusedAgain);
+        }
         let Ok(_permit) = self.deriving.clone().acquire_owned().await else {
-            return false;
+            return (false, Check::Derived);
         };
         let (password, credential) = (given.to_string(), stored.clone());
         let matches =
             tokio::task::spawn_blocking(move || anxin_credentials::verify(&password, &credential))
                 .await
                 .unwrap_or(false);
-        if matches {
-            self.verified
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name.to_string(), (stored, tag));
-        }
-        matches
+        let kept = if matches {
+            &self.verified
+        } else {
+            &self.refused
+        };
+        kept.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), (stored, tag));
+        (matches, Check::Derived)
     }
 
     fn tag(&self, name: &str, password: &str) -> Tag {
@@ -476,6 +517,36 @@ mod tests {
                 .is_ok()
         );
         assert_ne!(cached(&book), Some(sealed));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_given_again_costs_no_derivation() {
+        let book = book(true);
+        let check = |password: &'static str| {
+            let book = &book;
+            async move {
+                let stored = book.devices.read().unwrap()["btn-4"].credential.clone();
+                book.check("btn-4", stored.expect("btn-4 is sealed"), password)
+                    .await
+            }
+        };
+        assert_eq!(check("old-secret").await, (false, Check::Derived));
+        assert_eq!(check("old-secret").await, (false, Check::RefusedAgain));
+        // Another wrong password is derived; only the last one is kept.
+        assert_eq!(check("older-secret").await, (false, Check::Derived));
+        assert_eq!(check("older-secret").await, (false, Check::RefusedAgain));
+        assert_eq!(check("old-secret").await, (false, Check::Derived));
+        // The right password is never taken for a refused one.
+        assert_eq!(check("s3cret-4").await, (true, Check::Derived));
+        assert_eq!(check("s3cret-4").await, (true, Check::Cached));
+        assert_eq!(check("old-secret").await, (false, Check::RefusedAgain));
+        // Re-keyed to what was refused: the refusal is forgotten with the
+        // credential it was checked against.
+        book.set_roster(HashMap::from([(
+            "btn-4".to_string(),
+            entry(anxin_credentials::seal("old-secret"), true),
+        )]));
+        assert_eq!(check("old-secret").await, (true, Check::Derived));
     }
 
     #[tokio::test]

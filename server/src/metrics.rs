@@ -43,6 +43,8 @@ pub const SMS_REPORTS: &str = "anxin_server_sms_reports_total";
 pub const SIGNAL_READINGS: &str = "anxin_server_signal_readings_total";
 pub const SIGNAL_RAISES: &str = "anxin_server_signal_raises_total";
 pub const SIGNAL_CLEARS: &str = "anxin_server_signal_clears_total";
+pub const JUDGE_QUEUE: &str = "anxin_server_judge_queue";
+pub const JUDGE_WAITS: &str = "anxin_server_judge_waits_total";
 
 pub fn install() -> PrometheusHandle {
     let handle = PrometheusBuilder::new()
@@ -72,6 +74,14 @@ pub fn install() -> PrometheusHandle {
     describe_counter!(
         SIGNAL_CLEARS,
         "Episodes that ended with readings back inside their limits or a resident back in a safe zone, by rule."
+    );
+    describe_gauge!(
+        JUDGE_QUEUE,
+        "Batches with readings waiting for their stream's judge, over all gateway streams (each stream holds at most 4)."
+    );
+    describe_counter!(
+        JUDGE_WAITS,
+        "Times a gateway's stream waited because its judge's queue was full: the rules fall behind the readings."
     );
     describe_counter!(
         EVENTS_COMMITTED,

@@ -250,6 +250,15 @@ async fn each_rule_raises_once_across_a_kill_9_of_the_server() {
     }
     let [qian, feng, _] = one_alert_each(&server).await;
     assert_eq!(qian["id"], warning["id"], "the step up is the same alert");
+    // Every batch handed to a stream's judge has left its queue.
+    gateway.wait_drained(PATIENCE).await;
+    assert!(
+        server
+            .metric("anxin_server_signal_readings_total{kind=\"vitals\"}")
+            .await
+            > 0.0
+    );
+    assert_eq!(server.metric("anxin_server_judge_queue").await, 0.0);
 
     // The trend: every reading counted once, however often it was sent.
     let trend = server.get("/api/v1/residents/r-qian/vitals?days=7").await;

@@ -437,6 +437,41 @@ async fn defer_routine(
 /// rather than growing memory.
 const JUDGE_QUEUE: usize = 4;
 
+/// A batch in a judge's queue, counted on `anxin_server_judge_queue` from
+/// when it is handed over until the judge takes it (or the queue is dropped
+/// with it, a judge that failed).
+struct Queued(Option<Taken>);
+
+impl Queued {
+    fn new(taken: Taken) -> Self {
+        metrics::gauge!(m::JUDGE_QUEUE).increment(1.0);
+        Self(Some(taken))
+    }
+
+    fn take(mut self) -> Taken {
+        self.0.take().expect("a queued batch is taken once")
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        metrics::gauge!(m::JUDGE_QUEUE).decrement(1.0);
+    }
+}
+
+/// Hands a batch to the stream's judge; a full queue is counted (the
+/// stream then waits for the judge). False once the judge is gone.
+async fn hand_to_judge(to_judge: &mpsc::Sender<Queued>, taken: Taken) -> bool {
+    match to_judge.try_send(Queued::new(taken)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(queued)) => {
+            metrics::counter!(m::JUDGE_WAITS).increment(1);
+            to_judge.send(queued).await.is_ok()
+        }
+    }
+}
+
 /// The stream of one gateway: receive a batch, hand it to the intake desk,
 /// flush, then answer `Received` for each event (never before the flush).
 /// A batch with readings goes on to the stream's judge, which judges them
@@ -490,12 +525,13 @@ async fn serve_gateway(
 /// event and it is known by its seq.
 async fn judge_readings(
     settler: Settler,
-    mut queue: mpsc::Receiver<Taken>,
+    mut queue: mpsc::Receiver<Queued>,
     outbound: mpsc::Sender<ServerMessage>,
     failed: tokio_util::sync::CancellationToken,
     receiving_over: tokio_util::sync::CancellationToken,
 ) -> Result<(), StoreError> {
-    while let Some(mut taken) = queue.recv().await {
+    while let Some(queued) = queue.recv().await {
+        let mut taken = queued.take();
         let judged = match settler.judge(&mut taken) {
             Ok(()) => settler.flush().await,
             Err(err) => Err(err),
@@ -524,7 +560,7 @@ async fn receive_batches(
     outbound: &mpsc::Sender<ServerMessage>,
     closed: &tokio_util::sync::CancellationToken,
     takes_deferrals: bool,
-    to_judge: mpsc::Sender<Taken>,
+    to_judge: mpsc::Sender<Queued>,
 ) -> Result<(), GatewayStreamError> {
     let settler = intake.settler().clone();
     let send = |body: server_message::Body| async move {
@@ -577,7 +613,7 @@ async fn receive_batches(
                 settler.flush().await?;
                 settler.announce_alarms(&mut taken);
             }
-            if to_judge.send(taken).await.is_err() {
+            if !hand_to_judge(&to_judge, taken).await {
                 return Ok(());
             }
             continue;

@@ -131,6 +131,18 @@ pub trait Directory {
     /// contract both engines keep.
     fn residents_page(&self, query: &ListQuery) -> Result<Page<Resident>, StoreError>;
     fn devices_page(&self, query: &ListQuery) -> Result<Page<DeviceRecord>, StoreError>;
+    /// Runs `work` while no other replica runs work of the same `name`:
+    /// on PostgreSQL under a session advisory lock (replicas starting
+    /// together do a one-off job one after the other, the second finding
+    /// it done); one process holds a sled store, so there it just runs.
+    fn exclusively(
+        &self,
+        name: &str,
+        work: &mut dyn FnMut() -> Result<usize, StoreError>,
+    ) -> Result<usize, StoreError> {
+        let _ = name;
+        work()
+    }
     fn staff_page(&self, query: &ListQuery) -> Result<Page<Staff>, StoreError>;
     fn gateways_page(&self, query: &ListQuery) -> Result<Page<GatewayRecord>, StoreError>;
     fn places_page(&self, query: &ListQuery) -> Result<Page<Place>, StoreError>;
@@ -474,6 +486,13 @@ impl<T: Directory + ?Sized + Send + Sync> Directory for std::sync::Arc<T> {
     }
     fn devices_page(&self, query: &ListQuery) -> Result<Page<DeviceRecord>, StoreError> {
         (**self).devices_page(query)
+    }
+    fn exclusively(
+        &self,
+        name: &str,
+        work: &mut dyn FnMut() -> Result<usize, StoreError>,
+    ) -> Result<usize, StoreError> {
+        (**self).exclusively(name, work)
     }
     fn staff_page(&self, query: &ListQuery) -> Result<Page<Staff>, StoreError> {
         (**self).staff_page(query)

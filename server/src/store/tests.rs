@@ -1714,3 +1714,55 @@ async fn legacy_password_digests_are_sealed_where_they_lie() {
     })
     .await;
 }
+
+/// Two replicas starting together on one database both try to seal the
+/// legacy digests: they take turns, so each record is sealed once (a
+/// second sealing under another salt would reach the gateway as a new
+/// credential and end the devices' connections), and the first one's
+/// sealing is what stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_starting_together_seal_each_legacy_digest_once() {
+    on_every_engine(|engine| async move {
+        let Engine::Postgres(_) = engine else {
+            return; // one process holds a sled store
+        };
+        let (first, second) = (engine.open().await, engine.open().await);
+        let devices: Vec<_> = (0..300)
+            .map(|i| anxin_proto::v1::DeviceRecord {
+                id: format!("d-{i:03}"),
+                kind: "call_button".into(),
+                resident_id: "r-1".into(),
+                gateway_id: "gw-a".into(),
+                password_sha256: anxin_credentials::legacy_digest(&format!("secret-{i:03}-0123")),
+                ..Default::default()
+            })
+            .collect();
+        let batch = crate::store::directory::DirectoryBatch {
+            devices,
+            ..Default::default()
+        };
+        first.put_batch(&batch, AuditEntry::default()).unwrap();
+        let seal = |store: Store| {
+            tokio::task::spawn_blocking(move || {
+                let gateways = crate::desks::gateways::ConnectedGateways::default();
+                crate::desks::credentials::seal_legacy(&store, &gateways).unwrap()
+            })
+        };
+        let (a, b) = tokio::join!(seal(first.clone()), seal(second));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a + b, 300, "sealed {a} and {b}: some records twice");
+        let audited = first
+            .query(&AuditQuery {
+                action: "device.credentials_sealed".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(audited.len(), 1, "{audited:?}");
+        let device = first.device("d-042").unwrap().unwrap();
+        assert!(anxin_credentials::verify(
+            "secret-042-0123",
+            &device.credential
+        ));
+    })
+    .await;
+}

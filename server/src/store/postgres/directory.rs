@@ -138,6 +138,35 @@ impl Directory for PgStore {
             listing::residents(&client, query).await
         })
     }
+    fn exclusively(
+        &self,
+        name: &str,
+        work: &mut dyn FnMut() -> Result<usize, StoreError>,
+    ) -> Result<usize, StoreError> {
+        let client = self.block(async { Ok(self.pool.get().await?) })?;
+        self.block(async {
+            client
+                .execute("select pg_advisory_lock(hashtextextended($1, 0))", &[&name])
+                .await?;
+            Ok(())
+        })?;
+        let result = work();
+        let unlocked = self.block(async {
+            client
+                .execute(
+                    "select pg_advisory_unlock(hashtextextended($1, 0))",
+                    &[&name],
+                )
+                .await?;
+            Ok(())
+        });
+        // Never back into the pool: a session lock must not outlive the
+        // work, and closing the connection releases it whatever happened.
+        drop(deadpool_postgres::Object::take(client));
+        let done = result?;
+        unlocked?;
+        Ok(done)
+    }
     fn devices_page(&self, query: &ListQuery) -> Result<Page<DeviceRecord>, StoreError> {
         self.block(async {
             let client = self.pool.get().await?;

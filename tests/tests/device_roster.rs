@@ -177,6 +177,30 @@ async fn devices_registered_changed_and_deactivated_on_the_server_take_effect_at
         Ok(())
     );
 
+    // The CSV import: a new device's password sealed once and working at
+    // the gateway; a row without one keeps the device's credential.
+    let csv = "id,kind,resident_id,gateway_id,password\n\
+               btn-csv,call_button,r-1,gw-test,csv-secret-89ab-cdef\n\
+               btn-new,call_button,r-1,gw-test,\n";
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/import/devices", server.http()))
+        .bearer_auth(anxin_tests::TEST_ADMIN_TOKEN)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    until_login(&gateway, "btn-csv", "csv-secret-89ab-cdef", Ok(())).await;
+    assert_eq!(
+        login(gateway.mqtt_port, "btn-csv", "second-secret-4567").await,
+        Err(ConnectReturnCode::BadUserNamePassword)
+    );
+    assert_eq!(
+        login(gateway.mqtt_port, "btn-new", "second-secret-4567").await,
+        Ok(())
+    );
+
     // Deactivated (an update without a password keeps the credential):
     // its open connection is closed, a new one refused at CONNECT, and
     // both counted.

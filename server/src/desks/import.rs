@@ -284,6 +284,9 @@ fn read_rows(
     mut each: impl FnMut(u64, Result<Row, String>),
 ) {
     let now = anxin_proto::now_ms();
+    // Pass one (which tracks the ids seen) only checks: a password is
+    // sealed (a KDF, ~0.1 ms) once, in pass two, where it is kept.
+    let sealing = seen.is_none();
     let mut communities: std::collections::HashMap<String, Result<(), String>> = Default::default();
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
@@ -451,6 +454,7 @@ fn read_rows(
                                     .as_ref()
                                     .map(|d| crate::desks::credentials::stored_credential(d))
                                     .unwrap_or_default(),
+                                _ if !sealing => String::new(),
                                 p => anxin_credentials::seal(&p),
                             },
                             deactivated: existing.is_some_and(|d| d.deactivated),

@@ -104,6 +104,10 @@ pub struct ObserverConfig {
     /// Hex SHA-256 of the password, instead of `password`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_sha256: Option<String>,
+    /// The password sealed (`anxin-gateway --seal-password`), instead of
+    /// either: the file then holds no fast digest of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -599,7 +603,7 @@ impl GatewayConfig {
                 &format!("mqtt.observers[{i}]"),
                 observer.password.as_deref(),
                 observer.password_sha256.as_deref(),
-                None,
+                observer.credential.as_deref(),
                 true,
             )?;
         }
@@ -754,6 +758,15 @@ mod tests {
             GatewayConfig::parse("[[mqtt.observers]]\nusername = \"siren\"\n", "t").unwrap_err();
         assert!(
             err.to_string().contains("mqtt.observers[0].password"),
+            "{err}"
+        );
+        let err = GatewayConfig::parse(
+            "[[mqtt.observers]]\nusername = \"siren\"\ncredential = \"5e88\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("mqtt.observers[0].credential"),
             "{err}"
         );
 

@@ -65,7 +65,8 @@ pub struct DeviceEntry {
 }
 
 struct Observer {
-    password_sha256: String,
+    /// Sealed, or a legacy hex SHA-256 (lowercase).
+    credential: String,
     topics: Arc<[String]>,
 }
 
@@ -168,10 +169,10 @@ impl DeviceBook {
                 (
                     o.username.clone(),
                     Observer {
-                        password_sha256: o
-                            .password_sha256
+                        credential: o
+                            .credential
                             .clone()
-                            .map(|h| h.to_ascii_lowercase())
+                            .or_else(|| o.password_sha256.as_ref().map(|h| h.to_ascii_lowercase()))
                             .or_else(|| o.password.as_deref().map(digest))
                             .unwrap_or_default(),
                         topics: local.clone(),
@@ -274,7 +275,7 @@ impl DeviceBook {
                     name: name.to_string(),
                     topics: observer.topics.clone(),
                 },
-                Some(observer.password_sha256.clone()),
+                Some(observer.credential.clone()),
             ),
             None => {
                 let devices = self.devices.read().unwrap_or_else(|p| p.into_inner());
@@ -412,11 +413,20 @@ mod tests {
                 ..device("btn-4")
             },
         ];
-        config.mqtt.observers = vec![crate::config::ObserverConfig {
-            username: "siren".into(),
-            password: Some("loud".into()),
-            password_sha256: None,
-        }];
+        config.mqtt.observers = vec![
+            crate::config::ObserverConfig {
+                username: "siren".into(),
+                password: Some("loud".into()),
+                password_sha256: None,
+                credential: None,
+            },
+            crate::config::ObserverConfig {
+                username: "lobby".into(),
+                password: None,
+                password_sha256: None,
+                credential: Some(anxin_credentials::seal("lobby-screen")),
+            },
+        ];
         DeviceBook::from_config(&config)
     }
 
@@ -470,6 +480,14 @@ mod tests {
         ));
         assert_eq!(
             login("siren", Some("quiet")).await,
+            Err(LoginRefusal::BadPassword)
+        );
+        assert!(matches!(
+            login("lobby", Some("lobby-screen")).await,
+            Ok(Identity::Observer { .. })
+        ));
+        assert_eq!(
+            login("lobby", Some("loud")).await,
             Err(LoginRefusal::BadPassword)
         );
     }

@@ -135,6 +135,8 @@ enum SessionError {
     Stream(#[from] tonic::Status),
     #[error("server closed the stream")]
     Closed,
+    #[error("the server did not answer the stream within {0:?}; trying again, or the next server")]
+    NoAnswer(Duration),
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -159,6 +161,13 @@ pub struct Uplink {
 
 /// How often the gateway looks whether its status changed.
 const STATUS_CHECK: Duration = Duration::from_secs(1);
+
+/// How long a server may take to answer a new stream (its connection set
+/// up, the Hello read, the stream accepted). A server that holds the
+/// connection and answers HTTP/2 pings but never the stream (a handler
+/// stuck) would otherwise keep this gateway waiting for ever instead of
+/// going to the next server.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A status is resent this often even if unchanged.
 const STATUS_REFRESH: Duration = Duration::from_secs(30);
 
@@ -277,9 +286,12 @@ impl Uplink {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        let answered_by = tokio::time::Instant::now() + ANSWER_TIMEOUT;
         let channel = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            channel = endpoint.connect() => channel?,
+            channel = tokio::time::timeout_at(answered_by, endpoint.connect()) => {
+                channel.map_err(|_| SessionError::NoAnswer(ANSWER_TIMEOUT))??
+            }
         };
         let mut client = UplinkClient::new(channel);
         let (outbound, outbound_rx) = mpsc::channel::<GatewayMessage>(self.window + 16);
@@ -300,7 +312,10 @@ impl Uplink {
                 .metadata_mut()
                 .insert("authorization", token.clone());
         }
-        let mut inbound = client.link(request).await?.into_inner();
+        let mut inbound = tokio::time::timeout_at(answered_by, client.link(request))
+            .await
+            .map_err(|_| SessionError::NoAnswer(ANSWER_TIMEOUT))??
+            .into_inner();
 
         tracing::info!(%server, gateway_id = %self.gateway_id, "uplink connected");
         self.state.send_replace(UplinkState::Connected {

@@ -134,3 +134,65 @@ async fn uplink_fails_over_to_the_next_server_endpoint() {
     .await;
     assert_eq!(gateway.health().await["uplink"]["server"], server.grpc());
 }
+
+/// A server whose stream handler never answers (stuck before it reads
+/// the Hello or accepts the stream), on a connection that stays healthy:
+/// a real tonic `Uplink` on loopback that answers HTTP/2 pings but never
+/// the stream.
+struct StuckServer;
+
+#[tonic::async_trait]
+impl anxin_proto::v1::uplink_server::Uplink for StuckServer {
+    type LinkStream = std::pin::Pin<
+        Box<
+            dyn futures::Stream<Item = Result<anxin_proto::v1::ServerMessage, tonic::Status>>
+                + Send,
+        >,
+    >;
+
+    async fn link(
+        &self,
+        _request: tonic::Request<tonic::Streaming<anxin_proto::v1::GatewayMessage>>,
+    ) -> Result<tonic::Response<Self::LinkStream>, tonic::Status> {
+        std::future::pending().await
+    }
+}
+
+/// The gateway does not wait for ever on a server that holds its
+/// connection but never answers the stream: it gives up after a bound,
+/// says so, and goes to the next server, where the SOS arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_the_stream_is_left_for_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(anxin_proto::v1::uplink_server::UplinkServer::new(
+                StuckServer,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let gateway = Gateway::start_with(
+        dir.path(),
+        server.grpc_port,
+        &["btn-1"],
+        &[(
+            "uplink",
+            &format!("servers = [\"{stuck}\", \"{}\"]", server.grpc()),
+        )],
+    )
+    .await;
+    Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-1").await;
+    eventually("the alert via the second server", PATIENCE, || async {
+        (server.alerts_for("btn-1").await.len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(gateway.health().await["uplink"]["server"], server.grpc());
+    let log = gateway.proc.log();
+    assert!(
+        log.contains("did not answer the stream within 10s"),
+        "the gateway must say why it left the first server:\n{log}"
+    );
+}

@@ -60,13 +60,17 @@ impl ConnectedGateways {
     /// to pass to [`ConnectedGateways::disconnect`].
     pub fn connect(&self, gateway_id: &str, sender: mpsc::Sender<ServerMessage>) -> u64 {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
-        self.lock()
-            .insert(gateway_id.to_string(), (session, sender));
+        // Sessions before `seen`, as `disconnect` takes them: taking the
+        // sessions again while holding `seen` (as this did) could deadlock
+        // with a gateway disconnecting at that moment, and with it every
+        // worker thread of the server.
+        let mut sessions = self.lock();
+        sessions.insert(gateway_id.to_string(), (session, sender));
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let entry = seen.entry(gateway_id.to_string()).or_default();
         entry.connected = true;
         entry.since_ms = now_ms();
-        metrics::gauge!(crate::metrics::GATEWAYS_CONNECTED).set(self.lock().len() as f64);
+        metrics::gauge!(crate::metrics::GATEWAYS_CONNECTED).set(sessions.len() as f64);
         session
     }
 

@@ -161,3 +161,33 @@ impl ConnectedGateways {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gateways connecting and disconnecting at once on several threads
+    /// never deadlock the registry (its locks are taken in one order).
+    #[test]
+    fn gateways_connecting_while_others_disconnect_do_not_deadlock() {
+        let gateways = Arc::new(ConnectedGateways::default());
+        let (done, finished) = std::sync::mpsc::channel();
+        for id in ["gw-a", "gw-b"] {
+            let (gateways, done) = (gateways.clone(), done.clone());
+            std::thread::spawn(move || {
+                let (sender, _receiver) = mpsc::channel(1);
+                for _ in 0..200_000 {
+                    let session = gateways.connect(id, sender.clone());
+                    gateways.disconnect(id, session);
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..2 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("connect and disconnect deadlocked");
+        }
+        assert!(gateways.connected().is_empty());
+    }
+}

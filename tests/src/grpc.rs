@@ -1,6 +1,13 @@
 //! gRPC clients that carry an API token.
 
-use anxin_proto::v1::{admin_client::AdminClient, dispatch_client::DispatchClient};
+use std::pin::Pin;
+
+use anxin_proto::v1::{
+    ServerMessage,
+    admin_client::AdminClient,
+    dispatch_client::DispatchClient,
+    uplink_server::{Uplink, UplinkServer},
+};
 use tonic::{
     Request, Status,
     metadata::{Ascii, MetadataValue},
@@ -44,4 +51,22 @@ pub async fn dispatch(url: &str, token: &str) -> Dispatch {
 pub async fn admin(url: &str, token: &str) -> Admin {
     let (channel, bearer) = channel(url, token).await;
     AdminClient::with_interceptor(channel, bearer)
+}
+
+/// The stream a stand-in `Uplink` service answers with.
+pub type UplinkStream = Pin<Box<dyn futures::Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+/// Serves a stand-in `Uplink` (a server that misbehaves in one chosen way)
+/// with a real tonic server on a free loopback port; the port.
+pub async fn serve_uplink<S: Uplink>(service: S) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port");
+    let port = listener.local_addr().expect("a bound port").port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(UplinkServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    port
 }

@@ -566,6 +566,21 @@ impl Server {
 
     /// One REST call with a bearer token; returns the status and the JSON
     /// body (`null` if there is none).
+    /// `POST /api/v1/import/{kind}` with a CSV body, as `token`: the status
+    /// and the import's report (`Null` when the body is not JSON).
+    pub async fn import_csv(&self, kind: &str, csv: &str, token: &str) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/api/v1/import/{kind}", self.http()))
+            .bearer_auth(token)
+            .header("content-type", "text/csv")
+            .body(csv.to_string())
+            .send()
+            .await
+            .expect("POST an import");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    }
+
     pub async fn call(
         &self,
         method: &str,

@@ -182,15 +182,10 @@ async fn devices_registered_changed_and_deactivated_on_the_server_take_effect_at
     let csv = "id,kind,resident_id,gateway_id,password\n\
                btn-csv,call_button,r-1,gw-test,csv-secret-89ab-cdef\n\
                btn-new,call_button,r-1,gw-test,\n";
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/v1/import/devices", server.http()))
-        .bearer_auth(anxin_tests::TEST_ADMIN_TOKEN)
-        .header("content-type", "text/csv")
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let (status, report) = server
+        .import_csv("devices", csv, anxin_tests::TEST_ADMIN_TOKEN)
+        .await;
+    assert_eq!(status, 200, "{report}");
     until_login(&gateway, "btn-csv", "csv-secret-89ab-cdef", Ok(())).await;
     assert_eq!(
         login(gateway.mqtt_port, "btn-csv", "second-secret-4567").await,

@@ -372,47 +372,20 @@ async fn a_csv_import_with_bad_rows_imports_nothing_and_names_each_line() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
     server.add_community("c-a").await;
-    let import = |kind: &str, csv: &str, token: &str| {
-        let (server, path, csv, token) = (
-            &server,
-            format!("{}/api/v1/import/{kind}", server.http()),
-            csv.to_string(),
-            token.to_string(),
-        );
-        async move {
-            let _ = server;
-            let response = reqwest::Client::new()
-                .post(path)
-                .bearer_auth(token)
-                .header("content-type", "text/csv")
-                .body(csv)
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            (
-                status,
-                response
-                    .json::<serde_json::Value>()
-                    .await
-                    .unwrap_or_default(),
-            )
-        }
-    };
     let admin = anxin_tests::TEST_ADMIN_TOKEN;
     let header =
         "id,name,community_id,address,phone,medical_notes,emergency_contacts,access_notes\n";
     let good = format!(
         "{header}r-1,Wang Li,c-a,Room 1,138,,Wang Fang|daughter|13800000000,\nr-2,Zhao Min,c-a,Room 2,139,asthma,,key under mat\n"
     );
-    let (status, report) = import("residents", &good, admin).await;
+    let (status, report) = server.import_csv("residents", &good, admin).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["imported"], "2");
 
     let bad = format!(
         "{header}r-3,Sun Wei,c-a,Room 3,,,,\nr-4,Qian Yu,c-zzz,Room 4,,,,\nr-3,Sun Wei again,c-a,Room 3,,,,\nr-5,Li Na,c-a,Room 5,,,just a name,\n"
     );
-    let (status, report) = import("residents", &bad, admin).await;
+    let (status, report) = server.import_csv("residents", &bad, admin).await;
     assert_eq!(status, 422, "{report}");
     let rejected: Vec<(String, String)> = report["rejected"]
         .as_array()
@@ -445,7 +418,7 @@ async fn a_csv_import_with_bad_rows_imports_nothing_and_names_each_line() {
     assert_eq!(ids, ["r-1", "r-2"]);
 
     let devices = "id,kind,resident_id,gateway_id,password\nbtn-1,call_button,r-1,gw-test,pw1-long-enough-secret\nbtn-2,toaster,r-2,gw-test,\nbtn-3,wearable,r-9,gw-test,\n";
-    let (status, report) = import("devices", devices, admin).await;
+    let (status, report) = server.import_csv("devices", devices, admin).await;
     assert_eq!(status, 422, "{report}");
     assert_eq!(report["rejected"][0]["line"], "3");
     assert!(
@@ -463,7 +436,7 @@ async fn a_csv_import_with_bad_rows_imports_nothing_and_names_each_line() {
     // A device password is a generated secret: a short one is refused, in
     // an import row and through the API alike.
     let short = "id,kind,resident_id,gateway_id,password\nbtn-1,call_button,r-1,gw-test,pw1\n";
-    let (status, report) = import("devices", short, admin).await;
+    let (status, report) = server.import_csv("devices", short, admin).await;
     assert_eq!(status, 422, "{report}");
     assert!(
         report["rejected"][0]["reason"]
@@ -483,7 +456,7 @@ async fn a_csv_import_with_bad_rows_imports_nothing_and_names_each_line() {
     assert_eq!(status, 400, "{body}");
 
     let staff = "id,name,role,communities,shifts,contact,active\nli,Li Hua,carer,c-a,1-5 08:00-20:00;6 22:00-06:00,,true\nzhou,Zhou Jie,supervisor,c-a,,,\n";
-    let (status, report) = import("staff", staff, admin).await;
+    let (status, report) = server.import_csv("staff", staff, admin).await;
     assert_eq!(status, 200, "{report}");
     let board = server.get("/api/v1/staff").await;
     assert_eq!(board["staff"][0]["shifts"][1]["end"], "06:00");
@@ -492,7 +465,7 @@ async fn a_csv_import_with_bad_rows_imports_nothing_and_names_each_line() {
     let carer = server
         .add_staff("carer-x", "carer", &["c-a"], serde_json::json!({}))
         .await;
-    assert_eq!(import("residents", &good, &carer).await.0, 403);
+    assert_eq!(server.import_csv("residents", &good, &carer).await.0, 403);
 
     let audit = server.get("/api/v1/audit?action=import").await;
     assert_eq!(

@@ -114,12 +114,7 @@ struct SilentServer;
 
 #[tonic::async_trait]
 impl anxin_proto::v1::uplink_server::Uplink for SilentServer {
-    type LinkStream = std::pin::Pin<
-        Box<
-            dyn futures::Stream<Item = Result<anxin_proto::v1::ServerMessage, tonic::Status>>
-                + Send,
-        >,
-    >;
+    type LinkStream = anxin_tests::grpc::UplinkStream;
 
     async fn link(
         &self,
@@ -134,15 +129,7 @@ impl anxin_proto::v1::uplink_server::Uplink for SilentServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fires_when_the_server_takes_the_stream_but_never_acknowledges() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(anxin_proto::v1::uplink_server::UplinkServer::new(
-                SilentServer,
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let port = anxin_tests::grpc::serve_uplink(SilentServer).await;
     let mut webhook = WebhookReceiver::start().await;
     let gateway = start_gateway(dir.path(), port, &webhook.url()).await;
     eventually("the uplink to connect", PATIENCE, || async {

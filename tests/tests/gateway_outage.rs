@@ -107,32 +107,38 @@ async fn partition_keeps_everything_and_p0_overtakes_the_backlog() {
     );
 }
 
+/// A gateway (`btn-1`) whose uplink lists `first`, then `server`: an SOS
+/// pressed reaches `server`'s queue, and the gateway ends on it.
+async fn sos_reaches_the_second_server(
+    dir: &std::path::Path,
+    server: &Server,
+    first: &str,
+) -> Gateway {
+    let gateway = Gateway::start_with(
+        dir,
+        server.grpc_port,
+        &["btn-1"],
+        &[(
+            "uplink",
+            &format!("servers = [\"{first}\", \"{}\"]", server.grpc()),
+        )],
+    )
+    .await;
+    Sim::press_until_stored(dir, &gateway.mqtt(), "btn-1").await;
+    eventually("the alert via the second server", PATIENCE, || async {
+        (server.alerts_for("btn-1").await.len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(gateway.health().await["uplink"]["server"], server.grpc());
+    gateway
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uplink_fails_over_to_the_next_server_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
     let dead = format!("http://127.0.0.1:{}", anxin_tests::free_port());
-    let gateway = Gateway::start_with(
-        dir.path(),
-        server.grpc_port,
-        &["btn-1"],
-        &[(
-            "uplink",
-            &format!("servers = [\"{dead}\", \"{}\"]", server.grpc()),
-        )],
-    )
-    .await;
-    let mut press = Sim::run(
-        dir.path(),
-        &gateway.mqtt(),
-        &["press", "--device", "btn-1", "--until", "stored"],
-    );
-    press.line_starting("stored", PATIENCE).await;
-    eventually("the alert via the second endpoint", PATIENCE, || async {
-        (server.alerts_for("btn-1").await.len() == 1).then_some(())
-    })
-    .await;
-    assert_eq!(gateway.health().await["uplink"]["server"], server.grpc());
+    sos_reaches_the_second_server(dir.path(), &server, &dead).await;
 }
 
 /// A server whose stream handler never answers (stuck before it reads
@@ -143,12 +149,7 @@ struct StuckServer;
 
 #[tonic::async_trait]
 impl anxin_proto::v1::uplink_server::Uplink for StuckServer {
-    type LinkStream = std::pin::Pin<
-        Box<
-            dyn futures::Stream<Item = Result<anxin_proto::v1::ServerMessage, tonic::Status>>
-                + Send,
-        >,
-    >;
+    type LinkStream = anxin_tests::grpc::UplinkStream;
 
     async fn link(
         &self,
@@ -165,31 +166,10 @@ impl anxin_proto::v1::uplink_server::Uplink for StuckServer {
 async fn a_server_that_never_answers_the_stream_is_left_for_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let stuck = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(anxin_proto::v1::uplink_server::UplinkServer::new(
-                StuckServer,
-            ))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let gateway = Gateway::start_with(
-        dir.path(),
-        server.grpc_port,
-        &["btn-1"],
-        &[(
-            "uplink",
-            &format!("servers = [\"{stuck}\", \"{}\"]", server.grpc()),
-        )],
-    )
-    .await;
-    Sim::press_until_stored(dir.path(), &gateway.mqtt(), "btn-1").await;
-    eventually("the alert via the second server", PATIENCE, || async {
-        (server.alerts_for("btn-1").await.len() == 1).then_some(())
-    })
-    .await;
-    assert_eq!(gateway.health().await["uplink"]["server"], server.grpc());
+    let stuck = anxin_tests::grpc::serve_uplink(StuckServer).await;
+    let gateway =
+        sos_reaches_the_second_server(dir.path(), &server, &format!("http://127.0.0.1:{stuck}"))
+            .await;
     let log = gateway.proc.log();
     assert!(
         log.contains("did not answer the stream within 10s"),

@@ -371,16 +371,9 @@ async fn planned_visits_are_done_or_flagged_to_the_supervisor_at_the_day_s_end()
 }
 
 async fn import(server: &Server, kind: &str, csv: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/v1/import/{kind}", server.http()))
-        .bearer_auth(anxin_tests::TEST_ADMIN_TOKEN)
-        .header("content-type", "text/csv")
-        .body(csv.to_string())
-        .send()
+    server
+        .import_csv(kind, csv, anxin_tests::TEST_ADMIN_TOKEN)
         .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or_default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
